@@ -1,0 +1,379 @@
+//! One chat turn, from a user's message to a stored reply: resolve the
+//! conversation, fit the prompt into the context window (summarising older
+//! turns when needed), stream the reply, store the outcome, tell the user's
+//! other tabs.
+//!
+//! It knows nothing of Socket.IO: events go through a [`TurnSink`]. What is
+//! stored is always consistent: success stores the user's message and the
+//! reply together; a stop or disconnect stores the partial reply; an upstream
+//! failure stores only the user's message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{assemble, plan, summary_request};
+use crate::domain::{ChatMessage, ConversationId, Role, UserId};
+use crate::error::ApiError;
+use crate::llm::ChatRequest;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::store::{ConversationMeta, NewMessage, Summary};
+
+/// Where a turn's events go (the sending socket).
+pub trait TurnSink: Send + Sync {
+    fn emit(&self, event: &'static str, payload: Value);
+}
+
+/// In-flight replies, so `stop_generation` and disconnects can cancel them
+/// and a conversation never has two replies racing.
+#[derive(Default, Debug)]
+pub struct TurnRegistry {
+    running: Mutex<HashMap<(UserId, ConversationId), Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    cancel: CancellationToken,
+    socket: Option<String>,
+}
+
+/// Removes its entry when the turn ends, however it ends.
+pub struct TurnGuard {
+    registry: Arc<TurnRegistry>,
+    key: (UserId, ConversationId),
+    pub cancel: CancellationToken,
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        let mut running = self.registry.lock();
+        running.remove(&self.key);
+    }
+}
+
+impl TurnRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, ConversationId), Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a turn; `None` when that conversation already has one.
+    pub fn begin(
+        self: &Arc<Self>,
+        user: &UserId,
+        id: &ConversationId,
+        socket: Option<String>,
+    ) -> Option<TurnGuard> {
+        let key = (user.clone(), id.clone());
+        let mut running = self.lock();
+        if running.contains_key(&key) {
+            return None;
+        }
+        let cancel = CancellationToken::new();
+        running.insert(
+            key.clone(),
+            Running {
+                cancel: cancel.clone(),
+                socket,
+            },
+        );
+        Some(TurnGuard {
+            registry: self.clone(),
+            key,
+            cancel,
+        })
+    }
+
+    /// Cancels the user's turn in `id`, or all of the user's turns; returns
+    /// how many were cancelled.
+    pub fn stop(&self, user: &UserId, id: Option<&ConversationId>) -> usize {
+        let running = self.lock();
+        let mut count = 0;
+        for ((owner, conversation), turn) in running.iter() {
+            if owner == user && id.is_none_or(|id| id == conversation) {
+                turn.cancel.cancel();
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Cancels the turns a socket started (it disconnected).
+    pub fn stop_socket(&self, socket: &str) {
+        for turn in self.lock().values() {
+            if turn.socket.as_deref() == Some(socket) {
+                turn.cancel.cancel();
+            }
+        }
+    }
+
+    /// Turns in flight.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Checks a chat message: a non-empty string within the size limit.
+pub fn validate_message(raw: Option<&Value>, max_chars: usize) -> Result<String, ApiError> {
+    let Some(Value::String(text)) = raw else {
+        return Err(ApiError::invalid("No message received from user."));
+    };
+    if text.trim().is_empty() {
+        return Err(ApiError::invalid("No message received from user."));
+    }
+    if text.chars().count() > max_chars {
+        return Err(ApiError::TooLarge(format!(
+            "Message too long (max {max_chars} characters)."
+        )));
+    }
+    Ok(text.clone())
+}
+
+/// The payload of `conversation_updated`.
+pub fn updated_payload(meta: &ConversationMeta) -> Value {
+    json!({
+        "conversation_id": meta.conversation_id,
+        "title": meta.title,
+        "updated_at": crate::store::rfc3339::format(&meta.updated_at),
+        "message_count": meta.message_count,
+    })
+}
+
+/// How the streaming part ended.
+enum Outcome {
+    Finished,
+    Stopped,
+    Failed(ApiError),
+}
+
+/// Runs one turn for `user` in conversation `id` with the registered
+/// `guard`. Errors before streaming are returned (nothing stored); errors
+/// while streaming are emitted as `error` after storing what is consistent.
+pub async fn run_turn(
+    state: &AppState,
+    user: &UserId,
+    id: &ConversationId,
+    text: String,
+    guard: &TurnGuard,
+    sink: &dyn TurnSink,
+) -> Result<(), ApiError> {
+    let settings = &state.settings;
+    let budget = settings.prompt_budget();
+    let conversation = state.store.load(user, id).await?;
+
+    let new_tokens = state.tokens.count(&text);
+    let new_cost = new_tokens + crate::context::MESSAGE_OVERHEAD;
+    if new_cost + crate::context::REPLY_PRIMING > budget {
+        return Err(ApiError::TooLarge(format!(
+            "Message too long for the context window ({new_tokens} tokens; at most {} fit).",
+            budget.saturating_sub(crate::context::MESSAGE_OVERHEAD + crate::context::REPLY_PRIMING)
+        )));
+    }
+    Metrics::inc(&state.metrics.turns_started);
+
+    // Token counts are cached per stored message; only older rows without
+    // one are counted here.
+    let costs: Vec<u32> = conversation
+        .messages
+        .iter()
+        .map(|m| {
+            m.tokens
+                .unwrap_or_else(|| state.tokens.count(&m.message.content))
+                + crate::context::MESSAGE_OVERHEAD
+        })
+        .collect();
+    let summary_cap = settings.summary_tokens.min(budget / 3).max(16);
+    let prompt_plan = plan(
+        &costs,
+        conversation.summary.as_ref(),
+        new_cost,
+        budget,
+        summary_cap,
+    );
+    let mut summary_text = conversation.summary.as_ref().map(|s| s.text.clone());
+    let mut summarised = false;
+    if let Some(from) = prompt_plan.summarise_from {
+        let to_fold = &conversation.messages[from..prompt_plan.first_kept];
+        let request = ChatRequest {
+            messages: summary_request(summary_text.as_deref(), to_fold),
+            max_tokens: summary_cap,
+        };
+        let outcome = tokio::select! {
+            _ = guard.cancel.cancelled() => None,
+            result = state.llm.complete(request) => Some(result),
+        };
+        match outcome {
+            None => {
+                sink.emit(
+                    "response_end",
+                    json!({"conversation_id": id, "stopped": true, "chunks": 0}),
+                );
+                return Ok(());
+            }
+            Some(Ok(text)) => {
+                let text = text.trim().to_string();
+                let summary = Summary {
+                    tokens: state.tokens.count(&text),
+                    text: text.clone(),
+                    covers: prompt_plan.first_kept,
+                };
+                Metrics::inc(&state.metrics.summaries);
+                if let Err(err) = state.store.set_summary(user, id, summary).await {
+                    tracing::warn!(error = %err, "could not store the summary; using it for this turn only");
+                }
+                summary_text = Some(text);
+                summarised = true;
+            }
+            Some(Err(err)) => {
+                // Leave the oldest turns out of the prompt instead.
+                Metrics::inc(&state.metrics.summary_failures);
+                tracing::warn!(error = %err, conversation = %id, "summarising failed; leaving older turns out");
+            }
+        }
+    }
+
+    let user_message = ChatMessage::new(Role::User, text.clone());
+    let (messages, prompt_tokens) = assemble(
+        &state.tokens,
+        &conversation.messages,
+        prompt_plan.first_kept,
+        summary_text.as_deref(),
+        &user_message,
+        new_cost,
+        budget,
+    );
+    sink.emit(
+        "token_usage",
+        json!({
+            "total_tokens_used": prompt_tokens,
+            "max_tokens": settings.max_tokens,
+            "conversation_id": id,
+            "summarised": summarised,
+        }),
+    );
+
+    let request = ChatRequest {
+        messages,
+        max_tokens: settings.reply_tokens,
+    };
+    let mut reply = String::new();
+    let mut chunks = 0usize;
+    let outcome = tokio::select! {
+        _ = guard.cancel.cancelled() => Outcome::Stopped,
+        started = state.llm.stream(request) => match started {
+            Err(err) => Outcome::Failed(err.into()),
+            Ok(mut stream) => loop {
+                let next = tokio::select! {
+                    _ = guard.cancel.cancelled() => break Outcome::Stopped,
+                    next = stream.next() => next,
+                };
+                match next {
+                    None => break Outcome::Finished,
+                    Some(Err(err)) => break Outcome::Failed(err.into()),
+                    Some(Ok(chunk)) => {
+                        reply.push_str(&chunk);
+                        sink.emit("response_chunk", json!({"chunk": chunk, "index": chunks, "conversation_id": id}));
+                        chunks += 1;
+                    }
+                }
+            },
+        },
+    };
+    state
+        .metrics
+        .reply_chunks
+        .fetch_add(chunks as u64, std::sync::atomic::Ordering::Relaxed);
+
+    let mut to_store = vec![NewMessage {
+        role: Role::User,
+        content: text,
+        tokens: Some(new_tokens),
+    }];
+    let keep_reply = matches!(outcome, Outcome::Finished | Outcome::Stopped) && !reply.is_empty();
+    if keep_reply {
+        to_store.push(NewMessage {
+            role: Role::Assistant,
+            tokens: Some(state.tokens.count(&reply)),
+            content: reply,
+        });
+    }
+    let stored = state.store.append(user, id, to_store).await;
+    match (&outcome, &stored) {
+        (Outcome::Finished, Ok(_)) => Metrics::inc(&state.metrics.turns_completed),
+        (Outcome::Stopped, Ok(_)) => Metrics::inc(&state.metrics.turns_stopped),
+        _ => Metrics::inc(&state.metrics.turns_failed),
+    }
+    let meta = stored?;
+    match outcome {
+        Outcome::Failed(err) => sink.emit("error", error_payload(&err, Some(id))),
+        Outcome::Finished | Outcome::Stopped => sink.emit(
+            "response_end",
+            json!({
+                "conversation_id": id,
+                "stopped": matches!(outcome, Outcome::Stopped),
+                "chunks": chunks,
+            }),
+        ),
+    }
+    state
+        .notifier
+        .to_user(user, "conversation_updated", updated_payload(&meta))
+        .await;
+    Ok(())
+}
+
+/// The `error` event's payload.
+pub fn error_payload(err: &ApiError, id: Option<&ConversationId>) -> Value {
+    let body = err.body();
+    let mut payload = json!({"message": body.message, "error": body.error});
+    if let Some(id) = id {
+        payload["conversation_id"] = json!(id);
+    }
+    payload
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_must_be_non_empty_strings_within_the_limit() {
+        assert_eq!(validate_message(Some(&json!("hi")), 10).unwrap(), "hi");
+        for bad in [
+            None,
+            Some(json!(42)),
+            Some(json!("   ")),
+            Some(json!(null)),
+            Some(json!(["a"])),
+        ] {
+            let err = validate_message(bad.as_ref(), 10).unwrap_err();
+            assert_eq!(err.to_string(), "No message received from user.");
+        }
+        let err = validate_message(Some(&json!("x".repeat(11))), 10).unwrap_err();
+        assert_eq!(err.to_string(), "Message too long (max 10 characters).");
+    }
+
+    #[test]
+    fn one_turn_per_conversation_and_stop_cancels_only_the_users_turns() {
+        let registry = Arc::new(TurnRegistry::default());
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let id = ConversationId::new();
+        let first = registry.begin(&alice, &id, Some("s1".into())).unwrap();
+        assert!(registry.begin(&alice, &id, None).is_none());
+        let bobs = registry.begin(&bob, &id, None).unwrap();
+
+        assert_eq!(registry.stop(&alice, None), 1);
+
+        assert!(first.cancel.is_cancelled());
+        assert!(!bobs.cancel.is_cancelled());
+        drop(first);
+        assert!(registry.begin(&alice, &id, None).is_some());
+    }
+}

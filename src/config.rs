@@ -1,0 +1,542 @@
+//! Settings: the original app's `.env` names plus new flat ones, read once at
+//! start, every value validated. The full table is in `docs/CONFIGURATION.md`.
+//!
+//! Loading is split from the process environment (`Settings::from_lookup`) so
+//! the parsing rules are unit-tested without touching global state.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A value that must never reach a log line.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// Which upstream answers chat requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LlmProvider {
+    /// Azure OpenAI: `AZURE_API_URL` is the full chat-completions URL.
+    Azure {
+        url: String,
+        key: Secret,
+        auth: AzureAuth,
+    },
+    /// Any OpenAI-compatible endpoint: `{base_url}/chat/completions`.
+    OpenAi {
+        base_url: String,
+        key: Secret,
+        model: String,
+    },
+    /// Local replies, no network: the default when nothing is configured.
+    Demo,
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for Secret {}
+
+/// How the Azure key is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzureAuth {
+    /// `Authorization: Bearer KEY`, as the original app does.
+    Bearer,
+    /// `api-key: KEY`, Azure's own header.
+    ApiKey,
+}
+
+/// Tokenizer used for budgets and chunking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokenizer {
+    Cl100kBase,
+    O200kBase,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything the server reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub database_path: PathBuf,
+    pub saved_conversations_dir: PathBuf,
+    pub secret_key: Option<Secret>,
+    pub mongodb_uri: Option<String>,
+    pub redis_url: Option<String>,
+    pub llm: LlmProvider,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_max_wait: Duration,
+    pub llm_titles: bool,
+    pub max_tokens: u32,
+    pub reply_tokens: u32,
+    pub summary_tokens: u32,
+    pub tokenizer: Tokenizer,
+    pub chunk_size_tokens: u32,
+    pub max_file_size_bytes: u64,
+    pub max_file_size_mb: f64,
+    pub allowed_extensions: Vec<String>,
+    pub upload_concurrency: usize,
+    pub max_message_chars: usize,
+    pub cors_allowed_origins: Vec<String>,
+    pub cookie_secure: bool,
+    pub session_ttl: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Every problem found in the environment, one line each.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for line in &self.0 {
+            writeln!(f, "  - {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// The trimmed value, `None` when unset or empty.
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or_else(|| default.to_string())
+    }
+
+    fn parse<T: std::str::FromStr>(&mut self, name: &str, default: T, what: &str) -> T {
+        match self.raw(name) {
+            None => default,
+            Some(v) => match v.parse::<T>() {
+                Ok(parsed) => parsed,
+                Err(_) => {
+                    self.errors.push(format!("{name}={v:?} is not {what}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn positive(&mut self, name: &str, default: u64) -> u64 {
+        let value = self.parse::<u64>(name, default, "a whole number");
+        if value == 0 {
+            self.errors.push(format!("{name} must be greater than 0"));
+            return default;
+        }
+        value
+    }
+
+    fn seconds(&mut self, name: &str, default: f64) -> Duration {
+        let value = self.parse::<f64>(name, default, "a number of seconds");
+        if !(value > 0.0 && value.is_finite() && value < 86_400.0) {
+            self.errors
+                .push(format!("{name} must be between 0 and 86400 seconds"));
+            return Duration::from_secs_f64(default);
+        }
+        Duration::from_secs_f64(value)
+    }
+
+    fn boolean(&mut self, name: &str, default: bool) -> bool {
+        match self.raw(name).map(|v| v.to_ascii_lowercase()) {
+            None => default,
+            Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => true,
+            Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => false,
+            Some(v) => {
+                self.errors
+                    .push(format!("{name}={v:?} is not true or false"));
+                default
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `.env` (if any) into the process environment, then the settings.
+    pub fn load() -> Result<Self, ConfigErrors> {
+        // A missing .env is normal; a malformed one is worth saying.
+        if let Err(err) = dotenvy::dotenv() {
+            if !err.not_found() {
+                return Err(ConfigErrors(vec![format!(".env could not be read: {err}")]));
+            }
+        }
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// Builds settings from a variable lookup; see `docs/CONFIGURATION.md`.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let mut r = Reader {
+            lookup,
+            errors: Vec::new(),
+        };
+
+        let host = r.string("HOST", "127.0.0.1");
+        let port = r.parse::<u16>("PORT", 5000, "a port number (0-65535)");
+        let database_path = PathBuf::from(r.string("DATABASE_PATH", "data/chat.db"));
+        let saved_conversations_dir =
+            PathBuf::from(r.string("SAVED_CONVERSATIONS_DIR", "saved_conversations"));
+        let secret_key = r.raw("SECRET_KEY").map(Secret);
+        let mongodb_uri = r.raw("MONGODB_URI");
+        let redis_url = r.raw("REDIS_URL");
+
+        let llm = Self::read_provider(&mut r);
+        let temperature = r.parse::<f32>("LLM_TEMPERATURE", 0.7, "a number");
+        if !(0.0..=2.0).contains(&temperature) {
+            r.errors
+                .push("LLM_TEMPERATURE must be between 0 and 2".to_string());
+        }
+        let top_p = r.parse::<f32>("LLM_TOP_P", 0.95, "a number");
+        if !(0.0..=1.0).contains(&top_p) {
+            r.errors
+                .push("LLM_TOP_P must be between 0 and 1".to_string());
+        }
+        let connect_timeout = r.seconds("LLM_CONNECT_TIMEOUT_SECONDS", 10.0);
+        let first_byte_timeout = r.seconds("LLM_FIRST_BYTE_TIMEOUT_SECONDS", 60.0);
+        let idle_timeout = r.seconds("LLM_IDLE_TIMEOUT_SECONDS", 60.0);
+        let max_attempts = r.positive("LLM_MAX_ATTEMPTS", 3).min(10) as u32;
+        let retry_max_wait = r.seconds("LLM_RETRY_MAX_WAIT_SECONDS", 20.0);
+        let llm_titles = r.boolean("LLM_TITLES", false);
+
+        let max_tokens = r.positive("MAX_TOKENS", 128_000).min(u32::MAX as u64) as u32;
+        let reply_tokens = r.positive("REPLY_TOKENS", 800).min(u32::MAX as u64) as u32;
+        if reply_tokens >= max_tokens {
+            r.errors.push(format!(
+                "REPLY_TOKENS ({reply_tokens}) must be smaller than MAX_TOKENS ({max_tokens})"
+            ));
+        } else if max_tokens - reply_tokens < 50 {
+            r.errors.push(format!(
+                "MAX_TOKENS - REPLY_TOKENS leaves only {} tokens for the prompt; at least 50 are needed",
+                max_tokens - reply_tokens
+            ));
+        }
+        let summary_tokens = r.positive("SUMMARY_TOKENS", 500) as u32;
+        let tokenizer = match r.string("TOKENIZER", "cl100k_base").as_str() {
+            "cl100k_base" => Tokenizer::Cl100kBase,
+            "o200k_base" => Tokenizer::O200kBase,
+            other => {
+                r.errors.push(format!(
+                    "TOKENIZER={other:?} is not one of cl100k_base, o200k_base"
+                ));
+                Tokenizer::Cl100kBase
+            }
+        };
+        let chunk_size_tokens = r.positive("CHUNK_SIZE_TOKENS", 1000).min(1_000_000) as u32;
+
+        // The original accepted values like "5m"; keep that, and "5MB".
+        let max_file_size_mb = match r.raw("MAX_FILE_SIZE_MB") {
+            None => 5.0,
+            Some(v) => {
+                let number = v
+                    .trim_end_matches(['b', 'B'])
+                    .trim_end_matches(['m', 'M'])
+                    .trim();
+                match number.parse::<f64>() {
+                    Ok(mb) if mb > 0.0 && mb <= 1024.0 => mb,
+                    _ => {
+                        r.errors.push(format!(
+                            "MAX_FILE_SIZE_MB={v:?} is not a size in megabytes between 0 and 1024"
+                        ));
+                        5.0
+                    }
+                }
+            }
+        };
+        let max_file_size_bytes = (max_file_size_mb * 1024.0 * 1024.0) as u64;
+        let allowed_extensions: Vec<String> = r
+            .string("ALLOWED_EXTENSIONS", "txt,md,json")
+            .split(',')
+            .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if allowed_extensions.is_empty() {
+            r.errors
+                .push("ALLOWED_EXTENSIONS must name at least one extension".to_string());
+        }
+        let upload_concurrency = r.positive("UPLOAD_CONCURRENCY", 4).min(64) as usize;
+        let max_message_chars = r.positive("MAX_MESSAGE_CHARS", 32_000).min(10_000_000) as usize;
+        let cors_allowed_origins = r
+            .raw("CORS_ALLOWED_ORIGINS")
+            .map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cookie_secure = r.boolean("COOKIE_SECURE", false);
+        let session_ttl =
+            Duration::from_secs(r.positive("SESSION_TTL_DAYS", 30).min(3650) * 86_400);
+        let log_format = match r.string("LOG_FORMAT", "text").as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                r.errors
+                    .push(format!("LOG_FORMAT={other:?} is not one of text, json"));
+                LogFormat::Text
+            }
+        };
+
+        if mongodb_uri.is_some() {
+            r.errors.push(
+                "MONGODB_URI is set, but the MongoDB store is not built into this version yet; \
+                 unset it to use the embedded SQLite store (DATABASE_PATH)"
+                    .to_string(),
+            );
+        }
+        if redis_url.is_some() {
+            r.errors.push(
+                "REDIS_URL is set, but multi-instance mode (Redis sessions and fan-out) is not \
+                 built into this version yet; unset it to run a single instance"
+                    .to_string(),
+            );
+        }
+
+        if !r.errors.is_empty() {
+            return Err(ConfigErrors(r.errors));
+        }
+        Ok(Settings {
+            host,
+            port,
+            database_path,
+            saved_conversations_dir,
+            secret_key,
+            mongodb_uri,
+            redis_url,
+            llm,
+            temperature,
+            top_p,
+            connect_timeout,
+            first_byte_timeout,
+            idle_timeout,
+            max_attempts,
+            retry_max_wait,
+            llm_titles,
+            max_tokens,
+            reply_tokens,
+            summary_tokens,
+            tokenizer,
+            chunk_size_tokens,
+            max_file_size_bytes,
+            max_file_size_mb,
+            allowed_extensions,
+            upload_concurrency,
+            max_message_chars,
+            cors_allowed_origins,
+            cookie_secure,
+            session_ttl,
+            log_format,
+        })
+    }
+
+    fn read_provider(r: &mut Reader<'_>) -> LlmProvider {
+        let azure_url = r.raw("AZURE_API_URL");
+        let openai_base = r.raw("OPENAI_BASE_URL");
+        let openai_key = r.raw("OPENAI_API_KEY");
+        let chosen = r.raw("LLM_PROVIDER").map(|p| p.to_ascii_lowercase());
+        let provider = match chosen.as_deref() {
+            Some(p) => p.to_string(),
+            None if azure_url.is_some() => "azure".to_string(),
+            None if openai_base.is_some() || openai_key.is_some() => "openai".to_string(),
+            None => "demo".to_string(),
+        };
+        match provider.as_str() {
+            "azure" => {
+                let Some(url) = azure_url else {
+                    r.errors
+                        .push("LLM_PROVIDER=azure needs AZURE_API_URL".to_string());
+                    return LlmProvider::Demo;
+                };
+                check_http_url(r, "AZURE_API_URL", &url);
+                let key = r.raw("API_KEY").unwrap_or_default();
+                if key.is_empty() {
+                    r.errors
+                        .push("AZURE_API_URL is set but API_KEY is empty".to_string());
+                }
+                let auth = match r
+                    .string("AZURE_AUTH_HEADER", "bearer")
+                    .to_ascii_lowercase()
+                    .as_str()
+                {
+                    "bearer" => AzureAuth::Bearer,
+                    "api-key" => AzureAuth::ApiKey,
+                    other => {
+                        r.errors.push(format!(
+                            "AZURE_AUTH_HEADER={other:?} is not one of bearer, api-key"
+                        ));
+                        AzureAuth::Bearer
+                    }
+                };
+                LlmProvider::Azure {
+                    url,
+                    key: Secret(key),
+                    auth,
+                }
+            }
+            "openai" => {
+                let base_url = openai_base
+                    .unwrap_or_else(|| "https://api.openai.com/v1".to_string())
+                    .trim_end_matches('/')
+                    .to_string();
+                check_http_url(r, "OPENAI_BASE_URL", &base_url);
+                let Some(model) = r.raw("LLM_MODEL") else {
+                    r.errors.push(
+                        "LLM_PROVIDER=openai needs LLM_MODEL (the model name to request)"
+                            .to_string(),
+                    );
+                    return LlmProvider::Demo;
+                };
+                LlmProvider::OpenAi {
+                    base_url,
+                    key: Secret(openai_key.unwrap_or_default()),
+                    model,
+                }
+            }
+            "demo" => LlmProvider::Demo,
+            other => {
+                r.errors.push(format!(
+                    "LLM_PROVIDER={other:?} is not one of azure, openai, demo"
+                ));
+                LlmProvider::Demo
+            }
+        }
+    }
+
+    /// The address to bind, `HOST:PORT`.
+    pub fn bind_address(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Tokens the prompt may use: `MAX_TOKENS - REPLY_TOKENS`.
+    pub fn prompt_budget(&self) -> u32 {
+        self.max_tokens - self.reply_tokens
+    }
+
+    /// Settings for tests of the library: demo LLM, given database path.
+    pub fn for_tests(database_path: PathBuf) -> Self {
+        let mut vars = HashMap::new();
+        vars.insert("DATABASE_PATH", database_path.display().to_string());
+        vars.insert("PORT", "0".to_string());
+        Self::from_lookup(&|name| vars.get(name).cloned()).expect("test settings are valid")
+    }
+}
+
+fn check_http_url(r: &mut Reader<'_>, name: &str, url: &str) {
+    if !(url.starts_with("http://") || url.starts_with("https://"))
+        || reqwest::Url::parse(url).is_err()
+    {
+        r.errors
+            .push(format!("{name}={url:?} is not an http(s) URL"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(&|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn nothing_configured_gives_demo_on_port_5000() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.llm, LlmProvider::Demo);
+        assert_eq!(s.bind_address(), "127.0.0.1:5000");
+        assert_eq!(s.prompt_budget(), 128_000 - 800);
+        assert_eq!(s.allowed_extensions, vec!["txt", "md", "json"]);
+        assert_eq!(s.max_file_size_bytes, 5 * 1024 * 1024);
+    }
+
+    #[test]
+    fn azure_url_selects_azure_with_bearer_auth() {
+        let s = settings(&[
+            ("AZURE_API_URL", "https://x.openai.azure.com/chat"),
+            ("API_KEY", "k"),
+        ])
+        .unwrap();
+        assert!(matches!(
+            s.llm,
+            LlmProvider::Azure {
+                auth: AzureAuth::Bearer,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_by_name() {
+        let err = settings(&[
+            ("PORT", "eighty"),
+            ("MAX_TOKENS", "100"),
+            ("REPLY_TOKENS", "200"),
+            ("LLM_PROVIDER", "openai"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("PORT=\"eighty\""), "{text}");
+        assert!(
+            text.contains("REPLY_TOKENS (200) must be smaller than MAX_TOKENS (100)"),
+            "{text}"
+        );
+        assert!(text.contains("LLM_MODEL"), "{text}");
+    }
+
+    #[test]
+    fn file_size_accepts_the_original_m_suffix() {
+        let s = settings(&[("MAX_FILE_SIZE_MB", "2m")]).unwrap();
+        assert_eq!(s.max_file_size_bytes, 2 * 1024 * 1024);
+        assert!(settings(&[("MAX_FILE_SIZE_MB", "-1")]).is_err());
+    }
+
+    #[test]
+    fn secrets_are_not_printed_by_debug() {
+        let s = settings(&[("AZURE_API_URL", "https://x/chat"), ("API_KEY", "hunter2")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,346 @@
+//! Token counting and the context window: which part of a conversation goes
+//! into a prompt, and which oldest part must be summarised first.
+//!
+//! Everything here is pure; `chat.rs` makes the LLM calls and stores the
+//! results. The stored history is never cut: only the prompt is.
+
+use crate::config::Tokenizer;
+use crate::domain::{ChatMessage, Role};
+use crate::store::{StoredMessage, Summary};
+
+/// Tokens a message costs beyond its content (role and separators), as in
+/// OpenAI's accounting for chat models.
+pub const MESSAGE_OVERHEAD: u32 = 4;
+/// Tokens that prime the reply.
+pub const REPLY_PRIMING: u32 = 3;
+
+/// Counts tokens with a tiktoken encoding (loaded once, shared).
+#[derive(Clone, Copy)]
+pub struct TokenCounter {
+    bpe: &'static tiktoken_rs::CoreBPE,
+}
+
+impl std::fmt::Debug for TokenCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCounter")
+    }
+}
+
+impl TokenCounter {
+    pub fn new(tokenizer: Tokenizer) -> Self {
+        let bpe = match tokenizer {
+            Tokenizer::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+            Tokenizer::O200kBase => tiktoken_rs::o200k_base_singleton(),
+        };
+        Self { bpe }
+    }
+
+    /// Tokens of `text` (special-token text counts as ordinary text).
+    pub fn count(&self, text: &str) -> u32 {
+        self.bpe.encode_ordinary(text).len() as u32
+    }
+
+    /// Tokens `content` costs as one prompt message.
+    pub fn message_cost(&self, content: &str) -> u32 {
+        self.count(content) + MESSAGE_OVERHEAD
+    }
+}
+
+/// The prompt-side summary message.
+pub fn summary_message(summary: &str) -> ChatMessage {
+    ChatMessage::new(
+        Role::System,
+        format!("Summary of the earlier part of this conversation: {summary}"),
+    )
+}
+
+/// A message's cost, using its cached count when there is one.
+fn cost(counter: &TokenCounter, message: &StoredMessage) -> u32 {
+    match message.tokens {
+        Some(tokens) => tokens + MESSAGE_OVERHEAD,
+        None => counter.message_cost(&message.message.content),
+    }
+}
+
+/// What to send for one turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptPlan {
+    /// History messages from this index on go into the prompt.
+    pub first_kept: usize,
+    /// History `[summarise_from, first_kept)` must be folded into a new
+    /// summary (with the old one) before sending; `None` when the prompt fits.
+    pub summarise_from: Option<usize>,
+}
+
+/// Decides which messages fit in `budget` tokens together with the new
+/// message (`new_cost`) and a summary of at most `summary_cap` tokens.
+///
+/// Costs are computed once per message (`costs`, parallel to the history),
+/// so a turn costs work in proportion to the history's length, never a
+/// re-tokenisation of it.
+pub fn plan(
+    costs: &[u32],
+    summary: Option<&Summary>,
+    new_cost: u32,
+    budget: u32,
+    summary_cap: u32,
+) -> PromptPlan {
+    let covered = summary.map_or(0, |s| s.covers.min(costs.len()));
+    let summary_cost = summary.map_or(0, |s| s.tokens + MESSAGE_OVERHEAD + 12);
+    let tail: u32 = costs[covered..].iter().sum();
+    if summary_cost + tail + new_cost + REPLY_PRIMING <= budget {
+        return PromptPlan {
+            first_kept: covered,
+            summarise_from: None,
+        };
+    }
+    // Fold the oldest uncovered messages into the summary until the rest,
+    // with a summary of at most `summary_cap` tokens, fits.
+    let reserved = summary_cap + MESSAGE_OVERHEAD + 12 + new_cost + REPLY_PRIMING;
+    let mut first_kept = covered;
+    let mut remaining = tail;
+    while first_kept < costs.len() && reserved + remaining > budget {
+        remaining -= costs[first_kept];
+        first_kept += 1;
+    }
+    PromptPlan {
+        first_kept,
+        summarise_from: Some(covered),
+    }
+}
+
+/// Assembles the prompt from a plan's pieces, leaving out the oldest kept
+/// messages if it still does not fit (a summary that came out longer than
+/// asked, or no summary because summarising failed). Returns the messages
+/// and their token count.
+pub fn assemble(
+    counter: &TokenCounter,
+    history: &[StoredMessage],
+    first_kept: usize,
+    summary: Option<&str>,
+    new_message: &ChatMessage,
+    new_cost: u32,
+    budget: u32,
+) -> (Vec<ChatMessage>, u32) {
+    let mut summary_msg = summary.map(summary_message);
+    let mut summary_cost = summary_msg
+        .as_ref()
+        .map_or(0, |m| counter.message_cost(&m.content));
+    let kept = &history[first_kept.min(history.len())..];
+    let costs: Vec<u32> = kept.iter().map(|m| cost(counter, m)).collect();
+    let mut total = summary_cost + costs.iter().sum::<u32>() + new_cost + REPLY_PRIMING;
+    let mut skip = 0;
+    while total > budget && skip < kept.len() {
+        total -= costs[skip];
+        skip += 1;
+    }
+    if total > budget && summary_msg.is_some() {
+        summary_msg = None;
+        total -= summary_cost;
+        summary_cost = 0;
+    }
+    let _ = summary_cost;
+    let mut messages = Vec::with_capacity(kept.len() - skip + 2);
+    messages.extend(summary_msg);
+    messages.extend(kept[skip..].iter().map(|m| m.message.clone()));
+    messages.push(new_message.clone());
+    (messages, total)
+}
+
+/// The request that folds `messages` (and an earlier summary) into one.
+pub fn summary_request(previous: Option<&str>, messages: &[StoredMessage]) -> Vec<ChatMessage> {
+    let mut text = String::new();
+    if let Some(previous) = previous {
+        text.push_str("Summary so far: ");
+        text.push_str(previous);
+        text.push('\n');
+    }
+    for m in messages {
+        text.push_str(m.message.role.capitalized());
+        text.push_str(": ");
+        text.push_str(&m.message.content);
+        text.push('\n');
+    }
+    vec![
+        ChatMessage::new(
+            Role::System,
+            "You are a helpful assistant that summarizes conversations.",
+        ),
+        ChatMessage::new(
+            Role::User,
+            format!(
+                "Please provide a concise summary of the following conversation:\n{text}\nSummary:"
+            ),
+        ),
+    ]
+}
+
+/// Splits `text` into chunks of at most `max_tokens` tokens on line
+/// boundaries, as the original did; a single line longer than that is split
+/// inside (on character boundaries) so no chunk is ever over the limit.
+pub fn chunk_text(counter: &TokenCounter, text: &str, max_tokens: u32) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut current = String::new();
+    let mut current_tokens = 0u32;
+    let flush = |chunks: &mut Vec<String>, current: &mut String, tokens: &mut u32| {
+        let trimmed = current.trim();
+        if !trimmed.is_empty() {
+            chunks.push(trimmed.to_string());
+        }
+        current.clear();
+        *tokens = 0;
+    };
+    for line in text.lines() {
+        let tokens = counter.count(line) + 1;
+        if tokens > max_tokens {
+            flush(&mut chunks, &mut current, &mut current_tokens);
+            for piece in split_long_line(counter, line, max_tokens) {
+                chunks.push(piece);
+            }
+            continue;
+        }
+        if current_tokens + tokens > max_tokens {
+            flush(&mut chunks, &mut current, &mut current_tokens);
+        }
+        current.push_str(line);
+        current.push('\n');
+        current_tokens += tokens;
+    }
+    flush(&mut chunks, &mut current, &mut current_tokens);
+    chunks
+}
+
+/// Cuts one line into pieces of at most `max_tokens` tokens.
+fn split_long_line(counter: &TokenCounter, line: &str, max_tokens: u32) -> Vec<String> {
+    let chars: Vec<char> = line.chars().collect();
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < chars.len() {
+        // Guess from the average, then shrink until it fits.
+        let remaining: String = chars[start..].iter().collect();
+        let total = counter.count(&remaining).max(1);
+        let mut len =
+            ((chars.len() - start) as u64 * max_tokens as u64 / total as u64).max(1) as usize;
+        len = len.min(chars.len() - start);
+        loop {
+            let piece: String = chars[start..start + len].iter().collect();
+            if counter.count(&piece) <= max_tokens || len == 1 {
+                // Prefer to cut at a space in the second half of the piece,
+                // so words stay whole.
+                if start + len < chars.len() {
+                    if let Some(space) = chars[start + len / 2..start + len]
+                        .iter()
+                        .rposition(|c| c.is_whitespace())
+                    {
+                        len = len / 2 + space + 1;
+                    }
+                }
+                let piece: String = chars[start..start + len].iter().collect();
+                let trimmed = piece.trim();
+                if !trimmed.is_empty() {
+                    pieces.push(trimmed.to_string());
+                }
+                start += len;
+                break;
+            }
+            len = (len * 9 / 10).max(1);
+        }
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter() -> TokenCounter {
+        TokenCounter::new(Tokenizer::Cl100kBase)
+    }
+
+    fn stored(role: Role, content: &str) -> StoredMessage {
+        StoredMessage {
+            message: ChatMessage::new(role, content),
+            tokens: Some(counter().count(content)),
+        }
+    }
+
+    #[test]
+    fn counts_tokens_like_tiktoken() {
+        assert_eq!(counter().count("hello world"), 2);
+        assert_eq!(counter().count(""), 0);
+    }
+
+    #[test]
+    fn a_prompt_that_fits_keeps_everything_after_the_summary() {
+        let costs = [10, 10, 10];
+        let summary = Summary {
+            text: "s".into(),
+            covers: 1,
+            tokens: 5,
+        };
+        assert_eq!(
+            plan(&costs, Some(&summary), 10, 1000, 100),
+            PromptPlan {
+                first_kept: 1,
+                summarise_from: None
+            }
+        );
+    }
+
+    #[test]
+    fn over_budget_folds_the_oldest_messages_into_the_summary() {
+        let costs = [50, 50, 50, 50];
+        let p = plan(&costs, None, 20, 150, 30);
+        // 30 + 16 + 20 + 3 reserved = 69; two messages (100) would be 169 > 150.
+        assert_eq!(
+            p,
+            PromptPlan {
+                first_kept: 3,
+                summarise_from: Some(0)
+            }
+        );
+    }
+
+    #[test]
+    fn assemble_never_exceeds_the_budget_and_drops_oldest_first() {
+        let c = counter();
+        let history: Vec<_> = (0..20)
+            .map(|i| stored(Role::User, &format!("message number {i} with some words")))
+            .collect();
+        let new = ChatMessage::new(Role::User, "the new question");
+        let new_cost = c.message_cost(&new.content);
+
+        let (messages, total) = assemble(&c, &history, 0, Some("a summary"), &new, new_cost, 60);
+
+        assert!(total <= 60, "{total}");
+        assert_eq!(messages.last(), Some(&new));
+        let counted: u32 = messages
+            .iter()
+            .map(|m| c.message_cost(&m.content))
+            .sum::<u32>()
+            + REPLY_PRIMING;
+        assert_eq!(counted, total);
+        assert!(messages
+            .iter()
+            .any(|m| m.content.contains("message number 19")));
+        assert!(!messages
+            .iter()
+            .any(|m| m.content.contains("message number 0 ")));
+    }
+
+    #[test]
+    fn chunks_respect_the_limit_and_keep_all_text() {
+        let c = counter();
+        let long_line = "word ".repeat(300);
+        let text = format!("short line one\nshort line two\n{long_line}\nlast line");
+
+        let chunks = chunk_text(&c, &text, 50);
+
+        assert!(chunks.len() >= 7, "{}", chunks.len());
+        assert!(chunks.iter().all(|ch| c.count(ch) <= 50));
+        let words: usize = chunks.iter().map(|ch| ch.matches("word").count()).sum();
+        assert_eq!(words, 300);
+        assert!(chunks[0].starts_with("short line one\nshort line two"));
+        assert_eq!(chunks.last().unwrap(), "last line");
+    }
+}

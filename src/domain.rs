@@ -1,0 +1,194 @@
+//! Newtypes that can only hold valid values: ids are checked once, here,
+//! before they reach a query, a file name or a log line.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A conversation id: a UUID in its canonical lowercase hyphenated form
+/// (what the original app's `str(uuid4())` produced).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ConversationId(String);
+
+/// A raw id that is not a UUID.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid id")]
+pub struct InvalidId;
+
+impl ConversationId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4().to_string())
+    }
+
+    /// Accepts any UUID spelling and keeps the canonical one.
+    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+        if raw.len() > 64 {
+            return Err(InvalidId);
+        }
+        Uuid::parse_str(raw.trim())
+            .map(|id| Self(id.hyphenated().to_string()))
+            .map_err(|_| InvalidId)
+    }
+}
+
+impl Default for ConversationId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TryFrom<String> for ConversationId {
+    type Error = InvalidId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<ConversationId> for String {
+    fn from(value: ConversationId) -> Self {
+        value.0
+    }
+}
+
+impl AsRef<str> for ConversationId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The owner of conversations: one per browser session, never shared.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UserId(String);
+
+impl UserId {
+    /// A fresh random user id.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4().to_string())
+    }
+
+    /// Wraps a stored id (from a session or a database row) as it is.
+    pub fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+}
+
+impl Default for UserId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AsRef<str> for UserId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who wrote a message. Stored conversations hold only `user` and
+/// `assistant` (the original's schema); `system` exists only in prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The lowercase name used in JSON and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+
+    /// Parses a stored role name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "system" => Some(Role::System),
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            _ => None,
+        }
+    }
+
+    /// "User", "Assistant": the prefix of a line in `conversation_text`.
+    pub fn capitalized(self) -> &'static str {
+        match self {
+            Role::System => "System",
+            Role::User => "User",
+            Role::Assistant => "Assistant",
+        }
+    }
+}
+
+/// One message of a conversation or prompt, as sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// The original app's searchable text: `"User: ...\nAssistant: ..."`.
+pub fn conversation_text<'a>(messages: impl IntoIterator<Item = &'a ChatMessage>) -> String {
+    let lines: Vec<String> = messages
+        .into_iter()
+        .map(|m| format!("{}: {}", m.role.capitalized(), m.content))
+        .collect();
+    lines.join("\n").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_ids_must_be_uuids_and_are_canonicalised() {
+        let id = ConversationId::parse("3F2504E0-4F89-11D3-9A0C-0305E82C3301").unwrap();
+        assert_eq!(id.as_ref(), "3f2504e0-4f89-11d3-9a0c-0305e82c3301");
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "not-a-uuid",
+            "1 OR 1=1",
+            &"a".repeat(100),
+        ] {
+            assert!(ConversationId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn conversation_text_matches_the_original_format() {
+        let text = conversation_text(&[
+            ChatMessage::new(Role::User, "hi"),
+            ChatMessage::new(Role::Assistant, "hello"),
+        ]);
+        assert_eq!(text, "User: hi\nAssistant: hello");
+    }
+}

@@ -1,0 +1,121 @@
+//! The one error type the edge speaks: a status, a sentence for people and a
+//! stable code for programs. Inner errors convert into it; internal causes are
+//! logged here, once, and never sent to the client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::llm::LlmError;
+use crate::store::StoreError;
+
+/// What a client is told went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input: the sentence says what and how to fix it.
+    #[error("{0}")]
+    Invalid(String),
+    /// The session has no current conversation.
+    #[error("{0}")]
+    NoConversation(&'static str),
+    #[error("Conversation not found.")]
+    NotFound,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("The language model is unavailable right now. Please try again.")]
+    LlmUnavailable,
+    #[error("The service is temporarily unavailable. Please try again.")]
+    Unavailable,
+    #[error("Something went wrong on our side. Please try again.")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The JSON body of every error: `{"message", "error"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorBody {
+    pub message: String,
+    pub error: &'static str,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid(_) | ApiError::NoConversation(_) | ApiError::Unsupported(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Busy(_) => StatusCode::CONFLICT,
+            ApiError::LlmUnavailable => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Invalid(_) => "invalid",
+            ApiError::NoConversation(_) => "no_conversation",
+            ApiError::NotFound => "not_found",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::Unsupported(_) => "unsupported",
+            ApiError::Busy(_) => "busy",
+            ApiError::LlmUnavailable => "llm_unavailable",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The body sent to clients (HTTP responses and socket `error` events).
+    /// Logs the internal cause once, so callers need not.
+    pub fn body(&self) -> ErrorBody {
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+        }
+        ErrorBody {
+            message: self.to_string(),
+            error: self.code(),
+        }
+    }
+
+    pub fn invalid(why: impl Into<String>) -> Self {
+        ApiError::Invalid(why.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(self.body())).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "store unavailable");
+                ApiError::Unavailable
+            }
+            StoreError::Backend(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+impl From<LlmError> for ApiError {
+    fn from(err: LlmError) -> Self {
+        tracing::warn!(error = %err, "language model request failed");
+        ApiError::LlmUnavailable
+    }
+}
+
+impl From<tower_sessions::session::Error> for ApiError {
+    fn from(err: tower_sessions::session::Error) -> Self {
+        ApiError::Internal(anyhow::anyhow!("session: {err}"))
+    }
+}

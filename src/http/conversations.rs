@@ -1,0 +1,235 @@
+//! Conversation routes: start, reset, list, load, delete, save, search and
+//! few-shot examples. Every one is scoped to the session's user.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::extract::{ApiJson, SessionUser};
+use crate::chat::updated_payload;
+use crate::domain::{conversation_text, ConversationId, Role};
+use crate::error::ApiError;
+use crate::session;
+use crate::state::AppState;
+use crate::store::{rfc3339, NewMessage};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/start_conversation", post(start_conversation))
+        .route("/reset_conversation", post(reset_conversation))
+        .route("/list_conversations", get(list_conversations))
+        .route("/load_conversation/{id}", get(load_conversation))
+        .route("/conversation/{id}", delete(delete_conversation))
+        .route("/save_history", post(save_history))
+        .route("/search_conversations", get(search_conversations))
+        .route("/add_few_shot_example", post(add_few_shot_example))
+}
+
+fn parse_id(raw: &str) -> Result<ConversationId, ApiError> {
+    ConversationId::parse(raw).map_err(|_| ApiError::invalid("Invalid conversation id."))
+}
+
+async fn current(who: &SessionUser, missing: &'static str) -> Result<ConversationId, ApiError> {
+    session::current_conversation(&who.session)
+        .await?
+        .ok_or(ApiError::NoConversation(missing))
+}
+
+async fn start_conversation(
+    State(state): State<AppState>,
+    who: SessionUser,
+) -> Result<Json<Value>, ApiError> {
+    let id = ConversationId::new();
+    state.store.create(&who.user, &id).await?;
+    session::set_current_conversation(&who.session, &id).await?;
+    tracing::info!(conversation = %id, "conversation started");
+    Ok(Json(
+        json!({"message": "New conversation started.", "conversation_id": id}),
+    ))
+}
+
+async fn reset_conversation(
+    State(state): State<AppState>,
+    who: SessionUser,
+) -> Result<Json<Value>, ApiError> {
+    let id = current(&who, "No active conversation to reset.").await?;
+    let meta = state.store.reset(&who.user, &id).await?;
+    state
+        .notifier
+        .to_user(&who.user, "conversation_updated", updated_payload(&meta))
+        .await;
+    Ok(Json(
+        json!({"message": "Conversation has been reset successfully!"}),
+    ))
+}
+
+fn query_number(
+    query: &HashMap<String, String>,
+    name: &str,
+    default: u32,
+    max: u32,
+) -> Result<u32, ApiError> {
+    match query.get(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n <= max)
+            .ok_or_else(|| {
+                ApiError::invalid(format!("{name} must be a whole number from 0 to {max}."))
+            }),
+    }
+}
+
+async fn list_conversations(
+    State(state): State<AppState>,
+    who: SessionUser,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query_number(&query, "limit", 200, 1000)?;
+    let offset = query_number(&query, "offset", 0, u32::MAX)?;
+    let conversations = state.store.list(&who.user, limit, offset).await?;
+    Ok(Json(json!({"conversations": conversations})))
+}
+
+async fn load_conversation(
+    State(state): State<AppState>,
+    who: SessionUser,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&raw)?;
+    let conversation = state.store.load(&who.user, &id).await?;
+    session::set_current_conversation(&who.session, &id).await?;
+    Ok(Json(json!({
+        "conversation": conversation.history(),
+        "conversation_id": id,
+        "title": conversation.meta.title,
+    })))
+}
+
+async fn delete_conversation(
+    State(state): State<AppState>,
+    who: SessionUser,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&raw)?;
+    state.store.delete(&who.user, &id).await?;
+    if session::current_conversation(&who.session).await?.as_ref() == Some(&id) {
+        session::clear_current_conversation(&who.session).await?;
+    }
+    Ok(Json(json!({"message": "Conversation deleted."})))
+}
+
+async fn save_history(
+    State(state): State<AppState>,
+    who: SessionUser,
+) -> Result<Json<Value>, ApiError> {
+    let id = current(&who, "No active conversation to save.").await?;
+    let conversation = state.store.load(&who.user, &id).await?;
+    let history = conversation.history();
+    // The original's document shape, so tools that read its files read ours.
+    let document = json!({
+        "conversation_id": id,
+        "user_id": who.user,
+        "conversation_history": history,
+        "conversation_text": conversation_text(&history),
+        "created_at": rfc3339::format(&conversation.meta.created_at),
+        "updated_at": rfc3339::format(&conversation.meta.updated_at),
+        "title": conversation.meta.title,
+    });
+    // The id is a validated UUID: it cannot leave the folder.
+    let file_name = format!(
+        "{}_{}_conversation_history.json",
+        Utc::now().format("%Y%m%d_%H%M%S"),
+        id
+    );
+    let dir = state.settings.saved_conversations_dir.clone();
+    let bytes = serde_json::to_vec_pretty(&document).map_err(|e| ApiError::Internal(e.into()))?;
+    let name = file_name.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        // Write then rename: a crash never leaves a half-written file.
+        let partial = dir.join(format!(".{name}.partial"));
+        std::fs::write(&partial, &bytes)?;
+        std::fs::rename(&partial, dir.join(&name))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| {
+        ApiError::Internal(anyhow::Error::new(e).context("writing the saved conversation"))
+    })?;
+    tracing::info!(conversation = %id, file = %file_name, "conversation saved");
+    Ok(Json(
+        json!({"message": "Conversation history saved successfully.", "file_name": file_name}),
+    ))
+}
+
+async fn search_conversations(
+    State(state): State<AppState>,
+    who: SessionUser,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query.get("q").map(|q| q.trim()).unwrap_or_default();
+    if q.is_empty() {
+        return Err(ApiError::invalid("No search query provided."));
+    }
+    if q.chars().count() > 500 {
+        return Err(ApiError::invalid(
+            "The search query is too long (max 500 characters).",
+        ));
+    }
+    let limit = query_number(&query, "limit", 50, 200)?;
+    let hits = state.store.search(&who.user, q, limit).await?;
+    Ok(Json(json!({"conversations": hits})))
+}
+
+async fn add_few_shot_example(
+    State(state): State<AppState>,
+    who: SessionUser,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let field = |name: &str| match body.get(name) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let (Some(prompt), Some(response)) = (field("user_prompt"), field("assistant_response")) else {
+        return Err(ApiError::invalid(
+            "Both 'user_prompt' and 'assistant_response' are required.",
+        ));
+    };
+    let max = state.settings.max_message_chars;
+    if prompt.chars().count() > max || response.chars().count() > max {
+        return Err(ApiError::TooLarge(format!(
+            "Each field may have at most {max} characters."
+        )));
+    }
+    let id = current(
+        &who,
+        "No active conversation. Please start a new conversation.",
+    )
+    .await?;
+    let messages = vec![
+        NewMessage {
+            role: Role::User,
+            tokens: Some(state.tokens.count(&prompt)),
+            content: prompt,
+        },
+        NewMessage {
+            role: Role::Assistant,
+            tokens: Some(state.tokens.count(&response)),
+            content: response,
+        },
+    ];
+    let meta = state.store.append(&who.user, &id, messages).await?;
+    state
+        .notifier
+        .to_user(&who.user, "conversation_updated", updated_payload(&meta))
+        .await;
+    Ok(Json(
+        json!({"message": "Few-shot example added successfully!"}),
+    ))
+}

@@ -1,0 +1,108 @@
+//! The chat page (askama template) and its static files, which are compiled
+//! into the binary so it runs from any folder.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::extract::SessionUser;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/get_config", get(get_config))
+        .route("/static/{file}", get(static_file))
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "index.html")]
+struct IndexTemplate {
+    demo_mode: bool,
+    model_label: String,
+    max_tokens: u32,
+    asset_version: String,
+}
+
+/// Serving the page also gives a first-time visitor their user id (cookie).
+async fn index(
+    State(state): State<AppState>,
+    _who: SessionUser,
+) -> Result<IndexTemplate, ApiError> {
+    let info = state.llm.info();
+    Ok(IndexTemplate {
+        demo_mode: info.demo,
+        model_label: info.model,
+        max_tokens: state.settings.max_tokens,
+        asset_version: state.asset_version.to_string(),
+    })
+}
+
+async fn get_config(State(state): State<AppState>) -> Json<Value> {
+    let settings = &state.settings;
+    let info = state.llm.info();
+    Json(json!({
+        "max_tokens": settings.max_tokens,
+        "reply_tokens": settings.reply_tokens,
+        "demo_mode": info.demo,
+        "provider": info.provider,
+        "model": info.model,
+        "max_file_size_mb": settings.max_file_size_mb,
+        "allowed_extensions": settings.allowed_extensions,
+        "max_message_chars": settings.max_message_chars,
+    }))
+}
+
+/// The static files: name, content type, bytes.
+pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/app.js"),
+    ),
+    (
+        "sio.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/sio.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../static/style.css"),
+    ),
+];
+
+/// A version string that changes whenever a static file does.
+pub fn asset_version() -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (name, _, bytes) in STATIC_FILES {
+        name.hash(&mut hasher);
+        bytes.hash(&mut hasher);
+    }
+    format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
+}
+
+async fn static_file(Path(name): Path<String>) -> Response {
+    match STATIC_FILES.iter().find(|(n, _, _)| *n == name) {
+        Some((_, content_type, bytes)) => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            *bytes,
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": "Not found.", "error": "not_found"})),
+        )
+            .into_response(),
+    }
+}

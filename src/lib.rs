@@ -1,0 +1,20 @@
+//! LLM chat server: a Rust port of a Flask-SocketIO chat application.
+//!
+//! The binary in `main.rs` only loads [`config::Settings`] and runs
+//! [`startup::Application`]; everything else lives in this library so the
+//! tests can reason about the same types.
+
+pub mod chat;
+pub mod config;
+pub mod context;
+pub mod domain;
+pub mod error;
+pub mod files;
+pub mod http;
+pub mod llm;
+pub mod metrics;
+pub mod realtime;
+pub mod session;
+pub mod startup;
+pub mod state;
+pub mod store;

@@ -1,0 +1,76 @@
+//! Language models behind one trait: an OpenAI-compatible HTTP client (Azure
+//! OpenAI, OpenAI, Ollama, vLLM, llama.cpp) and a local demo provider used
+//! when nothing is configured.
+//!
+//! Cancellation is by dropping: a dropped stream closes the upstream
+//! connection, so `stop_generation` and client disconnects stop the tokens
+//! being paid for.
+
+pub mod demo;
+pub mod openai;
+pub mod sse;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::Stream;
+use serde::Serialize;
+
+use crate::config::{LlmProvider, Settings};
+use crate::domain::ChatMessage;
+
+/// Why a model call failed. Shown to people only as a generic sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("no response within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("upstream answered HTTP {status}")]
+    Status { status: u16 },
+    #[error("upstream body could not be read: {0}")]
+    Decode(String),
+    #[error("upstream reported an error: {0}")]
+    Upstream(String),
+    #[error("connection lost mid-reply: {0}")]
+    Interrupted(String),
+}
+
+/// A chat request, in the upstream's terms.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: u32,
+}
+
+/// Streamed reply text, one item per upstream delta.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<String, LlmError>> + Send>>;
+
+/// What the page and `/get_config` say about the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub provider: &'static str,
+    pub model: String,
+    pub demo: bool,
+}
+
+/// A chat model.
+#[async_trait]
+pub trait ChatModel: Send + Sync + 'static {
+    /// Starts a streamed reply. Retries (429, 5xx, connection errors) happen
+    /// here, before any text is returned; errors after that end the stream.
+    async fn stream(&self, request: ChatRequest) -> Result<ChunkStream, LlmError>;
+    /// A whole reply at once (summaries, file analysis), with the same retries.
+    async fn complete(&self, request: ChatRequest) -> Result<String, LlmError>;
+    /// Provider and model names.
+    fn info(&self) -> ModelInfo;
+}
+
+/// The model the settings ask for.
+pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<dyn ChatModel>> {
+    Ok(match &settings.llm {
+        LlmProvider::Demo => Arc::new(demo::DemoModel::default()),
+        _ => Arc::new(openai::OpenAiClient::new(settings)?),
+    })
+}

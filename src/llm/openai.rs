@@ -1,0 +1,379 @@
+//! The HTTP client for OpenAI-compatible chat completions (Azure OpenAI
+//! included): one `reqwest::Client`, streaming SSE, timeouts for connect,
+//! first byte and between chunks, and retries with backoff that honour
+//! `Retry-After`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde_json::json;
+
+use super::sse::{completion_text, parse_line, take_lines, SseItem};
+use super::{ChatModel, ChatRequest, ChunkStream, LlmError, ModelInfo};
+use crate::config::{AzureAuth, LlmProvider, Settings};
+
+/// A client for one configured endpoint.
+pub struct OpenAiClient {
+    http: reqwest::Client,
+    url: String,
+    headers: HeaderMap,
+    model: Option<String>,
+    provider: &'static str,
+    temperature: f32,
+    top_p: f32,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+    max_attempts: u32,
+    retry_max_wait: Duration,
+}
+
+impl OpenAiClient {
+    /// Builds the client for an `Azure` or `OpenAi` provider.
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let bearer = |key: &str| -> anyhow::Result<HeaderValue> {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                anyhow::anyhow!("the API key contains characters not allowed in a header")
+            })?;
+            value.set_sensitive(true);
+            Ok(value)
+        };
+        let (url, model, provider) = match &settings.llm {
+            LlmProvider::Azure { url, key, auth } => {
+                match auth {
+                    AzureAuth::Bearer => {
+                        headers.insert(AUTHORIZATION, bearer(key.expose())?);
+                    }
+                    AzureAuth::ApiKey => {
+                        let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
+                            anyhow::anyhow!("API_KEY contains characters not allowed in a header")
+                        })?;
+                        value.set_sensitive(true);
+                        headers.insert("api-key", value);
+                    }
+                }
+                (url.clone(), None, "azure")
+            }
+            LlmProvider::OpenAi {
+                base_url,
+                key,
+                model,
+            } => {
+                if !key.expose().is_empty() {
+                    headers.insert(AUTHORIZATION, bearer(key.expose())?);
+                }
+                (
+                    format!("{base_url}/chat/completions"),
+                    Some(model.clone()),
+                    "openai",
+                )
+            }
+            LlmProvider::Demo => anyhow::bail!("the demo provider has no HTTP client"),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("llm-chat-server/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            url,
+            headers,
+            model,
+            provider,
+            temperature: settings.temperature,
+            top_p: settings.top_p,
+            first_byte_timeout: settings.first_byte_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_attempts: settings.max_attempts,
+            retry_max_wait: settings.retry_max_wait,
+        })
+    }
+
+    fn request(&self, request: &ChatRequest, stream: bool) -> RequestBuilder {
+        let mut body = json!({
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stream": stream,
+        });
+        if let Some(model) = &self.model {
+            body["model"] = json!(model);
+        }
+        self.http
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .json(&body)
+    }
+
+    /// Sends with retries until a 2xx response's headers arrive.
+    async fn send(&self, request: &ChatRequest, stream: bool) -> Result<Response, LlmError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = tokio::time::timeout(
+                self.first_byte_timeout,
+                self.request(request, stream).send(),
+            )
+            .await;
+            let (error, wait_hint) = match outcome {
+                Err(_) => (LlmError::Timeout(self.first_byte_timeout), None),
+                Ok(Err(err)) if err.is_connect() || err.is_request() => {
+                    (LlmError::Connect(without_url(&err)), None)
+                }
+                Ok(Err(err)) => return Err(LlmError::Connect(without_url(&err))),
+                Ok(Ok(response)) if response.status().is_success() => return Ok(response),
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let hint = retry_after(response.headers());
+                    // The body may explain (quota, bad deployment): log only.
+                    let body = tokio::time::timeout(Duration::from_secs(2), response.text())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        status = status.as_u16(),
+                        attempt,
+                        body = %body.chars().take(500).collect::<String>(),
+                        "language model answered with an error"
+                    );
+                    let error = LlmError::Status {
+                        status: status.as_u16(),
+                    };
+                    if !retryable(status) {
+                        return Err(error);
+                    }
+                    (error, hint)
+                }
+            };
+            // A hang is not worth repeating: the user has waited long enough.
+            if attempt >= self.max_attempts || matches!(error, LlmError::Timeout(_)) {
+                return Err(error);
+            }
+            let wait = wait_hint
+                .unwrap_or_else(|| backoff(attempt))
+                .min(self.retry_max_wait);
+            tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying language model request");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// The error without the URL (which may carry a key in its query).
+fn without_url(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    if let Some(url) = err.url() {
+        text = text.replace(url.as_str(), "<llm url>");
+    }
+    text
+}
+
+/// `retry-after-ms` (Azure, OpenAI) or `Retry-After` in seconds.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// 0.5 s, 1 s, 2 s, ... with up to 25% jitter.
+fn backoff(attempt: u32) -> Duration {
+    let base = 0.5 * 2f64.powi(attempt.saturating_sub(1).min(6) as i32);
+    let jitter = rand::rng().random_range(0.0..=base * 0.25);
+    Duration::from_secs_f64(base + jitter)
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+#[async_trait]
+impl ChatModel for OpenAiClient {
+    async fn stream(&self, request: ChatRequest) -> Result<ChunkStream, LlmError> {
+        let response = self.send(&request, true).await?;
+        let idle = self.idle_timeout;
+        if is_json(&response) {
+            // The endpoint ignored `stream`: one whole reply, one chunk.
+            let body = tokio::time::timeout(idle, response.bytes())
+                .await
+                .map_err(|_| LlmError::Timeout(idle))?
+                .map_err(|e| LlmError::Interrupted(without_url(&e)))?;
+            let text = completion_text(&body)?;
+            return Ok(Box::pin(futures_util::stream::iter([Ok(text)])));
+        }
+        let mut body = response.bytes_stream();
+        let stream = async_stream(move |tx| async move {
+            let mut buffer = Vec::new();
+            loop {
+                let next = match tokio::time::timeout(idle, body.next()).await {
+                    Err(_) => return tx.error(LlmError::Timeout(idle)).await,
+                    Ok(next) => next,
+                };
+                match next {
+                    None => {
+                        // Closed without [DONE]: accept whatever was complete.
+                        if !buffer.is_empty() {
+                            buffer.push(b'\n');
+                            for line in take_lines(&mut buffer) {
+                                match parse_line(&line) {
+                                    Ok(SseItem::Text(t)) if !t.is_empty() => {
+                                        tx.text(t).await;
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => return tx.error(e).await,
+                                }
+                            }
+                        }
+                        return;
+                    }
+                    Some(Err(e)) => return tx.error(LlmError::Interrupted(without_url(&e))).await,
+                    Some(Ok(bytes)) => {
+                        buffer.extend_from_slice(&bytes);
+                        if buffer.len() > 4 * 1024 * 1024 {
+                            return tx
+                                .error(LlmError::Decode("an event is larger than 4 MiB".into()))
+                                .await;
+                        }
+                        for line in take_lines(&mut buffer) {
+                            match parse_line(&line) {
+                                Ok(SseItem::Text(t)) if !t.is_empty() => {
+                                    if !tx.text(t).await {
+                                        return;
+                                    }
+                                }
+                                Ok(SseItem::Done) => return,
+                                Ok(_) => {}
+                                Err(e) => return tx.error(e).await,
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(stream)
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<String, LlmError> {
+        let response = self.send(&request, false).await?;
+        let body = tokio::time::timeout(self.idle_timeout, response.bytes())
+            .await
+            .map_err(|_| LlmError::Timeout(self.idle_timeout))?
+            .map_err(|e| LlmError::Interrupted(without_url(&e)))?;
+        completion_text(&body)
+    }
+
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            provider: self.provider,
+            model: self
+                .model
+                .clone()
+                .unwrap_or_else(|| "azure deployment".to_string()),
+            demo: false,
+        }
+    }
+}
+
+/// Sending half of a [`ChunkStream`] built by [`async_stream`].
+pub(crate) struct ChunkSender(tokio::sync::mpsc::Sender<Result<String, LlmError>>);
+
+impl ChunkSender {
+    /// Sends text; `false` when the receiver is gone (cancelled).
+    pub(crate) async fn text(&self, text: String) -> bool {
+        self.0.send(Ok(text)).await.is_ok()
+    }
+
+    /// Sends the final error.
+    pub(crate) async fn error(&self, error: LlmError) {
+        let _ = self.0.send(Err(error)).await;
+    }
+}
+
+/// A stream fed by a producer task. Dropping the stream ends the task at its
+/// next send (and with it the upstream connection it owns).
+pub(crate) fn async_stream<F, Fut>(producer: F) -> ChunkStream
+where
+    F: FnOnce(ChunkSender) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(32);
+    let task = tokio::spawn(producer(ChunkSender(tx)));
+    let guard = AbortOnDrop(task);
+    Box::pin(futures_util::stream::unfold(
+        (rx, guard),
+        |(mut rx, guard)| async move { rx.recv().await.map(|item| (item, (rx, guard))) },
+    ))
+}
+
+/// Aborts the producer task when the consumer drops the stream, so an idle
+/// upstream (no chunk to send) is closed at once rather than at its timeout.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_prefers_milliseconds_then_seconds() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("150"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(150)));
+        headers.clear();
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn only_rate_limits_and_server_errors_are_retried() {
+        assert!(retryable(StatusCode::TOO_MANY_REQUESTS));
+        assert!(retryable(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!retryable(StatusCode::UNAUTHORIZED));
+        assert!(!retryable(StatusCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        assert!(
+            backoff(1) >= Duration::from_millis(500) && backoff(1) <= Duration::from_millis(625)
+        );
+        assert!(backoff(3) >= Duration::from_secs(2));
+        assert!(backoff(50) <= Duration::from_secs(40));
+    }
+}

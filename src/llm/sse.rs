@@ -1,0 +1,136 @@
+//! Parsing of OpenAI-style server-sent events: `data: {json}` lines, blank
+//! line separators, `data: [DONE]` at the end. Pure, unit-tested here.
+
+use serde_json::Value;
+
+use super::LlmError;
+
+/// What one complete SSE line means.
+#[derive(Debug, PartialEq)]
+pub enum SseItem {
+    /// Reply text (may be empty for role-only or filter-result deltas).
+    Text(String),
+    /// `[DONE]`.
+    Done,
+    /// A comment, an `event:`/`id:` field, or a blank line.
+    Skip,
+}
+
+/// Splits a byte buffer into complete lines, leaving a partial last line in
+/// the buffer. Lines are returned without `\r\n` / `\n`.
+pub fn take_lines(buffer: &mut Vec<u8>) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    while let Some(pos) = buffer[start..].iter().position(|&b| b == b'\n') {
+        let end = start + pos;
+        let mut line = buffer[start..end].to_vec();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        lines.push(line);
+        start = end + 1;
+    }
+    buffer.drain(..start);
+    lines
+}
+
+/// Interprets one SSE line.
+pub fn parse_line(line: &[u8]) -> Result<SseItem, LlmError> {
+    let line =
+        std::str::from_utf8(line).map_err(|_| LlmError::Decode("stream is not UTF-8".into()))?;
+    let Some(data) = line.strip_prefix("data:") else {
+        return Ok(SseItem::Skip);
+    };
+    let data = data.trim();
+    if data == "[DONE]" {
+        return Ok(SseItem::Done);
+    }
+    if data.is_empty() {
+        return Ok(SseItem::Skip);
+    }
+    let value: Value = serde_json::from_str(data)
+        .map_err(|e| LlmError::Decode(format!("event is not JSON: {e}")))?;
+    if let Some(error) = value.get("error") {
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
+        return Err(LlmError::Upstream(message.chars().take(300).collect()));
+    }
+    let Some(choices) = value.get("choices").and_then(Value::as_array) else {
+        return Err(LlmError::Decode("event has no choices".into()));
+    };
+    // Azure sends a first event with empty choices (prompt filter results).
+    let text = choices
+        .first()
+        .and_then(|c| c.get("delta"))
+        .and_then(|d| d.get("content"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Ok(SseItem::Text(text.to_string()))
+}
+
+/// The reply text of a non-streamed completion body.
+pub fn completion_text(body: &[u8]) -> Result<String, LlmError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| LlmError::Decode(format!("body is not JSON: {e}")))?;
+    if let Some(error) = value.get("error") {
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
+        return Err(LlmError::Upstream(message.chars().take(300).collect()));
+    }
+    value
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("message"))
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| LlmError::Decode("body has no choices[0].message.content".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_across_reads_and_crlf_is_dropped() {
+        let mut buffer = b"data: {\"a\":1}\r\n\r\ndata: par".to_vec();
+        let lines = take_lines(&mut buffer);
+        assert_eq!(lines, vec![b"data: {\"a\":1}".to_vec(), Vec::new()]);
+        assert_eq!(buffer, b"data: par");
+        buffer.extend_from_slice(b"tial\n");
+        assert_eq!(take_lines(&mut buffer), vec![b"data: partial".to_vec()]);
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn deltas_done_comments_and_errors() {
+        let delta = br#"data: {"choices":[{"delta":{"content":"Hi"}}]}"#;
+        assert_eq!(parse_line(delta).unwrap(), SseItem::Text("Hi".into()));
+        assert_eq!(parse_line(b"data: [DONE]").unwrap(), SseItem::Done);
+        assert_eq!(parse_line(b": keep-alive").unwrap(), SseItem::Skip);
+        assert_eq!(
+            parse_line(br#"data: {"choices":[]}"#).unwrap(),
+            SseItem::Text(String::new())
+        );
+        assert!(matches!(
+            parse_line(b"data: {nope"),
+            Err(LlmError::Decode(_))
+        ));
+        assert!(matches!(
+            parse_line(br#"data: {"error":{"message":"quota"}}"#),
+            Err(LlmError::Upstream(m)) if m == "quota"
+        ));
+    }
+
+    #[test]
+    fn completion_body_is_read_or_refused() {
+        let body = br#"{"choices":[{"message":{"role":"assistant","content":"Done."}}]}"#;
+        assert_eq!(completion_text(body).unwrap(), "Done.");
+        assert!(completion_text(b"<html>").is_err());
+        assert!(completion_text(br#"{"choices":[]}"#).is_err());
+    }
+}

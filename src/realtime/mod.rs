@@ -1,0 +1,267 @@
+//! Socket.IO on namespace `/`: the connect middleware (origin check), the
+//! socket's identity taken from the HTTP session of its handshake, and one
+//! handler per event. The turn itself lives in `chat.rs`.
+//!
+//! Handlers are generic over the adapter, so the same code serves the local
+//! adapter (one instance) and the Redis adapter (several).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{Extension, MaybeHttpExtension, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::SocketIo;
+use socketioxide_core::adapter::DefinedAdapter;
+use tower_sessions::Session;
+
+use crate::chat::{error_payload, run_turn, validate_message, TurnSink};
+use crate::domain::{ConversationId, UserId};
+use crate::error::ApiError;
+use crate::session;
+use crate::state::{user_room, AppState, Notifier};
+
+/// Event names, as the original app and the page use them.
+pub mod events {
+    pub const SEND_MESSAGE: &str = "send_message";
+    pub const STOP_GENERATION: &str = "stop_generation";
+}
+
+/// Who a socket acts as: the user of the session its handshake carried.
+#[derive(Clone)]
+pub struct SocketUser {
+    pub user: UserId,
+    pub session: Option<Session>,
+}
+
+/// Registers the namespace and its handlers.
+pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> A::InitRes {
+    io.ns("/", on_connect::<A>.with(check_origin::<A>))
+}
+
+/// A cross-site page must not drive a user's chat with their cookie.
+#[derive(Debug)]
+struct OriginRefused;
+
+impl std::fmt::Display for OriginRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("This origin is not allowed.")
+    }
+}
+
+/// Whether a request's `Origin` may use this server: absent (not a
+/// browser), the server's own host, or listed in `CORS_ALLOWED_ORIGINS`.
+pub fn origin_allowed(headers: &axum::http::HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get("origin").and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = headers.get("host").and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+async fn check_origin<A: Adapter>(
+    socket: SocketRef<A>,
+    State(state): State<AppState>,
+) -> Result<(), OriginRefused> {
+    if origin_allowed(
+        &socket.req_parts().headers,
+        &state.settings.cors_allowed_origins,
+    ) {
+        Ok(())
+    } else {
+        tracing::info!(socket = %socket.id, "socket refused: cross-site origin");
+        Err(OriginRefused)
+    }
+}
+
+async fn on_connect<A: Adapter>(
+    socket: SocketRef<A>,
+    MaybeHttpExtension(session): MaybeHttpExtension<Session>,
+    State(state): State<AppState>,
+) {
+    let user = match &session {
+        Some(session) => session::existing_user(session).await.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "could not read the socket's session");
+            None
+        }),
+        None => None,
+    };
+    // Without a session the socket gets an identity of its own, which lives
+    // as long as the socket (a socket cannot set a cookie).
+    let user = user.unwrap_or_default();
+    socket.join(user_room(&user));
+    socket.extensions.insert(SocketUser { user, session });
+    state
+        .metrics
+        .sockets_connected
+        .fetch_add(1, Ordering::Relaxed);
+
+    socket.on(events::SEND_MESSAGE, on_send_message::<A>);
+    socket.on(events::STOP_GENERATION, on_stop_generation::<A>);
+    socket.on_disconnect(on_disconnect::<A>);
+}
+
+struct SocketSink<A: Adapter>(SocketRef<A>);
+
+impl<A: Adapter> TurnSink for SocketSink<A> {
+    fn emit(&self, event: &'static str, payload: Value) {
+        if let Err(err) = self.0.emit(event, &payload) {
+            tracing::debug!(socket = %self.0.id, event, error = %err, "emit failed");
+        }
+    }
+}
+
+/// The conversation a message is for: the payload's id, else the session's
+/// current one, read now (a conversation started after connecting counts).
+async fn target_conversation(
+    payload: &Value,
+    who: &SocketUser,
+) -> Result<ConversationId, ApiError> {
+    match payload.get("conversation_id") {
+        Some(Value::String(raw)) if !raw.is_empty() => {
+            return ConversationId::parse(raw)
+                .map_err(|_| ApiError::invalid("Invalid conversation id."));
+        }
+        None | Some(Value::Null) => {}
+        Some(Value::String(_)) => {}
+        Some(_) => return Err(ApiError::invalid("Invalid conversation id.")),
+    }
+    let no_conversation =
+        ApiError::NoConversation("No active conversation. Please start a new conversation.");
+    let Some(session) = &who.session else {
+        return Err(no_conversation);
+    };
+    session.load().await?;
+    session::current_conversation(session)
+        .await?
+        .ok_or(no_conversation)
+}
+
+async fn on_send_message<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(data): TryData<Value>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    let sink = SocketSink(socket.clone());
+    let payload = data.unwrap_or(Value::Null);
+    let message = match validate_message(payload.get("message"), state.settings.max_message_chars) {
+        Ok(message) => message,
+        Err(err) => return sink.emit("error", error_payload(&err, None)),
+    };
+    let id = match target_conversation(&payload, &who).await {
+        Ok(id) => id,
+        Err(err) => return sink.emit("error", error_payload(&err, None)),
+    };
+    let Some(guard) = state
+        .turns
+        .begin(&who.user, &id, Some(socket.id.to_string()))
+    else {
+        let err =
+            ApiError::Busy("A reply is already being generated for this conversation.".into());
+        return sink.emit("error", error_payload(&err, Some(&id)));
+    };
+    if let Err(err) = run_turn(&state, &who.user, &id, message, &guard, &sink).await {
+        sink.emit("error", error_payload(&err, Some(&id)));
+    }
+}
+
+async fn on_stop_generation<A: Adapter>(
+    TryData(data): TryData<Value>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    let id = data
+        .ok()
+        .as_ref()
+        .and_then(|d| d.get("conversation_id"))
+        .and_then(Value::as_str)
+        .and_then(|raw| ConversationId::parse(raw).ok());
+    let stopped = state.turns.stop(&who.user, id.as_ref());
+    tracing::debug!(stopped, "stop_generation");
+}
+
+async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>) {
+    state.turns.stop_socket(&socket.id.to_string());
+    state
+        .metrics
+        .sockets_connected
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+/// [`Notifier`] over a Socket.IO server, set once the server is built.
+pub struct SocketNotifier<A: Adapter> {
+    io: OnceLock<SocketIo<A>>,
+}
+
+impl<A: Adapter> Default for SocketNotifier<A> {
+    fn default() -> Self {
+        Self {
+            io: OnceLock::new(),
+        }
+    }
+}
+
+impl<A: Adapter> SocketNotifier<A> {
+    /// Connects the notifier to the server (once).
+    pub fn attach(self: &Arc<Self>, io: SocketIo<A>) {
+        let _ = self.io.set(io);
+    }
+}
+
+#[async_trait]
+impl<A: Adapter> Notifier for SocketNotifier<A> {
+    async fn to_user(&self, user: &UserId, event: &'static str, payload: Value) {
+        let Some(io) = self.io.get() else { return };
+        if let Err(err) = io.to(user_room(user)).emit(event, &payload).await {
+            tracing::debug!(event, error = %err, "broadcast to user failed");
+        }
+    }
+}
+
+/// Payload for `upload_progress`.
+pub fn progress_payload(done: usize, total: usize) -> Value {
+    json!({"done": done, "total": total})
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderMap;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn same_origin_and_listed_origins_pass_others_are_refused() {
+        assert!(origin_allowed(&headers(&[("host", "a.test:5000")]), &[]));
+        assert!(origin_allowed(
+            &headers(&[("host", "a.test:5000"), ("origin", "http://a.test:5000")]),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &headers(&[("host", "a.test:5000"), ("origin", "https://evil.test")]),
+            &[]
+        ));
+        assert!(origin_allowed(
+            &headers(&[("host", "a.test"), ("origin", "https://app.test/")]),
+            &["https://app.test".to_string()]
+        ));
+    }
+}

@@ -1,0 +1,189 @@
+//! Wiring: open the store, pick the LLM, build the Socket.IO server and the
+//! router with their layers, bind the listener, serve until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use axum::Router;
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::chat::TurnRegistry;
+use crate::config::Settings;
+use crate::context::TokenCounter;
+use crate::metrics::Metrics;
+use crate::realtime::{self, SocketNotifier};
+use crate::session::{self, SqliteSessionStore};
+use crate::state::AppState;
+use crate::store::sqlite::{SqliteDb, SqliteStore};
+use crate::{http, llm};
+
+/// Largest Socket.IO message accepted (a chat message is at most
+/// `MAX_MESSAGE_CHARS` characters, up to 4 bytes each, plus JSON).
+fn socket_payload_limit(settings: &Settings) -> u64 {
+    (settings.max_message_chars as u64 * 4 + 16 * 1024).max(64 * 1024)
+}
+
+/// A bound, ready-to-serve server.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    io: SocketIo<LocalAdapter>,
+    local_addr: SocketAddr,
+}
+
+impl Application {
+    /// Builds everything and binds; fails with a message naming what is wrong.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let db = SqliteDb::open(&settings.database_path)
+            .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
+        let store = Arc::new(SqliteStore::new(db.clone()));
+        let session_store = SqliteSessionStore::new(db);
+        let llm = llm::from_settings(&settings).context("configuring the language model")?;
+        let notifier = Arc::new(SocketNotifier::<LocalAdapter>::default());
+        let tokens = TokenCounter::new(settings.tokenizer);
+        // Load the tokenizer now, not during the first user's turn.
+        tokens.count("warm up");
+
+        let state = AppState {
+            settings: settings.clone(),
+            store,
+            llm,
+            tokens,
+            notifier: notifier.clone(),
+            turns: Arc::new(TurnRegistry::default()),
+            metrics: Arc::new(Metrics::default()),
+            asset_version: http::page::asset_version().into(),
+        };
+
+        let payload_limit = socket_payload_limit(&settings);
+        let (socket_layer, io) = SocketIo::builder()
+            .with_state(state.clone())
+            .max_payload(payload_limit)
+            .ws_max_message_size(payload_limit as usize)
+            .ws_max_frame_size(payload_limit as usize)
+            .build_layer();
+        realtime::register(&io);
+        notifier.attach(io.clone());
+
+        let mut router = http::router(&state)
+            .with_state(state)
+            // The session layer must wrap the socket layer, so a socket's
+            // handshake request carries the HTTP session.
+            .layer(socket_layer)
+            .layer(session::layer(session_store.clone(), &settings))
+            .layer(TraceLayer::new_for_http());
+        if !settings.cors_allowed_origins.is_empty() {
+            router = router.layer(cors_layer(&settings.cors_allowed_origins)?);
+        }
+
+        tokio::spawn(expire_sessions(session_store));
+
+        let address = settings.bind_address();
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("could not listen on {address} (HOST/PORT)"))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            router,
+            io,
+            local_addr,
+        })
+    }
+
+    /// The address bound (the real port when `PORT=0`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then closes sockets and drains.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let io = self.io.clone();
+        let listener = self.listener.tap_io(|tcp| {
+            // Several small frames per turn: without this, delayed ACKs
+            // stall streaming by up to 40 ms.
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "could not set TCP_NODELAY");
+            }
+        });
+        axum::serve(
+            listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing sockets");
+            // Open sockets would keep the server alive forever.
+            io.close().await;
+        })
+        .await
+    }
+}
+
+fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    use axum::http::{HeaderValue, Method};
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([axum::http::header::CONTENT_TYPE]);
+    if origins.iter().any(|o| o == "*") {
+        // Credentials cannot be combined with a wildcard; mirror instead.
+        return Ok(layer
+            .allow_origin(AllowOrigin::mirror_request())
+            .allow_credentials(true));
+    }
+    let values = origins
+        .iter()
+        .map(|o| {
+            HeaderValue::from_str(o)
+                .with_context(|| format!("CORS_ALLOWED_ORIGINS: {o:?} is not a valid origin"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(layer.allow_origin(values).allow_credentials(true))
+}
+
+async fn expire_sessions(store: SqliteSessionStore) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        match store.delete_expired().await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "expired sessions removed"),
+            Err(err) => tracing::warn!(error = %err, "could not remove expired sessions"),
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

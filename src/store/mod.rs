@@ -1,0 +1,200 @@
+//! Conversation storage: one trait, one implementation per backend.
+//!
+//! Every operation takes the owning [`UserId`]: there is no way to reach a
+//! conversation without naming its owner, so user scoping cannot be forgotten
+//! by a caller. Backends: SQLite now (`sqlite.rs`, the embedded default);
+//! MongoDB comes in its own issue and implements the same trait.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::domain::{ChatMessage, ConversationId, Role, UserId};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No conversation with that id belongs to that user.
+    #[error("conversation not found")]
+    NotFound,
+    /// The backend cannot be reached right now (retryable).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a corrupt row.
+    #[error("store error: {0:#}")]
+    Backend(anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a conversation list shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationMeta {
+    pub conversation_id: ConversationId,
+    #[serde(with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "rfc3339")]
+    pub updated_at: DateTime<Utc>,
+    pub title: Option<String>,
+    pub message_count: u64,
+}
+
+/// A stored message with its cached token count (absent for rows written
+/// by an older version; computed on use then).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub message: ChatMessage,
+    pub tokens: Option<u32>,
+}
+
+/// A message about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub role: Role,
+    pub content: String,
+    pub tokens: Option<u32>,
+}
+
+/// The running summary of the oldest messages, kept beside the history
+/// (which is never cut).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub text: String,
+    /// How many messages, from the start of the history, it stands for.
+    pub covers: usize,
+    pub tokens: u32,
+}
+
+/// A whole conversation.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub meta: ConversationMeta,
+    pub messages: Vec<StoredMessage>,
+    pub summary: Option<Summary>,
+}
+
+impl Conversation {
+    /// The history as plain messages.
+    pub fn history(&self) -> Vec<ChatMessage> {
+        self.messages.iter().map(|m| m.message.clone()).collect()
+    }
+}
+
+/// One search result.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    #[serde(flatten)]
+    pub meta: ConversationMeta,
+    pub score: f64,
+}
+
+/// Storage of conversations, scoped by user.
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
+    /// Creates an empty conversation.
+    async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta>;
+    /// The conversation with its messages and summary.
+    async fn load(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation>;
+    /// The conversation's metadata only (an existence check).
+    async fn meta(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta>;
+    /// The user's conversations, newest `created_at` first.
+    async fn list(
+        &self,
+        user: &UserId,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<ConversationMeta>>;
+    /// Appends messages atomically (all or none), sets the title from the
+    /// first user message when there is none, bumps `updated_at`.
+    async fn append(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<ConversationMeta>;
+    /// Empties the history and drops the summary.
+    async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta>;
+    /// Removes the conversation.
+    async fn delete(&self, user: &UserId, id: &ConversationId) -> StoreResult<()>;
+    /// Replaces the running summary.
+    async fn set_summary(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        summary: Summary,
+    ) -> StoreResult<()>;
+    /// Full-text search over the user's conversations, best first.
+    async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>>;
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Backend name for logs and `/readyz`.
+    fn backend(&self) -> &'static str;
+}
+
+/// The first words of a message, as a title.
+pub fn title_from(content: &str) -> Option<String> {
+    let words: Vec<&str> = content.split_whitespace().collect();
+    if words.is_empty() {
+        return None;
+    }
+    let joined = words.join(" ");
+    let mut title: String = joined.chars().take(80).collect();
+    if joined.chars().count() > 80 {
+        title.push('…');
+    }
+    Some(title)
+}
+
+/// The search terms of a free-text query: words of letters and digits, at
+/// most 16, so no query syntax of any backend leaks through.
+pub fn search_terms(query: &str) -> Vec<String> {
+    query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .take(16)
+        .collect()
+}
+
+/// RFC 3339 UTC with microseconds and `Z`: sorts as text, as the DB needs.
+pub mod rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub fn format(at: &DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_are_the_first_words_collapsed_and_cut() {
+        assert_eq!(
+            title_from("  hello\n\nworld "),
+            Some("hello world".to_string())
+        );
+        assert_eq!(title_from("   "), None);
+        let long = "word ".repeat(40);
+        let title = title_from(&long).unwrap();
+        assert_eq!(title.chars().count(), 81);
+        assert!(title.ends_with('…'));
+    }
+
+    #[test]
+    fn search_terms_drop_query_syntax() {
+        assert_eq!(
+            search_terms("\"rust\" OR (tokio*) -x"),
+            vec!["rust", "or", "tokio", "x"]
+        );
+        assert!(search_terms("*** ()").is_empty());
+    }
+}

@@ -1,0 +1,606 @@
+//! The embedded store: one SQLite file (WAL) holding conversations, their
+//! messages (one row each, with a cached token count), an FTS5 index over
+//! message text, and the HTTP sessions (see `session.rs`).
+//!
+//! rusqlite is blocking, so every call runs on the blocking pool through
+//! [`SqliteDb::call`]. One connection serialises writers, which SQLite does
+//! anyway; reads are short.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{
+    rfc3339, search_terms, title_from, Conversation, ConversationMeta, ConversationStore,
+    NewMessage, SearchHit, StoreError, StoreResult, StoredMessage, Summary,
+};
+use crate::domain::{ChatMessage, ConversationId, Role, UserId};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS conversations (
+    user_id         TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    title           TEXT,
+    summary         TEXT,
+    summary_covers  INTEGER NOT NULL DEFAULT 0,
+    summary_tokens  INTEGER NOT NULL DEFAULT 0,
+    message_count   INTEGER NOT NULL DEFAULT 0,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    PRIMARY KEY (user_id, conversation_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conversations_by_created ON conversations (user_id, created_at DESC);
+
+CREATE TABLE IF NOT EXISTS messages (
+    id              INTEGER PRIMARY KEY,
+    user_id         TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    role            TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    content         TEXT NOT NULL,
+    tokens          INTEGER,
+    created_at      TEXT NOT NULL,
+    UNIQUE (user_id, conversation_id, seq)
+);
+
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
+    content, content='messages', content_rowid='id', tokenize='unicode61'
+);
+CREATE TRIGGER IF NOT EXISTS messages_ai AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_ad AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+END;
+
+CREATE TABLE IF NOT EXISTS sessions (
+    id          TEXT PRIMARY KEY,
+    data        TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
+"#;
+
+/// A shared SQLite connection used from async code.
+#[derive(Clone)]
+pub struct SqliteDb {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteDb")
+    }
+}
+
+impl SqliteDb {
+    /// Opens (creating the file and its folder) and migrates the database.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating the folder {}", parent.display()))?;
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening the database {}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .context("setting database pragmas")?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("creating the schema in {}", path.display()))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `work` with the connection on the blocking pool.
+    pub async fn call<R, F>(&self, work: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock poisons it; the connection
+            // itself is still consistent (SQLite rolls back), so go on.
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut guard)
+        })
+        .await
+        .map_err(|join| StoreError::Backend(anyhow::anyhow!("database task failed: {join}")))?
+    }
+}
+
+fn backend(err: rusqlite::Error) -> StoreError {
+    match err {
+        rusqlite::Error::SqliteFailure(code, _)
+            if matches!(
+                code.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Unavailable(err.to_string())
+        }
+        other => StoreError::Backend(other.into()),
+    }
+}
+
+fn parse_time(raw: &str) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        })
+}
+
+const META_COLUMNS: &str = "conversation_id, created_at, updated_at, title, message_count";
+
+fn meta_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationMeta> {
+    let id: String = row.get(0)?;
+    let created: String = row.get(1)?;
+    let updated: String = row.get(2)?;
+    Ok(ConversationMeta {
+        conversation_id: ConversationId::parse(&id).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        })?,
+        created_at: parse_time(&created)?,
+        updated_at: parse_time(&updated)?,
+        title: row.get(3)?,
+        message_count: row.get::<_, i64>(4)?.max(0) as u64,
+    })
+}
+
+fn read_meta(conn: &Connection, user: &str, id: &str) -> StoreResult<ConversationMeta> {
+    conn.query_row(
+        &format!(
+            "SELECT {META_COLUMNS} FROM conversations WHERE user_id = ?1 AND conversation_id = ?2"
+        ),
+        params![user, id],
+        meta_from_row,
+    )
+    .optional()
+    .map_err(backend)?
+    .ok_or(StoreError::NotFound)
+}
+
+/// The SQLite conversation store.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    db: SqliteDb,
+}
+
+impl SqliteStore {
+    pub fn new(db: SqliteDb) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl ConversationStore for SqliteStore {
+    async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let now = rfc3339::format(&Utc::now());
+                conn.execute(
+                    "INSERT INTO conversations (user_id, conversation_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                    params![user, id.as_ref(), now],
+                )
+                .map_err(backend)?;
+                read_meta(conn, &user, id.as_ref())
+            })
+            .await
+    }
+
+    async fn load(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let meta = read_meta(&tx, &user, id.as_ref())?;
+                let summary = tx
+                    .query_row(
+                        "SELECT summary, summary_covers, summary_tokens FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
+                        params![user, id.as_ref()],
+                        |row| {
+                            let text: Option<String> = row.get(0)?;
+                            Ok(text.map(|text| Summary {
+                                text,
+                                covers: row.get::<_, i64>(1).unwrap_or(0).max(0) as usize,
+                                tokens: row.get::<_, i64>(2).unwrap_or(0).max(0) as u32,
+                            }))
+                        },
+                    )
+                    .map_err(backend)?;
+                let messages = {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "SELECT role, content, tokens FROM messages WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY seq",
+                        )
+                        .map_err(backend)?;
+                    let rows = stmt
+                        .query_map(params![user, id.as_ref()], |row| {
+                            let role: String = row.get(0)?;
+                            Ok(StoredMessage {
+                                message: ChatMessage {
+                                    role: Role::parse(&role).unwrap_or(Role::User),
+                                    content: row.get(1)?,
+                                },
+                                tokens: row.get::<_, Option<i64>>(2)?.map(|t| t.max(0) as u32),
+                            })
+                        })
+                        .map_err(backend)?;
+                    rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
+                };
+                Ok(Conversation {
+                    meta,
+                    messages,
+                    summary,
+                })
+            })
+            .await
+    }
+
+    async fn meta(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| read_meta(conn, &user, id.as_ref()))
+            .await
+    }
+
+    async fn list(
+        &self,
+        user: &UserId,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<ConversationMeta>> {
+        let user = user.to_string();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {META_COLUMNS} FROM conversations WHERE user_id = ?1 \
+                         ORDER BY created_at DESC, conversation_id LIMIT ?2 OFFSET ?3"
+                    ))
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![user, limit, offset], meta_from_row)
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn append(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<ConversationMeta> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let meta = read_meta(&tx, &user, id.as_ref())?;
+                let now = rfc3339::format(&Utc::now());
+                let mut seq = meta.message_count as i64;
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        )
+                        .map_err(backend)?;
+                    for message in &messages {
+                        insert
+                            .execute(params![
+                                user,
+                                id.as_ref(),
+                                seq,
+                                message.role.as_str(),
+                                message.content,
+                                message.tokens,
+                                now
+                            ])
+                            .map_err(backend)?;
+                        seq += 1;
+                    }
+                }
+                let title = if meta.title.is_none() {
+                    messages
+                        .iter()
+                        .find(|m| m.role == Role::User)
+                        .and_then(|m| title_from(&m.content))
+                } else {
+                    None
+                };
+                tx.execute(
+                    "UPDATE conversations SET message_count = ?3, updated_at = ?4, title = COALESCE(title, ?5) \
+                     WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), seq, now, title],
+                )
+                .map_err(backend)?;
+                let meta = read_meta(&tx, &user, id.as_ref())?;
+                tx.commit().map_err(backend)?;
+                Ok(meta)
+            })
+            .await
+    }
+
+    async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                read_meta(&tx, &user, id.as_ref())?;
+                tx.execute(
+                    "DELETE FROM messages WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref()],
+                )
+                .map_err(backend)?;
+                tx.execute(
+                    "UPDATE conversations SET message_count = 0, title = NULL, summary = NULL, \
+                     summary_covers = 0, summary_tokens = 0, updated_at = ?3 \
+                     WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), rfc3339::format(&Utc::now())],
+                )
+                .map_err(backend)?;
+                let meta = read_meta(&tx, &user, id.as_ref())?;
+                tx.commit().map_err(backend)?;
+                Ok(meta)
+            })
+            .await
+    }
+
+    async fn delete(&self, user: &UserId, id: &ConversationId) -> StoreResult<()> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let removed = tx
+                    .execute(
+                        "DELETE FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
+                        params![user, id.as_ref()],
+                    )
+                    .map_err(backend)?;
+                if removed == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                tx.execute(
+                    "DELETE FROM messages WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref()],
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn set_summary(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        summary: Summary,
+    ) -> StoreResult<()> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let changed = conn
+                    .execute(
+                        "UPDATE conversations SET summary = ?3, summary_covers = ?4, summary_tokens = ?5 \
+                         WHERE user_id = ?1 AND conversation_id = ?2",
+                        params![user, id.as_ref(), summary.text, summary.covers as i64, summary.tokens],
+                    )
+                    .map_err(backend)?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>> {
+        let terms = search_terms(query);
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each term quoted: FTS5 syntax in the user's text cannot take effect.
+        let fts_query = terms
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let user = user.to_string();
+        self.db
+            .call(move |conn| {
+                // bm25() only works in a plain FTS query, so the hits are
+                // materialised before the join. It is lower for better matches; a conversation's score
+                // is the sum over its matching messages, so more mentions rank
+                // higher, as MongoDB's textScore does.
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "WITH hits AS MATERIALIZED (SELECT rowid AS id, -bm25(messages_fts) AS rank \
+                                       FROM messages_fts WHERE messages_fts MATCH ?1), \
+                              scored AS (SELECT m.conversation_id AS cid, SUM(hits.rank) AS score \
+                                         FROM hits JOIN messages m ON m.id = hits.id \
+                                         WHERE m.user_id = ?2 GROUP BY m.conversation_id) \
+                         SELECT {cols}, scored.score FROM scored \
+                         JOIN conversations c ON c.user_id = ?2 AND c.conversation_id = scored.cid \
+                         ORDER BY scored.score DESC LIMIT ?3",
+                        cols = META_COLUMNS
+                            .split(", ")
+                            .map(|c| format!("c.{c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![fts_query, user, limit], |row| {
+                        Ok(SearchHit {
+                            meta: meta_from_row(row)?,
+                            // Tiny positive floor: a hit always scores above 0.
+                            score: row.get::<_, f64>(5)?.max(1e-6),
+                        })
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.db
+            .call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+            .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("nested/chat.db")).unwrap();
+        (dir, SqliteStore::new(db))
+    }
+
+    fn msg(role: Role, content: &str) -> NewMessage {
+        NewMessage {
+            role,
+            content: content.to_string(),
+            tokens: Some(3),
+        }
+    }
+
+    #[tokio::test]
+    async fn append_keeps_order_sets_title_and_is_scoped_to_the_owner() {
+        let (_dir, store) = store();
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let id = ConversationId::new();
+        store.create(&alice, &id).await.unwrap();
+
+        let meta = store
+            .append(
+                &alice,
+                &id,
+                vec![
+                    msg(Role::User, "first question"),
+                    msg(Role::Assistant, "answer"),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .append(&alice, &id, vec![msg(Role::User, "second")])
+            .await
+            .unwrap();
+
+        assert_eq!(meta.title.as_deref(), Some("first question"));
+        let loaded = store.load(&alice, &id).await.unwrap();
+        let contents: Vec<_> = loaded
+            .messages
+            .iter()
+            .map(|m| m.message.content.as_str())
+            .collect();
+        assert_eq!(contents, ["first question", "answer", "second"]);
+        assert_eq!(loaded.meta.message_count, 3);
+        assert!(matches!(
+            store.load(&bob, &id).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.append(&bob, &id, vec![msg(Role::User, "x")]).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(store.list(&bob, 10, 0).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn search_ranks_more_mentions_first_and_ignores_other_users() {
+        let (_dir, store) = store();
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let (once, twice, other) = (
+            ConversationId::new(),
+            ConversationId::new(),
+            ConversationId::new(),
+        );
+        for id in [&once, &twice] {
+            store.create(&alice, id).await.unwrap();
+        }
+        store.create(&bob, &other).await.unwrap();
+        store
+            .append(&alice, &once, vec![msg(Role::User, "tell me about zebras")])
+            .await
+            .unwrap();
+        store
+            .append(
+                &alice,
+                &twice,
+                vec![
+                    msg(Role::User, "zebras again"),
+                    msg(Role::Assistant, "zebras have stripes"),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .append(&bob, &other, vec![msg(Role::User, "zebras zebras")])
+            .await
+            .unwrap();
+
+        let hits = store.search(&alice, "Zebras!", 10).await.unwrap();
+
+        let ids: Vec<_> = hits
+            .iter()
+            .map(|h| h.meta.conversation_id.clone())
+            .collect();
+        assert_eq!(ids, vec![twice, once]);
+        assert!(hits.iter().all(|h| h.score > 0.0));
+        assert!(store.search(&alice, "\"(*", 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reset_empties_history_and_summary_and_delete_removes() {
+        let (_dir, store) = store();
+        let user = UserId::new();
+        let id = ConversationId::new();
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "secret plans")])
+            .await
+            .unwrap();
+        store
+            .set_summary(
+                &user,
+                &id,
+                Summary {
+                    text: "s".into(),
+                    covers: 1,
+                    tokens: 1,
+                },
+            )
+            .await
+            .unwrap();
+
+        store.reset(&user, &id).await.unwrap();
+
+        let loaded = store.load(&user, &id).await.unwrap();
+        assert!(loaded.messages.is_empty() && loaded.summary.is_none());
+        assert!(store.search(&user, "plans", 10).await.unwrap().is_empty());
+        store.delete(&user, &id).await.unwrap();
+        assert!(matches!(
+            store.meta(&user, &id).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+}
