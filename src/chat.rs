@@ -291,6 +291,8 @@ pub async fn run_turn(
         .reply_chunks
         .fetch_add(chunks as u64, std::sync::atomic::Ordering::Relaxed);
 
+    let first_message =
+        (settings.llm_titles && conversation.messages.is_empty()).then(|| text.clone());
     let mut to_store = vec![NewMessage {
         role: Role::User,
         content: text,
@@ -326,7 +328,47 @@ pub async fn run_turn(
         .notifier
         .to_user(user, "conversation_updated", updated_payload(&meta))
         .await;
+    if let Some(first_message) = first_message.filter(|_| keep_reply) {
+        tokio::spawn(make_title(
+            state.clone(),
+            user.clone(),
+            id.clone(),
+            first_message,
+        ));
+    }
     Ok(())
+}
+
+/// Asks the LLM for a short title after a conversation's first turn
+/// (`LLM_TITLES=true`); the first-message title stays if it fails.
+async fn make_title(state: AppState, user: UserId, id: ConversationId, first_message: String) {
+    let excerpt: String = first_message.chars().take(1000).collect();
+    let request = ChatRequest {
+        messages: vec![
+            ChatMessage::new(
+                Role::System,
+                "You write short titles for conversations. Answer with the title only: at most six words, no quotes.",
+            ),
+            ChatMessage::new(Role::User, format!("Title for a conversation that starts with:\n{excerpt}")),
+        ],
+        max_tokens: 20,
+    };
+    let title = match state.llm.complete(request).await {
+        Ok(text) => text,
+        Err(err) => return tracing::debug!(error = %err, "title request failed"),
+    };
+    let Some(title) = crate::store::title_from(title.trim().trim_matches(['"', '\'', '.'])) else {
+        return;
+    };
+    match state.store.set_title(&user, &id, &title).await {
+        Ok(meta) => {
+            state
+                .notifier
+                .to_user(&user, "conversation_updated", updated_payload(&meta))
+                .await
+        }
+        Err(err) => tracing::debug!(error = %err, "could not store the title"),
+    }
 }
 
 /// The `error` event's payload.

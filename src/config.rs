@@ -1,5 +1,5 @@
 //! Settings: the original app's `.env` names plus new flat ones, read once at
-//! start, every value validated. The full table is in `docs/CONFIGURATION.md`.
+//! start, every value validated. The full table is in the README ("Configuration").
 //!
 //! Loading is split from the process environment (`Settings::from_lookup`) so
 //! the parsing rules are unit-tested without touching global state.
@@ -201,7 +201,7 @@ impl Settings {
         Self::from_lookup(&|name| std::env::var(name).ok())
     }
 
-    /// Builds settings from a variable lookup; see `docs/CONFIGURATION.md`.
+    /// Builds settings from a variable lookup; see the README's configuration table.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
         let mut r = Reader {
             lookup,

@@ -150,6 +150,9 @@ pub fn layer<S: SessionStore + Clone>(store: S, settings: &Settings) -> SessionM
         .with_secure(settings.cookie_secure)
         .with_path("/")
         .with_expiry(Expiry::OnInactivity(ttl))
+        // Refresh the stored expiry on every request, not only on changes,
+        // so an active user is never logged out at the TTL.
+        .with_always_save(true)
 }
 
 /// The session's user, created (and saved) on first contact.

@@ -12,6 +12,7 @@ use axum::Router;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -80,7 +81,10 @@ impl Application {
             // handshake request carries the HTTP session.
             .layer(socket_layer)
             .layer(session::layer(session_store.clone(), &settings))
-            .layer(TraceLayer::new_for_http());
+            .layer(TraceLayer::new_for_http())
+            // A bug in one handler answers 500 JSON instead of dropping the
+            // connection; the server keeps serving.
+            .layer(CatchPanicLayer::custom(panic_response));
         if !settings.cors_allowed_origins.is_empty() {
             router = router.layer(cors_layer(&settings.cors_allowed_origins)?);
         }
@@ -152,6 +156,11 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(layer.allow_origin(values).allow_credentials(true))
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    crate::error::ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
 }
 
 async fn expire_sessions(store: SqliteSessionStore) {

@@ -138,7 +138,8 @@ async fn target_conversation(
     }
     let no_conversation =
         ApiError::NoConversation("No active conversation. Please start a new conversation.");
-    let Some(session) = &who.session else {
+    // A socket that came without a cookie has no stored session to read.
+    let Some(session) = who.session.as_ref().filter(|s| s.id().is_some()) else {
         return Err(no_conversation);
     };
     session.load().await?;
@@ -177,6 +178,7 @@ async fn on_send_message<A: Adapter>(
 }
 
 async fn on_stop_generation<A: Adapter>(
+    _socket: SocketRef<A>,
     TryData(data): TryData<Value>,
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,

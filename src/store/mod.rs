@@ -125,6 +125,13 @@ pub trait ConversationStore: Send + Sync + 'static {
         id: &ConversationId,
         summary: Summary,
     ) -> StoreResult<()>;
+    /// Replaces the title (LLM-made titles).
+    async fn set_title(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        title: &str,
+    ) -> StoreResult<ConversationMeta>;
     /// Full-text search over the user's conversations, best first.
     async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>>;
     /// Cheap round trip for `/readyz`.

@@ -404,6 +404,25 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
+    async fn set_title(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        title: &str,
+    ) -> StoreResult<ConversationMeta> {
+        let (user, id, title) = (user.to_string(), id.clone(), title.to_string());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE conversations SET title = ?3 WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), title],
+                )
+                .map_err(backend)?;
+                read_meta(conn, &user, id.as_ref())
+            })
+            .await
+    }
+
     async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>> {
         let terms = search_terms(query);
         if terms.is_empty() {

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The whole test suite, as a new user (and CI) runs it: installs what is
+# missing (Node.js/npm, Debian's Chromium, the npm test packages), then runs
+# formatting and lint checks, the Rust unit and black-box tests, and the Node
+# checks (official socket.io-client, headless Chromium) against the binary.
+#
+#   scripts/test.sh            everything
+#   SKIP_LINT=1 scripts/test.sh   skip fmt/clippy (quicker local runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+# Builds are slow on small machines: keep them outside the clone so a fresh
+# clone (CI) on the same machine reuses earlier work.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/llm-chat-server/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+step() { printf '\n==> %s\n' "$*"; }
+need_apt=()
+command -v cargo >/dev/null || { echo "cargo is required: install Rust from rustup.rs" >&2; exit 1; }
+command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  step "installing ${need_apt[*]} (Debian packages)"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+step "npm packages for the Node checks (tests/node, from package-lock.json)"
+if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.package-lock.json 2>/dev/null; then
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+else
+  echo "up to date"
+fi
+
+if [ "${SKIP_LINT:-0}" != 1 ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy --all-targets -- -D warnings"
+  cargo clippy --all-targets --quiet -- -D warnings
+fi
+
+step "cargo build (the binary the Node checks run)"
+cargo build --quiet
+bin="$CARGO_TARGET_DIR/debug/llm-chat-server"
+
+step "cargo test (unit tests, then black-box tests against the real binary)"
+cargo test --quiet -- --color never
+
+step "node --test tests/node (official socket.io-client, headless Chromium)"
+CHAT_SERVER_BIN="$bin" SCREENSHOT_DIR="$root/target/screenshots" \
+  node --test --test-concurrency=1 tests/node/
+
+step "all tests passed"
