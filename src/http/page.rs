@@ -3,7 +3,7 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -76,6 +76,11 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         "text/css; charset=utf-8",
         include_bytes!("../../static/style.css"),
     ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_bytes!("../../static/favicon.svg"),
+    ),
 ];
 
 /// A version string that changes whenever a static file does.
@@ -89,12 +94,18 @@ pub fn asset_version() -> String {
     format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
 }
 
-async fn static_file(Path(name): Path<String>) -> Response {
+async fn static_file(Path(name): Path<String>, RawQuery(query): RawQuery) -> Response {
+    // The page asks for `?v=<asset_version>`: such a URL never changes.
+    let cache = if query.is_some_and(|q| q.starts_with("v=")) {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
     match STATIC_FILES.iter().find(|(n, _, _)| *n == name) {
         Some((_, content_type, bytes)) => (
             [
                 (header::CONTENT_TYPE, *content_type),
-                (header::CACHE_CONTROL, "public, max-age=3600"),
+                (header::CACHE_CONTROL, cache),
             ],
             *bytes,
         )

@@ -37,17 +37,28 @@ pub struct SocketUser {
 }
 
 /// Registers the namespace and its handlers.
+///
+/// Middlewares run before the server acknowledges the connection; the
+/// connect handler is spawned after it (socketioxide 0.18 has no synchronous
+/// connect handler). So the identity and the event handlers are settled in
+/// a middleware: an event sent right after connecting always finds its
+/// handler.
 pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> A::InitRes {
-    io.ns("/", on_connect::<A>.with(check_origin::<A>))
+    // `with` puts a middleware before the ones already there: the origin
+    // check runs first.
+    io.ns(
+        "/",
+        on_connect::<A>.with(identify::<A>).with(check_origin::<A>),
+    )
 }
 
-/// A cross-site page must not drive a user's chat with their cookie.
+/// Why a connection was refused (sent as the `connect_error` message).
 #[derive(Debug)]
-struct OriginRefused;
+struct Refused(&'static str);
 
-impl std::fmt::Display for OriginRefused {
+impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("This origin is not allowed.")
+        f.write_str(self.0)
     }
 }
 
@@ -69,10 +80,11 @@ pub fn origin_allowed(headers: &axum::http::HeaderMap, allowed: &[String]) -> bo
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
+/// A cross-site page must not drive a user's chat with their cookie.
 async fn check_origin<A: Adapter>(
     socket: SocketRef<A>,
     State(state): State<AppState>,
-) -> Result<(), OriginRefused> {
+) -> Result<(), Refused> {
     if origin_allowed(
         &socket.req_parts().headers,
         &state.settings.cors_allowed_origins,
@@ -80,21 +92,24 @@ async fn check_origin<A: Adapter>(
         Ok(())
     } else {
         tracing::info!(socket = %socket.id, "socket refused: cross-site origin");
-        Err(OriginRefused)
+        Err(Refused("This origin is not allowed."))
     }
 }
 
-async fn on_connect<A: Adapter>(
+/// The socket acts as the user of the session its handshake carried.
+async fn identify<A: Adapter>(
     socket: SocketRef<A>,
     MaybeHttpExtension(session): MaybeHttpExtension<Session>,
     State(state): State<AppState>,
-) {
+) -> Result<(), Refused> {
     let user = match &session {
-        Some(session) => session::existing_user(session).await.unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "could not read the socket's session");
-            None
-        }),
-        None => None,
+        Some(session) if session.id().is_some() => {
+            session::existing_user(session).await.map_err(|err| {
+                tracing::warn!(error = %err, "could not read the socket's session");
+                Refused("The session could not be read. Please try again.")
+            })?
+        }
+        _ => None,
     };
     // Without a session the socket gets an identity of its own, which lives
     // as long as the socket (a socket cannot set a cookie).
@@ -105,10 +120,15 @@ async fn on_connect<A: Adapter>(
         .metrics
         .sockets_connected
         .fetch_add(1, Ordering::Relaxed);
-
     socket.on(events::SEND_MESSAGE, on_send_message::<A>);
     socket.on(events::STOP_GENERATION, on_stop_generation::<A>);
     socket.on_disconnect(on_disconnect::<A>);
+    Ok(())
+}
+
+/// Everything was set up before the acknowledgement (see [`register`]).
+async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
+    tracing::debug!(socket = %socket.id, "socket connected");
 }
 
 struct SocketSink<A: Adapter>(SocketRef<A>);
