@@ -5,6 +5,7 @@
 //! by a caller. Backends: SQLite now (`sqlite.rs`, the embedded default);
 //! MongoDB comes in its own issue and implements the same trait.
 
+pub mod mongo;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -19,6 +20,10 @@ pub enum StoreError {
     /// No conversation with that id belongs to that user.
     #[error("conversation not found")]
     NotFound,
+    /// The conversation would grow past what the backend can hold (MongoDB's
+    /// 16 MB document limit); the sentence says so to the user.
+    #[error("{0}")]
+    TooLarge(String),
     /// The backend cannot be reached right now (retryable).
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -134,6 +139,17 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> StoreResult<ConversationMeta>;
     /// Full-text search over the user's conversations, best first.
     async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>>;
+    /// Every conversation of every user, ordered by (user id, conversation
+    /// id), `limit` at a time after `after`: for copying between backends.
+    async fn export_page(
+        &self,
+        after: Option<(UserId, ConversationId)>,
+        limit: u32,
+    ) -> StoreResult<Vec<(UserId, Conversation)>>;
+    /// Stores a whole conversation (times, title, summary, messages with
+    /// their token counts) unless one with that id already exists for that
+    /// user; `true` when it was inserted. Copying twice changes nothing.
+    async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool>;
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
     /// Backend name for logs and `/readyz`.

@@ -167,6 +167,48 @@ fn read_meta(conn: &Connection, user: &str, id: &str) -> StoreResult<Conversatio
     .ok_or(StoreError::NotFound)
 }
 
+/// A whole conversation, read inside the caller's transaction.
+fn read_conversation(conn: &Connection, user: &str, id: &ConversationId) -> StoreResult<Conversation> {
+    let meta = read_meta(conn, user, id.as_ref())?;
+    let summary = conn
+        .query_row(
+            "SELECT summary, summary_covers, summary_tokens FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
+            params![user, id.as_ref()],
+            |row| {
+                let text: Option<String> = row.get(0)?;
+                Ok(text.map(|text| Summary {
+                    text,
+                    covers: row.get::<_, i64>(1).unwrap_or(0).max(0) as usize,
+                    tokens: row.get::<_, i64>(2).unwrap_or(0).max(0) as u32,
+                }))
+            },
+        )
+        .map_err(backend)?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT role, content, tokens FROM messages WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY seq",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(params![user, id.as_ref()], |row| {
+            let role: String = row.get(0)?;
+            Ok(StoredMessage {
+                message: ChatMessage {
+                    role: Role::parse(&role).unwrap_or(Role::User),
+                    content: row.get(1)?,
+                },
+                tokens: row.get::<_, Option<i64>>(2)?.map(|t| t.max(0) as u32),
+            })
+        })
+        .map_err(backend)?;
+    let messages = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+    Ok(Conversation {
+        meta,
+        messages,
+        summary,
+    })
+}
+
 /// The SQLite conversation store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -201,46 +243,7 @@ impl ConversationStore for SqliteStore {
         self.db
             .call(move |conn| {
                 let tx = conn.transaction().map_err(backend)?;
-                let meta = read_meta(&tx, &user, id.as_ref())?;
-                let summary = tx
-                    .query_row(
-                        "SELECT summary, summary_covers, summary_tokens FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
-                        params![user, id.as_ref()],
-                        |row| {
-                            let text: Option<String> = row.get(0)?;
-                            Ok(text.map(|text| Summary {
-                                text,
-                                covers: row.get::<_, i64>(1).unwrap_or(0).max(0) as usize,
-                                tokens: row.get::<_, i64>(2).unwrap_or(0).max(0) as u32,
-                            }))
-                        },
-                    )
-                    .map_err(backend)?;
-                let messages = {
-                    let mut stmt = tx
-                        .prepare_cached(
-                            "SELECT role, content, tokens FROM messages WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY seq",
-                        )
-                        .map_err(backend)?;
-                    let rows = stmt
-                        .query_map(params![user, id.as_ref()], |row| {
-                            let role: String = row.get(0)?;
-                            Ok(StoredMessage {
-                                message: ChatMessage {
-                                    role: Role::parse(&role).unwrap_or(Role::User),
-                                    content: row.get(1)?,
-                                },
-                                tokens: row.get::<_, Option<i64>>(2)?.map(|t| t.max(0) as u32),
-                            })
-                        })
-                        .map_err(backend)?;
-                    rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
-                };
-                Ok(Conversation {
-                    meta,
-                    messages,
-                    summary,
-                })
+                read_conversation(&tx, &user, &id)
             })
             .await
     }
@@ -472,6 +475,102 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
+    async fn export_page(
+        &self,
+        after: Option<(UserId, ConversationId)>,
+        limit: u32,
+    ) -> StoreResult<Vec<(UserId, Conversation)>> {
+        let (after_user, after_id) = after
+            .map(|(u, c)| (u.to_string(), c.to_string()))
+            .unwrap_or_default();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let keys = {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "SELECT user_id, conversation_id FROM conversations \
+                             WHERE (user_id, conversation_id) > (?1, ?2) \
+                             ORDER BY user_id, conversation_id LIMIT ?3",
+                        )
+                        .map_err(backend)?;
+                    let rows = stmt
+                        .query_map(params![after_user, after_id, limit], |row| {
+                            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                        })
+                        .map_err(backend)?;
+                    rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
+                };
+                let mut page = Vec::with_capacity(keys.len());
+                for (user, raw_id) in keys {
+                    let Ok(id) = ConversationId::parse(&raw_id) else {
+                        tracing::warn!(conversation = %raw_id, "skipping a row with a malformed id");
+                        continue;
+                    };
+                    let conversation = read_conversation(&tx, &user, &id)?;
+                    page.push((UserId::from_stored(user), conversation));
+                }
+                Ok(page)
+            })
+            .await
+    }
+
+    async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
+        let (user, conversation) = (user.to_string(), conversation.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let meta = &conversation.meta;
+                let summary = conversation.summary.as_ref();
+                let inserted = tx
+                    .execute(
+                        "INSERT OR IGNORE INTO conversations (user_id, conversation_id, title, summary, \
+                         summary_covers, summary_tokens, message_count, created_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![
+                            user,
+                            meta.conversation_id.as_ref(),
+                            meta.title,
+                            summary.map(|s| s.text.clone()),
+                            summary.map_or(0, |s| s.covers as i64),
+                            summary.map_or(0, |s| s.tokens),
+                            conversation.messages.len() as i64,
+                            rfc3339::format(&meta.created_at),
+                            rfc3339::format(&meta.updated_at),
+                        ],
+                    )
+                    .map_err(backend)?;
+                if inserted == 0 {
+                    return Ok(false);
+                }
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        )
+                        .map_err(backend)?;
+                    let at = rfc3339::format(&meta.updated_at);
+                    for (seq, m) in conversation.messages.iter().enumerate() {
+                        insert
+                            .execute(params![
+                                user,
+                                meta.conversation_id.as_ref(),
+                                seq as i64,
+                                m.message.role.as_str(),
+                                m.message.content,
+                                m.tokens,
+                                at
+                            ])
+                            .map_err(backend)?;
+                    }
+                }
+                tx.commit().map_err(backend)?;
+                Ok(true)
+            })
+            .await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.db
             .call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
@@ -621,5 +720,51 @@ mod tests {
             store.meta(&user, &id).await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    #[tokio::test]
+    async fn export_then_import_copies_everything_once() {
+        let (_dir, source) = store();
+        let (_dir2, target) = store();
+        let users = [UserId::new(), UserId::new()];
+        for user in &users {
+            for _ in 0..3 {
+                let id = ConversationId::new();
+                source.create(user, &id).await.unwrap();
+                source
+                    .append(user, &id, vec![msg(Role::User, "hello"), msg(Role::Assistant, "hi")])
+                    .await
+                    .unwrap();
+                source
+                    .set_summary(user, &id, Summary { text: "greeting".into(), covers: 2, tokens: 1 })
+                    .await
+                    .unwrap();
+            }
+        }
+
+        let mut after = None;
+        let mut inserted = 0;
+        for _ in 0..2 {
+            after = None;
+            loop {
+                let page = source.export_page(after.clone(), 4).await.unwrap();
+                let Some((user, last)) = page.last() else { break };
+                after = Some((user.clone(), last.meta.conversation_id.clone()));
+                for (user, conversation) in &page {
+                    inserted += target.import(user, conversation).await.unwrap() as usize;
+                }
+            }
+        }
+
+        assert_eq!(inserted, 6, "the second pass must insert nothing");
+        for user in &users {
+            let listed = target.list(user, 10, 0).await.unwrap();
+            assert_eq!(listed, source.list(user, 10, 0).await.unwrap());
+            let copy = target.load(user, &listed[0].conversation_id).await.unwrap();
+            assert_eq!(copy.history(), source.load(user, &listed[0].conversation_id).await.unwrap().history());
+            assert_eq!(copy.summary.unwrap().text, "greeting");
+            assert_eq!(copy.messages[0].tokens, Some(3));
+        }
+        assert_eq!(target.search(&users[0], "hello", 10).await.unwrap().len(), 3);
     }
 }
