@@ -198,17 +198,23 @@ async fn on_send_message<A: Adapter>(
 }
 
 async fn on_stop_generation<A: Adapter>(
-    _socket: SocketRef<A>,
+    socket: SocketRef<A>,
     TryData(data): TryData<Value>,
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
-    let id = data
-        .ok()
-        .as_ref()
-        .and_then(|d| d.get("conversation_id"))
-        .and_then(Value::as_str)
-        .and_then(|raw| ConversationId::parse(raw).ok());
+    // No id: stop all of this user's replies. An id: only that one. A bad
+    // id stops nothing (it must not widen to "all").
+    let id = match data.ok().as_ref().and_then(|d| d.get("conversation_id")) {
+        None | Some(Value::Null) => None,
+        Some(raw) => match raw.as_str().map(ConversationId::parse) {
+            Some(Ok(id)) => Some(id),
+            _ => {
+                let err = ApiError::invalid("Invalid conversation id.");
+                return SocketSink(socket).emit("error", error_payload(&err, None));
+            }
+        },
+    };
     let stopped = state.turns.stop(&who.user, id.as_ref());
     tracing::debug!(stopped, "stop_generation");
 }

@@ -168,7 +168,11 @@ fn read_meta(conn: &Connection, user: &str, id: &str) -> StoreResult<Conversatio
 }
 
 /// A whole conversation, read inside the caller's transaction.
-fn read_conversation(conn: &Connection, user: &str, id: &ConversationId) -> StoreResult<Conversation> {
+fn read_conversation(
+    conn: &Connection,
+    user: &str,
+    id: &ConversationId,
+) -> StoreResult<Conversation> {
     let meta = read_meta(conn, user, id.as_ref())?;
     let summary = conn
         .query_row(
@@ -732,23 +736,36 @@ mod tests {
                 let id = ConversationId::new();
                 source.create(user, &id).await.unwrap();
                 source
-                    .append(user, &id, vec![msg(Role::User, "hello"), msg(Role::Assistant, "hi")])
+                    .append(
+                        user,
+                        &id,
+                        vec![msg(Role::User, "hello"), msg(Role::Assistant, "hi")],
+                    )
                     .await
                     .unwrap();
                 source
-                    .set_summary(user, &id, Summary { text: "greeting".into(), covers: 2, tokens: 1 })
+                    .set_summary(
+                        user,
+                        &id,
+                        Summary {
+                            text: "greeting".into(),
+                            covers: 2,
+                            tokens: 1,
+                        },
+                    )
                     .await
                     .unwrap();
             }
         }
 
-        let mut after = None;
         let mut inserted = 0;
         for _ in 0..2 {
-            after = None;
+            let mut after = None;
             loop {
                 let page = source.export_page(after.clone(), 4).await.unwrap();
-                let Some((user, last)) = page.last() else { break };
+                let Some((user, last)) = page.last() else {
+                    break;
+                };
                 after = Some((user.clone(), last.meta.conversation_id.clone()));
                 for (user, conversation) in &page {
                     inserted += target.import(user, conversation).await.unwrap() as usize;
@@ -761,10 +778,20 @@ mod tests {
             let listed = target.list(user, 10, 0).await.unwrap();
             assert_eq!(listed, source.list(user, 10, 0).await.unwrap());
             let copy = target.load(user, &listed[0].conversation_id).await.unwrap();
-            assert_eq!(copy.history(), source.load(user, &listed[0].conversation_id).await.unwrap().history());
+            assert_eq!(
+                copy.history(),
+                source
+                    .load(user, &listed[0].conversation_id)
+                    .await
+                    .unwrap()
+                    .history()
+            );
             assert_eq!(copy.summary.unwrap().text, "greeting");
             assert_eq!(copy.messages[0].tokens, Some(3));
         }
-        assert_eq!(target.search(&users[0], "hello", 10).await.unwrap().len(), 3);
+        assert_eq!(
+            target.search(&users[0], "hello", 10).await.unwrap().len(),
+            3
+        );
     }
 }

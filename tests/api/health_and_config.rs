@@ -1,0 +1,185 @@
+//! `GET /`, `/get_config`, `/healthz`, `/readyz`, `/metrics`, and the session cookie.
+
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn page_is_served_as_html() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user_without_page();
+
+    let page = user.get("/").await;
+
+    assert_eq!(page.status, 200);
+    let content_type = page.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/html"),
+        "content-type {content_type:?}"
+    );
+    assert!(
+        page.text.to_ascii_lowercase().contains("<html"),
+        "not an HTML page: {}",
+        &page.text[..page.text.len().min(300)]
+    );
+}
+
+#[tokio::test]
+async fn first_request_gets_an_httponly_samesite_lax_session_cookie() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user_without_page();
+
+    let page = user.get("/").await;
+
+    let cookies: Vec<String> = page
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .collect();
+    let session = cookies
+        .iter()
+        .find(|cookie| cookie.starts_with("chat_session="))
+        .unwrap_or_else(|| {
+            panic!("no chat_session cookie on the first response; set-cookie: {cookies:?}")
+        });
+    let attributes = session.to_ascii_lowercase();
+    assert!(attributes.contains("httponly"), "{session}");
+    assert!(attributes.contains("samesite=lax"), "{session}");
+    assert!(
+        !attributes
+            .split(';')
+            .any(|attribute| attribute.trim() == "secure"),
+        "Secure without COOKIE_SECURE: {session}"
+    );
+    assert!(user.session_cookie().is_some());
+}
+
+#[tokio::test]
+async fn session_cookie_is_secure_when_cookie_secure_is_set() {
+    let app = spawn_app(&[("COOKIE_SECURE", "true")]).await;
+    let user = app.new_user_without_page();
+
+    let page = user.get("/").await;
+
+    let session = page
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .find(|cookie| cookie.starts_with("chat_session="))
+        .expect("chat_session cookie");
+    assert!(
+        session
+            .to_ascii_lowercase()
+            .split(';')
+            .any(|attribute| attribute.trim() == "secure"),
+        "{session}"
+    );
+}
+
+#[tokio::test]
+async fn get_config_reports_the_default_limits_and_provider() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user().await;
+
+    let config = user.get("/get_config").await;
+
+    assert_eq!(config.status, 200, "{}", config.text);
+    assert_eq!(config.json["max_tokens"], json!(128000));
+    assert_eq!(config.json["reply_tokens"], json!(800));
+    assert_eq!(config.json["demo_mode"], json!(false));
+    assert_eq!(config.json["provider"], json!("openai"));
+    assert_eq!(config.json["model"], json!("fake-model"));
+    assert_eq!(
+        config.json["max_file_size_mb"].as_f64(),
+        Some(5.0),
+        "{}",
+        config.text
+    );
+    assert_eq!(
+        config.json["allowed_extensions"],
+        json!(["txt", "md", "json"])
+    );
+    assert_eq!(config.json["max_message_chars"], json!(32000));
+}
+
+#[tokio::test]
+async fn get_config_reflects_the_environment() {
+    let app = spawn_app(&[
+        ("MAX_TOKENS", "4096"),
+        ("REPLY_TOKENS", "512"),
+        ("MAX_FILE_SIZE_MB", "2"),
+        ("ALLOWED_EXTENSIONS", "txt,csv"),
+        ("MAX_MESSAGE_CHARS", "1000"),
+        ("LLM_MODEL", "other-model"),
+    ])
+    .await;
+    let user = app.new_user().await;
+
+    let config = user.get("/get_config").await;
+
+    assert_eq!(config.status, 200, "{}", config.text);
+    assert_eq!(config.json["max_tokens"], json!(4096));
+    assert_eq!(config.json["reply_tokens"], json!(512));
+    assert_eq!(
+        config.json["max_file_size_mb"].as_f64(),
+        Some(2.0),
+        "{}",
+        config.text
+    );
+    assert_eq!(config.json["allowed_extensions"], json!(["txt", "csv"]));
+    assert_eq!(config.json["max_message_chars"], json!(1000));
+    assert_eq!(config.json["model"], json!("other-model"));
+}
+
+#[tokio::test]
+async fn healthz_says_ok() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user_without_page();
+
+    let health = user.get("/healthz").await;
+
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json, json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn readyz_reports_the_store_up_and_the_llm_configured() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user_without_page();
+
+    let ready = user.get("/readyz").await;
+
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.json["status"], json!("ready"));
+    assert_eq!(ready.json["checks"]["store"], json!("up"));
+    assert_eq!(ready.json["checks"]["llm"], json!("configured"));
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user().await;
+    user.get("/healthz").await;
+
+    let metrics = user.get("/metrics").await;
+
+    assert_eq!(metrics.status, 200);
+    let content_type = metrics.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/plain"),
+        "content-type {content_type:?}"
+    );
+    assert!(
+        metrics.text.contains("# TYPE "),
+        "no Prometheus TYPE line: {}",
+        metrics.text
+    );
+    let samples = metrics
+        .text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .count();
+    assert!(samples > 0, "no samples: {}", metrics.text);
+}

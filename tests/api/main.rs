@@ -1,0 +1,28 @@
+//! Black-box tests of the real `llm-chat-server` binary: HTTP routes and Socket.IO events as
+//! written in docs/PROTOCOL.md, against a fake OpenAI-compatible LLM on loopback.
+//! One server process, temp dir and fake LLM per test, so tests run in parallel.
+
+// Test toolkits: not every helper is used by every feature file.
+#[allow(dead_code)]
+mod fake_llm;
+#[allow(dead_code)]
+mod helpers;
+#[allow(dead_code)]
+mod sio;
+
+mod azure;
+mod bad_input;
+mod chat_turn;
+mod context_window;
+mod conversations;
+mod few_shot;
+mod health_and_config;
+mod isolation;
+mod llm_failures;
+mod realtime;
+mod save_history;
+mod search;
+mod sessions;
+mod startup;
+mod stop_generation;
+mod upload;
