@@ -84,6 +84,7 @@ pub struct Settings {
     pub saved_conversations_dir: PathBuf,
     pub secret_key: Option<Secret>,
     pub mongodb_uri: Option<String>,
+    pub mongodb_db: String,
     pub redis_url: Option<String>,
     pub llm: LlmProvider,
     pub temperature: f32,
@@ -215,6 +216,15 @@ impl Settings {
             PathBuf::from(r.string("SAVED_CONVERSATIONS_DIR", "saved_conversations"));
         let secret_key = r.raw("SECRET_KEY").map(Secret);
         let mongodb_uri = r.raw("MONGODB_URI");
+        let mongodb_db = r.string("MONGODB_DB", "chatbot_db");
+        if mongodb_db.is_empty()
+            || mongodb_db.len() > 63
+            || mongodb_db.contains(['/', '\\', '.', ' ', '"', '$', '*', '<', '>', ':', '|', '?'])
+        {
+            r.errors.push(format!(
+                "MONGODB_DB={mongodb_db:?} is not a valid MongoDB database name"
+            ));
+        }
         let redis_url = r.raw("REDIS_URL");
 
         let llm = Self::read_provider(&mut r);
@@ -314,13 +324,6 @@ impl Settings {
             }
         };
 
-        if mongodb_uri.is_some() {
-            r.errors.push(
-                "MONGODB_URI is set, but the MongoDB store is not built into this version yet; \
-                 unset it to use the embedded SQLite store (DATABASE_PATH)"
-                    .to_string(),
-            );
-        }
         if redis_url.is_some() {
             r.errors.push(
                 "REDIS_URL is set, but multi-instance mode (Redis sessions and fan-out) is not \
@@ -339,6 +342,7 @@ impl Settings {
             saved_conversations_dir,
             secret_key,
             mongodb_uri,
+            mongodb_db,
             redis_url,
             llm,
             temperature,

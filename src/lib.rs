@@ -13,6 +13,7 @@ pub mod files;
 pub mod http;
 pub mod llm;
 pub mod metrics;
+pub mod migrate;
 pub mod realtime;
 pub mod session;
 pub mod startup;

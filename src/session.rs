@@ -35,6 +35,43 @@ impl SqliteSessionStore {
         Self { db }
     }
 
+    /// Every unexpired session (for copying between backends).
+    pub async fn live_records(&self) -> session_store::Result<Vec<Record>> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let rows = self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn
+                    .prepare("SELECT id, data, expires_at FROM sessions WHERE expires_at >= ?1")
+                    .map_err(|e| StoreError::Backend(e.into()))?;
+                let rows = stmt
+                    .query_map(params![now], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                        ))
+                    })
+                    .map_err(|e| StoreError::Backend(e.into()))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StoreError::Backend(e.into()))
+            })
+            .await
+            .map_err(store_error)?;
+        let mut records = Vec::with_capacity(rows.len());
+        for (id, data, expires) in rows {
+            let Ok(id) = id.parse::<Id>() else { continue };
+            records.push(Record {
+                id,
+                data: serde_json::from_str(&data)
+                    .map_err(|e| session_store::Error::Decode(e.to_string()))?,
+                expiry_date: OffsetDateTime::from_unix_timestamp(expires)
+                    .map_err(|e| session_store::Error::Decode(e.to_string()))?,
+            });
+        }
+        Ok(records)
+    }
+
     /// Removes expired sessions; returns how many.
     pub async fn delete_expired(&self) -> Result<usize, StoreError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();

@@ -23,13 +23,44 @@ use crate::metrics::Metrics;
 use crate::realtime::{self, SocketNotifier};
 use crate::session::{self, SqliteSessionStore};
 use crate::state::AppState;
+use crate::store::mongo::{MongoSessionStore, MongoStore};
 use crate::store::sqlite::{SqliteDb, SqliteStore};
+use crate::store::ConversationStore;
 use crate::{http, llm};
 
 /// Largest Socket.IO message accepted (a chat message is at most
 /// `MAX_MESSAGE_CHARS` characters, up to 4 bytes each, plus JSON).
 fn socket_payload_limit(settings: &Settings) -> u64 {
     (settings.max_message_chars as u64 * 4 + 16 * 1024).max(64 * 1024)
+}
+
+/// Where sessions are kept: beside the conversations.
+enum Sessions {
+    Sqlite(SqliteSessionStore),
+    Mongo(MongoSessionStore),
+}
+
+/// The conversation store the settings ask for, and its session store:
+/// MongoDB when `MONGODB_URI` is set (a clear error if it cannot be
+/// reached), else the SQLite file.
+async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
+    if let Some(uri) = &settings.mongodb_uri {
+        let store = MongoStore::connect(uri, &settings.mongodb_db).await?;
+        tracing::info!(
+            database = %settings.mongodb_db,
+            text_search = store.text_search(),
+            "conversations and sessions in MongoDB"
+        );
+        let sessions = Sessions::Mongo(store.session_store());
+        return Ok((Arc::new(store), sessions));
+    }
+    let db = SqliteDb::open(&settings.database_path)
+        .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
+    tracing::info!(path = %settings.database_path.display(), "conversations and sessions in SQLite");
+    Ok((
+        Arc::new(SqliteStore::new(db.clone())),
+        Sessions::Sqlite(SqliteSessionStore::new(db)),
+    ))
 }
 
 /// A bound, ready-to-serve server.
@@ -44,10 +75,7 @@ impl Application {
     /// Builds everything and binds; fails with a message naming what is wrong.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let db = SqliteDb::open(&settings.database_path)
-            .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
-        let store = Arc::new(SqliteStore::new(db.clone()));
-        let session_store = SqliteSessionStore::new(db);
+        let (store, sessions) = open_store(&settings).await?;
         let llm = llm::from_settings(&settings).context("configuring the language model")?;
         let notifier = Arc::new(SocketNotifier::<LocalAdapter>::default());
         let tokens = TokenCounter::new(settings.tokenizer);
@@ -75,21 +103,25 @@ impl Application {
         realtime::register(&io);
         notifier.attach(io.clone());
 
-        let mut router = http::router(&state)
+        let router = http::router(&state)
             .with_state(state)
             // The session layer must wrap the socket layer, so a socket's
             // handshake request carries the HTTP session.
-            .layer(socket_layer)
-            .layer(session::layer(session_store.clone(), &settings))
-            .layer(TraceLayer::new_for_http())
-            // A bug in one handler answers 500 JSON instead of dropping the
-            // connection; the server keeps serving.
-            .layer(CatchPanicLayer::custom(panic_response));
+            .layer(socket_layer);
+        let mut router = match sessions {
+            Sessions::Sqlite(store) => {
+                tokio::spawn(expire_sessions(store.clone()));
+                router.layer(session::layer(store, &settings))
+            }
+            Sessions::Mongo(store) => router.layer(session::layer(store, &settings)),
+        }
+        .layer(TraceLayer::new_for_http())
+        // A bug in one handler answers 500 JSON instead of dropping the
+        // connection; the server keeps serving.
+        .layer(CatchPanicLayer::custom(panic_response));
         if !settings.cors_allowed_origins.is_empty() {
             router = router.layer(cors_layer(&settings.cors_allowed_origins)?);
         }
-
-        tokio::spawn(expire_sessions(session_store));
 
         let address = settings.bind_address();
         let listener = TcpListener::bind(&address)

@@ -203,9 +203,15 @@ async fn on_stop_generation<A: Adapter>(
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
-    // No id: stop all of this user's replies. An id: only that one. A bad
-    // id stops nothing (it must not widen to "all").
-    let id = match data.ok().as_ref().and_then(|d| d.get("conversation_id")) {
+    // No payload or no id: stop all of this user's replies. An id: only
+    // that one. Anything unusable stops nothing (it must not widen to
+    // "all") and says so.
+    let field = match data {
+        Err(_) | Ok(Value::Null) => None,
+        Ok(Value::Object(map)) => map.get("conversation_id").cloned(),
+        Ok(other) => Some(other),
+    };
+    let id = match field {
         None | Some(Value::Null) => None,
         Some(raw) => match raw.as_str().map(ConversationId::parse) {
             Some(Ok(id)) => Some(id),

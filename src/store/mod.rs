@@ -139,6 +139,8 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> StoreResult<ConversationMeta>;
     /// Full-text search over the user's conversations, best first.
     async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>>;
+    /// How many conversations there are, over all users (for progress).
+    async fn count_all(&self) -> StoreResult<u64>;
     /// Every conversation of every user, ordered by (user id, conversation
     /// id), `limit` at a time after `after`: for copying between backends.
     async fn export_page(

@@ -1132,6 +1132,13 @@ impl ConversationStore for MongoStore {
         }
     }
 
+    async fn count_all(&self) -> StoreResult<u64> {
+        self.conversations
+            .count_documents(doc! {})
+            .await
+            .map_err(|e| self.err(e))
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.db
             .run_command(doc! {"ping": 1})
@@ -1162,6 +1169,48 @@ impl fmt::Debug for MongoSessionStore {
 
 fn session_error(redactor: &Redactor, err: mongodb::error::Error) -> session_store::Error {
     session_store::Error::Backend(map_error(redactor, err).to_string())
+}
+
+/// A stored session document as a tower-sessions record.
+fn session_record(id: Id, d: &Document) -> session_store::Result<Record> {
+    let data = d
+        .get_str("data")
+        .map_err(|e| session_store::Error::Decode(e.to_string()))?;
+    let expires = d
+        .get_datetime("expires_at")
+        .map_err(|e| session_store::Error::Decode(e.to_string()))?;
+    Ok(Record {
+        id,
+        data: serde_json::from_str(data)
+            .map_err(|e| session_store::Error::Decode(e.to_string()))?,
+        expiry_date: OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(expires.timestamp_millis()) * 1_000_000,
+        )
+        .map_err(|e| session_store::Error::Decode(e.to_string()))?,
+    })
+}
+
+impl MongoSessionStore {
+    /// Every unexpired session (for copying between backends).
+    pub async fn live_records(&self) -> session_store::Result<Vec<Record>> {
+        use futures_util::TryStreamExt;
+        let docs: Vec<Document> = self
+            .sessions
+            .find(doc! {"expires_at": {"$gte": expiry(OffsetDateTime::now_utc())}})
+            .await
+            .map_err(|e| session_error(&self.redactor, e))?
+            .try_collect()
+            .await
+            .map_err(|e| session_error(&self.redactor, e))?;
+        let mut records = Vec::with_capacity(docs.len());
+        for d in &docs {
+            let Some(id) = d.get_str("_id").ok().and_then(|raw| raw.parse::<Id>().ok()) else {
+                continue;
+            };
+            records.push(session_record(id, d)?);
+        }
+        Ok(records)
+    }
 }
 
 fn expiry(at: OffsetDateTime) -> bson::DateTime {
@@ -1221,21 +1270,7 @@ impl SessionStore for MongoSessionStore {
         let Some(d) = found else {
             return Ok(None);
         };
-        let data = d
-            .get_str("data")
-            .map_err(|e| session_store::Error::Decode(e.to_string()))?;
-        let expires = d
-            .get_datetime("expires_at")
-            .map_err(|e| session_store::Error::Decode(e.to_string()))?;
-        Ok(Some(Record {
-            id: *session_id,
-            data: serde_json::from_str(data)
-                .map_err(|e| session_store::Error::Decode(e.to_string()))?,
-            expiry_date: OffsetDateTime::from_unix_timestamp_nanos(
-                i128::from(expires.timestamp_millis()) * 1_000_000,
-            )
-            .map_err(|e| session_store::Error::Decode(e.to_string()))?,
-        }))
+        session_record(*session_id, &d).map(Some)
     }
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {

@@ -479,6 +479,18 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
+    async fn count_all(&self) -> StoreResult<u64> {
+        self.db
+            .call(|conn| {
+                conn.query_row("SELECT COUNT(*) FROM conversations", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map(|n| n.max(0) as u64)
+                .map_err(backend)
+            })
+            .await
+    }
+
     async fn export_page(
         &self,
         after: Option<(UserId, ConversationId)>,

@@ -252,12 +252,14 @@ async fn unknown_event_and_garbage_packets_do_not_break_the_socket() {
 
     socket.emit("no_such_event", json!({"x": 1}));
     socket.emit_raw(r#"42["stop_generation",{"conversation_id":"not-a-uuid"}]"#);
+    socket.emit_raw(r#"42["stop_generation",{"conversation_id":17}]"#);
     socket.emit_raw(r#"42["stop_generation","nonsense"]"#);
-    // Handlers run concurrently, so a garbage stop may still catch this first turn
-    // (the server reads a stop without a usable id as "any reply"): only its end matters.
+    // A stop with an unusable id stops nothing and says so.
+    for _ in 0..3 {
+        let error = socket.wait_for("error", TURN_TIMEOUT).await;
+        assert_eq!(error["message"], "Invalid conversation id.");
+    }
     socket.send_message("Still there?", None);
-    socket.collect_turn(TURN_TIMEOUT).await.expect_end();
-    socket.send_message("Really still there?", None);
     let turn = socket.collect_turn(TURN_TIMEOUT).await;
 
     assert_eq!(

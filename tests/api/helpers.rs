@@ -94,6 +94,15 @@ pub fn base_env(llm: &FakeLlm, dir: &TempDir) -> Env {
     if let Ok(path) = std::env::var("PATH") {
         env.insert("PATH".to_owned(), path);
     }
+    // `scripts/test.sh` runs this whole suite a second time against a real
+    // MongoDB-protocol server: each test server gets its own database.
+    if let Ok(uri) = std::env::var("TEST_MONGODB_URI") {
+        env.insert("MONGODB_URI".to_owned(), uri);
+        env.insert(
+            "MONGODB_DB".to_owned(),
+            format!("t_{}", uuid::Uuid::new_v4().simple()),
+        );
+    }
     env
 }
 

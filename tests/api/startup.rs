@@ -76,7 +76,7 @@ async fn reply_tokens_not_below_max_tokens_stops_the_server() {
 }
 
 #[tokio::test]
-async fn mongodb_uri_is_refused_until_the_mongo_store_exists() {
+async fn unreachable_mongodb_uri_stops_startup_with_a_message_naming_it() {
     let llm = FakeLlm::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut env = base_env(&llm, &dir);
