@@ -20,6 +20,7 @@ use crate::domain::{ChatMessage, ConversationId, Role, UserId};
 use crate::error::ApiError;
 use crate::llm::ChatRequest;
 use crate::metrics::Metrics;
+use crate::replies::ReplyEvent;
 use crate::state::AppState;
 use crate::store::{ConversationMeta, NewMessage, Summary};
 
@@ -101,13 +102,13 @@ impl TurnRegistry {
         count
     }
 
-    /// Cancels the turns a socket started (it disconnected).
-    pub fn stop_socket(&self, socket: &str) {
-        for turn in self.lock().values() {
-            if turn.socket.as_deref() == Some(socket) {
-                turn.cancel.cancel();
-            }
-        }
+    /// The cancel handles of the turns a socket started.
+    pub fn turns_of_socket(&self, socket: &str) -> Vec<CancellationToken> {
+        self.lock()
+            .values()
+            .filter(|turn| turn.socket.as_deref() == Some(socket))
+            .map(|turn| turn.cancel.clone())
+            .collect()
     }
 
     /// Turns in flight.
@@ -118,6 +119,58 @@ impl TurnRegistry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A stop request as published between instances.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StopRequest {
+    instance: String,
+    user: String,
+    conversation: Option<String>,
+}
+
+/// Stops the user's reply (in `id`, or all) here and on every other
+/// instance (Redis mode): the reply may run on another instance than the
+/// tab that asks. Returns how many ran here.
+pub async fn stop_everywhere(
+    state: &AppState,
+    user: &UserId,
+    id: Option<&ConversationId>,
+) -> usize {
+    let stopped = state.turns.stop(user, id);
+    if let Some(redis) = &state.redis {
+        use fred::interfaces::PubsubInterface;
+        let request = StopRequest {
+            instance: state.replies.instance().to_string(),
+            user: user.to_string(),
+            conversation: id.map(ToString::to_string),
+        };
+        let message = serde_json::to_string(&request).unwrap_or_default();
+        if let Err(err) = redis
+            .client
+            .publish::<u64, _, _>(redis.key("control"), message)
+            .await
+        {
+            tracing::warn!(error = %err, "could not pass the stop to other instances");
+        }
+    }
+    stopped
+}
+
+/// Applies a stop published by another instance.
+pub fn apply_remote_stop(turns: &TurnRegistry, raw: &str, own_instance: &str) {
+    let Ok(request) = serde_json::from_str::<StopRequest>(raw) else {
+        return;
+    };
+    if request.instance == own_instance {
+        return;
+    }
+    let conversation = match request.conversation.as_deref().map(ConversationId::parse) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => return,
+    };
+    turns.stop(&UserId::from_stored(request.user), conversation.as_ref());
 }
 
 /// Checks a chat message: a non-empty string within the size limit.
@@ -163,6 +216,7 @@ pub async fn run_turn(
     text: String,
     guard: &TurnGuard,
     sink: &dyn TurnSink,
+    origin_socket: Option<String>,
 ) -> Result<(), ApiError> {
     let settings = &state.settings;
     let budget = settings.prompt_budget();
@@ -258,6 +312,11 @@ pub async fn run_turn(
             "summarised": summarised,
         }),
     );
+    // Other tabs (any instance) follow the reply through the hub.
+    let relay = state.replies.relay(user, id, origin_socket);
+    relay.send(ReplyEvent::Started {
+        message: text.clone(),
+    });
 
     let request = ChatRequest {
         messages,
@@ -280,6 +339,7 @@ pub async fn run_turn(
                     Some(Ok(chunk)) => {
                         reply.push_str(&chunk);
                         sink.emit("response_chunk", json!({"chunk": chunk, "index": chunks, "conversation_id": id}));
+                        relay.send(ReplyEvent::Chunk { index: chunks as u64, chunk });
                         chunks += 1;
                     }
                 }
@@ -312,17 +372,38 @@ pub async fn run_turn(
         (Outcome::Stopped, Ok(_)) => Metrics::inc(&state.metrics.turns_stopped),
         _ => Metrics::inc(&state.metrics.turns_failed),
     }
-    let meta = stored?;
+    let meta = match stored {
+        Ok(meta) => meta,
+        Err(err) => {
+            let err = ApiError::from(err);
+            let body = err.body();
+            relay.send(ReplyEvent::Error {
+                message: body.message,
+                error: body.error.to_string(),
+            });
+            return Err(err);
+        }
+    };
     match outcome {
-        Outcome::Failed(err) => sink.emit("error", error_payload(&err, Some(id))),
-        Outcome::Finished | Outcome::Stopped => sink.emit(
-            "response_end",
-            json!({
-                "conversation_id": id,
-                "stopped": matches!(outcome, Outcome::Stopped),
-                "chunks": chunks,
-            }),
-        ),
+        Outcome::Failed(err) => {
+            let payload = error_payload(&err, Some(id));
+            relay.send(ReplyEvent::Error {
+                message: payload["message"].as_str().unwrap_or_default().to_string(),
+                error: payload["error"].as_str().unwrap_or_default().to_string(),
+            });
+            sink.emit("error", payload);
+        }
+        Outcome::Finished | Outcome::Stopped => {
+            let stopped = matches!(outcome, Outcome::Stopped);
+            relay.send(ReplyEvent::End {
+                stopped,
+                chunks: chunks as u64,
+            });
+            sink.emit(
+                "response_end",
+                json!({"conversation_id": id, "stopped": stopped, "chunks": chunks}),
+            );
+        }
     }
     state
         .notifier
@@ -375,6 +456,9 @@ async fn make_title(state: AppState, user: UserId, id: ConversationId, first_mes
 pub fn error_payload(err: &ApiError, id: Option<&ConversationId>) -> Value {
     let body = err.body();
     let mut payload = json!({"message": body.message, "error": body.error});
+    if let Some(seconds) = body.retry_after {
+        payload["retry_after"] = json!(seconds);
+    }
     if let Some(id) = id {
         payload["conversation_id"] = json!(id);
     }

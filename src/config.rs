@@ -86,6 +86,11 @@ pub struct Settings {
     pub mongodb_uri: Option<String>,
     pub mongodb_db: String,
     pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub rate_limit_messages_per_minute: u32,
+    pub rate_limit_uploads_per_hour: u32,
+    pub reply_resume_ttl: Duration,
+    pub disconnect_grace: Duration,
     pub llm: LlmProvider,
     pub temperature: f32,
     pub top_p: f32,
@@ -226,6 +231,54 @@ impl Settings {
             ));
         }
         let redis_url = r.raw("REDIS_URL");
+        let redis_prefix = r.string("REDIS_PREFIX", "chat");
+        if redis_prefix.is_empty()
+            || redis_prefix.len() > 64
+            || !redis_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            r.errors.push(format!(
+                "REDIS_PREFIX={redis_prefix:?} must be 1-64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if redis_url.is_some() {
+            match &secret_key {
+                None => r.errors.push(
+                    "REDIS_URL is set (several instances) but SECRET_KEY is not: set SECRET_KEY to the \
+                     same random string (at least 32 characters) on every instance; it signs the session cookie"
+                        .to_string(),
+                ),
+                Some(key) if key.expose().chars().count() < 32 => r.errors.push(
+                    "SECRET_KEY must be at least 32 characters (it signs the session cookie)".to_string(),
+                ),
+                Some(_) => {}
+            }
+        }
+        let rate_limit_messages_per_minute = r.parse::<u32>(
+            "RATE_LIMIT_MESSAGES_PER_MINUTE",
+            30,
+            "a whole number (0 = no limit)",
+        );
+        let rate_limit_uploads_per_hour = r.parse::<u32>(
+            "RATE_LIMIT_UPLOADS_PER_HOUR",
+            60,
+            "a whole number (0 = no limit)",
+        );
+        let reply_resume_ttl = r.seconds("REPLY_RESUME_TTL_SECONDS", 120.0);
+        // 0 is allowed here: stop at once when the socket goes.
+        let disconnect_grace = match r.raw("DISCONNECT_GRACE_SECONDS") {
+            None => Duration::from_secs(10),
+            Some(v) => match v.parse::<f64>() {
+                Ok(s) if (0.0..=3600.0).contains(&s) => Duration::from_secs_f64(s),
+                _ => {
+                    r.errors.push(format!(
+                        "DISCONNECT_GRACE_SECONDS={v:?} must be between 0 and 3600"
+                    ));
+                    Duration::from_secs(10)
+                }
+            },
+        };
 
         let llm = Self::read_provider(&mut r);
         let temperature = r.parse::<f32>("LLM_TEMPERATURE", 0.7, "a number");
@@ -324,14 +377,6 @@ impl Settings {
             }
         };
 
-        if redis_url.is_some() {
-            r.errors.push(
-                "REDIS_URL is set, but multi-instance mode (Redis sessions and fan-out) is not \
-                 built into this version yet; unset it to run a single instance"
-                    .to_string(),
-            );
-        }
-
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
         }
@@ -344,6 +389,11 @@ impl Settings {
             mongodb_uri,
             mongodb_db,
             redis_url,
+            redis_prefix,
+            rate_limit_messages_per_minute,
+            rate_limit_uploads_per_hour,
+            reply_resume_ttl,
+            disconnect_grace,
             llm,
             temperature,
             top_p,

@@ -27,6 +27,9 @@ pub enum ApiError {
     Unsupported(String),
     #[error("{0}")]
     Busy(String),
+    /// Over a rate limit; try again after this many seconds.
+    #[error("Too many requests. Try again in {0} seconds.")]
+    RateLimited(u64),
     #[error("The language model is unavailable right now. Please try again.")]
     LlmUnavailable,
     #[error("The service is temporarily unavailable. Please try again.")]
@@ -40,6 +43,9 @@ pub enum ApiError {
 pub struct ErrorBody {
     pub message: String,
     pub error: &'static str,
+    /// Seconds to wait, for `rate_limited`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -51,6 +57,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy(_) => StatusCode::CONFLICT,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::LlmUnavailable => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,6 +72,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unsupported(_) => "unsupported",
             ApiError::Busy(_) => "busy",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::LlmUnavailable => "llm_unavailable",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -80,6 +88,10 @@ impl ApiError {
         ErrorBody {
             message: self.to_string(),
             error: self.code(),
+            retry_after: match self {
+                ApiError::RateLimited(seconds) => Some(*seconds),
+                _ => None,
+            },
         }
     }
 
@@ -90,7 +102,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let ApiError::RateLimited(seconds) = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }
 

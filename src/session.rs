@@ -192,6 +192,19 @@ pub fn layer<S: SessionStore + Clone>(store: S, settings: &Settings) -> SessionM
         .with_always_save(true)
 }
 
+/// The session layer with its cookie signed by a key derived from
+/// `SECRET_KEY` (several instances: every instance must accept the cookies
+/// of the others, and nobody else can forge one).
+pub fn signed_layer<S: SessionStore + Clone>(
+    store: S,
+    settings: &Settings,
+    secret: &str,
+) -> SessionManagerLayer<S, tower_sessions::service::SignedCookie> {
+    use sha2::Digest;
+    let key = tower_sessions::cookie::Key::from(sha2::Sha512::digest(secret.as_bytes()).as_slice());
+    layer(store, settings).with_signed(key)
+}
+
 /// The session's user, created (and saved) on first contact.
 pub async fn ensure_user(session: &Session) -> Result<UserId, tower_sessions::session::Error> {
     if let Some(raw) = session.get::<String>(USER_KEY).await? {

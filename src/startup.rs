@@ -9,8 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use axum::Router;
-use socketioxide::adapter::LocalAdapter;
+use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::SocketIo;
+use socketioxide_core::adapter::DefinedAdapter;
+use socketioxide_redis::drivers::fred::FredDriver;
+use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -20,9 +23,13 @@ use crate::chat::TurnRegistry;
 use crate::config::Settings;
 use crate::context::TokenCounter;
 use crate::metrics::Metrics;
+use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
 use crate::realtime::{self, SocketNotifier};
+use crate::redis::{RedisConnections, RedisSessionStore};
+use crate::replies::{self, ReplyHub};
 use crate::session::{self, SqliteSessionStore};
 use crate::state::AppState;
+use crate::state::Notifier;
 use crate::store::mongo::{MongoSessionStore, MongoStore};
 use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::ConversationStore;
@@ -34,91 +41,199 @@ fn socket_payload_limit(settings: &Settings) -> u64 {
     (settings.max_message_chars as u64 * 4 + 16 * 1024).max(64 * 1024)
 }
 
-/// Where sessions are kept: beside the conversations.
+/// Where sessions are kept: in Redis with several instances, else beside
+/// the conversations.
 enum Sessions {
     Sqlite(SqliteSessionStore),
     Mongo(MongoSessionStore),
+    Redis(RedisSessionStore),
 }
 
-/// The conversation store the settings ask for, and its session store:
+/// The conversation store the settings ask for, and the session store:
 /// MongoDB when `MONGODB_URI` is set (a clear error if it cannot be
-/// reached), else the SQLite file.
-async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
-    if let Some(uri) = &settings.mongodb_uri {
+/// reached), else the SQLite file; sessions in Redis when it is there.
+async fn open_store(
+    settings: &Settings,
+    redis: Option<&RedisConnections>,
+) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
+    let (store, sessions): (Arc<dyn ConversationStore>, Sessions) = if let Some(uri) =
+        &settings.mongodb_uri
+    {
         let store = MongoStore::connect(uri, &settings.mongodb_db).await?;
-        tracing::info!(
-            database = %settings.mongodb_db,
-            text_search = store.text_search(),
-            "conversations and sessions in MongoDB"
-        );
+        tracing::info!(database = %settings.mongodb_db, text_search = store.text_search(), "conversations in MongoDB");
         let sessions = Sessions::Mongo(store.session_store());
-        return Ok((Arc::new(store), sessions));
+        (Arc::new(store), sessions)
+    } else {
+        let db = SqliteDb::open(&settings.database_path)
+            .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
+        tracing::info!(path = %settings.database_path.display(), "conversations in SQLite");
+        (
+            Arc::new(SqliteStore::new(db.clone())),
+            Sessions::Sqlite(SqliteSessionStore::new(db)),
+        )
+    };
+    match redis {
+        Some(redis) => Ok((store, Sessions::Redis(RedisSessionStore::new(redis)))),
+        None => Ok((store, sessions)),
     }
-    let db = SqliteDb::open(&settings.database_path)
-        .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
-    tracing::info!(path = %settings.database_path.display(), "conversations and sessions in SQLite");
-    Ok((
-        Arc::new(SqliteStore::new(db.clone())),
-        Sessions::Sqlite(SqliteSessionStore::new(db)),
-    ))
 }
+
+type Closer = Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, ()> + Send>;
 
 /// A bound, ready-to-serve server.
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    io: SocketIo<LocalAdapter>,
+    close_sockets: Closer,
     local_addr: SocketAddr,
+}
+
+/// The Socket.IO server for adapter `A`, its namespace registered, and the
+/// routes inside its layer.
+async fn with_sockets<A>(
+    builder: socketioxide::SocketIoBuilder<A>,
+    state: AppState,
+    notifier: Arc<SocketNotifier<A>>,
+) -> anyhow::Result<(Router, Closer)>
+where
+    A: Adapter + DefinedAdapter,
+    A::InitRes: Into<RegisterResult>,
+{
+    let payload_limit = socket_payload_limit(&state.settings);
+    let (socket_layer, io) = builder
+        .with_state(state.clone())
+        .max_payload(payload_limit)
+        .ws_max_message_size(payload_limit as usize)
+        .ws_max_frame_size(payload_limit as usize)
+        .build_layer();
+    realtime::register(&io).into().wait().await?;
+    notifier.attach(io.clone());
+    let router = http::router(&state).with_state(state).layer(socket_layer);
+    let close: Closer = Box::new(move || Box::pin(async move { io.close().await }));
+    Ok((router, close))
+}
+
+/// What registering a namespace gives back, for either adapter.
+pub enum RegisterResult {
+    Done,
+    Pending(futures_util::future::BoxFuture<'static, anyhow::Result<()>>),
+}
+
+impl RegisterResult {
+    async fn wait(self) -> anyhow::Result<()> {
+        match self {
+            RegisterResult::Done => Ok(()),
+            RegisterResult::Pending(future) => future.await,
+        }
+    }
+}
+
+impl From<()> for RegisterResult {
+    fn from(_: ()) -> Self {
+        RegisterResult::Done
+    }
+}
+
+impl From<socketioxide_redis::InitRes<FredDriver>> for RegisterResult {
+    fn from(init: socketioxide_redis::InitRes<FredDriver>) -> Self {
+        RegisterResult::Pending(Box::pin(async move {
+            init.await.map_err(|e| {
+                anyhow::anyhow!("could not subscribe the Socket.IO adapter on Redis: {e}")
+            })
+        }))
+    }
 }
 
 impl Application {
     /// Builds everything and binds; fails with a message naming what is wrong.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let (store, sessions) = open_store(&settings).await?;
+        let redis = match &settings.redis_url {
+            Some(url) => Some(RedisConnections::connect(url, &settings.redis_prefix).await?),
+            None => None,
+        };
+        let (store, sessions) = open_store(&settings, redis.as_ref()).await?;
         let llm = llm::from_settings(&settings).context("configuring the language model")?;
-        let notifier = Arc::new(SocketNotifier::<LocalAdapter>::default());
         let tokens = TokenCounter::new(settings.tokenizer);
         // Load the tokenizer now, not during the first user's turn.
         tokens.count("warm up");
-
-        let state = AppState {
+        let turns = Arc::new(TurnRegistry::default());
+        let (replies, limiter): (Arc<ReplyHub>, Arc<dyn RateLimiter>) = match &redis {
+            Some(redis) => (
+                ReplyHub::with_redis(redis, settings.reply_resume_ttl),
+                Arc::new(RedisLimiter::new(redis)),
+            ),
+            None => (
+                ReplyHub::in_memory(settings.reply_resume_ttl),
+                Arc::new(MemoryLimiter::default()),
+            ),
+        };
+        let state = |notifier: Arc<dyn Notifier>| AppState {
             settings: settings.clone(),
-            store,
-            llm,
+            store: store.clone(),
+            llm: llm.clone(),
             tokens,
-            notifier: notifier.clone(),
-            turns: Arc::new(TurnRegistry::default()),
+            notifier,
+            turns: turns.clone(),
             metrics: Arc::new(Metrics::default()),
+            replies: replies.clone(),
+            limiter: limiter.clone(),
+            redis: redis.clone(),
             asset_version: http::page::asset_version().into(),
         };
 
-        let payload_limit = socket_payload_limit(&settings);
-        let (socket_layer, io) = SocketIo::builder()
-            .with_state(state.clone())
-            .max_payload(payload_limit)
-            .ws_max_message_size(payload_limit as usize)
-            .ws_max_frame_size(payload_limit as usize)
-            .build_layer();
-        realtime::register(&io);
-        notifier.attach(io.clone());
+        let (router, close_sockets) = match &redis {
+            None => {
+                let notifier = Arc::new(SocketNotifier::<LocalAdapter>::default());
+                with_sockets(SocketIo::builder(), state(notifier.clone()), notifier).await?
+            }
+            Some(redis) => {
+                let config = RedisAdapterConfig::new().with_prefix(redis.adapter_prefix());
+                let adapter =
+                    RedisAdapterCtr::new_with_fred_config(redis.adapter_subscriber.clone(), config)
+                        .await
+                        .context("starting the Socket.IO Redis adapter (REDIS_URL)")?;
+                let notifier = Arc::new(SocketNotifier::<
+                    FredAdapter<socketioxide::adapter::Emitter>,
+                >::default());
+                let built = with_sockets(
+                    SocketIo::builder().with_adapter::<FredAdapter<_>>(adapter),
+                    state(notifier.clone()),
+                    notifier,
+                )
+                .await?;
+                // The adapter's driver does not re-subscribe after Redis
+                // comes back; without this the instance would go deaf.
+                redis.adapter_subscriber.manage_subscriptions();
+                tokio::spawn(replies::listen(
+                    redis.clone(),
+                    replies.clone(),
+                    turns.clone(),
+                ));
+                built
+            }
+        };
 
-        let router = http::router(&state)
-            .with_state(state)
-            // The session layer must wrap the socket layer, so a socket's
-            // handshake request carries the HTTP session.
-            .layer(socket_layer);
-        let mut router = match sessions {
+        let router = match sessions {
             Sessions::Sqlite(store) => {
                 tokio::spawn(expire_sessions(store.clone()));
                 router.layer(session::layer(store, &settings))
             }
             Sessions::Mongo(store) => router.layer(session::layer(store, &settings)),
-        }
-        .layer(TraceLayer::new_for_http())
-        // A bug in one handler answers 500 JSON instead of dropping the
-        // connection; the server keeps serving.
-        .layer(CatchPanicLayer::custom(panic_response));
+            Sessions::Redis(store) => {
+                let secret = settings
+                    .secret_key
+                    .as_ref()
+                    .map(|k| k.expose())
+                    .unwrap_or_default();
+                router.layer(session::signed_layer(store, &settings, secret))
+            }
+        };
+        let mut router = router
+            .layer(TraceLayer::new_for_http())
+            // A bug in one handler answers 500 JSON instead of dropping the
+            // connection; the server keeps serving.
+            .layer(CatchPanicLayer::custom(panic_response));
         if !settings.cors_allowed_origins.is_empty() {
             router = router.layer(cors_layer(&settings.cors_allowed_origins)?);
         }
@@ -131,7 +246,7 @@ impl Application {
         Ok(Self {
             listener,
             router,
-            io,
+            close_sockets,
             local_addr,
         })
     }
@@ -146,7 +261,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let io = self.io.clone();
+        let close_sockets = self.close_sockets;
         let listener = self.listener.tap_io(|tcp| {
             // Several small frames per turn: without this, delayed ACKs
             // stall streaming by up to 40 ms.
@@ -163,7 +278,7 @@ impl Application {
             shutdown.await;
             tracing::info!("shutting down: closing sockets");
             // Open sockets would keep the server alive forever.
-            io.close().await;
+            close_sockets().await;
         })
         .await
     }

@@ -12,6 +12,9 @@ use crate::context::TokenCounter;
 use crate::domain::UserId;
 use crate::llm::ChatModel;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::redis::RedisConnections;
+use crate::replies::ReplyHub;
 use crate::store::ConversationStore;
 
 /// Sends an event to every socket of a user (all tabs; later on all
@@ -31,6 +34,11 @@ pub struct AppState {
     pub notifier: Arc<dyn Notifier>,
     pub turns: Arc<TurnRegistry>,
     pub metrics: Arc<Metrics>,
+    /// Replies in flight, for other tabs and resuming clients.
+    pub replies: Arc<ReplyHub>,
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Set in multi-instance mode.
+    pub redis: Option<RedisConnections>,
     /// Changes with every build, so browsers refetch static files.
     pub asset_version: Arc<str>,
 }

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::files::{clean_file_name, decode_text, extension_allowed};
 use crate::llm::ChatRequest;
 use crate::metrics::Metrics;
+use crate::ratelimit::{Bucket, Limit};
 use crate::realtime::progress_payload;
 use crate::state::AppState;
 
@@ -47,6 +48,15 @@ async fn upload_file(
     mut multipart: Multipart,
 ) -> Result<Json<Value>, ApiError> {
     let settings = &state.settings;
+    let limit = Limit {
+        count: settings.rate_limit_uploads_per_hour,
+        window: std::time::Duration::from_secs(3600),
+    };
+    state
+        .limiter
+        .check(Bucket::Uploads, &who.user, limit)
+        .await
+        .map_err(ApiError::RateLimited)?;
     let max_mb = settings.max_file_size_mb;
     let too_large = || ApiError::TooLarge(format!("File too large. Max size is {max_mb} MB."));
     let mut upload = None;

@@ -21,15 +21,37 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let store_up = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping())
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let store = async {
+        tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    };
+    let redis = async {
+        match &state.redis {
+            None => None,
+            Some(redis) => Some(tokio::join!(redis.ping(), redis.adapter_subscribed())),
+        }
+    };
+    let (store_up, redis) = tokio::join!(store, redis);
     let llm = if state.llm.info().demo {
         "demo"
     } else {
         "configured"
     };
-    let status = if store_up {
+    let mut checks = json!({
+        "store": if store_up { "up" } else { "down" },
+        "store_backend": state.store.backend(),
+        "llm": llm,
+    });
+    let mut ready = store_up;
+    if let Some((redis_up, subscribed)) = redis {
+        checks["redis"] = json!(if redis_up { "up" } else { "down" });
+        // A deaf instance (no adapter subscription) drops events silently:
+        // take it out of the balancer.
+        checks["adapter"] = json!(if subscribed { "subscribed" } else { "missing" });
+        ready &= redis_up && subscribed;
+    }
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -37,12 +59,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (
         status,
         Json(json!({
-            "status": if store_up { "ready" } else { "not_ready" },
-            "checks": {
-                "store": if store_up { "up" } else { "down" },
-                "store_backend": state.store.backend(),
-                "llm": llm,
-            },
+            "status": if ready { "ready" } else { "not_ready" },
+            "checks": checks,
         })),
     )
 }

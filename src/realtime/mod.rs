@@ -7,19 +7,21 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{Extension, MaybeHttpExtension, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, Extension, MaybeHttpExtension, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
 use socketioxide_core::adapter::DefinedAdapter;
 use tower_sessions::Session;
 
-use crate::chat::{error_payload, run_turn, validate_message, TurnSink};
+use crate::chat::{error_payload, run_turn, stop_everywhere, validate_message, TurnSink};
 use crate::domain::{ConversationId, UserId};
 use crate::error::ApiError;
+use crate::ratelimit::{Bucket, Limit};
 use crate::session;
 use crate::state::{user_room, AppState, Notifier};
 
@@ -27,6 +29,7 @@ use crate::state::{user_room, AppState, Notifier};
 pub mod events {
     pub const SEND_MESSAGE: &str = "send_message";
     pub const STOP_GENERATION: &str = "stop_generation";
+    pub const WATCH_CONVERSATION: &str = "watch_conversation";
 }
 
 /// Who a socket acts as: the user of the session its handshake carried.
@@ -122,6 +125,7 @@ async fn identify<A: Adapter>(
         .fetch_add(1, Ordering::Relaxed);
     socket.on(events::SEND_MESSAGE, on_send_message::<A>);
     socket.on(events::STOP_GENERATION, on_stop_generation::<A>);
+    socket.on(events::WATCH_CONVERSATION, on_watch_conversation::<A>);
     socket.on_disconnect(on_disconnect::<A>);
     Ok(())
 }
@@ -176,6 +180,20 @@ async fn on_send_message<A: Adapter>(
 ) {
     let sink = SocketSink(socket.clone());
     let payload = data.unwrap_or(Value::Null);
+    let limit = Limit {
+        count: state.settings.rate_limit_messages_per_minute,
+        window: Duration::from_secs(60),
+    };
+    if let Err(retry_after) = state
+        .limiter
+        .check(Bucket::Messages, &who.user, limit)
+        .await
+    {
+        return sink.emit(
+            "error",
+            error_payload(&ApiError::RateLimited(retry_after), None),
+        );
+    }
     let message = match validate_message(payload.get("message"), state.settings.max_message_chars) {
         Ok(message) => message,
         Err(err) => return sink.emit("error", error_payload(&err, None)),
@@ -192,7 +210,24 @@ async fn on_send_message<A: Adapter>(
             ApiError::Busy("A reply is already being generated for this conversation.".into());
         return sink.emit("error", error_payload(&err, Some(&id)));
     };
-    if let Err(err) = run_turn(&state, &who.user, &id, message, &guard, &sink).await {
+    // The sender follows this conversation from now on (other tabs' turns).
+    let socket_id = socket.id.to_string();
+    let follower: Arc<dyn TurnSink> = Arc::new(SocketSink(socket.clone()));
+    state
+        .replies
+        .watch(&who.user, &id, &socket_id, follower, None)
+        .await;
+    if let Err(err) = run_turn(
+        &state,
+        &who.user,
+        &id,
+        message,
+        &guard,
+        &sink,
+        Some(socket_id),
+    )
+    .await
+    {
         sink.emit("error", error_payload(&err, Some(&id)));
     }
 }
@@ -221,16 +256,99 @@ async fn on_stop_generation<A: Adapter>(
             }
         },
     };
-    let stopped = state.turns.stop(&who.user, id.as_ref());
+    let stopped = stop_everywhere(&state, &who.user, id.as_ref()).await;
     tracing::debug!(stopped, "stop_generation");
 }
 
-async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>) {
-    state.turns.stop_socket(&socket.id.to_string());
+/// `watch_conversation {conversation_id, last_index?}`: follow a
+/// conversation, replaying the in-flight reply after `last_index`.
+async fn on_watch_conversation<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(data): TryData<Value>,
+    ack: AckSender<A>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    let sink = SocketSink(socket.clone());
+    let payload = data.unwrap_or(Value::Null);
+    let id = match payload
+        .get("conversation_id")
+        .and_then(Value::as_str)
+        .map(ConversationId::parse)
+    {
+        Some(Ok(id)) => id,
+        _ => {
+            return sink.emit(
+                "error",
+                error_payload(&ApiError::invalid("Invalid conversation id."), None),
+            )
+        }
+    };
+    let last_index = match payload.get("last_index") {
+        None | Some(Value::Null) => -1,
+        Some(value) => match value.as_i64().filter(|n| *n >= -1) {
+            Some(n) => n,
+            None => {
+                let err = ApiError::invalid("last_index must be a whole number from -1 up.");
+                return sink.emit("error", error_payload(&err, Some(&id)));
+            }
+        },
+    };
+    if let Err(err) = state.store.meta(&who.user, &id).await {
+        return sink.emit("error", error_payload(&ApiError::from(err), Some(&id)));
+    }
+    let follower: Arc<dyn TurnSink> = Arc::new(SocketSink(socket.clone()));
+    let streaming = state
+        .replies
+        .watch(
+            &who.user,
+            &id,
+            &socket.id.to_string(),
+            follower,
+            Some(last_index),
+        )
+        .await;
+    // The ack is optional: a client that did not ask for one gets nothing.
+    let _ = ack.send(&json!({"ok": true, "streaming": streaming}));
+}
+
+/// A socket went away. Its replies go on for `DISCONNECT_GRACE_SECONDS`:
+/// a reload or a reconnect (to any instance) resumes them. If by then the
+/// user has no socket left anywhere, nobody is reading: they are stopped
+/// and their partial text stored.
+async fn on_disconnect<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    let socket_id = socket.id.to_string();
     state
         .metrics
         .sockets_connected
         .fetch_sub(1, Ordering::Relaxed);
+    state.replies.unwatch(&socket_id);
+    let orphans = state.turns.turns_of_socket(&socket_id);
+    if orphans.is_empty() {
+        return;
+    }
+    let grace = state.settings.disconnect_grace;
+    if grace.is_zero() {
+        return orphans.iter().for_each(|turn| turn.cancel());
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let listening = match io.to(user_room(&who.user)).fetch_sockets().await {
+            Ok(sockets) => !sockets.is_empty(),
+            Err(err) => {
+                tracing::debug!(error = %err, "could not count the user's sockets; stopping the reply");
+                false
+            }
+        };
+        if !listening {
+            orphans.iter().for_each(|turn| turn.cancel());
+        }
+    });
 }
 
 /// [`Notifier`] over a Socket.IO server, set once the server is built.

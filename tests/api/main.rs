@@ -18,6 +18,7 @@ mod conversations;
 mod few_shot;
 mod health_and_config;
 mod isolation;
+mod live_sync;
 mod llm_failures;
 mod realtime;
 mod save_history;

@@ -118,3 +118,43 @@ async fn dotenv_file_in_the_working_directory_is_read_and_the_environment_wins()
     );
     assert_eq!(config.json["reply_tokens"], json!(222), "{}", config.text);
 }
+
+#[tokio::test]
+async fn redis_mode_without_secret_key_stops_startup_naming_it() {
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = base_env(&llm, &dir);
+    env.insert("REDIS_URL".into(), "redis://127.0.0.1:6379/0".into());
+
+    let (code, output) = run_expecting_startup_failure(&env, &dir).await;
+
+    assert_eq!(code, Some(2), "output:\n{output}");
+    assert!(
+        output.contains("SECRET_KEY") && output.contains("at least 32 characters"),
+        "the error does not explain SECRET_KEY:\n{output}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_redis_stops_startup_with_a_message_naming_redis_url() {
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = base_env(&llm, &dir);
+    env.insert(
+        "REDIS_URL".into(),
+        "redis://:s3cret-pass@127.0.0.1:1/0".into(),
+    );
+    env.insert("SECRET_KEY".into(), "x".repeat(40));
+
+    let (code, output) = run_expecting_startup_failure(&env, &dir).await;
+
+    assert_eq!(code, Some(1), "output:\n{output}");
+    assert!(
+        output.contains("REDIS_URL"),
+        "the error does not name REDIS_URL:\n{output}"
+    );
+    assert!(
+        !output.contains("s3cret-pass"),
+        "the password leaked:\n{output}"
+    );
+}

@@ -142,7 +142,8 @@ async fn another_user_cannot_stop_the_reply() {
 
 #[tokio::test]
 async fn disconnect_mid_reply_stores_the_partial_reply() {
-    let app = spawn_app(&[]).await;
+    // Nobody reconnects within the grace period: the reply is stopped.
+    let app = spawn_app(&[("DISCONNECT_GRACE_SECONDS", "0.3")]).await;
     let user = app.new_user().await;
     let id = user.start_conversation().await;
     let mut socket = user.socket().await;

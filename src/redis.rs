@@ -1,0 +1,282 @@
+//! Redis, for running several instances as one server: the connections
+//! (commands, the Socket.IO adapter's subscriber, our control subscriber),
+//! the session store, and the readiness checks.
+//!
+//! Every key and channel starts with `REDIS_PREFIX`, so several deployments
+//! (or test runs) can share one Redis. Clients reconnect by themselves with
+//! backoff and re-subscribe; commands time out instead of queueing forever
+//! while Redis is away, so local clients keep working.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use async_trait::async_trait;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, KeysInterface, PubsubInterface};
+use fred::prelude::{Builder, Config, ReconnectPolicy};
+use fred::types::{Expiration, RespVersion, SetOptions};
+use time::OffsetDateTime;
+use tower_sessions::session::{Id, Record};
+use tower_sessions::session_store::{self, SessionStore};
+
+/// How long one Redis command may take before it fails (during an outage,
+/// commands fail after this instead of waiting for the reconnection).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Redis connections of one instance.
+#[derive(Clone)]
+pub struct RedisConnections {
+    /// Commands: sessions, reply logs, rate limits, publishing.
+    pub client: Client,
+    /// Handed to the Socket.IO adapter (not started here, as it wants).
+    pub adapter_subscriber: SubscriberClient,
+    /// Our own channels (stop requests, reply events).
+    pub control_subscriber: SubscriberClient,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnections")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn builder(config: &Config) -> Builder {
+    let mut builder = Builder::from_config(config.clone());
+    builder
+        // Forever, 100 ms doubling to 5 s: an outage ends by itself.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(3);
+            c.internal_command_timeout = Duration::from_secs(3);
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = COMMAND_TIMEOUT;
+        });
+    builder
+}
+
+/// Hides a password in a Redis URL.
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((head, tail)) => match head.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://***@{tail}"),
+            None => format!("***@{tail}"),
+        },
+        None => url.to_string(),
+    }
+}
+
+impl RedisConnections {
+    /// Connects, retrying for about five seconds; the error names `REDIS_URL`.
+    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let mut config = Config::from_url(url)
+            .map_err(|e| anyhow!("REDIS_URL={} is not a usable Redis URL: {e}", redact(url)))?;
+        // The adapter needs RESP3 (sharded pub/sub, Redis 7+); fred does not
+        // read `?protocol=` from the URL.
+        config.version = RespVersion::RESP3;
+        let client = builder(&config)
+            .build()
+            .context("building the Redis client")?;
+        let mut last_error = None;
+        for attempt in 0..10 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            match client.init().await {
+                Ok(_) => {
+                    last_error = None;
+                    break;
+                }
+                Err(err) => last_error = Some(err),
+            }
+        }
+        if let Some(err) = last_error {
+            return Err(anyhow!(
+                "could not reach Redis at REDIS_URL={} after 5 s: {err}",
+                redact(url)
+            ));
+        }
+        let version: String = client
+            .info::<String>(Some(fred::types::InfoKind::Server))
+            .await
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:").map(str::to_string))
+            .unwrap_or_default();
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major != 0 && major < 7 {
+            return Err(anyhow!(
+                "Redis at REDIS_URL={} is version {version}; version 7 or later is needed (sharded pub/sub)",
+                redact(url)
+            ));
+        }
+        let adapter_subscriber = builder(&config)
+            .build_subscriber_client()
+            .context("building the Redis subscriber")?;
+        let control_subscriber = builder(&config)
+            .build_subscriber_client()
+            .context("building the Redis subscriber")?;
+        control_subscriber
+            .init()
+            .await
+            .map_err(|e| anyhow!("could not subscribe on REDIS_URL={}: {e}", redact(url)))?;
+        // Re-subscribe after every reconnection.
+        control_subscriber.manage_subscriptions();
+        Ok(Self {
+            client,
+            adapter_subscriber,
+            control_subscriber,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// `{prefix}:{rest}`.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    /// The Socket.IO adapter's channel prefix.
+    pub fn adapter_prefix(&self) -> String {
+        format!("{}-socket.io", self.prefix)
+    }
+
+    /// Whether Redis answers a PING now.
+    pub async fn ping(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), self.client.ping::<String>(None))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether Redis itself holds this instance's adapter subscription (a
+    /// "deaf" instance, connected but not subscribed, must leave the
+    /// balancer).
+    pub async fn adapter_subscribed(&self) -> bool {
+        let Some(channel) = self
+            .adapter_subscriber
+            .tracked_shard_channels()
+            .into_iter()
+            .find(|c| c.contains("-response#"))
+        else {
+            return false;
+        };
+        let asked = self
+            .client
+            .pubsub_shardnumsub::<(String, u64), _>(channel.to_string());
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), asked).await,
+            Ok(Ok((_, count))) if count >= 1
+        )
+    }
+}
+
+/// Sessions in Redis under `{prefix}:session:<id>`, expiring with them.
+/// (tower-sessions-redis-store keys by bare id, which collides between
+/// deployments and test runs sharing a Redis.)
+#[derive(Clone)]
+pub struct RedisSessionStore {
+    client: Client,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisSessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisSessionStore")
+    }
+}
+
+impl RedisSessionStore {
+    pub fn new(connections: &RedisConnections) -> Self {
+        Self {
+            client: connections.client.clone(),
+            prefix: connections.key("session:"),
+        }
+    }
+
+    async fn write(
+        &self,
+        record: &Record,
+        options: Option<SetOptions>,
+    ) -> session_store::Result<bool> {
+        let value = serde_json::to_string(&(&record.data, record.expiry_date.unix_timestamp()))
+            .map_err(|e| session_store::Error::Encode(e.to_string()))?;
+        let written: Option<String> = self
+            .client
+            .set(
+                format!("{}{}", self.prefix, record.id),
+                value,
+                Some(Expiration::EXAT(record.expiry_date.unix_timestamp())),
+                options,
+                false,
+            )
+            .await
+            .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
+        Ok(written.is_some())
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisSessionStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        // NX: a new session never overwrites an existing one.
+        for _ in 0..4 {
+            if self.write(record, Some(SetOptions::NX)).await? {
+                return Ok(());
+            }
+            record.id = Id::default();
+        }
+        Err(session_store::Error::Backend(
+            "could not allocate a session id".into(),
+        ))
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        self.write(record, None).await.map(|_| ())
+    }
+
+    async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
+        let raw: Option<String> = self
+            .client
+            .get(format!("{}{session_id}", self.prefix))
+            .await
+            .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
+        let Some(raw) = raw else { return Ok(None) };
+        let (data, expires): (std::collections::HashMap<String, serde_json::Value>, i64) =
+            serde_json::from_str(&raw).map_err(|e| session_store::Error::Decode(e.to_string()))?;
+        Ok(Some(Record {
+            id: *session_id,
+            data,
+            expiry_date: OffsetDateTime::from_unix_timestamp(expires)
+                .map_err(|e| session_store::Error::Decode(e.to_string()))?,
+        }))
+    }
+
+    async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
+        self.client
+            .del::<u64, _>(format!("{}{session_id}", self.prefix))
+            .await
+            .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_in_urls() {
+        assert_eq!(
+            redact("redis://:hunter2@cache:6379/0"),
+            "redis://***@cache:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,650 @@
+//! Replies as they stream, for every socket watching a conversation: other
+//! tabs (on any instance) see a reply stream live, and a client that reloads
+//! or reconnects mid-reply resumes it with every chunk exactly once.
+//!
+//! Each reply's events are appended to a log (in memory, or a Redis stream
+//! when `REDIS_URL` is set), then delivered to this instance's watchers and
+//! published to the other instances, which deliver to theirs. A watcher
+//! passes events through a filter on the chunk index, under a lock that a
+//! resuming watcher holds while it replays the log: chunks logged before
+//! the replay come from the log, later ones live, none twice, none missed.
+//!
+//! The socket that sent the message gets its events directly from the turn
+//! (`chat.rs`), not from here, so a Redis outage never stops a local reply.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fred::interfaces::{EventInterface, KeysInterface, PubsubInterface, StreamsInterface};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::chat::TurnSink;
+use crate::domain::{ConversationId, UserId};
+use crate::redis::RedisConnections;
+
+/// One event of a reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReplyEvent {
+    /// A turn began; `message` is the user's message.
+    Started {
+        message: String,
+    },
+    Chunk {
+        index: u64,
+        chunk: String,
+    },
+    End {
+        stopped: bool,
+        chunks: u64,
+    },
+    Error {
+        message: String,
+        error: String,
+    },
+}
+
+impl ReplyEvent {
+    fn is_final(&self) -> bool {
+        matches!(self, ReplyEvent::End { .. } | ReplyEvent::Error { .. })
+    }
+
+    /// The Socket.IO event and payload a watcher receives.
+    fn to_socket(&self, conversation: &ConversationId) -> (&'static str, Value) {
+        match self {
+            ReplyEvent::Started { message } => (
+                "reply_started",
+                json!({"conversation_id": conversation, "message": message}),
+            ),
+            ReplyEvent::Chunk { index, chunk } => (
+                "response_chunk",
+                json!({"chunk": chunk, "index": index, "conversation_id": conversation}),
+            ),
+            ReplyEvent::End { stopped, chunks } => (
+                "response_end",
+                json!({"conversation_id": conversation, "stopped": stopped, "chunks": chunks}),
+            ),
+            ReplyEvent::Error { message, error } => (
+                "error",
+                json!({"message": message, "error": error, "conversation_id": conversation}),
+            ),
+        }
+    }
+}
+
+/// A reply event with where it belongs, as published between instances.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Envelope {
+    instance: String,
+    user: String,
+    conversation: String,
+    origin_socket: Option<String>,
+    event: ReplyEvent,
+}
+
+/// Where reply events are kept (for resuming) and how they reach the
+/// other instances.
+#[async_trait]
+trait ReplyLog: Send + Sync + 'static {
+    /// Appends (a `Started` event replaces the previous reply's log) and
+    /// publishes to the other instances.
+    async fn record(&self, envelope: &Envelope) -> Result<(), String>;
+    /// The current reply's events, oldest first.
+    async fn read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<Vec<ReplyEvent>, String>;
+}
+
+/// A reply's events and, once it ended, when they expire.
+type LoggedReply = (Vec<ReplyEvent>, Option<Instant>);
+
+/// In-process log: one instance, no Redis.
+struct MemoryLog {
+    replies: Mutex<HashMap<(String, String), LoggedReply>>,
+    ttl: Duration,
+}
+
+#[async_trait]
+impl ReplyLog for MemoryLog {
+    async fn record(&self, envelope: &Envelope) -> Result<(), String> {
+        let mut replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        replies.retain(|_, (_, expires)| expires.is_none_or(|at| at > now));
+        let key = (envelope.user.clone(), envelope.conversation.clone());
+        let entry = replies.entry(key).or_insert_with(|| (Vec::new(), None));
+        if matches!(envelope.event, ReplyEvent::Started { .. }) {
+            *entry = (Vec::new(), None);
+        }
+        entry.0.push(envelope.event.clone());
+        if envelope.event.is_final() {
+            entry.1 = Some(now + self.ttl);
+        }
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<Vec<ReplyEvent>, String> {
+        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        Ok(replies
+            .get(&(user.to_string(), conversation.to_string()))
+            .filter(|(_, expires)| expires.is_none_or(|at| at > now))
+            .map(|(events, _)| events.clone())
+            .unwrap_or_default())
+    }
+}
+
+/// Redis log: a stream per reply, published on one channel.
+struct RedisLog {
+    redis: RedisConnections,
+    channel: String,
+    ttl: Duration,
+}
+
+/// A reply still streaming after this long is abandoned (its instance died).
+const IN_FLIGHT_TTL: Duration = Duration::from_secs(3600);
+
+impl RedisLog {
+    fn key(&self, user: &str, conversation: &str) -> String {
+        self.redis.key(&format!("reply:{user}:{conversation}"))
+    }
+}
+
+#[async_trait]
+impl ReplyLog for RedisLog {
+    async fn record(&self, envelope: &Envelope) -> Result<(), String> {
+        let key = self.key(&envelope.user, &envelope.conversation);
+        let event = serde_json::to_string(&envelope.event).map_err(|e| e.to_string())?;
+        let message = serde_json::to_string(envelope).map_err(|e| e.to_string())?;
+        // One round trip, in order: the event is in the log before anyone
+        // can receive it live.
+        let pipeline = self.redis.client.pipeline();
+        let redis_error = |e: fred::error::Error| format!("redis: {e}");
+        if matches!(envelope.event, ReplyEvent::Started { .. }) {
+            let _: () = pipeline.del(&key).await.map_err(redis_error)?;
+        }
+        let _: () = pipeline
+            .xadd(&key, false, None, "*", vec![("e", event)])
+            .await
+            .map_err(redis_error)?;
+        let ttl = if envelope.event.is_final() {
+            self.ttl
+        } else {
+            IN_FLIGHT_TTL
+        };
+        let _: () = pipeline
+            .expire(&key, ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(redis_error)?;
+        let _: () = pipeline
+            .publish(&self.channel, message)
+            .await
+            .map_err(redis_error)?;
+        pipeline.all::<Value2>().await.map_err(redis_error)?;
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<Vec<ReplyEvent>, String> {
+        let key = self.key(user.as_ref(), conversation.as_ref());
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .redis
+            .client
+            .xrange(&key, "-", "+", None)
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(_, fields)| fields.get("e").and_then(|e| serde_json::from_str(e).ok()))
+            .collect())
+    }
+}
+
+/// Pipeline results are not needed, only their success.
+type Value2 = fred::types::Value;
+
+/// A socket following a conversation.
+struct Watcher {
+    socket: String,
+    sink: Arc<dyn TurnSink>,
+    state: tokio::sync::Mutex<WatchState>,
+}
+
+#[derive(Debug)]
+struct WatchState {
+    /// Highest chunk index delivered (-1: none of this reply yet).
+    last_index: i64,
+    /// The reply's end (or error) was delivered.
+    ended: bool,
+    /// The turn's user message was delivered.
+    started: bool,
+}
+
+/// Whether `event` is new to a watcher in `state` (and records it). `live`
+/// events come from the turn as it runs (a `Started` one opens a new reply);
+/// others are replayed from the log.
+fn admit(state: &mut WatchState, event: &ReplyEvent, live: bool) -> bool {
+    match event {
+        ReplyEvent::Started { .. } if live => {
+            *state = WatchState {
+                last_index: -1,
+                ended: false,
+                started: true,
+            };
+            true
+        }
+        ReplyEvent::Started { .. } => {
+            let send = !state.started && state.last_index < 0;
+            state.started = true;
+            send
+        }
+        ReplyEvent::Chunk { index, .. } => {
+            let fresh = (*index as i64) > state.last_index && !state.ended;
+            if fresh {
+                state.last_index = *index as i64;
+            }
+            fresh
+        }
+        ReplyEvent::End { .. } | ReplyEvent::Error { .. } => {
+            !std::mem::replace(&mut state.ended, true)
+        }
+    }
+}
+
+impl Watcher {
+    fn emit(&self, conversation: &ConversationId, event: &ReplyEvent) {
+        let (name, payload) = event.to_socket(conversation);
+        self.sink.emit(name, payload);
+    }
+
+    /// Delivers a live event unless this watcher already has it.
+    async fn deliver(&self, conversation: &ConversationId, event: &ReplyEvent) {
+        let mut state = self.state.lock().await;
+        if admit(&mut state, event, true) {
+            self.emit(conversation, event);
+        }
+    }
+}
+
+/// A followed conversation: its owner and id.
+type Followed = (UserId, ConversationId);
+
+/// The reply hub of one instance.
+pub struct ReplyHub {
+    instance: String,
+    log: Arc<dyn ReplyLog>,
+    watchers: Mutex<HashMap<Followed, Vec<Arc<Watcher>>>>,
+    watching: Mutex<HashMap<String, (UserId, ConversationId)>>,
+}
+
+impl ReplyHub {
+    /// A hub for one instance, keeping ended replies for `ttl`.
+    pub fn in_memory(ttl: Duration) -> Arc<Self> {
+        Arc::new(Self::new(Arc::new(MemoryLog {
+            replies: Mutex::new(HashMap::new()),
+            ttl,
+        })))
+    }
+
+    /// A hub shared through Redis; call [`ReplyHub::listen`] to receive the
+    /// other instances' events.
+    pub fn with_redis(redis: &RedisConnections, ttl: Duration) -> Arc<Self> {
+        Arc::new(Self::new(Arc::new(RedisLog {
+            channel: redis.key("replies"),
+            redis: redis.clone(),
+            ttl,
+        })))
+    }
+
+    fn new(log: Arc<dyn ReplyLog>) -> Self {
+        Self {
+            instance: uuid::Uuid::new_v4().to_string(),
+            log,
+            watchers: Mutex::new(HashMap::new()),
+            watching: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This instance's id (to ignore our own published events).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn watchers_of(&self, user: &UserId, conversation: &ConversationId) -> Vec<Arc<Watcher>> {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(user.clone(), conversation.clone()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Makes `socket` follow the conversation, replaying the current reply's
+    /// chunks after `last_index` (with `replay`), then live ones. Returns
+    /// whether a reply is streaming now.
+    pub async fn watch(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        socket: &str,
+        sink: Arc<dyn TurnSink>,
+        replay: Option<i64>,
+    ) -> bool {
+        self.unwatch(socket);
+        let watcher = Arc::new(Watcher {
+            socket: socket.to_string(),
+            sink,
+            state: tokio::sync::Mutex::new(WatchState {
+                last_index: replay.unwrap_or(i64::MAX),
+                ended: replay.is_none(),
+                started: replay.is_none_or(|last| last >= 0),
+            }),
+        });
+        // Hold the watcher's lock from before it is registered until the
+        // replay is done: live events queue behind the replay, and the
+        // index filter drops those the replay already sent.
+        let mut state = watcher.state.lock().await;
+        self.watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((user.clone(), conversation.clone()))
+            .or_default()
+            .push(watcher.clone());
+        self.watching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(socket.to_string(), (user.clone(), conversation.clone()));
+        if replay.is_none() {
+            return false;
+        }
+        let events = match self.log.read(user, conversation).await {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the reply log; no replay");
+                return false;
+            }
+        };
+        for event in &events {
+            if admit(&mut state, event, false) {
+                watcher.emit(conversation, event);
+            }
+        }
+        !events.is_empty() && !events.last().is_some_and(ReplyEvent::is_final)
+    }
+
+    /// Stops `socket` following its conversation.
+    pub fn unwatch(&self, socket: &str) {
+        let previous = self
+            .watching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(socket);
+        if let Some(key) = previous {
+            let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(list) = watchers.get_mut(&key) {
+                list.retain(|w| w.socket != socket);
+                if list.is_empty() {
+                    watchers.remove(&key);
+                }
+            }
+        }
+    }
+
+    async fn deliver_local(
+        &self,
+        envelope: &Envelope,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) {
+        for watcher in self.watchers_of(user, conversation) {
+            if envelope.origin_socket.as_deref() == Some(watcher.socket.as_str()) {
+                continue;
+            }
+            watcher.deliver(conversation, &envelope.event).await;
+        }
+    }
+
+    /// A relay for one turn: events sent to it are logged, delivered and
+    /// published in order by a task of their own, so the turn never waits
+    /// on Redis.
+    pub fn relay(
+        self: &Arc<Self>,
+        user: &UserId,
+        conversation: &ConversationId,
+        origin_socket: Option<String>,
+    ) -> Relay {
+        let (tx, mut rx) = mpsc::channel::<ReplyEvent>(4096);
+        let hub = self.clone();
+        let (user, conversation) = (user.clone(), conversation.clone());
+        tokio::spawn(async move {
+            let mut log_failed = false;
+            while let Some(event) = rx.recv().await {
+                let envelope = Envelope {
+                    instance: hub.instance.clone(),
+                    user: user.to_string(),
+                    conversation: conversation.to_string(),
+                    origin_socket: origin_socket.clone(),
+                    event,
+                };
+                if !log_failed {
+                    if let Err(err) = hub.log.record(&envelope).await {
+                        // Keep delivering locally; stop trying Redis for
+                        // this reply (each try would wait its timeout).
+                        tracing::warn!(error = %err, "reply log unavailable; other instances miss this reply");
+                        log_failed = true;
+                    }
+                }
+                hub.deliver_local(&envelope, &user, &conversation).await;
+            }
+        });
+        Relay { tx }
+    }
+
+    /// Receives the other instances' reply events (Redis mode) and delivers
+    /// them here. Runs until the subscriber is dropped.
+    pub async fn deliver_remote(&self, raw: &str) {
+        let Ok(envelope) = serde_json::from_str::<Envelope>(raw) else {
+            tracing::debug!("ignoring a malformed reply event");
+            return;
+        };
+        if envelope.instance == self.instance {
+            return;
+        }
+        let (Ok(conversation), user) = (
+            ConversationId::parse(&envelope.conversation),
+            UserId::from_stored(envelope.user.clone()),
+        ) else {
+            return;
+        };
+        self.deliver_local(&envelope, &user, &conversation).await;
+    }
+}
+
+/// Sends one turn's events to the hub.
+pub struct Relay {
+    tx: mpsc::Sender<ReplyEvent>,
+}
+
+impl Relay {
+    pub fn send(&self, event: ReplyEvent) {
+        if self.tx.try_send(event).is_err() {
+            tracing::warn!("reply relay is full; a watcher may miss a chunk");
+        }
+    }
+}
+
+/// Subscribes to the reply and control channels and dispatches their
+/// messages (Redis mode).
+pub async fn listen(
+    redis: RedisConnections,
+    hub: Arc<ReplyHub>,
+    turns: Arc<crate::chat::TurnRegistry>,
+) {
+    let replies = redis.key("replies");
+    let control = redis.key("control");
+    let mut messages = redis.control_subscriber.message_rx();
+    if let Err(err) = redis
+        .control_subscriber
+        .subscribe(vec![replies.clone(), control.clone()])
+        .await
+    {
+        tracing::error!(error = %err, "could not subscribe to the reply and control channels");
+    }
+    loop {
+        let message = match messages.recv().await {
+            Ok(message) => message,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "reply events came faster than delivered");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(raw) = message.value.as_string() else {
+            continue;
+        };
+        if *message.channel == *replies {
+            hub.deliver_remote(&raw).await;
+        } else if *message.channel == *control {
+            crate::chat::apply_remote_stop(&turns, &raw, hub.instance());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, Value)>>);
+
+    impl TurnSink for Recorder {
+        fn emit(&self, event: &'static str, payload: Value) {
+            self.0.lock().unwrap().push((event.to_string(), payload));
+        }
+    }
+
+    impl Recorder {
+        fn chunks(&self) -> Vec<u64> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(e, _)| e == "response_chunk")
+                .map(|(_, p)| p["index"].as_u64().unwrap())
+                .collect()
+        }
+        fn names(&self) -> Vec<String> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(e, _)| e.clone())
+                .collect()
+        }
+    }
+
+    async fn flush() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    #[tokio::test]
+    async fn a_resuming_watcher_gets_every_chunk_once_in_order() {
+        let hub = ReplyHub::in_memory(Duration::from_secs(60));
+        let (user, id) = (UserId::new(), ConversationId::new());
+        let relay = hub.relay(&user, &id, Some("origin".into()));
+        relay.send(ReplyEvent::Started {
+            message: "hi".into(),
+        });
+        for index in 0..5 {
+            relay.send(ReplyEvent::Chunk {
+                index,
+                chunk: format!("c{index}"),
+            });
+        }
+        flush().await;
+
+        let resumed = Arc::new(Recorder::default());
+        let streaming = hub.watch(&user, &id, "tab", resumed.clone(), Some(2)).await;
+        for index in 5..8 {
+            relay.send(ReplyEvent::Chunk {
+                index,
+                chunk: format!("c{index}"),
+            });
+        }
+        relay.send(ReplyEvent::End {
+            stopped: false,
+            chunks: 8,
+        });
+        flush().await;
+
+        assert!(streaming);
+        assert_eq!(resumed.chunks(), vec![3, 4, 5, 6, 7]);
+        assert_eq!(
+            resumed.names().last().map(String::as_str),
+            Some("response_end")
+        );
+        assert!(!resumed.names().contains(&"reply_started".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_new_watcher_gets_the_whole_reply_and_the_origin_gets_nothing_from_the_hub() {
+        let hub = ReplyHub::in_memory(Duration::from_secs(60));
+        let (user, id) = (UserId::new(), ConversationId::new());
+        let origin = Arc::new(Recorder::default());
+        hub.watch(&user, &id, "origin", origin.clone(), None).await;
+        let relay = hub.relay(&user, &id, Some("origin".into()));
+        relay.send(ReplyEvent::Started {
+            message: "hi".into(),
+        });
+        relay.send(ReplyEvent::Chunk {
+            index: 0,
+            chunk: "a".into(),
+        });
+        flush().await;
+
+        let other = Arc::new(Recorder::default());
+        hub.watch(&user, &id, "other", other.clone(), Some(-1))
+            .await;
+        relay.send(ReplyEvent::Chunk {
+            index: 1,
+            chunk: "b".into(),
+        });
+        relay.send(ReplyEvent::End {
+            stopped: false,
+            chunks: 2,
+        });
+        flush().await;
+
+        assert_eq!(
+            other.names(),
+            [
+                "reply_started",
+                "response_chunk",
+                "response_chunk",
+                "response_end"
+            ]
+        );
+        assert!(origin.names().is_empty());
+        let stranger = Arc::new(Recorder::default());
+        assert!(
+            !hub.watch(&UserId::new(), &id, "x", stranger.clone(), Some(-1))
+                .await
+        );
+        assert!(stranger.names().is_empty());
+    }
+}

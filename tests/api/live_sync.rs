@@ -1,0 +1,185 @@
+//! Other tabs following a conversation (`watch_conversation`), resuming a
+//! reply after a reconnect, and rate limits, on one instance. The
+//! multi-instance versions of these are in `tests/cluster.rs`.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{eventually, msg, spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
+
+const PIECES: [&str; 12] = [
+    "Alpha", " beta", " gamma", " delta", " epsilon", " zeta", " eta", " theta", " iota", " kappa",
+    " lambda", " mu.",
+];
+const DELAY: Duration = Duration::from_millis(120);
+
+#[tokio::test]
+async fn a_second_tab_watching_the_conversation_sees_the_reply_stream_in() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut sender = user.socket().await;
+    let mut watcher = user.socket().await;
+    app.llm.slow_stream(&PIECES, Duration::from_millis(20));
+    // Whichever the server handles first, the watch (replaying the current
+    // reply from its start) or the message, the watcher sees the whole turn.
+    watcher.emit("watch_conversation", json!({"conversation_id": id}));
+    sender.send_message("Greek letters please", Some(&id));
+
+    let sent = sender.collect_turn(TURN_TIMEOUT).await;
+    let started = watcher.wait_for("reply_started", TURN_TIMEOUT).await;
+    let seen = watcher.collect_turn(TURN_TIMEOUT).await;
+
+    assert_eq!(sent.text(), PIECES.concat());
+    assert_eq!(started["message"], "Greek letters please");
+    assert_eq!(started["conversation_id"], id.as_str());
+    assert_eq!(seen.text(), PIECES.concat());
+    let indexes: Vec<u64> = seen
+        .chunks
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, (0..PIECES.len() as u64).collect::<Vec<_>>());
+    assert_eq!(seen.expect_end()["stopped"], false);
+    assert!(
+        seen.token_usage.is_none(),
+        "token_usage is for the sender only"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_reconnects_mid_reply_resumes_every_chunk_exactly_once() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut first = user.socket().await;
+    app.llm.slow_stream(&PIECES, DELAY);
+    first.send_message("Resume me", Some(&id));
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let chunk = first.wait_for("response_chunk", TURN_TIMEOUT).await;
+        seen.push(chunk);
+    }
+    first.disconnect().await;
+
+    let mut second = user.socket().await;
+    let last = seen.last().unwrap()["index"].as_i64().unwrap();
+    second.emit(
+        "watch_conversation",
+        json!({"conversation_id": id, "last_index": last}),
+    );
+    let rest = second.collect_turn(TURN_TIMEOUT).await;
+
+    let indexes: Vec<i64> = seen
+        .iter()
+        .chain(rest.chunks.iter())
+        .map(|c| c["index"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        indexes,
+        (0..PIECES.len() as i64).collect::<Vec<_>>(),
+        "gap or duplicate"
+    );
+    let text: String = seen
+        .iter()
+        .chain(rest.chunks.iter())
+        .map(|c| c["chunk"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, PIECES.concat());
+    assert_eq!(rest.expect_end()["stopped"], false);
+    let history = eventually(Duration::from_secs(10), "the reply to be stored", || {
+        let (user, id) = (user.clone(), id.clone());
+        async move {
+            let history = user.history(&id).await;
+            (history.len() == 2).then_some(history)
+        }
+    })
+    .await;
+    assert_eq!(history[1], msg("assistant", &PIECES.concat()));
+}
+
+#[tokio::test]
+async fn watching_after_the_reply_ended_replays_it_and_someone_elses_conversation_is_refused() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user().await;
+    let stranger = app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut socket = user.socket().await;
+    socket.send_message("Hello", Some(&id));
+    socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+
+    let mut later = user.socket().await;
+    later.emit(
+        "watch_conversation",
+        json!({"conversation_id": id, "last_index": 1}),
+    );
+    let replay = later.collect_turn(TURN_TIMEOUT).await;
+    let mut intruder = stranger.socket().await;
+    intruder.emit("watch_conversation", json!({"conversation_id": id}));
+    let refused = intruder.wait_for("error", EVENT_TIMEOUT).await;
+
+    let indexes: Vec<u64> = replay
+        .chunks
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        indexes,
+        [2, 3],
+        "chunks after last_index 1 of the 4-piece default reply"
+    );
+    replay.expect_end();
+    assert_eq!(refused["message"], "Conversation not found.");
+    assert!(intruder.drain(Duration::from_millis(300)).await.is_empty());
+}
+
+#[tokio::test]
+async fn messages_over_the_rate_limit_get_an_error_with_the_retry_time() {
+    let app = spawn_app(&[("RATE_LIMIT_MESSAGES_PER_MINUTE", "2")]).await;
+    let user = app.new_user().await;
+    let other = app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut socket = user.socket().await;
+
+    for _ in 0..2 {
+        socket.send_message("within the limit", Some(&id));
+        socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+    }
+    socket.send_message("one too many", Some(&id));
+    let refused = socket.collect_turn(TURN_TIMEOUT).await;
+    let other_id = other.start_conversation().await;
+    let mut other_socket = other.socket().await;
+    other_socket.send_message("someone else", Some(&other_id));
+
+    let error = refused.expect_error();
+    assert_eq!(error["error"], "rate_limited");
+    let retry = error["retry_after"].as_u64().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Too many requests. Try again in"));
+    other_socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+    assert_eq!(
+        user.history(&id).await.len(),
+        4,
+        "the refused message is not stored"
+    );
+}
+
+#[tokio::test]
+async fn uploads_over_the_rate_limit_get_429_with_retry_after() {
+    let app = spawn_app(&[("RATE_LIMIT_UPLOADS_PER_HOUR", "1")]).await;
+    let user = app.new_user().await;
+
+    let first = user.upload("notes.txt", b"a short note").await;
+    let second = user.upload("notes.txt", b"a short note").await;
+
+    assert_eq!(first.status, 200, "{:?}", first.json);
+    assert_eq!(second.status, 429);
+    assert_eq!(second.json["error"], "rate_limited");
+    let retry: u64 = second.header("retry-after").unwrap().parse().unwrap();
+    assert_eq!(second.json["retry_after"], json!(retry));
+    assert!((1..=3600).contains(&retry));
+}
