@@ -265,10 +265,23 @@ pub async fn run_turn(
         };
         match outcome {
             None => {
+                // Stopped before any reply: keep the user's message, as
+                // every other stop does.
+                let user_message = NewMessage {
+                    role: Role::User,
+                    content: text,
+                    tokens: Some(new_tokens),
+                };
+                let meta = state.store.append(user, id, vec![user_message]).await?;
+                Metrics::inc(&state.metrics.turns_stopped);
                 sink.emit(
                     "response_end",
                     json!({"conversation_id": id, "stopped": true, "chunks": 0}),
                 );
+                state
+                    .notifier
+                    .to_user(user, "conversation_updated", updated_payload(&meta))
+                    .await;
                 return Ok(());
             }
             Some(Ok(text)) => {

@@ -212,3 +212,40 @@ async fn within_budget_nothing_is_summarised() {
     );
     assert_eq!(user.history(&id).await.len(), 4);
 }
+
+#[tokio::test]
+async fn stop_while_older_turns_are_summarised_keeps_the_users_message() {
+    let app = spawn_app(&[
+        ("MAX_TOKENS", "300"),
+        ("REPLY_TOKENS", "100"),
+        ("SUMMARY_TOKENS", "50"),
+        ("LLM_FIRST_BYTE_TIMEOUT_SECONDS", "30"),
+    ])
+    .await;
+    let user = app.new_user().await;
+    let (id, mut expected) = long_conversation(&user).await;
+    let mut socket = user.socket().await;
+    app.llm.hangs();
+
+    socket.send_message(&final_question(), Some(&id));
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "the summary request to reach the LLM",
+        || {
+            let llm = app.llm.clone();
+            async move { (llm.call_count() == 1).then_some(()) }
+        },
+    )
+    .await;
+    socket.emit("stop_generation", json!({"conversation_id": id}));
+    let turn = socket.collect_turn(TURN_TIMEOUT).await;
+
+    assert_eq!(turn.expect_end()["stopped"], true);
+    assert!(turn.chunks.is_empty());
+    assert!(
+        !app.llm.requests()[0].is_streaming(),
+        "the hung request was the summary"
+    );
+    expected.push(msg("user", &final_question()));
+    assert_eq!(user.history(&id).await, expected);
+}
