@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as a new user (and CI) runs it: installs what is
-# missing (Node.js/npm, Debian's Chromium, the npm test packages, SecantusDB
-# in a virtualenv), then runs formatting and lint checks, the Rust unit tests,
+# missing (Node.js/npm, Debian's Chromium, redis-server and nginx, the npm
+# test packages, SecantusDB in a virtualenv), then runs formatting and lint checks, the Rust unit tests,
 # the store contract suite (SQLite and MongoDB protocol), the black-box API
 # tests (on SQLite, then on MongoDB), and the Node checks (official
 # socket.io-client, headless Chromium) against the binary.
@@ -23,6 +23,10 @@ need_apt=()
 command -v cargo >/dev/null || { echo "cargo is required: install Rust from rustup.rs" >&2; exit 1; }
 command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# The cluster tests start their own redis-server and nginx processes on
+# loopback ports (never the machine's Redis): they need the binaries.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]} (Debian packages)"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -61,4 +61,5 @@ contract!(
     every_operation_is_scoped_to_the_owner,
     size_limit_refuses_without_writing,
     export_import_round_trip,
+    delete_last_message_removes_only_the_last,
 );

@@ -18,8 +18,10 @@ use socketioxide::SocketIo;
 use socketioxide_core::adapter::DefinedAdapter;
 use tower_sessions::Session;
 
-use crate::chat::{error_payload, run_turn, stop_everywhere, validate_message, TurnSink};
-use crate::domain::{ConversationId, UserId};
+use crate::chat::{
+    error_payload, run_turn, stop_everywhere, validate_message, TurnGuard, TurnSink,
+};
+use crate::domain::{ConversationId, Role, UserId};
 use crate::error::ApiError;
 use crate::ratelimit::{Bucket, Limit};
 use crate::session;
@@ -30,6 +32,7 @@ pub mod events {
     pub const SEND_MESSAGE: &str = "send_message";
     pub const STOP_GENERATION: &str = "stop_generation";
     pub const WATCH_CONVERSATION: &str = "watch_conversation";
+    pub const REGENERATE: &str = "regenerate";
 }
 
 /// Who a socket acts as: the user of the session its handshake carried.
@@ -126,6 +129,7 @@ async fn identify<A: Adapter>(
     socket.on(events::SEND_MESSAGE, on_send_message::<A>);
     socket.on(events::STOP_GENERATION, on_stop_generation::<A>);
     socket.on(events::WATCH_CONVERSATION, on_watch_conversation::<A>);
+    socket.on(events::REGENERATE, on_regenerate::<A>);
     socket.on_disconnect(on_disconnect::<A>);
     Ok(())
 }
@@ -172,6 +176,28 @@ async fn target_conversation(
         .ok_or(no_conversation)
 }
 
+/// Refuses the event when the user is over the message rate limit.
+async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn TurnSink) -> bool {
+    let limit = Limit {
+        count: state.settings.rate_limit_messages_per_minute,
+        window: Duration::from_secs(60),
+    };
+    match state
+        .limiter
+        .check(Bucket::Messages, &who.user, limit)
+        .await
+    {
+        Ok(()) => true,
+        Err(retry_after) => {
+            sink.emit(
+                "error",
+                error_payload(&ApiError::RateLimited(retry_after), None),
+            );
+            false
+        }
+    }
+}
+
 async fn on_send_message<A: Adapter>(
     socket: SocketRef<A>,
     TryData(data): TryData<Value>,
@@ -180,19 +206,8 @@ async fn on_send_message<A: Adapter>(
 ) {
     let sink = SocketSink(socket.clone());
     let payload = data.unwrap_or(Value::Null);
-    let limit = Limit {
-        count: state.settings.rate_limit_messages_per_minute,
-        window: Duration::from_secs(60),
-    };
-    if let Err(retry_after) = state
-        .limiter
-        .check(Bucket::Messages, &who.user, limit)
-        .await
-    {
-        return sink.emit(
-            "error",
-            error_payload(&ApiError::RateLimited(retry_after), None),
-        );
+    if !within_message_limit(&state, &who, &sink).await {
+        return;
     }
     let message = match validate_message(payload.get("message"), state.settings.max_message_chars) {
         Ok(message) => message,
@@ -202,21 +217,9 @@ async fn on_send_message<A: Adapter>(
         Ok(id) => id,
         Err(err) => return sink.emit("error", error_payload(&err, None)),
     };
-    let Some(guard) = state
-        .turns
-        .begin(&who.user, &id, Some(socket.id.to_string()))
-    else {
-        let err =
-            ApiError::Busy("A reply is already being generated for this conversation.".into());
-        return sink.emit("error", error_payload(&err, Some(&id)));
+    let Some(guard) = begin_turn(&state, &who, &id, &socket, &sink).await else {
+        return;
     };
-    // The sender follows this conversation from now on (other tabs' turns).
-    let socket_id = socket.id.to_string();
-    let follower: Arc<dyn TurnSink> = Arc::new(SocketSink(socket.clone()));
-    state
-        .replies
-        .watch(&who.user, &id, &socket_id, follower, None)
-        .await;
     if let Err(err) = run_turn(
         &state,
         &who.user,
@@ -224,10 +227,87 @@ async fn on_send_message<A: Adapter>(
         message,
         &guard,
         &sink,
-        Some(socket_id),
+        Some(socket.id.to_string()),
     )
     .await
     {
+        sink.emit("error", error_payload(&err, Some(&id)));
+    }
+}
+
+/// Registers a turn for the conversation (refusing a second one) and makes
+/// the socket follow the conversation (other tabs' turns from now on).
+async fn begin_turn<A: Adapter>(
+    state: &AppState,
+    who: &SocketUser,
+    id: &ConversationId,
+    socket: &SocketRef<A>,
+    sink: &SocketSink<A>,
+) -> Option<TurnGuard> {
+    let socket_id = socket.id.to_string();
+    let Some(guard) = state.turns.begin(&who.user, id, Some(socket_id.clone())) else {
+        let err =
+            ApiError::Busy("A reply is already being generated for this conversation.".into());
+        sink.emit("error", error_payload(&err, Some(id)));
+        return None;
+    };
+    let follower: Arc<dyn TurnSink> = Arc::new(SocketSink(socket.clone()));
+    state
+        .replies
+        .watch(&who.user, id, &socket_id, follower, None)
+        .await;
+    Some(guard)
+}
+
+/// `regenerate {conversation_id?}`: drops the reply to the last user
+/// message (everything after it) and answers that message again.
+async fn on_regenerate<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(data): TryData<Value>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    let sink = SocketSink(socket.clone());
+    let payload = data.unwrap_or(Value::Null);
+    if !within_message_limit(&state, &who, &sink).await {
+        return;
+    }
+    let id = match target_conversation(&payload, &who).await {
+        Ok(id) => id,
+        Err(err) => return sink.emit("error", error_payload(&err, None)),
+    };
+    let Some(guard) = begin_turn(&state, &who, &id, &socket, &sink).await else {
+        return;
+    };
+    let result = async {
+        let conversation = state.store.load(&who.user, &id).await?;
+        let Some(last_user) = conversation
+            .messages
+            .iter()
+            .rposition(|m| m.message.role == Role::User)
+        else {
+            return Err(ApiError::invalid(
+                "There is no message to regenerate a reply for.",
+            ));
+        };
+        let message = conversation.messages[last_user].message.content.clone();
+        // The turn stores the user's message again with its new reply.
+        for _ in last_user..conversation.messages.len() {
+            state.store.delete_last_message(&who.user, &id).await?;
+        }
+        run_turn(
+            &state,
+            &who.user,
+            &id,
+            message,
+            &guard,
+            &sink,
+            Some(socket.id.to_string()),
+        )
+        .await
+    }
+    .await;
+    if let Err(err) = result {
         sink.emit("error", error_payload(&err, Some(&id)));
     }
 }

@@ -119,6 +119,13 @@ pub trait ConversationStore: Send + Sync + 'static {
         id: &ConversationId,
         messages: Vec<NewMessage>,
     ) -> StoreResult<ConversationMeta>;
+    /// Removes the last message and returns it (`None` when the history is
+    /// empty); for regenerating a reply.
+    async fn delete_last_message(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+    ) -> StoreResult<Option<ChatMessage>>;
     /// Empties the history and drops the summary.
     async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta>;
     /// Removes the conversation.

@@ -1016,6 +1016,66 @@ impl ConversationStore for MongoStore {
         }
     }
 
+    async fn delete_last_message(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+    ) -> StoreResult<Option<ChatMessage>> {
+        // Read, then $pop under a filter on the history's size: a
+        // concurrent append makes the update miss, and it is tried again.
+        for _ in 0..5 {
+            let found = self
+                .conversations
+                .find_one(Self::key(user, id))
+                .projection(doc! {"conversation_history": 1})
+                .await
+                .map_err(|e| self.err(e))?
+                .ok_or(StoreError::NotFound)?;
+            let history = found
+                .get_array("conversation_history")
+                .map_err(|e| StoreError::Backend(anyhow!("conversation_history: {e}")))?;
+            let parsed: Vec<ChatMessage> = history
+                .iter()
+                .filter_map(Bson::as_document)
+                .map(|item| ChatMessage {
+                    role: item
+                        .get_str("role")
+                        .ok()
+                        .and_then(Role::parse)
+                        .unwrap_or(Role::User),
+                    content: item.get_str("content").unwrap_or_default().to_string(),
+                })
+                .collect();
+            let Some((last, rest)) = parsed.split_last() else {
+                return Ok(None);
+            };
+            let count = history.len() as i64;
+            let mut filter = Self::key(user, id);
+            filter.insert("conversation_history", doc! {"$size": count});
+            let freed = (last.content.len() as i64) * 2 + PER_MESSAGE_BYTES;
+            let update = doc! {
+                "$pop": {"conversation_history": 1},
+                "$set": {
+                    "conversation_text": domain::conversation_text(rest),
+                    "message_count": count - 1,
+                    "updated_at": now().0,
+                },
+                "$inc": {"size_bytes": -freed},
+            };
+            let result = self
+                .conversations
+                .update_one(filter, update)
+                .await
+                .map_err(|e| self.err(e))?;
+            if result.matched_count == 1 {
+                return Ok(Some(last.clone()));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the conversation kept changing while its last message was removed".into(),
+        ))
+    }
+
     async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
         let (at, _) = now();
         let update = doc! {

@@ -338,6 +338,45 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
+    async fn delete_last_message(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+    ) -> StoreResult<Option<ChatMessage>> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                read_meta(&tx, &user, id.as_ref())?;
+                let last = tx
+                    .query_row(
+                        "SELECT id, role, content FROM messages WHERE user_id = ?1 AND conversation_id = ?2 \
+                         ORDER BY seq DESC LIMIT 1",
+                        params![user, id.as_ref()],
+                        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                let Some((row, role, content)) = last else {
+                    return Ok(None);
+                };
+                tx.execute("DELETE FROM messages WHERE id = ?1", params![row])
+                    .map_err(backend)?;
+                tx.execute(
+                    "UPDATE conversations SET message_count = message_count - 1, updated_at = ?3 \
+                     WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), rfc3339::format(&Utc::now())],
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                Ok(Some(ChatMessage {
+                    role: Role::parse(&role).unwrap_or(Role::User),
+                    content,
+                }))
+            })
+            .await
+    }
+
     async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
         let (user, id) = (user.to_string(), id.clone());
         self.db

@@ -21,6 +21,7 @@ mod isolation;
 mod live_sync;
 mod llm_failures;
 mod realtime;
+mod regenerate;
 mod save_history;
 mod search;
 mod sessions;

@@ -712,3 +712,63 @@ pub async fn export_import_round_trip(f: &Fixture) {
     assert!(target.export_page(None, 0).await.unwrap().is_empty());
     target_fixture.finish().await;
 }
+
+pub async fn delete_last_message_removes_only_the_last(f: &Fixture) {
+    let store = f.store.clone();
+    let (user, id) = (UserId::new(), ConversationId::new());
+    store.create(&user, &id).await.unwrap();
+    store
+        .append(
+            &user,
+            &id,
+            vec![
+                msg(Role::User, "first question"),
+                msg(Role::Assistant, "first answer"),
+                msg(Role::User, "second question"),
+                msg(Role::Assistant, "a multi\nline answer about zebras"),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let removed = store.delete_last_message(&user, &id).await.unwrap();
+
+    assert_eq!(
+        removed,
+        Some(ChatMessage::new(
+            Role::Assistant,
+            "a multi\nline answer about zebras"
+        ))
+    );
+    let loaded = store.load(&user, &id).await.unwrap();
+    assert_eq!(
+        contents(&loaded),
+        ["first question", "first answer", "second question"]
+    );
+    assert_eq!(loaded.meta.message_count, 3);
+    assert!(store.search(&user, "zebras", 10).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .delete_last_message(&UserId::new(), &id)
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        Some("conversation not found".to_string())
+    );
+    for _ in 0..3 {
+        assert!(store
+            .delete_last_message(&user, &id)
+            .await
+            .unwrap()
+            .is_some());
+    }
+    assert_eq!(store.delete_last_message(&user, &id).await.unwrap(), None);
+    let again = store
+        .append(&user, &id, vec![msg(Role::User, "fresh")])
+        .await
+        .unwrap();
+    assert_eq!(again.message_count, 1);
+    if let Some(raw) = f.raw_document(&user, &id).await {
+        assert_eq!(raw.get_str("conversation_text").unwrap(), "User: fresh");
+    }
+}
