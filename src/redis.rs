@@ -128,8 +128,7 @@ impl RedisConnections {
             .init()
             .await
             .map_err(|e| anyhow!("could not subscribe on REDIS_URL={}: {e}", redact(url)))?;
-        // Re-subscribe after every reconnection.
-        control_subscriber.manage_subscriptions();
+        keep_subscribed(control_subscriber.clone(), Kind::Plain);
         Ok(Self {
             client,
             adapter_subscriber,
@@ -155,26 +154,99 @@ impl RedisConnections {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Whether Redis itself holds this instance's adapter subscription (a
-    /// "deaf" instance, connected but not subscribed, must leave the
-    /// balancer).
+    /// Whether Redis itself holds every one of this instance's adapter
+    /// subscriptions (a "deaf" instance, connected but not subscribed, must
+    /// leave the balancer).
     pub async fn adapter_subscribed(&self) -> bool {
-        let Some(channel) = self
-            .adapter_subscriber
-            .tracked_shard_channels()
-            .into_iter()
-            .find(|c| c.contains("-response#"))
-        else {
+        let channels = self.adapter_subscriber.tracked_shard_channels();
+        if channels.is_empty() {
             return false;
-        };
-        let asked = self
-            .client
-            .pubsub_shardnumsub::<(String, u64), _>(channel.to_string());
+        }
+        let check = confirmed(&self.client, &channels);
         matches!(
-            tokio::time::timeout(Duration::from_secs(2), asked).await,
-            Ok(Ok((_, count))) if count >= 1
+            tokio::time::timeout(Duration::from_secs(2), check).await,
+            Ok(true)
         )
     }
+
+    /// Re-subscribes the adapter's channels after every reconnection (call
+    /// once the adapter has subscribed).
+    pub fn keep_adapter_subscribed(&self) {
+        keep_subscribed(self.adapter_subscriber.clone(), Kind::Sharded);
+    }
+}
+
+/// Plain or sharded pub/sub channels.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Plain,
+    Sharded,
+}
+
+/// Whether Redis reports a subscriber on every one of `channels` (sharded).
+async fn confirmed(
+    client: &Client,
+    channels: &std::collections::BTreeSet<fred::bytes_utils::Str>,
+) -> bool {
+    for channel in channels {
+        match client
+            .pubsub_shardnumsub::<(String, u64), _>(channel.to_string())
+            .await
+        {
+            Ok((_, count)) if count >= 1 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// After every reconnection, subscribes `subscriber` again to the channels
+/// it tracks, retrying until it works. (fred's own `manage_subscriptions`
+/// first sends a SUBSCRIBE even with no plain channel to send, which Redis
+/// refuses, and then never re-subscribes the sharded ones: the instance
+/// would stay connected but deaf.)
+fn keep_subscribed(subscriber: SubscriberClient, kind: Kind) {
+    use fred::interfaces::EventInterface;
+    let mut reconnects = subscriber.reconnect_rx();
+    tokio::spawn(async move {
+        while reconnects.recv().await.is_ok() {
+            for attempt in 1..=40u64 {
+                let result = match kind {
+                    Kind::Plain => {
+                        let channels: Vec<String> = subscriber
+                            .tracked_channels()
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect();
+                        if channels.is_empty() {
+                            Ok(())
+                        } else {
+                            subscriber.subscribe(channels).await
+                        }
+                    }
+                    Kind::Sharded => {
+                        let mut result = Ok(());
+                        for channel in subscriber.tracked_shard_channels() {
+                            if let Err(err) = subscriber.ssubscribe(channel.to_string()).await {
+                                result = Err(err);
+                            }
+                        }
+                        result
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(?kind, "re-subscribed after the Redis reconnection");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(?kind, attempt, error = %err, "re-subscribing failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(250 * attempt.min(8))).await;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Sessions in Redis under `{prefix}:session:<id>`, expiring with them.

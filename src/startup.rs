@@ -17,7 +17,7 @@ use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::chat::TurnRegistry;
 use crate::config::Settings;
@@ -204,7 +204,7 @@ impl Application {
                 .await?;
                 // The adapter's driver does not re-subscribe after Redis
                 // comes back; without this the instance would go deaf.
-                redis.adapter_subscriber.manage_subscriptions();
+                redis.keep_adapter_subscribed();
                 tokio::spawn(replies::listen(
                     redis.clone(),
                     replies.clone(),
@@ -230,7 +230,13 @@ impl Application {
             }
         };
         let mut router = router
-            .layer(TraceLayer::new_for_http())
+            // 5xx answers are logged where they happen (an internal error once,
+            // with its cause); a failing /readyz probe during an outage must
+            // not flood the log at ERROR.
+            .layer(
+                TraceLayer::new_for_http()
+                    .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+            )
             // A bug in one handler answers 500 JSON instead of dropping the
             // connection; the server keeps serving.
             .layer(CatchPanicLayer::custom(panic_response));
