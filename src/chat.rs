@@ -34,10 +34,12 @@ pub trait TurnSink: Send + Sync {
 #[derive(Default, Debug)]
 pub struct TurnRegistry {
     running: Mutex<HashMap<(UserId, ConversationId), Running>>,
+    next_turn: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
 struct Running {
+    turn: u64,
     cancel: CancellationToken,
     socket: Option<String>,
 }
@@ -46,13 +48,26 @@ struct Running {
 pub struct TurnGuard {
     registry: Arc<TurnRegistry>,
     key: (UserId, ConversationId),
+    turn: u64,
     pub cancel: CancellationToken,
+}
+
+impl TurnGuard {
+    /// Lets the next turn of the conversation start: called once the turn
+    /// is stored, before its last events go out, so a client that answers
+    /// `response_end` at once is not told a reply is still running.
+    pub fn release(&self) {
+        let mut running = self.registry.lock();
+        // Only our own entry: a later turn may have registered since.
+        if running.get(&self.key).is_some_and(|r| r.turn == self.turn) {
+            running.remove(&self.key);
+        }
+    }
 }
 
 impl Drop for TurnGuard {
     fn drop(&mut self) {
-        let mut running = self.registry.lock();
-        running.remove(&self.key);
+        self.release();
     }
 }
 
@@ -74,9 +89,13 @@ impl TurnRegistry {
             return None;
         }
         let cancel = CancellationToken::new();
+        let turn = self
+            .next_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         running.insert(
             key.clone(),
             Running {
+                turn,
                 cancel: cancel.clone(),
                 socket,
             },
@@ -84,6 +103,7 @@ impl TurnRegistry {
         Some(TurnGuard {
             registry: self.clone(),
             key,
+            turn,
             cancel,
         })
     }
@@ -273,6 +293,7 @@ pub async fn run_turn(
                     tokens: Some(new_tokens),
                 };
                 let meta = state.store.append(user, id, vec![user_message]).await?;
+                guard.release();
                 Metrics::inc(&state.metrics.turns_stopped);
                 sink.emit(
                     "response_end",
@@ -397,6 +418,7 @@ pub async fn run_turn(
             return Err(err);
         }
     };
+    guard.release();
     match outcome {
         Outcome::Failed(err) => {
             let payload = error_payload(&err, Some(id));
@@ -514,5 +536,21 @@ mod tests {
         assert!(!bobs.cancel.is_cancelled());
         drop(first);
         assert!(registry.begin(&alice, &id, None).is_some());
+    }
+
+    #[test]
+    fn a_released_turn_lets_the_next_begin_and_its_late_drop_leaves_it_alone() {
+        let registry = Arc::new(TurnRegistry::default());
+        let (user, id) = (UserId::new(), ConversationId::new());
+        let finished = registry.begin(&user, &id, None).unwrap();
+
+        finished.release();
+        let next = registry.begin(&user, &id, None).unwrap();
+        drop(finished);
+
+        assert_eq!(registry.len(), 1, "the old guard removed the new turn");
+        assert!(registry.begin(&user, &id, None).is_none());
+        drop(next);
+        assert!(registry.is_empty());
     }
 }
