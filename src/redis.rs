@@ -34,6 +34,9 @@ pub struct RedisConnections {
     pub control_subscriber: SubscriberClient,
     /// Prefix of every key and channel.
     pub prefix: String,
+    /// A channel only this instance subscribes to, so Redis can tell
+    /// whether this instance's control subscription is in place.
+    pub instance_channel: String,
 }
 
 impl std::fmt::Debug for RedisConnections {
@@ -134,6 +137,7 @@ impl RedisConnections {
             adapter_subscriber,
             control_subscriber,
             prefix: prefix.to_string(),
+            instance_channel: format!("{prefix}:instance:{}", uuid::Uuid::new_v4()),
         })
     }
 
@@ -166,6 +170,18 @@ impl RedisConnections {
         matches!(
             tokio::time::timeout(Duration::from_secs(2), check).await,
             Ok(true)
+        )
+    }
+
+    /// Whether Redis holds this instance's subscription to the reply and
+    /// control channels (checked on the channel only this instance uses).
+    pub async fn control_subscribed(&self) -> bool {
+        let asked = self
+            .client
+            .pubsub_numsub::<(String, u64), _>(self.instance_channel.clone());
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), asked).await,
+            Ok(Ok((_, count))) if count >= 1
         )
     }
 

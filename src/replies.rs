@@ -497,7 +497,11 @@ pub async fn listen(
     let mut messages = redis.control_subscriber.message_rx();
     if let Err(err) = redis
         .control_subscriber
-        .subscribe(vec![replies.clone(), control.clone()])
+        .subscribe(vec![
+            replies.clone(),
+            control.clone(),
+            redis.instance_channel.clone(),
+        ])
         .await
     {
         tracing::error!(error = %err, "could not subscribe to the reply and control channels");

@@ -29,7 +29,14 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let redis = async {
         match &state.redis {
             None => None,
-            Some(redis) => Some(tokio::join!(redis.ping(), redis.adapter_subscribed())),
+            Some(redis) => {
+                let (up, adapter, control) = tokio::join!(
+                    redis.ping(),
+                    redis.adapter_subscribed(),
+                    redis.control_subscribed()
+                );
+                Some((up, adapter && control))
+            }
         }
     };
     let (store_up, redis) = tokio::join!(store, redis);

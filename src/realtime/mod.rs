@@ -139,6 +139,21 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
     tracing::debug!(socket = %socket.id, "socket connected");
 }
 
+/// Waits until socketioxide has marked the socket connected. It runs the
+/// connect middlewares (where our handlers are registered), sends the
+/// connect packet, and only then sets the flag; a client that sends at
+/// once can have its event handled in between, and emits to a socket not
+/// yet marked connected are dropped. The gap is microseconds, but a
+/// loaded machine can stretch it.
+async fn settled<A: Adapter>(socket: &SocketRef<A>) {
+    for _ in 0..1000 {
+        if socket.connected() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 struct SocketSink<A: Adapter>(SocketRef<A>);
 
 impl<A: Adapter> TurnSink for SocketSink<A> {
@@ -204,6 +219,7 @@ async fn on_send_message<A: Adapter>(
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
+    settled(&socket).await;
     let sink = SocketSink(socket.clone());
     let payload = data.unwrap_or(Value::Null);
     if !within_message_limit(&state, &who, &sink).await {
@@ -267,6 +283,7 @@ async fn on_regenerate<A: Adapter>(
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
+    settled(&socket).await;
     let sink = SocketSink(socket.clone());
     let payload = data.unwrap_or(Value::Null);
     if !within_message_limit(&state, &who, &sink).await {
@@ -318,6 +335,7 @@ async fn on_stop_generation<A: Adapter>(
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
+    settled(&socket).await;
     // No payload or no id: stop all of this user's replies. An id: only
     // that one. Anything unusable stops nothing (it must not widen to
     // "all") and says so.
@@ -349,6 +367,7 @@ async fn on_watch_conversation<A: Adapter>(
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
+    settled(&socket).await;
     let sink = SocketSink(socket.clone());
     let payload = data.unwrap_or(Value::Null);
     let id = match payload
