@@ -186,10 +186,11 @@ pub fn layer<S: SessionStore + Clone>(store: S, settings: &Settings) -> SessionM
         .with_same_site(SameSite::Lax)
         .with_secure(settings.cookie_secure)
         .with_path("/")
+        // The stored expiry moves on when the session changes (the page
+        // changes it on every load). Not `always_save`: every request would
+        // write back its whole, possibly stale, copy and could undo a
+        // concurrent change of the current conversation.
         .with_expiry(Expiry::OnInactivity(ttl))
-        // Refresh the stored expiry on every request, not only on changes,
-        // so an active user is never logged out at the TTL.
-        .with_always_save(true)
 }
 
 /// The session layer with its cookie signed by a key derived from
