@@ -72,6 +72,11 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/sio.js"),
     ),
     (
+        "markdown.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/markdown.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../static/style.css"),

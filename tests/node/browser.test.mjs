@@ -11,7 +11,7 @@ import { startFakeLlm, startServer, splitPieces, REPO_ROOT } from './harness.mjs
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const SCREENSHOTS = path.join(REPO_ROOT, 'target', 'screenshots');
-const XSS = '<img src=x onerror="window.__xss=1">';
+const XSS = '<script>window.__xss=2</script> <img src=x onerror="window.__xss=1"> [link](javascript:window.__xss=3)';
 // The strict policy the server is meant to send; applied here to prove the page works under it.
 const CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
   + "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
@@ -155,10 +155,13 @@ test('chatting in the page streams the reply as text', async () => {
 
     // Model output containing markup is shown as text.
     const second = 'please show xss';
-    await sendAndWait(page, second, replyFor(second));
-    assert.equal(await page.locator('#transcript img').count(), 0, 'no <img> created from model output');
+    await sendAndWait(page, second, replyFor(second).replace('[link](javascript:window.__xss=3)', 'link'));
+    assert.equal(await page.locator('#transcript img, #transcript script, #transcript a').count(), 0,
+      'no <img>, <script> or javascript: link created from model output');
     assert.equal(await page.evaluate(() => window.__xss), undefined);
-    assert.ok((await page.locator('#transcript .message-assistant').last().textContent()).includes(XSS));
+    // Raw HTML is shown as text; the unsafe link keeps only its label.
+    assert.ok((await page.locator('#transcript .message-assistant').last().textContent())
+      .includes('<script>window.__xss=2</script> <img src=x onerror="window.__xss=1"> link'));
 
     // The sidebar picked up the title (conversation_updated).
     await page.waitForFunction(() => {
@@ -228,8 +231,11 @@ test('Stop ends a streaming reply, New chat and Reset clear the transcript', asy
     await mkdir(SCREENSHOTS, { recursive: true });
     await page.screenshot({ path: path.join(SCREENSHOTS, 'chat-dark-stopped.png') });
 
-    // Reset empties this conversation on the server too.
+    // Reset (conversation menu, then confirm) empties this conversation on the server too.
+    await page.locator('#conversation-menu-button').click();
     await page.locator('#reset-button').click();
+    await page.locator('#confirm-dialog').waitFor({ state: 'visible' });
+    await page.locator('#confirm-ok').click();
     await page.waitForFunction(() => document.querySelectorAll('#transcript .message').length === 0);
     assert.equal(await page.locator('#error-line').textContent(), '');
     await page.reload();

@@ -237,7 +237,14 @@ export async function startServer(env = {}, { llm, dir: reuseDir, timeoutMs = 30
       stopped = true;
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
-        const done = await Promise.race([exited.then(() => true), sleep(5000).then(() => false)]);
+        // The 5 s grace timer is cleared once the server is gone, so it does
+        // not keep the test process alive afterwards.
+        let grace;
+        const done = await Promise.race([
+          exited.then(() => true),
+          new Promise((resolve) => { grace = setTimeout(() => resolve(false), 5000); }),
+        ]);
+        clearTimeout(grace);
         if (!done) { child.kill('SIGKILL'); await exited; }
       }
       if (ownDir) await rm(dir, { recursive: true, force: true });
@@ -316,4 +323,81 @@ export function runTurn(socket, payload, { timeoutMs = 20000 } = {}) {
   });
   socket.emit('send_message', payload);
   return withTimeout(done, timeoutMs, `the reply to ${JSON.stringify(payload)}`).finally(cleanup);
+}
+
+// ------------------------------------------------------------ browser helpers
+// For the page tests (browser.test.mjs, ui-*.test.mjs): Debian's Chromium
+// driven by playwright-core (imported lazily, so the other files need no browser).
+
+export const CHROMIUM_PATH = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+export const SCREENSHOTS_DIR = path.join(REPO_ROOT, 'target', 'screenshots');
+
+/** Launches headless Chromium, or throws a clear error when it is missing. */
+export async function launchChromium() {
+  const { existsSync } = await import('node:fs');
+  if (!existsSync(CHROMIUM_PATH)) {
+    throw new Error(`Chromium not found at ${CHROMIUM_PATH}: install it with 'apt-get install -y chromium' (or set CHROMIUM_PATH)`);
+  }
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({
+    executablePath: CHROMIUM_PATH,
+    headless: true,
+    timeout: 30000,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--disable-features=LocalNetworkAccessChecks'],
+  });
+}
+
+/**
+ * Opens the chat page of `baseUrl` in `context` and waits until it is
+ * connected and ready to send. Page errors and console errors are collected
+ * in `problems`.
+ */
+export async function openChatPage(context, baseUrl, { path: pagePath = '/' } = {}) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(15000);
+  const problems = [];
+  page.on('pageerror', (err) => problems.push(`pageerror: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' && !/favicon/.test(msg.location()?.url || '')) problems.push(`console: ${msg.text()}`);
+  });
+  await page.goto(`${baseUrl}${pagePath}`);
+  await waitReady(page);
+  return { page, problems };
+}
+
+/** Waits until the page is connected and its Send button usable. */
+export async function waitReady(page, timeout = 15000) {
+  await page.waitForSelector('#connection-status[data-status="connected"]', { timeout });
+  await page.waitForFunction(() => !document.querySelector('#send-button').disabled, null, { timeout });
+}
+
+/** Saves a screenshot under target/screenshots/ and returns its path. */
+export async function screenshot(page, name, options = {}) {
+  const { mkdir } = await import('node:fs/promises');
+  await mkdir(SCREENSHOTS_DIR, { recursive: true });
+  const file = path.join(SCREENSHOTS_DIR, name);
+  await page.screenshot({ path: file, ...options });
+  return file;
+}
+
+/** Types `text` into the message box and presses Enter. */
+export async function typeAndSend(page, text) {
+  await page.locator('#message-input').fill(text);
+  await page.locator('#message-input').press('Enter');
+}
+
+/** Resolves once no reply is streaming and there are `count` assistant messages. */
+export async function waitReplies(page, count, timeout = 20000) {
+  await page.waitForFunction((n) => document.querySelectorAll('#transcript .message-assistant').length === n
+    && !document.querySelector('#transcript .is-streaming'), count, { timeout });
+}
+
+/** Opens the conversation menu and clicks one of its items (by id). */
+export async function menuAction(page, itemId) {
+  if (!(await page.locator('#conversation-menu').evaluate((d) => d.open))) {
+    await page.locator('#conversation-menu-button').click();
+  }
+  await page.locator(`#${itemId}`).click();
 }
