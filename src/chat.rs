@@ -122,6 +122,13 @@ impl TurnRegistry {
         count
     }
 
+    /// Cancels every turn (shutdown); returns how many.
+    pub fn stop_all(&self) -> usize {
+        let running = self.lock();
+        running.values().for_each(|turn| turn.cancel.cancel());
+        running.len()
+    }
+
     /// The cancel handles of the turns a socket started.
     pub fn turns_of_socket(&self, socket: &str) -> Vec<CancellationToken> {
         self.lock()

@@ -91,6 +91,7 @@ pub struct Settings {
     pub rate_limit_uploads_per_hour: u32,
     pub reply_resume_ttl: Duration,
     pub disconnect_grace: Duration,
+    pub shutdown_grace: Duration,
     pub llm: LlmProvider,
     pub temperature: f32,
     pub top_p: f32,
@@ -266,6 +267,7 @@ impl Settings {
             "a whole number (0 = no limit)",
         );
         let reply_resume_ttl = r.seconds("REPLY_RESUME_TTL_SECONDS", 120.0);
+        let shutdown_grace = r.seconds("SHUTDOWN_GRACE_SECONDS", 30.0);
         // 0 is allowed here: stop at once when the socket goes.
         let disconnect_grace = match r.raw("DISCONNECT_GRACE_SECONDS") {
             None => Duration::from_secs(10),
@@ -394,6 +396,7 @@ impl Settings {
             rate_limit_uploads_per_hour,
             reply_resume_ttl,
             disconnect_grace,
+            shutdown_grace,
             llm,
             temperature,
             top_p,

@@ -34,6 +34,10 @@ pub enum ApiError {
     LlmUnavailable,
     #[error("The service is temporarily unavailable. Please try again.")]
     Unavailable,
+    /// This instance is shutting down; another one (or this one, restarted)
+    /// takes the message.
+    #[error("The server is restarting. Please send your message again in a moment.")]
+    Restarting,
     #[error("Something went wrong on our side. Please try again.")]
     Internal(#[source] anyhow::Error),
 }
@@ -59,7 +63,7 @@ impl ApiError {
             ApiError::Busy(_) => StatusCode::CONFLICT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::LlmUnavailable => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Restarting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -75,6 +79,7 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::LlmUnavailable => "llm_unavailable",
             ApiError::Unavailable => "unavailable",
+            ApiError::Restarting => "restarting",
             ApiError::Internal(_) => "internal",
         }
     }

@@ -96,6 +96,7 @@ async fn main() -> ExitCode {
         };
     }
 
+    let hard_stop = settings.shutdown_grace + Duration::from_secs(15);
     let demo = matches!(settings.llm, llm_chat_server::config::LlmProvider::Demo);
     let app = match Application::build(settings).await {
         Ok(app) => app,
@@ -110,11 +111,11 @@ async fn main() -> ExitCode {
     // Tests and scripts wait for this exact line.
     println!("llm-chat-server listening on http://{}", app.local_addr());
 
-    let shutdown = async {
+    let shutdown = async move {
         shutdown_signal().await;
         // If draining hangs, do not hang with it.
-        tokio::spawn(async {
-            tokio::time::sleep(Duration::from_secs(15)).await;
+        tokio::spawn(async move {
+            tokio::time::sleep(hard_stop).await;
             eprintln!("llm-chat-server: shutdown took too long; exiting");
             std::process::exit(1);
         });

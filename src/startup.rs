@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +87,9 @@ pub struct Application {
     router: Router,
     close_sockets: Closer,
     local_addr: SocketAddr,
+    turns: Arc<TurnRegistry>,
+    draining: Arc<AtomicBool>,
+    shutdown_grace: Duration,
 }
 
 /// The Socket.IO server for adapter `A`, its namespace registered, and the
@@ -109,7 +113,22 @@ where
     realtime::register(&io).into().wait().await?;
     notifier.attach(io.clone());
     let router = http::router(&state).with_state(state).layer(socket_layer);
-    let close: Closer = Box::new(move || Box::pin(async move { io.close().await }));
+    let close: Closer = Box::new(move || {
+        Box::pin(async move {
+            // Each socket is told to come back after its own random delay,
+            // so a deploy does not turn into a reconnect storm.
+            for socket in io.sockets() {
+                let delay = rand::random_range(250..5_000u64);
+                if let Err(err) = socket.emit(
+                    "server_restarting",
+                    &serde_json::json!({"reconnect_in_ms": delay}),
+                ) {
+                    tracing::debug!(socket = %socket.id, error = %err, "could not announce the restart");
+                }
+            }
+            io.close().await
+        })
+    });
     Ok((router, close))
 }
 
@@ -158,6 +177,7 @@ impl Application {
         // Load the tokenizer now, not during the first user's turn.
         tokens.count("warm up");
         let turns = Arc::new(TurnRegistry::default());
+        let draining = Arc::new(AtomicBool::new(false));
         let (replies, limiter): (Arc<ReplyHub>, Arc<dyn RateLimiter>) = match &redis {
             Some(redis) => (
                 ReplyHub::with_redis(redis, settings.reply_resume_ttl),
@@ -179,6 +199,7 @@ impl Application {
             replies: replies.clone(),
             limiter: limiter.clone(),
             redis: redis.clone(),
+            draining: draining.clone(),
             asset_version: http::page::asset_version().into(),
         };
 
@@ -254,6 +275,9 @@ impl Application {
             router,
             close_sockets,
             local_addr,
+            turns,
+            draining,
+            shutdown_grace: settings.shutdown_grace,
         })
     }
 
@@ -267,7 +291,12 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let close_sockets = self.close_sockets;
+        let (close_sockets, turns, draining, grace) = (
+            self.close_sockets,
+            self.turns,
+            self.draining,
+            self.shutdown_grace,
+        );
         let listener = self.listener.tap_io(|tcp| {
             // Several small frames per turn: without this, delayed ACKs
             // stall streaming by up to 40 ms.
@@ -282,12 +311,37 @@ impl Application {
         )
         .with_graceful_shutdown(async move {
             shutdown.await;
-            tracing::info!("shutting down: closing sockets");
+            drain(&turns, &draining, grace).await;
             // Open sockets would keep the server alive forever.
             close_sockets().await;
         })
         .await
     }
+}
+
+/// Graceful drain: refuse new turns (and fail `/readyz`, so the balancer
+/// sends no more), let replies in flight finish for up to `grace`, then stop
+/// the rest, whose partial replies are stored like any stop.
+async fn drain(turns: &TurnRegistry, draining: &AtomicBool, grace: Duration) {
+    draining.store(true, Ordering::SeqCst);
+    tracing::info!(
+        in_flight = turns.len(),
+        grace_secs = grace.as_secs_f32(),
+        "draining"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    while !turns.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !turns.is_empty() {
+        let stopped = turns.stop_all();
+        tracing::info!(stopped, "grace period over: stopping the remaining replies");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !turns.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tracing::info!(left = turns.len(), "drained; closing sockets");
 }
 
 fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {

@@ -39,6 +39,8 @@ pub struct AppState {
     pub limiter: Arc<dyn RateLimiter>,
     /// Set in multi-instance mode.
     pub redis: Option<RedisConnections>,
+    /// Set when shutdown began: no new turns, `/readyz` answers 503.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Changes with every build, so browsers refetch static files.
     pub asset_version: Arc<str>,
 }

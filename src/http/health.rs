@@ -50,7 +50,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         "store_backend": state.store.backend(),
         "llm": llm,
     });
-    let mut ready = store_up;
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    if draining {
+        checks["draining"] = json!(true);
+    }
+    let mut ready = store_up && !draining;
     if let Some((redis_up, subscribed)) = redis {
         checks["redis"] = json!(if redis_up { "up" } else { "down" });
         // A deaf instance (no adapter subscription) drops events silently:

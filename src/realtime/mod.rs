@@ -260,6 +260,10 @@ async fn begin_turn<A: Adapter>(
     socket: &SocketRef<A>,
     sink: &SocketSink<A>,
 ) -> Option<TurnGuard> {
+    if state.draining.load(Ordering::Relaxed) {
+        sink.emit("error", error_payload(&ApiError::Restarting, Some(id)));
+        return None;
+    }
     let socket_id = socket.id.to_string();
     let Some(guard) = state.turns.begin(&who.user, id, Some(socket_id.clone())) else {
         let err =

@@ -285,6 +285,23 @@ impl TestApp {
             .unwrap_or_default()
     }
 
+    /// Sends SIGTERM and waits (up to `timeout`) for the server to exit;
+    /// returns its exit code. `restart` starts it again afterwards.
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let mut server = self.server.take().expect("the server is running");
+        let pid = server.child.id().expect("the server has a pid");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let status = tokio::time::timeout(timeout, server.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the server did not exit within {timeout:?} after SIGTERM"))
+            .expect("wait for the server");
+        status.code()
+    }
+
     /// Stops the server (waiting for it to exit) and starts it again with the same
     /// environment and directory. Existing [`User`]s keep their cookies and follow it.
     pub async fn restart(&mut self) {

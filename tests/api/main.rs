@@ -25,6 +25,7 @@ mod regenerate;
 mod save_history;
 mod search;
 mod sessions;
+mod shutdown;
 mod startup;
 mod stop_generation;
 mod upload;
