@@ -21,6 +21,9 @@ pub enum ApiError {
     NoConversation(&'static str),
     #[error("Conversation not found.")]
     NotFound,
+    /// A state-changing request from another site (CSRF).
+    #[error("Cross-site request refused.")]
+    Forbidden,
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -59,6 +62,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy(_) => StatusCode::CONFLICT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -73,6 +77,7 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid",
             ApiError::NoConversation(_) => "no_conversation",
             ApiError::NotFound => "not_found",
+            ApiError::Forbidden => "forbidden",
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unsupported(_) => "unsupported",
             ApiError::Busy(_) => "busy",

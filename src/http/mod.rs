@@ -7,7 +7,7 @@ pub mod health;
 pub mod page;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Json, Router};
 use serde_json::json;
@@ -27,6 +27,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files::router(state.settings.max_file_size_bytes))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), same_origin_only))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -47,6 +48,31 @@ pub const CONTENT_SECURITY_POLICY: &str =
     "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
      frame-ancestors 'none'; form-action 'self'";
+
+/// CSRF protection for the routes the session cookie authorises: a request
+/// that changes something must come from this site (or an origin listed in
+/// `CORS_ALLOWED_ORIGINS`). Browsers send `Origin` (and `Sec-Fetch-Site`) on
+/// such requests; clients that are not browsers send neither and pass.
+async fn same_origin_only(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        let headers = request.headers();
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        let origin_ok = crate::realtime::origin_allowed(headers, &state.settings.cors_allowed_origins);
+        let listed_origin = headers.get("origin").is_some() && origin_ok;
+        if !origin_ok || (cross_site && !listed_origin) {
+            tracing::info!(method = %request.method(), path = %request.uri().path(), "cross-site request refused");
+            return crate::error::ApiError::Forbidden.into_response();
+        }
+    }
+    next.run(request).await
+}
 
 async fn not_found() -> impl IntoResponse {
     (

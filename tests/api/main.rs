@@ -15,6 +15,7 @@ mod bad_input;
 mod chat_turn;
 mod context_window;
 mod conversations;
+mod csrf;
 mod few_shot;
 mod health_and_config;
 mod isolation;
