@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use super::extract::{ApiJson, SessionUser};
+use super::extract::{ApiJson, IdPath, SessionUser};
 use crate::chat::updated_payload;
 use crate::domain::{conversation_text, ConversationId, Role};
 use crate::error::ApiError;
@@ -27,10 +27,6 @@ pub fn router() -> Router<AppState> {
         .route("/save_history", post(save_history))
         .route("/search_conversations", get(search_conversations))
         .route("/add_few_shot_example", post(add_few_shot_example))
-}
-
-fn parse_id(raw: &str) -> Result<ConversationId, ApiError> {
-    ConversationId::parse(raw).map_err(|_| ApiError::invalid("Invalid conversation id."))
 }
 
 async fn current(who: &SessionUser, missing: &'static str) -> Result<ConversationId, ApiError> {
@@ -99,9 +95,8 @@ async fn list_conversations(
 async fn load_conversation(
     State(state): State<AppState>,
     who: SessionUser,
-    Path(raw): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&raw)?;
     let conversation = state.store.load(&who.user, &id).await?;
     session::set_current_conversation(&who.session, &id).await?;
     Ok(Json(json!({
@@ -114,9 +109,8 @@ async fn load_conversation(
 async fn delete_conversation(
     State(state): State<AppState>,
     who: SessionUser,
-    Path(raw): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&raw)?;
     state.store.delete(&who.user, &id).await?;
     if session::current_conversation(&who.session).await?.as_ref() == Some(&id) {
         session::clear_current_conversation(&who.session).await?;

@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use tower_sessions::Session;
 
-use crate::domain::UserId;
+use crate::domain::{ConversationId, UserId};
 use crate::error::ApiError;
 use crate::session;
 
@@ -28,6 +28,25 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionUser {
             })?;
         let user = session::ensure_user(&session).await?;
         Ok(Self { user, session })
+    }
+}
+
+/// A conversation id from the path, validated; a malformed one (not a UUID,
+/// not UTF-8) gets the app's 400 JSON rather than axum's plain text.
+pub struct IdPath(pub ConversationId);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let invalid = || ApiError::invalid("Invalid conversation id.");
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| invalid())?;
+        ConversationId::parse(&raw)
+            .map(IdPath)
+            .map_err(|_| invalid())
     }
 }
 

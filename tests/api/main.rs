@@ -18,6 +18,7 @@ mod conversations;
 mod csrf;
 mod few_shot;
 mod health_and_config;
+mod hostile;
 mod isolation;
 mod live_sync;
 mod llm_failures;

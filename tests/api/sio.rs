@@ -268,6 +268,27 @@ impl SioClient {
         }
     }
 
+    /// Waits until the server closes the connection; `true` when it did
+    /// within `timeout` (events meanwhile are dropped).
+    pub async fn wait_closed(&mut self, timeout: Duration) -> bool {
+        if self.closed.is_some() {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.incoming.recv()).await {
+                Ok(Some(Incoming::Event(..))) => continue,
+                Ok(Some(Incoming::Closed(reason))) => {
+                    self.closed = Some(reason);
+                    return true;
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// The next event, or `None` after `timeout`.
     pub async fn next_event(&mut self, timeout: Duration) -> Option<(String, Value)> {
         self.receive(Instant::now() + timeout).await
