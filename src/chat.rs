@@ -247,7 +247,9 @@ pub async fn run_turn(
 ) -> Result<(), ApiError> {
     let settings = &state.settings;
     let budget = settings.prompt_budget();
+    let turn_started = std::time::Instant::now();
     let conversation = state.store.load(user, id).await?;
+    state.metrics.store_latency.observe(turn_started.elapsed());
 
     let new_tokens = state.tokens.count(&text);
     let new_cost = new_tokens + crate::context::MESSAGE_OVERHEAD;
@@ -359,6 +361,7 @@ pub async fn run_turn(
         message: text.clone(),
     });
 
+    Metrics::add(&state.metrics.tokens_in, prompt_tokens as u64);
     let request = ChatRequest {
         messages,
         max_tokens: settings.reply_tokens,
@@ -378,6 +381,9 @@ pub async fn run_turn(
                     None => break Outcome::Finished,
                     Some(Err(err)) => break Outcome::Failed(err.into()),
                     Some(Ok(chunk)) => {
+                        if chunks == 0 {
+                            state.metrics.first_chunk.observe(turn_started.elapsed());
+                        }
                         reply.push_str(&chunk);
                         sink.emit("response_chunk", json!({"chunk": chunk, "index": chunks, "conversation_id": id}));
                         relay.send(ReplyEvent::Chunk { index: chunks as u64, chunk });
@@ -401,13 +407,18 @@ pub async fn run_turn(
     }];
     let keep_reply = matches!(outcome, Outcome::Finished | Outcome::Stopped) && !reply.is_empty();
     if keep_reply {
+        let reply_tokens = state.tokens.count(&reply);
+        Metrics::add(&state.metrics.tokens_out, reply_tokens as u64);
         to_store.push(NewMessage {
             role: Role::Assistant,
-            tokens: Some(state.tokens.count(&reply)),
+            tokens: Some(reply_tokens),
             content: reply,
         });
     }
+    let store_started = std::time::Instant::now();
     let stored = state.store.append(user, id, to_store).await;
+    state.metrics.store_latency.observe(store_started.elapsed());
+    state.metrics.turn_duration.observe(turn_started.elapsed());
     match (&outcome, &stored) {
         (Outcome::Finished, Ok(_)) => Metrics::inc(&state.metrics.turns_completed),
         (Outcome::Stopped, Ok(_)) => Metrics::inc(&state.metrics.turns_stopped),

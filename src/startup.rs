@@ -172,7 +172,9 @@ impl Application {
             None => None,
         };
         let (store, sessions) = open_store(&settings, redis.as_ref()).await?;
-        let llm = llm::from_settings(&settings).context("configuring the language model")?;
+        let metrics = Arc::new(Metrics::default());
+        let llm = llm::from_settings(&settings, metrics.clone())
+            .context("configuring the language model")?;
         let tokens = TokenCounter::new(settings.tokenizer);
         // Load the tokenizer now, not during the first user's turn.
         tokens.count("warm up");
@@ -195,7 +197,7 @@ impl Application {
             tokens,
             notifier,
             turns: turns.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics: metrics.clone(),
             replies: replies.clone(),
             limiter: limiter.clone(),
             redis: redis.clone(),

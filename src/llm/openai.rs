@@ -29,11 +29,12 @@ pub struct OpenAiClient {
     idle_timeout: Duration,
     max_attempts: u32,
     retry_max_wait: Duration,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl OpenAiClient {
     /// Builds the client for an `Azure` or `OpenAi` provider.
-    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+    pub fn new(settings: &Settings, metrics: std::sync::Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let bearer = |key: &str| -> anyhow::Result<HeaderValue> {
@@ -93,6 +94,7 @@ impl OpenAiClient {
             idle_timeout: settings.idle_timeout,
             max_attempts: settings.max_attempts,
             retry_max_wait: settings.retry_max_wait,
+            metrics,
         })
     }
 
@@ -123,6 +125,10 @@ impl OpenAiClient {
                 self.request(request, stream).send(),
             )
             .await;
+            self.metrics.llm_response(match &outcome {
+                Ok(Ok(response)) => response.status().as_u16(),
+                _ => 0,
+            });
             let (error, wait_hint) = match outcome {
                 Err(_) => (LlmError::Timeout(self.first_byte_timeout), None),
                 Ok(Err(err)) if err.is_connect() || err.is_request() => {
@@ -162,6 +168,7 @@ impl OpenAiClient {
                 .unwrap_or_else(|| backoff(attempt))
                 .min(self.retry_max_wait);
             tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying language model request");
+            crate::metrics::Metrics::inc(&self.metrics.llm_retries);
             tokio::time::sleep(wait).await;
         }
     }

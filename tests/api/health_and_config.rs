@@ -183,3 +183,56 @@ async fn metrics_are_prometheus_text() {
         .count();
     assert!(samples > 0, "no samples: {}", metrics.text);
 }
+
+/// The value of an unlabelled sample line `name value`.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_turns_tokens_latencies_and_upstream_statuses() {
+    let app = crate::helpers::spawn_app(&[]).await;
+    let user = app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut socket = user.socket().await;
+    socket.send_message("count me", Some(&id));
+    socket
+        .collect_turn(crate::helpers::TURN_TIMEOUT)
+        .await
+        .expect_end();
+    app.llm.fails_with(500).fails_with(500).fails_with(500);
+    socket.send_message("this one fails", Some(&id));
+    socket
+        .collect_turn(crate::helpers::TURN_TIMEOUT)
+        .await
+        .expect_error();
+
+    let text = user.get("/metrics").await.text;
+
+    assert_eq!(sample(&text, "chat_turns_started_total"), 2.0);
+    assert_eq!(sample(&text, "chat_turns_completed_total"), 1.0);
+    assert_eq!(sample(&text, "chat_turns_failed_total"), 1.0);
+    assert_eq!(sample(&text, "chat_reply_chunks_total"), 4.0);
+    assert!(sample(&text, "chat_tokens_in_total") > 0.0);
+    assert!(sample(&text, "chat_tokens_out_total") > 0.0);
+    assert_eq!(sample(&text, "chat_llm_retries_total"), 2.0);
+    assert!(
+        text.contains("chat_llm_responses_total{status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("chat_llm_responses_total{status=\"500\"} 3"),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "chat_first_chunk_seconds_count"), 1.0);
+    assert_eq!(sample(&text, "chat_turn_duration_seconds_count"), 2.0);
+    assert_eq!(sample(&text, "chat_store_seconds_count"), 4.0);
+    assert_eq!(sample(&text, "chat_sockets_connected"), 1.0);
+}
