@@ -48,7 +48,8 @@ struct Running {
 pub struct TurnGuard {
     registry: Arc<TurnRegistry>,
     key: (UserId, ConversationId),
-    turn: u64,
+    /// This turn's number in this process (for logs).
+    pub turn: u64,
     pub cancel: CancellationToken,
 }
 
@@ -437,6 +438,21 @@ pub async fn run_turn(
         }
     };
     guard.release();
+    // One line per turn; no message text at this level.
+    tracing::info!(
+        turn = guard.turn,
+        conversation = %id,
+        outcome = match &outcome {
+            Outcome::Finished => "finished",
+            Outcome::Stopped => "stopped",
+            Outcome::Failed(_) => "failed",
+        },
+        chunks,
+        prompt_tokens,
+        summarised,
+        ms = turn_started.elapsed().as_millis() as u64,
+        "turn"
+    );
     match outcome {
         Outcome::Failed(err) => {
             let payload = error_payload(&err, Some(id));

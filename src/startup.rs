@@ -18,7 +18,8 @@ use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 
 use crate::chat::TurnRegistry;
 use crate::config::Settings;
@@ -258,8 +259,13 @@ impl Application {
             // not flood the log at ERROR.
             .layer(
                 TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
                     .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
             )
+            // Outside the trace layer, so its span has the id; echoed back.
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             // A bug in one handler answers 500 JSON instead of dropping the
             // connection; the server keeps serving.
             .layer(CatchPanicLayer::custom(panic_response));
@@ -365,6 +371,17 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(layer.allow_origin(values).allow_credentials(true))
+}
+
+/// One span per request: method, path (never the query, which can hold a
+/// user's search text) and the request id.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {

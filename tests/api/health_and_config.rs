@@ -236,3 +236,51 @@ async fn metrics_count_turns_tokens_latencies_and_upstream_statuses() {
     assert_eq!(sample(&text, "chat_store_seconds_count"), 4.0);
     assert_eq!(sample(&text, "chat_sockets_connected"), 1.0);
 }
+
+#[tokio::test]
+async fn json_logs_have_a_line_per_request_and_turn_and_no_message_text() {
+    let app = crate::helpers::spawn_app(&[("LOG_FORMAT", "json"), ("RUST_LOG", "info")]).await;
+    let user = app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut socket = user.socket().await;
+    socket.send_message("PRIVATE-TEXT-4711 do not log me", Some(&id));
+    socket
+        .collect_turn(crate::helpers::TURN_TIMEOUT)
+        .await
+        .expect_end();
+
+    let listed = user.get("/list_conversations").await;
+    let request_id = listed.header("x-request-id").expect("x-request-id echoed");
+    let output = crate::helpers::eventually(
+        std::time::Duration::from_secs(5),
+        "the turn line in the log",
+        || {
+            let output = app.server_output();
+            async move { output.contains("\"turn\"").then_some(output) }
+        },
+    )
+    .await;
+
+    let lines: Vec<serde_json::Value> = output
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["span"]["request_id"] == request_id.as_str()
+                && l["span"]["path"] == "/list_conversations"),
+        "no request line with id {request_id}:\n{output}"
+    );
+    let turn = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "turn")
+        .unwrap_or_else(|| panic!("no turn line:\n{output}"));
+    assert_eq!(turn["fields"]["outcome"], "finished");
+    assert_eq!(turn["fields"]["chunks"], 4);
+    assert!(
+        !output.contains("PRIVATE-TEXT-4711"),
+        "message text in the log"
+    );
+}
