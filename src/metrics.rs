@@ -38,7 +38,8 @@ impl Histogram {
         if let Some(bucket) = self.bounds.iter().position(|b| seconds <= *b) {
             self.counts[bucket].fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_micros.fetch_add(value.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -125,35 +126,102 @@ impl Metrics {
         let mut out = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         for (name, help, value) in [
-            ("chat_turns_started_total", "Chat turns started.", get(&self.turns_started)),
-            ("chat_turns_completed_total", "Chat turns whose reply finished.", get(&self.turns_completed)),
-            ("chat_turns_stopped_total", "Chat turns stopped by the user, a disconnect or shutdown.", get(&self.turns_stopped)),
-            ("chat_turns_failed_total", "Chat turns that ended in an error.", get(&self.turns_failed)),
-            ("chat_reply_chunks_total", "Streamed reply chunks sent to clients.", get(&self.reply_chunks)),
-            ("chat_tokens_in_total", "Prompt tokens sent upstream for chat turns.", get(&self.tokens_in)),
-            ("chat_tokens_out_total", "Reply tokens received for chat turns.", get(&self.tokens_out)),
-            ("chat_summaries_total", "Summaries of older turns made.", get(&self.summaries)),
-            ("chat_summary_failures_total", "Summaries that failed (oldest turns left out instead).", get(&self.summary_failures)),
-            ("chat_upload_chunks_total", "Uploaded file chunks analysed.", get(&self.upload_chunks)),
-            ("chat_llm_retries_total", "Upstream requests tried again (429, 5xx, connection errors).", get(&self.llm_retries)),
+            (
+                "chat_turns_started_total",
+                "Chat turns started.",
+                get(&self.turns_started),
+            ),
+            (
+                "chat_turns_completed_total",
+                "Chat turns whose reply finished.",
+                get(&self.turns_completed),
+            ),
+            (
+                "chat_turns_stopped_total",
+                "Chat turns stopped by the user, a disconnect or shutdown.",
+                get(&self.turns_stopped),
+            ),
+            (
+                "chat_turns_failed_total",
+                "Chat turns that ended in an error.",
+                get(&self.turns_failed),
+            ),
+            (
+                "chat_reply_chunks_total",
+                "Streamed reply chunks sent to clients.",
+                get(&self.reply_chunks),
+            ),
+            (
+                "chat_tokens_in_total",
+                "Prompt tokens sent upstream for chat turns.",
+                get(&self.tokens_in),
+            ),
+            (
+                "chat_tokens_out_total",
+                "Reply tokens received for chat turns.",
+                get(&self.tokens_out),
+            ),
+            (
+                "chat_summaries_total",
+                "Summaries of older turns made.",
+                get(&self.summaries),
+            ),
+            (
+                "chat_summary_failures_total",
+                "Summaries that failed (oldest turns left out instead).",
+                get(&self.summary_failures),
+            ),
+            (
+                "chat_upload_chunks_total",
+                "Uploaded file chunks analysed.",
+                get(&self.upload_chunks),
+            ),
+            (
+                "chat_llm_retries_total",
+                "Upstream requests tried again (429, 5xx, connection errors).",
+                get(&self.llm_retries),
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
         let _ = writeln!(
             out,
             "# HELP chat_llm_responses_total Upstream responses by HTTP status (0: no response).\n# TYPE chat_llm_responses_total counter"
         );
-        for (status, count) in self.llm_responses.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "chat_llm_responses_total{{status=\"{status}\"}} {count}");
+        for (status, count) in self
+            .llm_responses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "chat_llm_responses_total{{status=\"{status}\"}} {count}"
+            );
         }
         let _ = writeln!(
             out,
             "# HELP chat_sockets_connected Socket.IO connections open now.\n# TYPE chat_sockets_connected gauge\nchat_sockets_connected {}",
             self.sockets_connected.load(Ordering::Relaxed)
         );
-        self.first_chunk.render(&mut out, "chat_first_chunk_seconds", "From a message to its first reply chunk.");
-        self.turn_duration.render(&mut out, "chat_turn_duration_seconds", "From a message to its stored reply.");
-        self.store_latency.render(&mut out, "chat_store_seconds", "Conversation store calls of a turn (load, append).");
+        self.first_chunk.render(
+            &mut out,
+            "chat_first_chunk_seconds",
+            "From a message to its first reply chunk.",
+        );
+        self.turn_duration.render(
+            &mut out,
+            "chat_turn_duration_seconds",
+            "From a message to its stored reply.",
+        );
+        self.store_latency.render(
+            &mut out,
+            "chat_store_seconds",
+            "Conversation store calls of a turn (load, append).",
+        );
         out
     }
 }
@@ -173,7 +241,10 @@ mod tests {
 
         let text = metrics.render();
 
-        assert!(text.contains("chat_turn_duration_seconds_bucket{le=\"0.0025\"} 0"), "{text}");
+        assert!(
+            text.contains("chat_turn_duration_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("chat_turn_duration_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("chat_turn_duration_seconds_bucket{le=\"1\"} 2"));
         assert!(text.contains("chat_turn_duration_seconds_bucket{le=\"+Inf\"} 2"));

@@ -27,7 +27,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files::router(state.settings.max_file_size_bytes))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), same_origin_only))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            same_origin_only,
+        ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -58,13 +61,17 @@ async fn same_origin_only(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
     if !safe {
         let headers = request.headers();
         let cross_site = headers
             .get("sec-fetch-site")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-        let origin_ok = crate::realtime::origin_allowed(headers, &state.settings.cors_allowed_origins);
+        let origin_ok =
+            crate::realtime::origin_allowed(headers, &state.settings.cors_allowed_origins);
         let listed_origin = headers.get("origin").is_some() && origin_ok;
         if !origin_ok || (cross_site && !listed_origin) {
             tracing::info!(method = %request.method(), path = %request.uri().path(), "cross-site request refused");

@@ -68,7 +68,10 @@ pub trait ChatModel: Send + Sync + 'static {
 }
 
 /// The model the settings ask for.
-pub fn from_settings(settings: &Settings, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Arc<dyn ChatModel>> {
+pub fn from_settings(
+    settings: &Settings,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<Arc<dyn ChatModel>> {
     Ok(match &settings.llm {
         LlmProvider::Demo => Arc::new(demo::DemoModel::default()),
         _ => Arc::new(openai::OpenAiClient::new(settings, metrics)?),

@@ -34,7 +34,10 @@ pub struct OpenAiClient {
 
 impl OpenAiClient {
     /// Builds the client for an `Azure` or `OpenAi` provider.
-    pub fn new(settings: &Settings, metrics: std::sync::Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &Settings,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Self> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let bearer = |key: &str| -> anyhow::Result<HeaderValue> {
