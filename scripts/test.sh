@@ -60,8 +60,8 @@ fi
 if [ "${SKIP_LINT:-0}" != 1 ]; then
   step "cargo fmt --check"
   cargo fmt --all -- --check
-  step "cargo clippy --all-targets -- -D warnings"
-  cargo clippy --all-targets --quiet -- -D warnings
+  step "cargo clippy --workspace --all-targets -- -D warnings (the server and the bench harness)"
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
 step "cargo build (the binary the Node checks run)"
