@@ -184,7 +184,11 @@ pub fn chunk_text(counter: &TokenCounter, text: &str, max_tokens: u32) -> Vec<St
     let mut current_tokens = 0u32;
     let flush = |chunks: &mut Vec<String>, current: &mut String, tokens: &mut u32| {
         let trimmed = current.trim();
-        if !trimmed.is_empty() {
+        // Lines joined (and trimmed) can tokenise differently from the sum
+        // of their counts: check the chunk as it will be sent.
+        if counter.count(trimmed) > max_tokens {
+            chunks.extend(split_long_line(counter, trimmed, max_tokens));
+        } else if !trimmed.is_empty() {
             chunks.push(trimmed.to_string());
         }
         current.clear();
@@ -210,7 +214,10 @@ pub fn chunk_text(counter: &TokenCounter, text: &str, max_tokens: u32) -> Vec<St
     chunks
 }
 
-/// Cuts one line into pieces of at most `max_tokens` tokens.
+/// Cuts one line into pieces of at most `max_tokens` tokens, preferring to
+/// cut at a space in the second half of a piece so words stay whole. Each
+/// piece is counted as it is emitted (trimmed), since trimming can change
+/// how text tokenises.
 fn split_long_line(counter: &TokenCounter, line: &str, max_tokens: u32) -> Vec<String> {
     let chars: Vec<char> = line.chars().collect();
     let mut pieces = Vec::new();
@@ -223,24 +230,23 @@ fn split_long_line(counter: &TokenCounter, line: &str, max_tokens: u32) -> Vec<S
             ((chars.len() - start) as u64 * max_tokens as u64 / total as u64).max(1) as usize;
         len = len.min(chars.len() - start);
         loop {
-            let piece: String = chars[start..start + len].iter().collect();
-            if counter.count(&piece) <= max_tokens || len == 1 {
-                // Prefer to cut at a space in the second half of the piece,
-                // so words stay whole.
-                if start + len < chars.len() {
-                    if let Some(space) = chars[start + len / 2..start + len]
-                        .iter()
-                        .rposition(|c| c.is_whitespace())
-                    {
-                        len = len / 2 + space + 1;
-                    }
+            let mut cut = len;
+            if start + cut < chars.len() {
+                let half = start + cut / 2;
+                if let Some(space) = chars[half..start + cut]
+                    .iter()
+                    .rposition(|c| c.is_whitespace())
+                {
+                    cut = cut / 2 + space + 1;
                 }
-                let piece: String = chars[start..start + len].iter().collect();
-                let trimmed = piece.trim();
+            }
+            let piece: String = chars[start..start + cut].iter().collect();
+            let trimmed = piece.trim();
+            if counter.count(trimmed) <= max_tokens || cut == 1 {
                 if !trimmed.is_empty() {
                     pieces.push(trimmed.to_string());
                 }
-                start += len;
+                start += cut;
                 break;
             }
             len = (len * 9 / 10).max(1);
@@ -326,6 +332,22 @@ mod tests {
         assert!(!messages
             .iter()
             .any(|m| m.content.contains("message number 0 ")));
+    }
+
+    #[test]
+    fn trimming_a_chunk_never_takes_it_over_the_limit() {
+        // Found by the property test: " s" is one token, "s" without its
+        // space tokenises with what follows into more.
+        let c = counter();
+        let text = " sééqy中nqgjae中a中a中\n";
+
+        let chunks = chunk_text(&c, text, 15);
+
+        assert!(chunks.iter().all(|ch| c.count(ch) <= 15), "{chunks:?}");
+        assert_eq!(
+            chunks.concat().replace(' ', ""),
+            text.trim().replace(' ', "")
+        );
     }
 
     #[test]
