@@ -30,20 +30,26 @@ async fn history_of(user: &User, id: &str) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn sigterm_during_streaming_replies_stores_every_partial_reply_and_exits_zero() {
+async fn sigterm_during_ten_streaming_replies_stores_every_partial_reply_and_exits_zero() {
     let mut app = spawn_app(&[("SHUTDOWN_GRACE_SECONDS", "2")]).await;
     app.llm.set_default(crate::fake_llm::Behaviour::SlowStream(
         crate::fake_llm::pieces(&PIECES),
         Duration::from_millis(300),
     ));
+    // Ten users, all connected first, then all sending at once, so every
+    // reply is still streaming when the signal comes.
     let mut users = Vec::new();
-    for n in 0..3 {
+    for n in 0..10 {
         let user = app.new_user().await;
         let id = user.start_conversation().await;
-        let mut socket = user.socket().await;
-        socket.send_message(&format!("Count for me, {n}"), Some(&id));
-        socket.wait_for("response_chunk", TURN_TIMEOUT).await;
+        let socket = user.socket().await;
         users.push((user, id, socket, n));
+    }
+    for (_, id, socket, n) in &users {
+        socket.send_message(&format!("Count for me, {n}"), Some(id));
+    }
+    for (_, _, socket, _) in users.iter_mut() {
+        socket.wait_for("response_chunk", TURN_TIMEOUT).await;
     }
     let watcher = users[0].0.clone();
 
