@@ -146,6 +146,14 @@ impl From<LlmError> for ApiError {
 
 impl From<tower_sessions::session::Error> for ApiError {
     fn from(err: tower_sessions::session::Error) -> Self {
-        ApiError::Internal(anyhow::anyhow!("session: {err}"))
+        match err {
+            // The session store (SQLite, MongoDB or Redis) cannot be reached:
+            // retryable, like any store outage.
+            tower_sessions::session::Error::Store(cause) => {
+                tracing::warn!(error = %cause, "session store unavailable");
+                ApiError::Unavailable
+            }
+            other => ApiError::Internal(anyhow::anyhow!("session: {other}")),
+        }
     }
 }

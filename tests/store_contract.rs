@@ -14,6 +14,8 @@
 
 #[path = "store_contract/checks.rs"]
 mod checks;
+#[path = "store_contract/faults.rs"]
+mod faults;
 #[path = "store_contract/fixture.rs"]
 mod fixture;
 #[path = "store_contract/migrate.rs"]

@@ -49,6 +49,12 @@ impl Server {
     /// Starts a new server on a free loopback port and waits until it
     /// accepts connections.
     pub fn start() -> Server {
+        Self::start_at(None)
+    }
+
+    /// Starts a server on `port` (a restart on the port of a stopped one),
+    /// or on a free port.
+    pub fn start_at(fixed: Option<u16>) -> Server {
         let bin = std::env::var("SECANTUSD_BIN").unwrap_or_else(|_| {
             panic!(
                 "SECANTUSD_BIN is not set. The MongoDB store tests need a real SecantusDB \
@@ -62,7 +68,7 @@ impl Server {
         );
         let mut last_log = String::new();
         for _ in 0..3 {
-            let port = free_port();
+            let port = fixed.unwrap_or_else(free_port);
             let mut child = Command::new("sh")
                 .arg("-c")
                 .arg(WATCHDOG)
