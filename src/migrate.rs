@@ -8,32 +8,14 @@
 //! lose sight of their conversations.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use tower_sessions::session_store::SessionStore;
 
 use crate::config::Settings;
-use crate::store::mongo::MongoStore;
-use crate::store::sqlite::{SqliteDb, SqliteStore};
+use crate::startup::open_backend;
 use crate::store::{ConversationStore, StoreError};
 
-/// A store the command can read or write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    MongoDb,
-}
-
-impl Backend {
-    pub fn parse(raw: &str) -> anyhow::Result<Self> {
-        match raw.to_ascii_lowercase().as_str() {
-            "sqlite" => Ok(Backend::Sqlite),
-            "mongodb" | "mongo" => Ok(Backend::MongoDb),
-            other => bail!("unknown store {other:?}: use sqlite or mongodb"),
-        }
-    }
-}
+pub use crate::store::Backend;
 
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -53,40 +35,6 @@ impl std::fmt::Display for Report {
             self.conversations, self.inserted, self.already_there, self.too_large, self.sessions
         )
     }
-}
-
-/// An opened store and its session store.
-struct Opened {
-    store: Arc<dyn ConversationStore>,
-    sessions: Sessions,
-}
-
-enum Sessions {
-    Sqlite(crate::session::SqliteSessionStore),
-    Mongo(crate::store::mongo::MongoSessionStore),
-}
-
-async fn open(backend: Backend, settings: &Settings) -> anyhow::Result<Opened> {
-    Ok(match backend {
-        Backend::Sqlite => {
-            let db = SqliteDb::open(&settings.database_path)
-                .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
-            Opened {
-                store: Arc::new(SqliteStore::new(db.clone())),
-                sessions: Sessions::Sqlite(crate::session::SqliteSessionStore::new(db)),
-            }
-        }
-        Backend::MongoDb => {
-            let Some(uri) = &settings.mongodb_uri else {
-                bail!("MONGODB_URI is not set: it names the MongoDB server to copy to or from");
-            };
-            let store = MongoStore::connect(uri, &settings.mongodb_db).await?;
-            Opened {
-                sessions: Sessions::Mongo(store.session_store()),
-                store: Arc::new(store),
-            }
-        }
-    })
 }
 
 /// Copies everything from `from` to `to`; `progress` is told (done, total).
@@ -139,32 +87,16 @@ pub async fn run(settings: &Settings, from: Backend, to: Backend) -> anyhow::Res
     if from == to {
         bail!("--from and --to name the same store");
     }
-    let source = open(from, settings)
+    let (source, source_sessions) = open_backend(from, settings)
         .await
         .context("opening the source store")?;
-    let target = open(to, settings)
+    let (target, target_sessions) = open_backend(to, settings)
         .await
         .context("opening the target store")?;
-    let mut report = copy(
-        source.store.as_ref(),
-        target.store.as_ref(),
-        200,
-        draw_progress,
-    )
-    .await?;
+    let mut report = copy(source.as_ref(), target.as_ref(), 200, draw_progress).await?;
     eprintln!();
-
-    let records = match &source.sessions {
-        Sessions::Sqlite(store) => store.live_records().await,
-        Sessions::Mongo(store) => store.live_records().await,
-    }
-    .map_err(|e| anyhow::anyhow!("reading sessions: {e}"))?;
-    for record in &records {
-        match &target.sessions {
-            Sessions::Sqlite(store) => store.save(record).await,
-            Sessions::Mongo(store) => store.save(record).await,
-        }
-        .map_err(|e| anyhow::anyhow!("writing sessions: {e}"))?;
+    for record in &source_sessions.live_records().await? {
+        target_sessions.save(record).await?;
         report.sessions += 1;
     }
     Ok(report)

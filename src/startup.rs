@@ -34,8 +34,10 @@ use crate::state::AppState;
 use crate::state::Notifier;
 use crate::store::mongo::{MongoSessionStore, MongoStore};
 use crate::store::sqlite::{SqliteDb, SqliteStore};
-use crate::store::ConversationStore;
+use crate::store::{Backend, ConversationStore};
 use crate::{http, llm};
+use tower_sessions::session::Record;
+use tower_sessions::session_store::SessionStore;
 
 /// Largest Socket.IO message accepted (a chat message is at most
 /// `MAX_MESSAGE_CHARS` characters, up to 4 bytes each, plus JSON).
@@ -45,35 +47,75 @@ fn socket_payload_limit(settings: &Settings) -> u64 {
 
 /// Where sessions are kept: in Redis with several instances, else beside
 /// the conversations.
-enum Sessions {
+pub enum Sessions {
     Sqlite(SqliteSessionStore),
     Mongo(MongoSessionStore),
     Redis(RedisSessionStore),
 }
 
-/// The conversation store the settings ask for, and the session store:
-/// MongoDB when `MONGODB_URI` is set (a clear error if it cannot be
-/// reached), else the SQLite file; sessions in Redis when it is there.
+impl Sessions {
+    /// Every unexpired session (for copying between stores).
+    pub async fn live_records(&self) -> anyhow::Result<Vec<Record>> {
+        match self {
+            Sessions::Sqlite(store) => store.live_records().await,
+            Sessions::Mongo(store) => store.live_records().await,
+            Sessions::Redis(_) => anyhow::bail!("sessions in Redis are not copied"),
+        }
+        .map_err(|e| anyhow::anyhow!("reading sessions: {e}"))
+    }
+
+    /// Writes a session as it is.
+    pub async fn save(&self, record: &Record) -> anyhow::Result<()> {
+        match self {
+            Sessions::Sqlite(store) => store.save(record).await,
+            Sessions::Mongo(store) => store.save(record).await,
+            Sessions::Redis(store) => store.save(record).await,
+        }
+        .map_err(|e| anyhow::anyhow!("writing sessions: {e}"))
+    }
+}
+
+/// Opens one conversation store and its session store: the SQLite file at
+/// `DATABASE_PATH`, or MongoDB at `MONGODB_URI` (a clear error when it is
+/// not set or cannot be reached).
+pub async fn open_backend(
+    backend: Backend,
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
+    match backend {
+        Backend::MongoDb => {
+            let Some(uri) = &settings.mongodb_uri else {
+                anyhow::bail!("MONGODB_URI is not set: it names the MongoDB server to use");
+            };
+            let store = MongoStore::connect(uri, &settings.mongodb_db).await?;
+            tracing::info!(database = %settings.mongodb_db, text_search = store.text_search(), "conversations in MongoDB");
+            let sessions = Sessions::Mongo(store.session_store());
+            Ok((Arc::new(store), sessions))
+        }
+        Backend::Sqlite => {
+            let db = SqliteDb::open(&settings.database_path)
+                .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
+            tracing::info!(path = %settings.database_path.display(), "conversations in SQLite");
+            Ok((
+                Arc::new(SqliteStore::new(db.clone())),
+                Sessions::Sqlite(SqliteSessionStore::new(db)),
+            ))
+        }
+    }
+}
+
+/// The store the settings ask for (MongoDB when `MONGODB_URI` is set, else
+/// SQLite), with sessions in Redis when it is there.
 async fn open_store(
     settings: &Settings,
     redis: Option<&RedisConnections>,
 ) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
-    let (store, sessions): (Arc<dyn ConversationStore>, Sessions) = if let Some(uri) =
-        &settings.mongodb_uri
-    {
-        let store = MongoStore::connect(uri, &settings.mongodb_db).await?;
-        tracing::info!(database = %settings.mongodb_db, text_search = store.text_search(), "conversations in MongoDB");
-        let sessions = Sessions::Mongo(store.session_store());
-        (Arc::new(store), sessions)
+    let backend = if settings.mongodb_uri.is_some() {
+        Backend::MongoDb
     } else {
-        let db = SqliteDb::open(&settings.database_path)
-            .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
-        tracing::info!(path = %settings.database_path.display(), "conversations in SQLite");
-        (
-            Arc::new(SqliteStore::new(db.clone())),
-            Sessions::Sqlite(SqliteSessionStore::new(db)),
-        )
+        Backend::Sqlite
     };
+    let (store, sessions) = open_backend(backend, settings).await?;
     match redis {
         Some(redis) => Ok((store, Sessions::Redis(RedisSessionStore::new(redis)))),
         None => Ok((store, sessions)),

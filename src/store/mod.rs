@@ -14,6 +14,24 @@ use serde::Serialize;
 
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
 
+/// The conversation stores there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    MongoDb,
+}
+
+impl Backend {
+    /// `sqlite` or `mongodb` (also `mongo`), as the command line says it.
+    pub fn parse(raw: &str) -> anyhow::Result<Self> {
+        match raw.to_ascii_lowercase().as_str() {
+            "sqlite" => Ok(Backend::Sqlite),
+            "mongodb" | "mongo" => Ok(Backend::MongoDb),
+            other => anyhow::bail!("unknown store {other:?}: use sqlite or mongodb"),
+        }
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
