@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::{assemble, plan, summary_request};
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::llm::ChatRequest;
 use crate::metrics::Metrics;
 use crate::replies::ReplyEvent;
@@ -428,12 +428,9 @@ pub async fn run_turn(
     let meta = match stored {
         Ok(meta) => meta,
         Err(err) => {
+            // The sending socket gets its error from the caller.
             let err = ApiError::from(err);
-            let body = err.body();
-            relay.send(ReplyEvent::Error {
-                message: body.message,
-                error: body.error.to_string(),
-            });
+            relay.send(ReplyEvent::error(&err.body()));
             return Err(err);
         }
     };
@@ -455,12 +452,9 @@ pub async fn run_turn(
     );
     match outcome {
         Outcome::Failed(err) => {
-            let payload = error_payload(&err, Some(id));
-            relay.send(ReplyEvent::Error {
-                message: payload["message"].as_str().unwrap_or_default().to_string(),
-                error: payload["error"].as_str().unwrap_or_default().to_string(),
-            });
-            sink.emit("error", payload);
+            let body = err.body();
+            relay.send(ReplyEvent::error(&body));
+            sink.emit("error", body_payload(body, Some(id)));
         }
         Outcome::Finished | Outcome::Stopped => {
             let stopped = matches!(outcome, Outcome::Stopped);
@@ -523,7 +517,12 @@ async fn make_title(state: AppState, user: UserId, id: ConversationId, first_mes
 
 /// The `error` event's payload.
 pub fn error_payload(err: &ApiError, id: Option<&ConversationId>) -> Value {
-    let body = err.body();
+    body_payload(err.body(), id)
+}
+
+/// The `error` event's payload from an already made body (making a body
+/// logs an internal cause, so it is made once).
+fn body_payload(body: ErrorBody, id: Option<&ConversationId>) -> Value {
     let mut payload = json!({"message": body.message, "error": body.error});
     if let Some(seconds) = body.retry_after {
         payload["retry_after"] = json!(seconds);

@@ -123,7 +123,7 @@ pub fn assemble(
     budget: u32,
 ) -> (Vec<ChatMessage>, u32) {
     let mut summary_msg = summary.map(summary_message);
-    let mut summary_cost = summary_msg
+    let summary_cost = summary_msg
         .as_ref()
         .map_or(0, |m| counter.message_cost(&m.content));
     let kept = &history[first_kept.min(history.len())..];
@@ -137,9 +137,7 @@ pub fn assemble(
     if total > budget && summary_msg.is_some() {
         summary_msg = None;
         total -= summary_cost;
-        summary_cost = 0;
     }
-    let _ = summary_cost;
     let mut messages = Vec::with_capacity(kept.len() - skip + 2);
     messages.extend(summary_msg);
     messages.extend(kept[skip..].iter().map(|m| m.message.clone()));

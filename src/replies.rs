@@ -49,6 +49,14 @@ pub enum ReplyEvent {
 }
 
 impl ReplyEvent {
+    /// The event for a failed turn.
+    pub fn error(body: &crate::error::ErrorBody) -> Self {
+        ReplyEvent::Error {
+            message: body.message.clone(),
+            error: body.error.to_string(),
+        }
+    }
+
     fn is_final(&self) -> bool {
         matches!(self, ReplyEvent::End { .. } | ReplyEvent::Error { .. })
     }
@@ -189,7 +197,10 @@ impl ReplyLog for RedisLog {
             .publish(&self.channel, message)
             .await
             .map_err(redis_error)?;
-        pipeline.all::<Value2>().await.map_err(redis_error)?;
+        pipeline
+            .all::<fred::types::Value>()
+            .await
+            .map_err(redis_error)?;
         Ok(())
     }
 
@@ -211,9 +222,6 @@ impl ReplyLog for RedisLog {
             .collect())
     }
 }
-
-/// Pipeline results are not needed, only their success.
-type Value2 = fred::types::Value;
 
 /// A socket following a conversation.
 struct Watcher {
