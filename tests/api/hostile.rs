@@ -9,6 +9,46 @@ use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{spawn_app, TestApp, TURN_TIMEOUT};
 
+/// POSTs a body the server refuses before reading it, over a raw socket:
+/// the server answers 413 and closes while the body is still being sent, and
+/// an HTTP client may then lose the answer (a write error), so the writer
+/// here ignores write errors and the answer is read on its own.
+async fn post_raw_oversized(
+    app: &TestApp,
+    cookie: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    use tokio::io::AsyncReadExt;
+    let stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /add_few_shot_example HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        app.addr,
+        body.len()
+    );
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(head.as_bytes()).await;
+        let _ = writer.write_all(&body).await;
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answer)).await;
+    writing.abort();
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body.trim()).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
 /// The server still answers quickly and a fresh user can chat.
 async fn still_serving(app: &TestApp) {
     let started = Instant::now();
@@ -39,7 +79,9 @@ async fn oversized_nested_and_non_utf8_bodies_get_json_errors() {
         )
     };
 
-    let huge = post(
+    let huge = post_raw_oversized(
+        &app,
+        &user.cookie_header().unwrap_or_default(),
         format!(
             r#"{{"user_prompt":"{}","assistant_response":"x"}}"#,
             "a".repeat(2 << 20)
@@ -52,7 +94,9 @@ async fn oversized_nested_and_non_utf8_bodies_get_json_errors() {
         post(b"{\"user_prompt\":\"\xff\xfe\",\"assistant_response\":\"x\"}".to_vec()).await;
     let bad_path = user.get("/load_conversation/%FF%FE").await;
 
-    huge.assert_error(413, "too_large", "The request body is too large.");
+    assert_eq!(huge.0, 413, "{}", huge.1);
+    assert_eq!(huge.1["error"], "too_large");
+    assert_eq!(huge.1["message"], "The request body is too large.");
     nested.assert_error(400, "invalid", "The request body is not valid JSON.");
     not_utf8.assert_error(400, "invalid", "The request body is not valid JSON.");
     bad_path.assert_error(400, "invalid", "Invalid conversation id.");
