@@ -582,7 +582,7 @@ async fn sqlite_conversations_copy_into_mongodb() {
 
     assert_eq!((inserted, again), (3, 0));
     let millis = |t: DateTime<Utc>| DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap();
-    let expected: Vec<ConversationMeta> = source
+    let mut expected: Vec<ConversationMeta> = source
         .store
         .list(&user, 10, 0)
         .await
@@ -594,6 +594,13 @@ async fn sqlite_conversations_copy_into_mongodb() {
             ..m
         })
         .collect();
+    // Conversations made in the same millisecond tie once truncated; both
+    // stores then order by id.
+    expected.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.conversation_id.as_ref().cmp(b.conversation_id.as_ref()))
+    });
     assert_eq!(target.store.list(&user, 10, 0).await.unwrap(), expected);
     for meta in &expected {
         let copy: Conversation = target
