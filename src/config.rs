@@ -110,6 +110,8 @@ pub struct Settings {
     pub max_file_size_mb: f64,
     pub allowed_extensions: Vec<String>,
     pub upload_concurrency: usize,
+    /// Bytes of conversation text kept in memory (embedded mode); 0: none.
+    pub conversation_cache_bytes: usize,
     pub max_message_chars: usize,
     pub cors_allowed_origins: Vec<String>,
     pub cookie_secure: bool,
@@ -356,6 +358,15 @@ impl Settings {
                 .push("ALLOWED_EXTENSIONS must name at least one extension".to_string());
         }
         let upload_concurrency = r.positive("UPLOAD_CONCURRENCY", 4).min(64) as usize;
+        let conversation_cache_bytes = r
+            .parse::<u64>(
+                "CONVERSATION_CACHE_MB",
+                64,
+                "a whole number of megabytes (0 = no cache)",
+            )
+            .min(1 << 20) as usize
+            * 1024
+            * 1024;
         let max_message_chars = r.positive("MAX_MESSAGE_CHARS", 32_000).min(10_000_000) as usize;
         let cors_allowed_origins = r
             .raw("CORS_ALLOWED_ORIGINS")
@@ -415,6 +426,7 @@ impl Settings {
             max_file_size_mb,
             allowed_extensions,
             upload_concurrency,
+            conversation_cache_bytes,
             max_message_chars,
             cors_allowed_origins,
             cookie_secure,

@@ -2,6 +2,7 @@
 //! before they reach a query, a file name or a log line.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -139,15 +140,17 @@ impl Role {
     }
 }
 
-/// One message of a conversation or prompt, as sent upstream.
+/// One message of a conversation or prompt, as sent upstream. The text is
+/// shared: a prompt, the conversation cache and the store's answer hold the
+/// same bytes, so cloning a history copies no text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: Role,
-    pub content: String,
+    pub content: Arc<str>,
 }
 
 impl ChatMessage {
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
+    pub fn new(role: Role, content: impl Into<Arc<str>>) -> Self {
         Self {
             role,
             content: content.into(),

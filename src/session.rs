@@ -100,10 +100,10 @@ impl SessionStore for SqliteSessionStore {
             let inserted = self
                 .db
                 .call(move |conn| {
-                    conn.execute(
+                    conn.prepare_cached(
                         "INSERT OR IGNORE INTO sessions (id, data, expires_at) VALUES (?1, ?2, ?3)",
-                        params![id, data, expires],
                     )
+                    .and_then(|mut stmt| stmt.execute(params![id, data, expires]))
                     .map_err(|e| StoreError::Backend(e.into()))
                 })
                 .await
@@ -124,11 +124,11 @@ impl SessionStore for SqliteSessionStore {
         let (id, expires) = (record.id.to_string(), record.expiry_date.unix_timestamp());
         self.db
             .call(move |conn| {
-                conn.execute(
+                conn.prepare_cached(
                     "INSERT INTO sessions (id, data, expires_at) VALUES (?1, ?2, ?3) \
                      ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
-                    params![id, data, expires],
                 )
+                .and_then(|mut stmt| stmt.execute(params![id, data, expires]))
                 .map_err(|e| StoreError::Backend(e.into()))
             })
             .await
@@ -142,12 +142,15 @@ impl SessionStore for SqliteSessionStore {
         let row = self
             .db
             .call(move |conn| {
-                conn.query_row(
+                conn.prepare_cached(
                     "SELECT data, expires_at FROM sessions WHERE id = ?1 AND expires_at >= ?2",
-                    params![id, now],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
                 )
-                .optional()
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![id, now], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                    })
+                    .optional()
+                })
                 .map_err(|e| StoreError::Backend(e.into()))
             })
             .await

@@ -32,6 +32,7 @@ use crate::replies::{self, ReplyHub};
 use crate::session::{self, SqliteSessionStore};
 use crate::state::AppState;
 use crate::state::Notifier;
+use crate::store::cache::CachedStore;
 use crate::store::mongo::{MongoSessionStore, MongoStore};
 use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::{Backend, ConversationStore};
@@ -116,6 +117,14 @@ async fn open_store(
         Backend::Sqlite
     };
     let (store, sessions) = open_backend(backend, settings).await?;
+    // The cache is right only while this process is the store's one
+    // writer: the embedded file without Redis (no other instances).
+    let store: Arc<dyn ConversationStore> =
+        if backend == Backend::Sqlite && redis.is_none() && settings.conversation_cache_bytes > 0 {
+            Arc::new(CachedStore::new(store, settings.conversation_cache_bytes))
+        } else {
+            store
+        };
     match redis {
         Some(redis) => Ok((store, Sessions::Redis(RedisSessionStore::new(redis)))),
         None => Ok((store, sessions)),

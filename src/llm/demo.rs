@@ -32,7 +32,7 @@ pub fn demo_reply(request: &ChatRequest) -> String {
         .iter()
         .rev()
         .find(|m| m.role == Role::User)
-        .map(|m| m.content.as_str())
+        .map(|m| &*m.content)
         .unwrap_or("");
     let quoted: String = last.chars().take(200).collect();
     let ellipsis = if last.chars().count() > 200 {

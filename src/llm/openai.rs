@@ -10,11 +10,22 @@ use futures_util::StreamExt;
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{RequestBuilder, Response, StatusCode};
-use serde_json::json;
 
 use super::sse::{completion_text, parse_line, take_lines, SseItem};
 use super::{ChatModel, ChatRequest, ChunkStream, LlmError, ModelInfo};
 use crate::config::{AzureAuth, LlmProvider, Settings};
+
+/// The chat completions request body.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    messages: &'a [crate::domain::ChatMessage],
+    max_tokens: u32,
+    temperature: f32,
+    top_p: f32,
+    stream: bool,
+}
 
 /// A client for one configured endpoint.
 pub struct OpenAiClient {
@@ -102,16 +113,15 @@ impl OpenAiClient {
     }
 
     fn request(&self, request: &ChatRequest, stream: bool) -> RequestBuilder {
-        let mut body = json!({
-            "messages": request.messages,
-            "max_tokens": request.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "stream": stream,
-        });
-        if let Some(model) = &self.model {
-            body["model"] = json!(model);
-        }
+        // Serialised straight from the messages: no JSON tree of the history.
+        let body = Body {
+            model: self.model.as_deref(),
+            messages: &request.messages,
+            max_tokens: request.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            stream,
+        };
         self.http
             .post(&self.url)
             .headers(self.headers.clone())

@@ -311,7 +311,7 @@ async fn on_regenerate<A: Adapter>(
                 "There is no message to regenerate a reply for.",
             ));
         };
-        let message = conversation.messages[last_user].message.content.clone();
+        let message = conversation.messages[last_user].message.content.to_string();
         // The turn stores the user's message again with its new reply.
         for _ in last_user..conversation.messages.len() {
             state.store.delete_last_message(&who.user, &id).await?;

@@ -641,7 +641,7 @@ fn conversation_from_doc(d: &Document) -> anyhow::Result<Conversation> {
                             .ok()
                             .and_then(Role::parse)
                             .unwrap_or(Role::User),
-                        content: item.get_str("content").unwrap_or_default().to_string(),
+                        content: item.get_str("content").unwrap_or_default().into(),
                     },
                     tokens: as_u64(item.get("tokens")).map(|t| t.min(u64::from(u32::MAX)) as u32),
                 })
@@ -1043,7 +1043,7 @@ impl ConversationStore for MongoStore {
                         .ok()
                         .and_then(Role::parse)
                         .unwrap_or(Role::User),
-                    content: item.get_str("content").unwrap_or_default().to_string(),
+                    content: item.get_str("content").unwrap_or_default().into(),
                 })
                 .collect();
             let Some((last, rest)) = parsed.split_last() else {

@@ -7,7 +7,6 @@
 //! anyway; reads are short.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -44,18 +43,14 @@ CREATE TABLE IF NOT EXISTS messages (
     content         TEXT NOT NULL,
     tokens          INTEGER,
     created_at      TEXT NOT NULL,
+    -- 1 once the row is in messages_fts (see `index_pending`).
+    indexed         INTEGER NOT NULL DEFAULT 0,
     UNIQUE (user_id, conversation_id, seq)
 );
 
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     content, content='messages', content_rowid='id', tokenize='unicode61'
 );
-CREATE TRIGGER IF NOT EXISTS messages_ai AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
-END;
-CREATE TRIGGER IF NOT EXISTS messages_ad AFTER DELETE ON messages BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-END;
 
 CREATE TABLE IF NOT EXISTS sessions (
     id          TEXT PRIMARY KEY,
@@ -65,11 +60,72 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
 "#;
 
-/// A shared SQLite connection used from async code.
+/// Full-text indexing is deferred: a turn's messages are written with
+/// `indexed = 0` and [`index_pending`] adds them to `messages_fts` in bulk
+/// (about once a second, and before every search), so a turn does not pay
+/// for an FTS5 flush. Until version 2 a trigger indexed each insert: those
+/// rows are all indexed, hence the column's default of 1 when it is added.
+const FTS_MIGRATION: &str = r#"
+DROP TRIGGER IF EXISTS messages_ai;
+DROP TRIGGER IF EXISTS messages_ad;
+CREATE TRIGGER messages_ad AFTER DELETE ON messages WHEN old.indexed = 1 BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+END;
+CREATE INDEX IF NOT EXISTS messages_unindexed ON messages (id) WHERE indexed = 0;
+"#;
+
+/// Adds the messages not yet in the full-text index; returns how many.
+fn index_pending(conn: &mut Connection) -> rusqlite::Result<usize> {
+    // Both statements or neither: a row indexed twice would count twice.
+    let tx = conn.savepoint()?;
+    let added = tx
+        .prepare_cached(
+            "INSERT INTO messages_fts (rowid, content) \
+             SELECT id, content FROM messages WHERE indexed = 0",
+        )?
+        .execute([])?;
+    if added > 0 {
+        tx.prepare_cached("UPDATE messages SET indexed = 1 WHERE indexed = 0")?
+            .execute([])?;
+    }
+    tx.commit()?;
+    Ok(added)
+}
+
+/// How often the database thread indexes new messages when it can.
+const INDEX_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Brings an older database to the current schema (idempotent).
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let has_indexed = tx
+        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'indexed'")?
+        .exists([])?;
+    if !has_indexed {
+        tx.execute_batch("ALTER TABLE messages ADD COLUMN indexed INTEGER NOT NULL DEFAULT 1")?;
+    }
+    tx.execute_batch(FTS_MIGRATION)?;
+    tx.commit()
+}
+
+/// The SQLite connection, owned by one thread that runs the store's calls
+/// in order. Calls that queue up while one runs are committed together:
+/// each in a savepoint of its own (a failing call undoes only itself), the
+/// batch in one transaction, so under load many turns share one WAL commit
+/// and one full-text index flush. A call's result is handed back only once
+/// its batch is committed.
 #[derive(Clone)]
 pub struct SqliteDb {
-    conn: Arc<Mutex<Connection>>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
+
+/// One call: runs on the connection, returns what finishes it once the
+/// batch's commit is known (`Some` error when the commit failed).
+type Job = Box<dyn FnOnce(&mut Connection) -> Finish + Send>;
+type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+
+/// Calls committed together at most.
+const MAX_BATCH: usize = 64;
 
 impl std::fmt::Debug for SqliteDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,13 +134,14 @@ impl std::fmt::Debug for SqliteDb {
 }
 
 impl SqliteDb {
-    /// Opens (creating the file and its folder) and migrates the database.
+    /// Opens (creating the file and its folder) and migrates the database,
+    /// and starts the thread that owns the connection.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating the folder {}", parent.display()))?;
         }
-        let conn = Connection::open(path)
+        let mut conn = Connection::open(path)
             .with_context(|| format!("opening the database {}", path.display()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
@@ -92,27 +149,114 @@ impl SqliteDb {
         .context("setting database pragmas")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        migrate(&mut conn).with_context(|| format!("updating the schema in {}", path.display()))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite".into())
+            .spawn(move || {
+                // Ends when every SqliteDb handle is dropped.
+                let mut indexed_at = std::time::Instant::now();
+                loop {
+                    let first = match queue.recv_timeout(INDEX_EVERY) {
+                        Ok(job) => Some(job),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
+                    if let Some(first) = first {
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_BATCH {
+                            match queue.try_recv() {
+                                Ok(job) => batch.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        run_batch(&mut conn, batch);
+                    }
+                    if indexed_at.elapsed() >= INDEX_EVERY {
+                        indexed_at = std::time::Instant::now();
+                        if let Err(err) = index_pending(&mut conn) {
+                            tracing::warn!(error = %err, "could not update the search index; retrying later");
+                        }
+                    }
+                }
+            })
+            .context("starting the database thread")?;
+        Ok(Self { jobs })
     }
 
-    /// Runs `work` with the connection on the blocking pool.
+    /// Runs `work` with the connection on the database thread.
     pub async fn call<R, F>(&self, work: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock poisons it; the connection
-            // itself is still consistent (SQLite rolls back), so go on.
-            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut guard)
-        })
-        .await
-        .map_err(|join| StoreError::Backend(anyhow::anyhow!("database task failed: {join}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = work(conn);
+            Box::new(move |commit: Option<&rusqlite::Error>| {
+                let result = match (result, commit) {
+                    (Ok(_), Some(err)) => Err(commit_failure(err)),
+                    (result, _) => result,
+                };
+                let _ = tx.send(result);
+            })
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Backend(anyhow::anyhow!("the database thread has stopped")))?;
+        rx.await.map_err(|_| {
+            StoreError::Backend(anyhow::anyhow!("a database call failed (it panicked)"))
+        })?
     }
+}
+
+/// Runs queued calls in one transaction, then finishes each.
+fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+    // Without the outer transaction (BEGIN failed) each call still runs in
+    // its own savepoint, which SQLite commits on release.
+    let outer = conn.execute_batch("BEGIN").is_ok();
+    let mut finishes = Vec::with_capacity(batch.len());
+    for job in batch {
+        // A panicking call drops its sender (its caller gets an error); its
+        // savepoint rolls back as it unwinds; the others go on.
+        if let Ok(finish) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))) {
+            finishes.push(finish);
+        }
+    }
+    let commit = if outer {
+        conn.execute_batch("COMMIT").err()
+    } else {
+        None
+    };
+    if commit.is_some() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for finish in finishes {
+        finish(commit.as_ref());
+    }
+}
+
+/// The error every call of a batch whose commit failed gets.
+fn commit_failure(err: &rusqlite::Error) -> StoreError {
+    match err {
+        rusqlite::Error::SqliteFailure(code, _)
+            if matches!(
+                code.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Unavailable(err.to_string())
+        }
+        other => StoreError::Backend(anyhow::anyhow!("commit failed: {other}")),
+    }
+}
+
+/// Runs a statement through the statement cache.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<usize> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute(params))
+        .map_err(backend)
 }
 
 fn backend(err: rusqlite::Error) -> StoreError {
@@ -155,14 +299,11 @@ fn meta_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationMeta> 
 }
 
 fn read_meta(conn: &Connection, user: &str, id: &str) -> StoreResult<ConversationMeta> {
-    conn.query_row(
-        &format!(
-            "SELECT {META_COLUMNS} FROM conversations WHERE user_id = ?1 AND conversation_id = ?2"
-        ),
-        params![user, id],
-        meta_from_row,
+    conn.prepare_cached(
+        "SELECT conversation_id, created_at, updated_at, title, message_count \
+         FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
     )
-    .optional()
+    .and_then(|mut stmt| stmt.query_row(params![user, id], meta_from_row).optional())
     .map_err(backend)?
     .ok_or(StoreError::NotFound)
 }
@@ -175,8 +316,10 @@ fn read_conversation(
 ) -> StoreResult<Conversation> {
     let meta = read_meta(conn, user, id.as_ref())?;
     let summary = conn
-        .query_row(
+        .prepare_cached(
             "SELECT summary, summary_covers, summary_tokens FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
+        )
+        .and_then(|mut stmt| stmt.query_row(
             params![user, id.as_ref()],
             |row| {
                 let text: Option<String> = row.get(0)?;
@@ -186,7 +329,7 @@ fn read_conversation(
                     tokens: row.get::<_, i64>(2).unwrap_or(0).max(0) as u32,
                 }))
             },
-        )
+        ))
         .map_err(backend)?;
     let mut stmt = conn
         .prepare_cached(
@@ -199,7 +342,7 @@ fn read_conversation(
             Ok(StoredMessage {
                 message: ChatMessage {
                     role: Role::parse(&role).unwrap_or(Role::User),
-                    content: row.get(1)?,
+                    content: row.get_ref(1)?.as_str()?.into(),
                 },
                 tokens: row.get::<_, Option<i64>>(2)?.map(|t| t.max(0) as u32),
             })
@@ -232,11 +375,11 @@ impl ConversationStore for SqliteStore {
         self.db
             .call(move |conn| {
                 let now = rfc3339::format(&Utc::now());
-                conn.execute(
+                exec(
+                    conn,
                     "INSERT INTO conversations (user_id, conversation_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
                     params![user, id.as_ref(), now],
-                )
-                .map_err(backend)?;
+                )?;
                 read_meta(conn, &user, id.as_ref())
             })
             .await
@@ -246,7 +389,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.transaction().map_err(backend)?;
+                let tx = conn.savepoint().map_err(backend)?;
                 read_conversation(&tx, &user, &id)
             })
             .await
@@ -291,15 +434,15 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.transaction().map_err(backend)?;
+                let tx = conn.savepoint().map_err(backend)?;
                 let meta = read_meta(&tx, &user, id.as_ref())?;
                 let now = rfc3339::format(&Utc::now());
                 let mut seq = meta.message_count as i64;
                 {
                     let mut insert = tx
                         .prepare_cached(
-                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
                         )
                         .map_err(backend)?;
                     for message in &messages {
@@ -325,12 +468,12 @@ impl ConversationStore for SqliteStore {
                 } else {
                     None
                 };
-                tx.execute(
+                exec(
+                    &tx,
                     "UPDATE conversations SET message_count = ?3, updated_at = ?4, title = COALESCE(title, ?5) \
                      WHERE user_id = ?1 AND conversation_id = ?2",
                     params![user, id.as_ref(), seq, now, title],
-                )
-                .map_err(backend)?;
+                )?;
                 let meta = read_meta(&tx, &user, id.as_ref())?;
                 tx.commit().map_err(backend)?;
                 Ok(meta)
@@ -346,7 +489,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.transaction().map_err(backend)?;
+                let tx = conn.savepoint().map_err(backend)?;
                 read_meta(&tx, &user, id.as_ref())?;
                 let last = tx
                     .query_row(
@@ -371,7 +514,7 @@ impl ConversationStore for SqliteStore {
                 tx.commit().map_err(backend)?;
                 Ok(Some(ChatMessage {
                     role: Role::parse(&role).unwrap_or(Role::User),
-                    content,
+                    content: content.into(),
                 }))
             })
             .await
@@ -381,7 +524,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.transaction().map_err(backend)?;
+                let tx = conn.savepoint().map_err(backend)?;
                 read_meta(&tx, &user, id.as_ref())?;
                 tx.execute(
                     "DELETE FROM messages WHERE user_id = ?1 AND conversation_id = ?2",
@@ -406,7 +549,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.transaction().map_err(backend)?;
+                let tx = conn.savepoint().map_err(backend)?;
                 let removed = tx
                     .execute(
                         "DELETE FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
@@ -483,6 +626,8 @@ impl ConversationStore for SqliteStore {
         let user = user.to_string();
         self.db
             .call(move |conn| {
+                // Every stored message is searchable, however recent.
+                index_pending(conn).map_err(backend)?;
                 // bm25() only works in a plain FTS query, so the hits are
                 // materialised before the join. It is lower for better matches; a conversation's score
                 // is the sum over its matching messages, so more mentions rank
@@ -540,7 +685,7 @@ impl ConversationStore for SqliteStore {
             .unwrap_or_default();
         self.db
             .call(move |conn| {
-                let tx = conn.transaction().map_err(backend)?;
+                let tx = conn.savepoint().map_err(backend)?;
                 let keys = {
                     let mut stmt = tx
                         .prepare_cached(
@@ -574,7 +719,7 @@ impl ConversationStore for SqliteStore {
         let (user, conversation) = (user.to_string(), conversation.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.transaction().map_err(backend)?;
+                let tx = conn.savepoint().map_err(backend)?;
                 let meta = &conversation.meta;
                 let summary = conversation.summary.as_ref();
                 let inserted = tx
@@ -601,8 +746,8 @@ impl ConversationStore for SqliteStore {
                 {
                     let mut insert = tx
                         .prepare_cached(
-                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
                         )
                         .map_err(backend)?;
                     let at = rfc3339::format(&meta.updated_at);
@@ -613,7 +758,7 @@ impl ConversationStore for SqliteStore {
                                 meta.conversation_id.as_ref(),
                                 seq as i64,
                                 m.message.role.as_str(),
-                                m.message.content,
+                                &*m.message.content,
                                 m.tokens,
                                 at
                             ])
@@ -683,7 +828,7 @@ mod tests {
         let contents: Vec<_> = loaded
             .messages
             .iter()
-            .map(|m| m.message.content.as_str())
+            .map(|m| &*m.message.content)
             .collect();
         assert_eq!(contents, ["first question", "answer", "second"]);
         assert_eq!(loaded.meta.message_count, 3);
@@ -844,5 +989,143 @@ mod tests {
             target.search(&users[0], "hello", 10).await.unwrap().len(),
             3
         );
+    }
+
+    #[tokio::test]
+    async fn a_database_of_the_trigger_indexed_version_is_migrated_and_stays_searchable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let (user, old_id) = (UserId::new(), ConversationId::new());
+        {
+            // The schema as it was: no `indexed` column, a trigger per insert.
+            let conn = Connection::open(&path).unwrap();
+            let old_schema = SCHEMA.replace(
+                "    -- 1 once the row is in messages_fts (see `index_pending`).\n    indexed         INTEGER NOT NULL DEFAULT 0,\n",
+                "",
+            );
+            assert!(!old_schema.contains("indexed "));
+            conn.execute_batch(&old_schema).unwrap();
+            conn.execute_batch(
+                "CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
+                     INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+                 END;
+                 CREATE TRIGGER messages_ad AFTER DELETE ON messages BEGIN
+                     INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+                 END;",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO conversations (user_id, conversation_id, message_count, created_at, updated_at) \
+                 VALUES (?1, ?2, 1, '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')",
+                params![user.as_ref(), old_id.as_ref()],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO messages (user_id, conversation_id, seq, role, content, created_at) \
+                 VALUES (?1, ?2, 0, 'user', 'ancient walrus', '2026-01-01T00:00:00.000000Z')",
+                params![user.as_ref(), old_id.as_ref()],
+            )
+            .unwrap();
+        }
+
+        let store = SqliteStore::new(SqliteDb::open(&path).unwrap());
+        let new_id = ConversationId::new();
+        store.create(&user, &new_id).await.unwrap();
+        store
+            .append(&user, &new_id, vec![msg(Role::User, "modern walrus")])
+            .await
+            .unwrap();
+
+        // Both found exactly once: the old row was not indexed a second time.
+        let hits = store.search(&user, "walrus", 10).await.unwrap();
+        let mut found: Vec<_> = hits
+            .iter()
+            .map(|h| h.meta.conversation_id.clone())
+            .collect();
+        found.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        let mut expected = vec![old_id.clone(), new_id.clone()];
+        expected.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        assert_eq!(found, expected);
+        let ancient = store.search(&user, "ancient", 10).await.unwrap();
+        assert_eq!(ancient.len(), 1);
+
+        // Deleting takes the old row out of the index too.
+        store.delete(&user, &old_id).await.unwrap();
+        assert!(store.search(&user, "ancient", 10).await.unwrap().is_empty());
+        let rows: i64 = store
+            .db
+            .call(|conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'walrus'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(backend)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "the index holds a stale or doubled row");
+    }
+
+    #[tokio::test]
+    async fn messages_are_indexed_in_the_background_and_deleting_an_unindexed_one_is_safe() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "quokka facts")])
+            .await
+            .unwrap();
+        // Removed before any indexing ran: no delete marker for a row the
+        // index never had (that would corrupt FTS5's external content).
+        assert_eq!(
+            store
+                .delete_last_message(&user, &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .content
+                .as_ref(),
+            "quokka facts"
+        );
+        store
+            .append(&user, &id, vec![msg(Role::User, "quokka again")])
+            .await
+            .unwrap();
+
+        // The database thread indexes pending rows about once a second.
+        let mut pending = i64::MAX;
+        for _ in 0..50 {
+            pending = store
+                .db
+                .call(|conn| {
+                    conn.query_row("SELECT COUNT(*) FROM messages WHERE indexed = 0", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(backend)
+                })
+                .await
+                .unwrap();
+            if pending == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(pending, 0, "nothing indexed the new message");
+        let hits = store.search(&user, "quokka", 10).await.unwrap();
+        assert_eq!(hits.len(), 1);
+        let integrity: String = store
+            .db
+            .call(|conn| {
+                conn.execute(
+                    "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)",
+                    [],
+                )
+                .map_err(backend)?;
+                Ok("ok".to_string())
+            })
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok");
     }
 }

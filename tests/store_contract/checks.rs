@@ -29,7 +29,7 @@ pub fn contents(conversation: &Conversation) -> Vec<String> {
     conversation
         .messages
         .iter()
-        .map(|m| m.message.content.clone())
+        .map(|m| m.message.content.to_string())
         .collect()
 }
 
@@ -206,7 +206,7 @@ pub async fn concurrent_appends(f: &Fixture) {
     }
     assert_eq!(
         loaded.meta.title.as_deref(),
-        Some(loaded.messages[0].message.content.as_str())
+        Some(&*loaded.messages[0].message.content)
     );
     if let Some(raw) = f.raw_document(&user, &id).await {
         let text = raw.get_str("conversation_text").unwrap();
@@ -538,7 +538,7 @@ pub async fn size_limit_refuses_without_writing(f: &Fixture) {
     let loaded = store.load(&user, &id).await.unwrap();
     assert_eq!(loaded.messages.len(), accepted);
     for (i, m) in loaded.messages.iter().enumerate() {
-        assert_eq!(m.message.content, format!("{i} {big}"));
+        assert_eq!(&*m.message.content, format!("{i} {big}"));
     }
     match f.kind {
         // Each MiB is stored twice (history and conversation_text).
@@ -580,7 +580,7 @@ pub fn conversation(
             title: messages
                 .iter()
                 .find(|m| m.message.role == Role::User)
-                .map(|m| m.message.content.clone()),
+                .map(|m| m.message.content.to_string()),
             message_count: messages.len() as u64,
         },
         messages,

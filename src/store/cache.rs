@@ -1,0 +1,541 @@
+//! A write-through cache of whole conversations in front of a store, so a
+//! turn does not read its history back from the store: the turn that wrote
+//! the last two messages left them here.
+//!
+//! Only for a store this process writes alone (the embedded SQLite file, one
+//! instance): another writer's changes would not be seen. Every mutation
+//! goes through here; `append` updates the cached copy when the store's
+//! answer shows it was current, every other mutation drops it. A load that
+//! raced a mutation does not fill the cache (a per-conversation generation
+//! tells), so a stale copy is never kept.
+//!
+//! Bounded by the approximate bytes of message text it holds; the least
+//! recently used conversations go first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::{
+    Conversation, ConversationMeta, ConversationStore, NewMessage, SearchHit, StoreResult,
+    StoredMessage, Summary,
+};
+use crate::domain::{ChatMessage, ConversationId, UserId};
+
+type Key = (UserId, ConversationId);
+
+/// Fixed cost counted per message besides its text (the struct, the Arc).
+const PER_MESSAGE_BYTES: usize = 64;
+const PER_CONVERSATION_BYTES: usize = 256;
+
+struct Slot {
+    /// Bumped by every mutation, so a load that started before one does
+    /// not store what it read.
+    generation: u64,
+    conversation: Option<Conversation>,
+    bytes: usize,
+    last_used: u64,
+}
+
+struct Inner {
+    slots: HashMap<Key, Slot>,
+    bytes: usize,
+    tick: u64,
+    hits: u64,
+    misses: u64,
+}
+
+/// The cache; wraps any store.
+pub struct CachedStore {
+    inner: Arc<dyn ConversationStore>,
+    state: Mutex<Inner>,
+    capacity_bytes: usize,
+}
+
+fn conversation_bytes(conversation: &Conversation) -> usize {
+    PER_CONVERSATION_BYTES
+        + conversation
+            .messages
+            .iter()
+            .map(|m| m.message.content.len() + PER_MESSAGE_BYTES)
+            .sum::<usize>()
+        + conversation.summary.as_ref().map_or(0, |s| s.text.len())
+}
+
+impl CachedStore {
+    /// Caches `inner`'s conversations, up to about `capacity_bytes` of text.
+    pub fn new(inner: Arc<dyn ConversationStore>, capacity_bytes: usize) -> Self {
+        Self {
+            inner,
+            state: Mutex::new(Inner {
+                slots: HashMap::new(),
+                bytes: 0,
+                tick: 0,
+                hits: 0,
+                misses: 0,
+            }),
+            capacity_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (hits, misses) of `load`, for tests and metrics.
+    pub fn stats(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.hits, state.misses)
+    }
+
+    /// Drops the cached copy and bumps the generation (any mutation).
+    fn invalidate(&self, key: &Key) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        if let Some(slot) = state.slots.get_mut(key) {
+            slot.generation += 1;
+            slot.conversation = None;
+            state.bytes -= std::mem::take(&mut slot.bytes);
+        }
+    }
+
+    /// Stores `conversation` as the cached copy of `key`.
+    fn put(state: &mut Inner, key: &Key, slot_generation: u64, conversation: Conversation) {
+        let bytes = conversation_bytes(&conversation);
+        state.tick += 1;
+        let tick = state.tick;
+        let slot = state.slots.entry(key.clone()).or_insert(Slot {
+            generation: slot_generation,
+            conversation: None,
+            bytes: 0,
+            last_used: tick,
+        });
+        state.bytes = state.bytes - slot.bytes + bytes;
+        slot.bytes = bytes;
+        slot.conversation = Some(conversation);
+        slot.last_used = tick;
+    }
+
+    /// Evicts the least recently used conversations until within capacity
+    /// (down to 90 %, so eviction runs now and then, not on every insert).
+    fn evict(&self, state: &mut Inner) {
+        if state.bytes <= self.capacity_bytes && state.slots.len() <= MAX_SLOTS {
+            return;
+        }
+        let mut order: Vec<(u64, Key)> = state
+            .slots
+            .iter()
+            .map(|(key, slot)| (slot.last_used, key.clone()))
+            .collect();
+        order.sort_unstable_by_key(|(used, _)| *used);
+        let target = self.capacity_bytes / 10 * 9;
+        let slot_target = MAX_SLOTS / 10 * 9;
+        for (_, key) in order {
+            if state.bytes <= target && state.slots.len() <= slot_target {
+                break;
+            }
+            if let Some(slot) = state.slots.remove(&key) {
+                state.bytes -= slot.bytes;
+            }
+        }
+    }
+}
+
+/// Slots kept at most (a slot without a conversation still costs a little).
+const MAX_SLOTS: usize = 100_000;
+
+#[async_trait]
+impl ConversationStore for CachedStore {
+    async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let key = (user.clone(), id.clone());
+        let meta = self.inner.create(user, id).await?;
+        let mut state = self.lock();
+        let generation = match state.slots.get_mut(&key) {
+            Some(slot) => {
+                slot.generation += 1;
+                slot.generation
+            }
+            None => 0,
+        };
+        // A new conversation is empty: its first turn needs no load.
+        Self::put(
+            &mut state,
+            &key,
+            generation,
+            Conversation {
+                meta: meta.clone(),
+                messages: Vec::new(),
+                summary: None,
+            },
+        );
+        self.evict(&mut state);
+        Ok(meta)
+    }
+
+    async fn load(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation> {
+        let key = (user.clone(), id.clone());
+        let generation = {
+            let mut state = self.lock();
+            state.tick += 1;
+            let tick = state.tick;
+            if let Some(slot) = state.slots.get_mut(&key) {
+                if let Some(conversation) = &slot.conversation {
+                    slot.last_used = tick;
+                    let copy = conversation.clone();
+                    state.hits += 1;
+                    return Ok(copy);
+                }
+            }
+            state.misses += 1;
+            let slot = state.slots.entry(key.clone()).or_insert(Slot {
+                generation: 0,
+                conversation: None,
+                bytes: 0,
+                last_used: tick,
+            });
+            slot.generation
+        };
+        let conversation = self.inner.load(user, id).await?;
+        let mut state = self.lock();
+        if state
+            .slots
+            .get(&key)
+            .is_some_and(|slot| slot.generation == generation)
+        {
+            Self::put(&mut state, &key, generation, conversation.clone());
+            self.evict(&mut state);
+        }
+        Ok(conversation)
+    }
+
+    async fn meta(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let key = (user.clone(), id.clone());
+        if let Some(meta) = self
+            .lock()
+            .slots
+            .get(&key)
+            .and_then(|slot| slot.conversation.as_ref())
+            .map(|c| c.meta.clone())
+        {
+            return Ok(meta);
+        }
+        self.inner.meta(user, id).await
+    }
+
+    async fn list(
+        &self,
+        user: &UserId,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<ConversationMeta>> {
+        self.inner.list(user, limit, offset).await
+    }
+
+    async fn append(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<ConversationMeta> {
+        let key = (user.clone(), id.clone());
+        // What the cached copy gains if it was current (clones share text).
+        let added: Vec<StoredMessage> = messages
+            .iter()
+            .map(|m| StoredMessage {
+                message: ChatMessage {
+                    role: m.role,
+                    content: m.content.as_str().into(),
+                },
+                tokens: m.tokens,
+            })
+            .collect();
+        let result = self.inner.append(user, id, messages).await;
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(slot) = state.slots.get_mut(&key) else {
+            return result;
+        };
+        slot.generation += 1;
+        let meta = match &result {
+            Ok(meta) => meta,
+            Err(_) => {
+                // Unknown outcome: read it again next time.
+                slot.conversation = None;
+                state.bytes -= std::mem::take(&mut slot.bytes);
+                return result;
+            }
+        };
+        let current = slot.conversation.as_ref().is_some_and(|c| {
+            c.messages.len() + added.len() == meta.message_count as usize
+                && c.meta.message_count as usize == c.messages.len()
+        });
+        if !current {
+            slot.conversation = None;
+            state.bytes -= std::mem::take(&mut slot.bytes);
+            return result;
+        }
+        let conversation = slot.conversation.as_mut().expect("checked above");
+        let grown: usize = added
+            .iter()
+            .map(|m| m.message.content.len() + PER_MESSAGE_BYTES)
+            .sum();
+        conversation.messages.extend(added);
+        conversation.meta = meta.clone();
+        slot.bytes += grown;
+        state.bytes += grown;
+        state.tick += 1;
+        slot.last_used = state.tick;
+        self.evict(state);
+        result
+    }
+
+    async fn delete_last_message(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+    ) -> StoreResult<Option<ChatMessage>> {
+        let key = (user.clone(), id.clone());
+        self.invalidate(&key);
+        let result = self.inner.delete_last_message(user, id).await;
+        self.invalidate(&key);
+        result
+    }
+
+    async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let key = (user.clone(), id.clone());
+        self.invalidate(&key);
+        let result = self.inner.reset(user, id).await;
+        self.invalidate(&key);
+        result
+    }
+
+    async fn delete(&self, user: &UserId, id: &ConversationId) -> StoreResult<()> {
+        let key = (user.clone(), id.clone());
+        self.invalidate(&key);
+        let result = self.inner.delete(user, id).await;
+        self.invalidate(&key);
+        result
+    }
+
+    async fn set_summary(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        summary: Summary,
+    ) -> StoreResult<()> {
+        let key = (user.clone(), id.clone());
+        self.invalidate(&key);
+        let result = self.inner.set_summary(user, id, summary).await;
+        self.invalidate(&key);
+        result
+    }
+
+    async fn set_title(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        title: &str,
+    ) -> StoreResult<ConversationMeta> {
+        let key = (user.clone(), id.clone());
+        self.invalidate(&key);
+        let result = self.inner.set_title(user, id, title).await;
+        self.invalidate(&key);
+        result
+    }
+
+    async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>> {
+        self.inner.search(user, query, limit).await
+    }
+
+    async fn count_all(&self) -> StoreResult<u64> {
+        self.inner.count_all().await
+    }
+
+    async fn export_page(
+        &self,
+        after: Option<(UserId, ConversationId)>,
+        limit: u32,
+    ) -> StoreResult<Vec<(UserId, Conversation)>> {
+        self.inner.export_page(after, limit).await
+    }
+
+    async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
+        let key = (user.clone(), conversation.meta.conversation_id.clone());
+        self.invalidate(&key);
+        let result = self.inner.import(user, conversation).await;
+        self.invalidate(&key);
+        result
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Role;
+    use crate::store::sqlite::{SqliteDb, SqliteStore};
+
+    fn cached(capacity: usize) -> (tempfile::TempDir, Arc<SqliteStore>, CachedStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(SqliteStore::new(
+            SqliteDb::open(&dir.path().join("c.db")).unwrap(),
+        ));
+        let cache = CachedStore::new(inner.clone(), capacity);
+        (dir, inner, cache)
+    }
+
+    fn msg(role: Role, content: &str) -> NewMessage {
+        NewMessage {
+            role,
+            content: content.to_string(),
+            tokens: Some(2),
+        }
+    }
+
+    fn texts(conversation: &Conversation) -> Vec<String> {
+        conversation
+            .messages
+            .iter()
+            .map(|m| m.message.content.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn turns_are_served_from_memory_and_match_the_store() {
+        let (_dir, inner, cache) = cached(1 << 20);
+        let (user, id) = (UserId::new(), ConversationId::new());
+        cache.create(&user, &id).await.unwrap();
+        for turn in 0..3 {
+            cache.load(&user, &id).await.unwrap();
+            cache
+                .append(
+                    &user,
+                    &id,
+                    vec![
+                        msg(Role::User, &format!("q{turn}")),
+                        msg(Role::Assistant, &format!("a{turn}")),
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+
+        let from_cache = cache.load(&user, &id).await.unwrap();
+        let from_store = inner.load(&user, &id).await.unwrap();
+
+        assert_eq!(cache.stats(), (4, 0), "every load should have been a hit");
+        assert_eq!(texts(&from_cache), ["q0", "a0", "q1", "a1", "q2", "a2"]);
+        assert_eq!(texts(&from_cache), texts(&from_store));
+        assert_eq!(from_cache.meta, from_store.meta);
+        assert_eq!(from_cache.messages, from_store.messages);
+    }
+
+    #[tokio::test]
+    async fn every_other_change_is_read_back_from_the_store() {
+        let (_dir, _inner, cache) = cached(1 << 20);
+        let (user, id) = (UserId::new(), ConversationId::new());
+        cache.create(&user, &id).await.unwrap();
+        cache
+            .append(
+                &user,
+                &id,
+                vec![msg(Role::User, "q"), msg(Role::Assistant, "a")],
+            )
+            .await
+            .unwrap();
+
+        cache.delete_last_message(&user, &id).await.unwrap();
+        assert_eq!(texts(&cache.load(&user, &id).await.unwrap()), ["q"]);
+        let summary = Summary {
+            text: "s".into(),
+            covers: 1,
+            tokens: 1,
+        };
+        cache
+            .set_summary(&user, &id, summary.clone())
+            .await
+            .unwrap();
+        assert_eq!(cache.load(&user, &id).await.unwrap().summary, Some(summary));
+        let meta = cache.set_title(&user, &id, "named").await.unwrap();
+        assert_eq!(cache.meta(&user, &id).await.unwrap(), meta);
+        assert_eq!(
+            cache.load(&user, &id).await.unwrap().meta.title.as_deref(),
+            Some("named")
+        );
+        cache.reset(&user, &id).await.unwrap();
+        let reset = cache.load(&user, &id).await.unwrap();
+        assert!(reset.messages.is_empty() && reset.summary.is_none());
+        cache.delete(&user, &id).await.unwrap();
+        assert!(matches!(
+            cache.load(&user, &id).await,
+            Err(crate::store::StoreError::NotFound)
+        ));
+        // Another user never sees it, cached or not.
+        assert!(cache.load(&UserId::new(), &id).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_change_made_behind_its_back_is_not_covered_over_by_an_append() {
+        let (_dir, inner, cache) = cached(1 << 20);
+        let (user, id) = (UserId::new(), ConversationId::new());
+        cache.create(&user, &id).await.unwrap();
+        cache.load(&user, &id).await.unwrap();
+        // Written without the cache (as if by something else).
+        inner
+            .append(&user, &id, vec![msg(Role::User, "elsewhere")])
+            .await
+            .unwrap();
+
+        cache
+            .append(&user, &id, vec![msg(Role::User, "here")])
+            .await
+            .unwrap();
+
+        // The cached copy did not match the store's count: it was dropped.
+        assert_eq!(
+            texts(&cache.load(&user, &id).await.unwrap()),
+            ["elsewhere", "here"]
+        );
+    }
+
+    #[tokio::test]
+    async fn it_stays_within_its_capacity_and_evicted_conversations_load_again() {
+        let (_dir, _inner, cache) = cached(8 * 1024);
+        let user = UserId::new();
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let id = ConversationId::new();
+            cache.create(&user, &id).await.unwrap();
+            cache
+                .append(
+                    &user,
+                    &id,
+                    vec![msg(Role::User, &format!("{i} {}", "x".repeat(1000)))],
+                )
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+
+        assert!(
+            cache.lock().bytes <= 8 * 1024,
+            "{} bytes",
+            cache.lock().bytes
+        );
+        let first = cache.load(&user, &ids[0]).await.unwrap();
+        assert!(texts(&first)[0].starts_with("0 xxx"));
+        let (_, misses) = cache.stats();
+        assert_eq!(
+            misses, 1,
+            "the oldest conversation should have been evicted"
+        );
+    }
+}
