@@ -175,8 +175,11 @@ pub async fn stop_everywhere(
         };
         let message = serde_json::to_string(&request).unwrap_or_default();
         if let Err(err) = redis
-            .client
-            .publish::<u64, _, _>(redis.key("control"), message)
+            .timed(
+                redis
+                    .client
+                    .publish::<u64, _, _>(redis.key("control"), message),
+            )
             .await
         {
             tracing::warn!(error = %err, "could not pass the stop to other instances");

@@ -22,14 +22,28 @@ const LATENCY: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// Buckets for round trips to a nearby server: 50 µs to 5 s.
+const ROUND_TRIP: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
 impl Histogram {
-    fn latency() -> Self {
+    fn with_bounds(bounds: &'static [f64]) -> Self {
         Self {
-            bounds: LATENCY,
-            counts: LATENCY.iter().map(|_| AtomicU64::new(0)).collect(),
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
             sum_micros: AtomicU64::new(0),
             count: AtomicU64::new(0),
         }
+    }
+
+    fn latency() -> Self {
+        Self::with_bounds(LATENCY)
+    }
+
+    /// A histogram for Redis round trips (finer buckets).
+    pub fn round_trip() -> Self {
+        Self::with_bounds(ROUND_TRIP)
     }
 
     /// Records one observation.
@@ -77,6 +91,9 @@ pub struct Metrics {
     pub first_chunk: Histogram,
     pub turn_duration: Histogram,
     pub store_latency: Histogram,
+    /// Redis commands (sessions, reply log, rate limits, stop requests);
+    /// shared with the Redis connections, which time them.
+    pub redis_latency: std::sync::Arc<Histogram>,
 }
 
 impl Default for Metrics {
@@ -98,6 +115,7 @@ impl Default for Metrics {
             first_chunk: Histogram::latency(),
             turn_duration: Histogram::latency(),
             store_latency: Histogram::latency(),
+            redis_latency: std::sync::Arc::new(Histogram::round_trip()),
         }
     }
 }
@@ -221,6 +239,11 @@ impl Metrics {
             &mut out,
             "chat_store_seconds",
             "Conversation store calls of a turn (load, append).",
+        );
+        self.redis_latency.render(
+            &mut out,
+            "chat_redis_seconds",
+            "Redis round trips: sessions, reply log, rate limits, stop requests (Redis mode).",
         );
         out
     }

@@ -110,12 +110,14 @@ impl RateLimiter for RedisLimiter {
             .redis
             .key(&format!("rl:{}:{user}:{current}", bucket.name()));
         let pipeline = self.redis.client.pipeline();
-        let counted: Result<(u64, i64), fred::error::Error> = async {
-            let _: () = pipeline.incr(&key).await?;
-            let _: () = pipeline.expire(&key, (left + 1) as i64, None).await?;
-            pipeline.all().await
-        }
-        .await;
+        let counted: Result<(u64, i64), fred::error::Error> = self
+            .redis
+            .timed(async {
+                let _: () = pipeline.incr(&key).await?;
+                let _: () = pipeline.expire(&key, (left + 1) as i64, None).await?;
+                pipeline.all().await
+            })
+            .await;
         match counted {
             Ok((count, _)) if count > limit.count as u64 => Err(left),
             Ok(_) => Ok(()),

@@ -7,6 +7,7 @@
 //! backoff and re-subscribe; commands time out instead of queueing forever
 //! while Redis is away, so local clients keep working.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -18,6 +19,8 @@ use fred::types::{Expiration, RespVersion, SetOptions};
 use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
+
+use crate::metrics::Histogram;
 
 /// How long one Redis command may take before it fails (during an outage,
 /// commands fail after this instead of waiting for the reconnection).
@@ -37,6 +40,8 @@ pub struct RedisConnections {
     /// A channel only this instance subscribes to, so Redis can tell
     /// whether this instance's control subscription is in place.
     pub instance_channel: String,
+    /// Where command round trips are timed (`/metrics`).
+    pub latency: Arc<Histogram>,
 }
 
 impl std::fmt::Debug for RedisConnections {
@@ -75,7 +80,7 @@ fn redact(url: &str) -> String {
 
 impl RedisConnections {
     /// Connects, retrying for about five seconds; the error names `REDIS_URL`.
-    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str, prefix: &str, latency: Arc<Histogram>) -> anyhow::Result<Self> {
         let mut config = Config::from_url(url)
             .map_err(|e| anyhow!("REDIS_URL={} is not a usable Redis URL: {e}", redact(url)))?;
         // The adapter needs RESP3 (sharded pub/sub, Redis 7+); fred does not
@@ -138,7 +143,13 @@ impl RedisConnections {
             control_subscriber,
             prefix: prefix.to_string(),
             instance_channel: format!("{prefix}:instance:{}", uuid::Uuid::new_v4()),
+            latency,
         })
+    }
+
+    /// Runs one Redis call, timing it into the latency histogram.
+    pub async fn timed<T>(&self, call: impl std::future::Future<Output = T>) -> T {
+        timed(&self.latency, call).await
     }
 
     /// `{prefix}:{rest}`.
@@ -272,6 +283,15 @@ fn keep_subscribed(subscriber: SubscriberClient, kind: Kind) {
 pub struct RedisSessionStore {
     client: Client,
     prefix: String,
+    latency: Arc<Histogram>,
+}
+
+/// Awaits `call`, recording how long it took.
+async fn timed<T>(latency: &Histogram, call: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    latency.observe(started.elapsed());
+    result
 }
 
 impl std::fmt::Debug for RedisSessionStore {
@@ -285,6 +305,7 @@ impl RedisSessionStore {
         Self {
             client: connections.client.clone(),
             prefix: connections.key("session:"),
+            latency: connections.latency.clone(),
         }
     }
 
@@ -295,17 +316,18 @@ impl RedisSessionStore {
     ) -> session_store::Result<bool> {
         let value = serde_json::to_string(&(&record.data, record.expiry_date.unix_timestamp()))
             .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-        let written: Option<String> = self
-            .client
-            .set(
+        let written: Option<String> = timed(
+            &self.latency,
+            self.client.set(
                 format!("{}{}", self.prefix, record.id),
                 value,
                 Some(Expiration::EXAT(record.expiry_date.unix_timestamp())),
                 options,
                 false,
-            )
-            .await
-            .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
+            ),
+        )
+        .await
+        .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
         Ok(written.is_some())
     }
 }
@@ -330,11 +352,12 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
-        let raw: Option<String> = self
-            .client
-            .get(format!("{}{session_id}", self.prefix))
-            .await
-            .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
+        let raw: Option<String> = timed(
+            &self.latency,
+            self.client.get(format!("{}{session_id}", self.prefix)),
+        )
+        .await
+        .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
         let Some(raw) = raw else { return Ok(None) };
         let (data, expires): (std::collections::HashMap<String, serde_json::Value>, i64) =
             serde_json::from_str(&raw).map_err(|e| session_store::Error::Decode(e.to_string()))?;
@@ -347,10 +370,13 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
-        self.client
-            .del::<u64, _>(format!("{}{session_id}", self.prefix))
-            .await
-            .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
+        timed(
+            &self.latency,
+            self.client
+                .del::<u64, _>(format!("{}{session_id}", self.prefix)),
+        )
+        .await
+        .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
         Ok(())
     }
 }

@@ -197,8 +197,8 @@ impl ReplyLog for RedisLog {
             .publish(&self.channel, message)
             .await
             .map_err(redis_error)?;
-        pipeline
-            .all::<fred::types::Value>()
+        self.redis
+            .timed(pipeline.all::<fred::types::Value>())
             .await
             .map_err(redis_error)?;
         Ok(())

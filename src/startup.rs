@@ -219,12 +219,19 @@ impl Application {
     /// Builds everything and binds; fails with a message naming what is wrong.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        let metrics = Arc::new(Metrics::default());
         let redis = match &settings.redis_url {
-            Some(url) => Some(RedisConnections::connect(url, &settings.redis_prefix).await?),
+            Some(url) => Some(
+                RedisConnections::connect(
+                    url,
+                    &settings.redis_prefix,
+                    metrics.redis_latency.clone(),
+                )
+                .await?,
+            ),
             None => None,
         };
         let (store, sessions) = open_store(&settings, redis.as_ref()).await?;
-        let metrics = Arc::new(Metrics::default());
         let llm = llm::from_settings(&settings, metrics.clone())
             .context("configuring the language model")?;
         let tokens = TokenCounter::new(settings.tokenizer);

@@ -146,6 +146,16 @@ async fn a_cookie_from_instance_a_works_on_instance_b() {
         vec![msg("user", "q?"), msg("assistant", "a!")]
     );
 
+    // Those session reads and writes went to Redis, timed in /metrics.
+    let metrics = harness::plain_get(&cluster.a, "/metrics", None).await;
+    let redis_calls: f64 = metrics
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("chat_redis_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no chat_redis_seconds_count in {}", metrics.text));
+    assert!(redis_calls >= 3.0, "only {redis_calls} Redis calls timed");
+
     // Another browser on B sees none of it.
     let stranger = cluster.new_user();
     assert!(stranger.listed_ids(&cluster.b).await.is_empty());
