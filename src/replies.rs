@@ -87,10 +87,10 @@ impl ReplyEvent {
 /// A reply event with where it belongs, as published between instances.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Envelope {
-    instance: String,
-    user: String,
-    conversation: String,
-    origin_socket: Option<String>,
+    instance: Arc<str>,
+    user: Arc<str>,
+    conversation: Arc<str>,
+    origin_socket: Option<Arc<str>>,
     event: ReplyEvent,
 }
 
@@ -114,16 +114,32 @@ type LoggedReply = (Vec<ReplyEvent>, Option<Instant>);
 
 /// In-process log: one instance, no Redis.
 struct MemoryLog {
-    replies: Mutex<HashMap<(String, String), LoggedReply>>,
+    replies: Mutex<MemoryReplies>,
     ttl: Duration,
+}
+
+#[derive(Default)]
+struct MemoryReplies {
+    replies: HashMap<(Arc<str>, Arc<str>), LoggedReply>,
+    /// When expired replies were last dropped: a sweep goes over every
+    /// logged reply, so it runs once a second, not on every chunk.
+    swept: Option<Instant>,
 }
 
 #[async_trait]
 impl ReplyLog for MemoryLog {
     async fn record(&self, envelope: &Envelope) -> Result<(), String> {
-        let mut replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = self.replies.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        replies.retain(|_, (_, expires)| expires.is_none_or(|at| at > now));
+        if log
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            log.replies
+                .retain(|_, (_, expires)| expires.is_none_or(|at| at > now));
+            log.swept = Some(now);
+        }
+        let replies = &mut log.replies;
         let key = (envelope.user.clone(), envelope.conversation.clone());
         let entry = replies.entry(key).or_insert_with(|| (Vec::new(), None));
         if matches!(envelope.event, ReplyEvent::Started { .. }) {
@@ -141,10 +157,11 @@ impl ReplyLog for MemoryLog {
         user: &UserId,
         conversation: &ConversationId,
     ) -> Result<Vec<ReplyEvent>, String> {
-        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let log = self.replies.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        Ok(replies
-            .get(&(user.to_string(), conversation.to_string()))
+        Ok(log
+            .replies
+            .get(&(Arc::from(user.as_ref()), Arc::from(conversation.as_ref())))
             .filter(|(_, expires)| expires.is_none_or(|at| at > now))
             .map(|(events, _)| events.clone())
             .unwrap_or_default())
@@ -301,7 +318,7 @@ impl ReplyHub {
     /// A hub for one instance, keeping ended replies for `ttl`.
     pub fn in_memory(ttl: Duration) -> Arc<Self> {
         Arc::new(Self::new(Arc::new(MemoryLog {
-            replies: Mutex::new(HashMap::new()),
+            replies: Mutex::new(MemoryReplies::default()),
             ttl,
         })))
     }
@@ -436,13 +453,18 @@ impl ReplyHub {
         let (tx, mut rx) = mpsc::channel::<ReplyEvent>(4096);
         let hub = self.clone();
         let (user, conversation) = (user.clone(), conversation.clone());
+        // Shared by every event of the turn: an event costs no string copies.
+        let instance: Arc<str> = Arc::from(hub.instance.as_str());
+        let user_key: Arc<str> = Arc::from(user.as_ref());
+        let conversation_key: Arc<str> = Arc::from(conversation.as_ref());
+        let origin_socket: Option<Arc<str>> = origin_socket.map(Arc::from);
         tokio::spawn(async move {
             let mut log_failed = false;
             while let Some(event) = rx.recv().await {
                 let envelope = Envelope {
-                    instance: hub.instance.clone(),
-                    user: user.to_string(),
-                    conversation: conversation.to_string(),
+                    instance: instance.clone(),
+                    user: user_key.clone(),
+                    conversation: conversation_key.clone(),
                     origin_socket: origin_socket.clone(),
                     event,
                 };
@@ -467,12 +489,12 @@ impl ReplyHub {
             tracing::debug!("ignoring a malformed reply event");
             return;
         };
-        if envelope.instance == self.instance {
+        if *envelope.instance == *self.instance {
             return;
         }
         let (Ok(conversation), user) = (
             ConversationId::parse(&envelope.conversation),
-            UserId::from_stored(envelope.user.clone()),
+            UserId::from_stored(envelope.user.to_string()),
         ) else {
             return;
         };
