@@ -363,6 +363,9 @@ impl Application {
             self.draining,
             self.shutdown_grace,
         );
+        // Replies the drain could not see stored: the exit code says so.
+        let unstored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let unstored_at_exit = unstored.clone();
         let listener = self.listener.tap_io(|tcp| {
             // Several small frames per turn: without this, delayed ACKs
             // stall streaming by up to 40 ms.
@@ -377,18 +380,30 @@ impl Application {
         )
         .with_graceful_shutdown(async move {
             shutdown.await;
-            drain(&turns, &draining, grace).await;
+            let left = drain(&turns, &draining, grace).await;
+            unstored_at_exit.store(left, Ordering::SeqCst);
             // Open sockets would keep the server alive forever.
             close_sockets().await;
         })
-        .await
+        .await?;
+        match unstored.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            left => Err(std::io::Error::other(format!(
+                "{left} replies in flight could not be stored before exiting"
+            ))),
+        }
     }
 }
 
+/// How long stopped replies get to be stored after the grace period (a slow
+/// store under load can take seconds); under `main`'s hard stop.
+const STORE_AFTER_STOP: Duration = Duration::from_secs(14);
+
 /// Graceful drain: refuse new turns (and fail `/readyz`, so the balancer
 /// sends no more), let replies in flight finish for up to `grace`, then stop
-/// the rest, whose partial replies are stored like any stop.
-async fn drain(turns: &TurnRegistry, draining: &AtomicBool, grace: Duration) {
+/// the rest, whose partial replies are stored like any stop. Returns how many
+/// turns were still not stored at the end (then the exit code is 1).
+async fn drain(turns: &TurnRegistry, draining: &AtomicBool, grace: Duration) -> usize {
     draining.store(true, Ordering::SeqCst);
     tracing::info!(
         in_flight = turns.len(),
@@ -402,12 +417,21 @@ async fn drain(turns: &TurnRegistry, draining: &AtomicBool, grace: Duration) {
     if !turns.is_empty() {
         let stopped = turns.stop_all();
         tracing::info!(stopped, "grace period over: stopping the remaining replies");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + STORE_AFTER_STOP;
         while !turns.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    tracing::info!(left = turns.len(), "drained; closing sockets");
+    let left = turns.len();
+    if left == 0 {
+        tracing::info!("drained; closing sockets");
+    } else {
+        tracing::error!(
+            left,
+            "drain: replies still not stored; closing sockets and exiting with an error"
+        );
+    }
+    left
 }
 
 fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
