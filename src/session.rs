@@ -210,11 +210,19 @@ pub fn signed_layer<S: SessionStore + Clone>(
 }
 
 /// The session's user, created (and saved) on first contact.
+///
+/// A session is given its user id under a new session id when the cookie
+/// named a stored session (one without a user): whoever knew the old id
+/// (planted it, saw it) does not get to act as the new user. tower-sessions
+/// already replaces ids it cannot find in the store.
 pub async fn ensure_user(session: &Session) -> Result<UserId, tower_sessions::session::Error> {
     if let Some(raw) = session.get::<String>(USER_KEY).await? {
         return Ok(UserId::from_stored(raw));
     }
     let user = UserId::new();
+    if session.id().is_some() {
+        session.cycle_id().await?;
+    }
     session.insert(USER_KEY, user.as_ref()).await?;
     Ok(user)
 }
@@ -252,4 +260,56 @@ pub async fn clear_current_conversation(
     session: &Session,
 ) -> Result<(), tower_sessions::session::Error> {
     session.remove::<String>(CONVERSATION_KEY).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteSessionStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("s.db")).unwrap();
+        (dir, SqliteSessionStore::new(db))
+    }
+
+    #[tokio::test]
+    async fn a_stored_session_given_its_first_user_gets_a_new_id_and_the_old_one_is_gone() {
+        let (_dir, store) = store();
+        // A stored session without a user (planted, or from an older version).
+        let planted = Session::new(None, Arc::new(store.clone()), None);
+        planted.insert("note", "x").await.unwrap();
+        planted.save().await.unwrap();
+        let old_id = planted.id().unwrap();
+
+        let session = Session::new(Some(old_id), Arc::new(store.clone()), None);
+        let user = ensure_user(&session).await.unwrap();
+        session.save().await.unwrap();
+
+        let new_id = session.id().unwrap();
+        assert_ne!(new_id, old_id, "the session id was not rotated");
+        assert!(
+            store.load(&old_id).await.unwrap().is_none(),
+            "old id still valid"
+        );
+        let record = store.load(&new_id).await.unwrap().unwrap();
+        assert_eq!(record.data[USER_KEY], serde_json::json!(user.as_ref()));
+        assert_eq!(record.data["note"], serde_json::json!("x"), "data was lost");
+    }
+
+    #[tokio::test]
+    async fn a_session_with_a_user_keeps_its_id_and_user() {
+        let (_dir, store) = store();
+        let first = Session::new(None, Arc::new(store.clone()), None);
+        let user = ensure_user(&first).await.unwrap();
+        first.save().await.unwrap();
+        let id = first.id().unwrap();
+
+        let again = Session::new(Some(id), Arc::new(store.clone()), None);
+        assert_eq!(ensure_user(&again).await.unwrap(), user);
+        again.save().await.unwrap();
+
+        assert_eq!(again.id(), Some(id));
+    }
 }
