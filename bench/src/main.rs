@@ -13,6 +13,7 @@ mod idle;
 mod procstat;
 mod reference;
 mod sio;
+mod soak;
 mod stats;
 mod turns;
 
@@ -26,7 +27,11 @@ const USAGE: &str = "usage:
                    [--turn-timeout-secs T=30] [--source-addrs K=1] [--llm-delay-ms D=0]
                    [--fresh-every K=0 (new conversation with N messages every K turns)]
   chat-bench idle  --url http://127.0.0.1:PORT --sockets N [--server-pid PID]
-                   [--settle-secs S=3] [--source-addrs K=8] [--label L]";
+                   [--settle-secs S=3] [--source-addrs K=8] [--label L]
+  chat-bench soak  --urls http://A,http://B [--users C=100] [--duration-secs S=180]
+                   [--pid-files FA,FB | --pids PA,PB] [--think-ms T=300] [--sample-secs 5]
+                   [--progress-secs 10] [--turn-timeout-secs 60] [--settle-secs 3] [--label L]
+                   [--drop-every K=0 (drop the socket mid-reply every K-th turn, resume it)]";
 
 fn main() -> Result<()> {
     let mut argv = std::env::args().skip(1);
@@ -47,6 +52,7 @@ fn main() -> Result<()> {
             "reference" => reference::run(&args).await,
             "turns" => turns::run(&args).await,
             "idle" => idle::run(&args).await,
+            "soak" => soak::run(&args).await,
             "-h" | "--help" | "help" => {
                 println!("{USAGE}");
                 Ok(())
