@@ -13,8 +13,21 @@
 #   3. turns, BIG_USERS users, against the server
 #   4. turns, HISTORY_USERS users, a new conversation per turn vs HISTORY earlier messages
 #   5. idle, IDLE_SOCKETS sockets, on a fresh reference, then a fresh server (RSS per socket)
+#   6. fanout (ONLY=fanout): one conversation, W watching sockets of the same user, for
+#      each W in FANOUT_WATCHERS, on a fresh embedded server
+#   7. cross (ONLY=cross): two instances sharing a redis-server and a SecantusDB (MongoDB
+#      protocol) of their own (CROSS_STORE=sqlite: one SQLite file instead), for each N in
+#      CROSS_CONVERSATIONS, N conversations streaming at once (fake LLM with
+#      CROSS_LLM_DELAY_MS per delta), senders on A, a watcher each on B
+#   8. upload (ONLY=upload): one UPLOAD_BYTES text file through POST /upload_file, fake LLM
+#      answering each chunk's analysis after UPLOAD_LLM_DELAY_MS, on a server with
+#      UPLOAD_CONCURRENCY=1, then one with 4 (the default)
+#   9. redis (ONLY=redis): turns (USERS users, then short conversations) against a server
+#      with REDIS_URL and MONGODB_URI (its own redis-server and SecantusDB)
 # One JSON line per run on stdout (also appended to $RESULTS if set); everything
-# it started is killed on exit.
+# it started is killed on exit. SecantusDB comes from the virtualenv scripts/test.sh
+# makes ($HOME/.cache/llm-chat-server/venv, created here from
+# tests/requirements-mongo.txt if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -29,7 +42,14 @@ IDLE_SOCKETS=${IDLE_SOCKETS:-10000}
 CHUNKS=${CHUNKS:-20}
 CHUNK_BYTES=${CHUNK_BYTES:-16}
 LLM_DELAY_MS=${LLM_DELAY_MS:-0}
-ONLY=${ONLY:-all}   # all | turns | idle
+FANOUT_WATCHERS=${FANOUT_WATCHERS:-10 100 1000}
+CROSS_CONVERSATIONS=${CROSS_CONVERSATIONS:-100}
+CROSS_LLM_DELAY_MS=${CROSS_LLM_DELAY_MS:-10}
+CROSS_STORE=${CROSS_STORE:-mongo}   # mongo (SecantusDB) | sqlite (one file shared by A and B)
+UPLOAD_BYTES=${UPLOAD_BYTES:-5000000}
+UPLOAD_LLM_DELAY_MS=${UPLOAD_LLM_DELAY_MS:-50}
+ONLY=${ONLY:-all}   # all | turns | idle | fanout | cross | upload | redis
+# KEEP_LOGS=1 keeps the temp dir with every process's output (its path is printed).
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/llm-chat-server/target}"
 echo "==> building (release)" >&2
@@ -45,7 +65,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$tmp"
+  if [ "${KEEP_LOGS:-0}" = 1 ]; then echo "==> logs kept in $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
 
@@ -69,19 +89,117 @@ wait_url() {
 pids+=($!)
 fake_url=$(wait_url "$tmp/fake.out" "fake-llm listening on ")
 
-# start_server NAME: starts a server with its own database; sets server_url, server_pid.
+# start_server NAME [VAR=value...]: starts a server with its own database (the extra
+# variables come last, so they override); sets server_url, server_pid.
 start_server() {
   local name=$1
+  shift
   mkdir -p "$tmp/$name"
   (cd "$tmp/$name" && exec env LLM_PROVIDER=openai OPENAI_BASE_URL="$fake_url/v1" \
     LLM_MODEL=fake OPENAI_API_KEY=k RATE_LIMIT_MESSAGES_PER_MINUTE=0 \
     DATABASE_PATH="$tmp/$name/chat.db" SAVED_CONVERSATIONS_DIR="$tmp/$name/saved" \
-    HOST=127.0.0.1 PORT=0 RUST_LOG=warn "$bin/llm-chat-server" \
+    HOST=127.0.0.1 PORT=0 RUST_LOG=warn "$@" "$bin/llm-chat-server" \
     >"$tmp/$name.out" 2>"$tmp/$name.out.err") &
   server_pid=$!
   pids+=("$server_pid")
   server_url=$(wait_url "$tmp/$name.out" "llm-chat-server listening on ")
 }
+
+# free_port: a free TCP port on 127.0.0.1 (bound, then released).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_port PORT PID LOG: until 127.0.0.1:PORT accepts (60 s at most, or PID dies).
+wait_port() {
+  local port=$1 pid=$2 log=$3
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "process $pid exited before listening on $port:" >&2
+      cat "$log" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+  echo "nothing listens on 127.0.0.1:$port after 60 s:" >&2
+  cat "$log" >&2
+  return 1
+}
+
+# wait_ready URL: until URL/readyz answers 200 (Redis subscribed, store up; 30 s at most).
+wait_ready() {
+  for _ in $(seq 1 150); do
+    if curl -fsS -o /dev/null --max-time 2 "$1/readyz" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "$1/readyz not ready after 30 s:" >&2
+  curl -sS --max-time 2 "$1/readyz" >&2 || true
+  return 1
+}
+
+# start_redis: a redis-server of this run on a free loopback port, no persistence;
+# sets redis_url, redis_pid.
+start_redis() {
+  local port
+  port=$(free_port)
+  mkdir -p "$tmp/redis-$port"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    --dir "$tmp/redis-$port" >"$tmp/redis-$port.log" 2>&1 &
+  redis_pid=$!
+  pids+=("$redis_pid")
+  wait_port "$port" "$redis_pid" "$tmp/redis-$port.log"
+  redis_url="redis://127.0.0.1:$port/0"
+}
+
+# start_store: SecantusDB (MongoDB wire protocol, in memory) on a free loopback port;
+# sets store_uri, store_pid. The virtualenv is the one scripts/test.sh makes.
+start_store() {
+  local venv="${SECANTUS_VENV:-$HOME/.cache/llm-chat-server/venv}" port
+  if ! cmp -s tests/requirements-mongo.txt "$venv/.installed-requirements" 2>/dev/null \
+     || [ ! -x "$venv/bin/secantusd-py" ]; then
+    echo "==> installing SecantusDB into $venv (tests/requirements-mongo.txt)" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements-mongo.txt >&2
+    cp tests/requirements-mongo.txt "$venv/.installed-requirements"
+  fi
+  port=$(free_port)
+  "$venv/bin/secantusd-py" --host 127.0.0.1 --port "$port" --storage-path :memory: \
+    --log-level WARNING >"$tmp/store-$port.log" 2>&1 &
+  store_pid=$!
+  pids+=("$store_pid")
+  wait_port "$port" "$store_pid" "$tmp/store-$port.log"
+  store_uri="mongodb://127.0.0.1:$port"
+}
+
+# start_fake NAME ARGS...: another fake LLM (CHUNKS x CHUNK_BYTES) with its own delays;
+# sets extra_fake_url.
+start_fake() {
+  local name=$1
+  shift
+  "$bin/chat-bench" fake-llm --port 0 --chunks "$CHUNKS" --chunk-bytes "$CHUNK_BYTES" "$@" \
+    >"$tmp/fake-$name.out" 2>"$tmp/fake-$name.out.err" &
+  pids+=($!)
+  extra_fake_url=$(wait_url "$tmp/fake-$name.out" "fake-llm listening on ")
+}
+
+# stop PID...: ends processes this script started (and waits for them).
+stop() {
+  kill "$@" 2>/dev/null || true
+  for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# cpu_secs PID: utime+stime of PID in seconds (for processes chat-bench does not sample).
+cpu_secs() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo "?"
+}
+
+# The same SECRET_KEY on every instance (it signs the session cookie; >= 32 characters).
+secret="bench-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
+want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
+# bounded SECS CMD...: a chat-bench run that cannot hang the script.
+bounded() { local secs=$1; shift; timeout -k 5 "$secs" "$@"; }
+measured=$((WARMUP + DURATION))
 
 emit() {
   echo "$1"
@@ -127,5 +245,98 @@ if [ "$ONLY" = all ] || [ "$ONLY" = idle ]; then
   start_server idle
   emit "$("$bin/chat-bench" idle --label server --url "$server_url" --sockets "$IDLE_SOCKETS" \
     --server-pid "$server_pid" --source-addrs 8)"
+  stop "$server_pid"
+fi
+
+if want fanout; then
+  # One user, one conversation, W more sockets (same cookie) watching it.
+  start_server fanout
+  echo "==> fan-out: server $server_url (pid $server_pid), watchers: $FANOUT_WATCHERS" >&2
+  for watchers in $FANOUT_WATCHERS; do
+    emit "$(bounded $((measured + 240)) "$bin/chat-bench" fanout --label server \
+      --url "$server_url" --watchers "$watchers" --warmup-secs "$WARMUP" \
+      --duration-secs "$DURATION" --server-pid "$server_pid")"
+  done
+  stop "$server_pid"
+fi
+
+if want cross; then
+  # Two instances, one Redis, one MongoDB-protocol store; senders on A, watchers on B.
+  start_fake cross --delay-ms "$CROSS_LLM_DELAY_MS"
+  for conversations in $CROSS_CONVERSATIONS; do
+    # Fresh instances, Redis and store for each run.
+    start_redis
+    cpu_pids="redis=$redis_pid"
+    if [ "$CROSS_STORE" = sqlite ]; then
+      mkdir -p "$tmp/cross-shared-$conversations"
+      store=(DATABASE_PATH="$tmp/cross-shared-$conversations/chat.db")
+      store_pid=""
+    else
+      start_store
+      store=(MONGODB_URI="$store_uri" MONGODB_DB=bench_cross)
+      cpu_pids="$cpu_pids,store=$store_pid"
+    fi
+    cluster=(OPENAI_BASE_URL="$extra_fake_url/v1" REDIS_URL="$redis_url" REDIS_PREFIX=benchx
+      SECRET_KEY="$secret" "${store[@]}")
+    start_server "cross-a-$conversations" "${cluster[@]}"
+    a_url=$server_url a_pid=$server_pid
+    start_server "cross-b-$conversations" "${cluster[@]}"
+    b_url=$server_url b_pid=$server_pid
+    wait_ready "$a_url"
+    wait_ready "$b_url"
+    echo "==> cross-instance, $conversations conversations: A $a_url (pid $a_pid), B $b_url (pid $b_pid), redis $redis_url (pid $redis_pid), store $CROSS_STORE ${store_pid:+(pid $store_pid)}, fake LLM delay $CROSS_LLM_DELAY_MS ms" >&2
+    emit "$(bounded $((measured + 240)) "$bin/chat-bench" cross --label "redis-$CROSS_STORE" \
+      --url-a "$a_url" --url-b "$b_url" --conversations "$conversations" \
+      --llm-delay-ms "$CROSS_LLM_DELAY_MS" --warmup-secs "$WARMUP" --duration-secs "$DURATION" \
+      --server-pid "$a_pid" --cpu-pids "b=$b_pid,$cpu_pids")"
+    # Reply events the instances' subscribers dropped (a lagging broadcast channel).
+    for side in a b; do
+      sed 's/\x1b\[[0-9;]*m//g' "$tmp/cross-$side-$conversations.out.err" \
+        | awk -v side="$side" '/came faster than delivered/ { n++; if (match($0, /missed=[0-9]+/)) m += substr($0, RSTART + 7, RLENGTH - 7) }
+            END { printf "==> instance %s: %d \"reply events came faster than delivered\" warnings, %d events dropped\n", side, n, m }' >&2
+    done
+    stop "$a_pid" "$b_pid" "$redis_pid" ${store_pid:+"$store_pid"}
+  done
+fi
+
+if want upload; then
+  # One file; each chunk's analysis answered after UPLOAD_LLM_DELAY_MS. Sequential first,
+  # its wall time is the baseline of the concurrent run's ratio.
+  start_fake upload --complete-delay-ms "$UPLOAD_LLM_DELAY_MS"
+  upload_env=(OPENAI_BASE_URL="$extra_fake_url/v1" RATE_LIMIT_UPLOADS_PER_HOUR=0
+    MAX_FILE_SIZE_MB=$((UPLOAD_BYTES / 1048576 + 2)))
+  baseline=""
+  for concurrency in 1 4; do
+    start_server "upload-$concurrency" "${upload_env[@]}" UPLOAD_CONCURRENCY="$concurrency"
+    echo "==> upload: $UPLOAD_BYTES bytes, UPLOAD_CONCURRENCY=$concurrency, server $server_url (pid $server_pid)" >&2
+    label=$([ "$concurrency" = 1 ] && echo sequential || echo concurrent-default)
+    line=$(bounded 900 "$bin/chat-bench" upload --label "$label" --url "$server_url" \
+      --file-bytes "$UPLOAD_BYTES" --concurrency "$concurrency" \
+      --llm-delay-ms "$UPLOAD_LLM_DELAY_MS" --server-pid "$server_pid" \
+      ${baseline:+--baseline-secs "$baseline"})
+    emit "$line"
+    [ -n "$baseline" ] || baseline=$(sed -n 's/.*"wall_secs":\([0-9.]*\).*/\1/p' <<<"$line")
+    stop "$server_pid"
+  done
+fi
+
+if want redis; then
+  # The turns mode against a server on Redis (sessions, fan-out, reply logs) and the
+  # MongoDB protocol (SecantusDB) instead of SQLite.
+  start_redis
+  start_store
+  start_server redis-mongo REDIS_URL="$redis_url" REDIS_PREFIX=bencht SECRET_KEY="$secret" \
+    MONGODB_URI="$store_uri" MONGODB_DB=bench_turns
+  wait_ready "$server_url"
+  echo "==> redis + mongo: server $server_url (pid $server_pid), redis pid $redis_pid, store pid $store_pid" >&2
+  for fresh in 0 10; do
+    label=$([ "$fresh" = 0 ] && echo server-redis-mongo || echo server-redis-mongo-short-conversations)
+    r0=$(cpu_secs "$redis_pid") s0=$(cpu_secs "$store_pid")
+    emit "$(bounded $((measured + 240)) "$bin/chat-bench" turns --warmup-secs "$WARMUP" \
+      --duration-secs "$DURATION" --llm-delay-ms "$LLM_DELAY_MS" --label "$label" \
+      --url "$server_url" --users "$USERS" --fresh-every "$fresh" --server-pid "$server_pid")"
+    echo "==> $label: CPU seconds during the run (warm-up included): redis $r0 -> $(cpu_secs "$redis_pid"), store $s0 -> $(cpu_secs "$store_pid")" >&2
+  done
+  stop "$server_pid" "$redis_pid" "$store_pid"
 fi
 echo "==> done, load: $(uptime)" >&2

@@ -2,6 +2,10 @@
 //! streams N deltas of B bytes as SSE (`data: {"choices":[{"delta":{"content":..}}]}`),
 //! then `data: [DONE]`, with D ms before each delta (D = 0: one write for the whole body).
 //! A request without `"stream": true` gets one JSON body with the concatenation.
+//!
+//! Extra delays (both 0 by default): `--first-delay-ms F` once before the first
+//! delta of a streamed reply (on top of D), and `--complete-delay-ms C` before a
+//! non-streamed reply (the server's upload analysis and titles use those).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +25,10 @@ use crate::args::Args;
 struct Script {
     chunks: Vec<String>,
     delay: Duration,
+    /// Once before the first delta of a streamed reply.
+    first_delay: Duration,
+    /// Before a non-streamed reply.
+    complete_delay: Duration,
     /// The whole SSE body, prebuilt (used when `delay` is zero).
     sse: Bytes,
     /// One SSE event per chunk, prebuilt (used when `delay` is non-zero).
@@ -43,17 +51,48 @@ pub async fn run(args: &Args) -> Result<()> {
     let chunks = args.u64_or("chunks", 20)? as usize;
     let delay_ms = args.u64_or("delay-ms", 0)?;
     let bytes = args.u64_or("chunk-bytes", 16)? as usize;
+    let extra = Delays {
+        first: Duration::from_millis(args.u64_or("first-delay-ms", 0)?),
+        complete: Duration::from_millis(args.u64_or("complete-delay-ms", 0)?),
+    };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     let addr = listener.local_addr()?;
     println!("fake-llm listening on http://{addr}");
-    serve(listener, chunks, Duration::from_millis(delay_ms), bytes).await
+    serve_with(
+        listener,
+        chunks,
+        Duration::from_millis(delay_ms),
+        bytes,
+        extra,
+    )
+    .await
 }
 
+/// Delays beyond the per-delta one (zero by default).
+#[derive(Clone, Copy, Default)]
+pub struct Delays {
+    /// Once before the first delta of a streamed reply.
+    pub first: Duration,
+    /// Before a non-streamed reply.
+    pub complete: Duration,
+}
+
+#[allow(dead_code)]
 pub async fn serve(
     listener: tokio::net::TcpListener,
     chunks: usize,
     delay: Duration,
     bytes: usize,
+) -> Result<()> {
+    serve_with(listener, chunks, delay, bytes, Delays::default()).await
+}
+
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    chunks: usize,
+    delay: Duration,
+    bytes: usize,
+    extra: Delays,
 ) -> Result<()> {
     let chunks: Vec<String> = (0..chunks).map(|i| chunk_text(i, bytes)).collect();
     let events: Vec<Bytes> = chunks
@@ -75,6 +114,8 @@ pub async fn serve(
     let script = Arc::new(Script {
         chunks,
         delay,
+        first_delay: extra.first,
+        complete_delay: extra.complete,
         sse: Bytes::from(sse),
         events,
         whole: Bytes::from(whole.to_string()),
@@ -92,13 +133,16 @@ pub async fn serve(
 async fn completion(script: Arc<Script>, body: Bytes) -> Response {
     let streaming = contains(&body, b"\"stream\":true") || contains(&body, b"\"stream\": true");
     if !streaming {
+        if !script.complete_delay.is_zero() {
+            tokio::time::sleep(script.complete_delay).await;
+        }
         return Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(script.whole.clone()))
             .unwrap();
     }
-    let body = if script.delay.is_zero() {
+    let body = if script.delay.is_zero() && script.first_delay.is_zero() {
         Body::from(script.sse.clone())
     } else {
         let script = script.clone();
@@ -114,7 +158,12 @@ async fn completion(script: Arc<Script>, body: Bytes) -> Response {
                         i + 1,
                     ));
                 }
-                tokio::time::sleep(script.delay).await;
+                if i == 0 && !script.first_delay.is_zero() {
+                    tokio::time::sleep(script.first_delay).await;
+                }
+                if !script.delay.is_zero() {
+                    tokio::time::sleep(script.delay).await;
+                }
                 Some((Ok(script.events[i].clone()), i + 1))
             }
         });

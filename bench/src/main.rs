@@ -6,6 +6,10 @@
 //!   `send_message` with the frames of one turn and nothing else.
 //! - `turns`: closed-loop chat turns at C concurrent virtual users, one JSON line.
 //! - `idle`: N idle connected sockets, server RSS per socket, one JSON line.
+//! - `fanout`: one conversation, W sockets of the same user watching it; per-chunk
+//!   delay from the sender's socket to each watcher, delivery checks, one JSON line.
+//! - `cross`: the same across two instances (senders on A, watchers on B, via Redis).
+//! - `upload`: wall time of one upload through `POST /upload_file`, one JSON line.
 
 mod args;
 mod fake_llm;
@@ -16,6 +20,8 @@ mod sio;
 mod soak;
 mod stats;
 mod turns;
+mod upload;
+mod watch;
 
 use anyhow::{bail, Result};
 
@@ -31,7 +37,19 @@ const USAGE: &str = "usage:
   chat-bench soak  --urls http://A,http://B [--users C=100] [--duration-secs S=180]
                    [--pid-files FA,FB | --pids PA,PB] [--think-ms T=300] [--sample-secs 5]
                    [--progress-secs 10] [--turn-timeout-secs 60] [--settle-secs 3] [--label L]
-                   [--drop-every K=0 (drop the socket mid-reply every K-th turn, resume it)]";
+                   [--drop-every K=0 (drop the socket mid-reply every K-th turn, resume it)]
+  chat-bench fanout --url http://127.0.0.1:PORT --watchers W --duration-secs S
+                   [--warmup-secs W=3] [--conversations N=1] [--server-pid PID]
+                   [--cpu-pids name=pid,..] [--turn-timeout-secs T=30] [--label L]
+                   [--watcher-grace-ms G=5000 (then a watcher's reply counts as unfinished)]
+  chat-bench cross --url-a http://A --url-b http://B --conversations N --duration-secs S
+                   [--watchers W=1] [--warmup-secs W=3] [--server-pid PID_A]
+                   [--cpu-pids b=PID,redis=PID,..] [--llm-delay-ms D] [--label L]
+  chat-bench upload --url http://127.0.0.1:PORT [--file-bytes B=5000000]
+                   [--concurrency C] [--llm-delay-ms D] [--baseline-secs S]
+                   [--server-pid PID] [--timeout-secs T=600] [--label L]
+  fake-llm also takes [--first-delay-ms F=0] (once before the first delta)
+                   and [--complete-delay-ms C=0] (before a non-streamed reply)";
 
 fn main() -> Result<()> {
     let mut argv = std::env::args().skip(1);
@@ -53,6 +71,9 @@ fn main() -> Result<()> {
             "turns" => turns::run(&args).await,
             "idle" => idle::run(&args).await,
             "soak" => soak::run(&args).await,
+            "fanout" => watch::run_fanout(&args).await,
+            "cross" => watch::run_cross(&args).await,
+            "upload" => upload::run(&args).await,
             "-h" | "--help" | "help" => {
                 println!("{USAGE}");
                 Ok(())
