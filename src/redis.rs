@@ -52,6 +52,9 @@ impl std::fmt::Debug for RedisConnections {
     }
 }
 
+/// Pub/sub messages buffered per client before the oldest are dropped.
+const PUBSUB_BUFFER: usize = 8192;
+
 fn builder(config: &Config) -> Builder {
     let mut builder = Builder::from_config(config.clone());
     builder
@@ -63,6 +66,11 @@ fn builder(config: &Config) -> Builder {
         })
         .with_performance_config(|p| {
             p.default_command_timeout = COMMAND_TIMEOUT;
+            // Pub/sub messages wait here until `replies::listen` takes them.
+            // fred's default of 32 overflowed at 100 streaming conversations
+            // (every instance receives every reply event), and a lagging
+            // receiver loses messages: watching tabs missed chunks and ends.
+            p.broadcast_channel_capacity = PUBSUB_BUFFER;
         });
     builder
 }
