@@ -175,9 +175,13 @@ impl SqliteDb {
                     }
                     if indexed_at.elapsed() >= INDEX_EVERY {
                         indexed_at = std::time::Instant::now();
-                        if let Err(err) = index_pending(&mut conn) {
-                            tracing::warn!(error = %err, "could not update the search index; retrying later");
-                        }
+                        let index: Job = Box::new(|conn| {
+                            if let Err(err) = index_pending(conn) {
+                                tracing::warn!(error = %err, "could not update the search index; retrying later");
+                            }
+                            Box::new(|_| {})
+                        });
+                        run_batch(&mut conn, vec![index]);
                     }
                 }
             })
@@ -213,9 +217,12 @@ impl SqliteDb {
 
 /// Runs queued calls in one transaction, then finishes each.
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+    // IMMEDIATE: the write lock is taken (waiting up to busy_timeout) now,
+    // not on the first write, where another process sharing the file (a
+    // second instance in tests, `migrate`) would make it fail at once.
     // Without the outer transaction (BEGIN failed) each call still runs in
     // its own savepoint, which SQLite commits on release.
-    let outer = conn.execute_batch("BEGIN").is_ok();
+    let outer = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
     let mut finishes = Vec::with_capacity(batch.len());
     for job in batch {
         // A panicking call drops its sender (its caller gets an error); its
