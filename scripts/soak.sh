@@ -34,8 +34,8 @@ CHUNK_BYTES=${CHUNK_BYTES:-16}
 LLM_DELAY_MS=${LLM_DELAY_MS:-20}
 SHUTDOWN_GRACES=${SHUTDOWN_GRACES:-"10 0.1"}   # per instance: a, b
 SAMPLE_SECS=${SAMPLE_SECS:-5}
-# RUST_LOG of the instances; startup=info logs each drain's "left=N" (replies still
-# unfinished when the sockets are closed), reported as drain_left.
+# RUST_LOG of the instances; startup=info logs how each drain ended (replies still not
+# stored when the sockets closed: reported as drain_left; the instance then exits 1).
 SERVER_LOG=${SERVER_LOG:-warn,llm_chat_server::startup=info}
 KEEP_LOGS=${KEEP_LOGS:-0}         # 1: keep the temp dir (logs) even when the run passes
 
@@ -154,12 +154,17 @@ stop_instance() {
   stop_secs=$(awk "BEGIN { print $waited / 10 }")
 }
 
-# drain_left I: N of the last "drained; closing sockets left=N" of instance I, or null.
+# drain_left I: replies instance I's last drain left unstored: 0 after "drained; closing
+# sockets", N after "drain: replies still not stored ... left=N", else null.
 drain_left() {
-  local n
-  n=$(sed 's/\x1b\[[0-9;]*m//g' "$tmp/${names[$1]}.err" \
-    | sed -n 's/.*drained; closing sockets left=\([0-9]*\).*/\1/p' | tail -n 1)
-  echo "${n:-null}"
+  local line
+  line=$(sed 's/\x1b\[[0-9;]*m//g' "$tmp/${names[$1]}.err" \
+    | grep -E 'drained; closing sockets|drain: replies still not stored' | tail -n 1)
+  case $line in
+    *"drained; closing sockets"*) echo 0 ;;
+    *left=*) echo "$line" | sed -n 's/.*left=\([0-9]*\).*/\1/p' ;;
+    *) echo null ;;
+  esac
 }
 
 start_instance 0
