@@ -98,9 +98,9 @@ struct Envelope {
 /// other instances.
 #[async_trait]
 trait ReplyLog: Send + Sync + 'static {
-    /// Appends (a `Started` event replaces the previous reply's log) and
-    /// publishes to the other instances.
-    async fn record(&self, envelope: &Envelope) -> Result<(), String>;
+    /// Appends events of one reply, in order (a `Started` event replaces
+    /// the previous reply's log), and publishes them to the other instances.
+    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String>;
     /// The current reply's events, oldest first.
     async fn read(
         &self,
@@ -128,7 +128,7 @@ struct MemoryReplies {
 
 #[async_trait]
 impl ReplyLog for MemoryLog {
-    async fn record(&self, envelope: &Envelope) -> Result<(), String> {
+    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
         let mut log = self.replies.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if log
@@ -140,14 +140,16 @@ impl ReplyLog for MemoryLog {
             log.swept = Some(now);
         }
         let replies = &mut log.replies;
-        let key = (envelope.user.clone(), envelope.conversation.clone());
-        let entry = replies.entry(key).or_insert_with(|| (Vec::new(), None));
-        if matches!(envelope.event, ReplyEvent::Started { .. }) {
-            *entry = (Vec::new(), None);
-        }
-        entry.0.push(envelope.event.clone());
-        if envelope.event.is_final() {
-            entry.1 = Some(now + self.ttl);
+        for envelope in envelopes {
+            let key = (envelope.user.clone(), envelope.conversation.clone());
+            let entry = replies.entry(key).or_insert_with(|| (Vec::new(), None));
+            if matches!(envelope.event, ReplyEvent::Started { .. }) {
+                *entry = (Vec::new(), None);
+            }
+            entry.0.push(envelope.event.clone());
+            if envelope.event.is_final() {
+                entry.1 = Some(now + self.ttl);
+            }
         }
         Ok(())
     }
@@ -175,6 +177,9 @@ struct RedisLog {
     ttl: Duration,
 }
 
+/// Reply events a relay logs in one batch at most.
+const RELAY_BATCH: usize = 64;
+
 /// A reply still streaming after this long is abandoned (its instance died).
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(3600);
 
@@ -186,22 +191,26 @@ impl RedisLog {
 
 #[async_trait]
 impl ReplyLog for RedisLog {
-    async fn record(&self, envelope: &Envelope) -> Result<(), String> {
-        let key = self.key(&envelope.user, &envelope.conversation);
-        let event = serde_json::to_string(&envelope.event).map_err(|e| e.to_string())?;
-        let message = serde_json::to_string(envelope).map_err(|e| e.to_string())?;
-        // One round trip, in order: the event is in the log before anyone
-        // can receive it live.
+    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
+        let Some(last) = envelopes.last() else {
+            return Ok(());
+        };
+        let key = self.key(&last.user, &last.conversation);
+        // One round trip for the events that queued up, in order: each is
+        // in the log before anyone can receive it live.
         let pipeline = self.redis.client.pipeline();
         let redis_error = |e: fred::error::Error| format!("redis: {e}");
-        if matches!(envelope.event, ReplyEvent::Started { .. }) {
-            let _: () = pipeline.del(&key).await.map_err(redis_error)?;
+        for envelope in envelopes {
+            let event = serde_json::to_string(&envelope.event).map_err(|e| e.to_string())?;
+            if matches!(envelope.event, ReplyEvent::Started { .. }) {
+                let _: () = pipeline.del(&key).await.map_err(redis_error)?;
+            }
+            let _: () = pipeline
+                .xadd(&key, false, None, "*", vec![("e", event)])
+                .await
+                .map_err(redis_error)?;
         }
-        let _: () = pipeline
-            .xadd(&key, false, None, "*", vec![("e", event)])
-            .await
-            .map_err(redis_error)?;
-        let ttl = if envelope.event.is_final() {
+        let ttl = if last.event.is_final() {
             self.ttl
         } else {
             IN_FLIGHT_TTL
@@ -210,10 +219,13 @@ impl ReplyLog for RedisLog {
             .expire(&key, ttl.as_secs().max(1) as i64, None)
             .await
             .map_err(redis_error)?;
-        let _: () = pipeline
-            .publish(&self.channel, message)
-            .await
-            .map_err(redis_error)?;
+        for envelope in envelopes {
+            let message = serde_json::to_string(envelope).map_err(|e| e.to_string())?;
+            let _: () = pipeline
+                .publish(&self.channel, message)
+                .await
+                .map_err(redis_error)?;
+        }
         self.redis
             .timed(pipeline.all::<fred::types::Value>())
             .await
@@ -460,23 +472,32 @@ impl ReplyHub {
         let origin_socket: Option<Arc<str>> = origin_socket.map(Arc::from);
         tokio::spawn(async move {
             let mut log_failed = false;
-            while let Some(event) = rx.recv().await {
-                let envelope = Envelope {
-                    instance: instance.clone(),
-                    user: user_key.clone(),
-                    conversation: conversation_key.clone(),
-                    origin_socket: origin_socket.clone(),
-                    event,
-                };
+            let mut events = Vec::new();
+            // Events that queued while the last batch was logged go out
+            // together: one Redis round trip however many there are, so a
+            // busy relay catches up instead of falling further behind.
+            while rx.recv_many(&mut events, RELAY_BATCH).await > 0 {
+                let envelopes: Vec<Envelope> = events
+                    .drain(..)
+                    .map(|event| Envelope {
+                        instance: instance.clone(),
+                        user: user_key.clone(),
+                        conversation: conversation_key.clone(),
+                        origin_socket: origin_socket.clone(),
+                        event,
+                    })
+                    .collect();
                 if !log_failed {
-                    if let Err(err) = hub.log.record(&envelope).await {
+                    if let Err(err) = hub.log.record(&envelopes).await {
                         // Keep delivering locally; stop trying Redis for
                         // this reply (each try would wait its timeout).
                         tracing::warn!(error = %err, "reply log unavailable; other instances miss this reply");
                         log_failed = true;
                     }
                 }
-                hub.deliver_local(&envelope, &user, &conversation).await;
+                for envelope in &envelopes {
+                    hub.deliver_local(envelope, &user, &conversation).await;
+                }
             }
         });
         Relay { tx }
