@@ -38,6 +38,14 @@ struct Slot {
     last_used: u64,
 }
 
+impl Slot {
+    /// Drops the cached copy; returns the bytes it counted.
+    fn forget(&mut self) -> usize {
+        self.conversation = None;
+        std::mem::take(&mut self.bytes)
+    }
+}
+
 struct Inner {
     slots: HashMap<Key, Slot>,
     bytes: usize,
@@ -89,15 +97,18 @@ impl CachedStore {
         (state.hits, state.misses)
     }
 
-    /// Drops the cached copy and bumps the generation (any mutation).
-    fn invalidate(&self, key: &Key) {
+    /// Runs a mutation other than `append`, then drops the cached copy
+    /// and bumps the generation: a load that overlapped the mutation does
+    /// not keep what it read, and the next load reads the store.
+    async fn mutate<T>(&self, key: Key, mutation: impl std::future::Future<Output = T>) -> T {
+        let result = mutation.await;
         let mut state = self.lock();
         let state = &mut *state;
-        if let Some(slot) = state.slots.get_mut(key) {
+        if let Some(slot) = state.slots.get_mut(&key) {
             slot.generation += 1;
-            slot.conversation = None;
-            state.bytes -= std::mem::take(&mut slot.bytes);
+            state.bytes -= slot.forget();
         }
+        result
     }
 
     /// Stores `conversation` as the cached copy of `key`.
@@ -261,8 +272,7 @@ impl ConversationStore for CachedStore {
             Ok(meta) => meta,
             Err(_) => {
                 // Unknown outcome: read it again next time.
-                slot.conversation = None;
-                state.bytes -= std::mem::take(&mut slot.bytes);
+                state.bytes -= slot.forget();
                 return result;
             }
         };
@@ -271,8 +281,7 @@ impl ConversationStore for CachedStore {
                 && c.meta.message_count as usize == c.messages.len()
         });
         if !current {
-            slot.conversation = None;
-            state.bytes -= std::mem::take(&mut slot.bytes);
+            state.bytes -= slot.forget();
             return result;
         }
         let conversation = slot.conversation.as_mut().expect("checked above");
@@ -295,27 +304,21 @@ impl ConversationStore for CachedStore {
         user: &UserId,
         id: &ConversationId,
     ) -> StoreResult<Option<ChatMessage>> {
-        let key = (user.clone(), id.clone());
-        self.invalidate(&key);
-        let result = self.inner.delete_last_message(user, id).await;
-        self.invalidate(&key);
-        result
+        self.mutate(
+            (user.clone(), id.clone()),
+            self.inner.delete_last_message(user, id),
+        )
+        .await
     }
 
     async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
-        let key = (user.clone(), id.clone());
-        self.invalidate(&key);
-        let result = self.inner.reset(user, id).await;
-        self.invalidate(&key);
-        result
+        self.mutate((user.clone(), id.clone()), self.inner.reset(user, id))
+            .await
     }
 
     async fn delete(&self, user: &UserId, id: &ConversationId) -> StoreResult<()> {
-        let key = (user.clone(), id.clone());
-        self.invalidate(&key);
-        let result = self.inner.delete(user, id).await;
-        self.invalidate(&key);
-        result
+        self.mutate((user.clone(), id.clone()), self.inner.delete(user, id))
+            .await
     }
 
     async fn set_summary(
@@ -324,11 +327,11 @@ impl ConversationStore for CachedStore {
         id: &ConversationId,
         summary: Summary,
     ) -> StoreResult<()> {
-        let key = (user.clone(), id.clone());
-        self.invalidate(&key);
-        let result = self.inner.set_summary(user, id, summary).await;
-        self.invalidate(&key);
-        result
+        self.mutate(
+            (user.clone(), id.clone()),
+            self.inner.set_summary(user, id, summary),
+        )
+        .await
     }
 
     async fn set_title(
@@ -337,11 +340,11 @@ impl ConversationStore for CachedStore {
         id: &ConversationId,
         title: &str,
     ) -> StoreResult<ConversationMeta> {
-        let key = (user.clone(), id.clone());
-        self.invalidate(&key);
-        let result = self.inner.set_title(user, id, title).await;
-        self.invalidate(&key);
-        result
+        self.mutate(
+            (user.clone(), id.clone()),
+            self.inner.set_title(user, id, title),
+        )
+        .await
     }
 
     async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>> {
@@ -361,11 +364,11 @@ impl ConversationStore for CachedStore {
     }
 
     async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
-        let key = (user.clone(), conversation.meta.conversation_id.clone());
-        self.invalidate(&key);
-        let result = self.inner.import(user, conversation).await;
-        self.invalidate(&key);
-        result
+        self.mutate(
+            (user.clone(), conversation.meta.conversation_id.clone()),
+            self.inner.import(user, conversation),
+        )
+        .await
     }
 
     async fn ping(&self) -> StoreResult<()> {
