@@ -246,17 +246,23 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
 
 /// The error every call of a batch whose commit failed gets.
 fn commit_failure(err: &rusqlite::Error) -> StoreError {
-    match err {
+    if is_busy(err) {
+        StoreError::Unavailable(err.to_string())
+    } else {
+        StoreError::Backend(anyhow::anyhow!("commit failed: {err}"))
+    }
+}
+
+/// Another connection holds the lock (retryable).
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err,
         rusqlite::Error::SqliteFailure(code, _)
             if matches!(
                 code.code,
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ) =>
-        {
-            StoreError::Unavailable(err.to_string())
-        }
-        other => StoreError::Backend(anyhow::anyhow!("commit failed: {other}")),
-    }
+            )
+    )
 }
 
 /// Runs a statement through the statement cache.
@@ -267,16 +273,10 @@ fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreRes
 }
 
 fn backend(err: rusqlite::Error) -> StoreError {
-    match err {
-        rusqlite::Error::SqliteFailure(code, _)
-            if matches!(
-                code.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ) =>
-        {
-            StoreError::Unavailable(err.to_string())
-        }
-        other => StoreError::Backend(other.into()),
+    if is_busy(&err) {
+        StoreError::Unavailable(err.to_string())
+    } else {
+        StoreError::Backend(err.into())
     }
 }
 
