@@ -107,6 +107,16 @@ pub async fn next_text(ws: &mut Ws) -> Result<String> {
     }
 }
 
+/// The whole number after `key` (e.g. `"index":`) in a frame.
+pub fn field_u64(text: &str, key: &str) -> Option<u64> {
+    let start = text.find(key)? + key.len();
+    let rest = &text[start..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// `42["send_message",{"message":..,"conversation_id":..}]`
 pub fn send_message_frame(message: &str, conversation_id: &str) -> String {
     let payload = serde_json::json!(["send_message", {"message": message, "conversation_id": conversation_id}]);

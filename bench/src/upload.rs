@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::Args;
 use crate::procstat;
-use crate::sio::{self, Frame};
+use crate::sio::{self, field_u64, Frame};
 use crate::stats::round3;
 use crate::turns::{new_session, parse_url};
 
@@ -145,15 +145,6 @@ pub fn text_of(bytes: usize) -> String {
         text.truncate(cut);
     }
     text
-}
-
-fn field_u64(text: &str, key: &str) -> Option<u64> {
-    let start = text.find(key)? + key.len();
-    let rest = &text[start..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
 }
 
 /// (done, total, when) of each `upload_progress`.

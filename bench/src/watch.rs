@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::Args;
 use crate::procstat;
-use crate::sio::{self, Frame, Ws};
+use crate::sio::{self, field_u64, Frame, Ws};
 use crate::stats::{round3, summary_ms};
 use crate::turns::{new_session, parse_url, source_addrs};
 
@@ -121,16 +121,6 @@ impl Histogram {
 }
 
 // ------------------------------------------------------------------ frames
-
-/// The whole number after `key` (e.g. `"index":`) in a frame.
-fn field_u64(text: &str, key: &str) -> Option<u64> {
-    let start = text.find(key)? + key.len();
-    let digits: &str = &text[start..];
-    let end = digits
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
-    digits[..end].parse().ok()
-}
 
 /// `421["watch_conversation",{"conversation_id":..}]` (ack id 1).
 fn watch_frame(conversation_id: &str) -> String {
