@@ -9,6 +9,11 @@ use llm_chat_server::migrate::{self, Backend};
 use llm_chat_server::startup::{shutdown_signal, Application};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: a turn makes many small, short-lived allocations (frames,
+/// chunks, JSON), which glibc's malloc served at about 13 % of the CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 usage: llm-chat-server                     serve (settings from the environment and .env)
        llm-chat-server migrate --from sqlite --to mongodb
