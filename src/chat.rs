@@ -27,6 +27,23 @@ use crate::store::{ConversationMeta, NewMessage, Summary};
 /// Where a turn's events go (the sending socket).
 pub trait TurnSink: Send + Sync {
     fn emit(&self, event: &'static str, payload: Value);
+
+    /// `response_chunk {chunk, index, conversation_id}`, the event sent
+    /// most; a sink may write it without building a JSON tree.
+    fn emit_chunk(&self, chunk: &str, index: u64, conversation: &ConversationId) {
+        self.emit(
+            "response_chunk",
+            json!({"chunk": chunk, "index": index, "conversation_id": conversation}),
+        );
+    }
+}
+
+/// The payload of `response_chunk`, serialised as it is.
+#[derive(serde::Serialize)]
+pub struct ChunkPayload<'a> {
+    pub chunk: &'a str,
+    pub index: u64,
+    pub conversation_id: &'a ConversationId,
 }
 
 /// In-flight replies, so `stop_generation` and disconnects can cancel them
@@ -289,7 +306,7 @@ pub async fn run_turn(
     if let Some(from) = prompt_plan.summarise_from {
         let to_fold = &conversation.messages[from..prompt_plan.first_kept];
         let request = ChatRequest {
-            messages: summary_request(summary_text.as_deref(), to_fold),
+            messages: summary_request(summary_text.as_deref(), to_fold).into(),
             max_tokens: summary_cap,
         };
         let outcome = tokio::select! {
@@ -350,6 +367,9 @@ pub async fn run_turn(
         new_cost,
         budget,
     );
+    let was_empty = conversation.messages.is_empty();
+    // The cache extends its history in place when nothing else holds it.
+    drop(conversation);
     sink.emit(
         "token_usage",
         json!({
@@ -389,7 +409,7 @@ pub async fn run_turn(
                             state.metrics.first_chunk.observe(turn_started.elapsed());
                         }
                         reply.push_str(&chunk);
-                        sink.emit("response_chunk", json!({"chunk": chunk, "index": chunks, "conversation_id": id}));
+                        sink.emit_chunk(&chunk, chunks as u64, id);
                         relay.send(ReplyEvent::Chunk { index: chunks as u64, chunk });
                         chunks += 1;
                     }
@@ -402,8 +422,7 @@ pub async fn run_turn(
         .reply_chunks
         .fetch_add(chunks as u64, std::sync::atomic::Ordering::Relaxed);
 
-    let first_message =
-        (settings.llm_titles && conversation.messages.is_empty()).then(|| text.clone());
+    let first_message = (settings.llm_titles && was_empty).then(|| text.clone());
     let mut to_store = vec![NewMessage {
         role: Role::User,
         content: text,
@@ -497,7 +516,8 @@ async fn make_title(state: AppState, user: UserId, id: ConversationId, first_mes
                 "You write short titles for conversations. Answer with the title only: at most six words, no quotes.",
             ),
             ChatMessage::new(Role::User, format!("Title for a conversation that starts with:\n{excerpt}")),
-        ],
+        ]
+        .into(),
         max_tokens: 20,
     };
     let title = match state.llm.complete(request).await {

@@ -4,8 +4,11 @@
 //! Everything here is pure; `chat.rs` makes the LLM calls and stores the
 //! results. The stored history is never cut: only the prompt is.
 
+use std::sync::Arc;
+
 use crate::config::Tokenizer;
 use crate::domain::{ChatMessage, Role};
+use crate::llm::Messages;
 use crate::store::{StoredMessage, Summary};
 
 /// Tokens a message costs beyond its content (role and separators), as in
@@ -115,13 +118,13 @@ pub fn plan(
 /// and their token count.
 pub fn assemble(
     counter: &TokenCounter,
-    history: &[StoredMessage],
+    history: &Arc<Vec<StoredMessage>>,
     first_kept: usize,
     summary: Option<&str>,
     new_message: &ChatMessage,
     new_cost: u32,
     budget: u32,
-) -> (Vec<ChatMessage>, u32) {
+) -> (Messages, u32) {
     let mut summary_msg = summary.map(summary_message);
     let summary_cost = summary_msg
         .as_ref()
@@ -138,10 +141,13 @@ pub fn assemble(
         summary_msg = None;
         total -= summary_cost;
     }
-    let mut messages = Vec::with_capacity(kept.len() - skip + 2);
-    messages.extend(summary_msg);
-    messages.extend(kept[skip..].iter().map(|m| m.message.clone()));
-    messages.push(new_message.clone());
+    let start = first_kept.min(history.len()) + skip;
+    let messages = Messages::around(
+        summary_msg.into_iter().collect(),
+        history.clone(),
+        start..history.len(),
+        vec![new_message.clone()],
+    );
     (messages, total)
 }
 
@@ -308,9 +314,11 @@ mod tests {
     #[test]
     fn assemble_never_exceeds_the_budget_and_drops_oldest_first() {
         let c = counter();
-        let history: Vec<_> = (0..20)
-            .map(|i| stored(Role::User, &format!("message number {i} with some words")))
-            .collect();
+        let history: Arc<Vec<_>> = Arc::new(
+            (0..20)
+                .map(|i| stored(Role::User, &format!("message number {i} with some words")))
+                .collect(),
+        );
         let new = ChatMessage::new(Role::User, "the new question");
         let new_cost = c.message_cost(&new.content);
 

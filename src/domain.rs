@@ -143,10 +143,16 @@ impl Role {
 /// One message of a conversation or prompt, as sent upstream. The text is
 /// shared: a prompt, the conversation cache and the store's answer hold the
 /// same bytes, so cloning a history copies no text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its JSON form (`{"role":..,"content":..}`, the text escaped) is made
+/// once, when first asked for, and shared by every clone: a turn's request
+/// body is then a concatenation, not a re-escaping of the whole history.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: Arc<str>,
+    #[serde(skip)]
+    wire: Arc<std::sync::OnceLock<Box<str>>>,
 }
 
 impl ChatMessage {
@@ -154,7 +160,42 @@ impl ChatMessage {
         Self {
             role,
             content: content.into(),
+            wire: Arc::default(),
         }
+    }
+
+    /// The message as a JSON object, as the chat completions API takes it.
+    pub fn wire(&self) -> &str {
+        self.wire.get_or_init(|| {
+            #[derive(Serialize)]
+            struct Wire<'a> {
+                role: Role,
+                content: &'a str,
+            }
+            serde_json::to_string(&Wire {
+                role: self.role,
+                content: &self.content,
+            })
+            .unwrap_or_default()
+            .into_boxed_str()
+        })
+    }
+}
+
+impl PartialEq for ChatMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.role == other.role && self.content == other.content
+    }
+}
+
+impl Eq for ChatMessage {}
+
+impl std::fmt::Debug for ChatMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatMessage")
+            .field("role", &self.role)
+            .field("content", &self.content)
+            .finish()
     }
 }
 
@@ -184,6 +225,23 @@ mod tests {
         ] {
             assert!(ConversationId::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_messages_wire_form_is_its_json_and_is_shared_by_clones() {
+        let message = ChatMessage::new(Role::User, "say \"hi\"\n\u{1}é");
+        let copy = message.clone();
+        let parsed: serde_json::Value = serde_json::from_str(copy.wire()).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"role": "user", "content": "say \"hi\"\n\u{1}é"})
+        );
+        assert!(std::ptr::eq(message.wire(), copy.wire()), "made twice");
+        assert_eq!(
+            serde_json::to_value(&message).unwrap(),
+            parsed,
+            "the cache must not show in the message's own JSON"
+        );
     }
 
     #[test]

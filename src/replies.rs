@@ -126,9 +126,10 @@ struct MemoryReplies {
     swept: Option<Instant>,
 }
 
-#[async_trait]
-impl ReplyLog for MemoryLog {
-    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
+impl MemoryLog {
+    /// Appends one event of the reply of `key` (the relay calls this
+    /// directly: no task, no await).
+    fn append(&self, key: &(Arc<str>, Arc<str>), event: &ReplyEvent) {
         let mut log = self.replies.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if log
@@ -139,17 +140,26 @@ impl ReplyLog for MemoryLog {
                 .retain(|_, (_, expires)| expires.is_none_or(|at| at > now));
             log.swept = Some(now);
         }
-        let replies = &mut log.replies;
+        let entry = match log.replies.get_mut(key) {
+            Some(entry) => entry,
+            None => log.replies.entry(key.clone()).or_default(),
+        };
+        if matches!(event, ReplyEvent::Started { .. }) {
+            *entry = (Vec::new(), None);
+        }
+        entry.0.push(event.clone());
+        if event.is_final() {
+            entry.1 = Some(now + self.ttl);
+        }
+    }
+}
+
+#[async_trait]
+impl ReplyLog for MemoryLog {
+    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
         for envelope in envelopes {
             let key = (envelope.user.clone(), envelope.conversation.clone());
-            let entry = replies.entry(key).or_insert_with(|| (Vec::new(), None));
-            if matches!(envelope.event, ReplyEvent::Started { .. }) {
-                *entry = (Vec::new(), None);
-            }
-            entry.0.push(envelope.event.clone());
-            if envelope.event.is_final() {
-                entry.1 = Some(now + self.ttl);
-            }
+            self.append(&key, &envelope.event);
         }
         Ok(())
     }
@@ -256,7 +266,7 @@ impl ReplyLog for RedisLog {
 struct Watcher {
     socket: String,
     sink: Arc<dyn TurnSink>,
-    state: tokio::sync::Mutex<WatchState>,
+    state: Mutex<WatchState>,
 }
 
 #[derive(Debug)]
@@ -267,6 +277,9 @@ struct WatchState {
     ended: bool,
     /// The turn's user message was delivered.
     started: bool,
+    /// While the log is replayed: the live events that came meanwhile, to
+    /// pass through the filter after the replay.
+    held: Option<Vec<ReplyEvent>>,
 }
 
 /// Whether `event` is new to a watcher in `state` (and records it). `live`
@@ -275,11 +288,9 @@ struct WatchState {
 fn admit(state: &mut WatchState, event: &ReplyEvent, live: bool) -> bool {
     match event {
         ReplyEvent::Started { .. } if live => {
-            *state = WatchState {
-                last_index: -1,
-                ended: false,
-                started: true,
-            };
+            state.last_index = -1;
+            state.ended = false;
+            state.started = true;
             true
         }
         ReplyEvent::Started { .. } => {
@@ -302,15 +313,42 @@ fn admit(state: &mut WatchState, event: &ReplyEvent, live: bool) -> bool {
 
 impl Watcher {
     fn emit(&self, conversation: &ConversationId, event: &ReplyEvent) {
+        if let ReplyEvent::Chunk { index, chunk } = event {
+            return self.sink.emit_chunk(chunk, *index, conversation);
+        }
         let (name, payload) = event.to_socket(conversation);
         self.sink.emit(name, payload);
     }
 
-    /// Delivers a live event unless this watcher already has it.
-    async fn deliver(&self, conversation: &ConversationId, event: &ReplyEvent) {
-        let mut state = self.state.lock().await;
-        if admit(&mut state, event, true) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Delivers a live event unless this watcher already has it (held back
+    /// while the watcher's replay runs).
+    fn deliver(&self, conversation: &ConversationId, event: &ReplyEvent) {
+        let mut state = self.lock();
+        if let Some(held) = &mut state.held {
+            held.push(event.clone());
+        } else if admit(&mut state, event, true) {
             self.emit(conversation, event);
+        }
+    }
+
+    /// Ends the replay: `logged` (the log as read, oldest first) and then
+    /// the live events held meanwhile go through the filter, under one hold
+    /// of the lock, so nothing live slips in between.
+    fn finish_replay(&self, conversation: &ConversationId, logged: &[ReplyEvent]) {
+        let mut state = self.lock();
+        for event in logged {
+            if admit(&mut state, event, false) {
+                self.emit(conversation, event);
+            }
+        }
+        for event in state.held.take().unwrap_or_default() {
+            if admit(&mut state, &event, true) {
+                self.emit(conversation, &event);
+            }
         }
     }
 }
@@ -322,6 +360,8 @@ type Followed = (UserId, ConversationId);
 pub struct ReplyHub {
     instance: String,
     log: Arc<dyn ReplyLog>,
+    /// The same log when it is the in-memory one (relays write it directly).
+    memory: Option<Arc<MemoryLog>>,
     watchers: Mutex<HashMap<Followed, Vec<Arc<Watcher>>>>,
     watching: Mutex<HashMap<String, (UserId, ConversationId)>>,
 }
@@ -329,10 +369,14 @@ pub struct ReplyHub {
 impl ReplyHub {
     /// A hub for one instance, keeping ended replies for `ttl`.
     pub fn in_memory(ttl: Duration) -> Arc<Self> {
-        Arc::new(Self::new(Arc::new(MemoryLog {
+        let memory = Arc::new(MemoryLog {
             replies: Mutex::new(MemoryReplies::default()),
             ttl,
-        })))
+        });
+        Arc::new(Self {
+            memory: Some(memory.clone()),
+            ..Self::new(memory)
+        })
     }
 
     /// A hub shared through Redis; call [`ReplyHub::listen`] to receive the
@@ -349,6 +393,7 @@ impl ReplyHub {
         Self {
             instance: uuid::Uuid::new_v4().to_string(),
             log,
+            memory: None,
             watchers: Mutex::new(HashMap::new()),
             watching: Mutex::new(HashMap::new()),
         }
@@ -359,13 +404,17 @@ impl ReplyHub {
         &self.instance
     }
 
-    fn watchers_of(&self, user: &UserId, conversation: &ConversationId) -> Vec<Arc<Watcher>> {
-        self.watchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(user.clone(), conversation.clone()))
-            .cloned()
-            .unwrap_or_default()
+    /// The conversation's watchers other than `origin` (none: no copy).
+    fn watchers_of(&self, followed: &Followed, origin: Option<&str>) -> Vec<Arc<Watcher>> {
+        let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        match watchers.get(followed) {
+            Some(list) if list.iter().any(|w| Some(w.socket.as_str()) != origin) => list
+                .iter()
+                .filter(|w| Some(w.socket.as_str()) != origin)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Makes `socket` follow the conversation, replaying the current reply's
@@ -383,16 +432,16 @@ impl ReplyHub {
         let watcher = Arc::new(Watcher {
             socket: socket.to_string(),
             sink,
-            state: tokio::sync::Mutex::new(WatchState {
+            state: Mutex::new(WatchState {
                 last_index: replay.unwrap_or(i64::MAX),
                 ended: replay.is_none(),
                 started: replay.is_none_or(|last| last >= 0),
+                // Live events are held from before the watcher is
+                // registered until the replay is done; the index filter
+                // then drops those the replay already sent.
+                held: replay.map(|_| Vec::new()),
             }),
         });
-        // Hold the watcher's lock from before it is registered until the
-        // replay is done: live events queue behind the replay, and the
-        // index filter drops those the replay already sent.
-        let mut state = watcher.state.lock().await;
         self.watchers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -410,14 +459,11 @@ impl ReplyHub {
             Ok(events) => events,
             Err(err) => {
                 tracing::warn!(error = %err, "could not read the reply log; no replay");
+                watcher.finish_replay(conversation, &[]);
                 return false;
             }
         };
-        for event in &events {
-            if admit(&mut state, event, false) {
-                watcher.emit(conversation, event);
-            }
-        }
+        watcher.finish_replay(conversation, &events);
         !events.is_empty() && !events.last().is_some_and(ReplyEvent::is_final)
     }
 
@@ -439,37 +485,41 @@ impl ReplyHub {
         }
     }
 
-    async fn deliver_local(
-        &self,
-        envelope: &Envelope,
-        user: &UserId,
-        conversation: &ConversationId,
-    ) {
-        for watcher in self.watchers_of(user, conversation) {
-            if envelope.origin_socket.as_deref() == Some(watcher.socket.as_str()) {
-                continue;
-            }
-            watcher.deliver(conversation, &envelope.event).await;
+    fn deliver_local(&self, followed: &Followed, origin: Option<&str>, event: &ReplyEvent) {
+        for watcher in self.watchers_of(followed, origin) {
+            watcher.deliver(&followed.1, event);
         }
     }
 
-    /// A relay for one turn: events sent to it are logged, delivered and
-    /// published in order by a task of their own, so the turn never waits
-    /// on Redis.
+    /// A relay for one turn. In memory, an event is logged and delivered
+    /// to this instance's watchers as it is sent. With Redis, events are
+    /// logged, delivered and published in order by a task of their own, so
+    /// the turn never waits on Redis.
     pub fn relay(
         self: &Arc<Self>,
         user: &UserId,
         conversation: &ConversationId,
         origin_socket: Option<String>,
     ) -> Relay {
+        let followed: Followed = (user.clone(), conversation.clone());
+        // Shared by every event of the turn: an event costs no string copies.
+        let key: (Arc<str>, Arc<str>) =
+            (Arc::from(user.as_ref()), Arc::from(conversation.as_ref()));
+        let origin_socket: Option<Arc<str>> = origin_socket.map(Arc::from);
+        if let Some(memory) = &self.memory {
+            return Relay {
+                to: RelayTo::Here {
+                    hub: self.clone(),
+                    memory: memory.clone(),
+                    followed,
+                    key,
+                    origin_socket,
+                },
+            };
+        }
         let (tx, mut rx) = mpsc::channel::<ReplyEvent>(4096);
         let hub = self.clone();
-        let (user, conversation) = (user.clone(), conversation.clone());
-        // Shared by every event of the turn: an event costs no string copies.
         let instance: Arc<str> = Arc::from(hub.instance.as_str());
-        let user_key: Arc<str> = Arc::from(user.as_ref());
-        let conversation_key: Arc<str> = Arc::from(conversation.as_ref());
-        let origin_socket: Option<Arc<str>> = origin_socket.map(Arc::from);
         tokio::spawn(async move {
             let mut log_failed = false;
             let mut events = Vec::new();
@@ -481,8 +531,8 @@ impl ReplyHub {
                     .drain(..)
                     .map(|event| Envelope {
                         instance: instance.clone(),
-                        user: user_key.clone(),
-                        conversation: conversation_key.clone(),
+                        user: key.0.clone(),
+                        conversation: key.1.clone(),
                         origin_socket: origin_socket.clone(),
                         event,
                     })
@@ -496,16 +546,18 @@ impl ReplyHub {
                     }
                 }
                 for envelope in &envelopes {
-                    hub.deliver_local(envelope, &user, &conversation).await;
+                    hub.deliver_local(&followed, origin_socket.as_deref(), &envelope.event);
                 }
             }
         });
-        Relay { tx }
+        Relay {
+            to: RelayTo::Task(tx),
+        }
     }
 
     /// Receives the other instances' reply events (Redis mode) and delivers
     /// them here. Runs until the subscriber is dropped.
-    pub async fn deliver_remote(&self, raw: &str) {
+    pub fn deliver_remote(&self, raw: &str) {
         let Ok(envelope) = serde_json::from_str::<Envelope>(raw) else {
             tracing::debug!("ignoring a malformed reply event");
             return;
@@ -519,19 +571,50 @@ impl ReplyHub {
         ) else {
             return;
         };
-        self.deliver_local(&envelope, &user, &conversation).await;
+        self.deliver_local(
+            &(user, conversation),
+            envelope.origin_socket.as_deref(),
+            &envelope.event,
+        );
     }
 }
 
 /// Sends one turn's events to the hub.
 pub struct Relay {
-    tx: mpsc::Sender<ReplyEvent>,
+    to: RelayTo,
+}
+
+enum RelayTo {
+    /// In-memory log: logged and delivered in the sender's call.
+    Here {
+        hub: Arc<ReplyHub>,
+        memory: Arc<MemoryLog>,
+        followed: Followed,
+        key: (Arc<str>, Arc<str>),
+        origin_socket: Option<Arc<str>>,
+    },
+    /// Redis: the relay task logs, publishes and delivers.
+    Task(mpsc::Sender<ReplyEvent>),
 }
 
 impl Relay {
     pub fn send(&self, event: ReplyEvent) {
-        if self.tx.try_send(event).is_err() {
-            tracing::warn!("reply relay is full; a watcher may miss a chunk");
+        match &self.to {
+            RelayTo::Here {
+                hub,
+                memory,
+                followed,
+                key,
+                origin_socket,
+            } => {
+                memory.append(key, &event);
+                hub.deliver_local(followed, origin_socket.as_deref(), &event);
+            }
+            RelayTo::Task(tx) => {
+                if tx.try_send(event).is_err() {
+                    tracing::warn!("reply relay is full; a watcher may miss a chunk");
+                }
+            }
         }
     }
 }
@@ -570,7 +653,7 @@ pub async fn listen(
             continue;
         };
         if *message.channel == *replies {
-            hub.deliver_remote(&raw).await;
+            hub.deliver_remote(&raw);
         } else if *message.channel == *control {
             crate::chat::apply_remote_stop(&turns, &raw, hub.instance());
         }
@@ -654,6 +737,51 @@ mod tests {
             Some("response_end")
         );
         assert!(!resumed.names().contains(&"reply_started".to_string()));
+    }
+
+    #[test]
+    fn live_events_during_a_replay_are_held_then_filtered_so_each_chunk_comes_once() {
+        let recorder = Arc::new(Recorder::default());
+        let watcher = Watcher {
+            socket: "tab".into(),
+            sink: recorder.clone(),
+            state: Mutex::new(WatchState {
+                last_index: 1,
+                ended: false,
+                started: true,
+                held: Some(Vec::new()),
+            }),
+        };
+        let id = ConversationId::new();
+        let chunk = |index: u64| ReplyEvent::Chunk {
+            index,
+            chunk: format!("c{index}"),
+        };
+        // Chunks 3 and 4 arrive live while the log (chunks 0..=3) is read.
+        watcher.deliver(&id, &chunk(3));
+        watcher.deliver(&id, &chunk(4));
+        assert!(recorder.names().is_empty(), "emitted during the replay");
+
+        let logged: Vec<ReplyEvent> = (0..=3).map(chunk).collect();
+        watcher.finish_replay(&id, &logged);
+        watcher.deliver(&id, &chunk(5));
+        watcher.deliver(
+            &id,
+            &ReplyEvent::End {
+                stopped: false,
+                chunks: 6,
+            },
+        );
+
+        assert_eq!(recorder.chunks(), vec![2, 3, 4, 5]);
+        assert_eq!(
+            recorder.0.lock().unwrap()[0].1["chunk"],
+            serde_json::json!("c2")
+        );
+        assert_eq!(
+            recorder.names().last().map(String::as_str),
+            Some("response_end")
+        );
     }
 
     #[tokio::test]

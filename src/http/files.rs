@@ -115,7 +115,8 @@ async fn upload_file(
                     messages: vec![ChatMessage::new(
                         Role::User,
                         format!("Please analyze the following text:\n{chunk}"),
-                    )],
+                    )]
+                    .into(),
                     max_tokens: 500,
                 };
                 (index, llm.complete(request).await)

@@ -98,7 +98,7 @@ mod tests {
             word_delay: Duration::ZERO,
         };
         let request = ChatRequest {
-            messages: vec![ChatMessage::new(Role::User, "hello there")],
+            messages: vec![ChatMessage::new(Role::User, "hello there")].into(),
             max_tokens: 100,
         };
 

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod openai;
 pub mod sse;
 
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::config::{LlmProvider, Settings};
 use crate::domain::ChatMessage;
+use crate::store::StoredMessage;
 
 /// Why a model call failed. Shown to people only as a generic sentence.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +42,77 @@ pub enum LlmError {
 /// A chat request, in the upstream's terms.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatRequest {
-    pub messages: Vec<ChatMessage>,
+    pub messages: Messages,
     pub max_tokens: u32,
+}
+
+/// A prompt's messages: owned ones around an optional slice of a stored
+/// history, which stays shared with the conversation (a turn's prompt
+/// copies no part of the history, not even its `Arc`s).
+#[derive(Debug, Clone, Default)]
+pub struct Messages {
+    head: Vec<ChatMessage>,
+    history: Option<(Arc<Vec<StoredMessage>>, Range<usize>)>,
+    tail: Vec<ChatMessage>,
+}
+
+impl Messages {
+    /// `head`, then `history[range]`, then `tail`.
+    pub fn around(
+        head: Vec<ChatMessage>,
+        history: Arc<Vec<StoredMessage>>,
+        range: Range<usize>,
+        tail: Vec<ChatMessage>,
+    ) -> Self {
+        let range = range.start.min(history.len())..range.end.min(history.len());
+        Self {
+            head,
+            history: Some((history, range)),
+            tail,
+        }
+    }
+
+    fn history(&self) -> &[StoredMessage] {
+        self.history
+            .as_ref()
+            .map_or(&[], |(history, range)| &history[range.clone()])
+    }
+
+    /// The messages in order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &ChatMessage> + Clone {
+        self.head
+            .iter()
+            .chain(self.history().iter().map(|m| &m.message))
+            .chain(self.tail.iter())
+    }
+
+    pub fn last(&self) -> Option<&ChatMessage> {
+        self.iter().next_back()
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.history().len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<ChatMessage>> for Messages {
+    fn from(messages: Vec<ChatMessage>) -> Self {
+        Self {
+            head: messages,
+            history: None,
+            tail: Vec::new(),
+        }
+    }
+}
+
+impl Serialize for Messages {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 /// Streamed reply text, one item per upstream delta.

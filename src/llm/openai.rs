@@ -15,16 +15,46 @@ use super::sse::{completion_text, parse_line, take_lines, SseItem};
 use super::{ChatModel, ChatRequest, ChunkStream, LlmError, ModelInfo};
 use crate::config::{AzureAuth, LlmProvider, Settings};
 
-/// The chat completions request body.
-#[derive(serde::Serialize)]
-struct Body<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<&'a str>,
-    messages: &'a [crate::domain::ChatMessage],
+/// The chat completions request body, written by hand around the
+/// messages' cached JSON forms ([`ChatMessage::wire`]): a turn copies the
+/// history's bytes instead of escaping its text again.
+///
+/// [`ChatMessage::wire`]: crate::domain::ChatMessage::wire
+fn chat_body(
+    model: Option<&str>,
+    messages: &super::Messages,
     max_tokens: u32,
     temperature: f32,
     top_p: f32,
     stream: bool,
+) -> Vec<u8> {
+    let size: usize = messages.iter().map(|m| m.wire().len() + 1).sum();
+    let mut body = Vec::with_capacity(size + 160);
+    body.push(b'{');
+    if let Some(model) = model {
+        body.extend_from_slice(b"\"model\":");
+        // A string always serialises.
+        let _ = serde_json::to_writer(&mut body, model);
+        body.push(b',');
+    }
+    body.extend_from_slice(b"\"messages\":[");
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(message.wire().as_bytes());
+    }
+    body.extend_from_slice(b"],");
+    let number = |x: f32| serde_json::to_string(&x).unwrap_or_else(|_| "null".into());
+    body.extend_from_slice(
+        format!(
+            "\"max_tokens\":{max_tokens},\"temperature\":{},\"top_p\":{},\"stream\":{stream}}}",
+            number(temperature),
+            number(top_p),
+        )
+        .as_bytes(),
+    );
+    body
 }
 
 /// A client for one configured endpoint.
@@ -113,19 +143,18 @@ impl OpenAiClient {
     }
 
     fn request(&self, request: &ChatRequest, stream: bool) -> RequestBuilder {
-        // Serialised straight from the messages: no JSON tree of the history.
-        let body = Body {
-            model: self.model.as_deref(),
-            messages: &request.messages,
-            max_tokens: request.max_tokens,
-            temperature: self.temperature,
-            top_p: self.top_p,
+        let body = chat_body(
+            self.model.as_deref(),
+            &request.messages,
+            request.max_tokens,
+            self.temperature,
+            self.top_p,
             stream,
-        };
+        );
         self.http
             .post(&self.url)
             .headers(self.headers.clone())
-            .json(&body)
+            .body(body)
     }
 
     /// Sends with retries until a 2xx response's headers arrive.
@@ -247,56 +276,20 @@ impl ChatModel for OpenAiClient {
             let text = completion_text(&body)?;
             return Ok(Box::pin(futures_util::stream::iter([Ok(text)])));
         }
-        let mut body = response.bytes_stream();
-        let stream = async_stream(move |tx| async move {
-            let mut buffer = Vec::new();
-            loop {
-                let next = match tokio::time::timeout(idle, body.next()).await {
-                    Err(_) => return tx.error(LlmError::Timeout(idle)).await,
-                    Ok(next) => next,
-                };
-                match next {
-                    None => {
-                        // Closed without [DONE]: accept whatever was complete.
-                        if !buffer.is_empty() {
-                            buffer.push(b'\n');
-                            for line in take_lines(&mut buffer) {
-                                match parse_line(&line) {
-                                    Ok(SseItem::Text(t)) if !t.is_empty() => {
-                                        tx.text(t).await;
-                                    }
-                                    Ok(_) => {}
-                                    Err(e) => return tx.error(e).await,
-                                }
-                            }
-                        }
-                        return;
-                    }
-                    Some(Err(e)) => return tx.error(LlmError::Interrupted(without_url(&e))).await,
-                    Some(Ok(bytes)) => {
-                        buffer.extend_from_slice(&bytes);
-                        if buffer.len() > 4 * 1024 * 1024 {
-                            return tx
-                                .error(LlmError::Decode("an event is larger than 4 MiB".into()))
-                                .await;
-                        }
-                        for line in take_lines(&mut buffer) {
-                            match parse_line(&line) {
-                                Ok(SseItem::Text(t)) if !t.is_empty() => {
-                                    if !tx.text(t).await {
-                                        return;
-                                    }
-                                }
-                                Ok(SseItem::Done) => return,
-                                Ok(_) => {}
-                                Err(e) => return tx.error(e).await,
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        Ok(stream)
+        // Parsed in the consumer's task as it polls: no producer task and no
+        // channel hop per chunk. Dropping the stream drops the body, which
+        // closes the upstream connection.
+        let state = SseState {
+            body: Box::pin(response.bytes_stream()),
+            buffer: Vec::new(),
+            pending: std::collections::VecDeque::new(),
+            finished: false,
+            idle,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(
+            state,
+            |mut state| async move { state.next_item().await.map(|item| (item, state)) },
+        )))
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<String, LlmError> {
@@ -320,6 +313,87 @@ impl ChatModel for OpenAiClient {
     }
 }
 
+type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// A streamed reply being read: the body, a partial line, the deltas
+/// already parsed and not yet handed out.
+struct SseState {
+    body: ByteStream,
+    buffer: Vec<u8>,
+    pending: std::collections::VecDeque<Result<String, LlmError>>,
+    /// `[DONE]`, the end of the body or an error was seen: hand out what
+    /// is pending, then end.
+    finished: bool,
+    idle: Duration,
+}
+
+impl SseState {
+    async fn next_item(&mut self) -> Option<Result<String, LlmError>> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            if self.finished {
+                return None;
+            }
+            let next = match tokio::time::timeout(self.idle, self.body.next()).await {
+                Err(_) => return self.fail(LlmError::Timeout(self.idle)),
+                Ok(next) => next,
+            };
+            match next {
+                None => {
+                    // Closed without [DONE]: accept whatever was complete.
+                    self.finished = true;
+                    if !self.buffer.is_empty() {
+                        self.buffer.push(b'\n');
+                        self.parse_lines();
+                    }
+                }
+                Some(Err(e)) => return self.fail(LlmError::Interrupted(without_url(&e))),
+                Some(Ok(bytes)) => {
+                    self.buffer.extend_from_slice(&bytes);
+                    if self.buffer.len() > 4 * 1024 * 1024 {
+                        return self.fail(LlmError::Decode("an event is larger than 4 MiB".into()));
+                    }
+                    self.parse_lines();
+                }
+            }
+        }
+    }
+
+    /// Queues the texts of the buffer's complete lines; stops at `[DONE]`
+    /// or at the first bad line (queued as the stream's last item).
+    fn parse_lines(&mut self) {
+        for line in take_lines(&mut self.buffer) {
+            match parse_line(&line) {
+                Ok(SseItem::Text(t)) if !t.is_empty() => self.pending.push_back(Ok(t)),
+                Ok(SseItem::Done) => {
+                    self.finished = true;
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.pending.push_back(Err(e));
+                    self.finished = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Ends the stream with `error` after what was already parsed.
+    fn fail(&mut self, error: LlmError) -> Option<Result<String, LlmError>> {
+        self.finished = true;
+        if self.pending.is_empty() {
+            Some(Err(error))
+        } else {
+            self.pending.push_back(Err(error));
+            self.pending.pop_front()
+        }
+    }
+}
+
 /// Sending half of a [`ChunkStream`] built by [`async_stream`].
 pub(crate) struct ChunkSender(tokio::sync::mpsc::Sender<Result<String, LlmError>>);
 
@@ -327,11 +401,6 @@ impl ChunkSender {
     /// Sends text; `false` when the receiver is gone (cancelled).
     pub(crate) async fn text(&self, text: String) -> bool {
         self.0.send(Ok(text)).await.is_ok()
-    }
-
-    /// Sends the final error.
-    pub(crate) async fn error(&self, error: LlmError) {
-        let _ = self.0.send(Err(error)).await;
     }
 }
 
@@ -378,6 +447,43 @@ mod tests {
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
         assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn the_body_is_the_json_a_serialiser_would_write() {
+        use crate::domain::{ChatMessage, Role};
+        let messages = [
+            ChatMessage::new(Role::System, "Be brief."),
+            ChatMessage::new(
+                Role::User,
+                "quote \" backslash \\ newline \n tab \t \u{7} ünï",
+            ),
+            ChatMessage::new(Role::Assistant, ""),
+        ];
+        for (model, stream) in [(Some("gpt-4o\"x"), true), (None, false)] {
+            let body = chat_body(model, &messages.to_vec().into(), 512, 0.7, 0.95, stream);
+            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let mut expected = serde_json::json!({
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "quote \" backslash \\ newline \n tab \t \u{7} ünï"},
+                    {"role": "assistant", "content": ""},
+                ],
+                "max_tokens": 512,
+                "temperature": 0.7f32,
+                "top_p": 0.95f32,
+                "stream": stream,
+            });
+            if let Some(model) = model {
+                expected["model"] = serde_json::json!(model);
+            }
+            assert_eq!(parsed, expected);
+        }
+        let empty = chat_body(None, &Vec::new().into(), 1, 1.0, 1.0, true);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&empty).unwrap()["messages"],
+            serde_json::json!([])
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 use tower_sessions::Session;
 
 use crate::chat::{
-    error_payload, run_turn, stop_everywhere, validate_message, TurnGuard, TurnSink,
+    error_payload, run_turn, stop_everywhere, validate_message, ChunkPayload, TurnGuard, TurnSink,
 };
 use crate::domain::{ConversationId, Role, UserId};
 use crate::error::ApiError;
@@ -160,6 +160,17 @@ impl<A: Adapter> TurnSink for SocketSink<A> {
     fn emit(&self, event: &'static str, payload: Value) {
         if let Err(err) = self.0.emit(event, &payload) {
             tracing::debug!(socket = %self.0.id, event, error = %err, "emit failed");
+        }
+    }
+
+    fn emit_chunk(&self, chunk: &str, index: u64, conversation: &ConversationId) {
+        let payload = ChunkPayload {
+            chunk,
+            index,
+            conversation_id: conversation,
+        };
+        if let Err(err) = self.0.emit("response_chunk", &payload) {
+            tracing::debug!(socket = %self.0.id, error = %err, "emit failed");
         }
     }
 }

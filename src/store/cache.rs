@@ -25,8 +25,14 @@ use crate::domain::{ChatMessage, ConversationId, UserId};
 
 type Key = (UserId, ConversationId);
 
-/// Fixed cost counted per message besides its text (the struct, the Arc).
-const PER_MESSAGE_BYTES: usize = 64;
+/// Fixed cost counted per message besides its text (the struct, the Arcs).
+const PER_MESSAGE_BYTES: usize = 96;
+
+/// What a cached message is counted as: its text twice (the text and,
+/// once a turn has sent it upstream, its JSON form) and the fixed cost.
+fn message_bytes(message: &StoredMessage) -> usize {
+    2 * message.message.content.len() + PER_MESSAGE_BYTES
+}
 const PER_CONVERSATION_BYTES: usize = 256;
 
 struct Slot {
@@ -66,7 +72,7 @@ fn conversation_bytes(conversation: &Conversation) -> usize {
         + conversation
             .messages
             .iter()
-            .map(|m| m.message.content.len() + PER_MESSAGE_BYTES)
+            .map(message_bytes)
             .sum::<usize>()
         + conversation.summary.as_ref().map_or(0, |s| s.text.len())
 }
@@ -176,7 +182,7 @@ impl ConversationStore for CachedStore {
             generation,
             Conversation {
                 meta: meta.clone(),
-                messages: Vec::new(),
+                messages: Default::default(),
                 summary: None,
             },
         );
@@ -254,10 +260,7 @@ impl ConversationStore for CachedStore {
         let added: Vec<StoredMessage> = messages
             .iter()
             .map(|m| StoredMessage {
-                message: ChatMessage {
-                    role: m.role,
-                    content: m.content.as_str().into(),
-                },
+                message: ChatMessage::new(m.role, m.content.as_str()),
                 tokens: m.tokens,
             })
             .collect();
@@ -285,11 +288,9 @@ impl ConversationStore for CachedStore {
             return result;
         }
         let conversation = slot.conversation.as_mut().expect("checked above");
-        let grown: usize = added
-            .iter()
-            .map(|m| m.message.content.len() + PER_MESSAGE_BYTES)
-            .sum();
-        conversation.messages.extend(added);
+        let grown: usize = added.iter().map(message_bytes).sum();
+        // In place unless a turn still holds the previous history.
+        Arc::make_mut(&mut conversation.messages).extend(added);
         conversation.meta = meta.clone();
         slot.bytes += grown;
         state.bytes += grown;

@@ -95,7 +95,7 @@ pub struct Summary {
 #[derive(Debug, Clone)]
 pub struct Conversation {
     pub meta: ConversationMeta,
-    pub messages: Vec<StoredMessage>,
+    pub messages: std::sync::Arc<Vec<StoredMessage>>,
     pub summary: Option<Summary>,
 }
 

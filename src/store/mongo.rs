@@ -635,14 +635,13 @@ fn conversation_from_doc(d: &Document) -> anyhow::Result<Conversation> {
                 .iter()
                 .filter_map(Bson::as_document)
                 .map(|item| StoredMessage {
-                    message: ChatMessage {
-                        role: item
-                            .get_str("role")
+                    message: ChatMessage::new(
+                        item.get_str("role")
                             .ok()
                             .and_then(Role::parse)
                             .unwrap_or(Role::User),
-                        content: item.get_str("content").unwrap_or_default().into(),
-                    },
+                        item.get_str("content").unwrap_or_default(),
+                    ),
                     tokens: as_u64(item.get("tokens")).map(|t| t.min(u64::from(u32::MAX)) as u32),
                 })
                 .collect()
@@ -666,7 +665,7 @@ fn conversation_from_doc(d: &Document) -> anyhow::Result<Conversation> {
     });
     Ok(Conversation {
         meta,
-        messages,
+        messages: messages.into(),
         summary,
     })
 }
@@ -1037,13 +1036,14 @@ impl ConversationStore for MongoStore {
             let parsed: Vec<ChatMessage> = history
                 .iter()
                 .filter_map(Bson::as_document)
-                .map(|item| ChatMessage {
-                    role: item
-                        .get_str("role")
-                        .ok()
-                        .and_then(Role::parse)
-                        .unwrap_or(Role::User),
-                    content: item.get_str("content").unwrap_or_default().into(),
+                .map(|item| {
+                    ChatMessage::new(
+                        item.get_str("role")
+                            .ok()
+                            .and_then(Role::parse)
+                            .unwrap_or(Role::User),
+                        item.get_str("content").unwrap_or_default(),
+                    )
                 })
                 .collect();
             let Some((last, rest)) = parsed.split_last() else {

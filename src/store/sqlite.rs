@@ -347,10 +347,10 @@ fn read_conversation(
         .query_map(params![user, id.as_ref()], |row| {
             let role: String = row.get(0)?;
             Ok(StoredMessage {
-                message: ChatMessage {
-                    role: Role::parse(&role).unwrap_or(Role::User),
-                    content: row.get_ref(1)?.as_str()?.into(),
-                },
+                message: ChatMessage::new(
+                    Role::parse(&role).unwrap_or(Role::User),
+                    row.get_ref(1)?.as_str()?,
+                ),
                 tokens: row.get::<_, Option<i64>>(2)?.map(|t| t.max(0) as u32),
             })
         })
@@ -358,7 +358,7 @@ fn read_conversation(
     let messages = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
     Ok(Conversation {
         meta,
-        messages,
+        messages: messages.into(),
         summary,
     })
 }
@@ -519,10 +519,7 @@ impl ConversationStore for SqliteStore {
                 )
                 .map_err(backend)?;
                 tx.commit().map_err(backend)?;
-                Ok(Some(ChatMessage {
-                    role: Role::parse(&role).unwrap_or(Role::User),
-                    content: content.into(),
-                }))
+                Ok(Some(ChatMessage::new(Role::parse(&role).unwrap_or(Role::User), content)))
             })
             .await
     }

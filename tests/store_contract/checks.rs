@@ -583,7 +583,7 @@ pub fn conversation(
                 .map(|m| m.message.content.to_string()),
             message_count: messages.len() as u64,
         },
-        messages,
+        messages: messages.into(),
         summary: None,
     }
 }

@@ -377,7 +377,7 @@ async fn documents_of_the_original_app_work_and_keep_their_shape() {
     let loaded = store.load(&anonymous, &id(0)).await.unwrap();
     assert_eq!(loaded.meta, listed[2]);
     assert_eq!(
-        loaded.messages,
+        *loaded.messages,
         vec![
             StoredMessage {
                 message: ChatMessage::new(Role::User, "How do zebras sleep?"),
