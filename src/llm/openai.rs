@@ -470,8 +470,8 @@ mod tests {
                     {"role": "assistant", "content": ""},
                 ],
                 "max_tokens": 512,
-                "temperature": 0.7f32,
-                "top_p": 0.95f32,
+                "temperature": 0.7,
+                "top_p": 0.95,
                 "stream": stream,
             });
             if let Some(model) = model {
