@@ -5,9 +5,13 @@
 //! Each reply's events are appended to a log (in memory, or a Redis stream
 //! when `REDIS_URL` is set), then delivered to this instance's watchers and
 //! published to the other instances, which deliver to theirs. A watcher
-//! passes events through a filter on the chunk index, under a lock that a
-//! resuming watcher holds while it replays the log: chunks logged before
+//! passes events through a filter on the chunk index. A resuming watcher is
+//! registered before it reads the log, and the live events that reach it
+//! meanwhile are held and filtered after the replay: chunks logged before
 //! the replay come from the log, later ones live, none twice, none missed.
+//! In memory mode the turn logs and delivers each event in its own call;
+//! with Redis a relay task per turn does it, so the turn never waits on
+//! Redis.
 //!
 //! The socket that sent the message gets its events directly from the turn
 //! (`chat.rs`), not from here, so a Redis outage never stops a local reply.
