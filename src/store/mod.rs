@@ -203,8 +203,15 @@ pub fn title_from(content: &str) -> Option<String> {
 pub fn search_terms(query: &str) -> Vec<String> {
     query
         .split(|c: char| !c.is_alphanumeric())
+        // Lowercasing can add a combining mark ("İ" becomes "i\u{307}"):
+        // a term keeps only its letters and digits.
+        .map(|w| {
+            w.to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric())
+                .collect::<String>()
+        })
         .filter(|w| !w.is_empty())
-        .map(|w| w.to_lowercase())
         .take(16)
         .collect()
 }
@@ -226,6 +233,13 @@ pub mod rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_terms_stay_plain_words_when_lowercasing_adds_a_mark() {
+        // Found by the property test: "İ" lowercases to "i" + U+0307.
+        assert_eq!(search_terms("İstanbul, ÜNÏ 42"), ["istanbul", "ünï", "42"]);
+        assert!(search_terms("İ").iter().all(|t| t == "i"));
+    }
 
     #[test]
     fn titles_are_the_first_words_collapsed_and_cut() {
