@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use fred::interfaces::{EventInterface, KeysInterface, PubsubInterface, StreamsInterface};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::chat::TurnSink;
@@ -65,22 +65,19 @@ impl ReplyEvent {
         matches!(self, ReplyEvent::End { .. } | ReplyEvent::Error { .. })
     }
 
-    /// The Socket.IO event and payload a watcher receives.
-    fn to_socket(&self, conversation: &ConversationId) -> (&'static str, Value) {
+    /// Sends the Socket.IO event a watcher receives for this event to `sink`.
+    fn emit_to(&self, sink: &dyn TurnSink, conversation: &ConversationId) {
         match self {
-            ReplyEvent::Started { message } => (
+            ReplyEvent::Started { message } => sink.emit(
                 "reply_started",
                 json!({"conversation_id": conversation, "message": message}),
             ),
-            ReplyEvent::Chunk { index, chunk } => (
-                "response_chunk",
-                json!({"chunk": chunk, "index": index, "conversation_id": conversation}),
-            ),
-            ReplyEvent::End { stopped, chunks } => (
+            ReplyEvent::Chunk { index, chunk } => sink.emit_chunk(chunk, *index, conversation),
+            ReplyEvent::End { stopped, chunks } => sink.emit(
                 "response_end",
                 json!({"conversation_id": conversation, "stopped": stopped, "chunks": chunks}),
             ),
-            ReplyEvent::Error { message, error } => (
+            ReplyEvent::Error { message, error } => sink.emit(
                 "error",
                 json!({"message": message, "error": error, "conversation_id": conversation}),
             ),
@@ -317,11 +314,7 @@ fn admit(state: &mut WatchState, event: &ReplyEvent, live: bool) -> bool {
 
 impl Watcher {
     fn emit(&self, conversation: &ConversationId, event: &ReplyEvent) {
-        if let ReplyEvent::Chunk { index, chunk } = event {
-            return self.sink.emit_chunk(chunk, *index, conversation);
-        }
-        let (name, payload) = event.to_socket(conversation);
-        self.sink.emit(name, payload);
+        event.emit_to(&*self.sink, conversation);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
@@ -666,6 +659,8 @@ pub async fn listen(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     #[derive(Default)]
