@@ -287,11 +287,7 @@ pub async fn run_turn(
     let costs: Vec<u32> = conversation
         .messages
         .iter()
-        .map(|m| {
-            m.tokens
-                .unwrap_or_else(|| state.tokens.count(&m.message.content))
-                + crate::context::MESSAGE_OVERHEAD
-        })
+        .map(|m| crate::context::cost(&state.tokens, m))
         .collect();
     let summary_cap = settings.summary_tokens.min(budget / 3).max(16);
     let prompt_plan = plan(
@@ -361,6 +357,7 @@ pub async fn run_turn(
     let (messages, prompt_tokens) = assemble(
         &state.tokens,
         &conversation.messages,
+        &costs,
         prompt_plan.first_kept,
         summary_text.as_deref(),
         &user_message,

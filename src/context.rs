@@ -58,7 +58,7 @@ pub fn summary_message(summary: &str) -> ChatMessage {
 }
 
 /// A message's cost, using its cached count when there is one.
-fn cost(counter: &TokenCounter, message: &StoredMessage) -> u32 {
+pub fn cost(counter: &TokenCounter, message: &StoredMessage) -> u32 {
     match message.tokens {
         Some(tokens) => tokens + MESSAGE_OVERHEAD,
         None => counter.message_cost(&message.message.content),
@@ -114,11 +114,14 @@ pub fn plan(
 
 /// Assembles the prompt from a plan's pieces, leaving out the oldest kept
 /// messages if it still does not fit (a summary that came out longer than
-/// asked, or no summary because summarising failed). Returns the messages
-/// and their token count.
+/// asked, or no summary because summarising failed). `costs` are the
+/// history's costs as [`plan`] got them (counted once per turn). Returns
+/// the messages and their token count.
+#[allow(clippy::too_many_arguments)]
 pub fn assemble(
     counter: &TokenCounter,
     history: &Arc<Vec<StoredMessage>>,
+    costs: &[u32],
     first_kept: usize,
     summary: Option<&str>,
     new_message: &ChatMessage,
@@ -130,7 +133,7 @@ pub fn assemble(
         .as_ref()
         .map_or(0, |m| counter.message_cost(&m.content));
     let kept = &history[first_kept.min(history.len())..];
-    let costs: Vec<u32> = kept.iter().map(|m| cost(counter, m)).collect();
+    let costs = &costs[first_kept.min(costs.len())..];
     let mut total = summary_cost + costs.iter().sum::<u32>() + new_cost + REPLY_PRIMING;
     let mut skip = 0;
     while total > budget && skip < kept.len() {
@@ -322,7 +325,17 @@ mod tests {
         let new = ChatMessage::new(Role::User, "the new question");
         let new_cost = c.message_cost(&new.content);
 
-        let (messages, total) = assemble(&c, &history, 0, Some("a summary"), &new, new_cost, 60);
+        let costs: Vec<u32> = history.iter().map(|m| cost(&c, m)).collect();
+        let (messages, total) = assemble(
+            &c,
+            &history,
+            &costs,
+            0,
+            Some("a summary"),
+            &new,
+            new_cost,
+            60,
+        );
 
         assert!(total <= 60, "{total}");
         assert_eq!(messages.last(), Some(&new));
