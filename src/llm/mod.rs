@@ -89,14 +89,6 @@ impl Messages {
     pub fn last(&self) -> Option<&ChatMessage> {
         self.iter().next_back()
     }
-
-    pub fn len(&self) -> usize {
-        self.head.len() + self.history().len() + self.tail.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl From<Vec<ChatMessage>> for Messages {
