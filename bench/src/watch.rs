@@ -774,11 +774,22 @@ pub async fn run_fanout(args: &Args) -> Result<()> {
         bail!("--watchers must be at least 1");
     }
     let conversations = args.u64_or("conversations", 1)? as usize;
+    let plan = plan(args, (base, addr), addr, conversations, watchers)?;
+    measure_and_print(args, "fanout", conversations, plan).await
+}
+
+/// Runs the measurement with the options both modes share and prints its line.
+async fn measure_and_print(
+    args: &Args,
+    mode: &'static str,
+    conversations: usize,
+    plan: Plan,
+) -> Result<()> {
     let report = measure(Options {
-        mode: "fanout",
+        mode,
         label: args.opt_str("label").unwrap_or("").to_string(),
         groups: conversations,
-        plan: plan(args, (base, addr), addr, conversations, watchers)?,
+        plan,
         server_pid: args.opt_str("server-pid").map(str::to_string),
         cpu_pids: parse_pids(args.opt_str("cpu-pids"))?,
         llm_delay_ms: args.u64_or("llm-delay-ms", 0)?,
@@ -798,18 +809,8 @@ pub async fn run_cross(args: &Args) -> Result<()> {
     if watchers == 0 || conversations == 0 {
         bail!("--conversations and --watchers must be at least 1");
     }
-    let report = measure(Options {
-        mode: "cross",
-        label: args.opt_str("label").unwrap_or("").to_string(),
-        groups: conversations,
-        plan: plan(args, (base_a, addr_a), addr_b, conversations, watchers)?,
-        server_pid: args.opt_str("server-pid").map(str::to_string),
-        cpu_pids: parse_pids(args.opt_str("cpu-pids"))?,
-        llm_delay_ms: args.u64_or("llm-delay-ms", 0)?,
-    })
-    .await?;
-    println!("{report}");
-    Ok(())
+    let plan = plan(args, (base_a, addr_a), addr_b, conversations, watchers)?;
+    measure_and_print(args, "cross", conversations, plan).await
 }
 
 #[cfg(test)]
