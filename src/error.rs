@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use crate::domain::ConversationId;
+use crate::events::{ErrorEvent, ServerEvent};
 use crate::llm::LlmError;
 use crate::store::StoreError;
 
@@ -53,6 +55,19 @@ pub struct ErrorBody {
     /// Seconds to wait, for `rate_limited`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+}
+
+impl ErrorBody {
+    /// The socket `error` event carrying this body (and the conversation it
+    /// is about, when there is one).
+    pub fn event<'a>(&'a self, conversation: Option<&'a ConversationId>) -> ServerEvent<'a> {
+        ServerEvent::Error(ErrorEvent {
+            message: &self.message,
+            error: self.error,
+            retry_after: self.retry_after,
+            conversation_id: conversation.map(AsRef::as_ref),
+        })
+    }
 }
 
 impl ApiError {

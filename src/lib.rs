@@ -4,16 +4,18 @@
 //! [`startup::Application`]; everything else lives in this library so the
 //! tests can reason about the same types.
 
-pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod files;
 pub mod http;
 pub mod llm;
 pub mod metrics;
 pub mod migrate;
+pub mod notify;
 pub mod ratelimit;
 pub mod realtime;
 pub mod redis;
@@ -22,3 +24,4 @@ pub mod session;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod turn;

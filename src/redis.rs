@@ -66,7 +66,7 @@ fn builder(config: &Config) -> Builder {
         })
         .with_performance_config(|p| {
             p.default_command_timeout = COMMAND_TIMEOUT;
-            // Pub/sub messages wait here until `replies::listen` takes them.
+            // Pub/sub messages wait here until `cluster::listen` takes them.
             // fred's default of 32 overflowed at 100 streaming conversations
             // (every instance receives every reply event), and a lagging
             // receiver loses messages: watching tabs missed chunks and ends.

@@ -21,22 +21,23 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 
-use crate::chat::TurnRegistry;
 use crate::config::Settings;
 use crate::context::TokenCounter;
+use crate::events::{ServerEvent, ServerRestarting};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
 use crate::realtime::{self, SocketNotifier};
 use crate::redis::{RedisConnections, RedisSessionStore};
-use crate::replies::{self, ReplyHub};
+use crate::replies::ReplyHub;
 use crate::session::{self, SqliteSessionStore};
 use crate::state::AppState;
-use crate::state::Notifier;
 use crate::store::cache::CachedStore;
 use crate::store::mongo::{MongoSessionStore, MongoStore};
 use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::{Backend, ConversationStore};
-use crate::{http, llm};
+use crate::turn::{apply_remote_stop, Chat, TurnRegistry};
+use crate::{cluster, http, llm};
 use tower_sessions::session::Record;
 use tower_sessions::session_store::SessionStore;
 
@@ -155,7 +156,7 @@ where
     A: Adapter + DefinedAdapter,
     A::InitRes: Into<RegisterResult>,
 {
-    let payload_limit = socket_payload_limit(&state.settings);
+    let payload_limit = socket_payload_limit(&state.chat.settings);
     let (socket_layer, io) = builder
         .with_state(state.clone())
         .max_payload(payload_limit)
@@ -171,10 +172,10 @@ where
             // so a deploy does not turn into a reconnect storm.
             for socket in io.sockets() {
                 let delay = rand::random_range(250..5_000u64);
-                if let Err(err) = socket.emit(
-                    "server_restarting",
-                    &serde_json::json!({"reconnect_in_ms": delay}),
-                ) {
+                let event = ServerEvent::ServerRestarting(ServerRestarting {
+                    reconnect_in_ms: delay,
+                });
+                if let Err(err) = socket.emit(event.name(), &event) {
                     tracing::debug!(socket = %socket.id, error = %err, "could not announce the restart");
                 }
             }
@@ -250,16 +251,18 @@ impl Application {
             ),
         };
         let state = |notifier: Arc<dyn Notifier>| AppState {
-            settings: settings.clone(),
-            store: store.clone(),
-            llm: llm.clone(),
-            tokens,
-            notifier,
-            turns: turns.clone(),
-            metrics: metrics.clone(),
-            replies: replies.clone(),
+            chat: Chat {
+                settings: settings.clone(),
+                store: store.clone(),
+                llm: llm.clone(),
+                tokens,
+                notifier,
+                metrics: metrics.clone(),
+                replies: replies.clone(),
+                turns: turns.clone(),
+                redis: redis.clone(),
+            },
             limiter: limiter.clone(),
-            redis: redis.clone(),
             draining: draining.clone(),
             asset_version: http::page::asset_version().into(),
         };
@@ -287,10 +290,14 @@ impl Application {
                 // The adapter's driver does not re-subscribe after Redis
                 // comes back; without this the instance would go deaf.
                 redis.keep_adapter_subscribed();
-                tokio::spawn(replies::listen(
+                let (hub, stoppable) = (replies.clone(), turns.clone());
+                let instance = replies.instance().to_string();
+                tokio::spawn(cluster::listen(
                     redis.clone(),
-                    replies.clone(),
-                    turns.clone(),
+                    cluster::Handlers {
+                        reply: Box::new(move |raw| hub.deliver_remote(raw)),
+                        control: Box::new(move |raw| apply_remote_stop(&stoppable, raw, &instance)),
+                    },
                 ));
                 built
             }

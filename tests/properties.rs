@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 
-use llm_chat_server::chat::validate_message;
 use llm_chat_server::config::{Settings, Tokenizer};
 use llm_chat_server::context::{chunk_text, TokenCounter};
 use llm_chat_server::domain::ConversationId;
 use llm_chat_server::files::{clean_file_name, decode_text, extension_allowed};
 use llm_chat_server::llm::sse::{completion_text, parse_line, take_lines};
 use llm_chat_server::store::search_terms;
+use llm_chat_server::turn::validate_message;
 use proptest::prelude::*;
 use serde_json::Value;
 

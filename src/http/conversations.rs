@@ -7,12 +7,17 @@ use axum::extract::{Query, State};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use serde_json::{json, Value};
+use serde::Deserialize;
 
+use super::bodies::{
+    ConversationList, ConversationStarted, Done, HistorySaved, LoadedConversation,
+    SavedConversation, SearchResults,
+};
 use super::extract::{ApiJson, IdPath, SessionUser};
-use crate::chat::updated_payload;
 use crate::domain::{conversation_text, ConversationId, Role};
 use crate::error::ApiError;
+use crate::events::{Field, Inbound};
+use crate::notify::conversation_updated;
 use crate::session;
 use crate::state::AppState;
 use crate::store::{rfc3339, NewMessage};
@@ -38,29 +43,31 @@ async fn current(who: &SessionUser, missing: &'static str) -> Result<Conversatio
 async fn start_conversation(
     State(state): State<AppState>,
     who: SessionUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConversationStarted>, ApiError> {
     let id = ConversationId::new();
-    state.store.create(&who.user, &id).await?;
+    state.chat.store.create(&who.user, &id).await?;
     session::set_current_conversation(&who.session, &id).await?;
     tracing::info!(conversation = %id, "conversation started");
-    Ok(Json(
-        json!({"message": "New conversation started.", "conversation_id": id}),
-    ))
+    Ok(Json(ConversationStarted {
+        message: "New conversation started.",
+        conversation_id: id,
+    }))
 }
 
 async fn reset_conversation(
     State(state): State<AppState>,
     who: SessionUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Done>, ApiError> {
     let id = current(&who, "No active conversation to reset.").await?;
-    let meta = state.store.reset(&who.user, &id).await?;
+    let meta = state.chat.store.reset(&who.user, &id).await?;
     state
+        .chat
         .notifier
-        .to_user(&who.user, "conversation_updated", updated_payload(&meta))
+        .to_user(&who.user, conversation_updated(&meta))
         .await;
-    Ok(Json(
-        json!({"message": "Conversation has been reset successfully!"}),
-    ))
+    Ok(Json(Done {
+        message: "Conversation has been reset successfully!",
+    }))
 }
 
 fn query_number(
@@ -85,63 +92,65 @@ async fn list_conversations(
     State(state): State<AppState>,
     who: SessionUser,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConversationList>, ApiError> {
     let limit = query_number(&query, "limit", 200, 1000)?;
     let offset = query_number(&query, "offset", 0, u32::MAX)?;
-    let conversations = state.store.list(&who.user, limit, offset).await?;
-    Ok(Json(json!({"conversations": conversations})))
+    let conversations = state.chat.store.list(&who.user, limit, offset).await?;
+    Ok(Json(ConversationList { conversations }))
 }
 
 async fn load_conversation(
     State(state): State<AppState>,
     who: SessionUser,
     IdPath(id): IdPath,
-) -> Result<Json<Value>, ApiError> {
-    let conversation = state.store.load(&who.user, &id).await?;
+) -> Result<Json<LoadedConversation>, ApiError> {
+    let conversation = state.chat.store.load(&who.user, &id).await?;
     session::set_current_conversation(&who.session, &id).await?;
-    Ok(Json(json!({
-        "conversation": conversation.history(),
-        "conversation_id": id,
-        "title": conversation.meta.title,
-    })))
+    Ok(Json(LoadedConversation {
+        conversation: conversation.history(),
+        conversation_id: id,
+        title: conversation.meta.title.clone(),
+    }))
 }
 
 async fn delete_conversation(
     State(state): State<AppState>,
     who: SessionUser,
     IdPath(id): IdPath,
-) -> Result<Json<Value>, ApiError> {
-    state.store.delete(&who.user, &id).await?;
+) -> Result<Json<Done>, ApiError> {
+    state.chat.store.delete(&who.user, &id).await?;
     if session::current_conversation(&who.session).await?.as_ref() == Some(&id) {
         session::clear_current_conversation(&who.session).await?;
     }
-    Ok(Json(json!({"message": "Conversation deleted."})))
+    Ok(Json(Done {
+        message: "Conversation deleted.",
+    }))
 }
 
 async fn save_history(
     State(state): State<AppState>,
     who: SessionUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HistorySaved>, ApiError> {
     let id = current(&who, "No active conversation to save.").await?;
-    let conversation = state.store.load(&who.user, &id).await?;
+    let conversation = state.chat.store.load(&who.user, &id).await?;
     let history = conversation.history();
     // The original's document shape, so tools that read its files read ours.
-    let document = json!({
-        "conversation_id": id,
-        "user_id": who.user,
-        "conversation_history": history,
-        "conversation_text": conversation_text(&history),
-        "created_at": rfc3339::format(&conversation.meta.created_at),
-        "updated_at": rfc3339::format(&conversation.meta.updated_at),
-        "title": conversation.meta.title,
-    });
+    let document = SavedConversation {
+        conversation_id: &id,
+        user_id: &who.user,
+        conversation_history: &history,
+        conversation_text: conversation_text(&history),
+        created_at: rfc3339::format(&conversation.meta.created_at),
+        updated_at: rfc3339::format(&conversation.meta.updated_at),
+        title: conversation.meta.title.as_deref(),
+    };
     // The id is a validated UUID: it cannot leave the folder.
     let file_name = format!(
         "{}_{}_conversation_history.json",
         Utc::now().format("%Y%m%d_%H%M%S"),
         id
     );
-    let dir = state.settings.saved_conversations_dir.clone();
+    let dir = state.chat.settings.saved_conversations_dir.clone();
     let bytes = serde_json::to_vec_pretty(&document).map_err(|e| ApiError::Internal(e.into()))?;
     let name = file_name.clone();
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -157,16 +166,17 @@ async fn save_history(
         ApiError::Internal(anyhow::Error::new(e).context("writing the saved conversation"))
     })?;
     tracing::info!(conversation = %id, file = %file_name, "conversation saved");
-    Ok(Json(
-        json!({"message": "Conversation history saved successfully.", "file_name": file_name}),
-    ))
+    Ok(Json(HistorySaved {
+        message: "Conversation history saved successfully.",
+        file_name,
+    }))
 }
 
 async fn search_conversations(
     State(state): State<AppState>,
     who: SessionUser,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SearchResults>, ApiError> {
     let q = query.get("q").map(|q| q.trim()).unwrap_or_default();
     if q.is_empty() {
         return Err(ApiError::invalid("No search query provided."));
@@ -177,25 +187,40 @@ async fn search_conversations(
         ));
     }
     let limit = query_number(&query, "limit", 50, 200)?;
-    let hits = state.store.search(&who.user, q, limit).await?;
-    Ok(Json(json!({"conversations": hits})))
+    let hits = state.chat.store.search(&who.user, q, limit).await?;
+    Ok(Json(SearchResults {
+        conversations: hits,
+    }))
+}
+
+/// `POST /add_few_shot_example`: a wrong type reads as a missing field,
+/// a body that is not an object as one without fields.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FewShotExample {
+    user_prompt: Field<String>,
+    assistant_response: Field<String>,
 }
 
 async fn add_few_shot_example(
     State(state): State<AppState>,
     who: SessionUser,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
-    let field = |name: &str| match body.get(name) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-        _ => None,
+    ApiJson(Inbound(body)): ApiJson<Inbound<FewShotExample>>,
+) -> Result<Json<Done>, ApiError> {
+    let field = |field: &Field<String>| {
+        field
+            .given()
+            .filter(|text| !text.trim().is_empty())
+            .cloned()
     };
-    let (Some(prompt), Some(response)) = (field("user_prompt"), field("assistant_response")) else {
+    let (Some(prompt), Some(response)) =
+        (field(&body.user_prompt), field(&body.assistant_response))
+    else {
         return Err(ApiError::invalid(
             "Both 'user_prompt' and 'assistant_response' are required.",
         ));
     };
-    let max = state.settings.max_message_chars;
+    let max = state.chat.settings.max_message_chars;
     if prompt.chars().count() > max || response.chars().count() > max {
         return Err(ApiError::TooLarge(format!(
             "Each field may have at most {max} characters."
@@ -209,21 +234,22 @@ async fn add_few_shot_example(
     let messages = vec![
         NewMessage {
             role: Role::User,
-            tokens: Some(state.tokens.count(&prompt)),
+            tokens: Some(state.chat.tokens.count(&prompt)),
             content: prompt,
         },
         NewMessage {
             role: Role::Assistant,
-            tokens: Some(state.tokens.count(&response)),
+            tokens: Some(state.chat.tokens.count(&response)),
             content: response,
         },
     ];
-    let meta = state.store.append(&who.user, &id, messages).await?;
+    let meta = state.chat.store.append(&who.user, &id, messages).await?;
     state
+        .chat
         .notifier
-        .to_user(&who.user, "conversation_updated", updated_payload(&meta))
+        .to_user(&who.user, conversation_updated(&meta))
         .await;
-    Ok(Json(
-        json!({"message": "Few-shot example added successfully!"}),
-    ))
+    Ok(Json(Done {
+        message: "Few-shot example added successfully!",
+    }))
 }

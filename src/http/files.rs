@@ -7,17 +7,17 @@ use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
 
+use super::bodies::UploadAnalysed;
 use super::extract::SessionUser;
 use crate::context::chunk_text;
 use crate::domain::{ChatMessage, Role};
 use crate::error::ApiError;
+use crate::events::{ServerEvent, UploadProgress};
 use crate::files::{clean_file_name, decode_text, extension_allowed};
 use crate::llm::ChatRequest;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Bucket, Limit};
-use crate::realtime::progress_payload;
 use crate::state::AppState;
 
 /// What a chunk gets when its analysis failed after retries (the original's
@@ -46,8 +46,8 @@ async fn upload_file(
     State(state): State<AppState>,
     who: SessionUser,
     mut multipart: Multipart,
-) -> Result<Json<Value>, ApiError> {
-    let settings = &state.settings;
+) -> Result<Json<UploadAnalysed>, ApiError> {
+    let settings = &state.chat.settings;
     let limit = Limit {
         count: settings.rate_limit_uploads_per_hour,
         window: std::time::Duration::from_secs(3600),
@@ -94,22 +94,26 @@ async fn upload_file(
     let text =
         decode_text(bytes).ok_or_else(|| ApiError::invalid("The file is not valid UTF-8 text."))?;
 
-    let tokens = state.tokens;
+    let tokens = state.chat.tokens;
     let chunk_size = settings.chunk_size_tokens;
     let chunks = tokio::task::spawn_blocking(move || chunk_text(&tokens, &text, chunk_size))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
     let total = chunks.len();
     state
+        .chat
         .notifier
-        .to_user(&who.user, "upload_progress", progress_payload(0, total))
+        .to_user(
+            &who.user,
+            ServerEvent::UploadProgress(UploadProgress { done: 0, total }),
+        )
         .await;
 
     let mut analyses: Vec<Option<String>> = vec![None; total];
     let mut done = 0;
     let mut pending = futures_util::stream::iter(chunks.into_iter().enumerate())
         .map(|(index, chunk)| {
-            let llm = state.llm.clone();
+            let llm = state.chat.llm.clone();
             async move {
                 let request = ChatRequest {
                     messages: vec![ChatMessage::new(
@@ -132,10 +136,14 @@ async fn upload_file(
             }
         });
         done += 1;
-        Metrics::inc(&state.metrics.upload_chunks);
+        Metrics::inc(&state.chat.metrics.upload_chunks);
         state
+            .chat
             .notifier
-            .to_user(&who.user, "upload_progress", progress_payload(done, total))
+            .to_user(
+                &who.user,
+                ServerEvent::UploadProgress(UploadProgress { done, total }),
+            )
             .await;
     }
 
@@ -148,10 +156,10 @@ async fn upload_file(
         ));
     }
     tracing::info!(file = %name, chunks = total, "file uploaded and analysed");
-    Ok(Json(json!({
-        "message": "File was uploaded and analyzed successfully.",
-        "analysis": analysis,
-        "chunks": total,
-        "file_name": name,
-    })))
+    Ok(Json(UploadAnalysed {
+        message: "File was uploaded and analyzed successfully.",
+        analysis,
+        chunks: total,
+        file_name: name,
+    }))
 }

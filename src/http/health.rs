@@ -5,8 +5,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
+use super::bodies::{Health, Readiness, ReadinessChecks};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -16,18 +16,18 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let store = async {
-        tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping())
+        tokio::time::timeout(std::time::Duration::from_secs(2), state.chat.store.ping())
             .await
             .is_ok_and(|r| r.is_ok())
     };
     let redis = async {
-        match &state.redis {
+        match &state.chat.redis {
             None => None,
             Some(redis) => {
                 let (up, adapter, control) = tokio::join!(
@@ -40,26 +40,26 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         }
     };
     let (store_up, redis) = tokio::join!(store, redis);
-    let llm = if state.llm.info().demo {
+    let llm = if state.chat.llm.info().demo {
         "demo"
     } else {
         "configured"
     };
-    let mut checks = json!({
-        "store": if store_up { "up" } else { "down" },
-        "store_backend": state.store.backend(),
-        "llm": llm,
-    });
     let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
-    if draining {
-        checks["draining"] = json!(true);
-    }
+    let mut checks = ReadinessChecks {
+        store: if store_up { "up" } else { "down" },
+        store_backend: state.chat.store.backend(),
+        llm,
+        draining: draining.then_some(true),
+        redis: None,
+        adapter: None,
+    };
     let mut ready = store_up && !draining;
     if let Some((redis_up, subscribed)) = redis {
-        checks["redis"] = json!(if redis_up { "up" } else { "down" });
+        checks.redis = Some(if redis_up { "up" } else { "down" });
         // A deaf instance (no adapter subscription) drops events silently:
         // take it out of the balancer.
-        checks["adapter"] = json!(if subscribed { "subscribed" } else { "missing" });
+        checks.adapter = Some(if subscribed { "subscribed" } else { "missing" });
         ready &= redis_up && subscribed;
     }
     let status = if ready {
@@ -69,18 +69,18 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "checks": checks,
-        })),
+        Json(Readiness {
+            status: if ready { "ready" } else { "not_ready" },
+            checks,
+        }),
     )
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut text = state.metrics.render();
+    let mut text = state.chat.metrics.render();
     text.push_str(&format!(
         "# HELP chat_turns_in_flight Replies being generated now.\n# TYPE chat_turns_in_flight gauge\nchat_turns_in_flight {}\n",
-        state.turns.len()
+        state.chat.turns.len()
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

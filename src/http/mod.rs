@@ -1,5 +1,6 @@
 //! The HTTP routes, one router per resource, merged here.
 
+pub mod bodies;
 pub mod conversations;
 pub mod extract;
 pub mod files;
@@ -10,9 +11,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Json, Router};
-use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::error::ErrorBody;
 use crate::state::AppState;
 
 /// Largest JSON body accepted (few-shot examples are the largest).
@@ -25,7 +26,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(conversations::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .merge(files::router(state.settings.max_file_size_bytes))
+        .merge(files::router(state.chat.settings.max_file_size_bytes))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -71,7 +72,7 @@ async fn same_origin_only(
             .get("sec-fetch-site")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
         let origin_ok =
-            crate::realtime::origin_allowed(headers, &state.settings.cors_allowed_origins);
+            crate::realtime::origin_allowed(headers, &state.chat.settings.cors_allowed_origins);
         let listed_origin = headers.get("origin").is_some() && origin_ok;
         if !origin_ok || (cross_site && !listed_origin) {
             tracing::info!(method = %request.method(), path = %request.uri().path(), "cross-site request refused");
@@ -81,9 +82,19 @@ async fn same_origin_only(
     next.run(request).await
 }
 
-async fn not_found() -> impl IntoResponse {
+/// 404 for a path no route has (or a static file that does not exist).
+fn not_found_response() -> axum::response::Response {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({"message": "Not found.", "error": "not_found"})),
+        Json(ErrorBody {
+            message: "Not found.".to_string(),
+            error: "not_found",
+            retry_after: None,
+        }),
     )
+        .into_response()
+}
+
+async fn not_found() -> axum::response::Response {
+    not_found_response()
 }

@@ -4,12 +4,12 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
 
+use super::bodies::ClientConfig;
 use super::extract::SessionUser;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -35,28 +35,29 @@ async fn index(
     State(state): State<AppState>,
     _who: SessionUser,
 ) -> Result<IndexTemplate, ApiError> {
-    let info = state.llm.info();
+    let info = state.chat.llm.info();
     Ok(IndexTemplate {
         demo_mode: info.demo,
         model_label: info.model,
-        max_tokens: state.settings.max_tokens,
+        max_tokens: state.chat.settings.max_tokens,
         asset_version: state.asset_version.to_string(),
     })
 }
 
-async fn get_config(State(state): State<AppState>) -> Json<Value> {
-    let settings = &state.settings;
-    let info = state.llm.info();
-    Json(json!({
-        "max_tokens": settings.max_tokens,
-        "reply_tokens": settings.reply_tokens,
-        "demo_mode": info.demo,
-        "provider": info.provider,
-        "model": info.model,
-        "max_file_size_mb": settings.max_file_size_mb,
-        "allowed_extensions": settings.allowed_extensions,
-        "max_message_chars": settings.max_message_chars,
-    }))
+async fn get_config(State(state): State<AppState>) -> Response {
+    let settings = &state.chat.settings;
+    let info = state.chat.llm.info();
+    Json(ClientConfig {
+        max_tokens: settings.max_tokens,
+        reply_tokens: settings.reply_tokens,
+        demo_mode: info.demo,
+        provider: info.provider,
+        model: &info.model,
+        max_file_size_mb: settings.max_file_size_mb,
+        allowed_extensions: &settings.allowed_extensions,
+        max_message_chars: settings.max_message_chars,
+    })
+    .into_response()
 }
 
 /// The static files: name, content type, bytes.
@@ -115,10 +116,6 @@ async fn static_file(Path(name): Path<String>, RawQuery(query): RawQuery) -> Res
             *bytes,
         )
             .into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"message": "Not found.", "error": "not_found"})),
-        )
-            .into_response(),
+        None => super::not_found_response(),
     }
 }

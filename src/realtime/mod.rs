@@ -1,6 +1,7 @@
 //! Socket.IO on namespace `/`: the connect middleware (origin check), the
 //! socket's identity taken from the HTTP session of its handshake, and one
-//! handler per event. The turn itself lives in `chat.rs`.
+//! handler per event, taking the typed payloads of `events.rs`. The turn
+//! itself lives in `turn/`.
 //!
 //! Handlers are generic over the adapter, so the same code serves the local
 //! adapter (one instance) and the Redis adapter (several).
@@ -10,7 +11,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{json, Value};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Extension, MaybeHttpExtension, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
@@ -18,22 +18,17 @@ use socketioxide::SocketIo;
 use socketioxide_core::adapter::DefinedAdapter;
 use tower_sessions::Session;
 
-use crate::chat::{
-    error_payload, run_turn, stop_everywhere, validate_message, ChunkPayload, TurnGuard, TurnSink,
-};
 use crate::domain::{ConversationId, Role, UserId};
 use crate::error::ApiError;
+use crate::events::{
+    self, EventSink, Field, Inbound, Regenerate, SendMessage, ServerEvent, StopGeneration,
+    WatchAck, WatchConversation,
+};
+use crate::notify::{user_room, Notifier};
 use crate::ratelimit::{Bucket, Limit};
 use crate::session;
-use crate::state::{user_room, AppState, Notifier};
-
-/// Event names, as the original app and the page use them.
-pub mod events {
-    pub const SEND_MESSAGE: &str = "send_message";
-    pub const STOP_GENERATION: &str = "stop_generation";
-    pub const WATCH_CONVERSATION: &str = "watch_conversation";
-    pub const REGENERATE: &str = "regenerate";
-}
+use crate::state::AppState;
+use crate::turn::{check_message, stop_everywhere, Turn, TurnGuard};
 
 /// Who a socket acts as: the user of the session its handshake carried.
 #[derive(Clone)]
@@ -93,7 +88,7 @@ async fn check_origin<A: Adapter>(
 ) -> Result<(), Refused> {
     if origin_allowed(
         &socket.req_parts().headers,
-        &state.settings.cors_allowed_origins,
+        &state.chat.settings.cors_allowed_origins,
     ) {
         Ok(())
     } else {
@@ -123,6 +118,7 @@ async fn identify<A: Adapter>(
     socket.join(user_room(&user));
     socket.extensions.insert(SocketUser { user, session });
     state
+        .chat
         .metrics
         .sockets_connected
         .fetch_add(1, Ordering::Relaxed);
@@ -156,39 +152,36 @@ async fn settled<A: Adapter>(socket: &SocketRef<A>) {
 
 struct SocketSink<A: Adapter>(SocketRef<A>);
 
-impl<A: Adapter> TurnSink for SocketSink<A> {
-    fn emit(&self, event: &'static str, payload: Value) {
-        if let Err(err) = self.0.emit(event, &payload) {
-            tracing::debug!(socket = %self.0.id, event, error = %err, "emit failed");
+impl<A: Adapter> EventSink for SocketSink<A> {
+    fn emit(&self, event: ServerEvent<'_>) {
+        let name = event.name();
+        if let Err(err) = self.0.emit(name, &event) {
+            tracing::debug!(socket = %self.0.id, event = name, error = %err, "emit failed");
         }
     }
+}
 
-    fn emit_chunk(&self, chunk: &str, index: u64, conversation: &ConversationId) {
-        let payload = ChunkPayload {
-            chunk,
-            index,
-            conversation_id: conversation,
-        };
-        if let Err(err) = self.0.emit("response_chunk", &payload) {
-            tracing::debug!(socket = %self.0.id, error = %err, "emit failed");
-        }
-    }
+/// Sends `err` as the `error` event.
+fn emit_error(sink: &dyn EventSink, err: &ApiError, id: Option<&ConversationId>) {
+    sink.emit(err.body().event(id));
+}
+
+fn invalid_id() -> ApiError {
+    ApiError::invalid("Invalid conversation id.")
 }
 
 /// The conversation a message is for: the payload's id, else the session's
 /// current one, read now (a conversation started after connecting counts).
 async fn target_conversation(
-    payload: &Value,
+    conversation_id: &Field<String>,
     who: &SocketUser,
 ) -> Result<ConversationId, ApiError> {
-    match payload.get("conversation_id") {
-        Some(Value::String(raw)) if !raw.is_empty() => {
-            return ConversationId::parse(raw)
-                .map_err(|_| ApiError::invalid("Invalid conversation id."));
+    match conversation_id {
+        Field::Given(raw) if !raw.is_empty() => {
+            return ConversationId::parse(raw).map_err(|_| invalid_id());
         }
-        None | Some(Value::Null) => {}
-        Some(Value::String(_)) => {}
-        Some(_) => return Err(ApiError::invalid("Invalid conversation id.")),
+        Field::Absent | Field::Given(_) => {}
+        Field::Wrong => return Err(invalid_id()),
     }
     let no_conversation =
         ApiError::NoConversation("No active conversation. Please start a new conversation.");
@@ -203,9 +196,9 @@ async fn target_conversation(
 }
 
 /// Refuses the event when the user is over the message rate limit.
-async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn TurnSink) -> bool {
+async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn EventSink) -> bool {
     let limit = Limit {
-        count: state.settings.rate_limit_messages_per_minute,
+        count: state.chat.settings.rate_limit_messages_per_minute,
         window: Duration::from_secs(60),
     };
     match state
@@ -215,10 +208,7 @@ async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn Tur
     {
         Ok(()) => true,
         Err(retry_after) => {
-            sink.emit(
-                "error",
-                error_payload(&ApiError::RateLimited(retry_after), None),
-            );
+            emit_error(sink, &ApiError::RateLimited(retry_after), None);
             false
         }
     }
@@ -226,39 +216,36 @@ async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn Tur
 
 async fn on_send_message<A: Adapter>(
     socket: SocketRef<A>,
-    TryData(data): TryData<Value>,
+    TryData(data): TryData<Inbound<SendMessage>>,
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
     settled(&socket).await;
     let sink = SocketSink(socket.clone());
-    let payload = data.unwrap_or(Value::Null);
+    let Inbound(payload) = data.unwrap_or_default();
     if !within_message_limit(&state, &who, &sink).await {
         return;
     }
-    let message = match validate_message(payload.get("message"), state.settings.max_message_chars) {
+    let message = match check_message(&payload.message, state.chat.settings.max_message_chars) {
         Ok(message) => message,
-        Err(err) => return sink.emit("error", error_payload(&err, None)),
+        Err(err) => return emit_error(&sink, &err, None),
     };
-    let id = match target_conversation(&payload, &who).await {
+    let id = match target_conversation(&payload.conversation_id, &who).await {
         Ok(id) => id,
-        Err(err) => return sink.emit("error", error_payload(&err, None)),
+        Err(err) => return emit_error(&sink, &err, None),
     };
     let Some(guard) = begin_turn(&state, &who, &id, &socket, &sink).await else {
         return;
     };
-    if let Err(err) = run_turn(
-        &state,
-        &who.user,
-        &id,
-        message,
-        &guard,
-        &sink,
-        Some(socket.id.to_string()),
-    )
-    .await
-    {
-        sink.emit("error", error_payload(&err, Some(&id)));
+    let turn = Turn {
+        user: &who.user,
+        conversation: &id,
+        guard: &guard,
+        sink: &sink,
+        origin_socket: Some(socket.id.to_string()),
+    };
+    if let Err(err) = turn.run(&state.chat, message).await {
+        emit_error(&sink, &err, Some(&id));
     }
 }
 
@@ -272,18 +259,23 @@ async fn begin_turn<A: Adapter>(
     sink: &SocketSink<A>,
 ) -> Option<TurnGuard> {
     if state.draining.load(Ordering::Relaxed) {
-        sink.emit("error", error_payload(&ApiError::Restarting, Some(id)));
+        emit_error(sink, &ApiError::Restarting, Some(id));
         return None;
     }
     let socket_id = socket.id.to_string();
-    let Some(guard) = state.turns.begin(&who.user, id, Some(socket_id.clone())) else {
+    let Some(guard) = state
+        .chat
+        .turns
+        .begin(&who.user, id, Some(socket_id.clone()))
+    else {
         let err =
             ApiError::Busy("A reply is already being generated for this conversation.".into());
-        sink.emit("error", error_payload(&err, Some(id)));
+        emit_error(sink, &err, Some(id));
         return None;
     };
-    let follower: Arc<dyn TurnSink> = Arc::new(SocketSink(socket.clone()));
+    let follower: Arc<dyn EventSink> = Arc::new(SocketSink(socket.clone()));
     state
+        .chat
         .replies
         .watch(&who.user, id, &socket_id, follower, None)
         .await;
@@ -294,25 +286,25 @@ async fn begin_turn<A: Adapter>(
 /// message (everything after it) and answers that message again.
 async fn on_regenerate<A: Adapter>(
     socket: SocketRef<A>,
-    TryData(data): TryData<Value>,
+    TryData(data): TryData<Inbound<Regenerate>>,
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
     settled(&socket).await;
     let sink = SocketSink(socket.clone());
-    let payload = data.unwrap_or(Value::Null);
+    let Inbound(payload) = data.unwrap_or_default();
     if !within_message_limit(&state, &who, &sink).await {
         return;
     }
-    let id = match target_conversation(&payload, &who).await {
+    let id = match target_conversation(&payload.conversation_id, &who).await {
         Ok(id) => id,
-        Err(err) => return sink.emit("error", error_payload(&err, None)),
+        Err(err) => return emit_error(&sink, &err, None),
     };
     let Some(guard) = begin_turn(&state, &who, &id, &socket, &sink).await else {
         return;
     };
     let result = async {
-        let conversation = state.store.load(&who.user, &id).await?;
+        let conversation = state.chat.store.load(&who.user, &id).await?;
         let Some(last_user) = conversation
             .messages
             .iter()
@@ -325,28 +317,26 @@ async fn on_regenerate<A: Adapter>(
         let message = conversation.messages[last_user].message.content.to_string();
         // The turn stores the user's message again with its new reply.
         for _ in last_user..conversation.messages.len() {
-            state.store.delete_last_message(&who.user, &id).await?;
+            state.chat.store.delete_last_message(&who.user, &id).await?;
         }
-        run_turn(
-            &state,
-            &who.user,
-            &id,
-            message,
-            &guard,
-            &sink,
-            Some(socket.id.to_string()),
-        )
-        .await
+        let turn = Turn {
+            user: &who.user,
+            conversation: &id,
+            guard: &guard,
+            sink: &sink,
+            origin_socket: Some(socket.id.to_string()),
+        };
+        turn.run(&state.chat, message).await
     }
     .await;
     if let Err(err) = result {
-        sink.emit("error", error_payload(&err, Some(&id)));
+        emit_error(&sink, &err, Some(&id));
     }
 }
 
 async fn on_stop_generation<A: Adapter>(
     socket: SocketRef<A>,
-    TryData(data): TryData<Value>,
+    TryData(data): TryData<StopGeneration>,
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
@@ -354,22 +344,14 @@ async fn on_stop_generation<A: Adapter>(
     // No payload or no id: stop all of this user's replies. An id: only
     // that one. Anything unusable stops nothing (it must not widen to
     // "all") and says so.
-    let field = match data {
-        Err(_) | Ok(Value::Null) => None,
-        Ok(Value::Object(map)) => map.get("conversation_id").cloned(),
-        Ok(other) => Some(other),
-    };
-    let id = match field {
-        None | Some(Value::Null) => None,
-        Some(raw) => match raw.as_str().map(ConversationId::parse) {
+    let id = match data.unwrap_or_default() {
+        StopGeneration::All => None,
+        StopGeneration::One(field) => match field.given().map(|raw| ConversationId::parse(raw)) {
             Some(Ok(id)) => Some(id),
-            _ => {
-                let err = ApiError::invalid("Invalid conversation id.");
-                return SocketSink(socket).emit("error", error_payload(&err, None));
-            }
+            _ => return emit_error(&SocketSink(socket), &invalid_id(), None),
         },
     };
-    let stopped = stop_everywhere(&state, &who.user, id.as_ref()).await;
+    let stopped = stop_everywhere(&state.chat, &who.user, id.as_ref()).await;
     tracing::debug!(stopped, "stop_generation");
 }
 
@@ -377,42 +359,36 @@ async fn on_stop_generation<A: Adapter>(
 /// conversation, replaying the in-flight reply after `last_index`.
 async fn on_watch_conversation<A: Adapter>(
     socket: SocketRef<A>,
-    TryData(data): TryData<Value>,
+    TryData(data): TryData<Inbound<WatchConversation>>,
     ack: AckSender<A>,
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
     settled(&socket).await;
     let sink = SocketSink(socket.clone());
-    let payload = data.unwrap_or(Value::Null);
+    let Inbound(payload) = data.unwrap_or_default();
     let id = match payload
-        .get("conversation_id")
-        .and_then(Value::as_str)
-        .map(ConversationId::parse)
+        .conversation_id
+        .given()
+        .map(|raw| ConversationId::parse(raw))
     {
         Some(Ok(id)) => id,
-        _ => {
-            return sink.emit(
-                "error",
-                error_payload(&ApiError::invalid("Invalid conversation id."), None),
-            )
+        _ => return emit_error(&sink, &invalid_id(), None),
+    };
+    let last_index = match payload.last_index {
+        Field::Absent => -1,
+        Field::Given(n) if n >= -1 => n,
+        Field::Given(_) | Field::Wrong => {
+            let err = ApiError::invalid("last_index must be a whole number from -1 up.");
+            return emit_error(&sink, &err, Some(&id));
         }
     };
-    let last_index = match payload.get("last_index") {
-        None | Some(Value::Null) => -1,
-        Some(value) => match value.as_i64().filter(|n| *n >= -1) {
-            Some(n) => n,
-            None => {
-                let err = ApiError::invalid("last_index must be a whole number from -1 up.");
-                return sink.emit("error", error_payload(&err, Some(&id)));
-            }
-        },
-    };
-    if let Err(err) = state.store.meta(&who.user, &id).await {
-        return sink.emit("error", error_payload(&ApiError::from(err), Some(&id)));
+    if let Err(err) = state.chat.store.meta(&who.user, &id).await {
+        return emit_error(&sink, &ApiError::from(err), Some(&id));
     }
-    let follower: Arc<dyn TurnSink> = Arc::new(SocketSink(socket.clone()));
+    let follower: Arc<dyn EventSink> = Arc::new(SocketSink(socket.clone()));
     let streaming = state
+        .chat
         .replies
         .watch(
             &who.user,
@@ -423,7 +399,10 @@ async fn on_watch_conversation<A: Adapter>(
         )
         .await;
     // The ack is optional: a client that did not ask for one gets nothing.
-    let _ = ack.send(&json!({"ok": true, "streaming": streaming}));
+    let _ = ack.send(&WatchAck {
+        ok: true,
+        streaming,
+    });
 }
 
 /// A socket went away. Its replies go on for `DISCONNECT_GRACE_SECONDS`:
@@ -438,15 +417,16 @@ async fn on_disconnect<A: Adapter>(
 ) {
     let socket_id = socket.id.to_string();
     state
+        .chat
         .metrics
         .sockets_connected
         .fetch_sub(1, Ordering::Relaxed);
-    state.replies.unwatch(&socket_id);
-    let orphans = state.turns.turns_of_socket(&socket_id);
+    state.chat.replies.unwatch(&socket_id);
+    let orphans = state.chat.turns.turns_of_socket(&socket_id);
     if orphans.is_empty() {
         return;
     }
-    let grace = state.settings.disconnect_grace;
+    let grace = state.chat.settings.disconnect_grace;
     if grace.is_zero() {
         return orphans.iter().for_each(|turn| turn.cancel());
     }
@@ -487,17 +467,13 @@ impl<A: Adapter> SocketNotifier<A> {
 
 #[async_trait]
 impl<A: Adapter> Notifier for SocketNotifier<A> {
-    async fn to_user(&self, user: &UserId, event: &'static str, payload: Value) {
+    async fn to_user(&self, user: &UserId, event: ServerEvent<'_>) {
         let Some(io) = self.io.get() else { return };
-        if let Err(err) = io.to(user_room(user)).emit(event, &payload).await {
-            tracing::debug!(event, error = %err, "broadcast to user failed");
+        let name = event.name();
+        if let Err(err) = io.to(user_room(user)).emit(name, &event).await {
+            tracing::debug!(event = name, error = %err, "broadcast to user failed");
         }
     }
-}
-
-/// Payload for `upload_progress`.
-pub fn progress_payload(done: usize, total: usize) -> Value {
-    json!({"done": done, "total": total})
 }
 
 #[cfg(test)]

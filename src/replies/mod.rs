@@ -14,85 +14,38 @@
 //! Redis.
 //!
 //! The socket that sent the message gets its events directly from the turn
-//! (`chat.rs`), not from here, so a Redis outage never stops a local reply.
+//! (`turn/`), not from here, so a Redis outage never stops a local reply.
+
+mod event;
+mod memory;
+mod redis;
+mod watcher;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::interfaces::{EventInterface, KeysInterface, PubsubInterface, StreamsInterface};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::chat::TurnSink;
+pub use event::ReplyEvent;
+use memory::{MemoryLog, MemoryReplies};
+use redis::{RedisLog, RELAY_BATCH};
+use watcher::{WatchState, Watcher};
+
 use crate::domain::{ConversationId, UserId};
+use crate::events::EventSink;
 use crate::redis::RedisConnections;
-
-/// One event of a reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ReplyEvent {
-    /// A turn began; `message` is the user's message.
-    Started {
-        message: String,
-    },
-    Chunk {
-        index: u64,
-        chunk: String,
-    },
-    End {
-        stopped: bool,
-        chunks: u64,
-    },
-    Error {
-        message: String,
-        error: String,
-    },
-}
-
-impl ReplyEvent {
-    /// The event for a failed turn.
-    pub fn error(body: &crate::error::ErrorBody) -> Self {
-        ReplyEvent::Error {
-            message: body.message.clone(),
-            error: body.error.to_string(),
-        }
-    }
-
-    fn is_final(&self) -> bool {
-        matches!(self, ReplyEvent::End { .. } | ReplyEvent::Error { .. })
-    }
-
-    /// Sends the Socket.IO event a watcher receives for this event to `sink`.
-    fn emit_to(&self, sink: &dyn TurnSink, conversation: &ConversationId) {
-        match self {
-            ReplyEvent::Started { message } => sink.emit(
-                "reply_started",
-                json!({"conversation_id": conversation, "message": message}),
-            ),
-            ReplyEvent::Chunk { index, chunk } => sink.emit_chunk(chunk, *index, conversation),
-            ReplyEvent::End { stopped, chunks } => sink.emit(
-                "response_end",
-                json!({"conversation_id": conversation, "stopped": stopped, "chunks": chunks}),
-            ),
-            ReplyEvent::Error { message, error } => sink.emit(
-                "error",
-                json!({"message": message, "error": error, "conversation_id": conversation}),
-            ),
-        }
-    }
-}
 
 /// A reply event with where it belongs, as published between instances.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Envelope {
-    instance: Arc<str>,
-    user: Arc<str>,
-    conversation: Arc<str>,
-    origin_socket: Option<Arc<str>>,
-    event: ReplyEvent,
+    pub(super) instance: Arc<str>,
+    pub(super) user: Arc<str>,
+    pub(super) conversation: Arc<str>,
+    pub(super) origin_socket: Option<Arc<str>>,
+    pub(super) event: ReplyEvent,
 }
 
 /// Where reply events are kept (for resuming) and how they reach the
@@ -108,246 +61,6 @@ trait ReplyLog: Send + Sync + 'static {
         user: &UserId,
         conversation: &ConversationId,
     ) -> Result<Vec<ReplyEvent>, String>;
-}
-
-/// A reply's events and, once it ended, when they expire.
-type LoggedReply = (Vec<ReplyEvent>, Option<Instant>);
-
-/// In-process log: one instance, no Redis.
-struct MemoryLog {
-    replies: Mutex<MemoryReplies>,
-    ttl: Duration,
-}
-
-#[derive(Default)]
-struct MemoryReplies {
-    replies: HashMap<(Arc<str>, Arc<str>), LoggedReply>,
-    /// When expired replies were last dropped: a sweep goes over every
-    /// logged reply, so it runs once a second, not on every chunk.
-    swept: Option<Instant>,
-}
-
-impl MemoryLog {
-    /// Appends one event of the reply of `key` (the relay calls this
-    /// directly: no task, no await).
-    fn append(&self, key: &(Arc<str>, Arc<str>), event: &ReplyEvent) {
-        let mut log = self.replies.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if log
-            .swept
-            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
-        {
-            log.replies
-                .retain(|_, (_, expires)| expires.is_none_or(|at| at > now));
-            log.swept = Some(now);
-        }
-        let entry = match log.replies.get_mut(key) {
-            Some(entry) => entry,
-            None => log.replies.entry(key.clone()).or_default(),
-        };
-        if matches!(event, ReplyEvent::Started { .. }) {
-            *entry = (Vec::new(), None);
-        }
-        entry.0.push(event.clone());
-        if event.is_final() {
-            entry.1 = Some(now + self.ttl);
-        }
-    }
-}
-
-#[async_trait]
-impl ReplyLog for MemoryLog {
-    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
-        for envelope in envelopes {
-            let key = (envelope.user.clone(), envelope.conversation.clone());
-            self.append(&key, &envelope.event);
-        }
-        Ok(())
-    }
-
-    async fn read(
-        &self,
-        user: &UserId,
-        conversation: &ConversationId,
-    ) -> Result<Vec<ReplyEvent>, String> {
-        let log = self.replies.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        Ok(log
-            .replies
-            .get(&(Arc::from(user.as_ref()), Arc::from(conversation.as_ref())))
-            .filter(|(_, expires)| expires.is_none_or(|at| at > now))
-            .map(|(events, _)| events.clone())
-            .unwrap_or_default())
-    }
-}
-
-/// Redis log: a stream per reply, published on one channel.
-struct RedisLog {
-    redis: RedisConnections,
-    channel: String,
-    ttl: Duration,
-}
-
-/// Reply events a relay logs in one batch at most.
-const RELAY_BATCH: usize = 64;
-
-/// A reply still streaming after this long is abandoned (its instance died).
-const IN_FLIGHT_TTL: Duration = Duration::from_secs(3600);
-
-impl RedisLog {
-    fn key(&self, user: &str, conversation: &str) -> String {
-        self.redis.key(&format!("reply:{user}:{conversation}"))
-    }
-}
-
-#[async_trait]
-impl ReplyLog for RedisLog {
-    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
-        let Some(last) = envelopes.last() else {
-            return Ok(());
-        };
-        let key = self.key(&last.user, &last.conversation);
-        // One round trip for the events that queued up, in order: each is
-        // in the log before anyone can receive it live.
-        let pipeline = self.redis.client.pipeline();
-        let redis_error = |e: fred::error::Error| format!("redis: {e}");
-        for envelope in envelopes {
-            let event = serde_json::to_string(&envelope.event).map_err(|e| e.to_string())?;
-            if matches!(envelope.event, ReplyEvent::Started { .. }) {
-                let _: () = pipeline.del(&key).await.map_err(redis_error)?;
-            }
-            let _: () = pipeline
-                .xadd(&key, false, None, "*", vec![("e", event)])
-                .await
-                .map_err(redis_error)?;
-        }
-        let ttl = if last.event.is_final() {
-            self.ttl
-        } else {
-            IN_FLIGHT_TTL
-        };
-        let _: () = pipeline
-            .expire(&key, ttl.as_secs().max(1) as i64, None)
-            .await
-            .map_err(redis_error)?;
-        for envelope in envelopes {
-            let message = serde_json::to_string(envelope).map_err(|e| e.to_string())?;
-            let _: () = pipeline
-                .publish(&self.channel, message)
-                .await
-                .map_err(redis_error)?;
-        }
-        self.redis
-            .timed(pipeline.all::<fred::types::Value>())
-            .await
-            .map_err(redis_error)?;
-        Ok(())
-    }
-
-    async fn read(
-        &self,
-        user: &UserId,
-        conversation: &ConversationId,
-    ) -> Result<Vec<ReplyEvent>, String> {
-        let key = self.key(user.as_ref(), conversation.as_ref());
-        let entries: Vec<(String, HashMap<String, String>)> = self
-            .redis
-            .client
-            .xrange(&key, "-", "+", None)
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|(_, fields)| fields.get("e").and_then(|e| serde_json::from_str(e).ok()))
-            .collect())
-    }
-}
-
-/// A socket following a conversation.
-struct Watcher {
-    socket: String,
-    sink: Arc<dyn TurnSink>,
-    state: Mutex<WatchState>,
-}
-
-#[derive(Debug)]
-struct WatchState {
-    /// Highest chunk index delivered (-1: none of this reply yet).
-    last_index: i64,
-    /// The reply's end (or error) was delivered.
-    ended: bool,
-    /// The turn's user message was delivered.
-    started: bool,
-    /// While the log is replayed: the live events that came meanwhile, to
-    /// pass through the filter after the replay.
-    held: Option<Vec<ReplyEvent>>,
-}
-
-/// Whether `event` is new to a watcher in `state` (and records it). `live`
-/// events come from the turn as it runs (a `Started` one opens a new reply);
-/// others are replayed from the log.
-fn admit(state: &mut WatchState, event: &ReplyEvent, live: bool) -> bool {
-    match event {
-        ReplyEvent::Started { .. } if live => {
-            state.last_index = -1;
-            state.ended = false;
-            state.started = true;
-            true
-        }
-        ReplyEvent::Started { .. } => {
-            let send = !state.started && state.last_index < 0;
-            state.started = true;
-            send
-        }
-        ReplyEvent::Chunk { index, .. } => {
-            let fresh = (*index as i64) > state.last_index && !state.ended;
-            if fresh {
-                state.last_index = *index as i64;
-            }
-            fresh
-        }
-        ReplyEvent::End { .. } | ReplyEvent::Error { .. } => {
-            !std::mem::replace(&mut state.ended, true)
-        }
-    }
-}
-
-impl Watcher {
-    fn emit(&self, conversation: &ConversationId, event: &ReplyEvent) {
-        event.emit_to(&*self.sink, conversation);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Delivers a live event unless this watcher already has it (held back
-    /// while the watcher's replay runs).
-    fn deliver(&self, conversation: &ConversationId, event: &ReplyEvent) {
-        let mut state = self.lock();
-        if let Some(held) = &mut state.held {
-            held.push(event.clone());
-        } else if admit(&mut state, event, true) {
-            self.emit(conversation, event);
-        }
-    }
-
-    /// Ends the replay: `logged` (the log as read, oldest first) and then
-    /// the live events held meanwhile go through the filter, under one hold
-    /// of the lock, so nothing live slips in between.
-    fn finish_replay(&self, conversation: &ConversationId, logged: &[ReplyEvent]) {
-        let mut state = self.lock();
-        for event in logged {
-            if admit(&mut state, event, false) {
-                self.emit(conversation, event);
-            }
-        }
-        for event in state.held.take().unwrap_or_default() {
-            if admit(&mut state, &event, true) {
-                self.emit(conversation, &event);
-            }
-        }
-    }
 }
 
 /// A followed conversation: its owner and id.
@@ -376,8 +89,8 @@ impl ReplyHub {
         })
     }
 
-    /// A hub shared through Redis; call [`ReplyHub::listen`] to receive the
-    /// other instances' events.
+    /// A hub shared through Redis; `cluster::listen` hands it the
+    /// other instances' events (`deliver_remote`).
     pub fn with_redis(redis: &RedisConnections, ttl: Duration) -> Arc<Self> {
         Arc::new(Self::new(Arc::new(RedisLog {
             channel: redis.key("replies"),
@@ -422,7 +135,7 @@ impl ReplyHub {
         user: &UserId,
         conversation: &ConversationId,
         socket: &str,
-        sink: Arc<dyn TurnSink>,
+        sink: Arc<dyn EventSink>,
         replay: Option<i64>,
     ) -> bool {
         self.unwatch(socket);
@@ -616,59 +329,24 @@ impl Relay {
     }
 }
 
-/// Subscribes to the reply and control channels and dispatches their
-/// messages (Redis mode).
-pub async fn listen(
-    redis: RedisConnections,
-    hub: Arc<ReplyHub>,
-    turns: Arc<crate::chat::TurnRegistry>,
-) {
-    let replies = redis.key("replies");
-    let control = redis.key("control");
-    let mut messages = redis.control_subscriber.message_rx();
-    if let Err(err) = redis
-        .control_subscriber
-        .subscribe(vec![
-            replies.clone(),
-            control.clone(),
-            redis.instance_channel.clone(),
-        ])
-        .await
-    {
-        tracing::error!(error = %err, "could not subscribe to the reply and control channels");
-    }
-    loop {
-        let message = match messages.recv().await {
-            Ok(message) => message,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "reply events came faster than delivered");
-                continue;
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        let Some(raw) = message.value.as_string() else {
-            continue;
-        };
-        if *message.channel == *replies {
-            hub.deliver_remote(&raw);
-        } else if *message.channel == *control {
-            crate::chat::apply_remote_stop(&turns, &raw, hub.instance());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
 
+    use super::watcher::{WatchState, Watcher};
     use super::*;
+    use crate::events::ServerEvent;
 
     #[derive(Default)]
     struct Recorder(Mutex<Vec<(String, Value)>>);
 
-    impl TurnSink for Recorder {
-        fn emit(&self, event: &'static str, payload: Value) {
-            self.0.lock().unwrap().push((event.to_string(), payload));
+    impl EventSink for Recorder {
+        fn emit(&self, event: ServerEvent<'_>) {
+            let payload = serde_json::to_value(&event).unwrap();
+            self.0
+                .lock()
+                .unwrap()
+                .push((event.name().to_string(), payload));
         }
     }
 

@@ -1,0 +1,109 @@
+//! The JSON bodies the HTTP routes answer with (`docs/PROTOCOL.md`), one
+//! struct each; errors are [`crate::error::ErrorBody`].
+
+use serde::Serialize;
+
+use crate::domain::{ChatMessage, ConversationId, UserId};
+use crate::store::{ConversationMeta, SearchHit};
+
+/// A sentence saying what was done (reset, delete, few-shot example).
+#[derive(Debug, Serialize)]
+pub struct Done {
+    pub message: &'static str,
+}
+
+/// `POST /start_conversation`.
+#[derive(Debug, Serialize)]
+pub struct ConversationStarted {
+    pub message: &'static str,
+    pub conversation_id: ConversationId,
+}
+
+/// `GET /list_conversations`, newest first.
+#[derive(Debug, Serialize)]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationMeta>,
+}
+
+/// `GET /load_conversation/{id}`.
+#[derive(Debug, Serialize)]
+pub struct LoadedConversation {
+    pub conversation: Vec<ChatMessage>,
+    pub conversation_id: ConversationId,
+    pub title: Option<String>,
+}
+
+/// `POST /save_history`: the file written.
+#[derive(Debug, Serialize)]
+pub struct HistorySaved {
+    pub message: &'static str,
+    pub file_name: String,
+}
+
+/// The file `POST /save_history` writes: the original app's document
+/// shape, so tools that read its files read ours.
+#[derive(Debug, Serialize)]
+pub struct SavedConversation<'a> {
+    pub conversation_id: &'a ConversationId,
+    pub user_id: &'a UserId,
+    pub conversation_history: &'a [ChatMessage],
+    pub conversation_text: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub title: Option<&'a str>,
+}
+
+/// `GET /search_conversations`, best first.
+#[derive(Debug, Serialize)]
+pub struct SearchResults {
+    pub conversations: Vec<SearchHit>,
+}
+
+/// `POST /upload_file`.
+#[derive(Debug, Serialize)]
+pub struct UploadAnalysed {
+    pub message: &'static str,
+    pub analysis: String,
+    pub chunks: usize,
+    pub file_name: String,
+}
+
+/// `GET /get_config`: what the page needs to know about limits and the model.
+#[derive(Debug, Serialize)]
+pub struct ClientConfig<'a> {
+    pub max_tokens: u32,
+    pub reply_tokens: u32,
+    pub demo_mode: bool,
+    pub provider: &'static str,
+    pub model: &'a str,
+    pub max_file_size_mb: f64,
+    pub allowed_extensions: &'a [String],
+    pub max_message_chars: usize,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+/// `GET /readyz`: each dependency's state.
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    pub status: &'static str,
+    pub checks: ReadinessChecks,
+}
+
+/// The checks of [`Readiness`]; the Redis ones only in multi-instance mode.
+#[derive(Debug, Serialize)]
+pub struct ReadinessChecks {
+    pub store: &'static str,
+    pub store_backend: &'static str,
+    pub llm: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draining: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<&'static str>,
+}

@@ -1,0 +1,31 @@
+//! Events for every socket of a user (all tabs, on every instance): the
+//! trait the turn and the HTTP routes send through, implemented by the
+//! Socket.IO layer over its rooms.
+
+use async_trait::async_trait;
+
+use crate::domain::UserId;
+use crate::events::{ConversationUpdated, ServerEvent};
+use crate::store::{rfc3339, ConversationMeta};
+
+/// Sends an event to every socket of a user (all tabs; on all instances
+/// through the Redis adapter).
+#[async_trait]
+pub trait Notifier: Send + Sync + 'static {
+    async fn to_user(&self, user: &UserId, event: ServerEvent<'_>);
+}
+
+/// The room every socket of a user joins.
+pub fn user_room(user: &UserId) -> String {
+    format!("user:{user}")
+}
+
+/// `conversation_updated` for a conversation as it is now.
+pub fn conversation_updated(meta: &ConversationMeta) -> ServerEvent<'_> {
+    ServerEvent::ConversationUpdated(ConversationUpdated {
+        conversation_id: meta.conversation_id.as_ref(),
+        title: meta.title.as_deref(),
+        updated_at: rfc3339::format(&meta.updated_at),
+        message_count: meta.message_count,
+    })
+}

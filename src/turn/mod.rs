@@ -1,0 +1,429 @@
+//! One chat turn, from a user's message to a stored reply, in three steps:
+//! [`prepare`](Turn::prepare) loads the conversation and fits the prompt
+//! into the context window (summarising older turns when needed),
+//! [`stream`](Turn::stream) streams the reply to the sending socket and the
+//! reply hub, and [`finish`](Turn::finish) stores the outcome and tells the
+//! user's tabs. There is one finish path, whatever the ending.
+//!
+//! It knows nothing of Socket.IO: events go through an [`EventSink`]. What
+//! is stored is always consistent: success stores the user's message and
+//! the reply together; a stop or disconnect stores the partial reply; an
+//! upstream failure stores only the user's message.
+
+mod registry;
+mod stop;
+mod title;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+pub use registry::{TurnGuard, TurnRegistry};
+pub use stop::{apply_remote_stop, stop_everywhere};
+
+use crate::config::Settings;
+use crate::context::{assemble, plan, summary_request, TokenCounter};
+use crate::domain::{ChatMessage, ConversationId, Role, UserId};
+use crate::error::ApiError;
+use crate::events::{EventSink, Field, ResponseChunk, ResponseEnd, ServerEvent, TokenUsage};
+use crate::llm::{ChatModel, ChatRequest, Messages};
+use crate::metrics::Metrics;
+use crate::notify::{conversation_updated, Notifier};
+use crate::redis::RedisConnections;
+use crate::replies::{Relay, ReplyEvent, ReplyHub};
+use crate::store::{ConversationStore, NewMessage, Summary};
+
+/// What turns need of the application, cheap to clone; the HTTP routes
+/// and socket handlers reach the same services through it.
+#[derive(Clone)]
+pub struct Chat {
+    pub settings: Arc<Settings>,
+    pub store: Arc<dyn ConversationStore>,
+    pub llm: Arc<dyn ChatModel>,
+    pub tokens: TokenCounter,
+    /// Events for all of a user's sockets.
+    pub notifier: Arc<dyn Notifier>,
+    pub metrics: Arc<Metrics>,
+    /// Replies in flight, for other tabs and resuming clients.
+    pub replies: Arc<ReplyHub>,
+    /// Turns in flight, to stop them.
+    pub turns: Arc<TurnRegistry>,
+    /// Set in multi-instance mode (stops are published to the others).
+    pub redis: Option<RedisConnections>,
+}
+
+/// Checks a chat message as it came in a payload (raw JSON): a non-empty
+/// string within the size limit.
+pub fn validate_message(raw: Option<&Value>, max_chars: usize) -> Result<String, ApiError> {
+    check_message(&Field::from_json(raw), max_chars)
+}
+
+/// Checks a chat message: a non-empty string within the size limit.
+pub fn check_message(raw: &Field<String>, max_chars: usize) -> Result<String, ApiError> {
+    let Some(text) = raw.given().filter(|text| !text.trim().is_empty()) else {
+        return Err(ApiError::invalid("No message received from user."));
+    };
+    if text.chars().count() > max_chars {
+        return Err(ApiError::TooLarge(format!(
+            "Message too long (max {max_chars} characters)."
+        )));
+    }
+    Ok(text.clone())
+}
+
+/// How the streaming part ended.
+enum Outcome {
+    Finished,
+    Stopped,
+    Failed(ApiError),
+}
+
+impl Outcome {
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Finished => "finished",
+            Outcome::Stopped => "stopped",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// One turn: whose, in which conversation, and where its events go.
+pub struct Turn<'a> {
+    pub user: &'a UserId,
+    pub conversation: &'a ConversationId,
+    /// The registered turn (cancel handle; released once stored).
+    pub guard: &'a TurnGuard,
+    /// The sending socket's events.
+    pub sink: &'a dyn EventSink,
+    /// The sending socket's id: the hub does not send it the reply again.
+    pub origin_socket: Option<String>,
+}
+
+/// What a turn has done so far; the finish path reads it.
+struct Progress {
+    /// The user's message and its token count.
+    text: String,
+    text_tokens: u32,
+    prompt_tokens: u32,
+    summarised: bool,
+    /// The conversation had no messages before this turn.
+    first_turn: bool,
+    reply: String,
+    chunks: usize,
+    /// Other tabs follow the reply through it (none before streaming).
+    relay: Option<Relay>,
+    started: Instant,
+}
+
+/// What [`Turn::prepare`] leaves for the stream.
+enum Prepared {
+    Prompt(Messages),
+    /// Stopped while summarising, before any reply.
+    Stopped,
+}
+
+impl Turn<'_> {
+    /// Runs the turn with the user's message `text`. Errors before
+    /// streaming are returned (nothing stored); errors while streaming are
+    /// emitted as `error` after storing what is consistent.
+    pub async fn run(self, chat: &Chat, text: String) -> Result<(), ApiError> {
+        let mut progress = Progress {
+            text_tokens: chat.tokens.count(&text),
+            text,
+            prompt_tokens: 0,
+            summarised: false,
+            first_turn: false,
+            reply: String::new(),
+            chunks: 0,
+            relay: None,
+            started: Instant::now(),
+        };
+        let outcome = match self.prepare(chat, &mut progress).await? {
+            Prepared::Stopped => Outcome::Stopped,
+            Prepared::Prompt(messages) => self.stream(chat, &mut progress, messages).await,
+        };
+        self.finish(chat, progress, outcome).await
+    }
+
+    /// Loads the conversation and builds the prompt, summarising older
+    /// turns when they no longer fit.
+    async fn prepare(&self, chat: &Chat, progress: &mut Progress) -> Result<Prepared, ApiError> {
+        let settings = &chat.settings;
+        let budget = settings.prompt_budget();
+        let conversation = chat.store.load(self.user, self.conversation).await?;
+        chat.metrics
+            .store_latency
+            .observe(progress.started.elapsed());
+
+        let new_tokens = progress.text_tokens;
+        let new_cost = new_tokens + crate::context::MESSAGE_OVERHEAD;
+        if new_cost + crate::context::REPLY_PRIMING > budget {
+            return Err(ApiError::TooLarge(format!(
+                "Message too long for the context window ({new_tokens} tokens; at most {} fit).",
+                budget.saturating_sub(
+                    crate::context::MESSAGE_OVERHEAD + crate::context::REPLY_PRIMING
+                )
+            )));
+        }
+        Metrics::inc(&chat.metrics.turns_started);
+
+        // Token counts are cached per stored message; only older rows
+        // without one are counted here.
+        let costs: Vec<u32> = conversation
+            .messages
+            .iter()
+            .map(|m| crate::context::cost(&chat.tokens, m))
+            .collect();
+        let summary_cap = settings.summary_tokens.min(budget / 3).max(16);
+        let prompt_plan = plan(
+            &costs,
+            conversation.summary.as_ref(),
+            new_cost,
+            budget,
+            summary_cap,
+        );
+        let mut summary_text = conversation.summary.as_ref().map(|s| s.text.clone());
+        if let Some(from) = prompt_plan.summarise_from {
+            let to_fold = &conversation.messages[from..prompt_plan.first_kept];
+            let request = ChatRequest {
+                messages: summary_request(summary_text.as_deref(), to_fold).into(),
+                max_tokens: summary_cap,
+            };
+            let outcome = tokio::select! {
+                _ = self.guard.cancel.cancelled() => return Ok(Prepared::Stopped),
+                result = chat.llm.complete(request) => result,
+            };
+            match outcome {
+                Ok(text) => {
+                    let text = text.trim().to_string();
+                    let summary = Summary {
+                        tokens: chat.tokens.count(&text),
+                        text: text.clone(),
+                        covers: prompt_plan.first_kept,
+                    };
+                    Metrics::inc(&chat.metrics.summaries);
+                    if let Err(err) = chat
+                        .store
+                        .set_summary(self.user, self.conversation, summary)
+                        .await
+                    {
+                        tracing::warn!(error = %err, "could not store the summary; using it for this turn only");
+                    }
+                    summary_text = Some(text);
+                    progress.summarised = true;
+                }
+                Err(err) => {
+                    // Leave the oldest turns out of the prompt instead.
+                    Metrics::inc(&chat.metrics.summary_failures);
+                    tracing::warn!(error = %err, conversation = %self.conversation, "summarising failed; leaving older turns out");
+                }
+            }
+        }
+
+        let user_message = ChatMessage::new(Role::User, progress.text.clone());
+        let (messages, prompt_tokens) = assemble(
+            &chat.tokens,
+            &conversation.messages,
+            &costs,
+            prompt_plan.first_kept,
+            summary_text.as_deref(),
+            &user_message,
+            new_cost,
+            budget,
+        );
+        progress.prompt_tokens = prompt_tokens;
+        progress.first_turn = conversation.messages.is_empty();
+        Ok(Prepared::Prompt(messages))
+    }
+
+    /// Streams the reply to the sending socket and to the hub (other tabs,
+    /// any instance) until it ends, is stopped or fails.
+    async fn stream(&self, chat: &Chat, progress: &mut Progress, messages: Messages) -> Outcome {
+        let id = self.conversation;
+        self.sink.emit(ServerEvent::TokenUsage(TokenUsage {
+            total_tokens_used: progress.prompt_tokens,
+            max_tokens: chat.settings.max_tokens,
+            conversation_id: id.as_ref(),
+            summarised: progress.summarised,
+        }));
+        let relay = progress.relay.insert(chat.replies.relay(
+            self.user,
+            id,
+            self.origin_socket.clone(),
+        ));
+        relay.send(ReplyEvent::Started {
+            message: progress.text.clone(),
+        });
+
+        Metrics::add(&chat.metrics.tokens_in, progress.prompt_tokens as u64);
+        let request = ChatRequest {
+            messages,
+            max_tokens: chat.settings.reply_tokens,
+        };
+        let cancel = &self.guard.cancel;
+        let mut stream = tokio::select! {
+            _ = cancel.cancelled() => return Outcome::Stopped,
+            started = chat.llm.stream(request) => match started {
+                Err(err) => return Outcome::Failed(err.into()),
+                Ok(stream) => stream,
+            },
+        };
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return Outcome::Stopped,
+                next = stream.next() => next,
+            };
+            let chunk = match next {
+                None => return Outcome::Finished,
+                Some(Err(err)) => return Outcome::Failed(err.into()),
+                Some(Ok(chunk)) => chunk,
+            };
+            if progress.chunks == 0 {
+                chat.metrics.first_chunk.observe(progress.started.elapsed());
+            }
+            let index = progress.chunks as u64;
+            progress.reply.push_str(&chunk);
+            self.sink.emit(ServerEvent::ResponseChunk(ResponseChunk {
+                chunk: &chunk,
+                index,
+                conversation_id: id.as_ref(),
+            }));
+            relay.send(ReplyEvent::Chunk { index, chunk });
+            progress.chunks += 1;
+        }
+    }
+
+    /// Stores what the turn produced and tells the sending socket, the
+    /// other tabs and every socket of the user; the one ending of every
+    /// turn that got past its checks.
+    async fn finish(
+        &self,
+        chat: &Chat,
+        progress: Progress,
+        outcome: Outcome,
+    ) -> Result<(), ApiError> {
+        let id = self.conversation;
+        let Progress {
+            text,
+            text_tokens,
+            prompt_tokens,
+            summarised,
+            first_turn,
+            reply,
+            chunks,
+            relay,
+            started,
+        } = progress;
+        Metrics::add(&chat.metrics.reply_chunks, chunks as u64);
+        let first_message = (chat.settings.llm_titles && first_turn).then(|| text.clone());
+        let mut to_store = vec![NewMessage {
+            role: Role::User,
+            content: text,
+            tokens: Some(text_tokens),
+        }];
+        let keep_reply =
+            matches!(outcome, Outcome::Finished | Outcome::Stopped) && !reply.is_empty();
+        if keep_reply {
+            let reply_tokens = chat.tokens.count(&reply);
+            Metrics::add(&chat.metrics.tokens_out, reply_tokens as u64);
+            to_store.push(NewMessage {
+                role: Role::Assistant,
+                tokens: Some(reply_tokens),
+                content: reply,
+            });
+        }
+        let store_started = Instant::now();
+        let stored = chat.store.append(self.user, id, to_store).await;
+        chat.metrics.store_latency.observe(store_started.elapsed());
+        chat.metrics.turn_duration.observe(started.elapsed());
+        match (&outcome, &stored) {
+            (Outcome::Finished, Ok(_)) => Metrics::inc(&chat.metrics.turns_completed),
+            (Outcome::Stopped, Ok(_)) => Metrics::inc(&chat.metrics.turns_stopped),
+            _ => Metrics::inc(&chat.metrics.turns_failed),
+        }
+        let relay_send = |event: ReplyEvent| {
+            if let Some(relay) = &relay {
+                relay.send(event);
+            }
+        };
+        let meta = match stored {
+            Ok(meta) => meta,
+            Err(err) => {
+                // The sending socket gets its error from the caller.
+                let err = ApiError::from(err);
+                relay_send(ReplyEvent::error(&err.body()));
+                return Err(err);
+            }
+        };
+        self.guard.release();
+        // One line per turn; no message text at this level.
+        tracing::info!(
+            turn = self.guard.turn,
+            conversation = %id,
+            outcome = outcome.name(),
+            chunks,
+            prompt_tokens,
+            summarised,
+            ms = started.elapsed().as_millis() as u64,
+            "turn"
+        );
+        match outcome {
+            Outcome::Failed(err) => {
+                let body = err.body();
+                relay_send(ReplyEvent::error(&body));
+                self.sink.emit(body.event(Some(id)));
+            }
+            Outcome::Finished | Outcome::Stopped => {
+                let stopped = matches!(outcome, Outcome::Stopped);
+                relay_send(ReplyEvent::End {
+                    stopped,
+                    chunks: chunks as u64,
+                });
+                self.sink.emit(ServerEvent::ResponseEnd(ResponseEnd {
+                    conversation_id: id.as_ref(),
+                    stopped,
+                    chunks: chunks as u64,
+                }));
+            }
+        }
+        chat.notifier
+            .to_user(self.user, conversation_updated(&meta))
+            .await;
+        if let Some(first_message) = first_message.filter(|_| keep_reply) {
+            tokio::spawn(title::make_title(
+                chat.clone(),
+                self.user.clone(),
+                id.clone(),
+                first_message,
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn messages_must_be_non_empty_strings_within_the_limit() {
+        assert_eq!(validate_message(Some(&json!("hi")), 10).unwrap(), "hi");
+        for bad in [
+            None,
+            Some(json!(42)),
+            Some(json!("   ")),
+            Some(json!(null)),
+            Some(json!(["a"])),
+        ] {
+            let err = validate_message(bad.as_ref(), 10).unwrap_err();
+            assert_eq!(err.to_string(), "No message received from user.");
+        }
+        let err = validate_message(Some(&json!("x".repeat(11))), 10).unwrap_err();
+        assert_eq!(err.to_string(), "Message too long (max 10 characters).");
+    }
+}
