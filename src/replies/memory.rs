@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Envelope, ReplyEvent, ReplyLog};
+use super::event::ReplyEvent;
+use super::log::{Envelope, ReplyLog};
 use crate::domain::{ConversationId, UserId};
 
 /// A reply's events and, once it ended, when they expire.

@@ -17,6 +17,7 @@
 //! (`turn/`), not from here, so a Redis outage never stops a local reply.
 
 mod event;
+mod log;
 mod memory;
 mod redis;
 mod watcher;
@@ -25,11 +26,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use event::ReplyEvent;
+use log::{Envelope, ReplyLog};
 use memory::{MemoryLog, MemoryReplies};
 use redis::{RedisLog, RELAY_BATCH};
 use watcher::{WatchState, Watcher};
@@ -37,31 +37,6 @@ use watcher::{WatchState, Watcher};
 use crate::domain::{ConversationId, UserId};
 use crate::events::EventSink;
 use crate::redis::RedisConnections;
-
-/// A reply event with where it belongs, as published between instances.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Envelope {
-    pub(super) instance: Arc<str>,
-    pub(super) user: Arc<str>,
-    pub(super) conversation: Arc<str>,
-    pub(super) origin_socket: Option<Arc<str>>,
-    pub(super) event: ReplyEvent,
-}
-
-/// Where reply events are kept (for resuming) and how they reach the
-/// other instances.
-#[async_trait]
-trait ReplyLog: Send + Sync + 'static {
-    /// Appends events of one reply, in order (a `Started` event replaces
-    /// the previous reply's log), and publishes them to the other instances.
-    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String>;
-    /// The current reply's events, oldest first.
-    async fn read(
-        &self,
-        user: &UserId,
-        conversation: &ConversationId,
-    ) -> Result<Vec<ReplyEvent>, String>;
-}
 
 /// A followed conversation: its owner and id.
 type Followed = (UserId, ConversationId);

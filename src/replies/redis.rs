@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::interfaces::{KeysInterface, PubsubInterface, StreamsInterface};
 
-use super::{Envelope, ReplyEvent, ReplyLog};
+use super::event::ReplyEvent;
+use super::log::{Envelope, ReplyLog};
 use crate::domain::{ConversationId, UserId};
 use crate::redis::RedisConnections;
 

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::ReplyEvent;
+use super::event::ReplyEvent;
 use crate::domain::ConversationId;
 use crate::events::EventSink;
 

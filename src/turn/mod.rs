@@ -10,49 +10,29 @@
 //! the reply together; a stop or disconnect stores the partial reply; an
 //! upstream failure stores only the user's message.
 
+mod chat;
 mod registry;
 mod stop;
 mod title;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
 use serde_json::Value;
 
+pub use chat::Chat;
 pub use registry::{TurnGuard, TurnRegistry};
 pub use stop::{apply_remote_stop, stop_everywhere};
 
-use crate::config::Settings;
-use crate::context::{assemble, plan, summary_request, TokenCounter};
+use crate::context::{assemble, plan, summary_request};
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
 use crate::error::ApiError;
 use crate::events::{EventSink, Field, ResponseChunk, ResponseEnd, ServerEvent, TokenUsage};
-use crate::llm::{ChatModel, ChatRequest, Messages};
+use crate::llm::{ChatRequest, Messages};
 use crate::metrics::Metrics;
-use crate::notify::{conversation_updated, Notifier};
-use crate::redis::RedisConnections;
-use crate::replies::{Relay, ReplyEvent, ReplyHub};
-use crate::store::{ConversationStore, NewMessage, Summary};
-
-/// What turns need of the application, cheap to clone; the HTTP routes
-/// and socket handlers reach the same services through it.
-#[derive(Clone)]
-pub struct Chat {
-    pub settings: Arc<Settings>,
-    pub store: Arc<dyn ConversationStore>,
-    pub llm: Arc<dyn ChatModel>,
-    pub tokens: TokenCounter,
-    /// Events for all of a user's sockets.
-    pub notifier: Arc<dyn Notifier>,
-    pub metrics: Arc<Metrics>,
-    /// Replies in flight, for other tabs and resuming clients.
-    pub replies: Arc<ReplyHub>,
-    /// Turns in flight, to stop them.
-    pub turns: Arc<TurnRegistry>,
-    /// Set in multi-instance mode (stops are published to the others).
-    pub redis: Option<RedisConnections>,
-}
+use crate::notify::conversation_updated;
+use crate::replies::{Relay, ReplyEvent};
+use crate::store::{NewMessage, Summary};
 
 /// Checks a chat message as it came in a payload (raw JSON): a non-empty
 /// string within the size limit.

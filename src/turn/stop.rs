@@ -4,7 +4,8 @@
 
 use crate::domain::{ConversationId, UserId};
 
-use super::{Chat, TurnRegistry};
+use super::chat::Chat;
+use super::registry::TurnRegistry;
 
 /// A stop request as published between instances.
 #[derive(serde::Serialize, serde::Deserialize)]

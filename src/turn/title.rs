@@ -5,7 +5,7 @@ use crate::domain::{ChatMessage, ConversationId, Role, UserId};
 use crate::llm::ChatRequest;
 use crate::notify::conversation_updated;
 
-use super::Chat;
+use super::chat::Chat;
 
 /// Asks the LLM for a short title and stores it.
 pub(super) async fn make_title(

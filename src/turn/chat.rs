@@ -1,0 +1,32 @@
+//! The services a turn uses, bundled once at startup.
+
+use std::sync::Arc;
+
+use super::registry::TurnRegistry;
+use crate::config::Settings;
+use crate::context::TokenCounter;
+use crate::llm::ChatModel;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::redis::RedisConnections;
+use crate::replies::ReplyHub;
+use crate::store::ConversationStore;
+
+/// What turns need of the application, cheap to clone; the HTTP routes
+/// and socket handlers reach the same services through it.
+#[derive(Clone)]
+pub struct Chat {
+    pub settings: Arc<Settings>,
+    pub store: Arc<dyn ConversationStore>,
+    pub llm: Arc<dyn ChatModel>,
+    pub tokens: TokenCounter,
+    /// Events for all of a user's sockets.
+    pub notifier: Arc<dyn Notifier>,
+    pub metrics: Arc<Metrics>,
+    /// Replies in flight, for other tabs and resuming clients.
+    pub replies: Arc<ReplyHub>,
+    /// Turns in flight, to stop them.
+    pub turns: Arc<TurnRegistry>,
+    /// Set in multi-instance mode (stops are published to the others).
+    pub redis: Option<RedisConnections>,
+}
