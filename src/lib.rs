@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod domain;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod files;

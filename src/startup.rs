@@ -37,7 +37,7 @@ use crate::store::mongo::{MongoSessionStore, MongoStore};
 use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::{Backend, ConversationStore};
 use crate::turn::{apply_remote_stop, Chat, TurnRegistry};
-use crate::{cluster, http, llm};
+use crate::{cluster, drain, http, llm};
 use tower_sessions::session::Record;
 use tower_sessions::session_store::SessionStore;
 
@@ -387,7 +387,7 @@ impl Application {
         )
         .with_graceful_shutdown(async move {
             shutdown.await;
-            let left = drain(&turns, &draining, grace).await;
+            let left = drain::drain(&turns, &draining, grace).await;
             unstored_at_exit.store(left, Ordering::SeqCst);
             // Open sockets would keep the server alive forever.
             close_sockets().await;
@@ -400,45 +400,6 @@ impl Application {
             ))),
         }
     }
-}
-
-/// How long stopped replies get to be stored after the grace period (a slow
-/// store under load can take seconds); under `main`'s hard stop.
-const STORE_AFTER_STOP: Duration = Duration::from_secs(14);
-
-/// Graceful drain: refuse new turns (and fail `/readyz`, so the balancer
-/// sends no more), let replies in flight finish for up to `grace`, then stop
-/// the rest, whose partial replies are stored like any stop. Returns how many
-/// turns were still not stored at the end (then the exit code is 1).
-async fn drain(turns: &TurnRegistry, draining: &AtomicBool, grace: Duration) -> usize {
-    draining.store(true, Ordering::SeqCst);
-    tracing::info!(
-        in_flight = turns.len(),
-        grace_secs = grace.as_secs_f32(),
-        "draining"
-    );
-    let deadline = tokio::time::Instant::now() + grace;
-    while !turns.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !turns.is_empty() {
-        let stopped = turns.stop_all();
-        tracing::info!(stopped, "grace period over: stopping the remaining replies");
-        let deadline = tokio::time::Instant::now() + STORE_AFTER_STOP;
-        while !turns.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let left = turns.len();
-    if left == 0 {
-        tracing::info!("drained; closing sockets");
-    } else {
-        tracing::error!(
-            left,
-            "drain: replies still not stored; closing sockets and exiting with an error"
-        );
-    }
-    left
 }
 
 fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
