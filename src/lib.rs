@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod ratelimit;
 pub mod realtime;
+pub mod redact;
 pub mod redis;
 pub mod replies;
 pub mod session;

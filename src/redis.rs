@@ -21,6 +21,7 @@ use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
 use crate::metrics::Histogram;
+use crate::redact;
 
 /// How long one Redis command may take before it fails (during an outage,
 /// commands fail after this instead of waiting for the reconnection).
@@ -75,22 +76,15 @@ fn builder(config: &Config) -> Builder {
     builder
 }
 
-/// Hides a password in a Redis URL.
-fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((head, tail)) => match head.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://***@{tail}"),
-            None => format!("***@{tail}"),
-        },
-        None => url.to_string(),
-    }
-}
-
 impl RedisConnections {
     /// Connects, retrying for about five seconds; the error names `REDIS_URL`.
     pub async fn connect(url: &str, prefix: &str, latency: Arc<Histogram>) -> anyhow::Result<Self> {
-        let mut config = Config::from_url(url)
-            .map_err(|e| anyhow!("REDIS_URL={} is not a usable Redis URL: {e}", redact(url)))?;
+        let mut config = Config::from_url(url).map_err(|e| {
+            anyhow!(
+                "REDIS_URL={} is not a usable Redis URL: {e}",
+                redact::url(url)
+            )
+        })?;
         // The adapter needs RESP3 (sharded pub/sub, Redis 7+); fred does not
         // read `?protocol=` from the URL.
         config.version = RespVersion::RESP3;
@@ -113,7 +107,7 @@ impl RedisConnections {
         if let Some(err) = last_error {
             return Err(anyhow!(
                 "could not reach Redis at REDIS_URL={} after 5 s: {err}",
-                redact(url)
+                redact::url(url)
             ));
         }
         let version: String = client
@@ -131,7 +125,7 @@ impl RedisConnections {
         if major != 0 && major < 7 {
             return Err(anyhow!(
                 "Redis at REDIS_URL={} is version {version}; version 7 or later is needed (sharded pub/sub)",
-                redact(url)
+                redact::url(url)
             ));
         }
         let adapter_subscriber = builder(&config)
@@ -143,7 +137,7 @@ impl RedisConnections {
         control_subscriber
             .init()
             .await
-            .map_err(|e| anyhow!("could not subscribe on REDIS_URL={}: {e}", redact(url)))?;
+            .map_err(|e| anyhow!("could not subscribe on REDIS_URL={}: {e}", redact::url(url)))?;
         keep_subscribed(control_subscriber.clone(), Kind::Plain);
         Ok(Self {
             client,
@@ -386,19 +380,5 @@ impl SessionStore for RedisSessionStore {
         .await
         .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_hidden_in_urls() {
-        assert_eq!(
-            redact("redis://:hunter2@cache:6379/0"),
-            "redis://***@cache:6379/0"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

@@ -47,6 +47,7 @@ use super::{
     SearchHit, StoreError, StoreResult, StoredMessage, Summary,
 };
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
+use crate::redact::Redactor;
 
 /// Collection holding conversations (the original's name).
 pub const CONVERSATIONS: &str = "conversations";
@@ -112,69 +113,6 @@ pub fn validation_schema() -> Document {
             }
         }
     }
-}
-
-/// Strings that must never appear in an error message (the URI's password).
-#[derive(Default)]
-struct Redactor {
-    secrets: Vec<String>,
-}
-
-impl Redactor {
-    fn for_uri(uri: &str) -> Self {
-        let mut secrets = Vec::new();
-        if let Some(password) = uri_password(uri) {
-            if let Some(decoded) = percent_decode(&password) {
-                if decoded != password && !decoded.is_empty() {
-                    secrets.push(decoded);
-                }
-            }
-            if !password.is_empty() {
-                secrets.push(password);
-            }
-        }
-        Self { secrets }
-    }
-
-    fn add(&mut self, secret: &str) {
-        if !secret.is_empty() && !self.secrets.iter().any(|s| s == secret) {
-            self.secrets.push(secret.to_string());
-        }
-    }
-
-    fn clean(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in &self.secrets {
-            out = out.replace(secret.as_str(), "***");
-        }
-        out
-    }
-}
-
-/// The password part of `scheme://user:password@hosts/...`, as written.
-fn uri_password(uri: &str) -> Option<String> {
-    let rest = &uri[uri.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    let (_, password) = userinfo.split_once(':')?;
-    Some(password.to_string())
-}
-
-fn percent_decode(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = raw.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The MongoDB conversation store.
@@ -1352,22 +1290,6 @@ mod tests {
             content: content.to_string(),
             tokens: Some(7),
         }
-    }
-
-    #[test]
-    fn the_uri_password_is_found_and_redacted() {
-        let redactor = Redactor::for_uri("mongodb://app:s3cr%40t@db.example:27017/chat?tls=true");
-        assert_eq!(
-            redactor.clean("auth failed for app:s3cr%40t and s3cr@t"),
-            "auth failed for app:*** and ***"
-        );
-        assert_eq!(uri_password("mongodb://db:27017"), None);
-        assert_eq!(uri_password("mongodb://user@db:27017"), None);
-        assert_eq!(
-            uri_password("mongodb+srv://u:p:w@cluster.example/?x=1").as_deref(),
-            Some("p:w")
-        );
-        assert_eq!(Redactor::for_uri("mongodb://127.0.0.1").clean("x"), "x");
     }
 
     #[test]
