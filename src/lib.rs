@@ -19,7 +19,7 @@ pub mod realtime;
 pub mod redact;
 pub mod redis;
 pub mod replies;
-pub mod session;
+pub mod sessions;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -13,7 +13,7 @@ use super::extract::{ApiJson, IdPath, SessionUser};
 use crate::chat::updated_payload;
 use crate::domain::{conversation_text, ConversationId, Role};
 use crate::error::ApiError;
-use crate::session;
+use crate::sessions as session;
 use crate::state::AppState;
 use crate::store::{rfc3339, NewMessage};
 

@@ -9,7 +9,7 @@ use tower_sessions::Session;
 
 use crate::domain::{ConversationId, UserId};
 use crate::error::ApiError;
-use crate::session;
+use crate::sessions as session;
 
 /// The session of the request and its user (given one on first contact).
 pub struct SessionUser {

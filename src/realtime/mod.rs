@@ -24,7 +24,7 @@ use crate::chat::{
 use crate::domain::{ConversationId, Role, UserId};
 use crate::error::ApiError;
 use crate::ratelimit::{Bucket, Limit};
-use crate::session;
+use crate::sessions as session;
 use crate::state::{user_room, AppState, Notifier};
 
 /// Event names, as the original app and the page use them.

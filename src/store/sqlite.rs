@@ -1,6 +1,6 @@
 //! The embedded store: one SQLite file (WAL) holding conversations, their
 //! messages (one row each, with a cached token count), an FTS5 index over
-//! message text, and the HTTP sessions (see `session.rs`).
+//! message text, and the HTTP sessions (`crate::sessions::sqlite`).
 //!
 //! rusqlite is blocking, so every call runs on the blocking pool through
 //! [`SqliteDb::call`]. One connection serialises writers, which SQLite does
