@@ -22,7 +22,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            write!(f, "\"{}\"", crate::redact::MASK)
+        }
     }
 }
 

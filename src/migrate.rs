@@ -12,7 +12,7 @@ use std::io::Write;
 use anyhow::{bail, Context};
 
 use crate::config::Settings;
-use crate::startup::open_backend;
+use crate::sessions::open_backend;
 use crate::store::{ConversationStore, StoreError};
 
 pub use crate::store::Backend;

@@ -1,6 +1,7 @@
 //! Redis, for running several instances as one server: the connections
-//! (commands, the Socket.IO adapter's subscriber, our control subscriber),
-//! the session store, and the readiness checks.
+//! (commands, the Socket.IO adapter's subscriber, our control subscriber)
+//! and the readiness checks. The session store kept in Redis is
+//! `sessions::redis`.
 //!
 //! Every key and channel starts with `REDIS_PREFIX`, so several deployments
 //! (or test runs) can share one Redis. Clients reconnect by themselves with
@@ -11,16 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use async_trait::async_trait;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, KeysInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
-use fred::types::{Expiration, RespVersion, SetOptions};
-use time::OffsetDateTime;
-use tower_sessions::session::{Id, Record};
-use tower_sessions::session_store::{self, SessionStore};
+use fred::types::RespVersion;
 
 use crate::metrics::Histogram;
+use crate::redact;
 
 /// How long one Redis command may take before it fails (during an outage,
 /// commands fail after this instead of waiting for the reconnection).
@@ -75,22 +73,15 @@ fn builder(config: &Config) -> Builder {
     builder
 }
 
-/// Hides a password in a Redis URL.
-fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((head, tail)) => match head.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://***@{tail}"),
-            None => format!("***@{tail}"),
-        },
-        None => url.to_string(),
-    }
-}
-
 impl RedisConnections {
     /// Connects, retrying for about five seconds; the error names `REDIS_URL`.
     pub async fn connect(url: &str, prefix: &str, latency: Arc<Histogram>) -> anyhow::Result<Self> {
-        let mut config = Config::from_url(url)
-            .map_err(|e| anyhow!("REDIS_URL={} is not a usable Redis URL: {e}", redact(url)))?;
+        let mut config = Config::from_url(url).map_err(|e| {
+            anyhow!(
+                "REDIS_URL={} is not a usable Redis URL: {e}",
+                redact::url(url)
+            )
+        })?;
         // The adapter needs RESP3 (sharded pub/sub, Redis 7+); fred does not
         // read `?protocol=` from the URL.
         config.version = RespVersion::RESP3;
@@ -113,7 +104,7 @@ impl RedisConnections {
         if let Some(err) = last_error {
             return Err(anyhow!(
                 "could not reach Redis at REDIS_URL={} after 5 s: {err}",
-                redact(url)
+                redact::url(url)
             ));
         }
         let version: String = client
@@ -131,7 +122,7 @@ impl RedisConnections {
         if major != 0 && major < 7 {
             return Err(anyhow!(
                 "Redis at REDIS_URL={} is version {version}; version 7 or later is needed (sharded pub/sub)",
-                redact(url)
+                redact::url(url)
             ));
         }
         let adapter_subscriber = builder(&config)
@@ -143,7 +134,7 @@ impl RedisConnections {
         control_subscriber
             .init()
             .await
-            .map_err(|e| anyhow!("could not subscribe on REDIS_URL={}: {e}", redact(url)))?;
+            .map_err(|e| anyhow!("could not subscribe on REDIS_URL={}: {e}", redact::url(url)))?;
         keep_subscribed(control_subscriber.clone(), Kind::Plain);
         Ok(Self {
             client,
@@ -284,121 +275,10 @@ fn keep_subscribed(subscriber: SubscriberClient, kind: Kind) {
     });
 }
 
-/// Sessions in Redis under `{prefix}:session:<id>`, expiring with them.
-/// (tower-sessions-redis-store keys by bare id, which collides between
-/// deployments and test runs sharing a Redis.)
-#[derive(Clone)]
-pub struct RedisSessionStore {
-    client: Client,
-    prefix: String,
-    latency: Arc<Histogram>,
-}
-
 /// Awaits `call`, recording how long it took.
-async fn timed<T>(latency: &Histogram, call: impl std::future::Future<Output = T>) -> T {
+pub(crate) async fn timed<T>(latency: &Histogram, call: impl std::future::Future<Output = T>) -> T {
     let started = std::time::Instant::now();
     let result = call.await;
     latency.observe(started.elapsed());
     result
-}
-
-impl std::fmt::Debug for RedisSessionStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RedisSessionStore")
-    }
-}
-
-impl RedisSessionStore {
-    pub fn new(connections: &RedisConnections) -> Self {
-        Self {
-            client: connections.client.clone(),
-            prefix: connections.key("session:"),
-            latency: connections.latency.clone(),
-        }
-    }
-
-    async fn write(
-        &self,
-        record: &Record,
-        options: Option<SetOptions>,
-    ) -> session_store::Result<bool> {
-        let value = serde_json::to_string(&(&record.data, record.expiry_date.unix_timestamp()))
-            .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-        let written: Option<String> = timed(
-            &self.latency,
-            self.client.set(
-                format!("{}{}", self.prefix, record.id),
-                value,
-                Some(Expiration::EXAT(record.expiry_date.unix_timestamp())),
-                options,
-                false,
-            ),
-        )
-        .await
-        .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
-        Ok(written.is_some())
-    }
-}
-
-#[async_trait]
-impl SessionStore for RedisSessionStore {
-    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        // NX: a new session never overwrites an existing one.
-        for _ in 0..4 {
-            if self.write(record, Some(SetOptions::NX)).await? {
-                return Ok(());
-            }
-            record.id = Id::default();
-        }
-        Err(session_store::Error::Backend(
-            "could not allocate a session id".into(),
-        ))
-    }
-
-    async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.write(record, None).await.map(|_| ())
-    }
-
-    async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
-        let raw: Option<String> = timed(
-            &self.latency,
-            self.client.get(format!("{}{session_id}", self.prefix)),
-        )
-        .await
-        .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
-        let Some(raw) = raw else { return Ok(None) };
-        let (data, expires): (std::collections::HashMap<String, serde_json::Value>, i64) =
-            serde_json::from_str(&raw).map_err(|e| session_store::Error::Decode(e.to_string()))?;
-        Ok(Some(Record {
-            id: *session_id,
-            data,
-            expiry_date: OffsetDateTime::from_unix_timestamp(expires)
-                .map_err(|e| session_store::Error::Decode(e.to_string()))?,
-        }))
-    }
-
-    async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
-        timed(
-            &self.latency,
-            self.client
-                .del::<u64, _>(format!("{}{session_id}", self.prefix)),
-        )
-        .await
-        .map_err(|e| session_store::Error::Backend(format!("redis: {e}")))?;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_hidden_in_urls() {
-        assert_eq!(
-            redact("redis://:hunter2@cache:6379/0"),
-            "redis://***@cache:6379/0"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
 }

@@ -28,108 +28,16 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
 use crate::realtime::{self, SocketNotifier};
-use crate::redis::{RedisConnections, RedisSessionStore};
+use crate::redis::RedisConnections;
 use crate::replies::ReplyHub;
-use crate::session::{self, SqliteSessionStore};
 use crate::state::AppState;
-use crate::store::cache::CachedStore;
-use crate::store::mongo::{MongoSessionStore, MongoStore};
-use crate::store::sqlite::{SqliteDb, SqliteStore};
-use crate::store::{Backend, ConversationStore};
 use crate::turn::{apply_remote_stop, Chat, TurnRegistry};
-use crate::{cluster, drain, http, llm};
-use tower_sessions::session::Record;
-use tower_sessions::session_store::SessionStore;
+use crate::{cluster, drain, http, llm, sessions};
 
 /// Largest Socket.IO message accepted (a chat message is at most
 /// `MAX_MESSAGE_CHARS` characters, up to 4 bytes each, plus JSON).
 fn socket_payload_limit(settings: &Settings) -> u64 {
     (settings.max_message_chars as u64 * 4 + 16 * 1024).max(64 * 1024)
-}
-
-/// Where sessions are kept: in Redis with several instances, else beside
-/// the conversations.
-pub enum Sessions {
-    Sqlite(SqliteSessionStore),
-    Mongo(MongoSessionStore),
-    Redis(RedisSessionStore),
-}
-
-impl Sessions {
-    /// Every unexpired session (for copying between stores).
-    pub async fn live_records(&self) -> anyhow::Result<Vec<Record>> {
-        match self {
-            Sessions::Sqlite(store) => store.live_records().await,
-            Sessions::Mongo(store) => store.live_records().await,
-            Sessions::Redis(_) => anyhow::bail!("sessions in Redis are not copied"),
-        }
-        .map_err(|e| anyhow::anyhow!("reading sessions: {e}"))
-    }
-
-    /// Writes a session as it is.
-    pub async fn save(&self, record: &Record) -> anyhow::Result<()> {
-        match self {
-            Sessions::Sqlite(store) => store.save(record).await,
-            Sessions::Mongo(store) => store.save(record).await,
-            Sessions::Redis(store) => store.save(record).await,
-        }
-        .map_err(|e| anyhow::anyhow!("writing sessions: {e}"))
-    }
-}
-
-/// Opens one conversation store and its session store: the SQLite file at
-/// `DATABASE_PATH`, or MongoDB at `MONGODB_URI` (a clear error when it is
-/// not set or cannot be reached).
-pub async fn open_backend(
-    backend: Backend,
-    settings: &Settings,
-) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
-    match backend {
-        Backend::MongoDb => {
-            let Some(uri) = &settings.mongodb_uri else {
-                anyhow::bail!("MONGODB_URI is not set: it names the MongoDB server to use");
-            };
-            let store = MongoStore::connect(uri, &settings.mongodb_db).await?;
-            tracing::info!(database = %settings.mongodb_db, text_search = store.text_search(), "conversations in MongoDB");
-            let sessions = Sessions::Mongo(store.session_store());
-            Ok((Arc::new(store), sessions))
-        }
-        Backend::Sqlite => {
-            let db = SqliteDb::open(&settings.database_path)
-                .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
-            tracing::info!(path = %settings.database_path.display(), "conversations in SQLite");
-            Ok((
-                Arc::new(SqliteStore::new(db.clone())),
-                Sessions::Sqlite(SqliteSessionStore::new(db)),
-            ))
-        }
-    }
-}
-
-/// The store the settings ask for (MongoDB when `MONGODB_URI` is set, else
-/// SQLite), with sessions in Redis when it is there.
-async fn open_store(
-    settings: &Settings,
-    redis: Option<&RedisConnections>,
-) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
-    let backend = if settings.mongodb_uri.is_some() {
-        Backend::MongoDb
-    } else {
-        Backend::Sqlite
-    };
-    let (store, sessions) = open_backend(backend, settings).await?;
-    // The cache is right only while this process is the store's one
-    // writer: the embedded file without Redis (no other instances).
-    let store: Arc<dyn ConversationStore> =
-        if backend == Backend::Sqlite && redis.is_none() && settings.conversation_cache_bytes > 0 {
-            Arc::new(CachedStore::new(store, settings.conversation_cache_bytes))
-        } else {
-            store
-        };
-    match redis {
-        Some(redis) => Ok((store, Sessions::Redis(RedisSessionStore::new(redis)))),
-        None => Ok((store, sessions)),
-    }
 }
 
 type Closer = Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, ()> + Send>;
@@ -232,7 +140,7 @@ impl Application {
             ),
             None => None,
         };
-        let (store, sessions) = open_store(&settings, redis.as_ref()).await?;
+        let (store, sessions) = sessions::open(&settings, redis.as_ref()).await?;
         let llm = llm::from_settings(&settings, metrics.clone())
             .context("configuring the language model")?;
         let tokens = TokenCounter::new(settings.tokenizer);
@@ -303,21 +211,7 @@ impl Application {
             }
         };
 
-        let router = match sessions {
-            Sessions::Sqlite(store) => {
-                tokio::spawn(expire_sessions(store.clone()));
-                router.layer(session::layer(store, &settings))
-            }
-            Sessions::Mongo(store) => router.layer(session::layer(store, &settings)),
-            Sessions::Redis(store) => {
-                let secret = settings
-                    .secret_key
-                    .as_ref()
-                    .map(|k| k.expose())
-                    .unwrap_or_default();
-                router.layer(session::signed_layer(store, &settings, secret))
-            }
-        };
+        let router = sessions.apply(router, &settings);
         let mut router = router
             // 5xx answers are logged where they happen (an internal error once,
             // with its cause); a failing /readyz probe during an outage must
@@ -437,18 +331,6 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     use axum::response::IntoResponse;
     crate::error::ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
-}
-
-async fn expire_sessions(store: SqliteSessionStore) {
-    let mut every = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        every.tick().await;
-        match store.delete_expired().await {
-            Ok(0) => {}
-            Ok(count) => tracing::info!(count, "expired sessions removed"),
-            Err(err) => tracing::warn!(error = %err, "could not remove expired sessions"),
-        }
-    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -18,7 +18,7 @@ use crate::domain::{conversation_text, ConversationId, Role};
 use crate::error::ApiError;
 use crate::events::{Field, Inbound};
 use crate::notify::conversation_updated;
-use crate::session;
+use crate::sessions;
 use crate::state::AppState;
 use crate::store::{rfc3339, NewMessage};
 
@@ -35,7 +35,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn current(who: &SessionUser, missing: &'static str) -> Result<ConversationId, ApiError> {
-    session::current_conversation(&who.session)
+    sessions::current_conversation(&who.session)
         .await?
         .ok_or(ApiError::NoConversation(missing))
 }
@@ -46,7 +46,7 @@ async fn start_conversation(
 ) -> Result<Json<ConversationStarted>, ApiError> {
     let id = ConversationId::new();
     state.chat.store.create(&who.user, &id).await?;
-    session::set_current_conversation(&who.session, &id).await?;
+    sessions::set_current_conversation(&who.session, &id).await?;
     tracing::info!(conversation = %id, "conversation started");
     Ok(Json(ConversationStarted {
         message: "New conversation started.",
@@ -105,7 +105,7 @@ async fn load_conversation(
     IdPath(id): IdPath,
 ) -> Result<Json<LoadedConversation>, ApiError> {
     let conversation = state.chat.store.load(&who.user, &id).await?;
-    session::set_current_conversation(&who.session, &id).await?;
+    sessions::set_current_conversation(&who.session, &id).await?;
     Ok(Json(LoadedConversation {
         conversation: conversation.history(),
         conversation_id: id,
@@ -119,8 +119,8 @@ async fn delete_conversation(
     IdPath(id): IdPath,
 ) -> Result<Json<Done>, ApiError> {
     state.chat.store.delete(&who.user, &id).await?;
-    if session::current_conversation(&who.session).await?.as_ref() == Some(&id) {
-        session::clear_current_conversation(&who.session).await?;
+    if sessions::current_conversation(&who.session).await?.as_ref() == Some(&id) {
+        sessions::clear_current_conversation(&who.session).await?;
     }
     Ok(Json(Done {
         message: "Conversation deleted.",

@@ -9,7 +9,7 @@ use tower_sessions::Session;
 
 use crate::domain::{ConversationId, UserId};
 use crate::error::ApiError;
-use crate::session;
+use crate::sessions;
 
 /// The session of the request and its user (given one on first contact).
 pub struct SessionUser {
@@ -26,7 +26,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionUser {
             .map_err(|(_, why)| {
                 ApiError::Internal(anyhow::anyhow!("session layer missing: {why}"))
             })?;
-        let user = session::ensure_user(&session).await?;
+        let user = sessions::ensure_user(&session).await?;
         Ok(Self { user, session })
     }
 }

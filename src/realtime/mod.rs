@@ -26,7 +26,7 @@ use crate::events::{
 };
 use crate::notify::{user_room, Notifier};
 use crate::ratelimit::{Bucket, Limit};
-use crate::session;
+use crate::sessions;
 use crate::state::AppState;
 use crate::turn::{check_message, stop_everywhere, Turn, TurnGuard};
 
@@ -105,7 +105,7 @@ async fn identify<A: Adapter>(
 ) -> Result<(), Refused> {
     let user = match &session {
         Some(session) if session.id().is_some() => {
-            session::existing_user(session).await.map_err(|err| {
+            sessions::existing_user(session).await.map_err(|err| {
                 tracing::warn!(error = %err, "could not read the socket's session");
                 Refused("The session could not be read. Please try again.")
             })?
@@ -190,7 +190,7 @@ async fn target_conversation(
         return Err(no_conversation);
     };
     session.load().await?;
-    session::current_conversation(session)
+    sessions::current_conversation(session)
         .await?
         .ok_or(no_conversation)
 }

@@ -3,8 +3,8 @@
 //! modules or between files, and the arrows between layers point one way.
 //!
 //! Imports are read as text (`crate::a::b`, `super::x`, `use child::..`),
-//! which is how the project writes them; `mod x;` declarations are not
-//! imports. A failure names the cycle or the arrow.
+//! which is how the project writes them; comments and `mod x;` declarations
+//! are not imports. A failure names the cycle or the arrow.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -36,9 +36,23 @@ fn modules() -> BTreeMap<String, String> {
             if parts.last().is_some_and(|p| p == "mod") {
                 parts.pop();
             }
-            (parts.join("::"), std::fs::read_to_string(&path).unwrap())
+            (
+                parts.join("::"),
+                code_of(&std::fs::read_to_string(&path).unwrap()),
+            )
         })
         .collect()
+}
+
+/// The text without comments (a doc comment naming a module is no import)
+/// and without the unit tests at the end of a file (`#[cfg(test)]`), which
+/// may reach into a sibling's tests.
+fn code_of(text: &str) -> String {
+    let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text);
+    text.lines()
+        .map(|line| line.split_once("//").map_or(line, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The leading identifiers of a path after `prefix` (`a::b::C`, or each
@@ -124,6 +138,11 @@ fn file_graph() -> BTreeMap<String, BTreeSet<String>> {
     for (module, text) in &known {
         let own: Vec<String> = module.split("::").map(str::to_string).collect();
         let parent = &own[..own.len().saturating_sub(1)];
+        let here = if matches!(module.as_str(), "lib" | "main") {
+            &[][..]
+        } else {
+            &own[..]
+        };
         let mut targets = BTreeSet::new();
         for path in paths_after(text, "crate::") {
             targets.extend(resolve(&known, &[], &path));
@@ -131,23 +150,28 @@ fn file_graph() -> BTreeMap<String, BTreeSet<String>> {
         for path in paths_after(text, "super::") {
             targets.extend(resolve(&known, parent, &path));
         }
-        // `use child::Item` in a module that declares `mod child;`.
+        for path in paths_after(text, "self::") {
+            if known.contains_key(&[here, &path[..1]].concat().join("::")) {
+                targets.extend(resolve(&known, here, &path));
+            }
+        }
+        // `child::item` (in a `use` or inline) in a module that declares
+        // `mod child;`.
         for line in text.lines().map(str::trim) {
-            let Some(rest) = line
-                .strip_prefix("pub use ")
-                .or_else(|| line.strip_prefix("use "))
-            else {
+            let declared = line
+                .strip_prefix("pub mod ")
+                .or_else(|| line.strip_prefix("pub(crate) mod "))
+                .or_else(|| line.strip_prefix("mod "))
+                .and_then(|rest| rest.strip_suffix(';'));
+            let Some(child) = declared else { continue };
+            let name = [here, &[child.to_string()]].concat().join("::");
+            if !known.contains_key(&name) {
                 continue;
-            };
-            for path in read_paths(rest) {
-                let mut child = own.clone();
-                if matches!(module.as_str(), "lib" | "main") {
-                    child.clear();
-                }
-                child.push(path[0].clone());
-                if known.contains_key(&child.join("::")) && path[0] != "crate" {
-                    targets.extend(resolve(&known, &child[..child.len() - 1], &path));
-                }
+            }
+            for path in paths_after(text, &format!("{child}::")) {
+                let mut full = vec![child.to_string()];
+                full.extend(path);
+                targets.extend(resolve(&known, here, &full));
             }
         }
         targets.remove(module);

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use llm_chat_server::domain::{ConversationId, Role, UserId};
-use llm_chat_server::session::SqliteSessionStore;
+use llm_chat_server::sessions::sqlite::SqliteSessionStore;
 use llm_chat_server::store::mongo::MongoStore;
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
 use llm_chat_server::store::{ConversationStore, NewMessage};

@@ -1,0 +1,297 @@
+//! HTTP sessions: where they are kept and how a request finds its own.
+//!
+//! This module owns the tower-sessions layer (the cookie's settings, signed
+//! with several instances), the two facts the app keeps in a session (the
+//! user id, given on first contact, and the current conversation), and the
+//! choice of session store: beside the conversations (the SQLite file, or
+//! MongoDB's `sessions` collection), or in Redis with several instances.
+//! [`open`] opens the conversation store and its sessions together;
+//! [`Sessions::apply`] puts the session layer around the router.
+//!
+//! The stores themselves: [`sqlite`], [`mongo`], [`redis`].
+
+pub mod mongo;
+pub mod redis;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::session::Record;
+use tower_sessions::session_store::SessionStore;
+use tower_sessions::{Expiry, Session, SessionManagerLayer};
+
+use crate::config::Settings;
+use crate::domain::{ConversationId, UserId};
+use crate::redis::RedisConnections;
+use crate::store::cache::CachedStore;
+use crate::store::mongo::MongoStore;
+use crate::store::sqlite::{SqliteDb, SqliteStore};
+use crate::store::{Backend, ConversationStore};
+
+pub use self::mongo::MongoSessionStore;
+pub use self::redis::RedisSessionStore;
+pub use self::sqlite::SqliteSessionStore;
+
+/// Name of the session cookie.
+pub const COOKIE_NAME: &str = "chat_session";
+const USER_KEY: &str = "user_id";
+const CONVERSATION_KEY: &str = "conversation_id";
+
+/// Where sessions are kept: in Redis with several instances, else beside
+/// the conversations.
+pub enum Sessions {
+    Sqlite(SqliteSessionStore),
+    Mongo(MongoSessionStore),
+    Redis(RedisSessionStore),
+}
+
+impl Sessions {
+    /// Every unexpired session (for copying between stores).
+    pub async fn live_records(&self) -> anyhow::Result<Vec<Record>> {
+        match self {
+            Sessions::Sqlite(store) => store.live_records().await,
+            Sessions::Mongo(store) => store.live_records().await,
+            Sessions::Redis(_) => anyhow::bail!("sessions in Redis are not copied"),
+        }
+        .map_err(|e| anyhow::anyhow!("reading sessions: {e}"))
+    }
+
+    /// Writes a session as it is.
+    pub async fn save(&self, record: &Record) -> anyhow::Result<()> {
+        match self {
+            Sessions::Sqlite(store) => store.save(record).await,
+            Sessions::Mongo(store) => store.save(record).await,
+            Sessions::Redis(store) => store.save(record).await,
+        }
+        .map_err(|e| anyhow::anyhow!("writing sessions: {e}"))
+    }
+
+    /// Puts the session layer around `router` (its cookie signed when
+    /// sessions are in Redis); with SQLite, also starts the task that
+    /// removes expired sessions.
+    pub fn apply(self, router: Router, settings: &Settings) -> Router {
+        match self {
+            Sessions::Sqlite(store) => {
+                tokio::spawn(expire_sessions(store.clone()));
+                router.layer(layer(store, settings))
+            }
+            Sessions::Mongo(store) => router.layer(layer(store, settings)),
+            Sessions::Redis(store) => {
+                let secret = settings
+                    .secret_key
+                    .as_ref()
+                    .map(|k| k.expose())
+                    .unwrap_or_default();
+                router.layer(signed_layer(store, settings, secret))
+            }
+        }
+    }
+}
+
+/// Opens one conversation store and its session store: the SQLite file at
+/// `DATABASE_PATH`, or MongoDB at `MONGODB_URI` (a clear error when it is
+/// not set or cannot be reached).
+pub async fn open_backend(
+    backend: Backend,
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
+    match backend {
+        Backend::MongoDb => {
+            let Some(uri) = &settings.mongodb_uri else {
+                anyhow::bail!("MONGODB_URI is not set: it names the MongoDB server to use");
+            };
+            let store = MongoStore::connect(uri, &settings.mongodb_db).await?;
+            tracing::info!(database = %settings.mongodb_db, text_search = store.text_search(), "conversations in MongoDB");
+            let sessions = Sessions::Mongo(store.session_store());
+            Ok((Arc::new(store), sessions))
+        }
+        Backend::Sqlite => {
+            let db = SqliteDb::open(&settings.database_path)
+                .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
+            tracing::info!(path = %settings.database_path.display(), "conversations in SQLite");
+            Ok((
+                Arc::new(SqliteStore::new(db.clone())),
+                Sessions::Sqlite(SqliteSessionStore::new(db)),
+            ))
+        }
+    }
+}
+
+/// The store the settings ask for (MongoDB when `MONGODB_URI` is set, else
+/// SQLite), with sessions in Redis when it is there.
+pub async fn open(
+    settings: &Settings,
+    redis: Option<&RedisConnections>,
+) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
+    let backend = if settings.mongodb_uri.is_some() {
+        Backend::MongoDb
+    } else {
+        Backend::Sqlite
+    };
+    let (store, sessions) = open_backend(backend, settings).await?;
+    // The cache is right only while this process is the store's one
+    // writer: the embedded file without Redis (no other instances).
+    let store: Arc<dyn ConversationStore> =
+        if backend == Backend::Sqlite && redis.is_none() && settings.conversation_cache_bytes > 0 {
+            Arc::new(CachedStore::new(store, settings.conversation_cache_bytes))
+        } else {
+            store
+        };
+    match redis {
+        Some(redis) => Ok((store, Sessions::Redis(RedisSessionStore::new(redis)))),
+        None => Ok((store, sessions)),
+    }
+}
+
+/// Removes expired SQLite sessions once an hour (MongoDB's TTL index and
+/// Redis's key expiry do it by themselves).
+async fn expire_sessions(store: SqliteSessionStore) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        match store.delete_expired().await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "expired sessions removed"),
+            Err(err) => tracing::warn!(error = %err, "could not remove expired sessions"),
+        }
+    }
+}
+
+/// The session layer with the app's cookie settings.
+pub fn layer<S: SessionStore + Clone>(store: S, settings: &Settings) -> SessionManagerLayer<S> {
+    let ttl = time::Duration::seconds(settings.session_ttl.as_secs() as i64);
+    SessionManagerLayer::new(store)
+        .with_name(COOKIE_NAME)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(settings.cookie_secure)
+        .with_path("/")
+        // The stored expiry moves on when the session changes (the page
+        // changes it on every load). Not `always_save`: every request would
+        // write back its whole, possibly stale, copy and could undo a
+        // concurrent change of the current conversation.
+        .with_expiry(Expiry::OnInactivity(ttl))
+}
+
+/// The session layer with its cookie signed by a key derived from
+/// `SECRET_KEY` (several instances: every instance must accept the cookies
+/// of the others, and nobody else can forge one).
+pub fn signed_layer<S: SessionStore + Clone>(
+    store: S,
+    settings: &Settings,
+    secret: &str,
+) -> SessionManagerLayer<S, tower_sessions::service::SignedCookie> {
+    use sha2::Digest;
+    let key = tower_sessions::cookie::Key::from(sha2::Sha512::digest(secret.as_bytes()).as_slice());
+    layer(store, settings).with_signed(key)
+}
+
+/// The session's user, created (and saved) on first contact.
+///
+/// A session is given its user id under a new session id when the cookie
+/// named a stored session (one without a user): whoever knew the old id
+/// (planted it, saw it) does not get to act as the new user. tower-sessions
+/// already replaces ids it cannot find in the store.
+pub async fn ensure_user(session: &Session) -> Result<UserId, tower_sessions::session::Error> {
+    if let Some(raw) = session.get::<String>(USER_KEY).await? {
+        return Ok(UserId::from_stored(raw));
+    }
+    let user = UserId::new();
+    if session.id().is_some() {
+        session.cycle_id().await?;
+    }
+    session.insert(USER_KEY, user.as_ref()).await?;
+    Ok(user)
+}
+
+/// The session's user if it has one (sockets cannot set cookies).
+pub async fn existing_user(
+    session: &Session,
+) -> Result<Option<UserId>, tower_sessions::session::Error> {
+    Ok(session
+        .get::<String>(USER_KEY)
+        .await?
+        .map(UserId::from_stored))
+}
+
+/// The session's current conversation, if any (ignoring a malformed value).
+pub async fn current_conversation(
+    session: &Session,
+) -> Result<Option<ConversationId>, tower_sessions::session::Error> {
+    Ok(session
+        .get::<String>(CONVERSATION_KEY)
+        .await?
+        .and_then(|raw| ConversationId::parse(&raw).ok()))
+}
+
+/// Makes `id` the session's current conversation.
+pub async fn set_current_conversation(
+    session: &Session,
+    id: &ConversationId,
+) -> Result<(), tower_sessions::session::Error> {
+    session.insert(CONVERSATION_KEY, id.as_ref()).await
+}
+
+/// Forgets the current conversation.
+pub async fn clear_current_conversation(
+    session: &Session,
+) -> Result<(), tower_sessions::session::Error> {
+    session.remove::<String>(CONVERSATION_KEY).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::sqlite::SqliteDb;
+
+    fn store() -> (tempfile::TempDir, SqliteSessionStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("s.db")).unwrap();
+        (dir, SqliteSessionStore::new(db))
+    }
+
+    #[tokio::test]
+    async fn a_stored_session_given_its_first_user_gets_a_new_id_and_the_old_one_is_gone() {
+        let (_dir, store) = store();
+        // A stored session without a user (planted, or from an older version).
+        let planted = Session::new(None, Arc::new(store.clone()), None);
+        planted.insert("note", "x").await.unwrap();
+        planted.save().await.unwrap();
+        let old_id = planted.id().unwrap();
+
+        let session = Session::new(Some(old_id), Arc::new(store.clone()), None);
+        let user = ensure_user(&session).await.unwrap();
+        session.save().await.unwrap();
+
+        let new_id = session.id().unwrap();
+        assert_ne!(new_id, old_id, "the session id was not rotated");
+        assert!(
+            store.load(&old_id).await.unwrap().is_none(),
+            "old id still valid"
+        );
+        let record = store.load(&new_id).await.unwrap().unwrap();
+        assert_eq!(record.data[USER_KEY], serde_json::json!(user.as_ref()));
+        assert_eq!(record.data["note"], serde_json::json!("x"), "data was lost");
+    }
+
+    #[tokio::test]
+    async fn a_session_with_a_user_keeps_its_id_and_user() {
+        let (_dir, store) = store();
+        let first = Session::new(None, Arc::new(store.clone()), None);
+        let user = ensure_user(&first).await.unwrap();
+        first.save().await.unwrap();
+        let id = first.id().unwrap();
+
+        let again = Session::new(Some(id), Arc::new(store.clone()), None);
+        assert_eq!(ensure_user(&again).await.unwrap(), user);
+        again.save().await.unwrap();
+
+        assert_eq!(again.id(), Some(id));
+    }
+}

@@ -1,0 +1,587 @@
+//! The MongoDB store, compatible with the original app's data.
+//!
+//! One document per conversation in `conversations`, in the original's shape:
+//! `{conversation_id, user_id, conversation_history: [{role, content}],
+//! conversation_text, created_at, updated_at}` (BSON dates), under the
+//! original's `$jsonSchema` validator. Fields this port adds are optional, so
+//! a database written by the original app loads unchanged and the original
+//! app can still read what is written here:
+//!
+//! - `title`: the first user message, or an LLM-made title;
+//! - `tokens` inside history items: the cached token count of a message;
+//! - `summary: {text, covers, tokens}`: the running summary;
+//! - `message_count`: the history length (informational: reads use `$size`
+//!   of the history, so a document later rewritten by the original app is
+//!   still counted right);
+//! - `size_bytes`: an over-estimate of the document's BSON size, kept by
+//!   every write, so an append can be refused before MongoDB's 16 MB limit.
+//!
+//! Appends are one update pipeline, evaluated by the server on the current
+//! document: the history grows with `$concatArrays`, the searchable text with
+//! `$concat`, the size check sits in the filter. Two tasks appending at once
+//! therefore never lose a message and never leave `conversation_text` behind.
+//! User text only ever enters a pipeline inside `$literal`.
+//!
+//! Search uses the text index (`$text`, `textScore`) when the server has one;
+//! servers without text indexes (SecantusDB, some MongoDB-compatible
+//! services) get a case-insensitive scan of the user's messages instead.
+//!
+//! The parts: `schema` (validator and indexes), `documents` (the stored
+//! shapes and their conversions), `pipelines` (appends and the size guard),
+//! `search` (`$text` and the scan); the session store in the same database
+//! is `crate::sessions::mongo`.
+
+mod documents;
+mod pipelines;
+mod schema;
+mod search;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database};
+
+use self::documents::{
+    conversation_from_doc, export_filter, import_doc, meta_from_doc, meta_projection, now,
+    summary_doc,
+};
+use self::pipelines::{
+    append_filter, append_update, encoded_len, estimate_added, BASE_BYTES, PER_MESSAGE_BYTES,
+};
+pub use self::schema::validation_schema;
+use super::{
+    search_terms, title_from, Conversation, ConversationMeta, ConversationStore, NewMessage,
+    SearchHit, StoreError, StoreResult, Summary,
+};
+use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
+use crate::redact::Redactor;
+
+/// Collection holding conversations (the original's name).
+pub const CONVERSATIONS: &str = "conversations";
+/// Collection holding HTTP sessions.
+pub const SESSIONS: &str = "sessions";
+
+/// Refuse a write that would take a conversation past this estimated size:
+/// 15 MiB, leaving 1 MiB of MongoDB's 16 MiB document limit for the title,
+/// the summary and the estimate's slack.
+pub const SIZE_LIMIT_BYTES: i64 = 15 * 1024 * 1024;
+/// MongoDB's hard limit on a document (what an import may not exceed).
+const HARD_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+/// What a user is told when a conversation is full.
+pub const TOO_LARGE_MESSAGE: &str = "This conversation has reached its size limit (about 15 MB of text). Please start a new conversation.";
+
+/// How long to wait for the server at start and per operation.
+const SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// MongoDB error codes this store reacts to.
+pub(crate) mod code {
+    pub const INDEX_NOT_FOUND: i32 = 27;
+    pub const NAMESPACE_EXISTS: i32 = 48;
+    pub const DUPLICATE_KEY: i32 = 11000;
+    /// `BSONObjectTooLarge` and "Resulting document after update is larger than".
+    pub const TOO_LARGE: [i32; 3] = [10334, 17419, 17420];
+    /// The server cannot answer now: shutting down, stepping down, not primary,
+    /// host unreachable, network timeout, socket exception, exceeded time limit.
+    pub const RETRYABLE: [i32; 14] = [
+        6, 7, 89, 91, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436, 50,
+    ];
+}
+
+/// The MongoDB conversation store.
+#[derive(Clone)]
+pub struct MongoStore {
+    db: Database,
+    conversations: Collection<Document>,
+    /// HTTP sessions (`crate::sessions::mongo`).
+    pub(crate) sessions: Collection<Document>,
+    text_search: bool,
+    /// Hides the URI's password in every error, the session store's too.
+    pub(crate) redactor: Arc<Redactor>,
+}
+
+impl fmt::Debug for MongoStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MongoStore")
+            .field("database", &self.db.name())
+            .field("text_search", &self.text_search)
+            .finish()
+    }
+}
+
+impl MongoStore {
+    /// Connects (waiting up to ~5 s for the server), applies the original's
+    /// validator and creates the indexes (idempotently).
+    pub async fn connect(uri: &str, database: &str) -> anyhow::Result<Self> {
+        let mut redactor = Redactor::for_uri(uri);
+        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
+            anyhow!(
+                "MONGODB_URI is not a usable MongoDB connection string: {}",
+                redactor.clean(&e.kind.to_string())
+            )
+        })?;
+        if let Some(password) = options.credential.as_ref().and_then(|c| c.password.clone()) {
+            redactor.add(&password);
+        }
+        options
+            .server_selection_timeout
+            .get_or_insert(SELECTION_TIMEOUT);
+        options.connect_timeout.get_or_insert(SELECTION_TIMEOUT);
+        options
+            .app_name
+            .get_or_insert_with(|| "llm-chat-server".to_string());
+        let waited = options
+            .server_selection_timeout
+            .unwrap_or(SELECTION_TIMEOUT)
+            .as_secs_f32();
+        let hosts = options
+            .hosts
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let client = Client::with_options(options)
+            .map_err(|e| anyhow!("MONGODB_URI: {}", redactor.clean(&e.kind.to_string())))?;
+        let db = client.database(database);
+
+        // Server selection retries inside the driver for SELECTION_TIMEOUT.
+        if let Err(e) = db.run_command(doc! {"ping": 1}).await {
+            let cause = redactor.clean(&e.kind.to_string());
+            return Err(match *e.kind {
+                ErrorKind::Authentication { .. } => {
+                    anyhow!("MONGODB_URI: the MongoDB server at {hosts} refused the credentials: {cause}")
+                }
+                _ => anyhow!(
+                    "MONGODB_URI could not be reached ({hosts}, waited {waited} s): {cause}"
+                ),
+            });
+        }
+
+        let store = Self {
+            conversations: db.collection(CONVERSATIONS),
+            sessions: db.collection(SESSIONS),
+            db,
+            text_search: false,
+            redactor: Arc::new(redactor),
+        };
+        store.apply_validator().await?;
+        let text_search = store.create_indexes().await?;
+        Ok(Self {
+            text_search,
+            ..store
+        })
+    }
+
+    /// Whether search uses the server's text index (`$text`), rather than
+    /// the case-insensitive scan.
+    pub fn text_search(&self) -> bool {
+        self.text_search
+    }
+
+    /// The database this store uses.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn err(&self, err: mongodb::error::Error) -> StoreError {
+        map_error(&self.redactor, err)
+    }
+
+    fn key(user: &UserId, id: &ConversationId) -> Document {
+        doc! {"conversation_id": id.as_ref(), "user_id": user.as_ref()}
+    }
+
+    /// `find_one_and_update` returning the updated metadata.
+    async fn update_meta(
+        &self,
+        filter: Document,
+        update: impl Into<mongodb::options::UpdateModifications>,
+    ) -> StoreResult<Option<ConversationMeta>> {
+        let found = self
+            .conversations
+            .find_one_and_update(filter, update)
+            .projection(meta_projection())
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(|e| self.err(e))?;
+        found
+            .map(|d| meta_from_doc(&d).map_err(StoreError::Backend))
+            .transpose()
+    }
+}
+
+/// Maps a driver error: unreachable server → `Unavailable`, a document over
+/// the size limit → `TooLarge`, anything else → `Backend`. Messages never
+/// carry the URI's password.
+pub(crate) fn map_error(redactor: &Redactor, err: mongodb::error::Error) -> StoreError {
+    let message = redactor.clean(&err.kind.to_string());
+    match err.kind.as_ref() {
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::Shutdown => StoreError::Unavailable(format!("MongoDB: {message}")),
+        ErrorKind::Command(c) if code::RETRYABLE.contains(&c.code) => {
+            StoreError::Unavailable(format!("MongoDB: {message}"))
+        }
+        ErrorKind::Command(c) if code::TOO_LARGE.contains(&c.code) => {
+            StoreError::TooLarge(TOO_LARGE_MESSAGE.to_string())
+        }
+        ErrorKind::Write(WriteFailure::WriteError(w)) if code::TOO_LARGE.contains(&w.code) => {
+            StoreError::TooLarge(TOO_LARGE_MESSAGE.to_string())
+        }
+        ErrorKind::Write(WriteFailure::WriteConcernError(w))
+            if code::RETRYABLE.contains(&w.code) =>
+        {
+            StoreError::Unavailable(format!("MongoDB: {message}"))
+        }
+        _ => StoreError::Backend(anyhow!("MongoDB: {message}")),
+    }
+}
+
+/// The server's error code of a command or write error.
+pub(crate) fn command_code(err: &mongodb::error::Error) -> Option<i32> {
+    match err.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .and_then(|errors| errors.first())
+            .map(|w| w.code),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl ConversationStore for MongoStore {
+    async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let (at, created_at) = now();
+        let mut d = doc! {
+            "conversation_id": id.as_ref(),
+            "user_id": user.as_ref(),
+            "conversation_history": [],
+            "conversation_text": "",
+            "created_at": at,
+            "updated_at": at,
+            "message_count": 0_i64,
+        };
+        d.insert("size_bytes", BASE_BYTES.max(encoded_len(&d) as i64));
+        self.conversations
+            .insert_one(d)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(ConversationMeta {
+            conversation_id: id.clone(),
+            created_at,
+            updated_at: created_at,
+            title: None,
+            message_count: 0,
+        })
+    }
+
+    async fn load(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation> {
+        let found = self
+            .conversations
+            .find_one(Self::key(user, id))
+            .projection(doc! {"_id": 0, "conversation_text": 0})
+            .await
+            .map_err(|e| self.err(e))?
+            .ok_or(StoreError::NotFound)?;
+        conversation_from_doc(&found).map_err(StoreError::Backend)
+    }
+
+    async fn meta(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let found = self
+            .conversations
+            .find_one(Self::key(user, id))
+            .projection(meta_projection())
+            .await
+            .map_err(|e| self.err(e))?
+            .ok_or(StoreError::NotFound)?;
+        meta_from_doc(&found).map_err(StoreError::Backend)
+    }
+
+    async fn list(
+        &self,
+        user: &UserId,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<ConversationMeta>> {
+        if limit == 0 {
+            // MongoDB reads limit 0 as "no limit".
+            return Ok(Vec::new());
+        }
+        let mut cursor = self
+            .conversations
+            .find(doc! {"user_id": user.as_ref()})
+            .projection(meta_projection())
+            .sort(doc! {"created_at": -1, "conversation_id": 1})
+            .skip(u64::from(offset))
+            .limit(i64::from(limit))
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut list = Vec::new();
+        while let Some(d) = cursor.try_next().await.map_err(|e| self.err(e))? {
+            match meta_from_doc(&d) {
+                Ok(meta) => list.push(meta),
+                Err(e) => tracing::warn!(error = %e, "skipping a malformed conversation"),
+            }
+        }
+        Ok(list)
+    }
+
+    async fn append(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<ConversationMeta> {
+        let added = estimate_added(&messages);
+        if added > SIZE_LIMIT_BYTES {
+            self.meta(user, id).await?;
+            return Err(StoreError::TooLarge(TOO_LARGE_MESSAGE.to_string()));
+        }
+        // Applied by the server only when the document has no title yet.
+        let title = messages
+            .iter()
+            .find(|m| m.role == Role::User)
+            .and_then(|m| title_from(&m.content));
+        let (at, _) = now();
+        let updated = self
+            .update_meta(
+                append_filter(user, id, added),
+                append_update(&messages, title.as_deref(), at),
+            )
+            .await?;
+        match updated {
+            Some(meta) => Ok(meta),
+            // No match: either no such conversation, or no room in it.
+            None => {
+                self.meta(user, id).await?;
+                Err(StoreError::TooLarge(TOO_LARGE_MESSAGE.to_string()))
+            }
+        }
+    }
+
+    async fn delete_last_message(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+    ) -> StoreResult<Option<ChatMessage>> {
+        // Read, then $pop under a filter on the history's size: a
+        // concurrent append makes the update miss, and it is tried again.
+        for _ in 0..5 {
+            let found = self
+                .conversations
+                .find_one(Self::key(user, id))
+                .projection(doc! {"conversation_history": 1})
+                .await
+                .map_err(|e| self.err(e))?
+                .ok_or(StoreError::NotFound)?;
+            let history = found
+                .get_array("conversation_history")
+                .map_err(|e| StoreError::Backend(anyhow!("conversation_history: {e}")))?;
+            let parsed: Vec<ChatMessage> = history
+                .iter()
+                .filter_map(Bson::as_document)
+                .map(|item| {
+                    ChatMessage::new(
+                        item.get_str("role")
+                            .ok()
+                            .and_then(Role::parse)
+                            .unwrap_or(Role::User),
+                        item.get_str("content").unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let Some((last, rest)) = parsed.split_last() else {
+                return Ok(None);
+            };
+            let count = history.len() as i64;
+            let mut filter = Self::key(user, id);
+            filter.insert("conversation_history", doc! {"$size": count});
+            let freed = (last.content.len() as i64) * 2 + PER_MESSAGE_BYTES;
+            let update = doc! {
+                "$pop": {"conversation_history": 1},
+                "$set": {
+                    "conversation_text": domain::conversation_text(rest),
+                    "message_count": count - 1,
+                    "updated_at": now().0,
+                },
+                "$inc": {"size_bytes": -freed},
+            };
+            let result = self
+                .conversations
+                .update_one(filter, update)
+                .await
+                .map_err(|e| self.err(e))?;
+            if result.matched_count == 1 {
+                return Ok(Some(last.clone()));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the conversation kept changing while its last message was removed".into(),
+        ))
+    }
+
+    async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let (at, _) = now();
+        let update = doc! {
+            "$set": {
+                "conversation_history": [],
+                "conversation_text": "",
+                "updated_at": at,
+                "message_count": 0_i64,
+                "size_bytes": BASE_BYTES,
+            },
+            "$unset": {"title": "", "summary": ""},
+        };
+        self.update_meta(Self::key(user, id), update)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn delete(&self, user: &UserId, id: &ConversationId) -> StoreResult<()> {
+        let result = self
+            .conversations
+            .delete_one(Self::key(user, id))
+            .await
+            .map_err(|e| self.err(e))?;
+        if result.deleted_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn set_summary(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        summary: Summary,
+    ) -> StoreResult<()> {
+        let result = self
+            .conversations
+            .update_one(
+                Self::key(user, id),
+                doc! {"$set": {"summary": summary_doc(&summary)}},
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        if result.matched_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn set_title(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        title: &str,
+    ) -> StoreResult<ConversationMeta> {
+        self.update_meta(Self::key(user, id), doc! {"$set": {"title": title}})
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>> {
+        let terms = search_terms(query);
+        if terms.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        if self.text_search {
+            self.text_index_search(user, &terms, limit).await
+        } else {
+            self.scan_search(user, &terms, limit).await
+        }
+    }
+
+    async fn export_page(
+        &self,
+        after: Option<(UserId, ConversationId)>,
+        limit: u32,
+    ) -> StoreResult<Vec<(UserId, Conversation)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut cursor = self
+            .conversations
+            .find(export_filter(after.as_ref()))
+            .projection(doc! {"_id": 0, "conversation_text": 0})
+            .sort(doc! {"user_id": 1, "conversation_id": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut page = Vec::new();
+        while let Some(d) = cursor.try_next().await.map_err(|e| self.err(e))? {
+            let Ok(user) = d.get_str("user_id") else {
+                tracing::warn!("skipping a conversation without a string user_id");
+                continue;
+            };
+            match conversation_from_doc(&d) {
+                Ok(conversation) => {
+                    page.push((UserId::from_stored(user.to_string()), conversation))
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping a malformed conversation"),
+            }
+        }
+        Ok(page)
+    }
+
+    async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
+        let d = import_doc(user, conversation);
+        if encoded_len(&d) > HARD_LIMIT_BYTES {
+            return Err(StoreError::TooLarge(TOO_LARGE_MESSAGE.to_string()));
+        }
+        match self.conversations.insert_one(d).await {
+            Ok(_) => Ok(true),
+            Err(e) if command_code(&e) == Some(code::DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    async fn count_all(&self) -> StoreResult<u64> {
+        self.conversations
+            .count_documents(doc! {})
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.db
+            .run_command(doc! {"ping": 1})
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn backend(&self) -> &'static str {
+        "mongodb"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_unavailable_too_large_or_backend() {
+        let redactor = Redactor::for_uri("mongodb://u:hunter2@h");
+        let io = mongodb::error::Error::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused hunter2",
+        ));
+        match map_error(&redactor, io) {
+            StoreError::Unavailable(m) => assert!(!m.contains("hunter2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! What the server is told about the collections at start: the original
+//! app's `$jsonSchema` validator on `conversations`, and the indexes (the
+//! unique key, list and export order, the sessions' TTL, the text index that
+//! decides between `$text` search and the scan).
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use mongodb::options::IndexOptions;
+use mongodb::IndexModel;
+
+use super::{code, command_code, MongoStore, CONVERSATIONS};
+
+/// The original app's `validation_schema`, verbatim.
+pub fn validation_schema() -> Document {
+    doc! {
+        "$jsonSchema": {
+            "bsonType": "object",
+            "required": ["conversation_id", "user_id", "conversation_history", "created_at"],
+            "properties": {
+                "conversation_id": {"bsonType": "string"},
+                "user_id": {"bsonType": "string"},
+                "conversation_history": {
+                    "bsonType": "array",
+                    "items": {
+                        "bsonType": "object",
+                        "required": ["role", "content"],
+                        "properties": {
+                            "role": {"enum": ["user", "assistant"]},
+                            "content": {"bsonType": "string"}
+                        }
+                    }
+                },
+                "conversation_text": {"bsonType": "string"},
+                "created_at": {"bsonType": "date"},
+                "updated_at": {"bsonType": "date"}
+            }
+        }
+    }
+}
+
+impl MongoStore {
+    pub(super) async fn apply_validator(&self) -> anyhow::Result<()> {
+        match self
+            .db
+            .create_collection(CONVERSATIONS)
+            .validator(validation_schema())
+            .await
+        {
+            Ok(()) => {
+                tracing::info!("created the collection 'conversations' with schema validation");
+                Ok(())
+            }
+            Err(e) if command_code(&e) == Some(code::NAMESPACE_EXISTS) => {
+                let coll_mod = doc! {"collMod": CONVERSATIONS, "validator": validation_schema()};
+                if let Err(e) = self.db.run_command(coll_mod).await {
+                    // A readWrite-only user may not run collMod: the
+                    // collection still works, as it did for the original.
+                    tracing::warn!(
+                        error = %self.redactor.clean(&e.kind.to_string()),
+                        "could not apply the schema validator to 'conversations'"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => Err(anyhow!(
+                "creating the collection 'conversations': {}",
+                self.redactor.clean(&e.kind.to_string())
+            )),
+        }
+    }
+
+    /// Creates the indexes; returns whether a text index is available.
+    pub(super) async fn create_indexes(&self) -> anyhow::Result<bool> {
+        let index = |keys: Document, options: IndexOptions| {
+            IndexModel::builder().keys(keys).options(options).build()
+        };
+        let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
+
+        // Required: import idempotence and user scoping rely on it.
+        let unique = IndexOptions::builder()
+            .name("conversation_user_idx".to_string())
+            .unique(true)
+            .build();
+        self.conversations
+            .create_index(index(doc! {"conversation_id": 1, "user_id": 1}, unique))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "creating the unique index conversation_user_idx: {}",
+                    self.redactor.clean(&e.kind.to_string())
+                )
+            })?;
+
+        let optional = [
+            // The original's.
+            ("created_at_idx", doc! {"created_at": -1}),
+            // A user's list, newest first.
+            ("user_created_idx", doc! {"user_id": 1, "created_at": -1}),
+            // Export order.
+            (
+                "user_conversation_idx",
+                doc! {"user_id": 1, "conversation_id": 1},
+            ),
+        ];
+        for (name, keys) in optional {
+            if let Err(e) = self
+                .conversations
+                .create_index(index(keys, named(name)))
+                .await
+            {
+                tracing::warn!(index = name, error = %self.redactor.clean(&e.kind.to_string()), "could not create an index");
+            }
+        }
+
+        let ttl = IndexOptions::builder()
+            .name("expires_at_ttl".to_string())
+            .expire_after(Duration::ZERO)
+            .build();
+        if let Err(e) = self
+            .sessions
+            .create_index(index(doc! {"expires_at": 1}, ttl))
+            .await
+        {
+            tracing::warn!(error = %self.redactor.clean(&e.kind.to_string()), "could not create the sessions TTL index");
+        }
+
+        let text = IndexOptions::builder()
+            .name("conversation_text_index".to_string())
+            .default_language("english".to_string())
+            .build();
+        match self
+            .conversations
+            .create_index(index(doc! {"conversation_text": "text"}, text))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                // A text index under another name still serves `$text`.
+                if self.has_text_index().await {
+                    return Ok(true);
+                }
+                tracing::warn!(
+                    error = %self.redactor.clean(&e.kind.to_string()),
+                    "the MongoDB server refused a text index: search falls back to a case-insensitive scan"
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    async fn has_text_index(&self) -> bool {
+        let Ok(mut cursor) = self.conversations.list_indexes().await else {
+            return false;
+        };
+        while let Ok(Some(model)) = cursor.try_next().await {
+            if model.keys.values().any(|v| v.as_str() == Some("text"))
+                || model.keys.contains_key("_fts")
+            {
+                return true;
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,188 @@
+//! The connection: one thread owns it and runs the store's calls in order,
+//! committing the calls that queued up meanwhile together (each in its own
+//! savepoint); a busy or locked database is reported as retryable.
+
+use std::path::Path;
+
+use anyhow::Context;
+use rusqlite::Connection;
+
+use super::schema::{migrate, SCHEMA};
+use super::search::{index_pending, INDEX_EVERY};
+use crate::store::{StoreError, StoreResult};
+
+/// The SQLite connection, owned by one thread that runs the store's calls
+/// in order. Calls that queue up while one runs are committed together:
+/// each in a savepoint of its own (a failing call undoes only itself), the
+/// batch in one transaction, so under load many turns share one WAL commit
+/// and one full-text index flush. A call's result is handed back only once
+/// its batch is committed.
+#[derive(Clone)]
+pub struct SqliteDb {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// One call: runs on the connection, returns what finishes it once the
+/// batch's commit is known (`Some` error when the commit failed).
+type Job = Box<dyn FnOnce(&mut Connection) -> Finish + Send>;
+type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+
+/// Calls committed together at most.
+const MAX_BATCH: usize = 64;
+
+impl std::fmt::Debug for SqliteDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteDb")
+    }
+}
+
+impl SqliteDb {
+    /// Opens (creating the file and its folder) and migrates the database,
+    /// and starts the thread that owns the connection.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating the folder {}", parent.display()))?;
+        }
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("opening the database {}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .context("setting database pragmas")?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("creating the schema in {}", path.display()))?;
+        migrate(&mut conn).with_context(|| format!("updating the schema in {}", path.display()))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite".into())
+            .spawn(move || {
+                // Ends when every SqliteDb handle is dropped.
+                let mut indexed_at = std::time::Instant::now();
+                loop {
+                    let first = match queue.recv_timeout(INDEX_EVERY) {
+                        Ok(job) => Some(job),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
+                    if let Some(first) = first {
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_BATCH {
+                            match queue.try_recv() {
+                                Ok(job) => batch.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        run_batch(&mut conn, batch);
+                    }
+                    if indexed_at.elapsed() >= INDEX_EVERY {
+                        indexed_at = std::time::Instant::now();
+                        let index: Job = Box::new(|conn| {
+                            if let Err(err) = index_pending(conn) {
+                                tracing::warn!(error = %err, "could not update the search index; retrying later");
+                            }
+                            Box::new(|_| {})
+                        });
+                        run_batch(&mut conn, vec![index]);
+                    }
+                }
+            })
+            .context("starting the database thread")?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `work` with the connection on the database thread.
+    pub async fn call<R, F>(&self, work: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = work(conn);
+            Box::new(move |commit: Option<&rusqlite::Error>| {
+                let result = match (result, commit) {
+                    (Ok(_), Some(err)) => Err(commit_failure(err)),
+                    (result, _) => result,
+                };
+                let _ = tx.send(result);
+            })
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Backend(anyhow::anyhow!("the database thread has stopped")))?;
+        rx.await.map_err(|_| {
+            StoreError::Backend(anyhow::anyhow!("a database call failed (it panicked)"))
+        })?
+    }
+}
+
+/// Runs queued calls in one transaction, then finishes each.
+fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+    // IMMEDIATE: the write lock is taken (waiting up to busy_timeout) now,
+    // not on the first write, where another process sharing the file (a
+    // second instance in tests, `migrate`) would make it fail at once.
+    // Without the outer transaction (BEGIN failed) each call still runs in
+    // its own savepoint, which SQLite commits on release.
+    let outer = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let mut finishes = Vec::with_capacity(batch.len());
+    for job in batch {
+        // A panicking call drops its sender (its caller gets an error); its
+        // savepoint rolls back as it unwinds; the others go on.
+        if let Ok(finish) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))) {
+            finishes.push(finish);
+        }
+    }
+    let commit = if outer {
+        conn.execute_batch("COMMIT").err()
+    } else {
+        None
+    };
+    if commit.is_some() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for finish in finishes {
+        finish(commit.as_ref());
+    }
+}
+
+/// The error every call of a batch whose commit failed gets.
+fn commit_failure(err: &rusqlite::Error) -> StoreError {
+    if is_busy(err) {
+        StoreError::Unavailable(err.to_string())
+    } else {
+        StoreError::Backend(anyhow::anyhow!("commit failed: {err}"))
+    }
+}
+
+/// Another connection holds the lock (retryable).
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::SqliteFailure(code, _)
+            if matches!(
+                code.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+    )
+}
+
+/// Runs a statement through the statement cache.
+pub(super) fn exec(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<usize> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute(params))
+        .map_err(backend)
+}
+
+pub(super) fn backend(err: rusqlite::Error) -> StoreError {
+    if is_busy(&err) {
+        StoreError::Unavailable(err.to_string())
+    } else {
+        StoreError::Backend(err.into())
+    }
+}

@@ -1,0 +1,572 @@
+//! The embedded store: one SQLite file (WAL) holding conversations, their
+//! messages (one row each, with a cached token count), an FTS5 index over
+//! message text, and the HTTP sessions (`crate::sessions::sqlite`).
+//!
+//! rusqlite is blocking, so every call runs on the database's own thread
+//! through [`SqliteDb::call`]. One connection serialises writers, which
+//! SQLite does anyway; reads are short.
+//!
+//! The parts: `db` (the connection thread, batching, savepoints, busy
+//! handling), `schema` (tables and migrations), `search` (FTS5 and the
+//! deferred indexing), `rows` (reading conversations back); here,
+//! [`SqliteStore`].
+
+mod db;
+mod rows;
+mod schema;
+mod search;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use rusqlite::{params, OptionalExtension};
+
+pub use self::db::SqliteDb;
+use self::db::{backend, exec};
+use self::rows::{meta_from_row, read_conversation, read_meta, META_COLUMNS};
+use super::{
+    rfc3339, title_from, Conversation, ConversationMeta, ConversationStore, NewMessage, SearchHit,
+    StoreError, StoreResult, Summary,
+};
+use crate::domain::{ChatMessage, ConversationId, Role, UserId};
+
+/// The SQLite conversation store.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    db: SqliteDb,
+}
+
+impl SqliteStore {
+    pub fn new(db: SqliteDb) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl ConversationStore for SqliteStore {
+    async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let now = rfc3339::format(&Utc::now());
+                exec(
+                    conn,
+                    "INSERT INTO conversations (user_id, conversation_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                    params![user, id.as_ref(), now],
+                )?;
+                read_meta(conn, &user, id.as_ref())
+            })
+            .await
+    }
+
+    async fn load(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                read_conversation(&tx, &user, &id)
+            })
+            .await
+    }
+
+    async fn meta(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| read_meta(conn, &user, id.as_ref()))
+            .await
+    }
+
+    async fn list(
+        &self,
+        user: &UserId,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<ConversationMeta>> {
+        let user = user.to_string();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {META_COLUMNS} FROM conversations WHERE user_id = ?1 \
+                         ORDER BY created_at DESC, conversation_id LIMIT ?2 OFFSET ?3"
+                    ))
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![user, limit, offset], meta_from_row)
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn append(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<ConversationMeta> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                let meta = read_meta(&tx, &user, id.as_ref())?;
+                let now = rfc3339::format(&Utc::now());
+                let mut seq = meta.message_count as i64;
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                        )
+                        .map_err(backend)?;
+                    for message in &messages {
+                        insert
+                            .execute(params![
+                                user,
+                                id.as_ref(),
+                                seq,
+                                message.role.as_str(),
+                                message.content,
+                                message.tokens,
+                                now
+                            ])
+                            .map_err(backend)?;
+                        seq += 1;
+                    }
+                }
+                let title = if meta.title.is_none() {
+                    messages
+                        .iter()
+                        .find(|m| m.role == Role::User)
+                        .and_then(|m| title_from(&m.content))
+                } else {
+                    None
+                };
+                exec(
+                    &tx,
+                    "UPDATE conversations SET message_count = ?3, updated_at = ?4, title = COALESCE(title, ?5) \
+                     WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), seq, now, title],
+                )?;
+                let meta = read_meta(&tx, &user, id.as_ref())?;
+                tx.commit().map_err(backend)?;
+                Ok(meta)
+            })
+            .await
+    }
+
+    async fn delete_last_message(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+    ) -> StoreResult<Option<ChatMessage>> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                read_meta(&tx, &user, id.as_ref())?;
+                let last = tx
+                    .query_row(
+                        "SELECT id, role, content FROM messages WHERE user_id = ?1 AND conversation_id = ?2 \
+                         ORDER BY seq DESC LIMIT 1",
+                        params![user, id.as_ref()],
+                        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                let Some((row, role, content)) = last else {
+                    return Ok(None);
+                };
+                tx.execute("DELETE FROM messages WHERE id = ?1", params![row])
+                    .map_err(backend)?;
+                tx.execute(
+                    "UPDATE conversations SET message_count = message_count - 1, updated_at = ?3 \
+                     WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), rfc3339::format(&Utc::now())],
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                Ok(Some(ChatMessage::new(Role::parse(&role).unwrap_or(Role::User), content)))
+            })
+            .await
+    }
+
+    async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                read_meta(&tx, &user, id.as_ref())?;
+                tx.execute(
+                    "DELETE FROM messages WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref()],
+                )
+                .map_err(backend)?;
+                tx.execute(
+                    "UPDATE conversations SET message_count = 0, title = NULL, summary = NULL, \
+                     summary_covers = 0, summary_tokens = 0, updated_at = ?3 \
+                     WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), rfc3339::format(&Utc::now())],
+                )
+                .map_err(backend)?;
+                let meta = read_meta(&tx, &user, id.as_ref())?;
+                tx.commit().map_err(backend)?;
+                Ok(meta)
+            })
+            .await
+    }
+
+    async fn delete(&self, user: &UserId, id: &ConversationId) -> StoreResult<()> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                let removed = tx
+                    .execute(
+                        "DELETE FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
+                        params![user, id.as_ref()],
+                    )
+                    .map_err(backend)?;
+                if removed == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                tx.execute(
+                    "DELETE FROM messages WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref()],
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn set_summary(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        summary: Summary,
+    ) -> StoreResult<()> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let changed = conn
+                    .execute(
+                        "UPDATE conversations SET summary = ?3, summary_covers = ?4, summary_tokens = ?5 \
+                         WHERE user_id = ?1 AND conversation_id = ?2",
+                        params![user, id.as_ref(), summary.text, summary.covers as i64, summary.tokens],
+                    )
+                    .map_err(backend)?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn set_title(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        title: &str,
+    ) -> StoreResult<ConversationMeta> {
+        let (user, id, title) = (user.to_string(), id.clone(), title.to_string());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE conversations SET title = ?3 WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), title],
+                )
+                .map_err(backend)?;
+                read_meta(conn, &user, id.as_ref())
+            })
+            .await
+    }
+
+    async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>> {
+        search::hits(&self.db, user, query, limit).await
+    }
+
+    async fn count_all(&self) -> StoreResult<u64> {
+        self.db
+            .call(|conn| {
+                conn.query_row("SELECT COUNT(*) FROM conversations", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map(|n| n.max(0) as u64)
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn export_page(
+        &self,
+        after: Option<(UserId, ConversationId)>,
+        limit: u32,
+    ) -> StoreResult<Vec<(UserId, Conversation)>> {
+        let (after_user, after_id) = after
+            .map(|(u, c)| (u.to_string(), c.to_string()))
+            .unwrap_or_default();
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                let keys = {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "SELECT user_id, conversation_id FROM conversations \
+                             WHERE (user_id, conversation_id) > (?1, ?2) \
+                             ORDER BY user_id, conversation_id LIMIT ?3",
+                        )
+                        .map_err(backend)?;
+                    let rows = stmt
+                        .query_map(params![after_user, after_id, limit], |row| {
+                            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                        })
+                        .map_err(backend)?;
+                    rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
+                };
+                let mut page = Vec::with_capacity(keys.len());
+                for (user, raw_id) in keys {
+                    let Ok(id) = ConversationId::parse(&raw_id) else {
+                        tracing::warn!(conversation = %raw_id, "skipping a row with a malformed id");
+                        continue;
+                    };
+                    let conversation = read_conversation(&tx, &user, &id)?;
+                    page.push((UserId::from_stored(user), conversation));
+                }
+                Ok(page)
+            })
+            .await
+    }
+
+    async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
+        let (user, conversation) = (user.to_string(), conversation.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                let meta = &conversation.meta;
+                let summary = conversation.summary.as_ref();
+                let inserted = tx
+                    .execute(
+                        "INSERT OR IGNORE INTO conversations (user_id, conversation_id, title, summary, \
+                         summary_covers, summary_tokens, message_count, created_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![
+                            user,
+                            meta.conversation_id.as_ref(),
+                            meta.title,
+                            summary.map(|s| s.text.clone()),
+                            summary.map_or(0, |s| s.covers as i64),
+                            summary.map_or(0, |s| s.tokens),
+                            conversation.messages.len() as i64,
+                            rfc3339::format(&meta.created_at),
+                            rfc3339::format(&meta.updated_at),
+                        ],
+                    )
+                    .map_err(backend)?;
+                if inserted == 0 {
+                    return Ok(false);
+                }
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                        )
+                        .map_err(backend)?;
+                    let at = rfc3339::format(&meta.updated_at);
+                    for (seq, m) in conversation.messages.iter().enumerate() {
+                        insert
+                            .execute(params![
+                                user,
+                                meta.conversation_id.as_ref(),
+                                seq as i64,
+                                m.message.role.as_str(),
+                                &*m.message.content,
+                                m.tokens,
+                                at
+                            ])
+                            .map_err(backend)?;
+                    }
+                }
+                tx.commit().map_err(backend)?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.db
+            .call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+            .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("nested/chat.db")).unwrap();
+        (dir, SqliteStore::new(db))
+    }
+
+    pub(super) fn msg(role: Role, content: &str) -> NewMessage {
+        NewMessage {
+            role,
+            content: content.to_string(),
+            tokens: Some(3),
+        }
+    }
+
+    #[tokio::test]
+    async fn append_keeps_order_sets_title_and_is_scoped_to_the_owner() {
+        let (_dir, store) = store();
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let id = ConversationId::new();
+        store.create(&alice, &id).await.unwrap();
+
+        let meta = store
+            .append(
+                &alice,
+                &id,
+                vec![
+                    msg(Role::User, "first question"),
+                    msg(Role::Assistant, "answer"),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .append(&alice, &id, vec![msg(Role::User, "second")])
+            .await
+            .unwrap();
+
+        assert_eq!(meta.title.as_deref(), Some("first question"));
+        let loaded = store.load(&alice, &id).await.unwrap();
+        let contents: Vec<_> = loaded
+            .messages
+            .iter()
+            .map(|m| &*m.message.content)
+            .collect();
+        assert_eq!(contents, ["first question", "answer", "second"]);
+        assert_eq!(loaded.meta.message_count, 3);
+        assert!(matches!(
+            store.load(&bob, &id).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.append(&bob, &id, vec![msg(Role::User, "x")]).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(store.list(&bob, 10, 0).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reset_empties_history_and_summary_and_delete_removes() {
+        let (_dir, store) = store();
+        let user = UserId::new();
+        let id = ConversationId::new();
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "secret plans")])
+            .await
+            .unwrap();
+        store
+            .set_summary(
+                &user,
+                &id,
+                Summary {
+                    text: "s".into(),
+                    covers: 1,
+                    tokens: 1,
+                },
+            )
+            .await
+            .unwrap();
+
+        store.reset(&user, &id).await.unwrap();
+
+        let loaded = store.load(&user, &id).await.unwrap();
+        assert!(loaded.messages.is_empty() && loaded.summary.is_none());
+        assert!(store.search(&user, "plans", 10).await.unwrap().is_empty());
+        store.delete(&user, &id).await.unwrap();
+        assert!(matches!(
+            store.meta(&user, &id).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn export_then_import_copies_everything_once() {
+        let (_dir, source) = store();
+        let (_dir2, target) = store();
+        let users = [UserId::new(), UserId::new()];
+        for user in &users {
+            for _ in 0..3 {
+                let id = ConversationId::new();
+                source.create(user, &id).await.unwrap();
+                source
+                    .append(
+                        user,
+                        &id,
+                        vec![msg(Role::User, "hello"), msg(Role::Assistant, "hi")],
+                    )
+                    .await
+                    .unwrap();
+                source
+                    .set_summary(
+                        user,
+                        &id,
+                        Summary {
+                            text: "greeting".into(),
+                            covers: 2,
+                            tokens: 1,
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+
+        let mut inserted = 0;
+        for _ in 0..2 {
+            let mut after = None;
+            loop {
+                let page = source.export_page(after.clone(), 4).await.unwrap();
+                let Some((user, last)) = page.last() else {
+                    break;
+                };
+                after = Some((user.clone(), last.meta.conversation_id.clone()));
+                for (user, conversation) in &page {
+                    inserted += target.import(user, conversation).await.unwrap() as usize;
+                }
+            }
+        }
+
+        assert_eq!(inserted, 6, "the second pass must insert nothing");
+        for user in &users {
+            let listed = target.list(user, 10, 0).await.unwrap();
+            assert_eq!(listed, source.list(user, 10, 0).await.unwrap());
+            let copy = target.load(user, &listed[0].conversation_id).await.unwrap();
+            assert_eq!(
+                copy.history(),
+                source
+                    .load(user, &listed[0].conversation_id)
+                    .await
+                    .unwrap()
+                    .history()
+            );
+            assert_eq!(copy.summary.unwrap().text, "greeting");
+            assert_eq!(copy.messages[0].tokens, Some(3));
+        }
+        assert_eq!(
+            target.search(&users[0], "hello", 10).await.unwrap().len(),
+            3
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! The database's layout: the tables (conversations, messages, the FTS5
+//! index, sessions) created on open, and the migrations that bring a file
+//! written by an older version up to date.
+
+use rusqlite::Connection;
+
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS conversations (
+    user_id         TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    title           TEXT,
+    summary         TEXT,
+    summary_covers  INTEGER NOT NULL DEFAULT 0,
+    summary_tokens  INTEGER NOT NULL DEFAULT 0,
+    message_count   INTEGER NOT NULL DEFAULT 0,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    PRIMARY KEY (user_id, conversation_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conversations_by_created ON conversations (user_id, created_at DESC);
+
+CREATE TABLE IF NOT EXISTS messages (
+    id              INTEGER PRIMARY KEY,
+    user_id         TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    role            TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    content         TEXT NOT NULL,
+    tokens          INTEGER,
+    created_at      TEXT NOT NULL,
+    -- 1 once the row is in messages_fts (see `index_pending`).
+    indexed         INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (user_id, conversation_id, seq)
+);
+
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
+    content, content='messages', content_rowid='id', tokenize='unicode61'
+);
+
+CREATE TABLE IF NOT EXISTS sessions (
+    id          TEXT PRIMARY KEY,
+    data        TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
+"#;
+
+/// Full-text indexing is deferred: a turn's messages are written with
+/// `indexed = 0` and [`index_pending`](super::search::index_pending) adds
+/// them to `messages_fts` in bulk (about once a second, and before every
+/// search), so a turn does not pay for an FTS5 flush. Until version 2 a trigger indexed each insert: those
+/// rows are all indexed, hence the column's default of 1 when it is added.
+const FTS_MIGRATION: &str = r#"
+DROP TRIGGER IF EXISTS messages_ai;
+DROP TRIGGER IF EXISTS messages_ad;
+CREATE TRIGGER messages_ad AFTER DELETE ON messages WHEN old.indexed = 1 BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+END;
+CREATE INDEX IF NOT EXISTS messages_unindexed ON messages (id) WHERE indexed = 0;
+"#;
+
+/// Brings an older database to the current schema (idempotent).
+pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let has_indexed = tx
+        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'indexed'")?
+        .exists([])?;
+    if !has_indexed {
+        tx.execute_batch("ALTER TABLE messages ADD COLUMN indexed INTEGER NOT NULL DEFAULT 1")?;
+    }
+    tx.execute_batch(FTS_MIGRATION)?;
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::params;
+
+    use super::super::db::backend;
+    use super::super::tests::msg;
+    use super::super::{SqliteDb, SqliteStore};
+    use super::*;
+    use crate::domain::{ConversationId, Role, UserId};
+    use crate::store::ConversationStore;
+
+    #[tokio::test]
+    async fn a_database_of_the_trigger_indexed_version_is_migrated_and_stays_searchable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let (user, old_id) = (UserId::new(), ConversationId::new());
+        {
+            // The schema as it was: no `indexed` column, a trigger per insert.
+            let conn = Connection::open(&path).unwrap();
+            let old_schema = SCHEMA.replace(
+                "    -- 1 once the row is in messages_fts (see `index_pending`).\n    indexed         INTEGER NOT NULL DEFAULT 0,\n",
+                "",
+            );
+            assert!(!old_schema.contains("indexed "));
+            conn.execute_batch(&old_schema).unwrap();
+            conn.execute_batch(
+                "CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
+                     INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+                 END;
+                 CREATE TRIGGER messages_ad AFTER DELETE ON messages BEGIN
+                     INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+                 END;",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO conversations (user_id, conversation_id, message_count, created_at, updated_at) \
+                 VALUES (?1, ?2, 1, '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')",
+                params![user.as_ref(), old_id.as_ref()],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO messages (user_id, conversation_id, seq, role, content, created_at) \
+                 VALUES (?1, ?2, 0, 'user', 'ancient walrus', '2026-01-01T00:00:00.000000Z')",
+                params![user.as_ref(), old_id.as_ref()],
+            )
+            .unwrap();
+        }
+
+        let store = SqliteStore::new(SqliteDb::open(&path).unwrap());
+        let new_id = ConversationId::new();
+        store.create(&user, &new_id).await.unwrap();
+        store
+            .append(&user, &new_id, vec![msg(Role::User, "modern walrus")])
+            .await
+            .unwrap();
+
+        // Both found exactly once: the old row was not indexed a second time.
+        let hits = store.search(&user, "walrus", 10).await.unwrap();
+        let mut found: Vec<_> = hits
+            .iter()
+            .map(|h| h.meta.conversation_id.clone())
+            .collect();
+        found.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        let mut expected = vec![old_id.clone(), new_id.clone()];
+        expected.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        assert_eq!(found, expected);
+        let ancient = store.search(&user, "ancient", 10).await.unwrap();
+        assert_eq!(ancient.len(), 1);
+
+        // Deleting takes the old row out of the index too.
+        store.delete(&user, &old_id).await.unwrap();
+        assert!(store.search(&user, "ancient", 10).await.unwrap().is_empty());
+        let rows: i64 = store
+            .db
+            .call(|conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'walrus'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(backend)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "the index holds a stale or doubled row");
+    }
+}
