@@ -20,7 +20,6 @@ pub mod notify;
 pub mod ratelimit;
 pub mod realtime;
 pub mod redact;
-pub mod redis;
 pub mod replies;
 pub mod sessions;
 pub mod startup;

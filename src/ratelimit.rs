@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use fred::interfaces::KeysInterface;
 
+use crate::cluster::RedisConnections;
 use crate::domain::UserId;
-use crate::redis::RedisConnections;
 
 /// What is being limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

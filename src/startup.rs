@@ -21,6 +21,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 
+use crate::cluster::RedisConnections;
 use crate::config::Settings;
 use crate::context::TokenCounter;
 use crate::events::{ServerEvent, ServerRestarting};
@@ -28,7 +29,6 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
 use crate::realtime::{self, SocketNotifier};
-use crate::redis::RedisConnections;
 use crate::replies::ReplyHub;
 use crate::state::AppState;
 use crate::turn::{apply_remote_stop, Chat, TurnRegistry};

@@ -3,7 +3,7 @@
 //! this instance's own channel. One subscriber receives them all and hands
 //! each message to its handler.
 
-use crate::redis::RedisConnections;
+use super::connections::RedisConnections;
 
 /// What to do with a message of each channel (called on the listener's
 /// task: keep it short).

@@ -1,10 +1,24 @@
 //! The JSON bodies the HTTP routes answer with (`docs/PROTOCOL.md`), one
 //! struct each; errors are [`crate::error::ErrorBody`].
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use serde::Serialize;
 
 use crate::domain::{ChatMessage, ConversationId, UserId};
+use crate::error::ErrorBody;
 use crate::store::{ConversationMeta, SearchHit};
+
+/// 404 for a path no route has, or a static file that does not exist.
+pub fn not_found() -> Response {
+    let body = ErrorBody {
+        message: "Not found.".to_string(),
+        error: "not_found",
+        retry_after: None,
+    };
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
 
 /// A sentence saying what was done (reset, delete, few-shot example).
 #[derive(Debug, Serialize)]

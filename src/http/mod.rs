@@ -8,12 +8,11 @@ pub mod health;
 pub mod page;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method};
 use axum::response::IntoResponse;
-use axum::{Json, Router};
+use axum::Router;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::error::ErrorBody;
 use crate::state::AppState;
 
 /// Largest JSON body accepted (few-shot examples are the largest).
@@ -82,19 +81,6 @@ async fn same_origin_only(
     next.run(request).await
 }
 
-/// 404 for a path no route has (or a static file that does not exist).
-fn not_found_response() -> axum::response::Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(ErrorBody {
-            message: "Not found.".to_string(),
-            error: "not_found",
-            retry_after: None,
-        }),
-    )
-        .into_response()
-}
-
 async fn not_found() -> axum::response::Response {
-    not_found_response()
+    bodies::not_found()
 }

@@ -116,6 +116,6 @@ async fn static_file(Path(name): Path<String>, RawQuery(query): RawQuery) -> Res
             *bytes,
         )
             .into_response(),
-        None => super::not_found_response(),
+        None => super::bodies::not_found(),
     }
 }

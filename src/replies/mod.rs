@@ -34,9 +34,9 @@ use memory::{MemoryLog, MemoryReplies};
 use redis::{RedisLog, RELAY_BATCH};
 use watcher::{WatchState, Watcher};
 
+use crate::cluster::RedisConnections;
 use crate::domain::{ConversationId, UserId};
 use crate::events::EventSink;
-use crate::redis::RedisConnections;
 
 /// A followed conversation: its owner and id.
 type Followed = (UserId, ConversationId);

@@ -9,8 +9,8 @@ use fred::interfaces::{KeysInterface, PubsubInterface, StreamsInterface};
 
 use super::event::ReplyEvent;
 use super::log::{Envelope, ReplyLog};
+use crate::cluster::RedisConnections;
 use crate::domain::{ConversationId, UserId};
-use crate::redis::RedisConnections;
 
 /// Redis log: a stream per reply, published on one channel.
 pub(super) struct RedisLog {

@@ -24,9 +24,9 @@ use tower_sessions::session::Record;
 use tower_sessions::session_store::SessionStore;
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
+use crate::cluster::RedisConnections;
 use crate::config::Settings;
 use crate::domain::{ConversationId, UserId};
-use crate::redis::RedisConnections;
 use crate::store::cache::CachedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::sqlite::{SqliteDb, SqliteStore};

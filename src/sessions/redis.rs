@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
+use crate::cluster::{timed, RedisConnections};
 use crate::metrics::Histogram;
-use crate::redis::{timed, RedisConnections};
 
 /// Sessions in Redis under `{prefix}:session:<id>`, expiring with them.
 /// (tower-sessions-redis-store keys by bare id, which collides between

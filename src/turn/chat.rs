@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use super::registry::TurnRegistry;
+use crate::cluster::RedisConnections;
 use crate::config::Settings;
 use crate::context::TokenCounter;
 use crate::llm::ChatModel;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::redis::RedisConnections;
 use crate::replies::ReplyHub;
 use crate::store::ConversationStore;
 

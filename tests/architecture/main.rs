@@ -268,7 +268,7 @@ fn layers_point_one_way_and_events_is_a_leaf() {
         &["state"],
         &["turn"],
         &["replies", "notify", "ratelimit", "session", "sessions"],
-        &["cluster", "redis"],
+        &["cluster"],
         &["store", "llm", "context", "error", "files"],
         &["metrics", "config", "redact"],
         &["events", "domain"],

@@ -1,6 +1,5 @@
-//! Redis, for running several instances as one server: the connections
-//! (commands, the Socket.IO adapter's subscriber, our control subscriber)
-//! and the readiness checks. The session store kept in Redis is
+//! The Redis connections of one instance (commands, the Socket.IO
+//! adapter's subscriber, our control subscriber) and the readiness checks. The session store kept in Redis is
 //! `sessions::redis`.
 //!
 //! Every key and channel starts with `REDIS_PREFIX`, so several deployments
@@ -17,6 +16,7 @@ use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::RespVersion;
 
+use super::subscriptions::{confirmed, keep_subscribed, Kind};
 use crate::metrics::Histogram;
 use crate::redact;
 
@@ -202,81 +202,8 @@ impl RedisConnections {
     }
 }
 
-/// Plain or sharded pub/sub channels.
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Plain,
-    Sharded,
-}
-
-/// Whether Redis reports a subscriber on every one of `channels` (sharded).
-async fn confirmed(
-    client: &Client,
-    channels: &std::collections::BTreeSet<fred::bytes_utils::Str>,
-) -> bool {
-    for channel in channels {
-        match client
-            .pubsub_shardnumsub::<(String, u64), _>(channel.to_string())
-            .await
-        {
-            Ok((_, count)) if count >= 1 => {}
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// After every reconnection, subscribes `subscriber` again to the channels
-/// it tracks, retrying until it works. (fred's own `manage_subscriptions`
-/// first sends a SUBSCRIBE even with no plain channel to send, which Redis
-/// refuses, and then never re-subscribes the sharded ones: the instance
-/// would stay connected but deaf.)
-fn keep_subscribed(subscriber: SubscriberClient, kind: Kind) {
-    use fred::interfaces::EventInterface;
-    let mut reconnects = subscriber.reconnect_rx();
-    tokio::spawn(async move {
-        while reconnects.recv().await.is_ok() {
-            for attempt in 1..=40u64 {
-                let result = match kind {
-                    Kind::Plain => {
-                        let channels: Vec<String> = subscriber
-                            .tracked_channels()
-                            .iter()
-                            .map(|c| c.to_string())
-                            .collect();
-                        if channels.is_empty() {
-                            Ok(())
-                        } else {
-                            subscriber.subscribe(channels).await
-                        }
-                    }
-                    Kind::Sharded => {
-                        let mut result = Ok(());
-                        for channel in subscriber.tracked_shard_channels() {
-                            if let Err(err) = subscriber.ssubscribe(channel.to_string()).await {
-                                result = Err(err);
-                            }
-                        }
-                        result
-                    }
-                };
-                match result {
-                    Ok(()) => {
-                        tracing::info!(?kind, "re-subscribed after the Redis reconnection");
-                        break;
-                    }
-                    Err(err) => {
-                        tracing::warn!(?kind, attempt, error = %err, "re-subscribing failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(250 * attempt.min(8))).await;
-                    }
-                }
-            }
-        }
-    });
-}
-
 /// Awaits `call`, recording how long it took.
-pub(crate) async fn timed<T>(latency: &Histogram, call: impl std::future::Future<Output = T>) -> T {
+pub async fn timed<T>(latency: &Histogram, call: impl std::future::Future<Output = T>) -> T {
     let started = std::time::Instant::now();
     let result = call.await;
     latency.observe(started.elapsed());

@@ -1,0 +1,307 @@
+//! One handler per client event, each taking the typed payload of
+//! `events.rs`; the turn itself is `turn::Turn::run`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::SocketIo;
+
+use super::sink::SocketSink;
+use super::socket::{settled, SocketUser};
+use crate::domain::{ConversationId, Role};
+use crate::error::ApiError;
+use crate::events::{
+    EventSink, Field, Inbound, Regenerate, SendMessage, StopGeneration, WatchAck, WatchConversation,
+};
+use crate::notify::user_room;
+use crate::ratelimit::{Bucket, Limit};
+use crate::sessions;
+use crate::state::AppState;
+use crate::turn::{check_message, stop_everywhere, Turn, TurnGuard};
+
+/// Sends `err` as the `error` event.
+fn emit_error(sink: &dyn EventSink, err: &ApiError, id: Option<&ConversationId>) {
+    sink.emit(err.body().event(id));
+}
+
+fn invalid_id() -> ApiError {
+    ApiError::invalid("Invalid conversation id.")
+}
+
+/// The conversation a message is for: the payload's id, else the session's
+/// current one, read now (a conversation started after connecting counts).
+async fn target_conversation(
+    conversation_id: &Field<String>,
+    who: &SocketUser,
+) -> Result<ConversationId, ApiError> {
+    match conversation_id {
+        Field::Given(raw) if !raw.is_empty() => {
+            return ConversationId::parse(raw).map_err(|_| invalid_id());
+        }
+        Field::Absent | Field::Given(_) => {}
+        Field::Wrong => return Err(invalid_id()),
+    }
+    let no_conversation =
+        ApiError::NoConversation("No active conversation. Please start a new conversation.");
+    // A socket that came without a cookie has no stored session to read.
+    let Some(session) = who.session.as_ref().filter(|s| s.id().is_some()) else {
+        return Err(no_conversation);
+    };
+    session.load().await?;
+    sessions::current_conversation(session)
+        .await?
+        .ok_or(no_conversation)
+}
+
+/// Refuses the event when the user is over the message rate limit.
+async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn EventSink) -> bool {
+    let limit = Limit {
+        count: state.chat.settings.rate_limit_messages_per_minute,
+        window: Duration::from_secs(60),
+    };
+    match state
+        .limiter
+        .check(Bucket::Messages, &who.user, limit)
+        .await
+    {
+        Ok(()) => true,
+        Err(retry_after) => {
+            emit_error(sink, &ApiError::RateLimited(retry_after), None);
+            false
+        }
+    }
+}
+
+pub(super) async fn on_send_message<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(data): TryData<Inbound<SendMessage>>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    settled(&socket).await;
+    let sink = SocketSink(socket.clone());
+    let Inbound(payload) = data.unwrap_or_default();
+    if !within_message_limit(&state, &who, &sink).await {
+        return;
+    }
+    let message = match check_message(&payload.message, state.chat.settings.max_message_chars) {
+        Ok(message) => message,
+        Err(err) => return emit_error(&sink, &err, None),
+    };
+    let id = match target_conversation(&payload.conversation_id, &who).await {
+        Ok(id) => id,
+        Err(err) => return emit_error(&sink, &err, None),
+    };
+    let Some(guard) = begin_turn(&state, &who, &id, &socket, &sink).await else {
+        return;
+    };
+    let turn = Turn {
+        user: &who.user,
+        conversation: &id,
+        guard: &guard,
+        sink: &sink,
+        origin_socket: Some(socket.id.to_string()),
+    };
+    if let Err(err) = turn.run(&state.chat, message).await {
+        emit_error(&sink, &err, Some(&id));
+    }
+}
+
+/// Registers a turn for the conversation (refusing a second one) and makes
+/// the socket follow the conversation (other tabs' turns from now on).
+async fn begin_turn<A: Adapter>(
+    state: &AppState,
+    who: &SocketUser,
+    id: &ConversationId,
+    socket: &SocketRef<A>,
+    sink: &SocketSink<A>,
+) -> Option<TurnGuard> {
+    if state.draining.load(Ordering::Relaxed) {
+        emit_error(sink, &ApiError::Restarting, Some(id));
+        return None;
+    }
+    let socket_id = socket.id.to_string();
+    let Some(guard) = state
+        .chat
+        .turns
+        .begin(&who.user, id, Some(socket_id.clone()))
+    else {
+        let err =
+            ApiError::Busy("A reply is already being generated for this conversation.".into());
+        emit_error(sink, &err, Some(id));
+        return None;
+    };
+    let follower: Arc<dyn EventSink> = Arc::new(SocketSink(socket.clone()));
+    state
+        .chat
+        .replies
+        .watch(&who.user, id, &socket_id, follower, None)
+        .await;
+    Some(guard)
+}
+
+/// `regenerate {conversation_id?}`: drops the reply to the last user
+/// message (everything after it) and answers that message again.
+pub(super) async fn on_regenerate<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(data): TryData<Inbound<Regenerate>>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    settled(&socket).await;
+    let sink = SocketSink(socket.clone());
+    let Inbound(payload) = data.unwrap_or_default();
+    if !within_message_limit(&state, &who, &sink).await {
+        return;
+    }
+    let id = match target_conversation(&payload.conversation_id, &who).await {
+        Ok(id) => id,
+        Err(err) => return emit_error(&sink, &err, None),
+    };
+    let Some(guard) = begin_turn(&state, &who, &id, &socket, &sink).await else {
+        return;
+    };
+    let result = async {
+        let conversation = state.chat.store.load(&who.user, &id).await?;
+        let Some(last_user) = conversation
+            .messages
+            .iter()
+            .rposition(|m| m.message.role == Role::User)
+        else {
+            return Err(ApiError::invalid(
+                "There is no message to regenerate a reply for.",
+            ));
+        };
+        let message = conversation.messages[last_user].message.content.to_string();
+        // The turn stores the user's message again with its new reply.
+        for _ in last_user..conversation.messages.len() {
+            state.chat.store.delete_last_message(&who.user, &id).await?;
+        }
+        let turn = Turn {
+            user: &who.user,
+            conversation: &id,
+            guard: &guard,
+            sink: &sink,
+            origin_socket: Some(socket.id.to_string()),
+        };
+        turn.run(&state.chat, message).await
+    }
+    .await;
+    if let Err(err) = result {
+        emit_error(&sink, &err, Some(&id));
+    }
+}
+
+pub(super) async fn on_stop_generation<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(data): TryData<StopGeneration>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    settled(&socket).await;
+    // No payload or no id: stop all of this user's replies. An id: only
+    // that one. Anything unusable stops nothing (it must not widen to
+    // "all") and says so.
+    let id = match data.unwrap_or_default() {
+        StopGeneration::All => None,
+        StopGeneration::One(field) => match field.given().map(|raw| ConversationId::parse(raw)) {
+            Some(Ok(id)) => Some(id),
+            _ => return emit_error(&SocketSink(socket), &invalid_id(), None),
+        },
+    };
+    let stopped = stop_everywhere(&state.chat, &who.user, id.as_ref()).await;
+    tracing::debug!(stopped, "stop_generation");
+}
+
+/// `watch_conversation {conversation_id, last_index?}`: follow a
+/// conversation, replaying the in-flight reply after `last_index`.
+pub(super) async fn on_watch_conversation<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(data): TryData<Inbound<WatchConversation>>,
+    ack: AckSender<A>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    settled(&socket).await;
+    let sink = SocketSink(socket.clone());
+    let Inbound(payload) = data.unwrap_or_default();
+    let id = match payload
+        .conversation_id
+        .given()
+        .map(|raw| ConversationId::parse(raw))
+    {
+        Some(Ok(id)) => id,
+        _ => return emit_error(&sink, &invalid_id(), None),
+    };
+    let last_index = match payload.last_index {
+        Field::Absent => -1,
+        Field::Given(n) if n >= -1 => n,
+        Field::Given(_) | Field::Wrong => {
+            let err = ApiError::invalid("last_index must be a whole number from -1 up.");
+            return emit_error(&sink, &err, Some(&id));
+        }
+    };
+    if let Err(err) = state.chat.store.meta(&who.user, &id).await {
+        return emit_error(&sink, &ApiError::from(err), Some(&id));
+    }
+    let follower: Arc<dyn EventSink> = Arc::new(SocketSink(socket.clone()));
+    let streaming = state
+        .chat
+        .replies
+        .watch(
+            &who.user,
+            &id,
+            &socket.id.to_string(),
+            follower,
+            Some(last_index),
+        )
+        .await;
+    // The ack is optional: a client that did not ask for one gets nothing.
+    let _ = ack.send(&WatchAck {
+        ok: true,
+        streaming,
+    });
+}
+
+/// A socket went away. Its replies go on for `DISCONNECT_GRACE_SECONDS`:
+/// a reload or a reconnect (to any instance) resumes them. If by then the
+/// user has no socket left anywhere, nobody is reading: they are stopped
+/// and their partial text stored.
+pub(super) async fn on_disconnect<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    let socket_id = socket.id.to_string();
+    state
+        .chat
+        .metrics
+        .sockets_connected
+        .fetch_sub(1, Ordering::Relaxed);
+    state.chat.replies.unwatch(&socket_id);
+    let orphans = state.chat.turns.turns_of_socket(&socket_id);
+    if orphans.is_empty() {
+        return;
+    }
+    let grace = state.chat.settings.disconnect_grace;
+    if grace.is_zero() {
+        return orphans.iter().for_each(|turn| turn.cancel());
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let listening = match io.to(user_room(&who.user)).fetch_sockets().await {
+            Ok(sockets) => !sockets.is_empty(),
+            Err(err) => {
+                tracing::debug!(error = %err, "could not count the user's sockets; stopping the reply");
+                false
+            }
+        };
+        if !listening {
+            orphans.iter().for_each(|turn| turn.cancel());
+        }
+    });
+}

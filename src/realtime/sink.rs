@@ -1,0 +1,56 @@
+//! Events out of the server: to one socket ([`SocketSink`]) or to every
+//! socket of a user, on every instance ([`SocketNotifier`]).
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
+use socketioxide::SocketIo;
+
+use crate::domain::UserId;
+use crate::events::{EventSink, ServerEvent};
+use crate::notify::{user_room, Notifier};
+
+/// One socket's events.
+pub(super) struct SocketSink<A: Adapter>(pub(super) SocketRef<A>);
+
+impl<A: Adapter> EventSink for SocketSink<A> {
+    fn emit(&self, event: ServerEvent<'_>) {
+        let name = event.name();
+        if let Err(err) = self.0.emit(name, &event) {
+            tracing::debug!(socket = %self.0.id, event = name, error = %err, "emit failed");
+        }
+    }
+}
+
+/// [`Notifier`] over a Socket.IO server, set once the server is built.
+pub struct SocketNotifier<A: Adapter> {
+    io: OnceLock<SocketIo<A>>,
+}
+
+impl<A: Adapter> Default for SocketNotifier<A> {
+    fn default() -> Self {
+        Self {
+            io: OnceLock::new(),
+        }
+    }
+}
+
+impl<A: Adapter> SocketNotifier<A> {
+    /// Connects the notifier to the server (once).
+    pub fn attach(self: &Arc<Self>, io: SocketIo<A>) {
+        let _ = self.io.set(io);
+    }
+}
+
+#[async_trait]
+impl<A: Adapter> Notifier for SocketNotifier<A> {
+    async fn to_user(&self, user: &UserId, event: ServerEvent<'_>) {
+        let Some(io) = self.io.get() else { return };
+        let name = event.name();
+        if let Err(err) = io.to(user_room(user)).emit(name, &event).await {
+            tracing::debug!(event = name, error = %err, "broadcast to user failed");
+        }
+    }
+}
