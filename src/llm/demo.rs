@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::model::{ChatModel, ChatRequest, ChunkStream, LlmError, ModelInfo};
 use super::openai::async_stream;
-use super::{ChatModel, ChatRequest, ChunkStream, LlmError, ModelInfo};
 use crate::domain::Role;
 
 /// Local replies; no network.

@@ -11,8 +11,8 @@ use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
+use super::model::{ChatModel, ChatRequest, ChunkStream, LlmError, ModelInfo};
 use super::sse::{completion_text, parse_line, take_lines, SseItem};
-use super::{ChatModel, ChatRequest, ChunkStream, LlmError, ModelInfo};
 use crate::config::{AzureAuth, LlmProvider, Settings};
 
 /// The chat completions request body, written by hand around the
@@ -22,7 +22,7 @@ use crate::config::{AzureAuth, LlmProvider, Settings};
 /// [`ChatMessage::wire`]: crate::domain::ChatMessage::wire
 fn chat_body(
     model: Option<&str>,
-    messages: &super::Messages,
+    messages: &super::model::Messages,
     max_tokens: u32,
     temperature: f32,
     top_p: f32,

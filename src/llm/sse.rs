@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::LlmError;
+use super::model::LlmError;
 
 /// What one complete SSE line means.
 #[derive(Debug, PartialEq)]

@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use mongodb::bson::{self, doc, Bson, Document};
 
-use super::pipelines::{BASE_BYTES, PER_MESSAGE_BYTES};
+use super::base::{BASE_BYTES, PER_MESSAGE_BYTES};
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
 use crate::store::{title_from, Conversation, ConversationMeta, SearchHit, StoredMessage, Summary};
 

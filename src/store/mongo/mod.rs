@@ -26,17 +26,18 @@
 //! servers without text indexes (SecantusDB, some MongoDB-compatible
 //! services) get a case-insensitive scan of the user's messages instead.
 //!
-//! The parts: `schema` (validator and indexes), `documents` (the stored
+//! The parts: `base` (the handle, limits and error mapping every part
+//! shares), `schema` (validator and indexes), `documents` (the stored
 //! shapes and their conversions), `pipelines` (appends and the size guard),
 //! `search` (`$text` and the scan); the session store in the same database
 //! is `crate::sessions::mongo`.
 
+mod base;
 mod documents;
 mod pipelines;
 mod schema;
 mod search;
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,17 +45,18 @@ use anyhow::anyhow;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::error::ErrorKind;
 use mongodb::options::{ClientOptions, ReturnDocument};
-use mongodb::{Client, Collection, Database};
+use mongodb::{Client, Database};
 
+pub(crate) use self::base::{code, command_code, map_error};
+pub use self::base::{MongoStore, CONVERSATIONS, SESSIONS, SIZE_LIMIT_BYTES, TOO_LARGE_MESSAGE};
+use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
     conversation_from_doc, export_filter, import_doc, meta_from_doc, meta_projection, now,
     summary_doc,
 };
-use self::pipelines::{
-    append_filter, append_update, encoded_len, estimate_added, BASE_BYTES, PER_MESSAGE_BYTES,
-};
+use self::pipelines::{append_filter, append_update, encoded_len, estimate_added};
 pub use self::schema::validation_schema;
 use super::{
     search_terms, title_from, Conversation, ConversationMeta, ConversationStore, NewMessage,
@@ -63,57 +65,8 @@ use super::{
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
 use crate::redact::Redactor;
 
-/// Collection holding conversations (the original's name).
-pub const CONVERSATIONS: &str = "conversations";
-/// Collection holding HTTP sessions.
-pub const SESSIONS: &str = "sessions";
-
-/// Refuse a write that would take a conversation past this estimated size:
-/// 15 MiB, leaving 1 MiB of MongoDB's 16 MiB document limit for the title,
-/// the summary and the estimate's slack.
-pub const SIZE_LIMIT_BYTES: i64 = 15 * 1024 * 1024;
-/// MongoDB's hard limit on a document (what an import may not exceed).
-const HARD_LIMIT_BYTES: usize = 16 * 1024 * 1024;
-/// What a user is told when a conversation is full.
-pub const TOO_LARGE_MESSAGE: &str = "This conversation has reached its size limit (about 15 MB of text). Please start a new conversation.";
-
 /// How long to wait for the server at start and per operation.
 const SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// MongoDB error codes this store reacts to.
-pub(crate) mod code {
-    pub const INDEX_NOT_FOUND: i32 = 27;
-    pub const NAMESPACE_EXISTS: i32 = 48;
-    pub const DUPLICATE_KEY: i32 = 11000;
-    /// `BSONObjectTooLarge` and "Resulting document after update is larger than".
-    pub const TOO_LARGE: [i32; 3] = [10334, 17419, 17420];
-    /// The server cannot answer now: shutting down, stepping down, not primary,
-    /// host unreachable, network timeout, socket exception, exceeded time limit.
-    pub const RETRYABLE: [i32; 14] = [
-        6, 7, 89, 91, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436, 50,
-    ];
-}
-
-/// The MongoDB conversation store.
-#[derive(Clone)]
-pub struct MongoStore {
-    db: Database,
-    conversations: Collection<Document>,
-    /// HTTP sessions (`crate::sessions::mongo`).
-    pub(crate) sessions: Collection<Document>,
-    text_search: bool,
-    /// Hides the URI's password in every error, the session store's too.
-    pub(crate) redactor: Arc<Redactor>,
-}
-
-impl fmt::Debug for MongoStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MongoStore")
-            .field("database", &self.db.name())
-            .field("text_search", &self.text_search)
-            .finish()
-    }
-}
 
 impl MongoStore {
     /// Connects (waiting up to ~5 s for the server), applies the original's
@@ -189,14 +142,6 @@ impl MongoStore {
         &self.db
     }
 
-    fn err(&self, err: mongodb::error::Error) -> StoreError {
-        map_error(&self.redactor, err)
-    }
-
-    fn key(user: &UserId, id: &ConversationId) -> Document {
-        doc! {"conversation_id": id.as_ref(), "user_id": user.as_ref()}
-    }
-
     /// `find_one_and_update` returning the updated metadata.
     async fn update_meta(
         &self,
@@ -213,50 +158,6 @@ impl MongoStore {
         found
             .map(|d| meta_from_doc(&d).map_err(StoreError::Backend))
             .transpose()
-    }
-}
-
-/// Maps a driver error: unreachable server → `Unavailable`, a document over
-/// the size limit → `TooLarge`, anything else → `Backend`. Messages never
-/// carry the URI's password.
-pub(crate) fn map_error(redactor: &Redactor, err: mongodb::error::Error) -> StoreError {
-    let message = redactor.clean(&err.kind.to_string());
-    match err.kind.as_ref() {
-        ErrorKind::ServerSelection { .. }
-        | ErrorKind::Io(_)
-        | ErrorKind::ConnectionPoolCleared { .. }
-        | ErrorKind::DnsResolve { .. }
-        | ErrorKind::Shutdown => StoreError::Unavailable(format!("MongoDB: {message}")),
-        ErrorKind::Command(c) if code::RETRYABLE.contains(&c.code) => {
-            StoreError::Unavailable(format!("MongoDB: {message}"))
-        }
-        ErrorKind::Command(c) if code::TOO_LARGE.contains(&c.code) => {
-            StoreError::TooLarge(TOO_LARGE_MESSAGE.to_string())
-        }
-        ErrorKind::Write(WriteFailure::WriteError(w)) if code::TOO_LARGE.contains(&w.code) => {
-            StoreError::TooLarge(TOO_LARGE_MESSAGE.to_string())
-        }
-        ErrorKind::Write(WriteFailure::WriteConcernError(w))
-            if code::RETRYABLE.contains(&w.code) =>
-        {
-            StoreError::Unavailable(format!("MongoDB: {message}"))
-        }
-        _ => StoreError::Backend(anyhow!("MongoDB: {message}")),
-    }
-}
-
-/// The server's error code of a command or write error.
-pub(crate) fn command_code(err: &mongodb::error::Error) -> Option<i32> {
-    match err.kind.as_ref() {
-        ErrorKind::Command(c) => Some(c.code),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
-        ErrorKind::InsertMany(m) => m
-            .write_errors
-            .as_ref()
-            .and_then(|errors| errors.first())
-            .map(|w| w.code),
-        _ => None,
     }
 }
 

@@ -6,17 +6,10 @@
 
 use mongodb::bson::{self, doc, Bson, Document};
 
+use super::base::{MongoStore, BASE_BYTES, PER_MESSAGE_BYTES, SIZE_LIMIT_BYTES};
 use super::documents::{history_item, user_messages};
-use super::{MongoStore, SIZE_LIMIT_BYTES};
 use crate::domain::{self, ChatMessage, ConversationId, UserId};
 use crate::store::NewMessage;
-
-/// Estimated bytes of a document's fixed part (ids, dates, counters, keys).
-pub(super) const BASE_BYTES: i64 = 512;
-/// Estimated bytes one message adds besides twice its content (once in the
-/// history, once in `conversation_text`): the history item's keys, role and
-/// token count, the text's `"Assistant: "` prefix and newline.
-pub(super) const PER_MESSAGE_BYTES: i64 = 80;
 
 /// How many bytes `messages` add to a document (an over-estimate).
 pub(super) fn estimate_added(messages: &[NewMessage]) -> i64 {

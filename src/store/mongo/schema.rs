@@ -11,7 +11,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 
-use super::{code, command_code, MongoStore, CONVERSATIONS};
+use super::base::{code, command_code, MongoStore, CONVERSATIONS};
 
 /// The original app's `validation_schema`, verbatim.
 pub fn validation_schema() -> Document {

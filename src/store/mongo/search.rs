@@ -6,8 +6,8 @@
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 
+use super::base::{code, command_code, MongoStore};
 use super::documents::{hit_from_doc, meta_projection};
-use super::{code, command_code, MongoStore};
 use crate::domain::UserId;
 use crate::store::{SearchHit, StoreError, StoreResult};
 

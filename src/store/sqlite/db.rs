@@ -7,8 +7,9 @@ use std::path::Path;
 use anyhow::Context;
 use rusqlite::Connection;
 
+use super::exec::is_busy;
+use super::index::{index_pending, INDEX_EVERY};
 use super::schema::{migrate, SCHEMA};
-use super::search::{index_pending, INDEX_EVERY};
 use crate::store::{StoreError, StoreResult};
 
 /// The SQLite connection, owned by one thread that runs the store's calls
@@ -153,36 +154,5 @@ fn commit_failure(err: &rusqlite::Error) -> StoreError {
         StoreError::Unavailable(err.to_string())
     } else {
         StoreError::Backend(anyhow::anyhow!("commit failed: {err}"))
-    }
-}
-
-/// Another connection holds the lock (retryable).
-fn is_busy(err: &rusqlite::Error) -> bool {
-    matches!(
-        err,
-        rusqlite::Error::SqliteFailure(code, _)
-            if matches!(
-                code.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            )
-    )
-}
-
-/// Runs a statement through the statement cache.
-pub(super) fn exec(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> StoreResult<usize> {
-    conn.prepare_cached(sql)
-        .and_then(|mut stmt| stmt.execute(params))
-        .map_err(backend)
-}
-
-pub(super) fn backend(err: rusqlite::Error) -> StoreError {
-    if is_busy(&err) {
-        StoreError::Unavailable(err.to_string())
-    } else {
-        StoreError::Backend(err.into())
     }
 }

@@ -6,12 +6,14 @@
 //! through [`SqliteDb::call`]. One connection serialises writers, which
 //! SQLite does anyway; reads are short.
 //!
-//! The parts: `db` (the connection thread, batching, savepoints, busy
-//! handling), `schema` (tables and migrations), `search` (FTS5 and the
-//! deferred indexing), `rows` (reading conversations back); here,
-//! [`SqliteStore`].
+//! The parts: `db` (the connection thread, batching, savepoints), `exec`
+//! (statements and busy handling), `schema` (tables and migrations),
+//! `index` (the deferred full-text indexing), `search` (FTS5 queries),
+//! `rows` (reading conversations back); here, [`SqliteStore`].
 
 mod db;
+mod exec;
+mod index;
 mod rows;
 mod schema;
 mod search;
@@ -21,7 +23,7 @@ use chrono::Utc;
 use rusqlite::{params, OptionalExtension};
 
 pub use self::db::SqliteDb;
-use self::db::{backend, exec};
+use self::exec::{backend, exec};
 use self::rows::{meta_from_row, read_conversation, read_meta, META_COLUMNS};
 use super::{
     rfc3339, title_from, Conversation, ConversationMeta, ConversationStore, NewMessage, SearchHit,

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::db::backend;
+use super::exec::backend;
 use crate::domain::{ChatMessage, ConversationId, Role};
 use crate::store::{
     Conversation, ConversationMeta, StoreError, StoreResult, StoredMessage, Summary,

@@ -46,7 +46,7 @@ CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
 "#;
 
 /// Full-text indexing is deferred: a turn's messages are written with
-/// `indexed = 0` and [`index_pending`](super::search::index_pending) adds
+/// `indexed = 0` and [`index_pending`](super::index::index_pending) adds
 /// them to `messages_fts` in bulk (about once a second, and before every
 /// search), so a turn does not pay for an FTS5 flush. Until version 2 a trigger indexed each insert: those
 /// rows are all indexed, hence the column's default of 1 when it is added.
@@ -76,7 +76,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 mod tests {
     use rusqlite::params;
 
-    use super::super::db::backend;
+    use super::super::exec::backend;
     use super::super::tests::msg;
     use super::super::{SqliteDb, SqliteStore};
     use super::*;

@@ -1,35 +1,15 @@
 //! Full-text search: FTS5 over message text, ranked by bm25 summed per
-//! conversation, and the deferred indexing that keeps a turn from paying
-//! for an FTS5 flush (messages are indexed in bulk, about once a second and
-//! before every search).
+//! conversation. What is not indexed yet is indexed first (`index`), so
+//! every stored message is found, however recent.
 
-use rusqlite::{params, Connection};
+use rusqlite::params;
 
-use super::db::{backend, SqliteDb};
+use super::db::SqliteDb;
+use super::exec::backend;
+use super::index::index_pending;
 use super::rows::{meta_from_row, META_COLUMNS};
 use crate::domain::UserId;
 use crate::store::{search_terms, SearchHit, StoreResult};
-
-/// Adds the messages not yet in the full-text index; returns how many.
-pub(super) fn index_pending(conn: &mut Connection) -> rusqlite::Result<usize> {
-    // Both statements or neither: a row indexed twice would count twice.
-    let tx = conn.savepoint()?;
-    let added = tx
-        .prepare_cached(
-            "INSERT INTO messages_fts (rowid, content) \
-             SELECT id, content FROM messages WHERE indexed = 0",
-        )?
-        .execute([])?;
-    if added > 0 {
-        tx.prepare_cached("UPDATE messages SET indexed = 1 WHERE indexed = 0")?
-            .execute([])?;
-    }
-    tx.commit()?;
-    Ok(added)
-}
-
-/// How often the database thread indexes new messages when it can.
-pub(super) const INDEX_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The user's conversations whose messages match any of the query's terms,
 /// best first.

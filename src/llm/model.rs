@@ -1,0 +1,122 @@
+//! The `ChatModel` trait and what passes through it: the request and its
+//! messages, the streamed reply, the model's description and its errors.
+//! A leaf: it imports no sibling, and every provider imports it.
+
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::Stream;
+use serde::Serialize;
+
+use crate::domain::ChatMessage;
+use crate::store::StoredMessage;
+
+/// Why a model call failed. Shown to people only as a generic sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("no response within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("upstream answered HTTP {status}")]
+    Status { status: u16 },
+    #[error("upstream body could not be read: {0}")]
+    Decode(String),
+    #[error("upstream reported an error: {0}")]
+    Upstream(String),
+    #[error("connection lost mid-reply: {0}")]
+    Interrupted(String),
+}
+
+/// A chat request, in the upstream's terms.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatRequest {
+    pub messages: Messages,
+    pub max_tokens: u32,
+}
+
+/// A prompt's messages: owned ones around an optional slice of a stored
+/// history, which stays shared with the conversation (a turn's prompt
+/// copies no part of the history, not even its `Arc`s).
+#[derive(Debug, Clone, Default)]
+pub struct Messages {
+    head: Vec<ChatMessage>,
+    history: Option<(Arc<Vec<StoredMessage>>, Range<usize>)>,
+    tail: Vec<ChatMessage>,
+}
+
+impl Messages {
+    /// `head`, then `history[range]`, then `tail`.
+    pub fn around(
+        head: Vec<ChatMessage>,
+        history: Arc<Vec<StoredMessage>>,
+        range: Range<usize>,
+        tail: Vec<ChatMessage>,
+    ) -> Self {
+        let range = range.start.min(history.len())..range.end.min(history.len());
+        Self {
+            head,
+            history: Some((history, range)),
+            tail,
+        }
+    }
+
+    fn history(&self) -> &[StoredMessage] {
+        self.history
+            .as_ref()
+            .map_or(&[], |(history, range)| &history[range.clone()])
+    }
+
+    /// The messages in order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &ChatMessage> + Clone {
+        self.head
+            .iter()
+            .chain(self.history().iter().map(|m| &m.message))
+            .chain(self.tail.iter())
+    }
+
+    pub fn last(&self) -> Option<&ChatMessage> {
+        self.iter().next_back()
+    }
+}
+
+impl From<Vec<ChatMessage>> for Messages {
+    fn from(messages: Vec<ChatMessage>) -> Self {
+        Self {
+            head: messages,
+            history: None,
+            tail: Vec::new(),
+        }
+    }
+}
+
+impl Serialize for Messages {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+/// Streamed reply text, one item per upstream delta.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<String, LlmError>> + Send>>;
+
+/// What the page and `/get_config` say about the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub provider: &'static str,
+    pub model: String,
+    pub demo: bool,
+}
+
+/// A chat model.
+#[async_trait]
+pub trait ChatModel: Send + Sync + 'static {
+    /// Starts a streamed reply. Retries (429, 5xx, connection errors) happen
+    /// here, before any text is returned; errors after that end the stream.
+    async fn stream(&self, request: ChatRequest) -> Result<ChunkStream, LlmError>;
+    /// A whole reply at once (summaries, file analysis), with the same retries.
+    async fn complete(&self, request: ChatRequest) -> Result<String, LlmError>;
+    /// Provider and model names.
+    fn info(&self) -> ModelInfo;
+}
