@@ -5,6 +5,7 @@
 //! by a caller. Backends: SQLite now (`sqlite.rs`, the embedded default);
 //! MongoDB comes in its own issue and implements the same trait.
 
+pub mod accounts;
 pub mod cache;
 pub mod mongo;
 pub mod sqlite;

@@ -1,0 +1,72 @@
+//! People with accounts (`AUTH_MODE=local`): one record per person, found
+//! by their email (kept lowercase, unique) or their user id, which is the
+//! id their conversations are stored under. Passwords arrive here already
+//! hashed (argon2id PHC strings); this layer never sees one in clear.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::StoreResult;
+use crate::domain::UserId;
+
+/// A stored account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    pub user_id: UserId,
+    /// Lowercase.
+    pub email: String,
+    pub name: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub is_admin: bool,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An account to create.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub user_id: UserId,
+    /// Lowercase, already checked.
+    pub email: String,
+    pub name: String,
+    pub password_hash: String,
+}
+
+/// Whether sign-up may create an account now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signup {
+    /// Anyone may sign up.
+    Open,
+    /// Only while there is no account at all (that one becomes admin).
+    FirstOnly,
+}
+
+/// What creating an account did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// Created; `is_admin` is true for the first account of the store.
+    Account(Account),
+    /// An account with that email exists.
+    EmailTaken,
+    /// `Signup::FirstOnly` and an account exists already.
+    Closed,
+}
+
+/// Storage of accounts.
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
+    /// Creates the account; the first account of the store is the admin.
+    /// Deciding "first" and inserting are one atomic step, so two sign-ups
+    /// at once cannot both become the first.
+    async fn create_account(&self, account: NewAccount, signup: Signup) -> StoreResult<Created>;
+    /// The account with that (lowercase) email.
+    async fn account_by_email(&self, email: &str) -> StoreResult<Option<Account>>;
+    /// The account with that user id.
+    async fn account(&self, user: &UserId) -> StoreResult<Option<Account>>;
+    /// Replaces the password hash; `false` when there is no such account.
+    async fn set_password(&self, user: &UserId, password_hash: &str) -> StoreResult<bool>;
+    /// Moves every conversation of `from` (an anonymous browser user) to
+    /// `to` (the account it signed in to); returns how many moved.
+    async fn transfer_conversations(&self, from: &UserId, to: &UserId) -> StoreResult<u64>;
+}
