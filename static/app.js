@@ -73,7 +73,38 @@
     confirmTitle: byId('confirm-title'),
     confirmText: byId('confirm-text'),
     confirmOk: byId('confirm-ok'),
-    confirmCancel: byId('confirm-cancel')
+    confirmCancel: byId('confirm-cancel'),
+    account: byId('account'),
+    signIn: byId('sign-in-button'),
+    accountMenu: byId('account-menu'),
+    accountMenuButton: byId('account-menu-button'),
+    accountEmail: byId('account-email'),
+    accountWho: byId('account-who'),
+    changePassword: byId('change-password-button'),
+    signOut: byId('sign-out-button'),
+    authDialog: byId('auth-dialog'),
+    authForm: byId('auth-form'),
+    authTitle: byId('auth-title'),
+    authHelp: byId('auth-help'),
+    authNameField: byId('auth-name-field'),
+    authName: byId('auth-name'),
+    authEmail: byId('auth-email'),
+    authPassword: byId('auth-password'),
+    authPasswordHint: byId('auth-password-hint'),
+    authError: byId('auth-error'),
+    authCancel: byId('auth-cancel'),
+    authSubmit: byId('auth-submit'),
+    authSwitchLine: byId('auth-switch-line'),
+    authSwitchText: byId('auth-switch-text'),
+    authSwitch: byId('auth-switch'),
+    passwordDialog: byId('password-dialog'),
+    passwordForm: byId('password-form'),
+    passwordUsername: byId('password-username'),
+    passwordCurrent: byId('password-current'),
+    passwordNew: byId('password-new'),
+    passwordError: byId('password-error'),
+    passwordCancel: byId('password-cancel'),
+    passwordSubmit: byId('password-submit')
   };
 
   var config = {
@@ -110,6 +141,17 @@
   var rateLimitedUntil = 0;
   var rateLimitTimer = null;
   var noticeTimer = null;
+  // Accounts (GET /get_config `auth`; see the "accounts" section below).
+  var auth = {
+    mode: 'none',        // 'none': no accounts and no account UI at all
+    signupOpen: false,
+    anonymous: true,     // false: nothing works before signing in
+    me: null,            // the /auth/me body when signed in
+    checked: false,      // /auth/me has answered
+    required: false,     // the page waits behind the sign-in dialog
+    signup: false,       // the dialog is in "Create an account" mode
+    rechecking: false
+  };
 
   var regenerateButton = document.createElement('button');
   regenerateButton.type = 'button';
@@ -137,6 +179,15 @@
   }
 
   function rawApi(method, path, body) {
+    return sendJson(method, path, body).catch(function (err) {
+      // A conversation route refused for want of an account: the session has
+      // ended (signed out in another tab, expired) or never started.
+      if (err.code === 'unauthenticated' && path.indexOf('/auth/') !== 0) onUnauthenticated();
+      throw err;
+    });
+  }
+
+  function sendJson(method, path, body) {
     var opts = { method: method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
     if (body !== undefined) {
       opts.headers['Content-Type'] = 'application/json';
@@ -1450,6 +1501,11 @@
       }
     });
 
+    socket.on('connect_error', function () {
+      // With accounts the handshake is refused once the session has ended.
+      if (accountsOn()) recheckSession();
+    });
+
     socket.on('disconnect', function () {
       disconnectedOnce = true;
       if (pendingWatch) { clearTimeout(pendingWatch.timer); pendingWatch = null; }
@@ -1490,6 +1546,273 @@
     });
   }
 
+  // -------------------------------------------------------------- accounts
+  // Local accounts (AUTH_MODE=local). GET /get_config says {mode, signup_open,
+  // anonymous}; with mode "none" nothing here shows. Signed out where an
+  // account is needed, the page waits behind the sign-in dialog (no socket,
+  // no conversations). Signing in, up or out reloads the page, so the socket
+  // and every request start again with the new session cookie.
+
+  function accountsOn() {
+    return auth.mode !== 'none';
+  }
+
+  /** Reads `auth` from /get_config, then asks /auth/me. Resolves true when the chat may start. */
+  function checkAccount(cfg) {
+    if (cfg && typeof cfg === 'object') {
+      auth.mode = typeof cfg.mode === 'string' && cfg.mode ? cfg.mode : 'none';
+      auth.signupOpen = cfg.signup_open === true;
+      auth.anonymous = cfg.anonymous !== false;
+    }
+    if (!accountsOn()) {
+      showAccount();
+      return Promise.resolve(true);
+    }
+    if (auth.checked) return Promise.resolve(!auth.required && (!!auth.me || auth.anonymous));
+    return sendJson('GET', '/auth/me').then(function (me) {
+      auth.me = me && typeof me === 'object' ? me : null;
+      auth.checked = true;
+      showAccount();
+      return true;
+    }, function (err) {
+      if (err.status !== 401) throw err;
+      auth.me = null;
+      auth.checked = true;
+      showAccount();
+      if (auth.anonymous) return true;
+      requireSignIn();
+      return false;
+    });
+  }
+
+  /** The header: a Sign in button, or the account menu with the email. */
+  function showAccount() {
+    els.account.hidden = !accountsOn();
+    if (!accountsOn()) return;
+    var me = auth.me;
+    var email = me && me.email ? String(me.email) : '';
+    els.signIn.hidden = !!me;
+    els.accountMenu.hidden = !me;
+    if (!me) { els.accountMenu.open = false; return; }
+    var name = me.name ? String(me.name) : '';
+    els.accountEmail.textContent = email;
+    els.accountMenuButton.setAttribute('aria-label', 'Account: ' + email);
+    els.accountWho.textContent = (name ? name + ' <' + email + '>' : email) + (me.is_admin ? ' (administrator)' : '');
+    els.passwordUsername.value = email;
+  }
+
+  /** Nothing works without an account: stop the socket and ask to sign in. */
+  function requireSignIn(message) {
+    auth.required = true;
+    if (socket) socket.close();
+    els.status.dataset.status = 'signed-out';
+    els.status.textContent = 'Signed out';
+    updateControls();
+    if (els.confirmDialog.open) closeConfirm(false);
+    [els.fewShotDialog, els.passwordDialog].forEach(function (d) { if (d.open) d.close(); });
+    openAuthDialog(false);
+    if (message) setAuthError(message);
+  }
+
+  /** A conversation route answered 401 "unauthenticated". */
+  function onUnauthenticated() {
+    if (!accountsOn() || auth.required) return;
+    auth.me = null;
+    showAccount();
+    requireSignIn('Your session has ended. Sign in to continue.');
+  }
+
+  /** The socket handshake was refused: still signed in? */
+  function recheckSession() {
+    if (auth.required || auth.rechecking) return;
+    auth.rechecking = true;
+    sendJson('GET', '/auth/me').then(function (me) {
+      auth.me = me && typeof me === 'object' ? me : null;
+      showAccount();
+    }, function (err) {
+      if (err.status !== 401) return;
+      var was = auth.me;
+      auth.me = null;
+      showAccount();
+      if (!auth.anonymous) requireSignIn(was ? 'Your session has ended. Sign in to continue.' : null);
+    }).then(function () {
+      auth.rechecking = false;
+    });
+  }
+
+  function setAuthError(message) {
+    els.authError.textContent = message || '';
+    els.authError.classList.toggle('is-visible', !!message);
+  }
+
+  /** Switches the dialog between signing in and creating an account. */
+  function setAuthMode(signup) {
+    auth.signup = !!signup && auth.signupOpen;
+    var up = auth.signup;
+    els.authTitle.textContent = up ? 'Create an account' : 'Sign in';
+    els.authSubmit.textContent = up ? 'Create account' : 'Sign in';
+    els.authHelp.textContent = up
+      ? (auth.anonymous ? 'The conversations of this browser move to your new account.' : 'Create an account to start chatting.')
+      : (auth.required ? 'Sign in to continue.' : 'Sign in to keep your conversations with your account.');
+    els.authNameField.hidden = !up;
+    els.authPasswordHint.hidden = !up;
+    els.authPassword.setAttribute('autocomplete', up ? 'new-password' : 'current-password');
+    els.authEmail.setAttribute('autocomplete', up ? 'email' : 'username');
+    els.authSwitchLine.hidden = !auth.signupOpen;
+    els.authSwitchText.textContent = up ? 'Already have an account?' : 'No account yet?';
+    els.authSwitch.textContent = up ? 'Sign in instead' : 'Create an account';
+    setAuthError('');
+    [els.authEmail, els.authPassword].forEach(function (f) { f.removeAttribute('aria-invalid'); });
+  }
+
+  /** Opens the sign-in dialog; `optional`: it may be closed (the page works signed out). */
+  function openAuthDialog(optional) {
+    var dismissable = !!optional && !auth.required;
+    els.authCancel.hidden = !dismissable;
+    els.authDialog.dataset.required = dismissable ? 'false' : 'true';
+    setAuthMode(false);
+    if (!els.authDialog.open) els.authDialog.showModal();
+    els.authEmail.focus();
+  }
+
+  function closeAuthDialog() {
+    if (auth.required || !els.authDialog.open) return;
+    els.authDialog.close();
+  }
+
+  function submitAuth() {
+    if (els.authSubmit.disabled) return;
+    var up = auth.signup;
+    var email = els.authEmail.value.trim();
+    var password = els.authPassword.value;
+    if (!email || !password) {
+      setAuthError(up ? 'Enter an email address and a password.' : 'Enter your email and password.');
+      var empty = !email ? els.authEmail : els.authPassword;
+      empty.setAttribute('aria-invalid', 'true');
+      empty.focus();
+      return;
+    }
+    var body = { email: email, password: password };
+    if (up && els.authName.value.trim()) body.name = els.authName.value.trim();
+    els.authSubmit.disabled = true;
+    els.authForm.setAttribute('aria-busy', 'true');
+    setAuthError('');
+    sendJson('POST', up ? '/auth/signup' : '/auth/login', body).then(function () {
+      // Signed in: start again with the new session cookie.
+      els.authHelp.textContent = 'Signed in. Loading your conversations…';
+      window.location.reload();
+    }, function (err) {
+      els.authSubmit.disabled = false;
+      els.authForm.removeAttribute('aria-busy');
+      setAuthError(err.message);
+      if (err.code === 'invalid_credentials' || (err.code === 'invalid' && /password/i.test(err.message))) {
+        els.authPassword.setAttribute('aria-invalid', 'true');
+        els.authPassword.focus();
+        els.authPassword.select();
+      } else if (err.code === 'conflict' || (err.code === 'invalid' && /email/i.test(err.message))) {
+        els.authEmail.setAttribute('aria-invalid', 'true');
+        els.authEmail.focus();
+      } else if (err.code === 'signup_closed') {
+        auth.signupOpen = false;
+        els.authSwitchLine.hidden = true;
+      }
+    });
+  }
+
+  function signOut() {
+    if (els.signOut.disabled) return;
+    els.signOut.disabled = true;
+    sendJson('POST', '/auth/logout').then(function () {
+      window.location.reload();
+    }, function (err) {
+      els.signOut.disabled = false;
+      showError('Could not sign out: ' + err.message);
+    });
+  }
+
+  function openPasswordDialog() {
+    els.passwordCurrent.value = '';
+    els.passwordNew.value = '';
+    els.passwordError.textContent = '';
+    [els.passwordCurrent, els.passwordNew].forEach(function (f) { f.removeAttribute('aria-invalid'); });
+    els.passwordDialog.showModal();
+    els.passwordCurrent.focus();
+  }
+
+  function submitPassword() {
+    if (els.passwordSubmit.disabled) return;
+    var current = els.passwordCurrent.value;
+    var next = els.passwordNew.value;
+    if (!current || !next) {
+      els.passwordError.textContent = 'Enter your current password and a new one.';
+      var empty = !current ? els.passwordCurrent : els.passwordNew;
+      empty.setAttribute('aria-invalid', 'true');
+      empty.focus();
+      return;
+    }
+    els.passwordSubmit.disabled = true;
+    els.passwordError.textContent = '';
+    sendJson('POST', '/auth/password', { current: current, new: next }).then(function (data) {
+      els.passwordDialog.close();
+      els.passwordCurrent.value = '';
+      els.passwordNew.value = '';
+      showNotice((data && data.message) || 'Password changed.');
+    }, function (err) {
+      els.passwordError.textContent = err.message;
+      var field = err.code === 'invalid_credentials' ? els.passwordCurrent : els.passwordNew;
+      field.setAttribute('aria-invalid', 'true');
+      field.focus();
+      field.select();
+    }).then(function () {
+      els.passwordSubmit.disabled = false;
+    });
+  }
+
+  function bindAccountUi() {
+    els.signIn.addEventListener('click', function () { openAuthDialog(true); });
+    els.authForm.addEventListener('submit', function (e) { e.preventDefault(); submitAuth(); });
+    els.authCancel.addEventListener('click', closeAuthDialog);
+    els.authDialog.addEventListener('cancel', function (e) {
+      // Escape: only where the page works signed out.
+      e.preventDefault();
+      closeAuthDialog();
+    });
+    els.authDialog.addEventListener('close', function () {
+      // Chromium lets a repeated Escape close a modal dialog even when its
+      // cancel event is refused: the page cannot be used signed out, so back it comes.
+      if (auth.required) { els.authDialog.showModal(); els.authEmail.focus(); return; }
+      if (!els.signIn.hidden) els.signIn.focus();
+    });
+    els.authSwitch.addEventListener('click', function () {
+      setAuthMode(!auth.signup);
+      (auth.signup ? els.authName : els.authEmail).focus();
+    });
+    [els.authName, els.authEmail, els.authPassword].forEach(function (field) {
+      field.addEventListener('input', function () {
+        field.removeAttribute('aria-invalid');
+        if (els.authError.textContent) setAuthError('');
+      });
+    });
+
+    els.changePassword.addEventListener('click', function () {
+      els.accountMenu.open = false;
+      openPasswordDialog();
+    });
+    els.signOut.addEventListener('click', function () {
+      els.accountMenu.open = false;
+      signOut();
+    });
+    els.passwordForm.addEventListener('submit', function (e) { e.preventDefault(); submitPassword(); });
+    els.passwordCancel.addEventListener('click', function () { els.passwordDialog.close(); });
+    els.passwordDialog.addEventListener('close', function () { els.input.focus(); });
+    [els.passwordCurrent, els.passwordNew].forEach(function (field) {
+      field.addEventListener('input', function () {
+        field.removeAttribute('aria-invalid');
+        els.passwordError.textContent = '';
+      });
+    });
+  }
+
   // ------------------------------------------------------------------ init
 
   function applyConfig(data) {
@@ -1522,18 +1845,26 @@
   function init() {
     if (initialized || initializing) return;
     initializing = true;
+    var blocked = false;
     api('GET', '/get_config').then(function (data) {
       applyConfig(data);
-      return refreshList();
-    }).then(chooseConversation).then(function () {
-      initialized = true;
-      clearError();
-      if (!document.activeElement || document.activeElement === document.body) els.input.focus();
+      return checkAccount(data && data.auth);
+    }).then(function (mayStart) {
+      if (!mayStart) { blocked = true; return undefined; }
+      return refreshList().then(chooseConversation).then(function () {
+        initialized = true;
+        clearError();
+        if (!document.activeElement || document.activeElement === document.body) els.input.focus();
+      });
     }).catch(function (err) {
+      if (auth.required) { blocked = true; return; } // the sign-in dialog is up
       showError('Could not load the chat: ' + err.message + ' Retrying when the connection is back.');
     }).then(function () {
       initializing = false;
       updateControls();
+      // Signed out where an account is needed: no socket, no conversations;
+      // a successful sign-in reloads the page.
+      if (blocked) return;
       // The socket is opened once the session cookie exists (set by the calls above).
       if (!socket) connectSocket();
       else if (initialized && socket.connected && currentId) watchConversation(currentId);
@@ -1547,6 +1878,28 @@
 
   function closeMenu() {
     if (els.menu.open) els.menu.open = false;
+  }
+
+  /** A <details> menu: focus its first item on open, arrows move, Escape closes. */
+  function bindMenuKeys(menu, button) {
+    menu.addEventListener('toggle', function () {
+      if (menu.open) {
+        var first = menu.querySelector('.menu-item:not(:disabled)');
+        if (first) first.focus();
+      }
+    });
+    menu.addEventListener('keydown', function (e) {
+      if (e.key === 'Escape' && menu.open) {
+        e.preventDefault();
+        menu.open = false;
+        button.focus();
+      } else if ((e.key === 'ArrowDown' || e.key === 'ArrowUp') && menu.open) {
+        var items = Array.prototype.slice.call(menu.querySelectorAll('.menu-item:not(:disabled)'));
+        var at = items.indexOf(document.activeElement);
+        var next = items[(at + (e.key === 'ArrowDown' ? 1 : items.length - 1)) % items.length];
+        if (next) { e.preventDefault(); next.focus(); }
+      }
+    });
   }
 
   function bindUi() {
@@ -1628,26 +1981,11 @@
         if (!els.confirmDialog.open && !els.fewShotDialog.open) els.input.focus();
       });
     });
-    els.menu.addEventListener('toggle', function () {
-      if (els.menu.open) {
-        var first = els.menu.querySelector('.menu-item:not(:disabled)');
-        if (first) first.focus();
-      }
-    });
-    els.menu.addEventListener('keydown', function (e) {
-      if (e.key === 'Escape' && els.menu.open) {
-        e.preventDefault();
-        closeMenu();
-        els.menuButton.focus();
-      } else if ((e.key === 'ArrowDown' || e.key === 'ArrowUp') && els.menu.open) {
-        var items = Array.prototype.slice.call(els.menu.querySelectorAll('.menu-item:not(:disabled)'));
-        var at = items.indexOf(document.activeElement);
-        var next = items[(at + (e.key === 'ArrowDown' ? 1 : items.length - 1)) % items.length];
-        if (next) { e.preventDefault(); next.focus(); }
-      }
-    });
+    bindMenuKeys(els.menu, els.menuButton);
+    bindMenuKeys(els.accountMenu, els.accountMenuButton);
     document.addEventListener('click', function (e) {
       if (els.menu.open && !els.menu.contains(e.target)) closeMenu();
+      if (els.accountMenu.open && !els.accountMenu.contains(e.target)) els.accountMenu.open = false;
     });
 
     // Dialogs.
@@ -1705,6 +2043,7 @@
   }
 
   bindUi();
+  bindAccountUi();
   describeLimits();
   setUsage(null);
   updateControls();
