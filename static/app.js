@@ -1640,10 +1640,12 @@
     });
   }
 
-  function setAuthError(message) {
-    els.authError.textContent = message || '';
-    els.authError.classList.toggle('is-visible', !!message);
+  /** A dialog's error line (an alert region): text only, with a warning sign when set. */
+  function setDialogError(el, message) {
+    el.textContent = message || '';
+    el.classList.toggle('is-visible', !!message);
   }
+  function setAuthError(message) { setDialogError(els.authError, message); }
 
   /** Switches the dialog between signing in and creating an account. */
   function setAuthMode(signup) {
@@ -1733,7 +1735,7 @@
   function openPasswordDialog() {
     els.passwordCurrent.value = '';
     els.passwordNew.value = '';
-    els.passwordError.textContent = '';
+    setDialogError(els.passwordError, '');
     [els.passwordCurrent, els.passwordNew].forEach(function (f) { f.removeAttribute('aria-invalid'); });
     els.passwordDialog.showModal();
     els.passwordCurrent.focus();
@@ -1744,21 +1746,21 @@
     var current = els.passwordCurrent.value;
     var next = els.passwordNew.value;
     if (!current || !next) {
-      els.passwordError.textContent = 'Enter your current password and a new one.';
+      setDialogError(els.passwordError, 'Enter your current password and a new one.');
       var empty = !current ? els.passwordCurrent : els.passwordNew;
       empty.setAttribute('aria-invalid', 'true');
       empty.focus();
       return;
     }
     els.passwordSubmit.disabled = true;
-    els.passwordError.textContent = '';
+    setDialogError(els.passwordError, '');
     sendJson('POST', '/auth/password', { current: current, new: next }).then(function (data) {
       els.passwordDialog.close();
       els.passwordCurrent.value = '';
       els.passwordNew.value = '';
       showNotice((data && data.message) || 'Password changed.');
     }, function (err) {
-      els.passwordError.textContent = err.message;
+      setDialogError(els.passwordError, err.message);
       var field = err.code === 'invalid_credentials' ? els.passwordCurrent : els.passwordNew;
       field.setAttribute('aria-invalid', 'true');
       field.focus();
@@ -1808,7 +1810,7 @@
     [els.passwordCurrent, els.passwordNew].forEach(function (field) {
       field.addEventListener('input', function () {
         field.removeAttribute('aria-invalid');
-        els.passwordError.textContent = '';
+        setDialogError(els.passwordError, '');
       });
     });
   }

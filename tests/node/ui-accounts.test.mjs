@@ -201,6 +201,8 @@ test('AUTH_MODE=local: sign up through the dialog, chat, sign out, a wrong passw
     await page.keyboard.press('Enter');
     await page.waitForFunction(() => document.querySelector('#password-error').textContent !== '');
     assert.equal(await page.locator('#password-error').textContent(), 'The current password is wrong.');
+    assert.equal(await page.locator('#password-current').getAttribute('aria-invalid'), 'true');
+    await shot(page, 'ui-accounts-password.png');
     await page.locator('#password-current').fill(PASSWORD);
     await page.locator('#password-submit').click();
     await page.waitForFunction(() => !document.querySelector('#password-dialog').open);
