@@ -190,6 +190,16 @@ impl AccountStore for MongoStore {
         self.find_account(doc! {"email": email}).await
     }
 
+    async fn has_accounts(&self) -> StoreResult<bool> {
+        let any = self
+            .users
+            .find_one(doc! {})
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(any.is_some())
+    }
+
     async fn account(&self, user: &UserId) -> StoreResult<Option<Account>> {
         self.find_account(doc! {"user_id": user.as_ref()}).await
     }

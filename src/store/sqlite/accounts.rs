@@ -109,6 +109,15 @@ impl AccountStore for SqliteStore {
             .await
     }
 
+    async fn has_accounts(&self) -> StoreResult<bool> {
+        self.db
+            .call(|conn| {
+                conn.query_row("SELECT EXISTS (SELECT 1 FROM users)", [], |row| row.get(0))
+                    .map_err(backend)
+            })
+            .await
+    }
+
     async fn account(&self, user: &UserId) -> StoreResult<Option<Account>> {
         let user = user.to_string();
         self.db
