@@ -1,6 +1,6 @@
 //! Other tabs following a conversation (`watch_conversation`), resuming a
 //! reply after a reconnect, and rate limits, on one instance. The
-//! multi-instance versions of these are in `tests/cluster.rs`.
+//! multi-instance versions of these are in `tests/cluster/`.
 
 use std::time::Duration;
 

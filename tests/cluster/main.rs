@@ -7,11 +7,8 @@
 //! Needs `/usr/bin/redis-server` and `/usr/sbin/nginx` (Debian packages `redis-server`,
 //! `nginx`). `TEST_LOG=1` prints the instances' output as it comes.
 
-#[path = "cluster/fake_llm.rs"]
 mod fake_llm;
-#[path = "cluster/harness.rs"]
 mod harness;
-#[path = "cluster/sio.rs"]
 mod sio;
 
 use std::time::{Duration, Instant};
