@@ -3,8 +3,7 @@
 //! One server process, temp dir and fake LLM per test, so tests run in parallel.
 
 // Test toolkits: not every helper is used by every feature file.
-#[allow(dead_code)]
-mod fake_llm;
+use testkit::fake_llm;
 #[allow(dead_code)]
 mod helpers;
 #[allow(dead_code)]

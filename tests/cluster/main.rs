@@ -9,7 +9,7 @@
 
 mod fake_llm;
 mod harness;
-mod sio;
+use testkit::sio;
 
 use std::time::{Duration, Instant};
 
