@@ -1,24 +1,183 @@
-//! A small Socket.IO v4 client (Engine.IO v4) for the cluster tests, over either transport:
-//! WebSocket (tokio-tungstenite) or HTTP long-polling only (reqwest), so the nginx tests can
-//! prove both. It connects with a `Cookie` (and optionally an `Origin`) header, emits events
-//! (optionally with an ack), and awaits events in order under timeouts. Pings are answered in
-//! the background. Every received event carries the moment it arrived, for latency figures.
+//! A Socket.IO v4 client (Engine.IO v4) on two levels.
+//!
+//! - Frames, for the bench's hot loops: [`connect`] gives the raw WebSocket after the
+//!   handshake; [`classify`] sorts a frame by its prefix and [`field_u64`] reads a number out
+//!   of it, without parsing JSON.
+//! - [`SioClient`], for the tests: over WebSocket or HTTP long-polling only ([`Transport`]),
+//!   with a `Cookie` and an `Origin` header; it emits events (optionally with an ack) and
+//!   awaits events in order under timeouts. Pings are answered in the background. Every
+//!   received [`Event`] carries the moment it arrived, for latency figures.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
+/// Bound on the Socket.IO part of [`connect`] (after the WebSocket upgrade).
+const FRAME_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on all of [`SioClient::connect`].
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Engine.IO v4 packet separator in a polling payload.
 const RECORD_SEPARATOR: char = '\u{1e}';
+
+// ------------------------------------------------------------------ frames
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// What one incoming frame is, for a read loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// Engine.IO ping (`2`): answer with a pong.
+    Ping,
+    /// A Socket.IO event on `/` (`42["name",...]`): the name and the whole text.
+    Event(&'a str, &'a str),
+    /// Anything else (pong, noop, connect, ack, ...).
+    Other,
+    /// Engine.IO close or Socket.IO disconnect.
+    Close,
+}
+
+pub fn classify(text: &str) -> Frame<'_> {
+    if text == "2" {
+        return Frame::Ping;
+    }
+    if text.starts_with('1') || text.starts_with("41") {
+        return Frame::Close;
+    }
+    if let Some(rest) = text.strip_prefix("42[\"") {
+        if let Some(end) = rest.find('"') {
+            return Frame::Event(&rest[..end], text);
+        }
+    }
+    Frame::Other
+}
+
+/// The whole number after `key` (e.g. `"index":`) in a frame.
+pub fn field_u64(text: &str, key: &str) -> Option<u64> {
+    let start = text.find(key)? + key.len();
+    let rest = &text[start..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// `42["send_message",{"message":..,"conversation_id":..}]`
+pub fn send_message_frame(message: &str, conversation_id: &str) -> String {
+    let payload = json!(["send_message", {"message": message, "conversation_id": conversation_id}]);
+    format!("42{payload}")
+}
+
+/// Connects to `ws://addr/socket.io/?EIO=4&transport=websocket` (from `source`, when given,
+/// to spread connections over several loopback addresses), with the cookie, and completes
+/// the Engine.IO open and the Socket.IO connect to `/`.
+pub async fn connect(addr: SocketAddr, source: Option<IpAddr>, cookie: Option<&str>) -> Result<Ws> {
+    Ok(open_websocket(addr, source, cookie, None).await?.ws)
+}
+
+/// The next text frame (binary and control frames skipped).
+pub async fn next_text(ws: &mut Ws) -> Result<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+            Some(Ok(Message::Close(frame))) => bail!("connection closed: {frame:?}"),
+            None => bail!("connection closed"),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => return Err(err.into()),
+        }
+    }
+}
+
+/// A connected WebSocket and its two session ids.
+struct Opened {
+    ws: Ws,
+    /// The Engine.IO session id.
+    engine_sid: String,
+    /// The Socket.IO session id (of the `40{"sid"}` packet).
+    sid: String,
+}
+
+fn sid_of(json: &str) -> String {
+    serde_json::from_str::<Value>(json).unwrap_or(Value::Null)["sid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn open_websocket(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    cookie: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Opened> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("bind {ip}"))?;
+    }
+    let tcp = socket.connect(addr).await.context("tcp connect")?;
+    tcp.set_nodelay(true)?;
+    let mut request =
+        format!("ws://{addr}/socket.io/?EIO=4&transport=websocket").into_client_request()?;
+    for (name, value) in [("cookie", cookie), ("origin", origin)] {
+        if let Some(value) = value {
+            request
+                .headers_mut()
+                .insert(name, HeaderValue::from_str(value)?);
+        }
+    }
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .context("websocket handshake")?;
+    let handshake = async {
+        // Engine.IO open packet: 0{"sid":..,"pingInterval":..}
+        let open = next_text(&mut ws).await?;
+        let Some(open_json) = open.strip_prefix('0') else {
+            bail!("expected the Engine.IO open packet, got {open:?}");
+        };
+        let engine_sid = sid_of(open_json);
+        ws.send(Message::text("40")).await?;
+        loop {
+            let text = next_text(&mut ws).await?;
+            if let Some(payload) = text.strip_prefix("40") {
+                return Ok((engine_sid, sid_of(payload)));
+            }
+            if let Some(payload) = text.strip_prefix("44") {
+                bail!("namespace connect refused: {payload}");
+            }
+            match classify(&text) {
+                Frame::Ping => ws.send(Message::text("3")).await?,
+                Frame::Close => bail!("server closed the session during the handshake ({text})"),
+                _ => {}
+            }
+        }
+    };
+    let (engine_sid, sid) = tokio::time::timeout(FRAME_HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| anyhow!("Socket.IO handshake timed out"))??;
+    Ok(Opened {
+        ws,
+        engine_sid,
+        sid,
+    })
+}
+
+// ------------------------------------------------------------------ events
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -27,12 +186,34 @@ pub enum Transport {
     Polling,
 }
 
-/// One received event.
-#[derive(Clone, Debug)]
+/// One received event. It reads like its payload: `event["key"]` is `event.data["key"]`, and
+/// it displays as its payload.
+#[derive(Clone)]
 pub struct Event {
     pub name: String,
     pub data: Value,
     pub at: Instant,
+}
+
+impl std::ops::Index<&str> for Event {
+    type Output = Value;
+
+    fn index(&self, key: &str) -> &Value {
+        &self.data[key]
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.data.fmt(f)
+    }
+}
+
+/// `("name", data)`, for failure messages.
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({:?}, {:?})", self.name, self.data)
+    }
 }
 
 #[derive(Debug)]
@@ -44,32 +225,33 @@ enum Incoming {
     Closed(String),
 }
 
-/// What to do with one Engine.IO packet of text.
+/// What one Engine.IO packet of text means for the client (`None`: nothing).
 fn parse_packet(text: &str) -> Option<Incoming> {
     let at = Instant::now();
     if let Some(payload) = text.strip_prefix("40") {
-        let payload: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
-        return Some(Incoming::Connected(
-            payload["sid"].as_str().unwrap_or_default().to_owned(),
-        ));
+        return Some(Incoming::Connected(sid_of(payload)));
     }
     if let Some(payload) = text.strip_prefix("44") {
         return Some(Incoming::ConnectError(payload.to_owned()));
     }
-    if text.starts_with("41") || text == "1" {
+    if classify(text) == Frame::Close {
         return Some(Incoming::Closed(format!(
             "server disconnected the socket ({text})"
         )));
     }
     if let Some(packet) = text.strip_prefix("42") {
-        let json_start = packet.find('[')?;
-        let array: Value = serde_json::from_str(&packet[json_start..]).ok()?;
-        let items = array.as_array()?;
-        return Some(Incoming::Event(Event {
-            name: items.first()?.as_str()?.to_owned(),
-            data: items.get(1).cloned().unwrap_or(Value::Null),
-            at,
-        }));
+        // `["event", data]` after an optional ack id; a missing data is `Null`.
+        let event = (|| {
+            let json_start = packet.find('[')?;
+            let array: Value = serde_json::from_str(&packet[json_start..]).ok()?;
+            let items = array.as_array()?;
+            Some((items.first()?.as_str()?.to_owned(), items.get(1).cloned()))
+        })();
+        let (name, data) = match event {
+            Some((name, data)) => (name, data.unwrap_or(Value::Null)),
+            None => ("<unparsable>".to_owned(), json!(text)),
+        };
+        return Some(Incoming::Event(Event { name, data, at }));
     }
     if let Some(packet) = text.strip_prefix("43") {
         let json_start = packet.find('[')?;
@@ -134,6 +316,7 @@ impl Turn {
             .collect()
     }
 
+    /// The event names in order.
     pub fn names(&self) -> Vec<&str> {
         self.events
             .iter()
@@ -141,18 +324,20 @@ impl Turn {
             .collect()
     }
 
+    /// The `response_end` payload, panicking with the whole turn when the turn failed.
     #[track_caller]
     pub fn expect_end(&self) -> &Value {
         self.end
             .as_ref()
-            .unwrap_or_else(|| panic!("reply did not end with response_end: {:?}", self.summary()))
+            .unwrap_or_else(|| panic!("turn did not end with response_end: {:?}", self.events))
     }
 
+    /// The `error` payload, panicking with the whole turn when the turn succeeded.
     #[track_caller]
     pub fn expect_error(&self) -> &Value {
         self.error
             .as_ref()
-            .unwrap_or_else(|| panic!("reply did not end with error: {:?}", self.summary()))
+            .unwrap_or_else(|| panic!("turn did not end with error: {:?}", self.events))
     }
 
     /// (name, data) pairs, for failure messages.
@@ -164,6 +349,9 @@ impl Turn {
     }
 }
 
+/// The events of a turn on the sending socket (`reply_started` is for watchers).
+const TURN_EVENTS: [&str; 4] = ["token_usage", "response_chunk", "response_end", "error"];
+/// The events of a reply on any socket.
 const REPLY_EVENTS: [&str; 5] = [
     "reply_started",
     "token_usage",
@@ -172,18 +360,24 @@ const REPLY_EVENTS: [&str; 5] = [
     "error",
 ];
 
+// ------------------------------------------------------------------ client
+
 /// One Socket.IO connection to namespace `/`.
 pub struct SioClient {
+    /// Packets to send; an empty one closes the transport.
     outgoing: mpsc::UnboundedSender<String>,
     incoming: mpsc::UnboundedReceiver<Incoming>,
+    /// Events received but not yet taken, in arrival order.
     buffer: VecDeque<Event>,
     acks: Vec<(u64, Value)>,
     next_ack: u64,
     closed: Option<String>,
+    /// The Socket.IO session id from the `40{"sid"}` packet.
     pub sid: String,
     /// The Engine.IO session id (the `sid` query parameter of polling requests).
     pub engine_sid: String,
     pub transport: Transport,
+    /// The task that sends comes first.
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -196,70 +390,89 @@ impl Drop for SioClient {
 }
 
 impl SioClient {
-    /// Connects to `http://addr/socket.io/` with this transport, `Cookie` and `Origin`, and
-    /// completes the namespace connect. `Err` says why it was refused.
+    /// Connects over WebSocket to `ws://addr/socket.io/`, optionally with a `Cookie` and an
+    /// `Origin` header, and completes the namespace connect. `Err` says why the server
+    /// refused (the upgrade's HTTP status, or a `44` connect error).
     pub async fn connect(
+        addr: SocketAddr,
+        cookie: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<SioClient, String> {
+        SioClient::connect_with(addr, Transport::WebSocket, cookie, origin).await
+    }
+
+    /// The same over this transport.
+    pub async fn connect_with(
         addr: SocketAddr,
         transport: Transport,
         cookie: Option<&str>,
         origin: Option<&str>,
     ) -> Result<SioClient, String> {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let connecting = async {
             let (outgoing, outgoing_rx) = mpsc::unbounded_channel::<String>();
             let (incoming_tx, incoming) = mpsc::unbounded_channel();
-            let (tasks, engine_sid) = match transport {
-                Transport::WebSocket => {
-                    websocket(addr, cookie, origin, outgoing_rx, incoming_tx).await?
-                }
-                Transport::Polling => {
-                    polling(
-                        addr,
-                        cookie,
-                        origin,
-                        outgoing.clone(),
-                        outgoing_rx,
-                        incoming_tx,
-                    )
-                    .await?
-                }
-            };
             let mut client = SioClient {
-                outgoing,
+                outgoing: outgoing.clone(),
                 incoming,
                 buffer: VecDeque::new(),
                 acks: Vec::new(),
                 next_ack: 1,
                 closed: None,
                 sid: String::new(),
-                engine_sid,
+                engine_sid: String::new(),
                 transport,
-                tasks,
+                tasks: Vec::new(),
             };
-            client.send_packet("40".to_owned());
-            loop {
-                match client.incoming.recv().await {
-                    Some(Incoming::Connected(sid)) => {
-                        client.sid = sid;
-                        return Ok(client);
-                    }
-                    Some(Incoming::ConnectError(why)) => {
-                        return Err(format!("namespace connect refused: {why}"))
-                    }
-                    Some(Incoming::Closed(why)) => {
-                        return Err(format!("closed during the handshake: {why}"))
-                    }
-                    Some(Incoming::Event(event)) => client.buffer.push_back(event),
-                    Some(Incoming::Ack(..)) => {}
-                    None => return Err("transport ended during the handshake".to_owned()),
+            match transport {
+                Transport::WebSocket => {
+                    let opened = open_websocket(addr, None, cookie, origin)
+                        .await
+                        .map_err(|error| format!("{error:#}"))?;
+                    client.sid = opened.sid;
+                    client.engine_sid = opened.engine_sid;
+                    client.tasks = vec![tokio::spawn(websocket_task(
+                        opened.ws,
+                        outgoing_rx,
+                        incoming_tx,
+                    ))];
+                    Ok(client)
+                }
+                Transport::Polling => {
+                    let (tasks, engine_sid) =
+                        polling(addr, cookie, origin, outgoing, outgoing_rx, incoming_tx).await?;
+                    client.tasks = tasks;
+                    client.engine_sid = engine_sid;
+                    client.send_packet("40".to_owned());
+                    client.sid = client.namespace_connected().await?;
+                    Ok(client)
                 }
             }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "Socket.IO handshake ({transport:?}) did not finish within {HANDSHAKE_TIMEOUT:?}"
-            ))
-        })
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "Socket.IO handshake ({transport:?}) did not finish within {HANDSHAKE_TIMEOUT:?}"
+                ))
+            })
+    }
+
+    /// Waits for the answer to `40`: the Socket.IO session id.
+    async fn namespace_connected(&mut self) -> Result<String, String> {
+        loop {
+            match self.incoming.recv().await {
+                Some(Incoming::Connected(sid)) => return Ok(sid),
+                Some(Incoming::ConnectError(why)) => {
+                    return Err(format!("namespace connect refused: {why}"))
+                }
+                Some(Incoming::Closed(why)) => {
+                    return Err(format!("closed during the handshake: {why}"))
+                }
+                Some(Incoming::Event(event)) => self.buffer.push_back(event),
+                Some(Incoming::Ack(..)) => {}
+                None => return Err("transport ended during the handshake".to_owned()),
+            }
+        }
     }
 
     fn send_packet(&self, packet: String) {
@@ -271,6 +484,11 @@ impl SioClient {
     /// Emits `42["event", data]`.
     pub fn emit(&self, event: &str, data: Value) {
         self.send_packet(format!("42{}", json!([event, data])));
+    }
+
+    /// Sends one raw Socket.IO packet text (e.g. `42["send_message"]` with no payload).
+    pub fn emit_raw(&self, packet: &str) {
+        self.send_packet(packet.to_owned());
     }
 
     /// Emits with an ack id and waits (bounded) for the ack's first argument.
@@ -300,12 +518,13 @@ impl SioClient {
         }
     }
 
-    /// `send_message {message, conversation_id}`.
-    pub fn send_message(&self, message: &str, conversation_id: &str) {
-        self.emit(
-            "send_message",
-            json!({"message": message, "conversation_id": conversation_id}),
-        );
+    /// `send_message {message, conversation_id?}`.
+    pub fn send_message(&self, message: &str, conversation_id: Option<&str>) {
+        let mut payload = json!({"message": message});
+        if let Some(id) = conversation_id {
+            payload["conversation_id"] = json!(id);
+        }
+        self.emit("send_message", payload);
     }
 
     /// `watch_conversation {conversation_id, last_index?}` with an ack; returns the ack.
@@ -322,9 +541,9 @@ impl SioClient {
     /// transport closes).
     pub async fn disconnect(mut self) {
         let _ = self.outgoing.send("41".to_owned());
-        let _ = self.outgoing.send(String::new()); // transport close marker
-                                                   // The first task sends (the websocket task, or the polling writer): let it finish
-                                                   // the close; the polling reader is then aborted with the client.
+        let _ = self.outgoing.send(String::new());
+        // The first task sends (the websocket task, or the polling writer): let it finish the
+        // close; the polling reader is then aborted with the client.
         let mut tasks = self.tasks.drain(..);
         if let Some(sender) = tasks.next() {
             let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
@@ -354,8 +573,34 @@ impl SioClient {
         }
     }
 
+    /// Waits until the server closes the connection; `true` when it did within `timeout`
+    /// (events meanwhile are dropped).
+    pub async fn wait_closed(&mut self, timeout: Duration) -> bool {
+        if self.closed.is_some() {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.incoming.recv()).await {
+                Ok(Some(Incoming::Closed(reason))) => {
+                    self.closed = Some(reason);
+                    return true;
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The next event, or `None` after `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        self.receive(Instant::now() + timeout).await
+    }
+
     /// Waits for the first event named `name` whose data satisfies `matches`; events passed
-    /// over stay queued in order. Panics after `timeout`.
+    /// over stay queued, in order, for later calls. Panics after `timeout`.
     pub async fn wait_for_matching(
         &mut self,
         name: &str,
@@ -375,17 +620,22 @@ impl SioClient {
             self.buffer.push_front(event.clone());
         }
         found.unwrap_or_else(|| {
-            let seen: Vec<_> = skipped.iter().map(|e| (&e.name, &e.data)).collect();
-            panic!("no matching {name:?} event within {timeout:?}; received meanwhile: {seen:?}")
+            panic!("no matching {name:?} event within {timeout:?}; received meanwhile: {skipped:?}")
         })
     }
 
-    /// Reply events (`reply_started`, `token_usage`, `response_chunk`, `response_end`,
-    /// `error`) in arrival order, up to and including the first one `last` accepts. Other
-    /// events stay queued in order. Panics after `timeout` with what was received.
-    pub async fn reply_events_until(
+    /// Waits for the first event named `name` (others stay queued in order).
+    pub async fn wait_for(&mut self, name: &str, timeout: Duration) -> Event {
+        self.wait_for_matching(name, timeout, |_| true).await
+    }
+
+    /// The events named in `kinds`, in arrival order, up to and including the first one
+    /// `last` accepts. Other events stay queued in order. Panics after `timeout` with what
+    /// was received.
+    async fn events_until(
         &mut self,
         timeout: Duration,
+        kinds: &[&str],
         last: impl Fn(&Event) -> bool,
     ) -> Vec<Event> {
         let deadline = Instant::now() + timeout;
@@ -394,12 +644,10 @@ impl SioClient {
         loop {
             let Some(event) = self.receive(deadline).await else {
                 panic!(
-                    "expected reply event did not come within {timeout:?}; reply events: {:?}; other events: {:?}",
-                    events.iter().map(|e: &Event| (&e.name, &e.data)).collect::<Vec<_>>(),
-                    skipped.iter().map(|e: &Event| (&e.name, &e.data)).collect::<Vec<_>>()
+                    "the expected event did not come within {timeout:?}; {kinds:?} events: {events:?}; other events: {skipped:?}"
                 )
             };
-            if !REPLY_EVENTS.contains(&event.name.as_str()) {
+            if !kinds.contains(&event.name.as_str()) {
                 skipped.push(event);
                 continue;
             }
@@ -415,6 +663,17 @@ impl SioClient {
         events
     }
 
+    /// Reply events (`reply_started`, `token_usage`, `response_chunk`, `response_end`,
+    /// `error`) in arrival order, up to and including the first one `last` accepts. Other
+    /// events stay queued in order. Panics after `timeout` with what was received.
+    pub async fn reply_events_until(
+        &mut self,
+        timeout: Duration,
+        last: impl Fn(&Event) -> bool,
+    ) -> Vec<Event> {
+        self.events_until(timeout, &REPLY_EVENTS, last).await
+    }
+
     /// Reply events up to and including the chunk with this `index` (or an end or error).
     pub async fn events_until_chunk(&mut self, index: i64, timeout: Duration) -> Vec<Event> {
         self.reply_events_until(timeout, |event| {
@@ -423,12 +682,20 @@ impl SioClient {
         .await
     }
 
-    /// Gathers one reply up to `response_end` or `error`.
+    /// Gathers one reply as any socket sees it, up to `response_end` or `error`.
     pub async fn collect_reply(&mut self, timeout: Duration) -> Turn {
         Turn::from_events(self.reply_events_until(timeout, is_end).await)
     }
 
-    /// Every event that arrives within `window`: only for asserting that nothing more came
+    /// Gathers one turn as the sending socket sees it: `token_usage`, `response_chunk`s,
+    /// until `response_end` or `error`. Other events (like `reply_started` or
+    /// `conversation_updated`) stay queued in order. Panics after `timeout` with what was
+    /// received.
+    pub async fn collect_turn(&mut self, timeout: Duration) -> Turn {
+        Turn::from_events(self.events_until(timeout, &TURN_EVENTS, is_end).await)
+    }
+
+    /// Every event that arrives within `window`: only for asserting on what a socket got
     /// after an awaited point, never to order events.
     pub async fn drain(&mut self, window: Duration) -> Vec<Event> {
         let deadline = Instant::now() + window;
@@ -440,102 +707,62 @@ impl SioClient {
     }
 }
 
-async fn websocket(
-    addr: SocketAddr,
-    cookie: Option<&str>,
-    origin: Option<&str>,
+// --------------------------------------------------------------- transports
+
+/// Owns a connected WebSocket: answers pings, forwards what it receives, sends what it is
+/// given (an empty packet closes the connection).
+async fn websocket_task(
+    mut ws: Ws,
     mut outgoing_rx: mpsc::UnboundedReceiver<String>,
     incoming_tx: mpsc::UnboundedSender<Incoming>,
-) -> Result<(Vec<JoinHandle<()>>, String), String> {
-    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-    for (name, value) in [("cookie", cookie), ("origin", origin)] {
-        if let Some(value) = value {
-            request.headers_mut().insert(
-                name,
-                HeaderValue::from_str(value).map_err(|e| e.to_string())?,
-            );
+) {
+    let closed = |why: String| {
+        let _ = incoming_tx.send(Incoming::Closed(why));
+    };
+    loop {
+        tokio::select! {
+            frame = ws.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(frame))) => break closed(format!("websocket closed: {frame:?}")),
+                    Some(Ok(_)) => continue,
+                    Some(Err(error)) => break closed(format!("websocket error: {error}")),
+                    None => break closed("websocket ended".to_owned()),
+                };
+                if classify(&text) == Frame::Ping {
+                    if ws.send(Message::text("3")).await.is_err() {
+                        break closed("cannot answer a ping".to_owned());
+                    }
+                } else if let Some(incoming) = parse_packet(&text) {
+                    let is_close = matches!(incoming, Incoming::Closed(_));
+                    let _ = incoming_tx.send(incoming);
+                    if is_close {
+                        break;
+                    }
+                }
+            }
+            packet = outgoing_rx.recv() => match packet {
+                Some(packet) if !packet.is_empty() => {
+                    if ws.send(Message::text(packet)).await.is_err() {
+                        break closed("cannot send".to_owned());
+                    }
+                }
+                _ => {
+                    let _ = ws.close(None).await;
+                    // Wait (bounded) for the server's close frame.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
+                    break;
+                }
+            },
         }
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|error| format!("websocket upgrade refused: {error}"))?;
-    // Engine.IO open packet: 0{"sid":..,"pingInterval":..}
-    let open = loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => break text.to_string(),
-            Some(Ok(Message::Close(frame))) => {
-                return Err(format!(
-                    "websocket closed before the open packet: {frame:?}"
-                ))
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(error)) => return Err(format!("websocket error: {error}")),
-            None => return Err("websocket ended before the open packet".to_owned()),
-        }
-    };
-    let Some(open_json) = open.strip_prefix('0') else {
-        return Err(format!("expected an Engine.IO open packet, got {open:?}"));
-    };
-    let engine_sid = serde_json::from_str::<Value>(open_json).unwrap_or(Value::Null)["sid"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                frame = ws.next() => {
-                    let text = match frame {
-                        Some(Ok(Message::Text(text))) => text.to_string(),
-                        Some(Ok(Message::Close(frame))) => {
-                            let _ = incoming_tx.send(Incoming::Closed(format!("websocket closed: {frame:?}")));
-                            break;
-                        }
-                        Some(Ok(_)) => continue,
-                        Some(Err(error)) => {
-                            let _ = incoming_tx.send(Incoming::Closed(format!("websocket error: {error}")));
-                            break;
-                        }
-                        None => {
-                            let _ = incoming_tx.send(Incoming::Closed("websocket ended".to_owned()));
-                            break;
-                        }
-                    };
-                    if text == "2" {
-                        if ws.send(Message::text("3")).await.is_err() {
-                            let _ = incoming_tx.send(Incoming::Closed("cannot answer a ping".to_owned()));
-                            break;
-                        }
-                    } else if let Some(incoming) = parse_packet(&text) {
-                        let closed = matches!(incoming, Incoming::Closed(_));
-                        let _ = incoming_tx.send(incoming);
-                        if closed { break; }
-                    }
-                }
-                packet = outgoing_rx.recv() => {
-                    match packet {
-                        Some(packet) if !packet.is_empty() => {
-                            if ws.send(Message::text(packet)).await.is_err() {
-                                let _ = incoming_tx.send(Incoming::Closed("cannot send".to_owned()));
-                                break;
-                            }
-                        }
-                        _ => {
-                            let _ = ws.close(None).await;
-                            // Wait (bounded) for the server's close frame.
-                            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                                while let Some(Ok(_)) = ws.next().await {}
-                            }).await;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    Ok((vec![task], engine_sid))
 }
 
+/// HTTP long-polling: the handshake, then a reader (one long-poll GET at a time) and a writer
+/// (one POST at a time) task; returns them (writer first) and the Engine.IO session id.
 async fn polling(
     addr: SocketAddr,
     cookie: Option<&str>,
@@ -570,11 +797,7 @@ async fn polling(
     if !status.is_success() {
         return Err(format!("polling handshake refused: {status} {body}"));
     }
-    let open = body
-        .split(RECORD_SEPARATOR)
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let open = body.split(RECORD_SEPARATOR).next().unwrap_or_default();
     let Some(open_json) = open.strip_prefix('0') else {
         return Err(format!("expected an Engine.IO open packet, got {body:?}"));
     };
@@ -595,31 +818,20 @@ async fn polling(
         let poll_timeout = Duration::from_millis(ping_interval + ping_timeout + 5_000);
         tokio::spawn(async move {
             loop {
-                let result = http.get(&url).timeout(poll_timeout).send().await;
-                let body = match result {
-                    Ok(response) if response.status().is_success() => match response.text().await {
-                        Ok(body) => body,
-                        Err(error) => {
-                            let _ = incoming_tx
-                                .send(Incoming::Closed(format!("poll body failed: {error}")));
-                            break;
-                        }
-                    },
-                    Ok(response) => {
-                        let status = response.status();
-                        let body = response.text().await.unwrap_or_default();
-                        let _ = incoming_tx
-                            .send(Incoming::Closed(format!("poll refused: {status} {body}")));
-                        break;
-                    }
-                    Err(error) => {
-                        let _ = incoming_tx.send(Incoming::Closed(format!("poll failed: {error}")));
+                let body = match http.get(&url).timeout(poll_timeout).send().await {
+                    Ok(response) => ok_text(response).await,
+                    Err(error) => Err(error.to_string()),
+                };
+                let body = match body {
+                    Ok(body) => body,
+                    Err(why) => {
+                        let _ = incoming_tx.send(Incoming::Closed(format!("poll failed: {why}")));
                         break;
                     }
                 };
                 let mut closed = false;
                 for packet in body.split(RECORD_SEPARATOR) {
-                    if packet == "2" {
+                    if classify(packet) == Frame::Ping {
                         let _ = pong.send("3".to_owned());
                     } else if let Some(incoming) = parse_packet(packet) {
                         closed |= matches!(incoming, Incoming::Closed(_));
@@ -641,33 +853,24 @@ async fn polling(
                 packets.push(more);
             }
             let closing = packets.iter().any(String::is_empty);
-            let mut packets: Vec<String> = packets.into_iter().filter(|p| !p.is_empty()).collect();
+            packets.retain(|packet| !packet.is_empty());
             if closing {
                 packets.push("1".to_owned()); // Engine.IO close
             }
-            if packets.is_empty() {
-                break;
-            }
-            let result = http
+            let sent = http
                 .post(&url)
                 .header("content-type", "text/plain;charset=UTF-8")
                 .timeout(Duration::from_secs(10))
                 .body(packets.join(&RECORD_SEPARATOR.to_string()))
                 .send()
                 .await;
-            match result {
-                Ok(response) if response.status().is_success() => {}
-                Ok(response) => {
-                    let status = response.status();
-                    let body = response.text().await.unwrap_or_default();
-                    let _ = incoming_tx
-                        .send(Incoming::Closed(format!("POST refused: {status} {body}")));
-                    break;
-                }
-                Err(error) => {
-                    let _ = incoming_tx.send(Incoming::Closed(format!("POST failed: {error}")));
-                    break;
-                }
+            let sent = match sent {
+                Ok(response) => ok_text(response).await.map(drop),
+                Err(error) => Err(error.to_string()),
+            };
+            if let Err(why) = sent {
+                let _ = incoming_tx.send(Incoming::Closed(format!("POST failed: {why}")));
+                break;
             }
             if closing {
                 break;
@@ -675,4 +878,47 @@ async fn polling(
         }
     });
     Ok((vec![writer, reader], sid))
+}
+
+/// The body of a successful response; else the status and body as the error.
+async fn ok_text(response: reqwest::Response) -> Result<String, String> {
+    let status = response.status();
+    let body = response.text().await;
+    match body {
+        Ok(body) if status.is_success() => Ok(body),
+        Ok(body) => Err(format!("refused: {status} {body}")),
+        Err(error) => Err(format!("body failed: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_frames() {
+        assert_eq!(classify("2"), Frame::Ping);
+        assert_eq!(classify("41"), Frame::Close);
+        let text = r#"42["response_chunk",{"chunk":"a","index":0}]"#;
+        assert_eq!(classify(text), Frame::Event("response_chunk", text));
+        assert_eq!(classify("40{\"sid\":\"x\"}"), Frame::Other);
+    }
+
+    #[test]
+    fn parses_events_acks_and_closes() {
+        let Some(Incoming::Event(event)) = parse_packet(r#"42["response_chunk",{"index":3}]"#)
+        else {
+            panic!("not an event")
+        };
+        assert_eq!(
+            (event.name.as_str(), &event["index"]),
+            ("response_chunk", &json!(3))
+        );
+        let Some(Incoming::Ack(1, ack)) = parse_packet(r#"431[{"ok":true}]"#) else {
+            panic!("not an ack")
+        };
+        assert_eq!(ack, json!({"ok": true}));
+        assert!(matches!(parse_packet("41"), Some(Incoming::Closed(_))));
+        assert!(matches!(parse_packet("1"), Some(Incoming::Closed(_))));
+    }
 }
