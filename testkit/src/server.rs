@@ -26,6 +26,19 @@ pub const LISTENING_PREFIX: &str = "llm-chat-server listening on http://";
 /// nothing inherited, like `AZURE_API_URL` or `MONGODB_URI`, changes its behaviour).
 pub type Env = BTreeMap<String, String>;
 
+/// An environment of exactly these variables plus this process's `PATH` (so the server
+/// finds the programs it runs).
+pub fn env_with_path<'a>(vars: impl IntoIterator<Item = (&'a str, String)>) -> Env {
+    let mut env: Env = vars
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
+    if let Ok(path) = std::env::var("PATH") {
+        env.insert("PATH".to_owned(), path);
+    }
+    env
+}
+
 /// The address in a listening line, if `line` is one.
 pub fn listening_addr(line: &str) -> Option<Result<SocketAddr, String>> {
     let start = line.find(LISTENING_PREFIX)?;

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use testkit::browser::{http_client, ApiResponse, Browser, Endpoint};
 use testkit::fake_llm::FakeLlm;
-use testkit::server::{Env, ServerProcess};
+use testkit::server::{env_with_path, Env, ServerProcess};
 use testkit::sio::SioClient;
 
 /// Bound on one HTTP request from a test.
@@ -52,8 +52,7 @@ pub struct TestApp {
 /// The environment every test server starts from.
 pub fn base_env(llm: &FakeLlm, dir: &TempDir) -> Env {
     let dir_path = dir.path();
-    let mut env = Env::new();
-    for (key, value) in [
+    let mut env = env_with_path([
         ("HOST", "127.0.0.1".to_owned()),
         ("PORT", "0".to_owned()),
         (
@@ -75,12 +74,7 @@ pub fn base_env(llm: &FakeLlm, dir: &TempDir) -> Env {
         ("LLM_FIRST_BYTE_TIMEOUT_SECONDS", "2".to_owned()),
         ("LLM_IDLE_TIMEOUT_SECONDS", "2".to_owned()),
         ("LLM_RETRY_MAX_WAIT_SECONDS", "2".to_owned()),
-    ] {
-        env.insert(key.to_owned(), value);
-    }
-    if let Ok(path) = std::env::var("PATH") {
-        env.insert("PATH".to_owned(), path);
-    }
+    ]);
     // `scripts/test.sh` runs this whole suite a second time against a real
     // MongoDB-protocol server: each test server gets its own database.
     if let Ok(uri) = std::env::var("TEST_MONGODB_URI") {

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use testkit::browser::{http_client, ApiResponse, Browser, Endpoint};
 use testkit::fake_llm::{echo_pieces, Behaviour, FakeLlm};
 use testkit::free_port;
-use testkit::server::{Env, ServerProcess};
+use testkit::server::{env_with_path, Env, ServerProcess};
 
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 pub const NGINX: &str = "/usr/sbin/nginx";
@@ -449,8 +449,7 @@ impl Cluster {
         // Unless a test scripts otherwise: `You said: <message>` in four pieces.
         llm.set_default_fn(|request| Behaviour::Stream(echo_pieces(&request.last_user_message())));
         let dir = tempfile::tempdir().expect("cluster temp dir");
-        let mut env = Env::new();
-        for (key, value) in [
+        let mut env = env_with_path([
             ("HOST", "127.0.0.1".to_owned()),
             ("PORT", "0".to_owned()),
             ("REDIS_URL", redis.url()),
@@ -475,12 +474,7 @@ impl Cluster {
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
             ),
-        ] {
-            env.insert(key.to_owned(), value);
-        }
-        if let Ok(path) = std::env::var("PATH") {
-            env.insert("PATH".to_owned(), path);
-        }
+        ]);
         for (key, value) in overrides {
             env.insert((*key).to_owned(), (*value).to_owned());
         }
