@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader, Lines};
 use tokio::process::{Child, Command};
 
+use crate::fake_llm::FakeLlm;
+
 /// How long a server may take to print its listening line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -37,6 +39,29 @@ pub fn env_with_path<'a>(vars: impl IntoIterator<Item = (&'a str, String)>) -> E
         env.insert("PATH".to_owned(), path);
     }
     env
+}
+
+/// The environment a test server starts from: on 127.0.0.1 with a free port, its SQLite file
+/// and saved conversations in `dir`, the OpenAI provider at the fake `llm`, `RUST_LOG` from
+/// `TEST_RUST_LOG` (default `warn`), and `PATH`.
+pub fn test_env(llm: &FakeLlm, dir: &Path) -> Env {
+    env_with_path([
+        ("HOST", "127.0.0.1".to_owned()),
+        ("PORT", "0".to_owned()),
+        ("DATABASE_PATH", dir.join("chat.db").display().to_string()),
+        (
+            "SAVED_CONVERSATIONS_DIR",
+            dir.join("saved").display().to_string(),
+        ),
+        ("LLM_PROVIDER", "openai".to_owned()),
+        ("OPENAI_BASE_URL", llm.base_url()),
+        ("OPENAI_API_KEY", "test-key".to_owned()),
+        ("LLM_MODEL", "fake-model".to_owned()),
+        (
+            "RUST_LOG",
+            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        ),
+    ])
 }
 
 /// The address in a listening line, if `line` is one.

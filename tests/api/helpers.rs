@@ -13,7 +13,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use testkit::browser::{http_client, ApiResponse, Browser, Endpoint};
 use testkit::fake_llm::FakeLlm;
-use testkit::server::{env_with_path, Env, ServerProcess};
+use testkit::server::{test_env, Env, ServerProcess};
 use testkit::sio::SioClient;
 
 /// Bound on one HTTP request from a test.
@@ -51,30 +51,14 @@ pub struct TestApp {
 
 /// The environment every test server starts from.
 pub fn base_env(llm: &FakeLlm, dir: &TempDir) -> Env {
-    let dir_path = dir.path();
-    let mut env = env_with_path([
-        ("HOST", "127.0.0.1".to_owned()),
-        ("PORT", "0".to_owned()),
-        (
-            "DATABASE_PATH",
-            dir_path.join("chat.db").display().to_string(),
-        ),
-        (
-            "SAVED_CONVERSATIONS_DIR",
-            dir_path.join("saved").display().to_string(),
-        ),
-        ("LLM_PROVIDER", "openai".to_owned()),
-        ("OPENAI_BASE_URL", llm.base_url()),
-        ("OPENAI_API_KEY", "test-key".to_owned()),
-        ("LLM_MODEL", "fake-model".to_owned()),
-        (
-            "RUST_LOG",
-            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        ),
-        ("LLM_FIRST_BYTE_TIMEOUT_SECONDS", "2".to_owned()),
-        ("LLM_IDLE_TIMEOUT_SECONDS", "2".to_owned()),
-        ("LLM_RETRY_MAX_WAIT_SECONDS", "2".to_owned()),
-    ]);
+    let mut env = test_env(llm, dir.path());
+    for (key, value) in [
+        ("LLM_FIRST_BYTE_TIMEOUT_SECONDS", "2"),
+        ("LLM_IDLE_TIMEOUT_SECONDS", "2"),
+        ("LLM_RETRY_MAX_WAIT_SECONDS", "2"),
+    ] {
+        env.insert(key.to_owned(), value.to_owned());
+    }
     // `scripts/test.sh` runs this whole suite a second time against a real
     // MongoDB-protocol server: each test server gets its own database.
     if let Ok(uri) = std::env::var("TEST_MONGODB_URI") {

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use testkit::browser::{http_client, ApiResponse, Browser, Endpoint};
 use testkit::fake_llm::{echo_pieces, Behaviour, FakeLlm};
 use testkit::free_port;
-use testkit::server::{env_with_path, Env, ServerProcess};
+use testkit::server::{test_env, Env, ServerProcess};
 
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 pub const NGINX: &str = "/usr/sbin/nginx";
@@ -449,32 +449,18 @@ impl Cluster {
         // Unless a test scripts otherwise: `You said: <message>` in four pieces.
         llm.set_default_fn(|request| Behaviour::Stream(echo_pieces(&request.last_user_message())));
         let dir = tempfile::tempdir().expect("cluster temp dir");
-        let mut env = env_with_path([
-            ("HOST", "127.0.0.1".to_owned()),
-            ("PORT", "0".to_owned()),
+        let mut env = test_env(&llm, dir.path());
+        for (key, value) in [
             ("REDIS_URL", redis.url()),
             (
                 "REDIS_PREFIX",
                 format!("t{}", uuid::Uuid::new_v4().simple()),
             ),
             ("SECRET_KEY", random_secret()),
-            (
-                "DATABASE_PATH",
-                dir.path().join("chat.db").display().to_string(),
-            ),
-            (
-                "SAVED_CONVERSATIONS_DIR",
-                dir.path().join("saved").display().to_string(),
-            ),
-            ("LLM_PROVIDER", "openai".to_owned()),
-            ("OPENAI_BASE_URL", llm.base_url()),
-            ("OPENAI_API_KEY", "k".to_owned()),
             ("LLM_MODEL", "fake".to_owned()),
-            (
-                "RUST_LOG",
-                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            ),
-        ]);
+        ] {
+            env.insert(key.to_owned(), value);
+        }
         for (key, value) in overrides {
             env.insert((*key).to_owned(), (*value).to_owned());
         }
