@@ -61,6 +61,7 @@ trap 'kill -9 "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 start_store
 TEST_MONGODB_URI="$store_uri" cargo test --quiet --test api -- --color never
 kill -9 "$store_pid" 2>/dev/null || true
+wait "$store_pid" 2>/dev/null || true   # reaped here: no "Killed" notice later
 
 step "node --test tests/node (official socket.io-client, headless Chromium)"
 CHAT_SERVER_BIN="$bin" SCREENSHOT_DIR="$root/target/screenshots" \
