@@ -31,6 +31,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+source scripts/lib.sh
 
 DURATION=${DURATION:-12}
 WARMUP=${WARMUP:-3}
@@ -51,7 +52,6 @@ UPLOAD_LLM_DELAY_MS=${UPLOAD_LLM_DELAY_MS:-50}
 ONLY=${ONLY:-all}   # all | turns | idle | fanout | cross | upload | redis
 # KEEP_LOGS=1 keeps the temp dir with every process's output (its path is printed).
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/llm-chat-server/target}"
 echo "==> building (release)" >&2
 cargo build --release -q -p llm-chat-server -p chat-bench >&2
 bin="$CARGO_TARGET_DIR/release"
@@ -61,33 +61,20 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "==> fd limit $(ulimit -n), load: $(uptime)" >&2
 
 tmp=$(mktemp -d)
-pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  kill_and_wait "${pids[@]}"
   if [ "${KEEP_LOGS:-0}" = 1 ]; then echo "==> logs kept in $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
 
-# wait_url FILE PREFIX: the URL printed after PREFIX in FILE (10 s at most).
-wait_url() {
-  local file=$1 prefix=$2
-  for _ in $(seq 1 200); do
-    if line=$(grep -m1 "^$prefix" "$file" 2>/dev/null); then
-      echo "${line#"$prefix"}"
-      return 0
-    fi
-    sleep 0.05
-  done
-  echo "timed out waiting for '$prefix' in $file:" >&2
-  cat "$file" "$file.err" >&2 2>/dev/null || true
-  return 1
+# fake NAME VAR ARGS...: a fake LLM (CHUNKS deltas of CHUNK_BYTES) with these delays;
+# sets VAR to its URL.
+fake() {
+  local name=$1 var=$2
+  shift 2
+  start_fake "$var" "$name" --chunks "$CHUNKS" --chunk-bytes "$CHUNK_BYTES" "$@"
 }
-
-"$bin/chat-bench" fake-llm --port 0 --chunks "$CHUNKS" --chunk-bytes "$CHUNK_BYTES" \
-  --delay-ms "$LLM_DELAY_MS" >"$tmp/fake.out" 2>"$tmp/fake.out.err" &
-pids+=($!)
-fake_url=$(wait_url "$tmp/fake.out" "fake-llm listening on ")
+fake main fake_url --delay-ms "$LLM_DELAY_MS"
 
 # start_server NAME [VAR=value...]: starts a server with its own database (the extra
 # variables come last, so they override); sets server_url, server_pid.
@@ -105,28 +92,6 @@ start_server() {
   server_url=$(wait_url "$tmp/$name.out" "llm-chat-server listening on ")
 }
 
-# free_port: a free TCP port on 127.0.0.1 (bound, then released).
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_port PORT PID LOG: until 127.0.0.1:PORT accepts (60 s at most, or PID dies).
-wait_port() {
-  local port=$1 pid=$2 log=$3
-  for _ in $(seq 1 300); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "process $pid exited before listening on $port:" >&2
-      cat "$log" >&2
-      return 1
-    fi
-    sleep 0.2
-  done
-  echo "nothing listens on 127.0.0.1:$port after 60 s:" >&2
-  cat "$log" >&2
-  return 1
-}
-
 # wait_ready URL: until URL/readyz answers 200 (Redis subscribed, store up; 30 s at most).
 wait_ready() {
   for _ in $(seq 1 150); do
@@ -136,57 +101,6 @@ wait_ready() {
   echo "$1/readyz not ready after 30 s:" >&2
   curl -sS --max-time 2 "$1/readyz" >&2 || true
   return 1
-}
-
-# start_redis: a redis-server of this run on a free loopback port, no persistence;
-# sets redis_url, redis_pid.
-start_redis() {
-  local port
-  port=$(free_port)
-  mkdir -p "$tmp/redis-$port"
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    --dir "$tmp/redis-$port" >"$tmp/redis-$port.log" 2>&1 &
-  redis_pid=$!
-  pids+=("$redis_pid")
-  wait_port "$port" "$redis_pid" "$tmp/redis-$port.log"
-  redis_url="redis://127.0.0.1:$port/0"
-}
-
-# start_store: SecantusDB (MongoDB wire protocol, in memory) on a free loopback port;
-# sets store_uri, store_pid. The virtualenv is the one scripts/test.sh makes.
-start_store() {
-  local venv="${SECANTUS_VENV:-$HOME/.cache/llm-chat-server/venv}" port
-  if ! cmp -s tests/requirements-mongo.txt "$venv/.installed-requirements" 2>/dev/null \
-     || [ ! -x "$venv/bin/secantusd-py" ]; then
-    echo "==> installing SecantusDB into $venv (tests/requirements-mongo.txt)" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements-mongo.txt >&2
-    cp tests/requirements-mongo.txt "$venv/.installed-requirements"
-  fi
-  port=$(free_port)
-  "$venv/bin/secantusd-py" --host 127.0.0.1 --port "$port" --storage-path :memory: \
-    --log-level WARNING >"$tmp/store-$port.log" 2>&1 &
-  store_pid=$!
-  pids+=("$store_pid")
-  wait_port "$port" "$store_pid" "$tmp/store-$port.log"
-  store_uri="mongodb://127.0.0.1:$port"
-}
-
-# start_fake NAME ARGS...: another fake LLM (CHUNKS x CHUNK_BYTES) with its own delays;
-# sets extra_fake_url.
-start_fake() {
-  local name=$1
-  shift
-  "$bin/chat-bench" fake-llm --port 0 --chunks "$CHUNKS" --chunk-bytes "$CHUNK_BYTES" "$@" \
-    >"$tmp/fake-$name.out" 2>"$tmp/fake-$name.out.err" &
-  pids+=($!)
-  extra_fake_url=$(wait_url "$tmp/fake-$name.out" "fake-llm listening on ")
-}
-
-# stop PID...: ends processes this script started (and waits for them).
-stop() {
-  kill "$@" 2>/dev/null || true
-  for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
 }
 
 # cpu_secs PID: utime+stime of PID in seconds (for processes chat-bench does not sample).
@@ -245,7 +159,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = idle ]; then
   start_server idle
   emit "$("$bin/chat-bench" idle --label server --url "$server_url" --sockets "$IDLE_SOCKETS" \
     --server-pid "$server_pid" --source-addrs 8)"
-  stop "$server_pid"
+  kill_and_wait "$server_pid"
 fi
 
 if want fanout; then
@@ -257,12 +171,12 @@ if want fanout; then
       --url "$server_url" --watchers "$watchers" --warmup-secs "$WARMUP" \
       --duration-secs "$DURATION" --server-pid "$server_pid")"
   done
-  stop "$server_pid"
+  kill_and_wait "$server_pid"
 fi
 
 if want cross; then
   # Two instances, one Redis, one MongoDB-protocol store; senders on A, watchers on B.
-  start_fake cross --delay-ms "$CROSS_LLM_DELAY_MS"
+  fake cross extra_fake_url --delay-ms "$CROSS_LLM_DELAY_MS"
   for conversations in $CROSS_CONVERSATIONS; do
     # Fresh instances, Redis and store for each run.
     start_redis
@@ -295,14 +209,14 @@ if want cross; then
         | awk -v side="$side" '/came faster than delivered/ { n++; if (match($0, /missed=[0-9]+/)) m += substr($0, RSTART + 7, RLENGTH - 7) }
             END { printf "==> instance %s: %d \"reply events came faster than delivered\" warnings, %d events dropped\n", side, n, m }' >&2
     done
-    stop "$a_pid" "$b_pid" "$redis_pid" ${store_pid:+"$store_pid"}
+    kill_and_wait "$a_pid" "$b_pid" "$redis_pid" ${store_pid:+"$store_pid"}
   done
 fi
 
 if want upload; then
   # One file; each chunk's analysis answered after UPLOAD_LLM_DELAY_MS. Sequential first,
   # its wall time is the baseline of the concurrent run's ratio.
-  start_fake upload --complete-delay-ms "$UPLOAD_LLM_DELAY_MS"
+  fake upload extra_fake_url --complete-delay-ms "$UPLOAD_LLM_DELAY_MS"
   upload_env=(OPENAI_BASE_URL="$extra_fake_url/v1" RATE_LIMIT_UPLOADS_PER_HOUR=0
     MAX_FILE_SIZE_MB=$((UPLOAD_BYTES / 1048576 + 2)))
   baseline=""
@@ -316,7 +230,7 @@ if want upload; then
       ${baseline:+--baseline-secs "$baseline"})
     emit "$line"
     [ -n "$baseline" ] || baseline=$(sed -n 's/.*"wall_secs":\([0-9.]*\).*/\1/p' <<<"$line")
-    stop "$server_pid"
+    kill_and_wait "$server_pid"
   done
 fi
 
@@ -337,6 +251,6 @@ if want redis; then
       --url "$server_url" --users "$USERS" --fresh-every "$fresh" --server-pid "$server_pid")"
     echo "==> $label: CPU seconds during the run (warm-up included): redis $r0 -> $(cpu_secs "$redis_pid"), store $s0 -> $(cpu_secs "$store_pid")" >&2
   done
-  stop "$server_pid" "$redis_pid" "$store_pid"
+  kill_and_wait "$server_pid" "$redis_pid" "$store_pid"
 fi
 echo "==> done, load: $(uptime)" >&2

@@ -22,6 +22,7 @@
 # Everything it started is killed on exit; logs are kept (path printed) on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 SOAK_SECONDS=${SOAK_SECONDS:-180}
 USERS=${USERS:-100}
@@ -39,23 +40,14 @@ SAMPLE_SECS=${SAMPLE_SECS:-5}
 SERVER_LOG=${SERVER_LOG:-warn,llm_chat_server::startup=info}
 KEEP_LOGS=${KEEP_LOGS:-0}         # 1: keep the temp dir (logs) even when the run passes
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/llm-chat-server/target}"
 echo "==> building (release)" >&2
 cargo build --release -q -p llm-chat-server -p chat-bench >&2
 bin="$CARGO_TARGET_DIR/release"
 
 command -v redis-server >/dev/null || { echo "redis-server is required (apt-get install redis-server)" >&2; exit 1; }
-venv="${SECANTUS_VENV:-$HOME/.cache/llm-chat-server/venv}"
-if ! cmp -s tests/requirements-mongo.txt "$venv/.installed-requirements" 2>/dev/null \
-   || [ ! -x "$venv/bin/secantusd-py" ]; then
-  echo "==> SecantusDB into $venv (tests/requirements-mongo.txt)" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements-mongo.txt >&2
-  cp tests/requirements-mongo.txt "$venv/.installed-requirements"
-fi
 
 tmp=$(mktemp -d)
-helpers=()        # redis, mongo, fake LLM
+# pids (lib.sh): redis, mongo, fake LLM
 inst_pid=()       # the current pid of each instance
 soak_pid=
 keep=$KEEP_LOGS
@@ -63,35 +55,15 @@ cleanup() {
   local status=$?
   [ "$status" = 0 ] || keep=1
   [ -n "$soak_pid" ] && kill "$soak_pid" 2>/dev/null || true
-  for pid in "${inst_pid[@]}" "${helpers[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${inst_pid[@]}" "${helpers[@]}"; do wait "$pid" 2>/dev/null || true; done
+  kill_and_wait "${inst_pid[@]}" "${pids[@]}"
   if [ "$keep" = 1 ]; then echo "==> logs kept in $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-  --dir "$tmp" >"$tmp/redis.log" 2>&1 &
-helpers+=($!)
-mongo_port=$(free_port)
-"$venv/bin/secantusd-py" --host 127.0.0.1 --port "$mongo_port" --storage-path :memory: \
-  --log-level WARNING >"$tmp/mongo.log" 2>&1 &
-helpers+=($!)
-"$bin/chat-bench" fake-llm --port 0 --chunks "$CHUNKS" --chunk-bytes "$CHUNK_BYTES" \
-  --delay-ms "$LLM_DELAY_MS" >"$tmp/fake.out" 2>"$tmp/fake.err" &
-helpers+=($!)
-for _ in $(seq 1 150); do
-  port_open "$redis_port" && port_open "$mongo_port" && grep -q '^fake-llm listening on ' "$tmp/fake.out" && break
-  sleep 0.2
-done
-port_open "$redis_port" || { cat "$tmp/redis.log" >&2; echo "redis-server did not start" >&2; exit 1; }
-port_open "$mongo_port" || { cat "$tmp/mongo.log" >&2; echo "SecantusDB did not start" >&2; exit 1; }
-fake_url=$(sed -n 's/^fake-llm listening on //p' "$tmp/fake.out")
-[ -n "$fake_url" ] || { cat "$tmp/fake.err" >&2; echo "the fake LLM did not start" >&2; exit 1; }
+start_redis
+start_store
+start_fake fake_url main --chunks "$CHUNKS" --chunk-bytes "$CHUNK_BYTES" --delay-ms "$LLM_DELAY_MS"
 
 names=(a b)
 read -r -a graces <<<"$SHUTDOWN_GRACES"
@@ -109,8 +81,8 @@ start_instance() {
     local before
     before=$(grep -c 'llm-chat-server listening on ' "$tmp/$name.out" 2>/dev/null || true)
     (cd "$tmp/$name" && exec env LLM_PROVIDER=openai OPENAI_BASE_URL="$fake_url/v1" \
-      LLM_MODEL=fake OPENAI_API_KEY=k REDIS_URL="redis://127.0.0.1:$redis_port/0" \
-      REDIS_PREFIX=soak MONGODB_URI="mongodb://127.0.0.1:$mongo_port" MONGODB_DB=soak \
+      LLM_MODEL=fake OPENAI_API_KEY=k REDIS_URL="$redis_url" \
+      REDIS_PREFIX=soak MONGODB_URI="$store_uri" MONGODB_DB=soak \
       SECRET_KEY="$secret" HOST=127.0.0.1 PORT="$port" RATE_LIMIT_MESSAGES_PER_MINUTE=0 \
       SHUTDOWN_GRACE_SECONDS="${graces[$i]}" SAVED_CONVERSATIONS_DIR="$tmp/$name/saved" \
       DATABASE_PATH="$tmp/$name/chat.db" RUST_LOG="$SERVER_LOG" "$bin/llm-chat-server" \
@@ -170,7 +142,7 @@ drain_left() {
 start_instance 0
 start_instance 1
 urls="http://127.0.0.1:${ports[0]},http://127.0.0.1:${ports[1]}"
-echo "==> redis :$redis_port, SecantusDB :$mongo_port, fake LLM $fake_url (${CHUNKS} x ${LLM_DELAY_MS} ms)," \
+echo "==> redis :$redis_port, SecantusDB :$store_port, fake LLM $fake_url (${CHUNKS} x ${LLM_DELAY_MS} ms)," \
   "instances $urls (shutdown grace ${graces[0]} s, ${graces[1]} s); $USERS users for $SOAK_SECONDS s, a restart every $RESTART_MIN-$RESTART_MAX s" >&2
 
 "$bin/chat-bench" soak --urls "$urls" --pid-files "$tmp/a.pid,$tmp/b.pid" --users "$USERS" \

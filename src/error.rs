@@ -23,6 +23,23 @@ pub enum ApiError {
     NoConversation(&'static str),
     #[error("Conversation not found.")]
     NotFound,
+    /// No signed-in account where one is needed.
+    #[error("Sign in to continue.")]
+    Unauthenticated,
+    /// A wrong email or password (one sentence for both, so the answer
+    /// does not tell which emails have accounts).
+    #[error("{0}")]
+    InvalidCredentials(&'static str),
+    #[error("This account is disabled.")]
+    Disabled,
+    #[error("Sign-up is closed. Ask an administrator for an account.")]
+    SignupClosed,
+    /// `AUTH_MODE=none`: the account routes do not exist.
+    #[error("Accounts are not enabled on this server.")]
+    AccountsDisabled,
+    /// The request conflicts with what exists (an email already taken).
+    #[error("{0}")]
+    Conflict(&'static str),
     /// A state-changing request from another site (CSRF).
     #[error("Cross-site request refused.")]
     Forbidden,
@@ -76,7 +93,10 @@ impl ApiError {
             ApiError::Invalid(_) | ApiError::NoConversation(_) | ApiError::Unsupported(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::AccountsDisabled => StatusCode::NOT_FOUND,
+            ApiError::Unauthenticated | ApiError::InvalidCredentials(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Disabled | ApiError::SignupClosed => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy(_) => StatusCode::CONFLICT,
@@ -91,7 +111,12 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => "invalid",
             ApiError::NoConversation(_) => "no_conversation",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::AccountsDisabled => "not_found",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::InvalidCredentials(_) => "invalid_credentials",
+            ApiError::Disabled => "disabled",
+            ApiError::SignupClosed => "signup_closed",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Forbidden => "forbidden",
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unsupported(_) => "unsupported",

@@ -4,6 +4,7 @@
 //! [`startup::Application`]; everything else lives in this library so the
 //! tests can reason about the same types.
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod context;

@@ -87,16 +87,22 @@ pub async fn run(settings: &Settings, from: Backend, to: Backend) -> anyhow::Res
     if from == to {
         bail!("--from and --to name the same store");
     }
-    let (source, source_sessions) = open_backend(from, settings)
+    let source = open_backend(from, settings)
         .await
         .context("opening the source store")?;
-    let (target, target_sessions) = open_backend(to, settings)
+    let target = open_backend(to, settings)
         .await
         .context("opening the target store")?;
-    let mut report = copy(source.as_ref(), target.as_ref(), 200, draw_progress).await?;
+    let mut report = copy(
+        source.conversations.as_ref(),
+        target.conversations.as_ref(),
+        200,
+        draw_progress,
+    )
+    .await?;
     eprintln!();
-    for record in &source_sessions.live_records().await? {
-        target_sessions.save(record).await?;
+    for record in &source.sessions.live_records().await? {
+        target.sessions.save(record).await?;
         report.sessions += 1;
     }
     Ok(report)

@@ -1,4 +1,4 @@
-//! Per-user rate limits in fixed windows: in-process for one instance,
+//! Rate limits (per user, per email, per client address) in fixed windows: in-process for one instance,
 //! shared through Redis for several. Limits are generous (a person typing
 //! never meets them); they stop scripts and runaway clients.
 //!
@@ -13,13 +13,18 @@ use async_trait::async_trait;
 use fred::interfaces::KeysInterface;
 
 use crate::cluster::RedisConnections;
-use crate::domain::UserId;
 
 /// What is being limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bucket {
     Messages,
     Uploads,
+    /// Sign-in attempts for one email.
+    LoginAccount,
+    /// Sign-in attempts from one client address.
+    LoginAddress,
+    /// Accounts created from one client address.
+    Signups,
 }
 
 impl Bucket {
@@ -27,6 +32,9 @@ impl Bucket {
         match self {
             Bucket::Messages => "messages",
             Bucket::Uploads => "uploads",
+            Bucket::LoginAccount => "login-account",
+            Bucket::LoginAddress => "login-address",
+            Bucket::Signups => "signups",
         }
     }
 }
@@ -41,7 +49,9 @@ pub struct Limit {
 /// Counts requests; `Err(seconds)` says when to try again.
 #[async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
-    async fn check(&self, bucket: Bucket, user: &UserId, limit: Limit) -> Result<(), u64>;
+    /// Counts one request of `key` (a user id, an email, a client address)
+    /// in `bucket`.
+    async fn check(&self, bucket: Bucket, key: &str, limit: Limit) -> Result<(), u64>;
 }
 
 fn now_secs() -> u64 {
@@ -60,12 +70,12 @@ fn window(limit: Limit) -> (u64, u64) {
 /// One instance's counters.
 #[derive(Debug, Default)]
 pub struct MemoryLimiter {
-    counts: Mutex<HashMap<(Bucket, UserId), (u64, u32)>>,
+    counts: Mutex<HashMap<(Bucket, String), (u64, u32)>>,
 }
 
 #[async_trait]
 impl RateLimiter for MemoryLimiter {
-    async fn check(&self, bucket: Bucket, user: &UserId, limit: Limit) -> Result<(), u64> {
+    async fn check(&self, bucket: Bucket, key: &str, limit: Limit) -> Result<(), u64> {
         if limit.count == 0 {
             return Ok(());
         }
@@ -74,7 +84,9 @@ impl RateLimiter for MemoryLimiter {
         if counts.len() > 100_000 {
             counts.retain(|_, (w, _)| *w == current);
         }
-        let entry = counts.entry((bucket, user.clone())).or_insert((current, 0));
+        let entry = counts
+            .entry((bucket, key.to_string()))
+            .or_insert((current, 0));
         if entry.0 != current {
             *entry = (current, 0);
         }
@@ -86,7 +98,7 @@ impl RateLimiter for MemoryLimiter {
     }
 }
 
-/// Counters shared by every instance: `{prefix}:rl:<bucket>:<user>:<window>`.
+/// Counters shared by every instance: `{prefix}:rl:<bucket>:<key>:<window>`.
 pub struct RedisLimiter {
     redis: RedisConnections,
 }
@@ -101,14 +113,14 @@ impl RedisLimiter {
 
 #[async_trait]
 impl RateLimiter for RedisLimiter {
-    async fn check(&self, bucket: Bucket, user: &UserId, limit: Limit) -> Result<(), u64> {
+    async fn check(&self, bucket: Bucket, key: &str, limit: Limit) -> Result<(), u64> {
         if limit.count == 0 {
             return Ok(());
         }
         let (current, left) = window(limit);
         let key = self
             .redis
-            .key(&format!("rl:{}:{user}:{current}", bucket.name()));
+            .key(&format!("rl:{}:{key}:{current}", bucket.name()));
         let pipeline = self.redis.client.pipeline();
         let counted: Result<(u64, i64), fred::error::Error> = self
             .redis
@@ -132,11 +144,12 @@ impl RateLimiter for RedisLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::UserId;
 
     #[tokio::test]
     async fn the_limit_holds_per_user_and_bucket_and_zero_is_off() {
         let limiter = MemoryLimiter::default();
-        let (alice, bob) = (UserId::new(), UserId::new());
+        let (alice, bob) = (UserId::new().to_string(), UserId::new().to_string());
         let limit = Limit {
             count: 2,
             window: Duration::from_secs(3600),

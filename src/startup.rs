@@ -140,7 +140,11 @@ impl Application {
             ),
             None => None,
         };
-        let (store, sessions) = sessions::open(&settings, redis.as_ref()).await?;
+        let sessions::Backends {
+            conversations: store,
+            accounts,
+            sessions,
+        } = sessions::open(&settings, redis.as_ref()).await?;
         let llm = llm::from_settings(&settings, metrics.clone())
             .context("configuring the language model")?;
         let tokens = TokenCounter::new(settings.tokenizer);
@@ -171,6 +175,7 @@ impl Application {
                 redis: redis.clone(),
             },
             limiter: limiter.clone(),
+            accounts: accounts.clone(),
             draining: draining.clone(),
             asset_version: http::page::asset_version().into(),
         };

@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::ratelimit::RateLimiter;
+use crate::store::accounts::AccountStore;
 use crate::turn::Chat;
 
 /// Everything a handler may need: the services turns use, and what only
@@ -14,6 +15,8 @@ pub struct AppState {
     /// Settings, store, model, hub, turns: what the turn path shares.
     pub chat: Chat,
     pub limiter: Arc<dyn RateLimiter>,
+    /// People with accounts (`AUTH_MODE=local`).
+    pub accounts: Arc<dyn AccountStore>,
     /// Set when shutdown began: no new turns, `/readyz` answers 503.
     pub draining: Arc<AtomicBool>,
     /// Changes with every build, so browsers refetch static files.

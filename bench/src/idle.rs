@@ -14,9 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::Args;
 use crate::procstat;
-use crate::sio;
 use crate::stats::round3;
 use crate::turns::{new_session, parse_url, source_addrs};
+use testkit::sio;
 
 pub async fn run(args: &Args) -> Result<()> {
     let (base, addr) = parse_url(args.str("url")?)?;

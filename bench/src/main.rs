@@ -16,7 +16,6 @@ mod fake_llm;
 mod idle;
 mod procstat;
 mod reference;
-mod sio;
 mod soak;
 mod stats;
 mod turns;

@@ -34,9 +34,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::Args;
 use crate::procstat;
-use crate::sio::{self, Ws};
 use crate::stats::{round3, summary_ms};
 use crate::turns::{new_session, parse_url};
+use testkit::sio::{self, Ws};
 
 struct Instance {
     base: String,

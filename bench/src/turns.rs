@@ -16,8 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::Args;
 use crate::procstat;
-use crate::sio::{self, Frame, Ws};
 use crate::stats::{round3, summary_ms};
+use testkit::sio::{self, Frame, Ws};
 
 /// What one user measured.
 #[derive(Default)]

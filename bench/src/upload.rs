@@ -19,9 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::Args;
 use crate::procstat;
-use crate::sio::{self, field_u64, Frame};
 use crate::stats::round3;
 use crate::turns::{new_session, parse_url};
+use testkit::sio::{self, field_u64, Frame};
 
 const WORDS: &[&str] = &[
     "the",

@@ -30,9 +30,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::Args;
 use crate::procstat;
-use crate::sio::{self, field_u64, Frame, Ws};
 use crate::stats::{round3, summary_ms};
 use crate::turns::{new_session, parse_url, source_addrs};
+use testkit::sio::{self, field_u64, Frame, Ws};
 
 // ------------------------------------------------------------------ histogram
 

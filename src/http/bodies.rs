@@ -93,6 +93,29 @@ pub struct ClientConfig<'a> {
     pub max_file_size_mb: f64,
     pub allowed_extensions: &'a [String],
     pub max_message_chars: usize,
+    pub auth: AuthConfig,
+}
+
+/// `GET /auth/me`, and the answer to a sign-in or sign-up.
+#[derive(Debug, Serialize)]
+pub struct Me {
+    pub user_id: UserId,
+    pub email: String,
+    pub name: String,
+    pub is_admin: bool,
+    /// How the user signed in (`local`).
+    pub auth: &'static str,
+}
+
+/// What the page needs to know about accounts.
+#[derive(Debug, Serialize)]
+pub struct AuthConfig {
+    /// `none` or `local`.
+    pub mode: &'static str,
+    /// Whether the sign-up form may be offered now.
+    pub signup_open: bool,
+    /// Whether the page works without signing in.
+    pub anonymous: bool,
 }
 
 /// `GET /healthz`.

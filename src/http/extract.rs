@@ -1,5 +1,5 @@
-//! Extractors shared by the routes: the session's user, and JSON bodies whose
-//! rejections speak the app's error shape.
+//! Extractors shared by the routes: the session's user, the client's
+//! address, and JSON bodies whose rejections speak the app's error shape.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -10,24 +10,77 @@ use tower_sessions::Session;
 use crate::domain::{ConversationId, UserId};
 use crate::error::ApiError;
 use crate::sessions;
+use crate::state::AppState;
 
-/// The session of the request and its user (given one on first contact).
+/// The session of the request and its user: the signed-in account, or
+/// (where anonymous use is allowed) the browser's own anonymous user, given
+/// on first contact. Without either: 401 `unauthenticated`.
 pub struct SessionUser {
     pub user: UserId,
     pub session: Session,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for SessionUser {
+impl FromRequestParts<AppState> for SessionUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let session = Session::from_request_parts(parts, state)
             .await
             .map_err(|(_, why)| {
                 ApiError::Internal(anyhow::anyhow!("session layer missing: {why}"))
             })?;
-        let user = sessions::ensure_user(&session).await?;
+        let user = if state.chat.settings.auth.allow_anonymous {
+            sessions::ensure_user(&session).await?
+        } else {
+            sessions::signed_in(&session)
+                .await?
+                .ok_or(ApiError::Unauthenticated)?
+        };
         Ok(Self { user, session })
+    }
+}
+
+/// The client's address: the TCP peer, or the last address a trusted
+/// proxy (`TRUSTED_PROXIES`) added to `X-Forwarded-For`.
+pub struct ClientAddress(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip())
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no peer address")))?;
+        let auth = &state.chat.settings.auth;
+        if !auth.trusts(peer) {
+            return Ok(Self(peer));
+        }
+        // Walk back from the nearest hop: the first address no trusted
+        // proxy owns is the client (anything before it is the client's say).
+        let forwarded: Vec<std::net::IpAddr> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|hop| hop.trim().parse().ok())
+            .collect();
+        let client = forwarded
+            .iter()
+            .rev()
+            .find(|hop| !auth.trusts(**hop))
+            .or(forwarded.first())
+            .copied()
+            .unwrap_or(peer);
+        Ok(Self(client))
     }
 }
 

@@ -54,7 +54,7 @@ async fn upload_file(
     };
     state
         .limiter
-        .check(Bucket::Uploads, &who.user, limit)
+        .check(Bucket::Uploads, who.user.as_ref(), limit)
         .await
         .map_err(ApiError::RateLimited)?;
     let max_mb = settings.max_file_size_mb;

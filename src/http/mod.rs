@@ -1,5 +1,6 @@
 //! The HTTP routes, one router per resource, merged here.
 
+pub mod auth;
 pub mod bodies;
 pub mod conversations;
 pub mod extract;
@@ -23,6 +24,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .merge(page::router())
         .merge(conversations::router())
+        .merge(auth::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files::router(state.chat.settings.max_file_size_bytes))

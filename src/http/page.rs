@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::bodies::ClientConfig;
+use super::bodies::{AuthConfig, ClientConfig};
 use super::extract::SessionUser;
+use crate::config::SignupPolicy;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -30,11 +31,16 @@ struct IndexTemplate {
     asset_version: String,
 }
 
-/// Serving the page also gives a first-time visitor their user id (cookie).
+/// Serving the page also gives a first-time visitor their user id (cookie)
+/// where anonymous use is allowed; otherwise the page asks to sign in.
 async fn index(
     State(state): State<AppState>,
-    _who: SessionUser,
+    who: Result<SessionUser, ApiError>,
 ) -> Result<IndexTemplate, ApiError> {
+    match who {
+        Ok(_) | Err(ApiError::Unauthenticated) => {}
+        Err(err) => return Err(err),
+    }
     let info = state.chat.llm.info();
     Ok(IndexTemplate {
         demo_mode: info.demo,
@@ -47,6 +53,14 @@ async fn index(
 async fn get_config(State(state): State<AppState>) -> Response {
     let settings = &state.chat.settings;
     let info = state.chat.llm.info();
+    let auth = &settings.auth;
+    let signup_open = match auth.signup {
+        _ if !auth.accounts() => false,
+        SignupPolicy::Open => true,
+        SignupPolicy::Closed => false,
+        // A failed look-up offers the form; sign-up itself decides.
+        SignupPolicy::FirstOnly => !state.accounts.has_accounts().await.unwrap_or(false),
+    };
     Json(ClientConfig {
         max_tokens: settings.max_tokens,
         reply_tokens: settings.reply_tokens,
@@ -56,6 +70,11 @@ async fn get_config(State(state): State<AppState>) -> Response {
         max_file_size_mb: settings.max_file_size_mb,
         allowed_extensions: &settings.allowed_extensions,
         max_message_chars: settings.max_message_chars,
+        auth: AuthConfig {
+            mode: auth.mode.as_str(),
+            signup_open,
+            anonymous: auth.allow_anonymous,
+        },
     })
     .into_response()
 }

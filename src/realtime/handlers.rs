@@ -64,7 +64,7 @@ async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn Eve
     };
     match state
         .limiter
-        .check(Bucket::Messages, &who.user, limit)
+        .check(Bucket::Messages, who.user.as_ref(), limit)
         .await
     {
         Ok(()) => true,

@@ -25,6 +25,7 @@ use handlers::{
 pub use sink::SocketNotifier;
 pub use socket::SocketUser;
 
+use crate::domain::UserId;
 use crate::events;
 use crate::notify::user_room;
 use crate::sessions;
@@ -96,9 +97,15 @@ async fn identify<A: Adapter>(
     MaybeHttpExtension(session): MaybeHttpExtension<Session>,
     State(state): State<AppState>,
 ) -> Result<(), Refused> {
+    let anonymous_allowed = state.chat.settings.auth.allow_anonymous;
     let user = match &session {
         Some(session) if session.id().is_some() => {
-            sessions::existing_user(session).await.map_err(|err| {
+            let read = if anonymous_allowed {
+                sessions::existing_user(session).await
+            } else {
+                sessions::signed_in(session).await
+            };
+            read.map_err(|err| {
                 tracing::warn!(error = %err, "could not read the socket's session");
                 Refused("The session could not be read. Please try again.")
             })?
@@ -106,8 +113,16 @@ async fn identify<A: Adapter>(
         _ => None,
     };
     // Without a session the socket gets an identity of its own, which lives
-    // as long as the socket (a socket cannot set a cookie).
-    let user = user.unwrap_or_default();
+    // as long as the socket (a socket cannot set a cookie), where anonymous
+    // use is allowed.
+    let user = match user {
+        Some(user) => user,
+        None if anonymous_allowed => UserId::new(),
+        None => {
+            tracing::info!(socket = %socket.id, "socket refused: not signed in");
+            return Err(Refused("Sign in to continue."));
+        }
+    };
     socket.join(user_room(&user));
     socket.extensions.insert(SocketUser { user, session });
     state

@@ -27,6 +27,7 @@ use tower_sessions::{Expiry, Session, SessionManagerLayer};
 use crate::cluster::RedisConnections;
 use crate::config::Settings;
 use crate::domain::{ConversationId, UserId};
+use crate::store::accounts::AccountStore;
 use crate::store::cache::CachedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::sqlite::{SqliteDb, SqliteStore};
@@ -40,6 +41,8 @@ pub use self::sqlite::SqliteSessionStore;
 pub const COOKIE_NAME: &str = "chat_session";
 const USER_KEY: &str = "user_id";
 const CONVERSATION_KEY: &str = "conversation_id";
+/// How the session's user signed in (`local`); absent for anonymous users.
+const AUTH_KEY: &str = "auth";
 
 /// Where sessions are kept: in Redis with several instances, else beside
 /// the conversations.
@@ -92,31 +95,39 @@ impl Sessions {
     }
 }
 
-/// Opens one conversation store and its session store: the SQLite file at
-/// `DATABASE_PATH`, or MongoDB at `MONGODB_URI` (a clear error when it is
-/// not set or cannot be reached).
-pub async fn open_backend(
-    backend: Backend,
-    settings: &Settings,
-) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
+/// What one backend holds: conversations, accounts and sessions.
+pub struct Backends {
+    pub conversations: Arc<dyn ConversationStore>,
+    pub accounts: Arc<dyn AccountStore>,
+    pub sessions: Sessions,
+}
+
+/// Opens one backend: the SQLite file at `DATABASE_PATH`, or MongoDB at
+/// `MONGODB_URI` (a clear error when it is not set or cannot be reached).
+pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Result<Backends> {
     match backend {
         Backend::MongoDb => {
             let Some(uri) = &settings.mongodb_uri else {
                 anyhow::bail!("MONGODB_URI is not set: it names the MongoDB server to use");
             };
-            let store = MongoStore::connect(uri, &settings.mongodb_db).await?;
+            let store = Arc::new(MongoStore::connect(uri, &settings.mongodb_db).await?);
             tracing::info!(database = %settings.mongodb_db, text_search = store.text_search(), "conversations in MongoDB");
-            let sessions = Sessions::Mongo(store.session_store());
-            Ok((Arc::new(store), sessions))
+            Ok(Backends {
+                sessions: Sessions::Mongo(store.session_store()),
+                conversations: store.clone(),
+                accounts: store,
+            })
         }
         Backend::Sqlite => {
             let db = SqliteDb::open(&settings.database_path)
                 .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
             tracing::info!(path = %settings.database_path.display(), "conversations in SQLite");
-            Ok((
-                Arc::new(SqliteStore::new(db.clone())),
-                Sessions::Sqlite(SqliteSessionStore::new(db)),
-            ))
+            let store = Arc::new(SqliteStore::new(db.clone()));
+            Ok(Backends {
+                conversations: store.clone(),
+                accounts: store,
+                sessions: Sessions::Sqlite(SqliteSessionStore::new(db)),
+            })
         }
     }
 }
@@ -126,25 +137,25 @@ pub async fn open_backend(
 pub async fn open(
     settings: &Settings,
     redis: Option<&RedisConnections>,
-) -> anyhow::Result<(Arc<dyn ConversationStore>, Sessions)> {
+) -> anyhow::Result<Backends> {
     let backend = if settings.mongodb_uri.is_some() {
         Backend::MongoDb
     } else {
         Backend::Sqlite
     };
-    let (store, sessions) = open_backend(backend, settings).await?;
+    let mut opened = open_backend(backend, settings).await?;
     // The cache is right only while this process is the store's one
     // writer: the embedded file without Redis (no other instances).
-    let store: Arc<dyn ConversationStore> =
-        if backend == Backend::Sqlite && redis.is_none() && settings.conversation_cache_bytes > 0 {
-            Arc::new(CachedStore::new(store, settings.conversation_cache_bytes))
-        } else {
-            store
-        };
-    match redis {
-        Some(redis) => Ok((store, Sessions::Redis(RedisSessionStore::new(redis)))),
-        None => Ok((store, sessions)),
+    if backend == Backend::Sqlite && redis.is_none() && settings.conversation_cache_bytes > 0 {
+        opened.conversations = Arc::new(CachedStore::new(
+            opened.conversations,
+            settings.conversation_cache_bytes,
+        ));
     }
+    if let Some(redis) = redis {
+        opened.sessions = Sessions::Redis(RedisSessionStore::new(redis));
+    }
+    Ok(opened)
 }
 
 /// Removes expired SQLite sessions once an hour (MongoDB's TTL index and
@@ -216,6 +227,40 @@ pub async fn existing_user(
         .get::<String>(USER_KEY)
         .await?
         .map(UserId::from_stored))
+}
+
+/// The signed-in account's user id; `None` for an anonymous user (or none).
+pub async fn signed_in(
+    session: &Session,
+) -> Result<Option<UserId>, tower_sessions::session::Error> {
+    if session.get::<String>(AUTH_KEY).await?.is_none() {
+        return Ok(None);
+    }
+    existing_user(session).await
+}
+
+/// Signs `user` in (by `method`, e.g. `local`) under a new session id, so
+/// whoever knew the old id is not signed in. Returns the anonymous user the
+/// session had until now, whose conversations should move to the account.
+pub async fn sign_in(
+    session: &Session,
+    user: &UserId,
+    method: &'static str,
+) -> Result<Option<UserId>, tower_sessions::session::Error> {
+    let anonymous = match session.get::<String>(AUTH_KEY).await? {
+        Some(_) => None,
+        None => existing_user(session).await?,
+    };
+    session.cycle_id().await?;
+    session.insert(USER_KEY, user.as_ref()).await?;
+    session.insert(AUTH_KEY, method).await?;
+    Ok(anonymous.filter(|previous| previous != user))
+}
+
+/// Ends the session: its record is deleted and the cookie cleared; the
+/// next request starts a new one.
+pub async fn sign_out(session: &Session) -> Result<(), tower_sessions::session::Error> {
+    session.flush().await
 }
 
 /// The session's current conversation, if any (ignoring a malformed value).

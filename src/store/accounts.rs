@@ -62,6 +62,8 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn create_account(&self, account: NewAccount, signup: Signup) -> StoreResult<Created>;
     /// The account with that (lowercase) email.
     async fn account_by_email(&self, email: &str) -> StoreResult<Option<Account>>;
+    /// Whether any account exists (sign-up `first-only` is open until one does).
+    async fn has_accounts(&self) -> StoreResult<bool>;
     /// The account with that user id.
     async fn account(&self, user: &UserId) -> StoreResult<Option<Account>>;
     /// Replaces the password hash; `false` when there is no such account.

@@ -1,9 +1,10 @@
 //! Azure mode: `AZURE_API_URL` + `API_KEY`, as the original app's `.env`.
 
 use serde_json::json;
+use testkit::fake_llm::DEFAULT_PIECES;
+use testkit::server::Env;
 
-use crate::fake_llm::DEFAULT_PIECES;
-use crate::helpers::{spawn_app_with, Env, TestApp, TURN_TIMEOUT};
+use crate::helpers::{spawn_app_with, TestApp, TURN_TIMEOUT};
 
 fn azure_env(llm_origin: &str, env: &mut Env) {
     for key in [

@@ -2,8 +2,9 @@
 //! 500 or a crash, and the server keeps serving afterwards.
 
 use serde_json::{json, Value};
+use testkit::browser::{msg, ApiResponse};
 
-use crate::helpers::{msg, spawn_app, ApiResponse, TURN_TIMEOUT};
+use crate::helpers::{spawn_app, TURN_TIMEOUT};
 
 #[track_caller]
 fn assert_invalid_with_a_sentence(response: &ApiResponse) {
@@ -153,7 +154,7 @@ async fn malformed_ids_never_cause_a_server_error() {
 }
 
 /// Sends `packet` on a fresh turn and returns the `error` event's message; the LLM is not called.
-async fn error_for(socket: &mut crate::sio::SioClient, packet: &str) -> Value {
+async fn error_for(socket: &mut testkit::sio::SioClient, packet: &str) -> Value {
     socket.emit_raw(packet);
     let turn = socket.collect_turn(TURN_TIMEOUT).await;
     assert!(turn.chunks.is_empty(), "{packet}: {:?}", turn.events);
@@ -268,6 +269,6 @@ async fn unknown_event_and_garbage_packets_do_not_break_the_socket() {
         "{:?}",
         turn.events
     );
-    assert_eq!(turn.text(), crate::fake_llm::DEFAULT_PIECES.concat());
+    assert_eq!(turn.text(), testkit::fake_llm::DEFAULT_PIECES.concat());
     assert_eq!(user.get("/healthz").await.status, 200);
 }

@@ -1,8 +1,9 @@
 //! One chat turn over Socket.IO: events in order, what is stored, what is sent upstream.
 
 use serde_json::json;
+use testkit::browser::msg;
 
-use crate::helpers::{msg, spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
+use crate::helpers::{spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
 
 #[tokio::test]
 async fn turn_sends_token_usage_then_chunks_in_order_then_response_end() {

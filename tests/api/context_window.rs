@@ -2,9 +2,10 @@
 //! the stored history is never cut.
 
 use serde_json::json;
+use testkit::browser::msg;
+use testkit::fake_llm::{pieces, Behaviour, RecordedRequest};
 
-use crate::fake_llm::{pieces, Behaviour, RecordedRequest};
-use crate::helpers::{msg, spawn_app, TestApp, User, TURN_TIMEOUT};
+use crate::helpers::{spawn_app, TestApp, User, TURN_TIMEOUT};
 
 const SMALL_WINDOW: [(&str, &str); 3] = [
     ("MAX_TOKENS", "300"),
@@ -228,7 +229,7 @@ async fn stop_while_older_turns_are_summarised_keeps_the_users_message() {
     app.llm.hangs();
 
     socket.send_message(&final_question(), Some(&id));
-    crate::helpers::eventually(
+    testkit::eventually(
         std::time::Duration::from_secs(10),
         "the summary request to reach the LLM",
         || {

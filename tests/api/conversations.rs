@@ -1,8 +1,9 @@
 //! Conversation routes: start, list, load, delete, reset.
 
 use serde_json::json;
+use testkit::browser::msg;
 
-use crate::helpers::{msg, spawn_app, timestamp};
+use crate::helpers::{spawn_app, timestamp};
 
 #[tokio::test]
 async fn started_conversation_has_a_uuid_and_is_listed_empty() {

@@ -1,8 +1,9 @@
 //! `POST /add_few_shot_example`.
 
 use serde_json::json;
+use testkit::browser::msg;
 
-use crate::helpers::{msg, spawn_app};
+use crate::helpers::spawn_app;
 
 const BOTH_REQUIRED: &str = "Both 'user_prompt' and 'assistant_response' are required.";
 

@@ -251,7 +251,7 @@ async fn json_logs_have_a_line_per_request_and_turn_and_no_message_text() {
 
     let listed = user.get("/list_conversations").await;
     let request_id = listed.header("x-request-id").expect("x-request-id echoed");
-    let output = crate::helpers::eventually(
+    let output = testkit::eventually(
         std::time::Duration::from_secs(5),
         "the turn line in the log",
         || {

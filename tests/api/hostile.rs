@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use testkit::sio::Event;
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{spawn_app, TestApp, TURN_TIMEOUT};
@@ -120,7 +121,11 @@ async fn ten_thousand_tiny_socket_messages_are_refused_and_the_server_keeps_serv
     let deadline = Instant::now() + Duration::from_secs(20);
     while refused < 100 && Instant::now() < deadline {
         match flood.next_event(Duration::from_secs(5)).await {
-            Some((name, payload)) if name == "error" => {
+            Some(Event {
+                name,
+                data: payload,
+                ..
+            }) if name == "error" => {
                 let code = payload["error"].as_str().unwrap_or_default().to_string();
                 assert!(code == "rate_limited" || code == "busy", "{payload}");
                 refused += 1;

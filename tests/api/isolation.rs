@@ -1,9 +1,10 @@
 //! Two users (two cookie jars) never see or touch each other's conversations.
 
 use serde_json::json;
+use testkit::browser::msg;
+use testkit::sio::SioClient;
 
-use crate::helpers::{msg, spawn_app, TestApp, User, TURN_TIMEOUT};
-use crate::sio::SioClient;
+use crate::helpers::{spawn_app, TestApp, User, TURN_TIMEOUT};
 
 /// Alice with one conversation holding one example; returns (alice, her conversation id).
 async fn alice_with_a_conversation(app: &TestApp) -> (User, String) {

@@ -1,12 +1,14 @@
 //! Other tabs following a conversation (`watch_conversation`), resuming a
 //! reply after a reconnect, and rate limits, on one instance. The
-//! multi-instance versions of these are in `tests/cluster.rs`.
+//! multi-instance versions of these are in `tests/cluster/`.
 
 use std::time::Duration;
 
 use serde_json::json;
+use testkit::browser::msg;
+use testkit::eventually;
 
-use crate::helpers::{eventually, msg, spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
+use crate::helpers::{spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
 
 const PIECES: [&str; 12] = [
     "Alpha", " beta", " gamma", " delta", " epsilon", " zeta", " eta", " theta", " iota", " kappa",

@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use testkit::browser::msg;
+use testkit::fake_llm::{Behaviour, DEFAULT_PIECES, UPSTREAM_SECRET};
+use testkit::sio::{SioClient, Turn};
 
-use crate::fake_llm::{Behaviour, DEFAULT_PIECES, UPSTREAM_SECRET};
-use crate::helpers::{msg, spawn_app, TestApp, User, TURN_TIMEOUT};
-use crate::sio::{SioClient, Turn};
+use crate::helpers::{spawn_app, TestApp, User, TURN_TIMEOUT};
 
 const UNAVAILABLE: &str = "The language model is unavailable right now. Please try again.";
 

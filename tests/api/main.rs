@@ -2,13 +2,10 @@
 //! written in docs/PROTOCOL.md, against a fake OpenAI-compatible LLM on loopback.
 //! One server process, temp dir and fake LLM per test, so tests run in parallel.
 
-// Test toolkits: not every helper is used by every feature file.
-#[allow(dead_code)]
-mod fake_llm;
+// The suite's toolkit (on top of the shared `testkit`): not every helper is used by every
+// feature file.
 #[allow(dead_code)]
 mod helpers;
-#[allow(dead_code)]
-mod sio;
 
 mod azure;
 mod bad_input;

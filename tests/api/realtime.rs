@@ -2,9 +2,10 @@
 //! out to every socket of the same user only, and cross-site origins are refused.
 
 use serde_json::json;
+use testkit::browser::msg;
+use testkit::sio::{Event, SioClient};
 
-use crate::helpers::{msg, spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
-use crate::sio::SioClient;
+use crate::helpers::{spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
 
 #[tokio::test]
 async fn conversation_started_after_connecting_receives_the_message() {
@@ -113,7 +114,7 @@ async fn conversation_updated_reaches_the_users_other_socket_but_not_another_use
     assert!(
         bob_events
             .iter()
-            .all(|(_, data)| data.get("conversation_id") != Some(&json!(alices))),
+            .all(|Event { data, .. }| data.get("conversation_id") != Some(&json!(alices))),
         "Bob's socket received an event about Alice's conversation: {bob_events:?}"
     );
     assert!(
@@ -121,7 +122,7 @@ async fn conversation_updated_reaches_the_users_other_socket_but_not_another_use
             .drain(std::time::Duration::from_millis(300))
             .await
             .iter()
-            .all(|(name, _)| name != "response_chunk"),
+            .all(|Event { name, .. }| name != "response_chunk"),
         "turn events must go to the sending socket only"
     );
 }

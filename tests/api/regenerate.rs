@@ -1,8 +1,9 @@
 //! `regenerate`: the last reply is replaced by a new one to the same message.
 
 use serde_json::json;
+use testkit::browser::msg;
 
-use crate::helpers::{msg, spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
+use crate::helpers::{spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
 
 #[tokio::test]
 async fn regenerate_replaces_the_last_reply_and_keeps_earlier_turns() {

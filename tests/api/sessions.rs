@@ -1,7 +1,9 @@
 //! Sessions are kept in the database: a restart keeps users' identities and current
 //! conversations; an unknown cookie is a new session, never an error.
 
-use crate::helpers::{msg, spawn_app};
+use testkit::browser::msg;
+
+use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn conversation_is_still_listed_after_a_restart_with_the_same_cookie() {

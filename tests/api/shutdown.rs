@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use crate::helpers::{eventually, msg, spawn_app, User, TURN_TIMEOUT};
+use testkit::browser::msg;
+use testkit::eventually;
+
+use crate::helpers::{spawn_app, User, TURN_TIMEOUT};
 
 const PIECES: [&str; 16] = [
     "One",
@@ -32,10 +35,11 @@ async fn history_of(user: &User, id: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn sigterm_during_ten_streaming_replies_stores_every_partial_reply_and_exits_zero() {
     let mut app = spawn_app(&[("SHUTDOWN_GRACE_SECONDS", "2")]).await;
-    app.llm.set_default(crate::fake_llm::Behaviour::SlowStream(
-        crate::fake_llm::pieces(&PIECES),
-        Duration::from_millis(300),
-    ));
+    app.llm
+        .set_default(testkit::fake_llm::Behaviour::SlowStream(
+            testkit::fake_llm::pieces(&PIECES),
+            Duration::from_millis(300),
+        ));
     // Ten users, all connected first, then all sending at once, so every
     // reply is still streaming when the signal comes.
     let mut users = Vec::new();

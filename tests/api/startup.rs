@@ -1,8 +1,8 @@
 //! Startup: demo mode when no LLM is configured, and refusing bad configuration.
 
 use serde_json::json;
+use testkit::fake_llm::FakeLlm;
 
-use crate::fake_llm::FakeLlm;
 use crate::helpers::{
     base_env, run_expecting_startup_failure, spawn_app_in, spawn_app_with, TURN_TIMEOUT,
 };

@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use serde_json::json;
+use testkit::browser::msg;
+use testkit::eventually;
 
-use crate::helpers::{eventually, msg, spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
+use crate::helpers::{spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
 
 const SLOW_PIECES: [&str; 16] = [
     "One",

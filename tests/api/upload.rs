@@ -1,9 +1,10 @@
 //! `POST /upload_file`: chunked analysis with progress events, and every rejection.
 
 use serde_json::json;
+use testkit::browser::{multipart, Part};
+use testkit::fake_llm::{pieces, Behaviour, RecordedRequest};
 
-use crate::fake_llm::{pieces, Behaviour, RecordedRequest};
-use crate::helpers::{multipart, spawn_app, Part, EVENT_TIMEOUT};
+use crate::helpers::{spawn_app, EVENT_TIMEOUT};
 
 const LINES: usize = 20;
 

@@ -3,46 +3,32 @@
 //! Debian's nginx in front of them with the project's `deploy/nginx.conf`. Every process is
 //! killed when its guard drops, panics included.
 //!
-//! A [`User`] is one browser: one cookie jar, used against any instance or nginx.
+//! A user is a [`Browser`]: one cookie jar, used against any instance or nginx.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-
-use crate::fake_llm::FakeLlm;
-use crate::sio::{SioClient, Transport};
+use testkit::browser::{http_client, ApiResponse, Browser, Endpoint};
+use testkit::fake_llm::{echo_pieces, Behaviour, FakeLlm};
+use testkit::free_port;
+use testkit::server::{test_env, Env, ServerProcess};
 
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 pub const NGINX: &str = "/usr/sbin/nginx";
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one reply.
 pub const TURN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on one event that should come promptly.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-const LISTENING_PREFIX: &str = "llm-chat-server listening on http://";
-
-/// A free TCP port on 127.0.0.1 (bound then released; the caller binds it right away).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 /// Tail of a text file, for failure reports.
 fn tail_of(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    testkit::server::tail(&std::fs::read_to_string(path).unwrap_or_default(), lines)
 }
 
 // ------------------------------------------------------------------ Redis
@@ -196,23 +182,12 @@ fn redis_ping(port: u16) -> bool {
 
 // -------------------------------------------------------------- instances
 
-/// Environment for the child processes (cleared first, then exactly this).
-pub type Env = BTreeMap<String, String>;
-
-/// Something HTTP and Socket.IO clients can talk to: an instance or nginx.
-pub trait Endpoint {
-    fn addr(&self) -> SocketAddr;
-    fn base_url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-}
-
 /// One running `llm-chat-server`. Killed on drop.
 pub struct Instance {
     pub name: &'static str,
     pub addr: SocketAddr,
-    child: tokio::process::Child,
-    output: Arc<Mutex<String>>,
+    /// Killed on drop (printing its output when a test failed).
+    _process: ServerProcess,
 }
 
 impl Endpoint for Instance {
@@ -223,93 +198,16 @@ impl Endpoint for Instance {
 
 impl Instance {
     pub async fn start(name: &'static str, env: &Env, dir: &Path) -> Instance {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_llm-chat-server"))
-            .env_clear()
-            .envs(env)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start llm-chat-server");
-        let output = Arc::new(Mutex::new(String::new()));
-        tokio::spawn(collect(child.stderr.take().unwrap(), output.clone()));
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let addr = loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let line = match tokio::time::timeout(remaining, stdout.next_line()).await {
-                Ok(Ok(Some(line))) => line,
-                Ok(_) => {
-                    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                    tokio::time::sleep(Duration::from_millis(200)).await; // let stderr drain
-                    panic!(
-                        "instance {name} exited before listening ({status:?}); output:\n{}",
-                        output.lock().unwrap()
-                    );
-                }
-                Err(_) => {
-                    let _ = child.start_kill();
-                    panic!(
-                        "instance {name} did not print its listening line within {STARTUP_TIMEOUT:?}; output:\n{}",
-                        output.lock().unwrap()
-                    );
-                }
-            };
-            output.lock().unwrap().push_str(&format!("{line}\n"));
-            if let Some(start) = line.find(LISTENING_PREFIX) {
-                let rest = line[start + LISTENING_PREFIX.len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_end_matches('/');
-                break rest
-                    .parse::<SocketAddr>()
-                    .unwrap_or_else(|error| panic!("bad listening line {line:?}: {error}"));
-            }
-        };
-        let rest = output.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stdout.next_line().await {
-                rest.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
+        let bin = Path::new(env!("CARGO_BIN_EXE_llm-chat-server"));
+        let mut process = ServerProcess::start(bin, env, dir)
+            .await
+            .unwrap_or_else(|failure| panic!("instance {name}: {failure}"));
+        process.label = format!("instance {name}");
         Instance {
             name,
-            addr,
-            child,
-            output,
+            addr: process.addr,
+            _process: process,
         }
-    }
-
-    pub fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let output = self.output();
-            let lines: Vec<&str> = output.lines().collect();
-            eprintln!(
-                "---- instance {} output (last 40 lines) ----\n{}",
-                self.name,
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
-        }
-        let _ = self.child.start_kill();
-    }
-}
-
-async fn collect(stream: impl AsyncRead + Unpin, into: Arc<Mutex<String>>) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if std::env::var_os("TEST_LOG").is_some() {
-            eprintln!("[server] {line}");
-        }
-        into.lock().unwrap().push_str(&format!("{line}\n"));
     }
 }
 
@@ -548,38 +446,20 @@ impl Cluster {
     pub async fn start_with(overrides: &[(&str, &str)], with_nginx: bool) -> Cluster {
         let redis = Redis::start();
         let llm = FakeLlm::start().await;
+        // Unless a test scripts otherwise: `You said: <message>` in four pieces.
+        llm.set_default_fn(|request| Behaviour::Stream(echo_pieces(&request.last_user_message())));
         let dir = tempfile::tempdir().expect("cluster temp dir");
-        let mut env = Env::new();
+        let mut env = test_env(&llm, dir.path());
         for (key, value) in [
-            ("HOST", "127.0.0.1".to_owned()),
-            ("PORT", "0".to_owned()),
             ("REDIS_URL", redis.url()),
             (
                 "REDIS_PREFIX",
                 format!("t{}", uuid::Uuid::new_v4().simple()),
             ),
             ("SECRET_KEY", random_secret()),
-            (
-                "DATABASE_PATH",
-                dir.path().join("chat.db").display().to_string(),
-            ),
-            (
-                "SAVED_CONVERSATIONS_DIR",
-                dir.path().join("saved").display().to_string(),
-            ),
-            ("LLM_PROVIDER", "openai".to_owned()),
-            ("OPENAI_BASE_URL", llm.base_url()),
-            ("OPENAI_API_KEY", "k".to_owned()),
             ("LLM_MODEL", "fake".to_owned()),
-            (
-                "RUST_LOG",
-                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            ),
         ] {
             env.insert(key.to_owned(), value);
-        }
-        if let Ok(path) = std::env::var("PATH") {
-            env.insert("PATH".to_owned(), path);
         }
         for (key, value) in overrides {
             env.insert((*key).to_owned(), (*value).to_owned());
@@ -602,18 +482,15 @@ impl Cluster {
         self.nginx.as_ref().expect("cluster started with nginx")
     }
 
-    /// A new browser with an empty cookie jar.
-    pub fn new_user(&self) -> User {
-        User {
-            http: http_client(),
-            jar: Arc::new(Mutex::new(BTreeMap::new())),
-        }
+    /// A new browser with an empty cookie jar, used against any instance or nginx.
+    pub fn new_user(&self) -> Browser {
+        Browser::new(HTTP_TIMEOUT)
     }
 
     /// `GET /readyz` on `at`, as (status, body), with no cookie; a failed request is
     /// status 0.
     pub async fn readyz(&self, at: &impl Endpoint) -> (u16, Value) {
-        let response = http_client()
+        let response = http_client(HTTP_TIMEOUT)
             .get(format!("{}/readyz", at.base_url()))
             .timeout(Duration::from_secs(5))
             .send()
@@ -629,244 +506,12 @@ impl Cluster {
     }
 }
 
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(HTTP_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("http client")
-}
-
 /// `GET path` on `at` outside any browser, with this exact `Cookie` header if given.
 pub async fn plain_get(at: &impl Endpoint, path: &str, cookie: Option<&str>) -> ApiResponse {
-    let user = User {
-        http: http_client(),
-        jar: Arc::new(Mutex::new(BTreeMap::new())),
-    };
-    let mut request = user.http.get(format!("{}{path}", at.base_url()));
+    let outsider = Browser::new(HTTP_TIMEOUT);
+    let mut request = outsider.http().get(format!("{}{path}", at.base_url()));
     if let Some(cookie) = cookie {
         request = request.header("cookie", cookie);
     }
-    user.send(request).await
-}
-
-// -------------------------------------------------------------------- users
-
-/// A response as the tests look at it.
-#[derive(Debug, Clone)]
-pub struct ApiResponse {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub text: String,
-    /// The body as JSON, `Value::Null` when it is not JSON.
-    pub json: Value,
-}
-
-impl ApiResponse {
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|value| value.to_str().unwrap_or_default().to_owned())
-    }
-
-    #[track_caller]
-    pub fn str_field(&self, field: &str) -> String {
-        self.json[field]
-            .as_str()
-            .unwrap_or_else(|| {
-                panic!(
-                    "response has no string field {field:?}: {} {}",
-                    self.status, self.text
-                )
-            })
-            .to_owned()
-    }
-
-    #[track_caller]
-    pub fn assert_status(&self, status: u16) -> &Self {
-        assert_eq!(
-            self.status, status,
-            "unexpected status; body: {}",
-            self.text
-        );
-        self
-    }
-}
-
-/// One browser: its own cookie jar, used against any endpoint.
-#[derive(Clone)]
-pub struct User {
-    http: reqwest::Client,
-    jar: Arc<Mutex<BTreeMap<String, String>>>,
-}
-
-impl User {
-    /// The `Cookie` header this browser sends, if it holds any cookie.
-    pub fn cookie_header(&self) -> Option<String> {
-        let jar = self.jar.lock().unwrap();
-        (!jar.is_empty()).then(|| {
-            jar.iter()
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-    }
-
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> ApiResponse {
-        let request = match self.cookie_header() {
-            Some(cookie) => request.header("cookie", cookie),
-            None => request,
-        };
-        let response = request.send().await.expect("HTTP request");
-        {
-            let mut jar = self.jar.lock().unwrap();
-            for value in response.headers().get_all("set-cookie") {
-                let Ok(value) = value.to_str() else { continue };
-                let mut parts = value.split(';');
-                let Some((name, cookie)) = parts.next().and_then(|pair| pair.split_once('='))
-                else {
-                    continue;
-                };
-                let expired = parts.any(|attribute| {
-                    let attribute = attribute.trim().to_ascii_lowercase();
-                    attribute == "max-age=0" || attribute.starts_with("max-age=-")
-                });
-                if expired || cookie.is_empty() {
-                    jar.remove(name.trim());
-                } else {
-                    jar.insert(name.trim().to_owned(), cookie.trim().to_owned());
-                }
-            }
-        }
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.expect("response body");
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        ApiResponse {
-            status,
-            headers,
-            text,
-            json,
-        }
-    }
-
-    pub async fn get(&self, at: &impl Endpoint, path: &str) -> ApiResponse {
-        self.send(self.http.get(format!("{}{path}", at.base_url())))
-            .await
-    }
-
-    pub async fn post(&self, at: &impl Endpoint, path: &str) -> ApiResponse {
-        self.send(self.http.post(format!("{}{path}", at.base_url())))
-            .await
-    }
-
-    pub async fn post_json(&self, at: &impl Endpoint, path: &str, body: Value) -> ApiResponse {
-        self.send(
-            self.http
-                .post(format!("{}{path}", at.base_url()))
-                .header("content-type", "application/json")
-                .body(body.to_string()),
-        )
-        .await
-    }
-
-    /// `POST /upload_file` with one multipart field `file`.
-    pub async fn upload(&self, at: &impl Endpoint, file_name: &str, bytes: Vec<u8>) -> ApiResponse {
-        let boundary = format!("----cluster{}", uuid::Uuid::new_v4().simple());
-        let mut body = format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: text/plain\r\n\r\n"
-        )
-        .into_bytes();
-        body.extend_from_slice(&bytes);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        self.send(
-            self.http
-                .post(format!("{}/upload_file", at.base_url()))
-                .header(
-                    "content-type",
-                    format!("multipart/form-data; boundary={boundary}"),
-                )
-                .body(body),
-        )
-        .await
-    }
-
-    /// `POST /start_conversation` on `at`; returns the new id.
-    pub async fn start_conversation(&self, at: &impl Endpoint) -> String {
-        let response = self.post(at, "/start_conversation").await;
-        response.assert_status(200);
-        assert_eq!(
-            response.json["message"], "New conversation started.",
-            "{}",
-            response.text
-        );
-        response.str_field("conversation_id")
-    }
-
-    /// The stored history via `GET /load_conversation/{id}` on `at`, as (role, content).
-    pub async fn history(
-        &self,
-        at: &impl Endpoint,
-        conversation_id: &str,
-    ) -> Vec<(String, String)> {
-        let response = self
-            .get(at, &format!("/load_conversation/{conversation_id}"))
-            .await;
-        response.assert_status(200);
-        response.json["conversation"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no conversation array: {}", response.text))
-            .iter()
-            .map(|message| {
-                (
-                    message["role"].as_str().unwrap_or_default().to_owned(),
-                    message["content"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    /// The ids `GET /list_conversations` on `at` shows.
-    pub async fn listed_ids(&self, at: &impl Endpoint) -> Vec<String> {
-        let response = self.get(at, "/list_conversations").await;
-        response.assert_status(200);
-        response.json["conversations"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no conversations array: {}", response.text))
-            .iter()
-            .map(|entry| {
-                entry["conversation_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-            .collect()
-    }
-
-    /// A WebSocket Socket.IO connection to `at` with this browser's cookie.
-    pub async fn socket(&self, at: &impl Endpoint) -> SioClient {
-        self.socket_with(at, Transport::WebSocket, None).await
-    }
-
-    pub async fn socket_with(
-        &self,
-        at: &impl Endpoint,
-        transport: Transport,
-        origin: Option<&str>,
-    ) -> SioClient {
-        SioClient::connect(
-            at.addr(),
-            transport,
-            self.cookie_header().as_deref(),
-            origin,
-        )
-        .await
-        .unwrap_or_else(|error| panic!("socket connection to {} refused: {error}", at.addr()))
-    }
-}
-
-/// A (role, content) pair.
-pub fn msg(role: &str, content: &str) -> (String, String) {
-    (role.to_owned(), content.to_owned())
+    outsider.send(request).await
 }

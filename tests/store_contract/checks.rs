@@ -1,5 +1,5 @@
 //! The contract every `ConversationStore` keeps, written once and run
-//! against each backend (see the `contract!` list in `store_contract.rs`).
+//! against each backend (see the `contract!` list in `main.rs`).
 
 use std::collections::HashSet;
 use std::fmt::Debug;

@@ -2,12 +2,11 @@
 //! the process keeps serving, `/readyz` says which dependency is down, and
 //! everything works again once the store is back (the driver reconnects).
 
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use testkit::server::{env_with_path, ServerProcess};
 
 use crate::fixture::database_name;
 use crate::server::Server;
@@ -43,27 +42,18 @@ where
 async fn a_store_outage_gives_503_keeps_the_server_up_and_recovers() {
     let store = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-chat-server"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("MONGODB_URI", store.uri())
-        .env("MONGODB_DB", database_name())
-        .env("RUST_LOG", "error")
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+    let env = env_with_path([
+        ("HOST", "127.0.0.1".to_owned()),
+        ("PORT", "0".to_owned()),
+        ("MONGODB_URI", store.uri()),
+        ("MONGODB_DB", database_name()),
+        ("RUST_LOG", "error".to_owned()),
+    ]);
+    let bin = Path::new(env!("CARGO_BIN_EXE_llm-chat-server"));
+    let mut server = ServerProcess::start(bin, &env, dir.path())
         .await
-        .expect("server started in time")
-        .unwrap()
-        .expect("listening line");
-    let base = line.rsplit(' ').next().unwrap().to_string();
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let base = server.base_url();
     let http = reqwest::Client::new();
     let page = http.get(format!("{base}/")).send().await.unwrap();
     let cookie = page.headers()["set-cookie"]
@@ -125,5 +115,5 @@ async fn a_store_outage_gives_503_keeps_the_server_up_and_recovers() {
     let (status, listed) = get(&http, &format!("{base}/list_conversations"), &cookie).await;
     assert_eq!(status, 200);
     assert_eq!(listed["conversations"].as_array().unwrap().len(), 1);
-    child.kill().await.unwrap();
+    server.kill().await;
 }

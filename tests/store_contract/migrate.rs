@@ -3,7 +3,7 @@
 //! back with their old cookie to a server on MongoDB sees their
 //! conversations.
 
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use llm_chat_server::domain::{ConversationId, Role, UserId};
@@ -11,8 +11,7 @@ use llm_chat_server::sessions::sqlite::SqliteSessionStore;
 use llm_chat_server::store::mongo::MongoStore;
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
 use llm_chat_server::store::{ConversationStore, NewMessage};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use testkit::server::{env_with_path, Env, ServerProcess};
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::SessionStore;
 
@@ -20,24 +19,20 @@ use crate::fixture::{database_name, shared_server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_llm-chat-server");
 
-fn command(dir: &std::path::Path, uri: &str, database: &str) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_PATH", dir.join("chat.db"))
-        .env("MONGODB_URI", uri)
-        .env("MONGODB_DB", database)
-        .env("RUST_LOG", "warn")
-        .current_dir(dir)
-        .kill_on_drop(true);
-    command
+/// The binary's environment: the SQLite file in `dir`, MongoDB at `uri`.
+fn env(dir: &Path, uri: &str, database: &str) -> Env {
+    env_with_path([
+        ("DATABASE_PATH", dir.join("chat.db").display().to_string()),
+        ("MONGODB_URI", uri.to_owned()),
+        ("MONGODB_DB", database.to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ])
 }
 
-async fn migrate(dir: &std::path::Path, uri: &str, database: &str) -> String {
+async fn migrate(dir: &Path, uri: &str, database: &str) -> String {
     let output = tokio::time::timeout(
         Duration::from_secs(60),
-        command(dir, uri, database)
+        testkit::server::command(Path::new(BIN), &env(dir, uri, database), dir)
             .args(["migrate", "--from", "sqlite", "--to", "mongodb"])
             .output(),
     )
@@ -123,20 +118,13 @@ async fn migrate_copies_sqlite_to_mongodb_once_and_users_keep_their_conversation
     assert_eq!(mongo.search(&user, "glaciers", 10).await.unwrap().len(), 1);
 
     // The user comes back with the same cookie to a server on MongoDB.
-    let mut child = command(dir.path(), &uri, &database)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+    let mut env = env(dir.path(), &uri, &database);
+    env.insert("HOST".to_owned(), "127.0.0.1".to_owned());
+    env.insert("PORT".to_owned(), "0".to_owned());
+    let mut server = ServerProcess::start(Path::new(BIN), &env, dir.path())
         .await
-        .expect("server started in time")
-        .unwrap()
-        .expect("listening line");
-    let base = line.rsplit(' ').next().unwrap().to_string();
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let base = server.base_url();
     let listed: serde_json::Value = reqwest::Client::new()
         .get(format!("{base}/list_conversations"))
         .header("cookie", format!("chat_session={session_id}"))
@@ -161,5 +149,5 @@ async fn migrate_copies_sqlite_to_mongodb_once_and_users_keep_their_conversation
             "tell me about volcanoes"
         ]
     );
-    child.kill().await.unwrap();
+    server.kill().await;
 }

@@ -8,11 +8,13 @@
 //! test run, without relying on destructors at exit.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use testkit::free_port;
 
 /// The watchdog: prints its temporary folder, starts the server (`"$@"`)
 /// with that folder as TMPDIR and its log inside, kills it when stdin
@@ -132,13 +134,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// The server shared by every test of this binary (started on first use,

@@ -19,6 +19,10 @@ use crate::store::StoreError;
 pub const CONVERSATIONS: &str = "conversations";
 /// Collection holding HTTP sessions.
 pub const SESSIONS: &str = "sessions";
+/// Collection holding local accounts (`super::accounts`).
+pub const USERS: &str = "users";
+/// Collection holding the store's own markers (the first account's).
+pub const META: &str = "meta";
 
 /// Refuse a write that would take a conversation past this estimated size:
 /// 15 MiB, leaving 1 MiB of MongoDB's 16 MiB document limit for the title,
@@ -56,6 +60,10 @@ pub struct MongoStore {
     pub(super) conversations: Collection<Document>,
     /// HTTP sessions (`crate::sessions::mongo`).
     pub(crate) sessions: Collection<Document>,
+    /// Local accounts, one document each.
+    pub(super) users: Collection<Document>,
+    /// The first-account marker.
+    pub(super) meta: Collection<Document>,
     pub(super) text_search: bool,
     /// Hides the URI's password in every error, the session store's too.
     pub(crate) redactor: Arc<Redactor>,

@@ -15,7 +15,7 @@ fn to_bson_time(at: &DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_millis(at.timestamp_millis())
 }
 
-fn from_bson_time(at: bson::DateTime) -> DateTime<Utc> {
+pub(super) fn from_bson_time(at: bson::DateTime) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or_default()
 }
 

@@ -29,9 +29,11 @@
 //! The parts: `base` (the handle, limits and error mapping every part
 //! shares), `schema` (validator and indexes), `documents` (the stored
 //! shapes and their conversions), `pipelines` (appends and the size guard),
-//! `search` (`$text` and the scan); the session store in the same database
-//! is `crate::sessions::mongo`.
+//! `search` (`$text` and the scan), `accounts` (local accounts in `users`:
+//! `AccountStore`); the session store in the same database is
+//! `crate::sessions::mongo`.
 
+mod accounts;
 mod base;
 mod documents;
 mod pipelines;
@@ -50,7 +52,9 @@ use mongodb::options::{ClientOptions, ReturnDocument};
 use mongodb::{Client, Database};
 
 pub(crate) use self::base::{code, command_code, map_error};
-pub use self::base::{MongoStore, CONVERSATIONS, SESSIONS, SIZE_LIMIT_BYTES, TOO_LARGE_MESSAGE};
+pub use self::base::{
+    MongoStore, CONVERSATIONS, META, SESSIONS, SIZE_LIMIT_BYTES, TOO_LARGE_MESSAGE, USERS,
+};
 use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
     conversation_from_doc, export_filter, import_doc, meta_from_doc, meta_projection, now,
@@ -119,6 +123,8 @@ impl MongoStore {
         let store = Self {
             conversations: db.collection(CONVERSATIONS),
             sessions: db.collection(SESSIONS),
+            users: db.collection(USERS),
+            meta: db.collection(META),
             db,
             text_search: false,
             redactor: Arc::new(redactor),

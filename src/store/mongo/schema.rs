@@ -1,7 +1,8 @@
 //! What the server is told about the collections at start: the original
 //! app's `$jsonSchema` validator on `conversations`, and the indexes (the
-//! unique key, list and export order, the sessions' TTL, the text index that
-//! decides between `$text` search and the scan).
+//! unique key, list and export order, the sessions' TTL, the accounts'
+//! unique email and user id, the text index that decides between `$text`
+//! search and the scan).
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 
-use super::base::{code, command_code, MongoStore, CONVERSATIONS};
+use super::base::{code, command_code, MongoStore, CONVERSATIONS, USERS};
 
 /// The original app's `validation_schema`, verbatim.
 pub fn validation_schema() -> Document {
@@ -93,6 +94,27 @@ impl MongoStore {
                     self.redactor.clean(&e.kind.to_string())
                 )
             })?;
+
+        // Required: sign-up relies on them (a taken email is a duplicate
+        // key); creating them again is a no-op.
+        for (name, keys) in [
+            ("users_email_idx", doc! {"email": 1}),
+            ("users_user_id_idx", doc! {"user_id": 1}),
+        ] {
+            let unique = IndexOptions::builder()
+                .name(name.to_string())
+                .unique(true)
+                .build();
+            self.users
+                .create_index(index(keys, unique))
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "creating the unique index {name} on '{USERS}': {}",
+                        self.redactor.clean(&e.kind.to_string())
+                    )
+                })?;
+        }
 
         let optional = [
             // The original's.

@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file (WAL) holding conversations, their
 //! messages (one row each, with a cached token count), an FTS5 index over
-//! message text, and the HTTP sessions (`crate::sessions::sqlite`).
+//! message text, local accounts, and the HTTP sessions
+//! (`crate::sessions::sqlite`).
 //!
 //! rusqlite is blocking, so every call runs on the database's own thread
 //! through [`SqliteDb::call`]. One connection serialises writers, which
@@ -9,8 +10,10 @@
 //! The parts: `db` (the connection thread, batching, savepoints), `exec`
 //! (statements and busy handling), `schema` (tables and migrations),
 //! `index` (the deferred full-text indexing), `search` (FTS5 queries),
-//! `rows` (reading conversations back); here, [`SqliteStore`].
+//! `rows` (reading conversations back), `accounts` (the `users` table:
+//! `AccountStore`); here, [`SqliteStore`].
 
+mod accounts;
 mod db;
 mod exec;
 mod index;

@@ -10,7 +10,7 @@ use crate::store::{
     Conversation, ConversationMeta, StoreError, StoreResult, StoredMessage, Summary,
 };
 
-fn parse_time(raw: &str) -> rusqlite::Result<DateTime<Utc>> {
+pub(super) fn parse_time(raw: &str) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(raw)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {

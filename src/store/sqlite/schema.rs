@@ -1,6 +1,6 @@
 //! The database's layout: the tables (conversations, messages, the FTS5
-//! index, sessions) created on open, and the migrations that bring a file
-//! written by an older version up to date.
+//! index, sessions, accounts) created on open, and the migrations that
+//! bring a file written by an older version up to date.
 
 use rusqlite::Connection;
 
@@ -45,6 +45,21 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
 "#;
 
+/// Local accounts (`AUTH_MODE=local`, `super::accounts`); `created_at` is
+/// RFC 3339 text like every other time here. [`migrate`] creates it on
+/// every open, so a file written by a version without accounts gets it too.
+const USERS_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS users (
+    user_id       TEXT PRIMARY KEY,
+    email         TEXT NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    is_admin      INTEGER NOT NULL,
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    created_at    TEXT NOT NULL
+);
+"#;
+
 /// Full-text indexing is deferred: a turn's messages are written with
 /// `indexed = 0` and [`index_pending`](super::index::index_pending) adds
 /// them to `messages_fts` in bulk (about once a second, and before every
@@ -69,6 +84,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch("ALTER TABLE messages ADD COLUMN indexed INTEGER NOT NULL DEFAULT 1")?;
     }
     tx.execute_batch(FTS_MIGRATION)?;
+    tx.execute_batch(USERS_SCHEMA)?;
     tx.commit()
 }
 

@@ -12,17 +12,11 @@
 //! SECANTUSD_BIN=~/.cache/llm-chat-server/venv/bin/secantusd-py cargo test --test store_contract
 //! ```
 
-#[path = "store_contract/checks.rs"]
 mod checks;
-#[path = "store_contract/faults.rs"]
 mod faults;
-#[path = "store_contract/fixture.rs"]
 mod fixture;
-#[path = "store_contract/migrate.rs"]
 mod migrate;
-#[path = "store_contract/mongo_only.rs"]
 mod mongo_only;
-#[path = "store_contract/server.rs"]
 mod server;
 
 /// One test per check and backend: `sqlite::<check>` and `mongo::<check>`.

@@ -4,6 +4,12 @@
 //! Loading is split from the process environment (`Settings::from_lookup`) so
 //! the parsing rules are unit-tested without touching global state.
 
+mod auth;
+mod reader;
+
+pub use auth::{AuthMode, AuthSettings, SignupPolicy};
+use reader::Reader;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -121,6 +127,8 @@ pub struct Settings {
     pub cookie_secure: bool,
     pub session_ttl: Duration,
     pub log_format: LogFormat,
+    /// Accounts, sign-up, anonymous use, trusted proxies.
+    pub auth: AuthSettings,
 }
 
 /// Every problem found in the environment, one line each.
@@ -138,69 +146,6 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-struct Reader<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    errors: Vec<String>,
-}
-
-impl Reader<'_> {
-    /// The trimmed value, `None` when unset or empty.
-    fn raw(&self, name: &str) -> Option<String> {
-        (self.lookup)(name)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn string(&self, name: &str, default: &str) -> String {
-        self.raw(name).unwrap_or_else(|| default.to_string())
-    }
-
-    fn parse<T: std::str::FromStr>(&mut self, name: &str, default: T, what: &str) -> T {
-        match self.raw(name) {
-            None => default,
-            Some(v) => match v.parse::<T>() {
-                Ok(parsed) => parsed,
-                Err(_) => {
-                    self.errors.push(format!("{name}={v:?} is not {what}"));
-                    default
-                }
-            },
-        }
-    }
-
-    fn positive(&mut self, name: &str, default: u64) -> u64 {
-        let value = self.parse::<u64>(name, default, "a whole number");
-        if value == 0 {
-            self.errors.push(format!("{name} must be greater than 0"));
-            return default;
-        }
-        value
-    }
-
-    fn seconds(&mut self, name: &str, default: f64) -> Duration {
-        let value = self.parse::<f64>(name, default, "a number of seconds");
-        if !(value > 0.0 && value.is_finite() && value < 86_400.0) {
-            self.errors
-                .push(format!("{name} must be between 0 and 86400 seconds"));
-            return Duration::from_secs_f64(default);
-        }
-        Duration::from_secs_f64(value)
-    }
-
-    fn boolean(&mut self, name: &str, default: bool) -> bool {
-        match self.raw(name).map(|v| v.to_ascii_lowercase()) {
-            None => default,
-            Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => true,
-            Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => false,
-            Some(v) => {
-                self.errors
-                    .push(format!("{name}={v:?} is not true or false"));
-                default
-            }
-        }
-    }
-}
 
 impl Settings {
     /// Reads `.env` (if any) into the process environment, then the settings.
@@ -394,6 +339,8 @@ impl Settings {
             }
         };
 
+        let auth = auth::read(&mut r);
+
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
         }
@@ -436,6 +383,7 @@ impl Settings {
             cookie_secure,
             session_ttl,
             log_format,
+            auth,
         })
     }
 

@@ -7,20 +7,16 @@
 //! Needs `/usr/bin/redis-server` and `/usr/sbin/nginx` (Debian packages `redis-server`,
 //! `nginx`). `TEST_LOG=1` prints the instances' output as it comes.
 
-#[path = "cluster/fake_llm.rs"]
-mod fake_llm;
-#[path = "cluster/harness.rs"]
 mod harness;
-#[path = "cluster/sio.rs"]
-mod sio;
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use testkit::browser::{msg, Endpoint};
+use testkit::fake_llm::{echo_pieces, Behaviour, Gate};
+use testkit::sio::{is_end, Transport, Turn};
 
-use fake_llm::{echo_pieces, Gate, Reply};
-use harness::{msg, Cluster, Endpoint, EVENT_TIMEOUT, TURN_TIMEOUT};
-use sio::{is_end, Transport, Turn};
+use harness::{Cluster, EVENT_TIMEOUT, TURN_TIMEOUT};
 
 /// How long `/readyz` may take to notice Redis is gone, and to recover once it is back.
 const READYZ_DEADLINE: Duration = Duration::from_secs(25);
@@ -192,7 +188,7 @@ async fn a_conversation_started_on_a_continues_on_b() {
     let conversation = user.start_conversation(&cluster.a).await;
 
     let mut on_a = user.socket(&cluster.a).await;
-    on_a.send_message("first on A", &conversation);
+    on_a.send_message("first on A", Some(&conversation));
     let turn = on_a.collect_reply(TURN_TIMEOUT).await;
     assert_sender_turn(&turn, &conversation, &echo_pieces("first on A"));
 
@@ -238,8 +234,8 @@ async fn a_tab_on_b_watching_sees_a_reply_produced_on_a_stream_live() {
     let parts = ["Alpha", " beta", " gamma", " delta", " epsilon"];
     let pieces: Vec<String> = parts.iter().map(|p| (*p).to_owned()).collect();
     let gate = Gate::new();
-    cluster.llm.push(Reply::held(&parts, 2, &gate));
-    sender.send_message("hello live", &conversation);
+    cluster.llm.push(Behaviour::held(&parts, 2, &gate));
+    sender.send_message("hello live", Some(&conversation));
 
     // While the reply is held upstream after two pieces, B already has them: it is live.
     let mut seen = watcher.events_until_chunk(1, EVENT_TIMEOUT).await;
@@ -292,8 +288,8 @@ async fn a_client_that_disconnects_mid_reply_resumes_on_the_other_instance_exact
 
     let parts = ["One", " two", " three", " four", " five", " six"];
     let gate = Gate::new();
-    cluster.llm.push(Reply::held(&parts, 4, &gate));
-    first_tab.send_message("resume me", &conversation);
+    cluster.llm.push(Behaviour::held(&parts, 4, &gate));
+    first_tab.send_message("resume me", Some(&conversation));
     let before = Turn::from_events(first_tab.events_until_chunk(3, EVENT_TIMEOUT).await);
     assert_eq!(before.indexes(), vec![0, 1, 2, 3], "{:?}", before.summary());
     // The page saw chunks 0 and 1 only (2 and 3 were lost with the connection), then reloads.
@@ -352,8 +348,8 @@ async fn a_reload_after_the_reply_ended_gets_the_missing_chunks_from_the_reply_l
 
     let parts = ["Ended", " reply", " to", " replay"];
     let gate = Gate::new();
-    cluster.llm.push(Reply::held(&parts, 1, &gate));
-    first_tab.send_message("replay me", &conversation);
+    cluster.llm.push(Behaviour::held(&parts, 1, &gate));
+    first_tab.send_message("replay me", Some(&conversation));
     first_tab.events_until_chunk(0, EVENT_TIMEOUT).await;
     first_tab.disconnect().await;
     gate.release();
@@ -380,12 +376,12 @@ async fn stop_generation_from_b_ends_a_reply_running_on_a() {
     let on_b = user.socket(&cluster.b).await;
 
     let gate = Gate::new(); // never released: only the stop can end this reply
-    cluster.llm.push(Reply::held(
+    cluster.llm.push(Behaviour::held(
         &["Partial", " reply", " never", " sent"],
         2,
         &gate,
     ));
-    on_a.send_message("stop me from B", &conversation);
+    on_a.send_message("stop me from B", Some(&conversation));
     let mut events = on_a.events_until_chunk(1, EVENT_TIMEOUT).await;
     on_b.emit("stop_generation", json!({"conversation_id": conversation}));
     events.extend(on_a.reply_events_until(TURN_TIMEOUT, is_end).await);
@@ -413,14 +409,11 @@ async fn stop_generation_from_b_without_an_id_ends_a_reply_on_a_before_its_first
     let mut on_a = user.socket(&cluster.a).await;
     let on_b = user.socket(&cluster.b).await;
 
-    cluster.llm.push(Reply::Hang);
+    cluster.llm.push(Behaviour::Hang);
     let calls = cluster.llm.requests().len();
-    on_a.send_message("stop me early", &conversation);
+    on_a.send_message("stop me early", Some(&conversation));
     // The request is upstream (and unanswered): the reply is in flight, with no token yet.
-    cluster
-        .llm
-        .wait_for_requests(calls + 1, EVENT_TIMEOUT)
-        .await;
+    cluster.llm.wait_for_calls(calls + 1, EVENT_TIMEOUT).await;
     on_b.emit("stop_generation", json!({}));
     let turn = on_a.collect_reply(TURN_TIMEOUT).await;
     let end = turn.expect_end();
@@ -455,7 +448,7 @@ async fn the_message_rate_limit_holds_across_instances() {
         } else {
             (&mut on_a, &on_a_conversation)
         };
-        socket.send_message(text, conversation);
+        socket.send_message(text, Some(conversation));
         let turn = socket.collect_reply(TURN_TIMEOUT).await;
         assert_sender_turn(&turn, conversation, &echo_pieces(text));
     }
@@ -465,7 +458,7 @@ async fn the_message_rate_limit_holds_across_instances() {
         (&mut on_b, &on_b_conversation),
         (&mut on_a, &on_a_conversation),
     ] {
-        socket.send_message("one too many", conversation);
+        socket.send_message("one too many", Some(conversation));
         let turn = socket.collect_reply(TURN_TIMEOUT).await;
         let error = turn.expect_error();
         assert_eq!(error["error"], "rate_limited", "{error}");
@@ -493,7 +486,7 @@ async fn the_message_rate_limit_holds_across_instances() {
     other.get(&cluster.b, "/").await.assert_status(200);
     let theirs = other.start_conversation(&cluster.b).await;
     let mut socket = other.socket(&cluster.b).await;
-    socket.send_message("m1 of another user", &theirs);
+    socket.send_message("m1 of another user", Some(&theirs));
     let turn = socket.collect_reply(TURN_TIMEOUT).await;
     assert_sender_turn(&turn, &theirs, &echo_pieces("m1 of another user"));
 }
@@ -549,7 +542,7 @@ async fn killing_redis_keeps_both_instances_serving_and_readyz_recovers_after_a_
         assert_eq!(body["checks"]["redis"], "up", "{body}");
         assert_eq!(body["checks"]["adapter"], "subscribed", "{body}");
     }
-    on_a.send_message("before", &conversation);
+    on_a.send_message("before", Some(&conversation));
     assert_sender_turn(
         &on_a.collect_reply(TURN_TIMEOUT).await,
         &conversation,
@@ -582,7 +575,7 @@ async fn killing_redis_keeps_both_instances_serving_and_readyz_recovers_after_a_
     }
 
     // A socket connected before the outage still completes a turn on its own instance.
-    on_a.send_message("during the outage", &conversation);
+    on_a.send_message("during the outage", Some(&conversation));
     let turn = on_a.collect_reply(Duration::from_secs(40)).await;
     assert_sender_turn(&turn, &conversation, &echo_pieces("during the outage"));
     for instance in [&cluster.a, &cluster.b] {
@@ -615,7 +608,7 @@ async fn killing_redis_keeps_both_instances_serving_and_readyz_recovers_after_a_
 
     // Cross-instance delivery works again: B (watching since before the outage) sees A's reply.
     on_b.drain(Duration::ZERO).await; // whatever arrived so far (nothing is ordered by this)
-    on_a.send_message("after", &conversation);
+    on_a.send_message("after", Some(&conversation));
     assert_sender_turn(
         &on_a.collect_reply(TURN_TIMEOUT).await,
         &conversation,
@@ -694,8 +687,8 @@ async fn through_nginx_the_http_routes_and_a_websocket_turn_work() {
     let pieces: Vec<String> = (0..12).map(|i| format!("w{i} ")).collect();
     cluster
         .llm
-        .push(Reply::slow(pieces.clone(), Duration::from_millis(20)));
-    socket.send_message("over websocket", &conversation);
+        .push(Behaviour::slow(pieces.clone(), Duration::from_millis(20)));
+    socket.send_message("over websocket", Some(&conversation));
     let turn = socket.collect_reply(TURN_TIMEOUT).await;
     assert_sender_turn(&turn, &conversation, &pieces);
     assert_eq!(
@@ -742,13 +735,13 @@ async fn through_nginx_a_long_polling_only_client_completes_turns() {
     let pieces: Vec<String> = (0..10).map(|i| format!("p{i} ")).collect();
     cluster
         .llm
-        .push(Reply::slow(pieces.clone(), Duration::from_millis(30)));
-    socket.send_message("over polling", &conversation);
+        .push(Behaviour::slow(pieces.clone(), Duration::from_millis(30)));
+    socket.send_message("over polling", Some(&conversation));
     let turn = socket.collect_reply(TURN_TIMEOUT).await;
     assert_sender_turn(&turn, &conversation, &pieces);
 
     // A second turn on the same polling session: every poll still reaches its instance.
-    socket.send_message("again over polling", &conversation);
+    socket.send_message("again over polling", Some(&conversation));
     let turn = socket.collect_reply(TURN_TIMEOUT).await;
     assert_sender_turn(&turn, &conversation, &echo_pieces("again over polling"));
     socket
@@ -789,9 +782,9 @@ async fn cross_instance_chunk_latency_is_measured() {
     let pieces: Vec<String> = (0..count).map(|i| format!("c{i} ")).collect();
     cluster
         .llm
-        .push(Reply::slow(pieces.clone(), Duration::from_millis(5)));
+        .push(Behaviour::slow(pieces.clone(), Duration::from_millis(5)));
     let calls = cluster.llm.requests().len();
-    on_a.send_message("measure", &conversation);
+    on_a.send_message("measure", Some(&conversation));
     let sent = on_a.collect_reply(Duration::from_secs(60)).await;
     let watched = on_b.collect_reply(Duration::from_secs(60)).await;
     assert_sender_turn(&sent, &conversation, &pieces);

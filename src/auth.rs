@@ -1,0 +1,159 @@
+//! Local accounts' rules: what an email, a name and a password must look
+//! like, and password hashing with argon2id (PHC strings). Hashing is slow
+//! on purpose, so it runs on the blocking pool, never on the async workers.
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::Argon2;
+
+use crate::error::ApiError;
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest password accepted (hashing cost grows with it).
+pub const MAX_PASSWORD_CHARS: usize = 1024;
+const MAX_EMAIL_CHARS: usize = 254;
+const MAX_NAME_CHARS: usize = 100;
+
+/// The email, trimmed and lowercased, if it looks like one
+/// (`local@domain.tld`, no spaces, at most 254 characters).
+pub fn normalise_email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim().to_lowercase();
+    let valid = email.chars().count() <= MAX_EMAIL_CHARS
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if valid {
+        Ok(email)
+    } else {
+        Err(ApiError::invalid("Enter a valid email address."))
+    }
+}
+
+/// Checks a new password's length.
+pub fn check_password(password: &str) -> Result<(), ApiError> {
+    let length = password.chars().count();
+    if length < MIN_PASSWORD_CHARS {
+        return Err(ApiError::invalid(format!(
+            "The password needs at least {MIN_PASSWORD_CHARS} characters."
+        )));
+    }
+    if length > MAX_PASSWORD_CHARS {
+        return Err(ApiError::invalid(format!(
+            "The password may have at most {MAX_PASSWORD_CHARS} characters."
+        )));
+    }
+    Ok(())
+}
+
+/// The display name: the given one trimmed (at most 100 characters, no
+/// control characters), else the email's local part.
+pub fn display_name(raw: Option<&str>, email: &str) -> Result<String, ApiError> {
+    let name = raw.map(str::trim).unwrap_or_default();
+    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "The name may have at most {MAX_NAME_CHARS} characters."
+        )));
+    }
+    if name.is_empty() {
+        return Ok(email.split('@').next().unwrap_or(email).to_string());
+    }
+    Ok(name.to_string())
+}
+
+/// Hashes a password with argon2id and a random salt.
+pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|hash| hash.to_string())
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("hashing a password: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+/// Whether `password` matches the PHC string `hash`. Without a hash (no
+/// such account) a dummy one is checked, so the answer takes as long
+/// either way.
+pub async fn verify_password(password: String, hash: Option<String>) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let known = hash.is_some();
+    let matched = tokio::task::spawn_blocking(move || {
+        let hash = hash.unwrap_or_else(|| {
+            DUMMY
+                .get_or_init(|| {
+                    Argon2::default()
+                        .hash_password(b"no account has this password")
+                        .map(|hash| hash.to_string())
+                        .unwrap_or_default()
+                })
+                .clone()
+        });
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    known && matched
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_lowercased_and_checked() {
+        assert_eq!(
+            normalise_email(" Ann@Example.ORG ").unwrap(),
+            "ann@example.org"
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@x.org",
+            "a b@x.org",
+            "ann@x",
+            "a@b@x.org",
+            "ann@.org",
+        ] {
+            assert_eq!(
+                normalise_email(bad).unwrap_err().to_string(),
+                "Enter a valid email address.",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hash_verifies_its_password_only() {
+        let hash = hash_password("correct horse".into()).await.unwrap();
+
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse".into(), Some(hash.clone())).await);
+        assert!(!verify_password("wrong horse".into(), Some(hash)).await);
+        assert!(!verify_password("correct horse".into(), None).await);
+    }
+
+    #[test]
+    fn passwords_need_eight_characters_and_names_default_to_the_email() {
+        assert_eq!(
+            check_password("short").unwrap_err().to_string(),
+            "The password needs at least 8 characters."
+        );
+        assert!(check_password("long enough").is_ok());
+        assert_eq!(display_name(None, "ann@x.org").unwrap(), "ann");
+        assert_eq!(display_name(Some(" Ann "), "ann@x.org").unwrap(), "Ann");
+    }
+}

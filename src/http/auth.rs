@@ -1,0 +1,266 @@
+//! Local accounts (`AUTH_MODE=local`): sign-up, sign-in, sign-out, a new
+//! password, and who is signed in. Sign-in rotates the session id and moves
+//! the browser's anonymous conversations to the account; failed attempts
+//! are throttled per email and per client address, and a wrong email gets
+//! the same answer as a wrong password.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tower_sessions::Session;
+
+use super::bodies::{Done, Me};
+use super::extract::{ApiJson, ClientAddress};
+use crate::auth::{check_password, display_name, hash_password, normalise_email, verify_password};
+use crate::config::SignupPolicy;
+use crate::domain::UserId;
+use crate::error::ApiError;
+use crate::events::{Field, Inbound};
+use crate::ratelimit::{Bucket, Limit};
+use crate::sessions;
+use crate::state::AppState;
+use crate::store::accounts::{Account, Created, NewAccount, Signup};
+
+/// Sign-in attempts per email in [`ATTEMPT_WINDOW`].
+const ATTEMPTS_PER_ACCOUNT: u32 = 10;
+/// Sign-in attempts per client address in [`ATTEMPT_WINDOW`].
+const ATTEMPTS_PER_ADDRESS: u32 = 30;
+/// Accounts created per client address per hour.
+const SIGNUPS_PER_ADDRESS: u32 = 10;
+const ATTEMPT_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/signup", post(signup))
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route("/auth/password", post(change_password))
+        .route("/auth/me", get(me))
+}
+
+/// `{email, password, name?}`; a wrong type reads as missing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Credentials {
+    email: Field<String>,
+    password: Field<String>,
+    name: Field<String>,
+}
+
+/// `{current, new}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct NewPassword {
+    current: Field<String>,
+    new: Field<String>,
+}
+
+fn me_body(account: &Account) -> Me {
+    Me {
+        user_id: account.user_id.clone(),
+        email: account.email.clone(),
+        name: account.name.clone(),
+        is_admin: account.is_admin,
+        auth: "local",
+    }
+}
+
+fn accounts_enabled(state: &AppState) -> Result<(), ApiError> {
+    if state.chat.settings.auth.accounts() {
+        Ok(())
+    } else {
+        Err(ApiError::AccountsDisabled)
+    }
+}
+
+/// Counts one request against a limit; over it: 429 with the wait.
+async fn throttle(
+    state: &AppState,
+    bucket: Bucket,
+    key: &str,
+    count: u32,
+    window: Duration,
+) -> Result<(), ApiError> {
+    state
+        .limiter
+        .check(bucket, key, Limit { count, window })
+        .await
+        .map_err(ApiError::RateLimited)
+}
+
+/// Signs the account in on this session and moves the browser's anonymous
+/// conversations to it.
+async fn sign_in(state: &AppState, session: &Session, account: &Account) -> Result<(), ApiError> {
+    if let Some(anonymous) = sessions::sign_in(session, &account.user_id, "local").await? {
+        let moved = state
+            .accounts
+            .transfer_conversations(&anonymous, &account.user_id)
+            .await?;
+        if moved > 0 {
+            tracing::info!(moved, "anonymous conversations moved to the account");
+        }
+    }
+    Ok(())
+}
+
+/// `POST /auth/signup`: creates an account (the first one is the admin)
+/// and signs it in.
+async fn signup(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    session: Session,
+    ApiJson(Inbound(body)): ApiJson<Inbound<Credentials>>,
+) -> Result<(StatusCode, Json<Me>), ApiError> {
+    accounts_enabled(&state)?;
+    let policy = match state.chat.settings.auth.signup {
+        SignupPolicy::Closed => return Err(ApiError::SignupClosed),
+        SignupPolicy::Open => Signup::Open,
+        SignupPolicy::FirstOnly => Signup::FirstOnly,
+    };
+    let email = normalise_email(body.email.given().map_or("", String::as_str))?;
+    let password = body.password.given().cloned().unwrap_or_default();
+    check_password(&password)?;
+    let name = display_name(body.name.given().map(String::as_str), &email)?;
+    throttle(
+        &state,
+        Bucket::Signups,
+        &address.to_string(),
+        SIGNUPS_PER_ADDRESS,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let account = NewAccount {
+        user_id: UserId::new(),
+        email,
+        name,
+        password_hash: hash_password(password).await?,
+    };
+    let account = match state.accounts.create_account(account, policy).await? {
+        Created::Account(account) => account,
+        Created::EmailTaken => {
+            return Err(ApiError::Conflict(
+                "An account with this email already exists.",
+            ))
+        }
+        Created::Closed => return Err(ApiError::SignupClosed),
+    };
+    sign_in(&state, &session, &account).await?;
+    tracing::info!(user = %account.user_id, admin = account.is_admin, "account created");
+    Ok((StatusCode::CREATED, Json(me_body(&account))))
+}
+
+/// `POST /auth/login`.
+async fn login(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    session: Session,
+    ApiJson(Inbound(body)): ApiJson<Inbound<Credentials>>,
+) -> Result<Json<Me>, ApiError> {
+    accounts_enabled(&state)?;
+    const WRONG: &str = "Wrong email or password.";
+    let email = body
+        .email
+        .given()
+        .map(|raw| raw.trim().to_lowercase())
+        .filter(|email| !email.is_empty() && email.len() <= 254)
+        .ok_or(ApiError::InvalidCredentials(WRONG))?;
+    let password = body
+        .password
+        .given()
+        .filter(|password| password.chars().count() <= crate::auth::MAX_PASSWORD_CHARS)
+        .cloned()
+        .ok_or(ApiError::InvalidCredentials(WRONG))?;
+    throttle(
+        &state,
+        Bucket::LoginAddress,
+        &address.to_string(),
+        ATTEMPTS_PER_ADDRESS,
+        ATTEMPT_WINDOW,
+    )
+    .await?;
+    throttle(
+        &state,
+        Bucket::LoginAccount,
+        &email,
+        ATTEMPTS_PER_ACCOUNT,
+        ATTEMPT_WINDOW,
+    )
+    .await?;
+    let account = state.accounts.account_by_email(&email).await?;
+    let hash = account.as_ref().map(|a| a.password_hash.clone());
+    let (Some(account), true) = (account, verify_password(password, hash).await) else {
+        tracing::info!("sign-in refused: wrong email or password");
+        return Err(ApiError::InvalidCredentials(WRONG));
+    };
+    if account.disabled {
+        return Err(ApiError::Disabled);
+    }
+    sign_in(&state, &session, &account).await?;
+    Ok(Json(me_body(&account)))
+}
+
+/// `POST /auth/logout`: ends this session.
+async fn logout(State(state): State<AppState>, session: Session) -> Result<Json<Done>, ApiError> {
+    accounts_enabled(&state)?;
+    sessions::sign_out(&session).await?;
+    Ok(Json(Done {
+        message: "Signed out.",
+    }))
+}
+
+/// The signed-in account, or 401.
+async fn current_account(state: &AppState, session: &Session) -> Result<Account, ApiError> {
+    let Some(user) = sessions::signed_in(session).await? else {
+        return Err(ApiError::Unauthenticated);
+    };
+    match state.accounts.account(&user).await? {
+        Some(account) if !account.disabled => Ok(account),
+        _ => Err(ApiError::Unauthenticated),
+    }
+}
+
+/// `POST /auth/password`: needs the current password; the session id is
+/// rotated.
+async fn change_password(
+    State(state): State<AppState>,
+    session: Session,
+    ApiJson(Inbound(body)): ApiJson<Inbound<NewPassword>>,
+) -> Result<Json<Done>, ApiError> {
+    accounts_enabled(&state)?;
+    let account = current_account(&state, &session).await?;
+    let new = body.new.given().cloned().unwrap_or_default();
+    check_password(&new)?;
+    throttle(
+        &state,
+        Bucket::LoginAccount,
+        &account.email,
+        ATTEMPTS_PER_ACCOUNT,
+        ATTEMPT_WINDOW,
+    )
+    .await?;
+    let current = body.current.given().cloned().unwrap_or_default();
+    if !verify_password(current, Some(account.password_hash.clone())).await {
+        return Err(ApiError::InvalidCredentials(
+            "The current password is wrong.",
+        ));
+    }
+    let hash = hash_password(new).await?;
+    if !state.accounts.set_password(&account.user_id, &hash).await? {
+        return Err(ApiError::Unauthenticated);
+    }
+    session.cycle_id().await?;
+    tracing::info!(user = %account.user_id, "password changed");
+    Ok(Json(Done {
+        message: "Password changed.",
+    }))
+}
+
+/// `GET /auth/me`: the signed-in account, or 401 `unauthenticated`.
+async fn me(State(state): State<AppState>, session: Session) -> Result<Json<Me>, ApiError> {
+    let account = current_account(&state, &session).await?;
+    Ok(Json(me_body(&account)))
+}
