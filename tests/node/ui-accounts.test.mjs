@@ -254,6 +254,35 @@ test('the sign-in dialog and the account menu at 375 px in dark mode', async () 
   }
 });
 
+test('signed out in another tab: the next request brings the sign-in dialog back', async () => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  try {
+    const { page: first, problems } = await openPage(context, server.url);
+    await waitSignInDialog(first);
+    await signIn(first, EMAIL, NEW_PASSWORD);
+    await first.waitForSelector('#conversation-list .conversation-item');
+    const { page: second, problems: problems2 } = await openPage(context, server.url);
+    await waitReady(second);
+    assert.ok(!(await dialogOpen(second)));
+
+    await openAccountMenu(first);
+    await Promise.all([first.waitForEvent('load'), first.locator('#sign-out-button').click()]);
+    await waitSignInDialog(first);
+
+    // The other tab finds out with its next request.
+    await second.locator('#conversation-list .conversation-item').last().click();
+    await waitSignInDialog(second);
+    assert.equal(await second.locator('#auth-error').textContent(), 'Your session has ended. Sign in to continue.');
+    assert.equal(await second.locator('#connection-status').getAttribute('data-status'), 'signed-out');
+    assert.ok(!(await second.locator('#auth-cancel').isVisible()));
+    await signIn(second, EMAIL, NEW_PASSWORD);
+    assert.equal(await second.locator('#account-email').textContent(), EMAIL);
+    assert.deepEqual([...problems, ...problems2], []);
+  } finally {
+    await context.close();
+  }
+});
+
 test('ALLOW_ANONYMOUS: the page works signed out; Sign in opens the dialog; a new account keeps the conversation (375 px, dark)', async () => {
   const context = await browser.newContext({ viewport: { width: 375, height: 740 }, colorScheme: 'dark', isMobile: true, hasTouch: true });
   try {
