@@ -13,10 +13,15 @@ WORKDIR /build
 
 # Dependencies first, in their own layer: build the real manifests against stub sources, so
 # this (slow) layer is reused until Cargo.toml or Cargo.lock change.
+# The workspace's other members (the bench and the test kit) only need their manifests and
+# stub sources for cargo to read the workspace; they are not built.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY bench/Cargo.toml bench/Cargo.toml
+COPY testkit/Cargo.toml testkit/Cargo.toml
+RUN mkdir -p src bench/src testkit/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs testkit/src/lib.rs \
+    && echo 'fn main() {}' > bench/src/main.rs \
     && cargo build --release --locked --bin llm-chat-server \
     && rm -rf src
 

@@ -81,7 +81,11 @@ async fn with_open_sign_up_later_accounts_are_not_admins_and_an_email_is_taken_o
         .await;
 
     assert_eq!(bob["is_admin"], false);
-    again.assert_error(409, "conflict", "An account with this email already exists.");
+    again.assert_error(
+        409,
+        "conflict",
+        "An account with this email already exists.",
+    );
 }
 
 #[tokio::test]
@@ -117,7 +121,10 @@ async fn sign_in_gives_a_new_session_id_and_sign_out_ends_it() {
     let listed_after = browser.listed_ids().await;
 
     assert!(before.is_some() && signed_in.is_some());
-    assert_ne!(before, signed_in, "the session id was not rotated at sign-in");
+    assert_ne!(
+        before, signed_in,
+        "the session id was not rotated at sign-in"
+    );
     out.assert_status(200);
     assert_eq!(out.json["message"], "Signed out.");
     me_after.assert_error(401, "unauthenticated", "Sign in to continue.");
@@ -253,12 +260,36 @@ async fn hostile_sign_up_input_gets_a_clear_error_and_stores_no_account() {
     let browser = app.new_user_without_page();
 
     let cases = [
-        (json!({"email": "not an email", "password": PASSWORD}), 400, "Enter a valid email address."),
-        (json!({"email": "ann@example.org", "password": "short"}), 400, "The password needs at least 8 characters."),
-        (json!({"email": 42, "password": PASSWORD}), 400, "Enter a valid email address."),
-        (json!({"email": "ann@example.org", "password": "x".repeat(2000)}), 400, "The password may have at most 1024 characters."),
-        (json!({"email": "ann@example.org", "password": PASSWORD, "name": "n".repeat(101)}), 400, "The name may have at most 100 characters."),
-        (json!(["ann@example.org", PASSWORD]), 400, "Enter a valid email address."),
+        (
+            json!({"email": "not an email", "password": PASSWORD}),
+            400,
+            "Enter a valid email address.",
+        ),
+        (
+            json!({"email": "ann@example.org", "password": "short"}),
+            400,
+            "The password needs at least 8 characters.",
+        ),
+        (
+            json!({"email": 42, "password": PASSWORD}),
+            400,
+            "Enter a valid email address.",
+        ),
+        (
+            json!({"email": "ann@example.org", "password": "x".repeat(2000)}),
+            400,
+            "The password may have at most 1024 characters.",
+        ),
+        (
+            json!({"email": "ann@example.org", "password": PASSWORD, "name": "n".repeat(101)}),
+            400,
+            "The name may have at most 100 characters.",
+        ),
+        (
+            json!(["ann@example.org", PASSWORD]),
+            400,
+            "Enter a valid email address.",
+        ),
     ];
     for (body, status, message) in cases {
         let response = browser.post_json("/auth/signup", body.clone()).await;
@@ -271,7 +302,10 @@ async fn hostile_sign_up_input_gets_a_clear_error_and_stores_no_account() {
     let config = browser.get("/get_config").await;
 
     not_json.assert_error(400, "invalid", "The request body is not valid JSON.");
-    assert_eq!(config.json["auth"]["signup_open"], true, "an account was stored");
+    assert_eq!(
+        config.json["auth"]["signup_open"], true,
+        "an account was stored"
+    );
 }
 
 #[tokio::test]
