@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod cache;
 pub mod mongo;
 pub mod sqlite;
+pub mod tokens;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
