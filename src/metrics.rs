@@ -79,6 +79,8 @@ pub struct Metrics {
     pub turns_completed: AtomicU64,
     pub turns_stopped: AtomicU64,
     pub turns_failed: AtomicU64,
+    /// Messages refused because `LLM_MAX_CONCURRENCY` replies were running.
+    pub turns_refused_busy: AtomicU64,
     pub summaries: AtomicU64,
     pub summary_failures: AtomicU64,
     pub upload_chunks: AtomicU64,
@@ -104,6 +106,7 @@ impl Default for Metrics {
             turns_completed: AtomicU64::new(0),
             turns_stopped: AtomicU64::new(0),
             turns_failed: AtomicU64::new(0),
+            turns_refused_busy: AtomicU64::new(0),
             summaries: AtomicU64::new(0),
             summary_failures: AtomicU64::new(0),
             upload_chunks: AtomicU64::new(0),
@@ -163,6 +166,11 @@ impl Metrics {
                 "chat_turns_failed_total",
                 "Chat turns that ended in an error.",
                 get(&self.turns_failed),
+            ),
+            (
+                "chat_turns_refused_busy_total",
+                "Messages refused because LLM_MAX_CONCURRENCY replies were running.",
+                get(&self.turns_refused_busy),
             ),
             (
                 "chat_reply_chunks_total",

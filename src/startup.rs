@@ -151,6 +151,11 @@ impl Application {
         // Load the tokenizer now, not during the first user's turn.
         tokens.count("warm up");
         let turns = Arc::new(TurnRegistry::default());
+        let llm_slots = (settings.llm_max_concurrency > 0).then(|| {
+            Arc::new(tokio::sync::Semaphore::new(
+                settings.llm_max_concurrency as usize,
+            ))
+        });
         let draining = Arc::new(AtomicBool::new(false));
         let (replies, limiter): (Arc<ReplyHub>, Arc<dyn RateLimiter>) = match &redis {
             Some(redis) => (
@@ -173,6 +178,7 @@ impl Application {
                 replies: replies.clone(),
                 turns: turns.clone(),
                 redis: redis.clone(),
+                llm_slots: llm_slots.clone(),
             },
             limiter: limiter.clone(),
             accounts: accounts.clone(),

@@ -111,6 +111,8 @@ pub struct Settings {
     pub max_attempts: u32,
     pub retry_max_wait: Duration,
     pub llm_titles: bool,
+    /// Replies generated at once by this instance; 0: no cap.
+    pub llm_max_concurrency: u32,
     pub max_tokens: u32,
     pub reply_tokens: u32,
     pub summary_tokens: u32,
@@ -250,6 +252,8 @@ impl Settings {
         let max_attempts = r.positive("LLM_MAX_ATTEMPTS", 3).min(10) as u32;
         let retry_max_wait = r.seconds("LLM_RETRY_MAX_WAIT_SECONDS", 20.0);
         let llm_titles = r.boolean("LLM_TITLES", false);
+        let llm_max_concurrency =
+            r.parse::<u32>("LLM_MAX_CONCURRENCY", 0, "a whole number (0: no cap)");
 
         let max_tokens = r.positive("MAX_TOKENS", 128_000).min(u32::MAX as u64) as u32;
         let reply_tokens = r.positive("REPLY_TOKENS", 800).min(u32::MAX as u64) as u32;
@@ -368,6 +372,7 @@ impl Settings {
             max_attempts,
             retry_max_wait,
             llm_titles,
+            llm_max_concurrency,
             max_tokens,
             reply_tokens,
             summary_tokens,

@@ -29,4 +29,7 @@ pub struct Chat {
     pub turns: Arc<TurnRegistry>,
     /// Set in multi-instance mode (stops are published to the others).
     pub redis: Option<RedisConnections>,
+    /// Slots for replies generated at once (`LLM_MAX_CONCURRENCY`); `None`:
+    /// no cap.
+    pub llm_slots: Option<Arc<tokio::sync::Semaphore>>,
 }

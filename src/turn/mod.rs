@@ -110,6 +110,15 @@ impl Turn<'_> {
     /// streaming are returned (nothing stored); errors while streaming are
     /// emitted as `error` after storing what is consistent.
     pub async fn run(self, chat: &Chat, text: String) -> Result<(), ApiError> {
+        // Over the cap the message is refused at once (nothing stored),
+        // rather than queued behind replies that may take minutes.
+        let _slot = match &chat.llm_slots {
+            None => None,
+            Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| {
+                Metrics::inc(&chat.metrics.turns_refused_busy);
+                ApiError::Busy("The server is busy. Please try again in a moment.".into())
+            })?),
+        };
         let mut progress = Progress {
             text_tokens: chat.tokens.count(&text),
             text,

@@ -10,6 +10,7 @@ mod helpers;
 mod accounts;
 mod azure;
 mod bad_input;
+mod capacity;
 mod chat_turn;
 mod context_window;
 mod conversations;
