@@ -1,10 +1,14 @@
 //! One store under test: SQLite on a temporary file, or MongoDB in its own
-//! database `t_<uuid>` on the shared SecantusDB server.
+//! database `t_<uuid>` on the shared SecantusDB server. Each store is both
+//! a `ConversationStore` and an `AccountStore`; `reopen` opens a second
+//! store on the same file or database, as a second process would.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use llm_chat_server::domain::{ConversationId, UserId};
-use llm_chat_server::store::mongo::MongoStore;
+use llm_chat_server::store::accounts::AccountStore;
+use llm_chat_server::store::mongo::{MongoStore, META, USERS};
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
 use llm_chat_server::store::ConversationStore;
 use mongodb::bson::{doc, Document};
@@ -21,7 +25,11 @@ pub enum Kind {
 pub struct Fixture {
     pub kind: Kind,
     pub store: Arc<dyn ConversationStore>,
+    /// The same store, as an `AccountStore`.
+    pub accounts: Arc<dyn AccountStore>,
     pub mongo: Option<MongoFixture>,
+    /// The SQLite file (in `_dir`).
+    sqlite_path: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -37,6 +45,16 @@ impl MongoFixture {
         self.client
             .database(&self.database)
             .collection("conversations")
+    }
+
+    /// The raw `users` collection (accounts).
+    pub fn users(&self) -> Collection<Document> {
+        self.client.database(&self.database).collection(USERS)
+    }
+
+    /// The raw `meta` collection (the first-account marker).
+    pub fn meta(&self) -> Collection<Document> {
+        self.client.database(&self.database).collection(META)
     }
 }
 
@@ -71,11 +89,16 @@ impl Fixture {
 
     pub fn sqlite() -> Fixture {
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let db = SqliteDb::open(&dir.path().join("chat.db")).expect("opening SQLite");
+        let path = dir.path().join("chat.db");
+        let store = Arc::new(SqliteStore::new(
+            SqliteDb::open(&path).expect("opening SQLite"),
+        ));
         Fixture {
             kind: Kind::Sqlite,
-            store: Arc::new(SqliteStore::new(db)),
+            store: store.clone(),
+            accounts: store,
             mongo: None,
+            sqlite_path: Some(path),
             _dir: Some(dir),
         }
     }
@@ -92,11 +115,13 @@ impl Fixture {
         Fixture {
             kind: Kind::Mongo,
             store: Arc::new(store.clone()),
+            accounts: Arc::new(store.clone()),
             mongo: Some(MongoFixture {
                 store,
                 client,
                 database: database.to_string(),
             }),
+            sqlite_path: None,
             _dir: None,
         }
     }
@@ -104,6 +129,26 @@ impl Fixture {
     /// Another, empty store of the same backend.
     pub async fn another(&self) -> Fixture {
         Fixture::new(self.kind).await
+    }
+
+    /// A second store on this fixture's SQLite file (its own connection) or
+    /// MongoDB database (its own client), as another process or server
+    /// instance sharing the data would have.
+    pub async fn reopen(&self) -> Arc<dyn AccountStore> {
+        match (&self.sqlite_path, &self.mongo) {
+            (Some(path), _) => Arc::new(SqliteStore::new(
+                SqliteDb::open(path).expect("opening SQLite again"),
+            )),
+            (None, Some(mongo)) => {
+                let server = shared_server().await;
+                Arc::new(
+                    MongoStore::connect(&server.uri(), &mongo.database)
+                        .await
+                        .expect("MongoStore::connect again"),
+                )
+            }
+            (None, None) => unreachable!("a fixture is SQLite or MongoDB"),
+        }
     }
 
     /// The stored `conversation_text` (MongoDB only).

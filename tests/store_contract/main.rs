@@ -1,17 +1,20 @@
-//! The `ConversationStore` contract, written once (`checks`) and run against
-//! every backend: SQLite on a temporary file, and MongoDB on a real
-//! SecantusDB server (a MongoDB wire-protocol server; `SECANTUSD_BIN` names
-//! its binary, `scripts/test.sh` installs it). One server serves the whole
-//! test binary, each test in its own database `t_<uuid>`, dropped at the
-//! end; the server dies with the test process (see `server.rs`).
+//! The `ConversationStore` contract (`checks`) and the `AccountStore`
+//! contract (`accounts`), each written once and run against every backend:
+//! SQLite on a temporary file, and MongoDB on a real SecantusDB server (a
+//! MongoDB wire-protocol server; `SECANTUSD_BIN` names its binary,
+//! `scripts/test.sh` installs it). One server serves the whole test binary,
+//! each test in its own database `t_<uuid>`, dropped at the end; the server
+//! dies with the test process (see `server.rs`).
 //!
 //! `mongo_only` covers what only MongoDB has: the original app's validator
-//! and documents, sessions, and how an unreachable server is reported.
+//! and documents, the first-account marker, sessions, and how an
+//! unreachable server is reported.
 //!
 //! ```sh
 //! SECANTUSD_BIN=~/.cache/llm-chat-server/venv/bin/secantusd-py cargo test --test store_contract
 //! ```
 
+mod accounts;
 mod checks;
 mod faults;
 mod fixture;
@@ -19,43 +22,58 @@ mod migrate;
 mod mongo_only;
 mod server;
 
-/// One test per check and backend: `sqlite::<check>` and `mongo::<check>`.
+/// One test per check and backend: `sqlite::<check>` and `mongo::<check>`,
+/// each check named with the module that holds it.
 macro_rules! contract {
-    ($($check:ident),* $(,)?) => {
+    ($($module:ident: [$($check:ident),* $(,)?]),* $(,)?) => {
         mod sqlite {
-            $(
+            $($(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
                     let fixture = crate::fixture::Fixture::new(crate::fixture::Kind::Sqlite).await;
-                    crate::checks::$check(&fixture).await;
+                    crate::$module::$check(&fixture).await;
                     fixture.finish().await;
                 }
-            )*
+            )*)*
         }
         mod mongo {
-            $(
+            $($(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
                     let fixture = crate::fixture::Fixture::new(crate::fixture::Kind::Mongo).await;
-                    crate::checks::$check(&fixture).await;
+                    crate::$module::$check(&fixture).await;
                     fixture.finish().await;
                 }
-            )*
+            )*)*
         }
     };
 }
 
 contract!(
-    create_load_meta,
-    append_order_and_title,
-    concurrent_appends,
-    reset_empties_everything,
-    delete_removes,
-    list_order_and_paging,
-    summary_set_and_load,
-    search_ranks_and_is_scoped,
-    every_operation_is_scoped_to_the_owner,
-    size_limit_refuses_without_writing,
-    export_import_round_trip,
-    delete_last_message_removes_only_the_last,
+    checks: [
+        create_load_meta,
+        append_order_and_title,
+        concurrent_appends,
+        reset_empties_everything,
+        delete_removes,
+        list_order_and_paging,
+        summary_set_and_load,
+        search_ranks_and_is_scoped,
+        every_operation_is_scoped_to_the_owner,
+        size_limit_refuses_without_writing,
+        export_import_round_trip,
+        delete_last_message_removes_only_the_last,
+    ],
+    accounts: [
+        the_first_account_is_the_admin_and_later_ones_are_not,
+        first_only_signs_up_the_first_account_then_is_closed_and_stores_nothing,
+        a_taken_email_is_reported_and_changes_nothing,
+        a_second_account_with_a_user_id_in_use_is_an_error_not_a_taken_email,
+        has_accounts_is_false_until_the_first_sign_up,
+        unknown_emails_and_user_ids_find_no_account,
+        set_password_replaces_the_hash_of_an_existing_account_only,
+        transfer_moves_conversations_with_messages_and_search_and_counts_them,
+        first_only_sign_ups_at_once_on_two_stores_make_exactly_one_account_the_admin,
+        open_sign_ups_at_once_on_two_stores_all_succeed_with_exactly_one_admin,
+    ],
 );

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use llm_chat_server::domain::{conversation_text, ChatMessage, ConversationId, Role, UserId};
+use llm_chat_server::store::accounts::{Created, Signup};
 use llm_chat_server::store::mongo::MongoStore;
 use llm_chat_server::store::{
     Conversation, ConversationMeta, ConversationStore, NewMessage, StoreError, StoredMessage,
@@ -21,6 +22,7 @@ use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::SessionStore;
 
+use crate::accounts::{created, new_account, sign_up};
 use crate::checks::{self, assert_not_found, contents, msg, TOO_LARGE};
 use crate::fixture::{database_name, raw_client, shared_server, Fixture};
 use crate::server::Server;
@@ -633,6 +635,122 @@ fn record(data: &[(&str, &str)], expires_in: time::Duration) -> Record {
             .collect::<HashMap<_, _>>(),
         expiry_date: OffsetDateTime::now_utc() + expires_in,
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_are_documents_with_a_date_and_the_first_holds_the_marker() {
+    let f = Fixture::new(crate::fixture::Kind::Mongo).await;
+    let first = created(sign_up(&*f.accounts, "ada@example.com", Signup::Open).await);
+    let second = created(sign_up(&*f.accounts, "bob@example.com", Signup::Open).await);
+
+    for account in [&first, &second] {
+        let raw = mongo(&f)
+            .users()
+            .find_one(doc! {"user_id": account.user_id.as_ref()})
+            .await
+            .unwrap()
+            .expect("the account's document");
+        assert_eq!(raw.get_str("email"), Ok(account.email.as_str()));
+        assert_eq!(raw.get_str("name"), Ok(account.name.as_str()));
+        assert_eq!(
+            raw.get_str("password_hash"),
+            Ok(account.password_hash.as_str())
+        );
+        assert_eq!(raw.get_bool("is_admin"), Ok(account.is_admin));
+        assert_eq!(raw.get_bool("disabled"), Ok(false));
+        assert_eq!(
+            raw.get_datetime("created_at").unwrap().timestamp_millis(),
+            account.created_at.timestamp_millis()
+        );
+    }
+    let marker = mongo(&f)
+        .meta()
+        .find_one(doc! {"_id": "first_account"})
+        .await
+        .unwrap()
+        .expect("the first-account marker");
+    assert_eq!(marker.get_str("user_id"), Ok(first.user_id.as_ref()));
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_email_gives_the_first_account_marker_back() {
+    let f = Fixture::new(crate::fixture::Kind::Mongo).await;
+    let accounts = &*f.accounts;
+    // An account that is there without having been first (copied in).
+    mongo(&f)
+        .users()
+        .insert_one(doc! {
+            "user_id": UserId::new().as_ref(), "email": "ada@example.com", "name": "Ada",
+            "password_hash": "h", "is_admin": false, "disabled": false,
+            "created_at": bson::DateTime::now(),
+        })
+        .await
+        .unwrap();
+
+    let again = new_account("ada@example.com");
+    let again_id = again.user_id.clone();
+    assert_eq!(
+        accounts
+            .create_account(again, Signup::FirstOnly)
+            .await
+            .unwrap(),
+        Created::EmailTaken
+    );
+    assert_eq!(accounts.account(&again_id).await.unwrap(), None);
+    let ada = accounts.account_by_email("ada@example.com").await.unwrap();
+    assert_eq!(ada.map(|a| a.name), Some("Ada".to_string()));
+    assert!(mongo(&f)
+        .meta()
+        .find_one(doc! {"_id": "first_account"})
+        .await
+        .unwrap()
+        .is_none());
+    // The marker was given back: the next sign-up is the first.
+    let next = created(sign_up(accounts, "bob@example.com", Signup::FirstOnly).await);
+    assert!(next.is_admin);
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_whose_sign_up_never_finished_is_removed_once_old() {
+    let f = Fixture::new(crate::fixture::Kind::Mongo).await;
+    let (accounts, meta) = (&*f.accounts, mongo(&f).meta());
+    let abandoned = |age: chrono::Duration| {
+        let at = bson::DateTime::from_millis((Utc::now() - age).timestamp_millis());
+        doc! {"_id": "first_account", "user_id": UserId::new().as_ref(), "created_at": at}
+    };
+    // Young: a sign-up may be between its two inserts.
+    meta.insert_one(abandoned(chrono::Duration::seconds(5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        sign_up(accounts, "ada@example.com", Signup::FirstOnly).await,
+        Created::Closed
+    );
+    assert!(!accounts.has_accounts().await.unwrap());
+
+    meta.delete_many(doc! {}).await.unwrap();
+    meta.insert_one(abandoned(chrono::Duration::minutes(5)))
+        .await
+        .unwrap();
+    let first = created(sign_up(accounts, "ada@example.com", Signup::FirstOnly).await);
+    assert!(first.is_admin);
+
+    // Its own marker is not abandoned, however old: its account exists.
+    meta.update_one(
+        doc! {"_id": "first_account"},
+        doc! {"$set": {"created_at": bson::DateTime::from_millis(0)}},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sign_up(accounts, "bob@example.com", Signup::FirstOnly).await,
+        Created::Closed
+    );
+    let bob = created(sign_up(accounts, "bob@example.com", Signup::Open).await);
+    assert!(!bob.is_admin);
+    f.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
