@@ -18,6 +18,7 @@ mod fixture;
 mod migrate;
 mod mongo_only;
 mod server;
+mod tokens;
 
 /// One test per check and backend: `sqlite::<check>` and `mongo::<check>`.
 macro_rules! contract {
