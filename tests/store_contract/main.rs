@@ -21,6 +21,7 @@ mod fixture;
 mod migrate;
 mod mongo_only;
 mod server;
+mod tokens;
 
 /// One test per check and backend: `sqlite::<check>` and `mongo::<check>`,
 /// each check named with the module that holds it.

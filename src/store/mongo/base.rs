@@ -21,6 +21,8 @@ pub const CONVERSATIONS: &str = "conversations";
 pub const SESSIONS: &str = "sessions";
 /// Collection holding local accounts (`super::accounts`).
 pub const USERS: &str = "users";
+/// Collection holding personal access tokens (`super::tokens`).
+pub const TOKENS: &str = "tokens";
 /// Collection holding the store's own markers (the first account's).
 pub const META: &str = "meta";
 
@@ -64,6 +66,8 @@ pub struct MongoStore {
     pub(super) users: Collection<Document>,
     /// The first-account marker.
     pub(super) meta: Collection<Document>,
+    /// Personal access tokens, one document each.
+    pub(super) tokens: Collection<Document>,
     pub(super) text_search: bool,
     /// Hides the URI's password in every error, the session store's too.
     pub(crate) redactor: Arc<Redactor>,

@@ -30,7 +30,8 @@
 //! shares), `schema` (validator and indexes), `documents` (the stored
 //! shapes and their conversions), `pipelines` (appends and the size guard),
 //! `search` (`$text` and the scan), `accounts` (local accounts in `users`:
-//! `AccountStore`); the session store in the same database is
+//! `AccountStore`), `tokens` (personal access tokens in `tokens`:
+//! `TokenStore`); the session store in the same database is
 //! `crate::sessions::mongo`.
 
 mod accounts;
@@ -39,6 +40,7 @@ mod documents;
 mod pipelines;
 mod schema;
 mod search;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +55,7 @@ use mongodb::{Client, Database};
 
 pub(crate) use self::base::{code, command_code, map_error};
 pub use self::base::{
-    MongoStore, CONVERSATIONS, META, SESSIONS, SIZE_LIMIT_BYTES, TOO_LARGE_MESSAGE, USERS,
+    MongoStore, CONVERSATIONS, META, SESSIONS, SIZE_LIMIT_BYTES, TOKENS, TOO_LARGE_MESSAGE, USERS,
 };
 use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
@@ -125,6 +127,7 @@ impl MongoStore {
             sessions: db.collection(SESSIONS),
             users: db.collection(USERS),
             meta: db.collection(META),
+            tokens: db.collection(TOKENS),
             db,
             text_search: false,
             redactor: Arc::new(redactor),

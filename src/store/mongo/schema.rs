@@ -1,8 +1,8 @@
 //! What the server is told about the collections at start: the original
 //! app's `$jsonSchema` validator on `conversations`, and the indexes (the
 //! unique key, list and export order, the sessions' TTL, the accounts'
-//! unique email and user id, the text index that decides between `$text`
-//! search and the scan).
+//! unique email and user id, the access tokens' unique hash and per-user
+//! order, the text index that decides between `$text` search and the scan).
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 
-use super::base::{code, command_code, MongoStore, CONVERSATIONS, USERS};
+use super::base::{code, command_code, MongoStore, CONVERSATIONS, TOKENS, USERS};
 
 /// The original app's `validation_schema`, verbatim.
 pub fn validation_schema() -> Document {
@@ -114,6 +114,33 @@ impl MongoStore {
                         self.redactor.clean(&e.kind.to_string())
                     )
                 })?;
+        }
+
+        // Required: a token is found by its hash, which must name one
+        // token; creating it again is a no-op.
+        let unique = IndexOptions::builder()
+            .name("tokens_token_hash_idx".to_string())
+            .unique(true)
+            .build();
+        self.tokens
+            .create_index(index(doc! {"token_hash": 1}, unique))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "creating the unique index tokens_token_hash_idx on '{TOKENS}': {}",
+                    self.redactor.clean(&e.kind.to_string())
+                )
+            })?;
+        // A user's tokens: counted on every create, listed newest first.
+        if let Err(e) = self
+            .tokens
+            .create_index(index(
+                doc! {"user_id": 1, "created_at": -1},
+                named("tokens_user_created_idx"),
+            ))
+            .await
+        {
+            tracing::warn!(index = "tokens_user_created_idx", error = %self.redactor.clean(&e.kind.to_string()), "could not create an index");
         }
 
         let optional = [

@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file (WAL) holding conversations, their
 //! messages (one row each, with a cached token count), an FTS5 index over
-//! message text, local accounts, and the HTTP sessions
-//! (`crate::sessions::sqlite`).
+//! message text, local accounts, personal access tokens, and the HTTP
+//! sessions (`crate::sessions::sqlite`).
 //!
 //! rusqlite is blocking, so every call runs on the database's own thread
 //! through [`SqliteDb::call`]. One connection serialises writers, which
@@ -11,7 +11,8 @@
 //! (statements and busy handling), `schema` (tables and migrations),
 //! `index` (the deferred full-text indexing), `search` (FTS5 queries),
 //! `rows` (reading conversations back), `accounts` (the `users` table:
-//! `AccountStore`); here, [`SqliteStore`].
+//! `AccountStore`), `tokens` (the `tokens` table: `TokenStore`); here,
+//! [`SqliteStore`].
 
 mod accounts;
 mod db;
@@ -20,6 +21,7 @@ mod index;
 mod rows;
 mod schema;
 mod search;
+mod tokens;
 
 use async_trait::async_trait;
 use chrono::Utc;

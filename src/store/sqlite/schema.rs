@@ -1,6 +1,6 @@
 //! The database's layout: the tables (conversations, messages, the FTS5
-//! index, sessions, accounts) created on open, and the migrations that
-//! bring a file written by an older version up to date.
+//! index, sessions, accounts, access tokens) created on open, and the
+//! migrations that bring a file written by an older version up to date.
 
 use rusqlite::Connection;
 
@@ -60,6 +60,20 @@ CREATE TABLE IF NOT EXISTS users (
 );
 "#;
 
+/// Personal access tokens (`super::tokens`): only the token's SHA-256 is
+/// kept, unique, and found by it; a user's are listed through the index.
+/// Created by [`migrate`] on every open, like `users`.
+const TOKENS_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS tokens (
+    id          TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    token_hash  TEXT NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (user_id, created_at DESC);
+"#;
+
 /// Full-text indexing is deferred: a turn's messages are written with
 /// `indexed = 0` and [`index_pending`](super::index::index_pending) adds
 /// them to `messages_fts` in bulk (about once a second, and before every
@@ -85,6 +99,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     tx.execute_batch(FTS_MIGRATION)?;
     tx.execute_batch(USERS_SCHEMA)?;
+    tx.execute_batch(TOKENS_SCHEMA)?;
     tx.commit()
 }
 
