@@ -1,6 +1,7 @@
 //! Local accounts' rules: what an email, a name and a password must look
-//! like, and password hashing with argon2id (PHC strings). Hashing is slow
-//! on purpose, so it runs on the blocking pool, never on the async workers.
+//! like, password hashing with argon2id (PHC strings), and personal access
+//! tokens (made here, stored as their SHA-256). Password hashing is slow on
+//! purpose, so it runs on the blocking pool, never on the async workers.
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -64,6 +65,44 @@ pub fn display_name(raw: Option<&str>, email: &str) -> Result<String, ApiError> 
         return Ok(email.split('@').next().unwrap_or(email).to_string());
     }
     Ok(name.to_string())
+}
+
+/// What every personal access token starts with (so a leaked one is easy
+/// to recognise in logs and by secret scanners).
+pub const TOKEN_PREFIX: &str = "lcs_";
+
+/// A new personal access token: the prefix and 192 random bits in hex.
+pub fn new_token() -> String {
+    let bytes: [u8; 24] = rand::random();
+    let mut token = String::with_capacity(TOKEN_PREFIX.len() + 48);
+    token.push_str(TOKEN_PREFIX);
+    for byte in bytes {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    token
+}
+
+/// The stored form of a token: its SHA-256 in hex. (A token is random and
+/// long, so a fast hash is enough; nothing can be guessed from it.)
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
 }
 
 /// Hashes a password with argon2id and a random salt.
@@ -144,6 +183,19 @@ mod tests {
         assert!(verify_password("correct horse".into(), Some(hash.clone())).await);
         assert!(!verify_password("wrong horse".into(), Some(hash)).await);
         assert!(!verify_password("correct horse".into(), None).await);
+    }
+
+    #[test]
+    fn tokens_are_long_random_and_stored_as_a_hash() {
+        let (one, two) = (new_token(), new_token());
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {one}").parse().unwrap());
+
+        assert!(one.starts_with(TOKEN_PREFIX) && one.len() == 52);
+        assert_ne!(one, two);
+        assert_eq!(token_hash(&one).len(), 64);
+        assert_ne!(token_hash(&one), token_hash(&two));
+        assert_eq!(bearer_token(&headers), Some(one.as_str()));
     }
 
     #[test]

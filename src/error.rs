@@ -30,6 +30,8 @@ pub enum ApiError {
     /// does not tell which emails have accounts).
     #[error("{0}")]
     InvalidCredentials(&'static str),
+    #[error("Token not found.")]
+    TokenNotFound,
     #[error("This account is disabled.")]
     Disabled,
     #[error("Sign-up is closed. Ask an administrator for an account.")]
@@ -93,7 +95,9 @@ impl ApiError {
             ApiError::Invalid(_) | ApiError::NoConversation(_) | ApiError::Unsupported(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::NotFound | ApiError::AccountsDisabled => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::AccountsDisabled | ApiError::TokenNotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::Unauthenticated | ApiError::InvalidCredentials(_) => StatusCode::UNAUTHORIZED,
             ApiError::Disabled | ApiError::SignupClosed => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -111,7 +115,9 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => "invalid",
             ApiError::NoConversation(_) => "no_conversation",
-            ApiError::NotFound | ApiError::AccountsDisabled => "not_found",
+            ApiError::NotFound | ApiError::AccountsDisabled | ApiError::TokenNotFound => {
+                "not_found"
+            }
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::InvalidCredentials(_) => "invalid_credentials",
             ApiError::Disabled => "disabled",

@@ -143,6 +143,7 @@ impl Application {
         let sessions::Backends {
             conversations: store,
             accounts,
+            tokens: access_tokens,
             sessions,
         } = sessions::open(&settings, redis.as_ref()).await?;
         let llm = llm::from_settings(&settings, metrics.clone())
@@ -182,6 +183,7 @@ impl Application {
             },
             limiter: limiter.clone(),
             accounts: accounts.clone(),
+            access_tokens: access_tokens.clone(),
             draining: draining.clone(),
             asset_version: http::page::asset_version().into(),
         };

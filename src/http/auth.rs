@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tower_sessions::Session;
 
 use super::bodies::{Done, Me};
-use super::extract::{ApiJson, ClientAddress};
+use super::extract::{AccountUser, ApiJson, ClientAddress};
 use crate::auth::{check_password, display_name, hash_password, normalise_email, verify_password};
 use crate::config::SignupPolicy;
 use crate::domain::UserId;
@@ -217,7 +217,12 @@ async fn current_account(state: &AppState, session: &Session) -> Result<Account,
     let Some(user) = sessions::signed_in(session).await? else {
         return Err(ApiError::Unauthenticated);
     };
-    match state.accounts.account(&user).await? {
+    account_of(state, &user).await
+}
+
+/// The account of `user` unless it is gone or disabled (then 401).
+async fn account_of(state: &AppState, user: &UserId) -> Result<Account, ApiError> {
+    match state.accounts.account(user).await? {
         Some(account) if !account.disabled => Ok(account),
         _ => Err(ApiError::Unauthenticated),
     }
@@ -259,8 +264,12 @@ async fn change_password(
     }))
 }
 
-/// `GET /auth/me`: the signed-in account, or 401 `unauthenticated`.
-async fn me(State(state): State<AppState>, session: Session) -> Result<Json<Me>, ApiError> {
-    let account = current_account(&state, &session).await?;
+/// `GET /auth/me`: the signed-in account (or the bearer token's), or 401
+/// `unauthenticated`.
+async fn me(
+    State(state): State<AppState>,
+    AccountUser(user): AccountUser,
+) -> Result<Json<Me>, ApiError> {
+    let account = account_of(&state, &user).await?;
     Ok(Json(me_body(&account)))
 }

@@ -107,6 +107,29 @@ pub struct Me {
     pub auth: &'static str,
 }
 
+/// A token as its owner lists it.
+#[derive(Debug, Serialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+/// `GET /api/tokens`.
+#[derive(Debug, Serialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+/// `POST /api/tokens`: the only time the token itself is shown.
+#[derive(Debug, Serialize)]
+pub struct NewToken {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub token: String,
+}
+
 /// What the page needs to know about accounts.
 #[derive(Debug, Serialize)]
 pub struct AuthConfig {

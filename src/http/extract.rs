@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use tower_sessions::Session;
 
+use crate::auth::bearer_token;
 use crate::domain::{ConversationId, UserId};
 use crate::error::ApiError;
 use crate::sessions;
@@ -32,7 +33,9 @@ impl FromRequestParts<AppState> for SessionUser {
             .map_err(|(_, why)| {
                 ApiError::Internal(anyhow::anyhow!("session layer missing: {why}"))
             })?;
-        let user = if state.chat.settings.auth.allow_anonymous {
+        let user = if let Some(token) = bearer_token(&parts.headers) {
+            state.token_user(token).await?
+        } else if state.chat.settings.auth.allow_anonymous {
             sessions::ensure_user(&session).await?
         } else {
             sessions::signed_in(&session)
@@ -40,6 +43,32 @@ impl FromRequestParts<AppState> for SessionUser {
                 .ok_or(ApiError::Unauthenticated)?
         };
         Ok(Self { user, session })
+    }
+}
+
+/// A person with an account: the bearer of one of its access tokens, or a
+/// session signed in to it. Otherwise 401 `unauthenticated`.
+pub struct AccountUser(pub UserId);
+
+impl FromRequestParts<AppState> for AccountUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(token) = bearer_token(&parts.headers) {
+            return state.token_user(token).await.map(Self);
+        }
+        let session = Session::from_request_parts(parts, state)
+            .await
+            .map_err(|(_, why)| {
+                ApiError::Internal(anyhow::anyhow!("session layer missing: {why}"))
+            })?;
+        sessions::signed_in(&session)
+            .await?
+            .map(Self)
+            .ok_or(ApiError::Unauthenticated)
     }
 }
 

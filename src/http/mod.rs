@@ -7,6 +7,7 @@ pub mod extract;
 pub mod files;
 pub mod health;
 pub mod page;
+pub mod tokens;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method};
@@ -25,6 +26,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(page::router())
         .merge(conversations::router())
         .merge(auth::router())
+        .merge(tokens::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files::router(state.chat.settings.max_file_size_bytes))

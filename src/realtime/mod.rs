@@ -25,6 +25,7 @@ use handlers::{
 pub use sink::SocketNotifier;
 pub use socket::SocketUser;
 
+use crate::auth::bearer_token;
 use crate::domain::UserId;
 use crate::events;
 use crate::notify::user_room;
@@ -98,6 +99,15 @@ async fn identify<A: Adapter>(
     State(state): State<AppState>,
 ) -> Result<(), Refused> {
     let anonymous_allowed = state.chat.settings.auth.allow_anonymous;
+    // A script's personal access token names its user outright.
+    if let Some(token) = bearer_token(&socket.req_parts().headers) {
+        let user = state.token_user(token).await.map_err(|_| {
+            tracing::info!(socket = %socket.id, "socket refused: unknown access token");
+            Refused("The access token is not valid.")
+        })?;
+        accept(&socket, &state, user, session);
+        return Ok(());
+    }
     let user = match &session {
         Some(session) if session.id().is_some() => {
             let read = if anonymous_allowed {
@@ -123,6 +133,17 @@ async fn identify<A: Adapter>(
             return Err(Refused("Sign in to continue."));
         }
     };
+    accept(&socket, &state, user, session);
+    Ok(())
+}
+
+/// Joins the user's room and registers the event handlers.
+fn accept<A: Adapter>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    user: UserId,
+    session: Option<Session>,
+) {
     socket.join(user_room(&user));
     socket.extensions.insert(SocketUser { user, session });
     state
@@ -135,7 +156,6 @@ async fn identify<A: Adapter>(
     socket.on(events::WATCH_CONVERSATION, on_watch_conversation::<A>);
     socket.on(events::REGENERATE, on_regenerate::<A>);
     socket.on_disconnect(on_disconnect::<A>);
-    Ok(())
 }
 
 /// Everything was set up before the acknowledgement (see [`register`]).

@@ -31,6 +31,7 @@ use crate::store::accounts::AccountStore;
 use crate::store::cache::CachedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::sqlite::{SqliteDb, SqliteStore};
+use crate::store::tokens::TokenStore;
 use crate::store::{Backend, ConversationStore};
 
 pub use self::mongo::MongoSessionStore;
@@ -99,6 +100,7 @@ impl Sessions {
 pub struct Backends {
     pub conversations: Arc<dyn ConversationStore>,
     pub accounts: Arc<dyn AccountStore>,
+    pub tokens: Arc<dyn TokenStore>,
     pub sessions: Sessions,
 }
 
@@ -115,7 +117,8 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
             Ok(Backends {
                 sessions: Sessions::Mongo(store.session_store()),
                 conversations: store.clone(),
-                accounts: store,
+                accounts: store.clone(),
+                tokens: store,
             })
         }
         Backend::Sqlite => {
@@ -125,7 +128,8 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
             let store = Arc::new(SqliteStore::new(db.clone()));
             Ok(Backends {
                 conversations: store.clone(),
-                accounts: store,
+                accounts: store.clone(),
+                tokens: store,
                 sessions: Sessions::Sqlite(SqliteSessionStore::new(db)),
             })
         }

@@ -120,6 +120,19 @@ async fn open_websocket(
     cookie: Option<&str>,
     origin: Option<&str>,
 ) -> Result<Opened> {
+    let headers: Vec<(&str, &str)> = [("cookie", cookie), ("origin", origin)]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|value| (name, value)))
+        .collect();
+    open_websocket_with(addr, source, &headers).await
+}
+
+/// The WebSocket handshake with these request headers.
+async fn open_websocket_with(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    headers: &[(&str, &str)],
+) -> Result<Opened> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -134,12 +147,11 @@ async fn open_websocket(
     tcp.set_nodelay(true)?;
     let mut request =
         format!("ws://{addr}/socket.io/?EIO=4&transport=websocket").into_client_request()?;
-    for (name, value) in [("cookie", cookie), ("origin", origin)] {
-        if let Some(value) = value {
-            request
-                .headers_mut()
-                .insert(name, HeaderValue::from_str(value)?);
-        }
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_str(value)?,
+        );
     }
     let (mut ws, _) = tokio_tungstenite::client_async(request, tcp)
         .await
@@ -455,6 +467,40 @@ impl SioClient {
                     "Socket.IO handshake ({transport:?}) did not finish within {HANDSHAKE_TIMEOUT:?}"
                 ))
             })
+    }
+
+    /// Connects over WebSocket with these handshake headers (an
+    /// `Authorization: Bearer` token, say) and no cookie.
+    pub async fn connect_with_headers(
+        addr: SocketAddr,
+        headers: &[(&str, &str)],
+    ) -> Result<SioClient, String> {
+        let connecting = async {
+            let (outgoing, outgoing_rx) = mpsc::unbounded_channel::<String>();
+            let (incoming_tx, incoming) = mpsc::unbounded_channel();
+            let opened = open_websocket_with(addr, None, headers)
+                .await
+                .map_err(|error| format!("{error:#}"))?;
+            Ok(SioClient {
+                outgoing,
+                incoming,
+                buffer: VecDeque::new(),
+                acks: Vec::new(),
+                next_ack: 1,
+                closed: None,
+                sid: opened.sid,
+                engine_sid: opened.engine_sid,
+                transport: Transport::WebSocket,
+                tasks: vec![tokio::spawn(websocket_task(
+                    opened.ws,
+                    outgoing_rx,
+                    incoming_tx,
+                ))],
+            })
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+            .await
+            .unwrap_or_else(|_| Err("Socket.IO handshake did not finish in time".to_owned()))
     }
 
     /// Waits for the answer to `40`: the Socket.IO session id.

@@ -29,4 +29,5 @@ mod sessions;
 mod shutdown;
 mod startup;
 mod stop_generation;
+mod tokens;
 mod upload;
