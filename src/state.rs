@@ -30,6 +30,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// 404 `not_found` ("Accounts are not enabled on this server.") unless
+    /// `AUTH_MODE` has accounts.
+    pub fn require_accounts(&self) -> Result<(), ApiError> {
+        if self.chat.settings.auth.accounts() {
+            Ok(())
+        } else {
+            Err(ApiError::AccountsDisabled)
+        }
+    }
+
     /// The account a personal access token belongs to: 401 for an unknown
     /// token, a disabled account, or a server without accounts.
     pub async fn token_user(&self, token: &str) -> Result<UserId, ApiError> {

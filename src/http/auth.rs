@@ -69,14 +69,6 @@ fn me_body(account: &Account) -> Me {
     }
 }
 
-fn accounts_enabled(state: &AppState) -> Result<(), ApiError> {
-    if state.chat.settings.auth.accounts() {
-        Ok(())
-    } else {
-        Err(ApiError::AccountsDisabled)
-    }
-}
-
 /// Counts one request against a limit; over it: 429 with the wait.
 async fn throttle(
     state: &AppState,
@@ -115,7 +107,7 @@ async fn signup(
     session: Session,
     ApiJson(Inbound(body)): ApiJson<Inbound<Credentials>>,
 ) -> Result<(StatusCode, Json<Me>), ApiError> {
-    accounts_enabled(&state)?;
+    state.require_accounts()?;
     let policy = match state.chat.settings.auth.signup {
         SignupPolicy::Closed => return Err(ApiError::SignupClosed),
         SignupPolicy::Open => Signup::Open,
@@ -160,7 +152,7 @@ async fn login(
     session: Session,
     ApiJson(Inbound(body)): ApiJson<Inbound<Credentials>>,
 ) -> Result<Json<Me>, ApiError> {
-    accounts_enabled(&state)?;
+    state.require_accounts()?;
     const WRONG: &str = "Wrong email or password.";
     let email = body
         .email
@@ -205,7 +197,7 @@ async fn login(
 
 /// `POST /auth/logout`: ends this session.
 async fn logout(State(state): State<AppState>, session: Session) -> Result<Json<Done>, ApiError> {
-    accounts_enabled(&state)?;
+    state.require_accounts()?;
     sessions::sign_out(&session).await?;
     Ok(Json(Done {
         message: "Signed out.",
@@ -235,7 +227,7 @@ async fn change_password(
     session: Session,
     ApiJson(Inbound(body)): ApiJson<Inbound<NewPassword>>,
 ) -> Result<Json<Done>, ApiError> {
-    accounts_enabled(&state)?;
+    state.require_accounts()?;
     let account = current_account(&state, &session).await?;
     let new = body.new.given().cloned().unwrap_or_default();
     check_password(&new)?;

@@ -13,6 +13,13 @@ use crate::error::ApiError;
 use crate::sessions;
 use crate::state::AppState;
 
+/// The request's session (the session layer puts it there).
+async fn session_of(parts: &mut Parts, state: &AppState) -> Result<Session, ApiError> {
+    Session::from_request_parts(parts, state)
+        .await
+        .map_err(|(_, why)| ApiError::Internal(anyhow::anyhow!("session layer missing: {why}")))
+}
+
 /// The session of the request and its user: the signed-in account, or
 /// (where anonymous use is allowed) the browser's own anonymous user, given
 /// on first contact. Without either: 401 `unauthenticated`.
@@ -28,11 +35,7 @@ impl FromRequestParts<AppState> for SessionUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let session = Session::from_request_parts(parts, state)
-            .await
-            .map_err(|(_, why)| {
-                ApiError::Internal(anyhow::anyhow!("session layer missing: {why}"))
-            })?;
+        let session = session_of(parts, state).await?;
         let user = if let Some(token) = bearer_token(&parts.headers) {
             state.token_user(token).await?
         } else if state.chat.settings.auth.allow_anonymous {
@@ -60,11 +63,7 @@ impl FromRequestParts<AppState> for AccountUser {
         if let Some(token) = bearer_token(&parts.headers) {
             return state.token_user(token).await.map(Self);
         }
-        let session = Session::from_request_parts(parts, state)
-            .await
-            .map_err(|(_, why)| {
-                ApiError::Internal(anyhow::anyhow!("session layer missing: {why}"))
-            })?;
+        let session = session_of(parts, state).await?;
         sessions::signed_in(&session)
             .await?
             .map(Self)

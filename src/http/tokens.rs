@@ -42,21 +42,13 @@ fn view(token: &AccessToken) -> TokenView {
     }
 }
 
-fn accounts_enabled(state: &AppState) -> Result<(), ApiError> {
-    if state.chat.settings.auth.accounts() {
-        Ok(())
-    } else {
-        Err(ApiError::AccountsDisabled)
-    }
-}
-
 /// `POST /api/tokens {name}` → 201 `{id, name, created_at, token}`.
 async fn create_token(
     State(state): State<AppState>,
     AccountUser(user): AccountUser,
     ApiJson(Inbound(body)): ApiJson<Inbound<TokenRequest>>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
-    accounts_enabled(&state)?;
+    state.require_accounts()?;
     let name = body.name.given().map(|n| n.trim()).unwrap_or_default();
     if name.is_empty()
         || name.chars().count() > MAX_NAME_CHARS
@@ -95,7 +87,7 @@ async fn list_tokens(
     State(state): State<AppState>,
     AccountUser(user): AccountUser,
 ) -> Result<Json<TokenList>, ApiError> {
-    accounts_enabled(&state)?;
+    state.require_accounts()?;
     let tokens = state.access_tokens.tokens(&user).await?;
     Ok(Json(TokenList {
         tokens: tokens.iter().map(view).collect(),
@@ -108,7 +100,7 @@ async fn delete_token(
     AccountUser(user): AccountUser,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Done>, ApiError> {
-    accounts_enabled(&state)?;
+    state.require_accounts()?;
     let Ok(Path(raw)) = path else {
         return Err(ApiError::invalid("Invalid token id."));
     };
