@@ -92,6 +92,8 @@ async fn sign_in(state: &AppState, session: &Session, account: &Account) -> Resu
             .accounts
             .transfer_conversations(&anonymous, &account.user_id)
             .await?;
+        // The conversation cache must not serve them under the old id.
+        state.chat.store.forget_user(&anonymous);
         if moved > 0 {
             tracing::info!(moved, "anonymous conversations moved to the account");
         }

@@ -379,6 +379,18 @@ impl ConversationStore for CachedStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+
+    fn forget_user(&self, user: &UserId) {
+        let mut state = self.lock();
+        let Inner { slots, bytes, .. } = &mut *state;
+        for ((owner, _), slot) in slots.iter_mut() {
+            if owner == user {
+                // As in `mutate`: a load in flight does not keep what it read.
+                slot.generation += 1;
+                *bytes -= slot.forget();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -410,6 +422,33 @@ mod tests {
             .iter()
             .map(|m| m.message.content.to_string())
             .collect()
+    }
+
+    #[tokio::test]
+    async fn conversations_moved_to_another_user_are_not_served_under_the_old_one() {
+        use crate::store::accounts::AccountStore;
+        use crate::store::StoreError;
+        let (_dir, inner, cache) = cached(1 << 20);
+        let (anonymous, account, id) = (UserId::new(), UserId::new(), ConversationId::new());
+        cache.create(&anonymous, &id).await.unwrap();
+        cache
+            .append(&anonymous, &id, vec![msg(Role::User, "before sign-in")])
+            .await
+            .unwrap();
+        cache.load(&anonymous, &id).await.unwrap();
+
+        inner
+            .transfer_conversations(&anonymous, &account)
+            .await
+            .unwrap();
+        cache.forget_user(&anonymous);
+
+        assert!(matches!(
+            cache.load(&anonymous, &id).await,
+            Err(StoreError::NotFound)
+        ));
+        let moved = cache.load(&account, &id).await.unwrap();
+        assert_eq!(texts(&moved), ["before sign-in"]);
     }
 
     #[tokio::test]

@@ -180,6 +180,9 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// their token counts) unless one with that id already exists for that
     /// user; `true` when it was inserted. Copying twice changes nothing.
     async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool>;
+    /// Drops what is kept in memory for `user`, whose conversations moved to
+    /// another user (a sign-in); a store without a cache keeps nothing.
+    fn forget_user(&self, _user: &UserId) {}
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
     /// Backend name for logs and `/readyz`.
