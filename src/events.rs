@@ -36,12 +36,18 @@ pub enum Field<T> {
 }
 
 impl<T: DeserializeOwned> Field<T> {
-    /// Reads a field from its raw JSON value (`None`: missing).
-    pub fn from_json(raw: Option<&Value>) -> Self {
+    /// Reads a field from its raw JSON value (`None`: missing), taking the
+    /// value's strings rather than copying them.
+    pub fn from_value(raw: Option<Value>) -> Self {
         match raw {
             None | Some(Value::Null) => Field::Absent,
             Some(value) => T::deserialize(value).map_or(Field::Wrong, Field::Given),
         }
+    }
+
+    /// The same from a borrowed value.
+    pub fn from_json(raw: Option<&Value>) -> Self {
+        Self::from_value(raw.cloned())
     }
 }
 
@@ -57,8 +63,7 @@ impl<T> Field<T> {
 
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = Value::deserialize(deserializer)?;
-        Ok(Field::from_json(Some(&value)))
+        Ok(Field::from_value(Some(Value::deserialize(deserializer)?)))
     }
 }
 
@@ -119,8 +124,8 @@ impl<'de> Deserialize<'de> for StopGeneration {
         // A malformed payload must stop nothing, never widen to "all".
         let field = match Value::deserialize(deserializer)? {
             Value::Null => Field::Absent,
-            Value::Object(map) => Field::from_json(map.get("conversation_id")),
-            other => Field::from_json(Some(&other)),
+            Value::Object(mut map) => Field::from_value(map.remove("conversation_id")),
+            other => Field::from_value(Some(other)),
         };
         Ok(match field {
             Field::Absent => StopGeneration::All,

@@ -87,38 +87,57 @@ pub(super) async fn on_send_message<A: Adapter>(
     if !within_message_limit(&state, &who, &sink).await {
         return;
     }
-    let message = match check_message(&payload.message, state.chat.settings.max_message_chars) {
+    let message = match check_message(payload.message, state.chat.settings.max_message_chars) {
         Ok(message) => message,
         Err(err) => return emit_error(&sink, &err, None),
     };
-    let id = match target_conversation(&payload.conversation_id, &who).await {
-        Ok(id) => id,
-        Err(err) => return emit_error(&sink, &err, None),
-    };
-    let Some(guard) = begin_turn(&state, &who, &id, &socket, &sink).await else {
+    let Some((id, guard)) = begin_turn(&state, &who, &payload.conversation_id, &socket).await
+    else {
         return;
     };
-    let turn = Turn {
-        user: &who.user,
-        conversation: &id,
-        guard: &guard,
-        sink: &sink,
-        origin_socket: Some(socket.id.to_string()),
-    };
-    if let Err(err) = turn.run(&state.chat, message).await {
+    let result = run_turn(&state, &who, &id, &guard, &socket, message).await;
+    if let Err(err) = result {
         emit_error(&sink, &err, Some(&id));
     }
 }
 
-/// Registers a turn for the conversation (refusing a second one) and makes
-/// the socket follow the conversation (other tabs' turns from now on).
-async fn begin_turn<A: Adapter>(
+/// Runs the turn for `message`, its events to `socket`.
+async fn run_turn<A: Adapter>(
     state: &AppState,
     who: &SocketUser,
     id: &ConversationId,
+    guard: &TurnGuard,
     socket: &SocketRef<A>,
-    sink: &SocketSink<A>,
-) -> Option<TurnGuard> {
+    message: String,
+) -> Result<(), ApiError> {
+    let turn = Turn {
+        user: &who.user,
+        conversation: id,
+        guard,
+        sink: &SocketSink(socket.clone()),
+        origin_socket: Some(socket.id.to_string()),
+    };
+    turn.run(&state.chat, message).await
+}
+
+/// Finds the conversation the event is for, registers a turn for it
+/// (refusing a second one) and makes the socket follow it (other tabs'
+/// turns from now on). Every refusal is sent as `error`.
+async fn begin_turn<A: Adapter>(
+    state: &AppState,
+    who: &SocketUser,
+    conversation_id: &Field<String>,
+    socket: &SocketRef<A>,
+) -> Option<(ConversationId, TurnGuard)> {
+    let sink = &SocketSink(socket.clone());
+    let id = match target_conversation(conversation_id, who).await {
+        Ok(id) => id,
+        Err(err) => {
+            emit_error(sink, &err, None);
+            return None;
+        }
+    };
+    let id = &id;
     if state.draining.load(Ordering::Relaxed) {
         emit_error(sink, &ApiError::Restarting, Some(id));
         return None;
@@ -140,7 +159,7 @@ async fn begin_turn<A: Adapter>(
         .replies
         .watch(&who.user, id, &socket_id, follower, None)
         .await;
-    Some(guard)
+    Some((id.clone(), guard))
 }
 
 /// `regenerate {conversation_id?}`: drops the reply to the last user
@@ -157,11 +176,8 @@ pub(super) async fn on_regenerate<A: Adapter>(
     if !within_message_limit(&state, &who, &sink).await {
         return;
     }
-    let id = match target_conversation(&payload.conversation_id, &who).await {
-        Ok(id) => id,
-        Err(err) => return emit_error(&sink, &err, None),
-    };
-    let Some(guard) = begin_turn(&state, &who, &id, &socket, &sink).await else {
+    let Some((id, guard)) = begin_turn(&state, &who, &payload.conversation_id, &socket).await
+    else {
         return;
     };
     let result = async {
@@ -180,14 +196,7 @@ pub(super) async fn on_regenerate<A: Adapter>(
         for _ in last_user..conversation.messages.len() {
             state.chat.store.delete_last_message(&who.user, &id).await?;
         }
-        let turn = Turn {
-            user: &who.user,
-            conversation: &id,
-            guard: &guard,
-            sink: &sink,
-            origin_socket: Some(socket.id.to_string()),
-        };
-        turn.run(&state.chat, message).await
+        run_turn(&state, &who, &id, &guard, &socket, message).await
     }
     .await;
     if let Err(err) = result {

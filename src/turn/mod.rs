@@ -37,20 +37,23 @@ use crate::store::{NewMessage, Summary};
 /// Checks a chat message as it came in a payload (raw JSON): a non-empty
 /// string within the size limit.
 pub fn validate_message(raw: Option<&Value>, max_chars: usize) -> Result<String, ApiError> {
-    check_message(&Field::from_json(raw), max_chars)
+    check_message(Field::from_json(raw), max_chars)
 }
 
 /// Checks a chat message: a non-empty string within the size limit.
-pub fn check_message(raw: &Field<String>, max_chars: usize) -> Result<String, ApiError> {
-    let Some(text) = raw.given().filter(|text| !text.trim().is_empty()) else {
+pub fn check_message(raw: Field<String>, max_chars: usize) -> Result<String, ApiError> {
+    let Field::Given(text) = raw else {
         return Err(ApiError::invalid("No message received from user."));
     };
+    if text.trim().is_empty() {
+        return Err(ApiError::invalid("No message received from user."));
+    }
     if text.chars().count() > max_chars {
         return Err(ApiError::TooLarge(format!(
             "Message too long (max {max_chars} characters)."
         )));
     }
-    Ok(text.clone())
+    Ok(text)
 }
 
 /// How the streaming part ended.
