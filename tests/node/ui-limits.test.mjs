@@ -61,6 +61,10 @@ test('a rate-limited message comes back to the input, with a countdown next to i
   const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
   try {
     const { page, problems } = await openChatPage(context, server.url);
+    // The limit counts per clock minute: start early in one, so the three messages share
+    // it and the countdown has seconds left to run down (near a minute's end it would
+    // reach zero and clear instead).
+    while (Math.floor(Date.now() / 1000) % 60 >= 45) await new Promise((r) => setTimeout(r, 250));
     await typeAndSend(page, 'one');
     await waitReplies(page, 1);
     await typeAndSend(page, 'two');
