@@ -88,6 +88,7 @@
     authHelp: byId('auth-help'),
     authNameField: byId('auth-name-field'),
     authName: byId('auth-name'),
+    authLocal: byId('auth-local-fields'),
     authEmail: byId('auth-email'),
     authPassword: byId('auth-password'),
     authPasswordHint: byId('auth-password-hint'),
@@ -1557,6 +1558,11 @@
     return auth.mode !== 'none';
   }
 
+  /** Email and password accounts (`local` in AUTH_MODE). */
+  function localOn() {
+    return auth.mode.split(',').indexOf('local') >= 0;
+  }
+
   /** Reads `auth` from /get_config, then asks /auth/me. Resolves true when the chat may start. */
   function checkAccount(cfg) {
     if (cfg && typeof cfg === 'object') {
@@ -1599,6 +1605,7 @@
     els.accountMenuButton.setAttribute('aria-label', 'Account: ' + email);
     els.accountWho.textContent = (name ? name + ' <' + email + '>' : email) + (me.is_admin ? ' (administrator)' : '');
     els.passwordUsername.value = email;
+    els.changePassword.hidden = !localOn();
   }
 
   /** Nothing works without an account: stop the socket and ask to sign in. */
@@ -1661,6 +1668,11 @@
     els.authPassword.setAttribute('autocomplete', up ? 'new-password' : 'current-password');
     els.authEmail.setAttribute('autocomplete', up ? 'email' : 'username');
     els.authSwitchLine.hidden = !auth.signupOpen;
+    els.authLocal.hidden = !localOn();
+    els.authSubmit.hidden = !localOn();
+    if (auth.mode === 'proxy') {
+      els.authHelp.textContent = 'Sign in through your organisation\u2019s sign-in page, then reload this page.';
+    }
     els.authSwitchText.textContent = up ? 'Already have an account?' : 'No account yet?';
     els.authSwitch.textContent = up ? 'Sign in instead' : 'Create an account';
     setAuthError('');
@@ -1674,7 +1686,7 @@
     els.authDialog.dataset.required = dismissable ? 'false' : 'true';
     setAuthMode(false);
     if (!els.authDialog.open) els.authDialog.showModal();
-    els.authEmail.focus();
+    if (localOn()) els.authEmail.focus();
   }
 
   function closeAuthDialog() {
@@ -1724,8 +1736,11 @@
   function signOut() {
     if (els.signOut.disabled) return;
     els.signOut.disabled = true;
-    sendJson('POST', '/auth/logout').then(function () {
-      window.location.reload();
+    sendJson('POST', '/auth/logout').then(function (done) {
+      // Behind a sign-in proxy (or a provider), its own sign-out comes next.
+      var next = done && typeof done.logout_url === 'string' ? done.logout_url : '';
+      if (/^(https?:\/\/|\/(?!\/))/.test(next)) window.location.assign(next);
+      else window.location.reload();
     }, function (err) {
       els.signOut.disabled = false;
       showError('Could not sign out: ' + err.message);

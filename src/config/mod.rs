@@ -7,7 +7,7 @@
 mod auth;
 mod reader;
 
-pub use auth::{AuthMode, AuthSettings, SignupPolicy};
+pub use auth::{AuthMethods, AuthSettings, ProxyAuth, SignupPolicy};
 use reader::Reader;
 
 use std::collections::HashMap;

@@ -26,6 +26,15 @@ pub struct Done {
     pub message: &'static str,
 }
 
+/// `POST /auth/logout`: done, and where the browser goes next to end the
+/// sign-in at its source (a proxy's or a provider's sign-out), if anywhere.
+#[derive(Debug, Serialize)]
+pub struct SignedOut {
+    pub message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logout_url: Option<String>,
+}
+
 /// `POST /start_conversation`.
 #[derive(Debug, Serialize)]
 pub struct ConversationStarted {
@@ -104,7 +113,7 @@ pub struct Me {
     pub name: String,
     pub is_admin: bool,
     /// How the user signed in (`local`).
-    pub auth: &'static str,
+    pub auth: String,
 }
 
 /// A token as its owner lists it.

@@ -42,8 +42,11 @@ pub use self::sqlite::SqliteSessionStore;
 pub const COOKIE_NAME: &str = "chat_session";
 const USER_KEY: &str = "user_id";
 const CONVERSATION_KEY: &str = "conversation_id";
-/// How the session's user signed in (`local`); absent for anonymous users.
+/// How the session's user signed in (`local`, `oidc`, `proxy`); absent for
+/// anonymous users.
 const AUTH_KEY: &str = "auth";
+/// `AUTH_MODE=proxy`: the email the proxy named when the session signed in.
+const PROXIED_KEY: &str = "proxied_email";
 
 /// Where sessions are kept: in Redis with several instances, else beside
 /// the conversations.
@@ -243,6 +246,28 @@ pub async fn signed_in(
     existing_user(session).await
 }
 
+/// How the session signed in (`local`, `oidc`, `proxy`), if it did.
+pub async fn sign_in_method(
+    session: &Session,
+) -> Result<Option<String>, tower_sessions::session::Error> {
+    session.get::<String>(AUTH_KEY).await
+}
+
+/// The email a trusted proxy named when this session signed in.
+pub async fn proxied_email(
+    session: &Session,
+) -> Result<Option<String>, tower_sessions::session::Error> {
+    session.get::<String>(PROXIED_KEY).await
+}
+
+/// Remembers the email a trusted proxy named (after [`sign_in`]).
+pub async fn set_proxied_email(
+    session: &Session,
+    email: &str,
+) -> Result<(), tower_sessions::session::Error> {
+    session.insert(PROXIED_KEY, email).await
+}
+
 /// Signs `user` in (by `method`, e.g. `local`) under a new session id, so
 /// whoever knew the old id is not signed in. Returns the anonymous user the
 /// session had until now, whose conversations should move to the account.
@@ -258,6 +283,7 @@ pub async fn sign_in(
     session.cycle_id().await?;
     session.insert(USER_KEY, user.as_ref()).await?;
     session.insert(AUTH_KEY, method).await?;
+    session.remove::<String>(PROXIED_KEY).await?;
     Ok(anonymous.filter(|previous| previous != user))
 }
 
