@@ -5,9 +5,11 @@
 //! the parsing rules are unit-tested without touching global state.
 
 mod auth;
+mod http;
 mod reader;
 
 pub use auth::{AuthMethods, AuthSettings, ProxyAuth, SignupPolicy};
+pub use http::HttpLimits;
 use reader::Reader;
 
 use std::collections::HashMap;
@@ -131,6 +133,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Accounts, sign-up, anonymous use, trusted proxies.
     pub auth: AuthSettings,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: HttpLimits,
 }
 
 /// Every problem found in the environment, one line each.
@@ -344,6 +348,7 @@ impl Settings {
         };
 
         let auth = auth::read(&mut r);
+        let http = http::read(&mut r);
 
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
@@ -389,6 +394,7 @@ impl Settings {
             session_ttl,
             log_format,
             auth,
+            http,
         })
     }
 

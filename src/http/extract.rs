@@ -167,7 +167,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     "The JSON body has the wrong shape: {}",
                     err.body_text()
                 )),
-                JsonRejection::BytesRejection(_) => {
+                JsonRejection::BytesRejection(rejection)
+                    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+                {
                     ApiError::TooLarge("The request body is too large.".to_string())
                 }
                 _ => ApiError::invalid("The request body could not be read."),

@@ -28,6 +28,7 @@ mod save_history;
 mod search;
 mod sessions;
 mod shutdown;
+mod slow_clients;
 mod startup;
 mod stop_generation;
 mod tokens;
