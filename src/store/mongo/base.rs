@@ -23,6 +23,10 @@ pub const SESSIONS: &str = "sessions";
 pub const USERS: &str = "users";
 /// Collection holding personal access tokens (`super::tokens`).
 pub const TOKENS: &str = "tokens";
+/// Collection holding token usage per user and day (`super::usage`).
+pub const USAGE: &str = "usage";
+/// Collection holding the per-user daily quotas an admin set.
+pub const QUOTAS: &str = "quotas";
 /// Collection holding the store's own markers (the first account's).
 pub const META: &str = "meta";
 
@@ -68,6 +72,10 @@ pub struct MongoStore {
     pub(super) meta: Collection<Document>,
     /// Personal access tokens, one document each.
     pub(super) tokens: Collection<Document>,
+    /// Token usage, one document per user and day.
+    pub(super) usage: Collection<Document>,
+    /// Per-user daily quotas, one document per user who has one.
+    pub(super) quotas: Collection<Document>,
     pub(super) text_search: bool,
     /// Hides the URI's password in every error, the session store's too.
     pub(crate) redactor: Arc<Redactor>,
