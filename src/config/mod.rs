@@ -593,6 +593,30 @@ mod tests {
     }
 
     #[test]
+    fn quota_and_stream_usage_are_read_and_checked() {
+        let defaults = settings(&[]).unwrap();
+        assert_eq!(defaults.quota_tokens_per_day, 0);
+        assert_eq!(defaults.llm_stream_usage, None);
+        let set = settings(&[
+            ("QUOTA_TOKENS_PER_DAY", "50000"),
+            ("LLM_STREAM_USAGE", "false"),
+        ])
+        .unwrap();
+        assert_eq!(set.quota_tokens_per_day, 50_000);
+        assert_eq!(set.llm_stream_usage, Some(false));
+        let err = settings(&[
+            ("QUOTA_TOKENS_PER_DAY", "-5"),
+            ("LLM_STREAM_USAGE", "sometimes"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("QUOTA_TOKENS_PER_DAY"), "{err}");
+        assert!(err.contains("LLM_STREAM_USAGE=\"sometimes\""), "{err}");
+        let huge = settings(&[("QUOTA_TOKENS_PER_DAY", "1000000000001")]).unwrap_err();
+        assert!(huge.to_string().contains("at most 1000000000000"), "{huge}");
+    }
+
+    #[test]
     fn file_size_accepts_the_original_m_suffix() {
         let s = settings(&[("MAX_FILE_SIZE_MB", "2m")]).unwrap();
         assert_eq!(s.max_file_size_bytes, 2 * 1024 * 1024);

@@ -1,6 +1,6 @@
 //! Metering and daily token quotas: usage counted from the upstream's `usage` (asked for
 //! with `stream_options.include_usage`) or with the server's tokenizer when there is none,
-//! for chat turns, stopped turns and upload analyses; `GET /usage` for every kind of user;
+//! for chat turns, stopped turns, summaries and upload analyses; `GET /usage` for every kind of user;
 //! over quota a message, a regenerate or an upload is refused with `quota_exceeded` before
 //! the model is asked and with nothing stored; admins set a user's own quota, nobody else
 //! can, and hostile input changes nothing.
@@ -418,4 +418,39 @@ async fn without_accounts_the_admin_routes_do_not_exist_but_usage_does() {
     list.assert_error(404, "not_found", "Accounts are not enabled on this server.");
     usage.assert_status(200);
     assert_eq!(usage.json["quota_tokens_per_day"], 0);
+}
+
+#[tokio::test]
+async fn a_summary_of_older_turns_counts_too() {
+    let app = spawn_app(&[
+        ("MAX_TOKENS", "300"),
+        ("REPLY_TOKENS", "100"),
+        ("SUMMARY_TOKENS", "50"),
+    ])
+    .await;
+    app.llm.reports_usage(Some(Usage::new(100, 10)));
+    let user = app.new_user().await;
+    let id = user.start_conversation().await;
+    let long = "the cat sat on the mat and the dog ran in the sun ".repeat(7);
+    for marker in ["ONE", "TWO", "THREE", "FOUR"] {
+        user.add_example(&format!("{marker} {long}"), &format!("{marker} {long}"))
+            .await;
+    }
+    let mut socket = user.socket().await;
+
+    socket.send_message("And now a short question", Some(&id));
+    let turn = socket.collect_turn(TURN_TIMEOUT).await;
+    let usage = used(&user).await;
+
+    assert_eq!(turn.token_usage.as_ref().unwrap()["summarised"], true);
+    let requests = app.llm.requests();
+    assert_eq!(
+        requests
+            .iter()
+            .map(|r| r.is_streaming())
+            .collect::<Vec<_>>(),
+        [false, true],
+        "a summary, then the reply"
+    );
+    assert_eq!(usage, (200, 20));
 }
