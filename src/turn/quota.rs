@@ -7,7 +7,9 @@
 //! prompt as sent, the reply text received). A call the upstream refused
 //! (an HTTP error after retries) counts nothing; a reply that was stopped,
 //! cut off or failed mid-stream counts its prompt and the text that had
-//! arrived (the upstream reports no usage then). A user is refused once
+//! arrived (the upstream reports no usage then); a summary or a streamed
+//! request abandoned by a stop before the upstream answered counts nothing
+//! (nothing came back to count). A user is refused once
 //! today's total reaches their quota; the turn that crosses it finishes.
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
