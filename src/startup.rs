@@ -144,6 +144,7 @@ impl Application {
             conversations: store,
             accounts,
             tokens: access_tokens,
+            usage,
             sessions,
         } = sessions::open(&settings, redis.as_ref()).await?;
         let llm = llm::from_settings(&settings, metrics.clone())
@@ -172,6 +173,7 @@ impl Application {
             chat: Chat {
                 settings: settings.clone(),
                 store: store.clone(),
+                usage: usage.clone(),
                 llm: llm.clone(),
                 tokens,
                 notifier,

@@ -80,6 +80,8 @@
     accountMenuButton: byId('account-menu-button'),
     accountEmail: byId('account-email'),
     accountWho: byId('account-who'),
+    accountUsage: byId('account-usage'),
+    accountUsageText: byId('account-usage-text'),
     changePassword: byId('change-password-button'),
     signOut: byId('sign-out-button'),
     authDialog: byId('auth-dialog'),
@@ -176,7 +178,38 @@
     err.status = res.status;
     err.code = data && data.error;
     if (data && typeof data.retry_after === 'number') err.retryAfter = data.retry_after;
+    if (err.code === 'quota_exceeded') err.message = quotaMessage(data);
     return err;
+  }
+
+  /** A `quota_exceeded` error's sentence, with the reset time in the reader's own time zone. */
+  function quotaMessage(data) {
+    var message = (data && typeof data.message === 'string' && data.message) || 'You have used your tokens for today.';
+    var at = data && typeof data.resets_at === 'string' ? new Date(data.resets_at) : null;
+    if (!at || isNaN(at.getTime())) return message;
+    var when = at.toLocaleString([], { weekday: 'short', hour: '2-digit', minute: '2-digit' });
+    return message.replace(/\s*The quota resets at .*$/, '') + ' It resets on ' + when + ' (your time).';
+  }
+
+  /** 12345 as "12 345" (no-break spaces, so a number never wraps). */
+  function groupDigits(n) {
+    return String(Math.max(0, Math.floor(Number(n) || 0))).replace(/\B(?=(\d{3})+(?!\d))/g, '\u00a0');
+  }
+
+  /** The account menu's "Used today" line, from GET /usage. */
+  function refreshUsage() {
+    if (!accountsOn() || !auth.me) return;
+    sendJson('GET', '/usage').then(function (usage) {
+      if (!usage || typeof usage !== 'object') return;
+      var used = (Number(usage.prompt_tokens) || 0) + (Number(usage.completion_tokens) || 0);
+      var quota = Number(usage.quota_tokens_per_day) || 0;
+      var text = groupDigits(used) + (quota > 0 ? ' / ' + groupDigits(quota) : '') + ' tokens today';
+      if (quota > 0 && used >= quota) text += ' (quota used up)';
+      els.accountUsageText.textContent = text;
+      els.accountUsage.hidden = false;
+    }, function () {
+      els.accountUsage.hidden = true;
+    });
   }
 
   function rawApi(method, path, body) {
@@ -1456,6 +1489,13 @@
         return;
       }
       var s = streamFor(data);
+      if (data && data.error === 'quota_exceeded') {
+        // Refused before anything was stored or sent upstream.
+        if (s && !s.acknowledged) failStream(s, quotaMessage(data), true);
+        else showError(quotaMessage(data));
+        refreshUsage();
+        return;
+      }
       if (data && data.error === 'rate_limited') {
         if (s && !s.acknowledged) failStream(s, null, true);
         startRateLimit(Number(data.retry_after) || 1, message.replace(/\s*Try again in \d+ seconds?\.?$/, ''));
@@ -1606,6 +1646,7 @@
     els.accountWho.textContent = (name ? name + ' <' + email + '>' : email) + (me.is_admin ? ' (administrator)' : '');
     els.passwordUsername.value = email;
     els.changePassword.hidden = !localOn();
+    refreshUsage();
   }
 
   /** Nothing works without an account: stop the socket and ask to sign in. */
@@ -2000,6 +2041,9 @@
     });
     bindMenuKeys(els.menu, els.menuButton);
     bindMenuKeys(els.accountMenu, els.accountMenuButton);
+    els.accountMenu.addEventListener('toggle', function () {
+      if (els.accountMenu.open) refreshUsage();
+    });
     document.addEventListener('click', function (e) {
       if (els.menu.open && !els.menu.contains(e.target)) closeMenu();
       if (els.accountMenu.open && !els.accountMenu.contains(e.target)) els.accountMenu.open = false;

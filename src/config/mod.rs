@@ -17,6 +17,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The largest daily token quota accepted (from `QUOTA_TOKENS_PER_DAY` or
+/// an admin): a million million, far above any real day and exact in a
+/// JavaScript number.
+pub const MAX_QUOTA_TOKENS_PER_DAY: u64 = 1_000_000_000_000;
+
 /// A value that must never reach a log line.
 #[derive(Clone, Default)]
 pub struct Secret(String);
@@ -115,6 +120,13 @@ pub struct Settings {
     pub llm_titles: bool,
     /// Replies generated at once by this instance; 0: no cap.
     pub llm_max_concurrency: u32,
+    /// `LLM_STREAM_USAGE`: ask for the usage chunk in streamed replies
+    /// (`stream_options.include_usage`); `None` (`auto`): where the
+    /// provider is known to take it (see `llm::openai`).
+    pub llm_stream_usage: Option<bool>,
+    /// Tokens (prompt + completion) a user may spend per UTC day unless an
+    /// admin set their own quota; 0: no quota.
+    pub quota_tokens_per_day: u64,
     pub max_tokens: u32,
     pub reply_tokens: u32,
     pub summary_tokens: u32,
@@ -258,6 +270,31 @@ impl Settings {
         let llm_titles = r.boolean("LLM_TITLES", false);
         let llm_max_concurrency =
             r.parse::<u32>("LLM_MAX_CONCURRENCY", 0, "a whole number (0: no cap)");
+        let llm_stream_usage = match r
+            .string("LLM_STREAM_USAGE", "auto")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "auto" => None,
+            "true" | "1" | "yes" | "on" => Some(true),
+            "false" | "0" | "no" | "off" => Some(false),
+            other => {
+                r.errors.push(format!(
+                    "LLM_STREAM_USAGE={other:?} is not one of auto, true, false"
+                ));
+                None
+            }
+        };
+        let quota_tokens_per_day = r.parse::<u64>(
+            "QUOTA_TOKENS_PER_DAY",
+            0,
+            "a whole number of tokens (0: no quota)",
+        );
+        if quota_tokens_per_day > MAX_QUOTA_TOKENS_PER_DAY {
+            r.errors.push(format!(
+                "QUOTA_TOKENS_PER_DAY must be at most {MAX_QUOTA_TOKENS_PER_DAY}"
+            ));
+        }
 
         let max_tokens = r.positive("MAX_TOKENS", 128_000).min(u32::MAX as u64) as u32;
         let reply_tokens = r.positive("REPLY_TOKENS", 800).min(u32::MAX as u64) as u32;
@@ -378,6 +415,8 @@ impl Settings {
             retry_max_wait,
             llm_titles,
             llm_max_concurrency,
+            llm_stream_usage,
+            quota_tokens_per_day,
             max_tokens,
             reply_tokens,
             summary_tokens,
@@ -557,6 +596,30 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("LLM_MODEL"), "{text}");
+    }
+
+    #[test]
+    fn quota_and_stream_usage_are_read_and_checked() {
+        let defaults = settings(&[]).unwrap();
+        assert_eq!(defaults.quota_tokens_per_day, 0);
+        assert_eq!(defaults.llm_stream_usage, None);
+        let set = settings(&[
+            ("QUOTA_TOKENS_PER_DAY", "50000"),
+            ("LLM_STREAM_USAGE", "false"),
+        ])
+        .unwrap();
+        assert_eq!(set.quota_tokens_per_day, 50_000);
+        assert_eq!(set.llm_stream_usage, Some(false));
+        let err = settings(&[
+            ("QUOTA_TOKENS_PER_DAY", "-5"),
+            ("LLM_STREAM_USAGE", "sometimes"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("QUOTA_TOKENS_PER_DAY"), "{err}");
+        assert!(err.contains("LLM_STREAM_USAGE=\"sometimes\""), "{err}");
+        let huge = settings(&[("QUOTA_TOKENS_PER_DAY", "1000000000001")]).unwrap_err();
+        assert!(huge.to_string().contains("at most 1000000000000"), "{huge}");
     }
 
     #[test]

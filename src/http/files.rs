@@ -57,6 +57,8 @@ async fn upload_file(
         .check(Bucket::Uploads, who.user.as_ref(), limit)
         .await
         .map_err(ApiError::RateLimited)?;
+    // Before the file is read: over quota, nothing is analysed or stored.
+    state.chat.check_quota(&who.user).await?;
     let max_mb = settings.max_file_size_mb;
     let too_large = || ApiError::TooLarge(format!("File too large. Max size is {max_mb} MB."));
     let mut upload = None;
@@ -113,7 +115,7 @@ async fn upload_file(
     let mut done = 0;
     let mut pending = futures_util::stream::iter(chunks.into_iter().enumerate())
         .map(|(index, chunk)| {
-            let llm = state.chat.llm.clone();
+            let (chat, user) = (&state.chat, &who.user);
             async move {
                 let request = ChatRequest {
                     messages: vec![ChatMessage::new(
@@ -123,7 +125,7 @@ async fn upload_file(
                     .into(),
                     max_tokens: 500,
                 };
-                (index, llm.complete(request).await)
+                (index, chat.complete_metered(user, request).await)
             }
         })
         .buffer_unordered(settings.upload_concurrency);

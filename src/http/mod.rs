@@ -8,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod page;
 pub mod tokens;
+pub mod usage;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method};
@@ -27,6 +28,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(conversations::router())
         .merge(auth::router())
         .merge(tokens::router())
+        .merge(usage::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files::router(state.chat.settings.max_file_size_bytes))

@@ -32,6 +32,7 @@ use crate::store::cache::CachedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::tokens::TokenStore;
+use crate::store::usage::UsageStore;
 use crate::store::{Backend, ConversationStore};
 
 pub use self::mongo::MongoSessionStore;
@@ -99,11 +100,14 @@ impl Sessions {
     }
 }
 
-/// What one backend holds: conversations, accounts and sessions.
+/// What one backend holds: conversations, accounts, tokens, usage and
+/// sessions.
 pub struct Backends {
     pub conversations: Arc<dyn ConversationStore>,
     pub accounts: Arc<dyn AccountStore>,
     pub tokens: Arc<dyn TokenStore>,
+    /// Token usage and quotas.
+    pub usage: Arc<dyn UsageStore>,
     pub sessions: Sessions,
 }
 
@@ -121,6 +125,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
                 sessions: Sessions::Mongo(store.session_store()),
                 conversations: store.clone(),
                 accounts: store.clone(),
+                usage: store.clone(),
                 tokens: store,
             })
         }
@@ -132,6 +137,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
             Ok(Backends {
                 conversations: store.clone(),
                 accounts: store.clone(),
+                usage: store.clone(),
                 tokens: store,
                 sessions: Sessions::Sqlite(SqliteSessionStore::new(db)),
             })

@@ -22,6 +22,7 @@ mod isolation;
 mod live_sync;
 mod llm_failures;
 mod proxy_auth;
+mod quotas;
 mod realtime;
 mod regenerate;
 mod save_history;

@@ -1,5 +1,6 @@
-//! The `ConversationStore` contract (`checks`) and the `AccountStore`
-//! contract (`accounts`), each written once and run against every backend:
+//! The `ConversationStore` contract (`checks`), the `AccountStore`
+//! contract (`accounts`), the `TokenStore` (`tokens`) and `UsageStore`
+//! (`usage`) contracts, each written once and run against every backend:
 //! SQLite on a temporary file, and MongoDB on a real SecantusDB server (a
 //! MongoDB wire-protocol server; `SECANTUSD_BIN` names its binary,
 //! `scripts/test.sh` installs it). One server serves the whole test binary,
@@ -23,6 +24,7 @@ mod migrate;
 mod mongo_only;
 mod server;
 mod tokens;
+mod usage;
 
 /// One test per check and backend: `sqlite::<check>` and `mongo::<check>`,
 /// each check named with the module that holds it.
