@@ -148,8 +148,8 @@ impl FromRequestParts<AppState> for ClientAddress {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let peer = peer_of(parts)
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no peer address")))?;
+        let peer =
+            peer_of(parts).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no peer address")))?;
         Ok(Self(
             state
                 .chat

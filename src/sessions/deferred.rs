@@ -157,7 +157,8 @@ mod tests {
         let fresh = pending_id();
         let bits = fresh.0 as u128;
         let issued = (bits >> 80) as u32;
-        let old = Id(((bits & !(0xffff_ffffu128 << 80)) | (u128::from(issued - 7200) << 80)) as i128);
+        let old =
+            Id(((bits & !(0xffff_ffffu128 << 80)) | (u128::from(issued - 7200) << 80)) as i128);
 
         let record = deferred.issued_record(&fresh).unwrap();
         assert_eq!(

@@ -51,7 +51,12 @@ async fn start_from(app: &TestApp, user: &User, client: &str) -> testkit::browse
 #[track_caller]
 fn assert_rate_limited(response: &testkit::browser::ApiResponse, max_wait: u64) {
     assert_eq!(response.status, 429, "{}", response.text);
-    assert_eq!(response.json["error"], json!("rate_limited"), "{}", response.text);
+    assert_eq!(
+        response.json["error"],
+        json!("rate_limited"),
+        "{}",
+        response.text
+    );
     let wait = response.json["retry_after"].as_u64().expect("retry_after");
     assert!((1..=max_wait).contains(&wait), "{}", response.text);
     assert_eq!(
@@ -70,7 +75,10 @@ async fn pages_and_reads_without_a_cookie_store_no_session_until_a_conversation_
         let visitor = app.new_user_without_page();
         let page = visitor.get("/").await;
         assert_eq!(page.status, 200);
-        assert!(visitor.session_cookie().is_some(), "the page gave no cookie");
+        assert!(
+            visitor.session_cookie().is_some(),
+            "the page gave no cookie"
+        );
         let listed = visitor.get("/list_conversations").await;
         assert_eq!(listed.json, json!({"conversations": []}), "{}", listed.text);
         visitor
@@ -81,10 +89,7 @@ async fn pages_and_reads_without_a_cookie_store_no_session_until_a_conversation_
             .delete(&format!("/conversation/{stray}"))
             .await
             .assert_error(404, "not_found", "Conversation not found.");
-        visitor
-            .post("/reset_conversation")
-            .await
-            .assert_status(400);
+        visitor.post("/reset_conversation").await.assert_status(400);
         visitors.push(visitor);
     }
     for _ in 0..30 {
@@ -107,7 +112,11 @@ async fn pages_and_reads_without_a_cookie_store_no_session_until_a_conversation_
 
     assert_eq!(turn.expect_end()["conversation_id"], json!(id));
     assert_eq!(stored_sessions(&app).await, 1);
-    assert_eq!(visitor.session_cookie(), cookie, "the page's session id changed");
+    assert_eq!(
+        visitor.session_cookie(),
+        cookie,
+        "the page's session id changed"
+    );
     assert_eq!(visitor.listed_ids().await, vec![id.clone()]);
     assert_eq!(visitors[1].list().await, Vec::<serde_json::Value>::new());
 }
@@ -125,7 +134,10 @@ async fn new_anonymous_sessions_are_limited_per_client_address() {
 
     let fourth = app.new_user().await;
     let refused = fourth.post("/start_conversation").await;
-    let cookieless = app.new_user_without_page().post("/start_conversation").await;
+    let cookieless = app
+        .new_user_without_page()
+        .post("/start_conversation")
+        .await;
     let again = first.unwrap().post("/start_conversation").await;
     let elsewhere = app.new_user_from("127.0.0.2".parse().unwrap());
     let other_address = elsewhere.post("/start_conversation").await;
@@ -177,7 +189,12 @@ async fn anonymous_messages_are_limited_per_client_address() {
     third.send_message("hello", Some(id));
     let refused = third.wait_for("error", TURN_TIMEOUT).await;
 
-    assert_eq!(refused.data["error"], json!("rate_limited"), "{:?}", refused);
+    assert_eq!(
+        refused.data["error"],
+        json!("rate_limited"),
+        "{:?}",
+        refused
+    );
     let wait = refused.data["retry_after"].as_u64().expect("retry_after");
     assert!((1..=60).contains(&wait), "{:?}", refused);
     let asked = app.llm.requests();
@@ -190,7 +207,9 @@ async fn anonymous_uploads_are_limited_per_client_address() {
     early_in_window(3600, 60).await;
     let app = spawn_app(&[("RATE_LIMIT_UPLOADS_PER_IP_PER_HOUR", "1")]).await;
     app.llm
-        .set_default(testkit::fake_llm::Behaviour::Stream(vec!["noted".to_owned()]));
+        .set_default(testkit::fake_llm::Behaviour::Stream(vec![
+            "noted".to_owned()
+        ]));
     let one = app.new_user().await;
     let two = app.new_user().await;
 

@@ -459,7 +459,11 @@ pub async fn imported_accounts_keep_every_field_once_and_close_first_only_sign_u
     let ann = created(sign_up(source, "ann@example.org", Signup::Open).await);
     let bob = created(sign_up(source, "bob@example.org", Signup::Open).await);
     let exported = source.accounts_for_copy().await.unwrap();
-    assert_eq!(exported, vec![ann.clone(), bob.clone()], "oldest first, as stored");
+    assert_eq!(
+        exported,
+        vec![ann.clone(), bob.clone()],
+        "oldest first, as stored"
+    );
     let target = Fixture::new(f.kind).await;
     let mut disabled = bob.clone();
     disabled.disabled = true;
@@ -491,9 +495,16 @@ pub async fn imported_accounts_keep_every_field_once_and_close_first_only_sign_u
         target.accounts.accounts_for_copy().await.unwrap(),
         vec![ann.clone(), disabled.clone()]
     );
-    assert_eq!(target.accounts.account(&ann.user_id).await.unwrap(), Some(ann));
     assert_eq!(
-        target.accounts.account_by_email("bob@example.org").await.unwrap(),
+        target.accounts.account(&ann.user_id).await.unwrap(),
+        Some(ann)
+    );
+    assert_eq!(
+        target
+            .accounts
+            .account_by_email("bob@example.org")
+            .await
+            .unwrap(),
         Some(disabled)
     );
     assert_eq!(

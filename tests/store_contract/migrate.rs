@@ -9,9 +9,9 @@ use std::time::Duration;
 use llm_chat_server::auth::{hash_password, new_token, token_hash};
 use llm_chat_server::domain::{ConversationId, Role, UserId};
 use llm_chat_server::sessions::sqlite::SqliteSessionStore;
+use llm_chat_server::store::accounts::{Account, AccountStore, Created, NewAccount, Signup};
 use llm_chat_server::store::mongo::MongoStore;
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
-use llm_chat_server::store::accounts::{Account, AccountStore, Created, NewAccount, Signup};
 use llm_chat_server::store::tokens::TokenStore;
 use llm_chat_server::store::{ConversationStore, NewMessage};
 use testkit::server::{env_with_path, Env, ServerProcess};
@@ -178,9 +178,21 @@ async fn migrate_between(dir: &Path, uri: &str, database: &str, from: &str, to: 
 /// An account as another store holds it: every field, the date to MongoDB's milliseconds.
 fn same_account(a: &Account, b: &Account) -> bool {
     let millis = |at: &chrono::DateTime<chrono::Utc>| at.timestamp_millis();
-    (&a.user_id, &a.email, &a.name, &a.password_hash, a.is_admin, a.disabled)
-        == (&b.user_id, &b.email, &b.name, &b.password_hash, b.is_admin, b.disabled)
-        && millis(&a.created_at) == millis(&b.created_at)
+    (
+        &a.user_id,
+        &a.email,
+        &a.name,
+        &a.password_hash,
+        a.is_admin,
+        a.disabled,
+    ) == (
+        &b.user_id,
+        &b.email,
+        &b.name,
+        &b.password_hash,
+        b.is_admin,
+        b.disabled,
+    ) && millis(&a.created_at) == millis(&b.created_at)
 }
 
 async fn new_account(store: &dyn AccountStore, email: &str, password: &str) -> Account {
@@ -220,11 +232,15 @@ async fn migrate_copies_accounts_and_tokens_both_ways_once_and_they_keep_working
     let second = migrate_between(dir.path(), &uri, &database, "sqlite", "mongodb").await;
 
     assert!(
-        first.contains("2 accounts copied, 0 already there; 2 access tokens copied, 0 already there"),
+        first.contains(
+            "2 accounts copied, 0 already there; 2 access tokens copied, 0 already there"
+        ),
         "{first}"
     );
     assert!(
-        second.contains("0 accounts copied, 2 already there; 0 access tokens copied, 2 already there"),
+        second.contains(
+            "0 accounts copied, 2 already there; 0 access tokens copied, 2 already there"
+        ),
         "{second}"
     );
     let mongo = MongoStore::connect(&uri, &database).await.unwrap();
@@ -234,7 +250,10 @@ async fn migrate_copies_accounts_and_tokens_both_ways_once_and_they_keep_working
         let copy = mongo.account(&original.user_id).await.unwrap().unwrap();
         assert!(same_account(&copy, original), "{copy:?} != {original:?}");
     }
-    assert!(ann.is_admin && !bob.is_admin, "the first account is the admin");
+    assert!(
+        ann.is_admin && !bob.is_admin,
+        "the first account is the admin"
+    );
     assert_eq!(mongo.tokens_for_copy().await.unwrap().len(), 2);
     assert_eq!(
         mongo.token_owner(&token_hash(&token)).await.unwrap(),
@@ -242,7 +261,10 @@ async fn migrate_copies_accounts_and_tokens_both_ways_once_and_they_keep_working
     );
     let listed = mongo.tokens(&ann.user_id).await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].id.as_str(), listed[0].name.as_str()), ("tok-ann", "laptop"));
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].name.as_str()),
+        ("tok-ann", "laptop")
+    );
     // Sign-up under `first-only` is closed on the target too.
     let late = NewAccount {
         user_id: UserId::new(),
@@ -296,11 +318,15 @@ async fn migrate_copies_accounts_and_tokens_both_ways_once_and_they_keep_working
     let again = migrate_between(back.path(), &uri, &database, "mongodb", "sqlite").await;
 
     assert!(
-        there.contains("3 accounts copied, 0 already there; 3 access tokens copied, 0 already there"),
+        there.contains(
+            "3 accounts copied, 0 already there; 3 access tokens copied, 0 already there"
+        ),
         "{there}"
     );
     assert!(
-        again.contains("0 accounts copied, 3 already there; 0 access tokens copied, 3 already there"),
+        again.contains(
+            "0 accounts copied, 3 already there; 0 access tokens copied, 3 already there"
+        ),
         "{again}"
     );
     let returned = SqliteStore::new(SqliteDb::open(&back.path().join("chat.db")).unwrap());

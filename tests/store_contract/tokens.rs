@@ -308,7 +308,9 @@ pub async fn imported_tokens_keep_every_field_once(t: &Tokens) {
     let target = Tokens::new(t.kind).await;
 
     let imported: Vec<bool> = futures_util::future::join_all(
-        exported.iter().map(|token| target.store.import_token(token)),
+        exported
+            .iter()
+            .map(|token| target.store.import_token(token)),
     )
     .await
     .into_iter()
@@ -324,14 +326,20 @@ pub async fn imported_tokens_keep_every_field_once(t: &Tokens) {
             .iter()
             .map(|s| (s.token.clone(), s.token_hash.clone()))
             .collect::<Vec<_>>(),
-        vec![(first.clone(), first_hash.clone()), (second.clone(), second_hash)],
+        vec![
+            (first.clone(), first_hash.clone()),
+            (second.clone(), second_hash)
+        ],
         "oldest first, with their hashes"
     );
     assert_eq!(imported, [true, true]);
     assert_eq!(again, [false, false]);
     assert_eq!(target.store.tokens(&ann).await.unwrap(), vec![first]);
     assert_eq!(target.store.tokens(&bob).await.unwrap(), vec![second]);
-    assert_eq!(target.store.token_owner(&first_hash).await.unwrap(), Some(ann));
+    assert_eq!(
+        target.store.token_owner(&first_hash).await.unwrap(),
+        Some(ann)
+    );
     target.finish().await;
 }
 
