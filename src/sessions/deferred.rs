@@ -20,6 +20,8 @@ use tower_sessions::session_store::{self, SessionStore};
 
 use crate::domain::UserId;
 
+/// The session's user id (every session with a user has it).
+pub(super) const USER_KEY: &str = "user_id";
 /// Marks a record that must not be written (yet).
 pub(super) const PENDING_KEY: &str = "pending";
 /// The top 16 bits of every pending id.
@@ -88,7 +90,7 @@ impl<S> Deferred<S> {
                 + time::Duration::seconds(self.ttl.as_secs() as i64),
         };
         record.data.insert(
-            super::USER_KEY.to_string(),
+            USER_KEY.to_string(),
             serde_json::json!(pending_user(id).as_ref()),
         );
         record
@@ -108,7 +110,7 @@ impl<S: SessionStore + Clone> SessionStore for Deferred<S> {
         if is_pending(record) {
             record.id = pending_id();
             record.data.insert(
-                super::USER_KEY.to_string(),
+                USER_KEY.to_string(),
                 serde_json::json!(pending_user(&record.id).as_ref()),
             );
             return Ok(());
@@ -162,7 +164,7 @@ mod tests {
 
         let record = deferred.issued_record(&fresh).unwrap();
         assert_eq!(
-            record.data[super::super::USER_KEY],
+            record.data[USER_KEY],
             serde_json::json!(pending_user(&fresh).as_ref())
         );
         assert!(deferred.issued_record(&old).is_none());

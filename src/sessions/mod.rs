@@ -35,13 +35,13 @@ use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::tokens::TokenStore;
 use crate::store::{Backend, ConversationStore};
 
+use self::deferred::USER_KEY;
 pub use self::mongo::MongoSessionStore;
 pub use self::redis::RedisSessionStore;
 pub use self::sqlite::SqliteSessionStore;
 
 /// Name of the session cookie.
 pub const COOKIE_NAME: &str = "chat_session";
-const USER_KEY: &str = "user_id";
 const CONVERSATION_KEY: &str = "conversation_id";
 /// How the session's user signed in (`local`); absent for anonymous users.
 const AUTH_KEY: &str = "auth";
