@@ -256,3 +256,42 @@ async fn a_token_user_is_not_limited_per_address() {
         turn.expect_end();
     }
 }
+
+#[tokio::test]
+async fn a_socket_behind_a_trusted_proxy_is_counted_for_its_forwarded_address() {
+    early_in_window(60, 25).await;
+    let app = spawn_app(&[
+        ("RATE_LIMIT_MESSAGES_PER_IP_PER_MINUTE", "1"),
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    let mut sockets = Vec::new();
+    for client in ["203.0.113.9", "203.0.113.10", "203.0.113.9"] {
+        let user = app.new_user().await;
+        let id = user.start_conversation().await;
+        let cookie = user.cookie_header().expect("a session cookie");
+        let socket = SioClient::connect_with_headers(
+            app.addr,
+            &[("cookie", &cookie), ("x-forwarded-for", client)],
+        )
+        .await
+        .expect("socket");
+        sockets.push((socket, id));
+    }
+
+    for (socket, id) in &mut sockets[..2] {
+        app.llm.streams(&["fine"]);
+        socket.send_message("hello", Some(id));
+        socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+    }
+    let (third, id) = &mut sockets[2];
+    third.send_message("hello", Some(id));
+    let refused = third.wait_for("error", TURN_TIMEOUT).await;
+
+    assert_eq!(
+        refused.data["error"],
+        json!("rate_limited"),
+        "{:?}",
+        refused
+    );
+}
