@@ -87,6 +87,7 @@ start_server() {
   mkdir -p "$tmp/$name"
   (cd "$tmp/$name" && exec env LLM_PROVIDER=openai OPENAI_BASE_URL="$fake_url/v1" \
     LLM_MODEL=fake OPENAI_API_KEY=k RATE_LIMIT_MESSAGES_PER_MINUTE=0 \
+    RATE_LIMIT_NEW_SESSIONS_PER_IP_PER_HOUR=0 RATE_LIMIT_MESSAGES_PER_IP_PER_MINUTE=0 \
     DATABASE_PATH="$tmp/$name/chat.db" SAVED_CONVERSATIONS_DIR="$tmp/$name/saved" \
     HOST=127.0.0.1 PORT=0 RUST_LOG=warn "$@" "$bin/llm-chat-server" \
     >"$tmp/$name.out" 2>"$tmp/$name.out.err") &
@@ -221,6 +222,7 @@ if want upload; then
   # its wall time is the baseline of the concurrent run's ratio.
   fake upload extra_fake_url --complete-delay-ms "$UPLOAD_LLM_DELAY_MS"
   upload_env=(OPENAI_BASE_URL="$extra_fake_url/v1" RATE_LIMIT_UPLOADS_PER_HOUR=0
+    RATE_LIMIT_UPLOADS_PER_IP_PER_HOUR=0
     MAX_FILE_SIZE_MB=$((UPLOAD_BYTES / 1048576 + 2)))
   baseline=""
   for concurrency in 1 4; do

@@ -106,6 +106,12 @@ pub struct Settings {
     pub redis_prefix: String,
     pub rate_limit_messages_per_minute: u32,
     pub rate_limit_uploads_per_hour: u32,
+    /// Anonymous sessions first stored per client address per hour; 0: no limit.
+    pub rate_limit_new_sessions_per_ip_per_hour: u32,
+    /// Anonymous users' messages per client address per minute; 0: no limit.
+    pub rate_limit_messages_per_ip_per_minute: u32,
+    /// Anonymous users' uploads per client address per hour; 0: no limit.
+    pub rate_limit_uploads_per_ip_per_hour: u32,
     pub reply_resume_ttl: Duration,
     pub disconnect_grace: Duration,
     pub shutdown_grace: Duration,
@@ -233,6 +239,21 @@ impl Settings {
         let rate_limit_uploads_per_hour = r.parse::<u32>(
             "RATE_LIMIT_UPLOADS_PER_HOUR",
             60,
+            "a whole number (0 = no limit)",
+        );
+        let rate_limit_new_sessions_per_ip_per_hour = r.parse::<u32>(
+            "RATE_LIMIT_NEW_SESSIONS_PER_IP_PER_HOUR",
+            100,
+            "a whole number (0 = no limit)",
+        );
+        let rate_limit_messages_per_ip_per_minute = r.parse::<u32>(
+            "RATE_LIMIT_MESSAGES_PER_IP_PER_MINUTE",
+            120,
+            "a whole number (0 = no limit)",
+        );
+        let rate_limit_uploads_per_ip_per_hour = r.parse::<u32>(
+            "RATE_LIMIT_UPLOADS_PER_IP_PER_HOUR",
+            240,
             "a whole number (0 = no limit)",
         );
         let reply_resume_ttl = r.seconds("REPLY_RESUME_TTL_SECONDS", 120.0);
@@ -402,6 +423,9 @@ impl Settings {
             redis_prefix,
             rate_limit_messages_per_minute,
             rate_limit_uploads_per_hour,
+            rate_limit_new_sessions_per_ip_per_hour,
+            rate_limit_messages_per_ip_per_minute,
+            rate_limit_uploads_per_ip_per_hour,
             reply_resume_ttl,
             disconnect_grace,
             shutdown_grace,

@@ -59,6 +59,19 @@ async fn upload_file(
         .map_err(ApiError::RateLimited)?;
     // Before the file is read: over quota, nothing is analysed or stored.
     state.chat.check_quota(&who.user).await?;
+    // A new cookie is a new user: anonymous uploads are limited per client
+    // address too.
+    if let (true, Some(client)) = (who.anonymous, who.client) {
+        let per_address = Limit {
+            count: settings.rate_limit_uploads_per_ip_per_hour,
+            window: std::time::Duration::from_secs(3600),
+        };
+        state
+            .limiter
+            .check(Bucket::AddressUploads, &client.to_string(), per_address)
+            .await
+            .map_err(ApiError::RateLimited)?;
+    }
     let max_mb = settings.max_file_size_mb;
     let too_large = || ApiError::TooLarge(format!("File too large. Max size is {max_mb} MB."));
     let mut upload = None;

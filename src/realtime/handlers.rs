@@ -72,17 +72,30 @@ async fn within_quota(state: &AppState, who: &SocketUser, sink: &dyn EventSink) 
     }
 }
 
-/// Refuses the event when the user is over the message rate limit.
+/// Refuses the event when the user (or, for anonymous users, the client
+/// address) is over the message rate limit.
 async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn EventSink) -> bool {
-    let limit = Limit {
-        count: state.chat.settings.rate_limit_messages_per_minute,
-        window: Duration::from_secs(60),
+    let settings = &state.chat.settings;
+    let minute = Duration::from_secs(60);
+    let per_user = Limit {
+        count: settings.rate_limit_messages_per_minute,
+        window: minute,
     };
-    match state
+    let mut checked = state
         .limiter
-        .check(Bucket::Messages, who.user.as_ref(), limit)
-        .await
-    {
+        .check(Bucket::Messages, who.user.as_ref(), per_user)
+        .await;
+    if let (Ok(()), true, Some(client)) = (checked, who.anonymous, who.client) {
+        let per_address = Limit {
+            count: settings.rate_limit_messages_per_ip_per_minute,
+            window: minute,
+        };
+        checked = state
+            .limiter
+            .check(Bucket::AddressMessages, &client.to_string(), per_address)
+            .await;
+    }
+    match checked {
         Ok(()) => true,
         Err(retry_after) => {
             emit_error(sink, &ApiError::RateLimited(retry_after), None);

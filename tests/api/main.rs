@@ -7,6 +7,7 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod abuse;
 mod accounts;
 mod azure;
 mod bad_input;

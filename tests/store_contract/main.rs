@@ -79,6 +79,7 @@ contract!(
         transfer_moves_conversations_with_messages_and_search_and_counts_them,
         first_only_sign_ups_at_once_on_two_stores_make_exactly_one_account_the_admin,
         open_sign_ups_at_once_on_two_stores_all_succeed_with_exactly_one_admin,
+        imported_accounts_keep_every_field_once_and_close_first_only_sign_up,
     ],
     identities: [
         a_new_identity_gets_an_account_without_a_password_and_keeps_it,
