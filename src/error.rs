@@ -32,6 +32,8 @@ pub enum ApiError {
     InvalidCredentials(&'static str),
     #[error("Token not found.")]
     TokenNotFound,
+    #[error("User not found.")]
+    UserNotFound,
     #[error("This account is disabled.")]
     Disabled,
     #[error("Sign-up is closed. Ask an administrator for an account.")]
@@ -45,6 +47,9 @@ pub enum ApiError {
     /// A state-changing request from another site (CSRF).
     #[error("Cross-site request refused.")]
     Forbidden,
+    /// An account without administrator rights on an administrator's route.
+    #[error("Only administrators may do this.")]
+    NotAdmin,
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -95,13 +100,14 @@ impl ApiError {
             ApiError::Invalid(_) | ApiError::NoConversation(_) | ApiError::Unsupported(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::NotFound | ApiError::AccountsDisabled | ApiError::TokenNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::NotFound
+            | ApiError::AccountsDisabled
+            | ApiError::TokenNotFound
+            | ApiError::UserNotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthenticated | ApiError::InvalidCredentials(_) => StatusCode::UNAUTHORIZED,
             ApiError::Disabled | ApiError::SignupClosed => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::NotAdmin => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy(_) => StatusCode::CONFLICT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -115,15 +121,16 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => "invalid",
             ApiError::NoConversation(_) => "no_conversation",
-            ApiError::NotFound | ApiError::AccountsDisabled | ApiError::TokenNotFound => {
-                "not_found"
-            }
+            ApiError::NotFound
+            | ApiError::AccountsDisabled
+            | ApiError::TokenNotFound
+            | ApiError::UserNotFound => "not_found",
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::InvalidCredentials(_) => "invalid_credentials",
             ApiError::Disabled => "disabled",
             ApiError::SignupClosed => "signup_closed",
             ApiError::Conflict(_) => "conflict",
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden | ApiError::NotAdmin => "forbidden",
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unsupported(_) => "unsupported",
             ApiError::Busy(_) => "busy",

@@ -1,5 +1,6 @@
-//! Extractors shared by the routes: the session's user, the client's
-//! address, and JSON bodies whose rejections speak the app's error shape.
+//! Extractors shared by the routes: the session's user, the account, the
+//! administrator, the client's address, and JSON bodies whose rejections
+//! speak the app's error shape.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -12,6 +13,7 @@ use crate::domain::{ConversationId, UserId};
 use crate::error::ApiError;
 use crate::sessions;
 use crate::state::AppState;
+use crate::store::accounts::Account;
 
 /// The request's session (the session layer puts it there).
 async fn session_of(parts: &mut Parts, state: &AppState) -> Result<Session, ApiError> {
@@ -38,15 +40,40 @@ impl FromRequestParts<AppState> for SessionUser {
         let session = session_of(parts, state).await?;
         let user = if let Some(token) = bearer_token(&parts.headers) {
             state.token_user(token).await?
-        } else if state.chat.settings.auth.allow_anonymous {
-            sessions::ensure_user(&session).await?
         } else {
-            sessions::signed_in(&session)
-                .await?
-                .ok_or(ApiError::Unauthenticated)?
+            match signed_in_account(state, &session).await? {
+                Some(user) => user,
+                None if state.chat.settings.auth.allow_anonymous => {
+                    sessions::ensure_user(&session).await?
+                }
+                None => return Err(ApiError::Unauthenticated),
+            }
         };
         Ok(Self { user, session })
     }
+}
+
+/// The account the session is signed in to, if any. An account that is
+/// gone or disabled ends the session here and answers 401, even if its
+/// session survived being ended (a second line of defence: disabling an
+/// account ends its sessions). Without accounts (`AUTH_MODE=none`) no
+/// session is signed in.
+async fn signed_in_account(
+    state: &AppState,
+    session: &Session,
+) -> Result<Option<UserId>, ApiError> {
+    if !state.chat.settings.auth.accounts() {
+        return Ok(None);
+    }
+    let Some(user) = sessions::signed_in(session).await? else {
+        return Ok(None);
+    };
+    if let Err(refused) = state.require_active(&user).await {
+        tracing::info!(user = %user, "session of a disabled account ended");
+        sessions::sign_out(session).await?;
+        return Err(refused);
+    }
+    Ok(Some(user))
 }
 
 /// A person with an account: the bearer of one of its access tokens, or a
@@ -64,10 +91,35 @@ impl FromRequestParts<AppState> for AccountUser {
             return state.token_user(token).await.map(Self);
         }
         let session = session_of(parts, state).await?;
-        sessions::signed_in(&session)
+        signed_in_account(state, &session)
             .await?
             .map(Self)
             .ok_or(ApiError::Unauthenticated)
+    }
+}
+
+/// An administrator: a person with an account (as [`AccountUser`]) that
+/// has administrator rights, as the store says now (not a remembered
+/// answer). Without accounts on the server: 404 as every account route;
+/// without an account: 401; an account that is not an administrator: 403
+/// `forbidden`.
+pub struct AdminUser(pub Account);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        state.require_accounts()?;
+        let AccountUser(user) = AccountUser::from_request_parts(parts, state).await?;
+        match state.accounts.account(&user).await? {
+            Some(account) if account.disabled => Err(ApiError::Unauthenticated),
+            Some(account) if account.is_admin => Ok(Self(account)),
+            Some(_) => Err(ApiError::NotAdmin),
+            None => Err(ApiError::Unauthenticated),
+        }
     }
 }
 

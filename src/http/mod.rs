@@ -1,5 +1,6 @@
 //! The HTTP routes, one router per resource, merged here.
 
+pub mod admin;
 pub mod auth;
 pub mod bodies;
 pub mod conversations;
@@ -27,6 +28,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(conversations::router())
         .merge(auth::router())
         .merge(tokens::router())
+        .merge(admin::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files::router(state.chat.settings.max_file_size_bytes))

@@ -92,7 +92,8 @@ async fn check_origin<A: Adapter>(
     }
 }
 
-/// The socket acts as the user of the session its handshake carried.
+/// The socket acts as the user of the session its handshake carried (or
+/// of its access token).
 async fn identify<A: Adapter>(
     socket: SocketRef<A>,
     MaybeHttpExtension(session): MaybeHttpExtension<Session>,
@@ -105,17 +106,19 @@ async fn identify<A: Adapter>(
             tracing::info!(socket = %socket.id, "socket refused: unknown access token");
             Refused("The access token is not valid.")
         })?;
-        accept(&socket, &state, user, session);
+        accept(&socket, &state, user, session, true);
         return Ok(());
     }
-    let user = match &session {
-        Some(session) if session.id().is_some() => {
-            let read = if anonymous_allowed {
-                sessions::existing_user(session).await
-            } else {
-                sessions::signed_in(session).await
-            };
-            read.map_err(|err| {
+    let stored = session.as_ref().filter(|session| session.id().is_some());
+    if let Some(session) = stored {
+        if let Some(user) = signed_in_account(&socket, &state, session).await? {
+            accept(&socket, &state, user, Some(session.clone()), true);
+            return Ok(());
+        }
+    }
+    let user = match stored {
+        Some(session) if anonymous_allowed => {
+            sessions::existing_user(session).await.map_err(|err| {
                 tracing::warn!(error = %err, "could not read the socket's session");
                 Refused("The session could not be read. Please try again.")
             })?
@@ -133,19 +136,67 @@ async fn identify<A: Adapter>(
             return Err(Refused("Sign in to continue."));
         }
     };
-    accept(&socket, &state, user, session);
+    accept(&socket, &state, user, session, false);
     Ok(())
 }
 
-/// Joins the user's room and registers the event handlers.
+/// The account the handshake's session is signed in to, if any (always
+/// `None` without accounts). A disabled account is refused.
+///
+/// The socket joins the account's room before its session is read again:
+/// a sign-out everywhere ends the sessions and then disconnects the room,
+/// so a socket connecting meanwhile either finds its session gone here or
+/// is in the room in time to be disconnected.
+async fn signed_in_account<A: Adapter>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    session: &Session,
+) -> Result<Option<UserId>, Refused> {
+    if !state.chat.settings.auth.accounts() {
+        return Ok(None);
+    }
+    let unreadable = |err: tower_sessions::session::Error| {
+        tracing::warn!(error = %err, "could not read the socket's session");
+        Refused("The session could not be read. Please try again.")
+    };
+    let Some(user) = sessions::signed_in(session).await.map_err(unreadable)? else {
+        return Ok(None);
+    };
+    if state.require_active(&user).await.is_err() {
+        tracing::info!(socket = %socket.id, "socket refused: account disabled");
+        return Err(Refused("Sign in to continue."));
+    }
+    let room = user_room(&user);
+    socket.join(room.clone());
+    session.load().await.map_err(unreadable)?;
+    if sessions::signed_in(session)
+        .await
+        .map_err(unreadable)?
+        .as_ref()
+        != Some(&user)
+    {
+        socket.leave(room);
+        tracing::info!(socket = %socket.id, "socket refused: its session has just ended");
+        return Err(Refused("Sign in to continue."));
+    }
+    Ok(Some(user))
+}
+
+/// Joins the user's room and registers the event handlers; `account`: the
+/// user is an account (each event checks it may still act).
 fn accept<A: Adapter>(
     socket: &SocketRef<A>,
     state: &AppState,
     user: UserId,
     session: Option<Session>,
+    account: bool,
 ) {
     socket.join(user_room(&user));
-    socket.extensions.insert(SocketUser { user, session });
+    socket.extensions.insert(SocketUser {
+        user,
+        session,
+        account,
+    });
     state
         .chat
         .metrics

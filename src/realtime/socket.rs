@@ -14,6 +14,9 @@ use crate::domain::UserId;
 pub struct SocketUser {
     pub user: UserId,
     pub session: Option<Session>,
+    /// The user is an account (a signed-in session or an access token):
+    /// each event checks it is still allowed to act.
+    pub account: bool,
 }
 
 /// Waits until socketioxide has marked the socket connected. It runs the

@@ -45,8 +45,17 @@ const CONVERSATION_KEY: &str = "conversation_id";
 /// How the session's user signed in (`local`); absent for anonymous users.
 const AUTH_KEY: &str = "auth";
 
+/// The account a stored session is signed in to: what every store indexes
+/// it by, so that [`Sessions::revoke_user`] finds it. `None` for an
+/// anonymous browser's session.
+pub(crate) fn account_of(record: &Record) -> Option<&str> {
+    record.data.get(AUTH_KEY)?;
+    record.data.get(USER_KEY)?.as_str()
+}
+
 /// Where sessions are kept: in Redis with several instances, else beside
-/// the conversations.
+/// the conversations. Cheap to clone (each store is a handle).
+#[derive(Clone)]
 pub enum Sessions {
     Sqlite(SqliteSessionStore),
     Mongo(MongoSessionStore),
@@ -64,14 +73,37 @@ impl Sessions {
         .map_err(|e| anyhow::anyhow!("reading sessions: {e}"))
     }
 
-    /// Writes a session as it is.
+    /// Writes a session as it is (stored already or not).
     pub async fn save(&self, record: &Record) -> anyhow::Result<()> {
         match self {
-            Sessions::Sqlite(store) => store.save(record).await,
-            Sessions::Mongo(store) => store.save(record).await,
-            Sessions::Redis(store) => store.save(record).await,
+            Sessions::Sqlite(store) => store.copy(record).await,
+            Sessions::Mongo(store) => store.copy(record).await,
+            Sessions::Redis(store) => store.copy(record).await,
         }
         .map_err(|e| anyhow::anyhow!("writing sessions: {e}"))
+    }
+
+    /// Ends every session signed in to `user` (sign out everywhere, or an
+    /// administrator disabled the account); returns how many. A request
+    /// of one of them that is still running cannot bring it back: the
+    /// stores write an existing session only while it is stored.
+    pub async fn revoke_user(&self, user: &UserId) -> anyhow::Result<u64> {
+        match self {
+            Sessions::Sqlite(store) => store
+                .revoke_user(user)
+                .await
+                .map(|count| count as u64)
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            Sessions::Mongo(store) => store
+                .revoke_user(user)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            Sessions::Redis(store) => store
+                .revoke_user(user)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}")),
+        }
+        .context("ending the account's sessions")
     }
 
     /// Puts the session layer around `router` (its cookie signed when

@@ -1,6 +1,8 @@
 //! Sessions in the embedded SQLite database: `SqliteSessionStore`, the
 //! `sessions` table of the conversations' file (created with the rest of the
-//! schema in `store::sqlite`), so a restart does not log anyone out.
+//! schema in `store::sqlite`), so a restart does not log anyone out. A
+//! signed-in session's row names its account (`user_id`, indexed), so all of
+//! an account's sessions can be ended at once.
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
@@ -8,6 +10,8 @@ use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
+use super::account_of;
+use crate::domain::UserId;
 use crate::store::sqlite::SqliteDb;
 use crate::store::StoreError;
 
@@ -59,6 +63,44 @@ impl SqliteSessionStore {
         Ok(records)
     }
 
+    /// Writes a session as it is, whether or not it is stored already (for
+    /// copying between backends).
+    pub async fn copy(&self, record: &Record) -> session_store::Result<()> {
+        self.write(record, WRITE_ANY).await.map(|_| ())
+    }
+
+    /// Deletes every session signed in to `user`; returns how many.
+    pub async fn revoke_user(&self, user: &UserId) -> Result<usize, StoreError> {
+        let user = user.to_string();
+        self.db
+            .call(move |conn| {
+                conn.execute("DELETE FROM sessions WHERE user_id = ?1", params![user])
+                    .map_err(|e| StoreError::Backend(e.into()))
+            })
+            .await
+    }
+
+    /// Runs `statement` (one of the `WRITE_` ones) for `record`; the number
+    /// of rows written.
+    async fn write(
+        &self,
+        record: &Record,
+        statement: &'static str,
+    ) -> session_store::Result<usize> {
+        let data = serde_json::to_string(&record.data)
+            .map_err(|e| session_store::Error::Encode(e.to_string()))?;
+        let (id, expires) = (record.id.to_string(), record.expiry_date.unix_timestamp());
+        let user = account_of(record).map(str::to_string);
+        self.db
+            .call(move |conn| {
+                conn.prepare_cached(statement)
+                    .and_then(|mut stmt| stmt.execute(params![id, data, expires, user]))
+                    .map_err(|e| StoreError::Backend(e.into()))
+            })
+            .await
+            .map_err(store_error)
+    }
+
     /// Removes expired sessions; returns how many.
     pub async fn delete_expired(&self) -> Result<usize, StoreError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -71,6 +113,18 @@ impl SqliteSessionStore {
     }
 }
 
+/// A new session; nothing when the id is taken.
+const WRITE_NEW: &str =
+    "INSERT OR IGNORE INTO sessions (id, data, expires_at, user_id) VALUES (?1, ?2, ?3, ?4)";
+/// A session that is stored; nothing when it is not (any more).
+const WRITE_EXISTING: &str =
+    "UPDATE sessions SET data = ?2, expires_at = ?3, user_id = ?4 WHERE id = ?1";
+/// A session, stored or not.
+const WRITE_ANY: &str =
+    "INSERT INTO sessions (id, data, expires_at, user_id) VALUES (?1, ?2, ?3, ?4) \
+     ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at, \
+     user_id = excluded.user_id";
+
 fn store_error(err: StoreError) -> session_store::Error {
     session_store::Error::Backend(err.to_string())
 }
@@ -81,21 +135,7 @@ impl SessionStore for SqliteSessionStore {
         // Ids are 128 random bits; a collision is astronomically unlikely, but
         // a new id on conflict costs nothing and never overwrites a session.
         for _ in 0..4 {
-            let data = serde_json::to_string(&record.data)
-                .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-            let (id, expires) = (record.id.to_string(), record.expiry_date.unix_timestamp());
-            let inserted = self
-                .db
-                .call(move |conn| {
-                    conn.prepare_cached(
-                        "INSERT OR IGNORE INTO sessions (id, data, expires_at) VALUES (?1, ?2, ?3)",
-                    )
-                    .and_then(|mut stmt| stmt.execute(params![id, data, expires]))
-                    .map_err(|e| StoreError::Backend(e.into()))
-                })
-                .await
-                .map_err(store_error)?;
-            if inserted == 1 {
+            if self.write(record, WRITE_NEW).await? == 1 {
                 return Ok(());
             }
             record.id = Id::default();
@@ -106,21 +146,10 @@ impl SessionStore for SqliteSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let data = serde_json::to_string(&record.data)
-            .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-        let (id, expires) = (record.id.to_string(), record.expiry_date.unix_timestamp());
-        self.db
-            .call(move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO sessions (id, data, expires_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
-                )
-                .and_then(|mut stmt| stmt.execute(params![id, data, expires]))
-                .map_err(|e| StoreError::Backend(e.into()))
-            })
-            .await
-            .map_err(store_error)?;
-        Ok(())
+        // Only a session that is still stored: a request that began before
+        // its session was ended (signed out, everywhere or here) must not
+        // bring it back when it finishes.
+        self.write(record, WRITE_EXISTING).await.map(|_| ())
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {

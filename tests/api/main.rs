@@ -27,6 +27,7 @@ mod save_history;
 mod search;
 mod sessions;
 mod shutdown;
+mod signout_everywhere;
 mod startup;
 mod stop_generation;
 mod tokens;

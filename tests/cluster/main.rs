@@ -8,6 +8,7 @@
 //! `nginx`). `TEST_LOG=1` prints the instances' output as it comes.
 
 mod harness;
+mod signout;
 
 use std::time::{Duration, Instant};
 

@@ -76,5 +76,8 @@ contract!(
         transfer_moves_conversations_with_messages_and_search_and_counts_them,
         first_only_sign_ups_at_once_on_two_stores_make_exactly_one_account_the_admin,
         open_sign_ups_at_once_on_two_stores_all_succeed_with_exactly_one_admin,
+        accounts_are_listed_oldest_first_in_pages,
+        disabling_and_enabling_changes_that_account_only,
+        admin_rights_are_given_and_taken_for_that_account_only,
     ],
 );
