@@ -86,7 +86,7 @@ impl Sessions {
     /// Ends every session signed in to `user` (sign out everywhere, or an
     /// administrator disabled the account); returns how many. A request
     /// of one of them that is still running cannot bring it back: the
-    /// stores write an existing session only while it is stored.
+    /// stores save a signed-in session only while it is stored.
     pub async fn revoke_user(&self, user: &UserId) -> anyhow::Result<u64> {
         match self {
             Sessions::Sqlite(store) => store

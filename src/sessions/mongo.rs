@@ -153,14 +153,15 @@ impl SessionStore for MongoSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        // No upsert: a request that began before its session was ended
-        // (signed out, everywhere or here) must not bring it back when it
-        // finishes.
+        // A signed-in session only while it is still stored (no upsert): a
+        // request that began before it was ended (signed out, here or
+        // everywhere) must not bring it back when it finishes.
         self.sessions
             .update_one(
                 doc! {"_id": record.id.to_string()},
                 doc! {"$set": session_fields(record)?},
             )
+            .upsert(account_of(record).is_none())
             .await
             .map_err(|e| session_error(&self.redactor, e))?;
         Ok(())

@@ -48,7 +48,7 @@ return 1
 enum Mode {
     /// Only a new one (never overwrites another session).
     New,
-    /// Only one that is still stored.
+    /// Only one that is still stored (a signed-in session's save).
     Existing,
     /// Either.
     Any,
@@ -190,9 +190,15 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        // XX: a request that began before its session was ended (signed
-        // out, everywhere or here) must not bring it back when it finishes.
-        self.write(record, Mode::Existing).await.map(|_| ())
+        // A signed-in session only while it is still stored (XX): a request
+        // that began before it was ended (signed out, here or everywhere)
+        // must not bring it back when it finishes.
+        let mode = if account_of(record).is_some() {
+            Mode::Existing
+        } else {
+            Mode::Any
+        };
+        self.write(record, mode).await.map(|_| ())
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {

@@ -146,10 +146,15 @@ impl SessionStore for SqliteSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        // Only a session that is still stored: a request that began before
-        // its session was ended (signed out, everywhere or here) must not
-        // bring it back when it finishes.
-        self.write(record, WRITE_EXISTING).await.map(|_| ())
+        // A signed-in session only while it is still stored: a request that
+        // began before it was ended (signed out, here or everywhere) must
+        // not bring it back when it finishes.
+        let statement = if account_of(record).is_some() {
+            WRITE_EXISTING
+        } else {
+            WRITE_ANY
+        };
+        self.write(record, statement).await.map(|_| ())
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
@@ -193,5 +198,54 @@ impl SessionStore for SqliteSessionStore {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sessions_stored_before_the_account_column_are_found_by_their_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let account = UserId::new();
+        let later = OffsetDateTime::now_utc().unix_timestamp() + 3600;
+        {
+            // The sessions table as it was before accounts were indexed.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE sessions (id TEXT PRIMARY KEY, data TEXT NOT NULL, expires_at INTEGER NOT NULL);",
+            )
+            .unwrap();
+            let signed_in = serde_json::json!({"user_id": account.as_ref(), "auth": "local"});
+            let anonymous = serde_json::json!({"user_id": account.as_ref()});
+            for data in [signed_in, anonymous] {
+                conn.execute(
+                    "INSERT INTO sessions (id, data, expires_at) VALUES (?1, ?2, ?3)",
+                    params![Id::default().to_string(), data.to_string(), later],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteSessionStore::new(SqliteDb::open(&path).unwrap());
+
+        assert_eq!(store.revoke_user(&account).await.unwrap(), 1);
+
+        let left: Vec<String> = store
+            .live_records()
+            .await
+            .unwrap()
+            .iter()
+            .map(|record| {
+                record
+                    .data
+                    .get("auth")
+                    .cloned()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(left, vec!["null"], "the anonymous session is kept");
     }
 }

@@ -1,5 +1,6 @@
-//! The `ConversationStore` contract (`checks`) and the `AccountStore`
-//! contract (`accounts`), each written once and run against every backend:
+//! The `ConversationStore` contract (`checks`), the `AccountStore`
+//! contract (`accounts`) and the session stores' signing out everywhere
+//! (`sessions`), each written once and run against every backend:
 //! SQLite on a temporary file, and MongoDB on a real SecantusDB server (a
 //! MongoDB wire-protocol server; `SECANTUSD_BIN` names its binary,
 //! `scripts/test.sh` installs it). One server serves the whole test binary,
@@ -21,6 +22,7 @@ mod fixture;
 mod migrate;
 mod mongo_only;
 mod server;
+mod sessions;
 mod tokens;
 
 /// One test per check and backend: `sqlite::<check>` and `mongo::<check>`,
@@ -79,5 +81,9 @@ contract!(
         accounts_are_listed_oldest_first_in_pages,
         disabling_and_enabling_changes_that_account_only,
         admin_rights_are_given_and_taken_for_that_account_only,
+    ],
+    sessions: [
+        an_accounts_sessions_end_together_and_stay_ended,
+        a_session_deleted_or_cycled_leaves_the_accounts_other_sessions_alone,
     ],
 );

@@ -239,6 +239,10 @@ impl AccountStore for MongoStore {
 
     async fn list_accounts(&self, limit: u32, offset: u32) -> StoreResult<Vec<Account>> {
         use futures_util::TryStreamExt;
+        // MongoDB reads a limit of 0 as "no limit".
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let docs: Vec<Document> = self
             .users
             .find(doc! {})
