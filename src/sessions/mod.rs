@@ -8,9 +8,11 @@
 //! [`open`] opens the conversation store and its sessions together;
 //! [`Sessions::apply`] puts the session layer around the router.
 //!
-//! The stores themselves: [`sqlite`], [`mongo`], [`redis`].
+//! The stores themselves: [`sqlite`], [`mongo`], [`redis`]; what they read
+//! from a session's data to index it by account: `record`.
 
 pub mod mongo;
+mod record;
 pub mod redis;
 pub mod sqlite;
 
@@ -34,24 +36,15 @@ use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::tokens::TokenStore;
 use crate::store::{Backend, ConversationStore};
 
+use self::record::{AUTH_KEY, USER_KEY};
+
 pub use self::mongo::MongoSessionStore;
 pub use self::redis::RedisSessionStore;
 pub use self::sqlite::SqliteSessionStore;
 
 /// Name of the session cookie.
 pub const COOKIE_NAME: &str = "chat_session";
-const USER_KEY: &str = "user_id";
 const CONVERSATION_KEY: &str = "conversation_id";
-/// How the session's user signed in (`local`); absent for anonymous users.
-const AUTH_KEY: &str = "auth";
-
-/// The account a stored session is signed in to: what every store indexes
-/// it by, so that [`Sessions::revoke_user`] finds it. `None` for an
-/// anonymous browser's session.
-pub(crate) fn account_of(record: &Record) -> Option<&str> {
-    record.data.get(AUTH_KEY)?;
-    record.data.get(USER_KEY)?.as_str()
-}
 
 /// Where sessions are kept: in Redis with several instances, else beside
 /// the conversations. Cheap to clone (each store is a handle).

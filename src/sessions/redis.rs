@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
-use super::account_of;
+use super::record::account_of;
 use crate::cluster::{timed, RedisConnections};
 use crate::domain::UserId;
 use crate::metrics::Histogram;

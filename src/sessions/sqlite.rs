@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
-use super::account_of;
+use super::record::account_of;
 use crate::domain::UserId;
 use crate::store::sqlite::SqliteDb;
 use crate::store::StoreError;
