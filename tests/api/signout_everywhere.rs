@@ -581,6 +581,15 @@ async fn hostile_admin_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(status, 413, "{huge}");
     assert_eq!(huge["error"], "too_large");
     assert_eq!(huge["message"], "The request body is too large.");
+    let cross_site = admin
+        .send(
+            reqwest::Client::new()
+                .patch(admin.url(&bob_path))
+                .header("origin", "https://evil.example")
+                .json(&json!({"disabled": true})),
+        )
+        .await;
+    cross_site.assert_error(403, "forbidden", "Cross-site request refused.");
     for query in ["limit=abc", "limit=5000", "offset=-1", "limit=1.5"] {
         let response = admin.get(&format!("/admin/users?{query}")).await;
         assert_eq!(response.status, 400, "{query}: {}", response.text);
