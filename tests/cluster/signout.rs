@@ -122,3 +122,76 @@ async fn an_account_disabled_on_a_loses_its_sockets_and_sessions_on_b() {
     assert_signed_out(&bob, &cluster).await;
     assert_socket_alive(&mut admin_on_b).await;
 }
+
+/// The Redis session store itself (its Lua write and the per-account index) on this test's own
+/// Redis, as the store contract checks SQLite and MongoDB: what the cluster relies on when a
+/// person signs out everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sessions_of_an_account_end_together_and_stay_ended() {
+    use std::collections::HashMap;
+
+    use fred::interfaces::{KeysInterface, SortedSetsInterface};
+    use llm_chat_server::cluster::RedisConnections;
+    use llm_chat_server::domain::UserId;
+    use llm_chat_server::sessions::{RedisSessionStore, Sessions};
+    use tower_sessions::session::{Id, Record};
+    use tower_sessions::session_store::SessionStore;
+
+    let redis = crate::harness::Redis::start();
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let latency = llm_chat_server::metrics::Metrics::default().redis_latency;
+    let connections = RedisConnections::connect(&redis.url(), &prefix, latency)
+        .await
+        .expect("Redis");
+    let store = RedisSessionStore::new(&connections);
+    let sessions = Sessions::Redis(store.clone());
+    let record = |data: Value| Record {
+        id: Id::default(),
+        data: serde_json::from_value::<HashMap<String, Value>>(data).unwrap(),
+        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+    };
+    let (ann, bob) = (UserId::new(), UserId::new());
+    let signed_in = |user: &UserId| record(json!({"user_id": user.as_ref(), "auth": "local"}));
+    let (mut laptop, mut phone, mut bobs) = (signed_in(&ann), signed_in(&ann), signed_in(&bob));
+    let mut anonymous = record(json!({"user_id": ann.as_ref()}));
+    for record in [&mut laptop, &mut phone, &mut bobs, &mut anonymous] {
+        store.create(record).await.unwrap();
+    }
+    let index = format!("{prefix}:sessions-of:{ann}");
+    let ttl: i64 = connections.client.ttl(&index).await.unwrap();
+    assert!(
+        (3590..=3600).contains(&ttl),
+        "the index expires with its sessions: {ttl}"
+    );
+    // A session deleted (a plain sign-out, a new id at sign-in) leaves the index.
+    let mut cycled = signed_in(&ann);
+    store.create(&mut cycled).await.unwrap();
+    store.delete(&cycled.id).await.unwrap();
+    let members: i64 = connections.client.zcard(&index).await.unwrap();
+    assert_eq!(members, 2, "the laptop's and the phone's sessions");
+
+    let ended = sessions.revoke_user(&ann).await.unwrap();
+
+    assert_eq!(
+        ended, 2,
+        "only the laptop's and the phone's sessions were listed"
+    );
+    let loaded = |id: Id| {
+        let store = store.clone();
+        async move { store.load(&id).await.unwrap().is_some() }
+    };
+    assert!(!loaded(laptop.id).await && !loaded(phone.id).await);
+    assert!(loaded(bobs.id).await, "another account's session ended");
+    assert!(loaded(anonymous.id).await, "an anonymous session ended");
+    // A request that loaded the laptop's session before it ended writes it back: it stays ended.
+    laptop.data.insert("conversation_id".into(), json!("c1"));
+    store.save(&laptop).await.unwrap();
+    assert!(!loaded(laptop.id).await, "an ended session came back");
+    // An anonymous session is still saved as it is, stored or not (as before).
+    let fresh = record(json!({"user_id": "someone"}));
+    store.save(&fresh).await.unwrap();
+    assert!(loaded(fresh.id).await);
+    assert_eq!(sessions.revoke_user(&ann).await.unwrap(), 0);
+    assert_eq!(sessions.revoke_user(&bob).await.unwrap(), 1);
+    assert!(!loaded(bobs.id).await);
+}
