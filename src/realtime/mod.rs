@@ -27,6 +27,7 @@ pub use socket::SocketUser;
 
 use crate::auth::bearer_token;
 use crate::domain::UserId;
+use crate::error::ApiError;
 use crate::events;
 use crate::notify::user_room;
 use crate::sessions;
@@ -162,9 +163,16 @@ async fn signed_in_account<A: Adapter>(
     let Some(user) = sessions::signed_in(session).await.map_err(unreadable)? else {
         return Ok(None);
     };
-    if state.require_active(&user).await.is_err() {
-        tracing::info!(socket = %socket.id, "socket refused: account disabled");
-        return Err(Refused("Sign in to continue."));
+    match state.require_active(&user).await {
+        Ok(()) => {}
+        Err(ApiError::Unauthenticated) => {
+            tracing::info!(socket = %socket.id, "socket refused: account disabled");
+            return Err(Refused("Sign in to continue."));
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "could not check the socket's account");
+            return Err(Refused("The session could not be read. Please try again."));
+        }
     }
     let room = user_room(&user);
     socket.join(room.clone());
