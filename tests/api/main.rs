@@ -31,6 +31,7 @@ mod search;
 mod sessions;
 mod shutdown;
 mod slow_clients;
+mod signout_everywhere;
 mod startup;
 mod stop_generation;
 mod tokens;
