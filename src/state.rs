@@ -12,9 +12,7 @@ use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::{self, Sessions};
-use crate::store::accounts::{
-    Account, AccountStore, ActiveAccounts, External, ExternalIdentity,
-};
+use crate::store::accounts::{Account, AccountStore, ActiveAccounts, External, ExternalIdentity};
 use crate::store::tokens::TokenStore;
 use crate::turn::Chat;
 

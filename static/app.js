@@ -83,6 +83,7 @@
     accountUsage: byId('account-usage'),
     accountUsageText: byId('account-usage-text'),
     changePassword: byId('change-password-button'),
+    adminLink: byId('admin-link'),
     signOut: byId('sign-out-button'),
     signOutEverywhere: byId('sign-out-everywhere-button'),
     authDialog: byId('auth-dialog'),
@@ -1662,6 +1663,7 @@
     els.accountWho.textContent = (name ? name + ' <' + email + '>' : email) + (me.is_admin ? ' (administrator)' : '');
     els.passwordUsername.value = email;
     els.changePassword.hidden = !localOn();
+    els.adminLink.hidden = !me.is_admin;
     refreshUsage();
   }
 

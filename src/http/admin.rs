@@ -10,9 +10,13 @@
 
 use std::collections::HashMap;
 
+use askama::Template;
+use askama_web::WebTemplate;
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -23,11 +27,36 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::turn::stop_everywhere;
+use crate::turn::{effective_quota, today};
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/admin", get(admin_page))
         .route("/admin/users", get(list_users))
         .route("/admin/users/{user_id}", axum::routing::patch(update_user))
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "admin.html")]
+struct AdminPage {
+    asset_version: String,
+}
+
+/// `GET /admin`: the administration page (its script reads the routes
+/// below). Signed out: to the chat page, which asks to sign in; signed in
+/// without administrator rights: 403 with the app's error body.
+async fn admin_page(
+    State(state): State<AppState>,
+    admin: Result<AdminUser, ApiError>,
+) -> Result<Response, ApiError> {
+    match admin {
+        Ok(_) => Ok(AdminPage {
+            asset_version: state.asset_version.to_string(),
+        }
+        .into_response()),
+        Err(ApiError::Unauthenticated) => Ok(Redirect::to("/").into_response()),
+        Err(err) => Err(err),
+    }
 }
 
 /// An account as an administrator sees it (never its password hash).
@@ -54,10 +83,26 @@ impl From<&Account> for UserView {
     }
 }
 
-/// `{users: [...]}`.
+/// A listed account with its day: tokens spent today (UTC) and its quota.
+#[derive(Debug, Serialize)]
+pub struct ListedUser {
+    #[serde(flatten)]
+    pub user: UserView,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// The quota that applies (0: none).
+    pub quota_tokens_per_day: u64,
+    /// Whether an administrator set this account's own quota.
+    pub own_quota: bool,
+}
+
+/// `{date, default_quota_tokens_per_day, users: [...]}`.
 #[derive(Debug, Serialize)]
 pub struct UserList {
-    pub users: Vec<UserView>,
+    /// Today (UTC), the day of the usage figures.
+    pub date: String,
+    pub default_quota_tokens_per_day: u64,
+    pub users: Vec<ListedUser>,
 }
 
 /// `GET /admin/users?limit=&offset=`: the accounts, oldest first; `limit`
@@ -70,8 +115,33 @@ async fn list_users(
     let limit = query_number(&query, "limit", 100, 1000)?;
     let offset = query_number(&query, "offset", 0, u32::MAX)?;
     let accounts = state.accounts.list_accounts(limit, offset).await?;
+    let day = today();
+    let default = state.chat.settings.quota_tokens_per_day;
+    // One usage read per account, a few at a time.
+    let ids: Vec<UserId> = accounts.iter().map(|a| a.user_id.clone()).collect();
+    let standings: Vec<_> = futures_util::stream::iter(ids)
+        .map(|user| {
+            let usage = state.chat.usage.clone();
+            async move { usage.standing(&user, day).await }
+        })
+        .buffered(8)
+        .try_collect()
+        .await?;
+    let users = accounts
+        .iter()
+        .zip(standings)
+        .map(|(account, standing)| ListedUser {
+            user: UserView::from(account),
+            prompt_tokens: standing.used.prompt_tokens,
+            completion_tokens: standing.used.completion_tokens,
+            quota_tokens_per_day: effective_quota(default, standing.quota_override),
+            own_quota: standing.quota_override.is_some(),
+        })
+        .collect();
     Ok(Json(UserList {
-        users: accounts.iter().map(UserView::from).collect(),
+        date: day.to_string(),
+        default_quota_tokens_per_day: default,
+        users,
     }))
 }
 

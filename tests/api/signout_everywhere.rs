@@ -392,9 +392,20 @@ async fn the_admin_list_shows_every_account_oldest_first_in_pages() {
             "name",
             "is_admin",
             "disabled",
-            "created_at"
+            "created_at",
+            "prompt_tokens",
+            "completion_tokens",
+            "quota_tokens_per_day",
+            "own_quota"
         ]
     );
+    // Nobody spent tokens yet, and no quota is set (QUOTA_TOKENS_PER_DAY=0).
+    for user in &all {
+        assert_eq!(user["prompt_tokens"], 0, "{user}");
+        assert_eq!(user["completion_tokens"], 0, "{user}");
+        assert_eq!(user["quota_tokens_per_day"], 0, "{user}");
+        assert_eq!(user["own_quota"], false, "{user}");
+    }
     assert_eq!(all[0]["is_admin"], true);
     assert_eq!(all[1]["is_admin"], false);
     assert_eq!(all[1]["email"], "bob@example.org");
@@ -637,4 +648,56 @@ async fn a_session_and_socket_of_an_account_disabled_behind_the_servers_back_sto
         app.llm.requests().is_empty(),
         "the disabled account's message reached the model"
     );
+}
+
+#[tokio::test]
+async fn the_admin_page_is_for_administrators_and_lists_usage_and_quotas() {
+    let app = spawn_app(&[
+        ("AUTH_MODE", "local"),
+        ("SIGNUP", "open"),
+        ("QUOTA_TOKENS_PER_DAY", "9000"),
+    ])
+    .await;
+    let (admin, _) = sign_up(&app, "root@example.org").await;
+    let (bob_browser, bob) = sign_up(&app, "bob@example.org").await;
+
+    let page = admin.get("/admin").await;
+    page.assert_status(200);
+    assert!(page.text.contains("<title>Administration"), "{}", page.text);
+    assert!(page.text.contains("/static/admin.js?v="), "{}", page.text);
+    bob_browser.get("/admin").await.assert_error(
+        403,
+        "forbidden",
+        "Only administrators may do this.",
+    );
+    let nobody = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(app.new_user_without_page().url("/admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nobody.status(), 303);
+    assert_eq!(nobody.headers()["location"], "/");
+
+    // Bob's own quota shows in the list beside the default of everyone else.
+    let path = format!("/admin/users/{}/quota", bob["user_id"].as_str().unwrap());
+    let request = reqwest::Client::new()
+        .put(admin.url(&path))
+        .json(&json!({"quota_tokens_per_day": 1234}));
+    admin.send(request).await.assert_status(200);
+    let listing = admin.get("/admin/users").await;
+    listing.assert_status(200);
+    assert_eq!(listing.json["default_quota_tokens_per_day"], 9000);
+    crate::helpers::timestamp(&json!(format!(
+        "{}T00:00:00Z",
+        listing.json["date"].as_str().unwrap()
+    )));
+    let users = listing.json["users"].as_array().unwrap();
+    assert_eq!(users[0]["quota_tokens_per_day"], 9000);
+    assert_eq!(users[0]["own_quota"], false);
+    assert_eq!(users[1]["user_id"], bob["user_id"]);
+    assert_eq!(users[1]["quota_tokens_per_day"], 1234);
+    assert_eq!(users[1]["own_quota"], true);
 }
