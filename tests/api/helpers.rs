@@ -310,3 +310,22 @@ pub fn timestamp(value: &Value) -> chrono::DateTime<chrono::FixedOffset> {
     chrono::DateTime::parse_from_rfc3339(text)
         .unwrap_or_else(|error| panic!("{text:?} is not RFC 3339: {error}"))
 }
+
+/// The password of the accounts the tests sign up.
+pub const PASSWORD: &str = "correct horse battery";
+
+impl TestApp {
+    /// A new browser that signed up as `email` (with [`PASSWORD`]), and the
+    /// `POST /auth/signup` answer (`{user_id, email, name, is_admin, auth}`).
+    pub async fn signed_up(&self, email: &str) -> (User, Value) {
+        let browser = self.new_user_without_page();
+        let response = browser
+            .post_json(
+                "/auth/signup",
+                serde_json::json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        response.assert_status(201);
+        (browser, response.json)
+    }
+}

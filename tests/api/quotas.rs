@@ -14,8 +14,6 @@ use testkit::fake_llm::{Behaviour, Gate, Usage};
 
 use crate::helpers::{spawn_app, TestApp, User, EVENT_TIMEOUT, TURN_TIMEOUT};
 
-const PASSWORD: &str = "correct horse battery";
-
 fn today() -> String {
     Utc::now().date_naive().to_string()
 }
@@ -50,19 +48,6 @@ async fn put_quota(user: &User, user_id: &str, body: Value) -> ApiResponse {
         .put(user.url(&format!("/admin/users/{user_id}/quota")))
         .json(&body);
     user.send(request).await
-}
-
-async fn account(app: &TestApp, email: &str) -> (User, String) {
-    let browser = app.new_user_without_page();
-    let response = browser
-        .post_json(
-            "/auth/signup",
-            json!({"email": email, "password": PASSWORD}),
-        )
-        .await;
-    response.assert_status(201);
-    let user_id = response.json["user_id"].as_str().unwrap().to_owned();
-    (browser, user_id)
 }
 
 /// Sends `message` and waits for the turn's end, asserting it succeeded.
@@ -453,4 +438,10 @@ async fn a_summary_of_older_turns_counts_too() {
         "a summary, then the reply"
     );
     assert_eq!(usage, (200, 20));
+}
+
+/// A new browser signed up as `email`, and its user id.
+async fn account(app: &TestApp, email: &str) -> (User, String) {
+    let (browser, me) = app.signed_up(email).await;
+    (browser, me["user_id"].as_str().unwrap().to_owned())
 }

@@ -12,26 +12,11 @@ use serde_json::{json, Value};
 use testkit::browser::ApiResponse;
 use testkit::sio::SioClient;
 
-use crate::helpers::{spawn_app, TestApp, User, EVENT_TIMEOUT, TURN_TIMEOUT};
-
-const PASSWORD: &str = "correct horse battery";
+use crate::helpers::{spawn_app, TestApp, User, EVENT_TIMEOUT, PASSWORD, TURN_TIMEOUT};
 
 /// A server with local accounts where anyone may sign up (the first account is the admin).
 async fn open_app() -> TestApp {
     spawn_app(&[("AUTH_MODE", "local"), ("SIGNUP", "open")]).await
-}
-
-/// A new browser signed up as `email`; its `/auth/signup` answer.
-async fn sign_up(app: &TestApp, email: &str) -> (User, Value) {
-    let browser = app.new_user_without_page();
-    let response = browser
-        .post_json(
-            "/auth/signup",
-            json!({"email": email, "password": PASSWORD}),
-        )
-        .await;
-    response.assert_status(201);
-    (browser, response.json)
 }
 
 /// A new browser signed in as `email`.
@@ -163,9 +148,9 @@ async fn store_of(app: &TestApp) -> Arc<dyn llm_chat_server::store::accounts::Ac
 #[tokio::test]
 async fn signing_out_everywhere_ends_every_session_and_socket_of_the_person_only() {
     let app = open_app().await;
-    let (laptop, _) = sign_up(&app, "ann@example.org").await;
+    let (laptop, _) = app.signed_up("ann@example.org").await;
     let phone = sign_in(&app, "ann@example.org").await;
-    let (bob, _) = sign_up(&app, "bob@example.org").await;
+    let (bob, _) = app.signed_up("bob@example.org").await;
     let mut laptop_socket = laptop.socket().await;
     let mut phone_socket = phone.socket().await;
     let mut bob_socket = bob.socket().await;
@@ -206,7 +191,7 @@ async fn signing_out_everywhere_ends_every_session_and_socket_of_the_person_only
 #[tokio::test]
 async fn a_plain_sign_out_still_ends_only_this_session() {
     let app = open_app().await;
-    let (laptop, _) = sign_up(&app, "ann@example.org").await;
+    let (laptop, _) = app.signed_up("ann@example.org").await;
     let phone = sign_in(&app, "ann@example.org").await;
     let mut laptop_socket = laptop.socket().await;
 
@@ -228,7 +213,7 @@ async fn a_plain_sign_out_still_ends_only_this_session() {
 #[tokio::test]
 async fn signing_out_everywhere_needs_an_account_and_leaves_access_tokens_working() {
     let app = open_app().await;
-    let (laptop, _) = sign_up(&app, "ann@example.org").await;
+    let (laptop, _) = app.signed_up("ann@example.org").await;
     let token = make_token(&laptop).await;
     let stranger = app.new_user_without_page();
 
@@ -252,7 +237,7 @@ async fn signing_out_everywhere_needs_an_account_and_leaves_access_tokens_workin
 #[tokio::test]
 async fn hostile_sign_out_bodies_get_a_clear_error_and_sign_nobody_out() {
     let app = open_app().await;
-    let (laptop, _) = sign_up(&app, "ann@example.org").await;
+    let (laptop, _) = app.signed_up("ann@example.org").await;
     let phone = sign_in(&app, "ann@example.org").await;
 
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
@@ -306,8 +291,8 @@ async fn hostile_sign_out_bodies_get_a_clear_error_and_sign_nobody_out() {
 #[tokio::test]
 async fn a_disabled_person_is_signed_out_everywhere_and_their_token_stops_until_enabled() {
     let app = open_app().await;
-    let (admin, _) = sign_up(&app, "root@example.org").await;
-    let (laptop, bob) = sign_up(&app, "bob@example.org").await;
+    let (admin, _) = app.signed_up("root@example.org").await;
+    let (laptop, bob) = app.signed_up("bob@example.org").await;
     let phone = sign_in(&app, "bob@example.org").await;
     let id = laptop.start_conversation().await;
     let token = make_token(&laptop).await;
@@ -374,9 +359,9 @@ async fn a_disabled_person_is_signed_out_everywhere_and_their_token_stops_until_
 #[tokio::test]
 async fn the_admin_list_shows_every_account_oldest_first_in_pages() {
     let app = open_app().await;
-    let (admin, root) = sign_up(&app, "root@example.org").await;
-    let (_, bob) = sign_up(&app, "bob@example.org").await;
-    let (_, cy) = sign_up(&app, "cy@example.org").await;
+    let (admin, root) = app.signed_up("root@example.org").await;
+    let (_, bob) = app.signed_up("bob@example.org").await;
+    let (_, cy) = app.signed_up("cy@example.org").await;
 
     let all = users(&admin).await;
     let second_page = admin.get("/admin/users?limit=2&offset=2").await;
@@ -419,8 +404,8 @@ async fn the_admin_list_shows_every_account_oldest_first_in_pages() {
 #[tokio::test]
 async fn an_admin_makes_another_admin_who_can_then_administer_and_be_demoted() {
     let app = open_app().await;
-    let (admin, _) = sign_up(&app, "root@example.org").await;
-    let (bob_browser, bob) = sign_up(&app, "bob@example.org").await;
+    let (admin, _) = app.signed_up("root@example.org").await;
+    let (bob_browser, bob) = app.signed_up("bob@example.org").await;
     bob_browser.get("/admin/users").await.assert_error(
         403,
         "forbidden",
@@ -451,7 +436,7 @@ async fn an_admin_makes_another_admin_who_can_then_administer_and_be_demoted() {
 #[tokio::test]
 async fn an_admin_cannot_disable_or_demote_themself() {
     let app = open_app().await;
-    let (admin, root) = sign_up(&app, "root@example.org").await;
+    let (admin, root) = app.signed_up("root@example.org").await;
     let path = user_path(&root["user_id"]);
 
     let disable = admin.patch_json(&path, json!({"disabled": true})).await;
@@ -479,8 +464,8 @@ async fn an_admin_cannot_disable_or_demote_themself() {
 #[tokio::test]
 async fn admin_routes_need_an_admin_and_do_not_exist_without_accounts() {
     let app = open_app().await;
-    let (_, root) = sign_up(&app, "root@example.org").await;
-    let (bob_browser, _) = sign_up(&app, "bob@example.org").await;
+    let (_, root) = app.signed_up("root@example.org").await;
+    let (bob_browser, _) = app.signed_up("bob@example.org").await;
     let bob_token = make_token(&bob_browser).await;
     let stranger = app.new_user_without_page();
     let plain = spawn_app(&[]).await;
@@ -521,8 +506,8 @@ async fn admin_routes_need_an_admin_and_do_not_exist_without_accounts() {
 #[tokio::test]
 async fn hostile_admin_input_gets_a_clear_error_and_changes_nothing() {
     let app = open_app().await;
-    let (admin, _) = sign_up(&app, "root@example.org").await;
-    let (bob_browser, bob) = sign_up(&app, "bob@example.org").await;
+    let (admin, _) = app.signed_up("root@example.org").await;
+    let (bob_browser, bob) = app.signed_up("bob@example.org").await;
     let bob_path = user_path(&bob["user_id"]);
     let before = users(&admin).await;
 
@@ -619,8 +604,8 @@ async fn hostile_admin_input_gets_a_clear_error_and_changes_nothing() {
 #[tokio::test]
 async fn a_session_and_socket_of_an_account_disabled_behind_the_servers_back_stop() {
     let app = open_app().await;
-    let (_admin, _) = sign_up(&app, "root@example.org").await;
-    let (laptop, bob) = sign_up(&app, "bob@example.org").await;
+    let (_admin, _) = app.signed_up("root@example.org").await;
+    let (laptop, bob) = app.signed_up("bob@example.org").await;
     let id = laptop.start_conversation().await;
     let mut socket = laptop.socket().await;
     assert_socket_alive(&mut socket).await;
@@ -658,8 +643,8 @@ async fn the_admin_page_is_for_administrators_and_lists_usage_and_quotas() {
         ("QUOTA_TOKENS_PER_DAY", "9000"),
     ])
     .await;
-    let (admin, _) = sign_up(&app, "root@example.org").await;
-    let (bob_browser, bob) = sign_up(&app, "bob@example.org").await;
+    let (admin, _) = app.signed_up("root@example.org").await;
+    let (bob_browser, bob) = app.signed_up("bob@example.org").await;
 
     let page = admin.get("/admin").await;
     page.assert_status(200);

@@ -8,20 +8,6 @@ use testkit::sio::SioClient;
 
 use crate::helpers::{spawn_app, TestApp, User, TURN_TIMEOUT};
 
-const PASSWORD: &str = "correct horse battery";
-
-async fn account(app: &TestApp, email: &str) -> User {
-    let browser = app.new_user_without_page();
-    let response = browser
-        .post_json(
-            "/auth/signup",
-            json!({"email": email, "password": PASSWORD}),
-        )
-        .await;
-    response.assert_status(201);
-    browser
-}
-
 async fn make_token(browser: &User, name: &str) -> (String, String) {
     let response = browser
         .post_json("/api/tokens", json!({"name": name}))
@@ -186,4 +172,9 @@ async fn token_requests_need_an_account_a_name_and_stay_under_the_limit() {
     );
     let listed = browser.get("/api/tokens").await;
     assert_eq!(listed.json["tokens"].as_array().unwrap().len(), 20);
+}
+
+/// A new browser signed up as `email`.
+async fn account(app: &TestApp, email: &str) -> User {
+    app.signed_up(email).await.0
 }
