@@ -1,6 +1,7 @@
 //! `llm-chat-server migrate --from sqlite --to mongodb` (or back): copies
-//! every conversation, every account and access token, and every live
-//! session between the two stores (conversations page by page, with a
+//! every conversation, every account with its access tokens, sign-in
+//! identities, token usage and quota, and every live session between the
+//! two stores (conversations page by page, with a
 //! progress bar on stderr) and prints a count at the end.
 //!
 //! Idempotent: a conversation already in the target (same user and id), an
@@ -33,6 +34,11 @@ pub struct Report {
     pub accounts_already_there: u64,
     pub tokens: u64,
     pub tokens_already_there: u64,
+    /// Links of single sign-on and proxy identities to accounts.
+    pub identities: u64,
+    /// Days of a user's token usage, and per-user quotas.
+    pub usage_days: u64,
+    pub quotas: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -40,7 +46,8 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "{} conversations read: {} copied, {} already there, {} too large for the target (left out); \
-             {} sessions copied; {} accounts copied, {} already there; {} access tokens copied, {} already there",
+             {} sessions copied; {} accounts copied, {} already there; {} access tokens copied, {} already there; \
+             {} sign-in identities, {} days of usage and {} quotas copied",
             self.conversations,
             self.inserted,
             self.already_there,
@@ -49,7 +56,10 @@ impl std::fmt::Display for Report {
             self.accounts,
             self.accounts_already_there,
             self.tokens,
-            self.tokens_already_there
+            self.tokens_already_there,
+            self.identities,
+            self.usage_days,
+            self.quotas
         )
     }
 }
@@ -99,7 +109,9 @@ pub async fn copy(
     Ok(report)
 }
 
-/// Copies every account, then every access token (after their owners).
+/// Copies every account, then what belongs to them: access tokens, links
+/// to sign-in identities, days of token usage and quotas (each left as it
+/// is when the target has it).
 pub async fn copy_accounts(
     from: &Backends,
     to: &Backends,
@@ -137,6 +149,51 @@ pub async fn copy_accounts(
             report.tokens += 1;
         } else {
             report.tokens_already_there += 1;
+        }
+    }
+    for identity in from
+        .accounts
+        .identities_for_copy()
+        .await
+        .context("reading sign-in identities")?
+    {
+        if to
+            .accounts
+            .import_identity(&identity)
+            .await
+            .with_context(|| format!("writing a sign-in identity of user {}", identity.user_id))?
+        {
+            report.identities += 1;
+        }
+    }
+    for day in from
+        .usage
+        .usage_for_copy()
+        .await
+        .context("reading token usage")?
+    {
+        if to
+            .usage
+            .import_usage(&day)
+            .await
+            .with_context(|| format!("writing the usage of user {}", day.user_id))?
+        {
+            report.usage_days += 1;
+        }
+    }
+    for (user, tokens_per_day) in from
+        .usage
+        .quotas_for_copy()
+        .await
+        .context("reading quotas")?
+    {
+        if to
+            .usage
+            .import_quota(&user, tokens_per_day)
+            .await
+            .with_context(|| format!("writing the quota of user {user}"))?
+        {
+            report.quotas += 1;
         }
     }
     Ok(())

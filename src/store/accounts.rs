@@ -73,6 +73,14 @@ pub struct ExternalIdentity {
     pub name: String,
 }
 
+/// An external identity's link to its account, as `migrate` copies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkedIdentity {
+    pub provider: String,
+    pub subject: String,
+    pub user_id: UserId,
+}
+
 /// What signing in with an external identity found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum External {
@@ -122,6 +130,14 @@ pub trait AccountStore: Send + Sync + 'static {
     /// account is left as it is). An imported account closes `first-only`
     /// sign-up like a created one.
     async fn import_account(&self, account: &Account) -> StoreResult<bool>;
+
+    /// Every external identity's link, by provider and subject, for
+    /// `migrate`.
+    async fn identities_for_copy(&self) -> StoreResult<Vec<LinkedIdentity>>;
+
+    /// Writes a link as it is, for `migrate`: `false` (and nothing
+    /// changes) when that identity is linked already.
+    async fn import_identity(&self, identity: &LinkedIdentity) -> StoreResult<bool>;
     /// At most `limit` accounts after the first `offset`, oldest first
     /// (ties by user id, so pages neither repeat nor skip one).
     async fn list_accounts(&self, limit: u32, offset: u32) -> StoreResult<Vec<Account>>;

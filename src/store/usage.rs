@@ -41,6 +41,14 @@ pub struct UserUsage {
     pub quota_override: Option<u64>,
 }
 
+/// One stored day of one user's usage, as `migrate` copies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub user_id: UserId,
+    pub day: NaiveDate,
+    pub used: DayUsage,
+}
+
 /// The day as it is stored: `YYYY-MM-DD`.
 pub fn day_key(day: NaiveDate) -> String {
     day.format("%Y-%m-%d").to_string()
@@ -60,4 +68,15 @@ pub trait UsageStore: Send + Sync + 'static {
     /// Every user who spent tokens on `day`, most tokens first (then by
     /// user id), at most `limit` of them.
     async fn usage_on(&self, day: NaiveDate, limit: u32) -> StoreResult<Vec<UserUsage>>;
+
+    /// Every stored day of every user, by user and day, for `migrate`.
+    async fn usage_for_copy(&self) -> StoreResult<Vec<UsageRecord>>;
+    /// Every per-user quota an admin set, by user, for `migrate`.
+    async fn quotas_for_copy(&self) -> StoreResult<Vec<(UserId, u64)>>;
+    /// Writes a day as it is, for `migrate`: `false` (and nothing changes)
+    /// when that user's day is there already.
+    async fn import_usage(&self, record: &UsageRecord) -> StoreResult<bool>;
+    /// Sets a user's quota, for `migrate`: `false` (and nothing changes)
+    /// when the user has one already.
+    async fn import_quota(&self, user: &UserId, tokens_per_day: u64) -> StoreResult<bool>;
 }

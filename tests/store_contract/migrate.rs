@@ -1,18 +1,23 @@
 //! `llm-chat-server migrate`: the real binary copies a SQLite database to
 //! MongoDB (SecantusDB), a second run copies nothing, and a user who comes
 //! back with their old cookie to a server on MongoDB sees their
-//! conversations; accounts and access tokens go both ways, once.
+//! conversations; accounts, access tokens, sign-in identities, token usage and
+//! quotas go both ways, once.
 
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::NaiveDate;
 use llm_chat_server::auth::{hash_password, new_token, token_hash};
 use llm_chat_server::domain::{ConversationId, Role, UserId};
 use llm_chat_server::sessions::sqlite::SqliteSessionStore;
-use llm_chat_server::store::accounts::{Account, AccountStore, Created, NewAccount, Signup};
+use llm_chat_server::store::accounts::{
+    Account, AccountStore, Created, External, ExternalIdentity, LinkedIdentity, NewAccount, Signup,
+};
 use llm_chat_server::store::mongo::MongoStore;
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
 use llm_chat_server::store::tokens::TokenStore;
+use llm_chat_server::store::usage::{DayUsage, UsageStore};
 use llm_chat_server::store::{ConversationStore, NewMessage};
 use testkit::server::{env_with_path, Env, ServerProcess};
 use tower_sessions::session::{Id, Record};
@@ -343,4 +348,108 @@ async fn migrate_copies_accounts_and_tokens_both_ways_once_and_they_keep_working
         Some(ann.user_id.clone())
     );
     assert_eq!(returned.tokens_for_copy().await.unwrap().len(), 3);
+}
+
+/// A proxy identity's account, signed in with an address its provider does not vouch for,
+/// so that finding it again on the target needs the copied link (not the email).
+fn unverified(subject: &str) -> ExternalIdentity {
+    ExternalIdentity {
+        provider: "oidc:corp".into(),
+        subject: subject.into(),
+        email: format!("{subject}@example.org"),
+        email_verified: false,
+        name: subject.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_sign_in_identities_usage_and_quotas_both_ways_once() {
+    let server = shared_server().await;
+    let (uri, database) = (server.uri(), database_name());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::new(SqliteDb::open(&dir.path().join("chat.db")).unwrap());
+    let External::Account(dee) = sqlite
+        .external_account(unverified("dee"), None)
+        .await
+        .unwrap()
+    else {
+        panic!("no account for dee");
+    };
+    let (monday, tuesday) = (
+        NaiveDate::from_ymd_opt(2026, 11, 30).unwrap(),
+        NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+    );
+    let spent = |prompt, completion| DayUsage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+    };
+    sqlite
+        .add_usage(&dee.user_id, monday, spent(120, 30))
+        .await
+        .unwrap();
+    sqlite
+        .add_usage(&dee.user_id, tuesday, spent(7, 5))
+        .await
+        .unwrap();
+    sqlite.set_quota(&dee.user_id, Some(4321)).await.unwrap();
+
+    let first = migrate_between(dir.path(), &uri, &database, "sqlite", "mongodb").await;
+    let second = migrate_between(dir.path(), &uri, &database, "sqlite", "mongodb").await;
+
+    assert!(
+        first.contains("1 sign-in identities, 2 days of usage and 1 quotas copied"),
+        "{first}"
+    );
+    assert!(
+        second.contains("0 sign-in identities, 0 days of usage and 0 quotas copied"),
+        "{second}"
+    );
+    let mongo = MongoStore::connect(&uri, &database).await.unwrap();
+    let External::Account(again) = mongo
+        .external_account(unverified("dee"), None)
+        .await
+        .unwrap()
+    else {
+        panic!("the link was not copied: the unverified email is refused");
+    };
+    assert!(same_account(&again, &dee), "{again:?} != {dee:?}");
+    let standing = mongo.standing(&dee.user_id, monday).await.unwrap();
+    assert_eq!(standing.used, spent(120, 30));
+    assert_eq!(standing.quota_override, Some(4321));
+    assert_eq!(
+        mongo.usage_for_copy().await.unwrap(),
+        sqlite.usage_for_copy().await.unwrap()
+    );
+
+    // And back to a new SQLite file, with a day spent on MongoDB meanwhile.
+    mongo
+        .add_usage(&dee.user_id, tuesday, spent(1, 1))
+        .await
+        .unwrap();
+    let back = tempfile::tempdir().unwrap();
+    let there = migrate_between(back.path(), &uri, &database, "mongodb", "sqlite").await;
+    assert!(
+        there.contains("1 sign-in identities, 2 days of usage and 1 quotas copied"),
+        "{there}"
+    );
+    let returned = SqliteStore::new(SqliteDb::open(&back.path().join("chat.db")).unwrap());
+    let External::Account(back_again) = returned
+        .external_account(unverified("dee"), None)
+        .await
+        .unwrap()
+    else {
+        panic!("the link did not come back");
+    };
+    assert!(same_account(&back_again, &dee), "{back_again:?} != {dee:?}");
+    let tuesday_back = returned.standing(&dee.user_id, tuesday).await.unwrap();
+    assert_eq!(tuesday_back.used, spent(8, 6));
+    assert_eq!(tuesday_back.quota_override, Some(4321));
+    assert_eq!(
+        returned.identities_for_copy().await.unwrap(),
+        vec![LinkedIdentity {
+            provider: "oidc:corp".into(),
+            subject: "dee".into(),
+            user_id: dee.user_id.clone(),
+        }]
+    );
 }

@@ -23,7 +23,7 @@ use super::base::{code, command_code, MongoStore};
 use super::documents::{from_bson_time, now, to_bson_time};
 use crate::domain::UserId;
 use crate::store::accounts::{
-    Account, AccountStore, Created, External, ExternalIdentity, NewAccount, Signup,
+    Account, AccountStore, Created, External, ExternalIdentity, LinkedIdentity, NewAccount, Signup,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -255,6 +255,34 @@ impl MongoStore {
 
 #[async_trait]
 impl AccountStore for MongoStore {
+    async fn identities_for_copy(&self) -> StoreResult<Vec<LinkedIdentity>> {
+        let links: Vec<Document> = self
+            .identities
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(links
+            .iter()
+            .filter_map(|d| {
+                let (provider, subject) = d.get_str("_id").ok()?.split_once('\n')?;
+                Some(LinkedIdentity {
+                    provider: provider.to_string(),
+                    subject: subject.to_string(),
+                    user_id: UserId::from_stored(d.get_str("user_id").ok()?.to_string()),
+                })
+            })
+            .collect())
+    }
+
+    async fn import_identity(&self, identity: &LinkedIdentity) -> StoreResult<bool> {
+        let key = format!("{}\n{}", identity.provider, identity.subject);
+        self.link_identity(&key, &identity.user_id).await
+    }
+
     async fn external_account(
         &self,
         identity: ExternalIdentity,

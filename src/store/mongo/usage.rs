@@ -12,7 +12,7 @@ use mongodb::bson::{doc, Bson, Document};
 
 use super::base::{code, command_code, MongoStore};
 use crate::domain::UserId;
-use crate::store::usage::{day_key, DayUsage, Standing, UsageStore, UserUsage};
+use crate::store::usage::{day_key, DayUsage, Standing, UsageRecord, UsageStore, UserUsage};
 use crate::store::StoreResult;
 
 fn usage_id(user: &UserId, day: &str) -> String {
@@ -162,6 +162,75 @@ impl UsageStore for MongoStore {
             row.quota_override = found.get(row.user_id.as_ref()).copied();
         }
         Ok(rows)
+    }
+
+    async fn usage_for_copy(&self) -> StoreResult<Vec<UsageRecord>> {
+        let docs: Vec<Document> = self
+            .usage
+            .find(doc! {})
+            .sort(doc! {"user_id": 1, "day": 1})
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| {
+                let user = d.get_str("user_id").ok()?;
+                let day = NaiveDate::parse_from_str(d.get_str("day").ok()?, "%Y-%m-%d").ok()?;
+                Some(UsageRecord {
+                    user_id: UserId::from_stored(user.to_string()),
+                    day,
+                    used: day_usage(d),
+                })
+            })
+            .collect())
+    }
+
+    async fn quotas_for_copy(&self) -> StoreResult<Vec<(UserId, u64)>> {
+        let docs: Vec<Document> = self
+            .quotas
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| {
+                let user = d.get_str("_id").ok()?;
+                Some((UserId::from_stored(user.to_string()), quota_of(d)?))
+            })
+            .collect())
+    }
+
+    async fn import_usage(&self, record: &UsageRecord) -> StoreResult<bool> {
+        let day = day_key(record.day);
+        let d = doc! {
+            "_id": usage_id(&record.user_id, &day),
+            "user_id": record.user_id.as_ref(),
+            "day": &day,
+            "prompt_tokens": to_bson(record.used.prompt_tokens),
+            "completion_tokens": to_bson(record.used.completion_tokens),
+            "total_tokens": to_bson(record.used.total()),
+        };
+        match self.usage.insert_one(d).await {
+            Ok(_) => Ok(true),
+            Err(e) if command_code(&e) == Some(code::DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    async fn import_quota(&self, user: &UserId, tokens_per_day: u64) -> StoreResult<bool> {
+        let d = doc! {"_id": user.as_ref(), "tokens_per_day": to_bson(tokens_per_day)};
+        match self.quotas.insert_one(d).await {
+            Ok(_) => Ok(true),
+            Err(e) if command_code(&e) == Some(code::DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use super::rows::parse_time;
 use super::SqliteStore;
 use crate::domain::UserId;
 use crate::store::accounts::{
-    Account, AccountStore, Created, External, ExternalIdentity, NewAccount, Signup,
+    Account, AccountStore, Created, External, ExternalIdentity, LinkedIdentity, NewAccount, Signup,
 };
 use crate::store::{rfc3339, StoreError, StoreResult};
 
@@ -162,6 +162,48 @@ impl SqliteStore {
 
 #[async_trait]
 impl AccountStore for SqliteStore {
+    async fn identities_for_copy(&self) -> StoreResult<Vec<LinkedIdentity>> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT provider, subject, user_id FROM identities ORDER BY provider, subject",
+                    )
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok(LinkedIdentity {
+                            provider: row.get(0)?,
+                            subject: row.get(1)?,
+                            user_id: UserId::from_stored(row.get(2)?),
+                        })
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn import_identity(&self, identity: &LinkedIdentity) -> StoreResult<bool> {
+        let identity = identity.clone();
+        self.db
+            .call(move |conn| {
+                exec(
+                    conn,
+                    "INSERT OR IGNORE INTO identities (provider, subject, user_id, created_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        identity.provider,
+                        identity.subject,
+                        identity.user_id.as_ref(),
+                        rfc3339::format(&Utc::now())
+                    ],
+                )
+                .map(|inserted| inserted > 0)
+            })
+            .await
+    }
+
     async fn external_account(
         &self,
         identity: ExternalIdentity,

@@ -10,7 +10,7 @@ use rusqlite::{params, OptionalExtension};
 use super::exec::{backend, exec};
 use super::SqliteStore;
 use crate::domain::UserId;
-use crate::store::usage::{day_key, DayUsage, Standing, UsageStore, UserUsage};
+use crate::store::usage::{day_key, DayUsage, Standing, UsageRecord, UsageStore, UserUsage};
 use crate::store::StoreResult;
 
 /// SQLite integers are signed: counts past `i64::MAX` stay there.
@@ -127,6 +127,99 @@ impl UsageStore for SqliteStore {
                     })
                     .map_err(backend)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn usage_for_copy(&self) -> StoreResult<Vec<UsageRecord>> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT user_id, day, prompt_tokens, completion_tokens FROM usage \
+                         ORDER BY user_id, day",
+                    )
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                        ))
+                    })
+                    .map_err(backend)?;
+                let mut records = Vec::new();
+                for row in rows {
+                    let (user, day, prompt, completion) = row.map_err(backend)?;
+                    // A day that does not parse was not written by this server.
+                    let Ok(day) = NaiveDate::parse_from_str(&day, "%Y-%m-%d") else {
+                        continue;
+                    };
+                    records.push(UsageRecord {
+                        user_id: UserId::from_stored(user),
+                        day,
+                        used: DayUsage {
+                            prompt_tokens: from_sql(prompt),
+                            completion_tokens: from_sql(completion),
+                        },
+                    });
+                }
+                Ok(records)
+            })
+            .await
+    }
+
+    async fn quotas_for_copy(&self) -> StoreResult<Vec<(UserId, u64)>> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn
+                    .prepare("SELECT user_id, tokens_per_day FROM quotas ORDER BY user_id")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok((
+                            UserId::from_stored(row.get::<_, String>(0)?),
+                            from_sql(row.get(1)?),
+                        ))
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn import_usage(&self, record: &UsageRecord) -> StoreResult<bool> {
+        let record = record.clone();
+        self.db
+            .call(move |conn| {
+                exec(
+                    conn,
+                    "INSERT OR IGNORE INTO usage (user_id, day, prompt_tokens, completion_tokens) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        record.user_id.as_ref(),
+                        day_key(record.day),
+                        to_sql(record.used.prompt_tokens),
+                        to_sql(record.used.completion_tokens)
+                    ],
+                )
+                .map(|inserted| inserted > 0)
+            })
+            .await
+    }
+
+    async fn import_quota(&self, user: &UserId, tokens_per_day: u64) -> StoreResult<bool> {
+        let user = user.to_string();
+        self.db
+            .call(move |conn| {
+                exec(
+                    conn,
+                    "INSERT OR IGNORE INTO quotas (user_id, tokens_per_day) VALUES (?1, ?2)",
+                    params![user, to_sql(tokens_per_day)],
+                )
+                .map(|inserted| inserted > 0)
             })
             .await
     }
