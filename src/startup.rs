@@ -27,6 +27,7 @@ use crate::context::TokenCounter;
 use crate::events::{ServerEvent, ServerRestarting};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+use crate::oidc::Providers;
 use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
 use crate::realtime::{self, SocketNotifier};
 use crate::replies::ReplyHub;
@@ -146,6 +147,10 @@ impl Application {
             tokens: access_tokens,
             sessions,
         } = sessions::open(&settings, redis.as_ref()).await?;
+        let oidc = match &settings.auth.oidc {
+            Some(oidc) => Some(Arc::new(Providers::discover(oidc).await?)),
+            None => None,
+        };
         let llm = llm::from_settings(&settings, metrics.clone())
             .context("configuring the language model")?;
         let tokens = TokenCounter::new(settings.tokenizer);
@@ -184,6 +189,7 @@ impl Application {
             limiter: limiter.clone(),
             accounts: accounts.clone(),
             access_tokens: access_tokens.clone(),
+            oidc: oidc.clone(),
             draining: draining.clone(),
             asset_version: http::page::asset_version().into(),
         };

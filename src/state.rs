@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::auth::token_hash;
 use crate::domain::UserId;
 use crate::error::ApiError;
+use crate::oidc::Providers;
 use crate::ratelimit::RateLimiter;
 use crate::store::accounts::AccountStore;
 use crate::store::tokens::TokenStore;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub accounts: Arc<dyn AccountStore>,
     /// Their personal access tokens.
     pub access_tokens: Arc<dyn TokenStore>,
+    /// Single sign-on providers, discovered at start (`AUTH_MODE` with `oidc`).
+    pub oidc: Option<Arc<Providers>>,
     /// Set when shutdown began: no new turns, `/readyz` answers 503.
     pub draining: Arc<AtomicBool>,
     /// Changes with every build, so browsers refetch static files.

@@ -97,6 +97,9 @@
     authSwitchLine: byId('auth-switch-line'),
     authSwitchText: byId('auth-switch-text'),
     authSwitch: byId('auth-switch'),
+    authProviders: byId('auth-providers'),
+    authOr: byId('auth-or'),
+    authLocal: byId('auth-local'),
     passwordDialog: byId('password-dialog'),
     passwordForm: byId('password-form'),
     passwordUsername: byId('password-username'),
@@ -146,6 +149,8 @@
     mode: 'none',        // 'none': no accounts and no account UI at all
     signupOpen: false,
     anonymous: true,     // false: nothing works before signing in
+    local: false,        // email and password accounts are offered
+    providers: [],       // single sign-on providers: [{id, name}]
     me: null,            // the /auth/me body when signed in
     checked: false,      // /auth/me has answered
     required: false,     // the page waits behind the sign-in dialog
@@ -1563,6 +1568,11 @@
       auth.mode = typeof cfg.mode === 'string' && cfg.mode ? cfg.mode : 'none';
       auth.signupOpen = cfg.signup_open === true;
       auth.anonymous = cfg.anonymous !== false;
+      auth.local = localMode(cfg);
+      auth.providers = Array.isArray(cfg.providers) ? cfg.providers.filter(function (p) {
+        return p && typeof p.id === 'string' && /^[a-z0-9_-]{1,32}$/.test(p.id) && typeof p.name === 'string';
+      }) : [];
+      showProviders();
     }
     if (!accountsOn()) {
       showAccount();
@@ -1585,6 +1595,34 @@
     });
   }
 
+  /** Whether /get_config's auth object offers email and password accounts. */
+  function localMode(cfg) {
+    if (Array.isArray(cfg.methods)) return cfg.methods.indexOf('local') !== -1;
+    return String(cfg.mode || '').split(',').indexOf('local') !== -1;
+  }
+
+  /**
+   * The sign-in dialog's single sign-on buttons, one per provider: links to
+   * GET /auth/oidc/{id}/login, which sends the browser to the provider and
+   * back signed in. Without local accounts the email form is hidden.
+   */
+  function showProviders() {
+    els.authProviders.textContent = '';
+    auth.providers.forEach(function (provider) {
+      var link = document.createElement('a');
+      link.className = 'button provider-button';
+      link.href = '/auth/oidc/' + encodeURIComponent(provider.id) + '/login';
+      link.dataset.provider = provider.id;
+      link.textContent = 'Sign in with ' + provider.name;
+      els.authProviders.appendChild(link);
+    });
+    var sso = auth.providers.length > 0;
+    els.authProviders.hidden = !sso;
+    els.authOr.hidden = !(sso && auth.local);
+    els.authLocal.hidden = !auth.local;
+    els.authSubmit.hidden = !auth.local;
+  }
+
   /** The header: a Sign in button, or the account menu with the email. */
   function showAccount() {
     els.account.hidden = !accountsOn();
@@ -1599,6 +1637,8 @@
     els.accountMenuButton.setAttribute('aria-label', 'Account: ' + email);
     els.accountWho.textContent = (name ? name + ' <' + email + '>' : email) + (me.is_admin ? ' (administrator)' : '');
     els.passwordUsername.value = email;
+    // A single sign-on account has no password here.
+    els.changePassword.hidden = me.auth !== 'local';
   }
 
   /** Nothing works without an account: stop the socket and ask to sign in. */
@@ -1660,7 +1700,7 @@
     els.authPasswordHint.hidden = !up;
     els.authPassword.setAttribute('autocomplete', up ? 'new-password' : 'current-password');
     els.authEmail.setAttribute('autocomplete', up ? 'email' : 'username');
-    els.authSwitchLine.hidden = !auth.signupOpen;
+    els.authSwitchLine.hidden = !auth.signupOpen || !auth.local;
     els.authSwitchText.textContent = up ? 'Already have an account?' : 'No account yet?';
     els.authSwitch.textContent = up ? 'Sign in instead' : 'Create an account';
     setAuthError('');
@@ -1674,7 +1714,14 @@
     els.authDialog.dataset.required = dismissable ? 'false' : 'true';
     setAuthMode(false);
     if (!els.authDialog.open) els.authDialog.showModal();
-    els.authEmail.focus();
+    focusAuthDialog();
+  }
+
+  /** The email field, or the first provider's button without local accounts. */
+  function focusAuthDialog() {
+    var first = els.authProviders.querySelector('a');
+    if (!auth.local && first) first.focus();
+    else els.authEmail.focus();
   }
 
   function closeAuthDialog() {
@@ -1724,8 +1771,12 @@
   function signOut() {
     if (els.signOut.disabled) return;
     els.signOut.disabled = true;
-    sendJson('POST', '/auth/logout').then(function () {
-      window.location.reload();
+    sendJson('POST', '/auth/logout').then(function (data) {
+      // Signed in with single sign-on: end the provider's session too; it
+      // sends the browser back to the page.
+      var next = data && typeof data.logout_url === 'string' ? data.logout_url : '';
+      if (/^https?:\/\//i.test(next)) window.location.assign(next);
+      else window.location.reload();
     }, function (err) {
       els.signOut.disabled = false;
       showError('Could not sign out: ' + err.message);
@@ -1782,7 +1833,7 @@
     els.authDialog.addEventListener('close', function () {
       // Chromium lets a repeated Escape close a modal dialog even when its
       // cancel event is refused: the page cannot be used signed out, so back it comes.
-      if (auth.required) { els.authDialog.showModal(); els.authEmail.focus(); return; }
+      if (auth.required) { els.authDialog.showModal(); focusAuthDialog(); return; }
       if (!els.signIn.hidden) els.signIn.focus();
     });
     els.authSwitch.addEventListener('click', function () {

@@ -3,6 +3,7 @@
 
 use ipnet::IpNet;
 
+use super::oidc::OidcSettings;
 use super::reader::Reader;
 
 /// How people are identified.
@@ -12,6 +13,8 @@ pub enum AuthMode {
     None,
     /// Accounts with an email and a password.
     Local,
+    /// Accounts from identity providers only.
+    Oidc,
 }
 
 impl AuthMode {
@@ -20,6 +23,7 @@ impl AuthMode {
         match self {
             AuthMode::None => "none",
             AuthMode::Local => "local",
+            AuthMode::Oidc => "oidc",
         }
     }
 }
@@ -42,12 +46,14 @@ pub struct AuthSettings {
     pub allow_anonymous: bool,
     /// Peers whose `X-Forwarded-For` names the client (nginx, a balancer).
     pub trusted_proxies: Vec<IpNet>,
+    /// Single sign-on providers, when `AUTH_MODE` has `oidc`.
+    pub oidc: Option<OidcSettings>,
 }
 
 impl AuthSettings {
     /// Accounts can be used (sign-in, sign-up).
     pub fn accounts(&self) -> bool {
-        self.mode == AuthMode::Local
+        self.mode != AuthMode::None
     }
 
     /// Whether `peer` is a trusted proxy.
@@ -66,6 +72,7 @@ pub(super) fn read(r: &mut Reader<'_>) -> AuthSettings {
     let raw_mode = r.string("AUTH_MODE", "none").to_ascii_lowercase();
     let modes: Vec<&str> = raw_mode.split(',').map(str::trim).collect();
     let mut mode = AuthMode::None;
+    let mut oidc = false;
     for name in &modes {
         match *name {
             "none" if modes.len() == 1 => {}
@@ -73,7 +80,13 @@ pub(super) fn read(r: &mut Reader<'_>) -> AuthSettings {
                 .errors
                 .push("AUTH_MODE: none cannot be combined with other modes".to_string()),
             "local" => mode = AuthMode::Local,
-            "oidc" | "proxy" => r.errors.push(format!(
+            "oidc" => {
+                oidc = true;
+                if mode == AuthMode::None {
+                    mode = AuthMode::Oidc;
+                }
+            }
+            "proxy" => r.errors.push(format!(
                 "AUTH_MODE={name} is not available in this version yet (use none or local)"
             )),
             other => r
@@ -119,7 +132,9 @@ pub(super) fn read(r: &mut Reader<'_>) -> AuthSettings {
             )),
         }
     }
+    let oidc = super::oidc::read(r, oidc);
     AuthSettings {
+        oidc,
         mode,
         signup,
         allow_anonymous,

@@ -5,9 +5,11 @@
 //! the parsing rules are unit-tested without touching global state.
 
 mod auth;
+mod oidc;
 mod reader;
 
 pub use auth::{AuthMode, AuthSettings, SignupPolicy};
+pub use oidc::{OidcProvider, OidcSettings};
 use reader::Reader;
 
 use std::collections::HashMap;

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tower_sessions::Session;
 
-use super::bodies::{Done, Me};
+use super::bodies::{Done, Me, SignedOut};
 use super::extract::{AccountUser, ApiJson, ClientAddress};
 use crate::auth::{check_password, display_name, hash_password, normalise_email, verify_password};
 use crate::config::SignupPolicy;
@@ -59,13 +59,13 @@ struct NewPassword {
     new: Field<String>,
 }
 
-fn me_body(account: &Account) -> Me {
+fn me_body(account: &Account, auth: &'static str) -> Me {
     Me {
         user_id: account.user_id.clone(),
         email: account.email.clone(),
         name: account.name.clone(),
         is_admin: account.is_admin,
-        auth: "local",
+        auth,
     }
 }
 
@@ -84,10 +84,15 @@ async fn throttle(
         .map_err(ApiError::RateLimited)
 }
 
-/// Signs the account in on this session and moves the browser's anonymous
-/// conversations to it.
-async fn sign_in(state: &AppState, session: &Session, account: &Account) -> Result<(), ApiError> {
-    if let Some(anonymous) = sessions::sign_in(session, &account.user_id, "local").await? {
+/// Signs the account in on this session (by `method`: `local`, `oidc`)
+/// and moves the browser's anonymous conversations to it.
+pub(super) async fn sign_in(
+    state: &AppState,
+    session: &Session,
+    account: &Account,
+    method: &'static str,
+) -> Result<(), ApiError> {
+    if let Some(anonymous) = sessions::sign_in(session, &account.user_id, method).await? {
         let moved = state
             .accounts
             .transfer_conversations(&anonymous, &account.user_id)
@@ -142,9 +147,9 @@ async fn signup(
         }
         Created::Closed => return Err(ApiError::SignupClosed),
     };
-    sign_in(&state, &session, &account).await?;
+    sign_in(&state, &session, &account, "local").await?;
     tracing::info!(user = %account.user_id, admin = account.is_admin, "account created");
-    Ok((StatusCode::CREATED, Json(me_body(&account))))
+    Ok((StatusCode::CREATED, Json(me_body(&account, "local"))))
 }
 
 /// `POST /auth/login`.
@@ -193,16 +198,28 @@ async fn login(
     if account.disabled {
         return Err(ApiError::Disabled);
     }
-    sign_in(&state, &session, &account).await?;
-    Ok(Json(me_body(&account)))
+    sign_in(&state, &session, &account, "local").await?;
+    Ok(Json(me_body(&account, "local")))
 }
 
-/// `POST /auth/logout`: ends this session.
-async fn logout(State(state): State<AppState>, session: Session) -> Result<Json<Done>, ApiError> {
+/// `POST /auth/logout`: ends this session; for a single sign-on session,
+/// also says where the browser goes to end the provider's session
+/// (`logout_url`, when the provider has an `end_session_endpoint`).
+async fn logout(
+    State(state): State<AppState>,
+    session: Session,
+) -> Result<Json<SignedOut>, ApiError> {
     state.require_accounts()?;
+    let logout_url = match (state.oidc.as_deref(), sessions::provider_session(&session).await?) {
+        (Some(providers), Some((provider, id_token))) => providers
+            .get(&provider)
+            .and_then(|provider| providers.logout_url(provider, Some(&id_token))),
+        _ => None,
+    };
     sessions::sign_out(&session).await?;
-    Ok(Json(Done {
+    Ok(Json(SignedOut {
         message: "Signed out.",
+        logout_url,
     }))
 }
 
@@ -263,7 +280,12 @@ async fn change_password(
 async fn me(
     State(state): State<AppState>,
     AccountUser(user): AccountUser,
+    session: Session,
 ) -> Result<Json<Me>, ApiError> {
     let account = account_of(&state, &user).await?;
-    Ok(Json(me_body(&account)))
+    let auth = match sessions::sign_in_method(&session).await?.as_deref() {
+        Some("oidc") => "oidc",
+        _ => "local",
+    };
+    Ok(Json(me_body(&account, auth)))
 }

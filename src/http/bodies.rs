@@ -103,8 +103,27 @@ pub struct Me {
     pub email: String,
     pub name: String,
     pub is_admin: bool,
-    /// How the user signed in (`local`).
+    /// How the user signed in (`local`, `oidc`).
     pub auth: &'static str,
+}
+
+/// `POST /auth/logout`.
+#[derive(Debug, Serialize)]
+pub struct SignedOut {
+    pub message: &'static str,
+    /// Where the page must go next to end the identity provider's session
+    /// too (single sign-on with RP-initiated logout); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logout_url: Option<String>,
+}
+
+/// A single sign-on provider as the page shows it.
+#[derive(Debug, Serialize)]
+pub struct ProviderView {
+    /// The path segment: `/auth/oidc/{id}/login`.
+    pub id: String,
+    /// The button's label: "Sign in with {name}".
+    pub name: String,
 }
 
 /// A token as its owner lists it.
@@ -139,6 +158,8 @@ pub struct AuthConfig {
     pub signup_open: bool,
     /// Whether the page works without signing in.
     pub anonymous: bool,
+    /// Single sign-on providers (empty without `oidc`).
+    pub providers: Vec<ProviderView>,
 }
 
 /// `GET /healthz`.

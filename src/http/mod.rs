@@ -6,6 +6,7 @@ pub mod conversations;
 pub mod extract;
 pub mod files;
 pub mod health;
+pub mod oidc;
 pub mod page;
 pub mod tokens;
 
@@ -26,6 +27,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(page::router())
         .merge(conversations::router())
         .merge(auth::router())
+        .merge(oidc::router())
         .merge(tokens::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))

@@ -21,6 +21,7 @@ mod hostile;
 mod isolation;
 mod live_sync;
 mod llm_failures;
+mod oidc;
 mod realtime;
 mod regenerate;
 mod save_history;
