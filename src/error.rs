@@ -39,6 +39,9 @@ pub enum ApiError {
     /// `AUTH_MODE=none`: the account routes do not exist.
     #[error("Accounts are not enabled on this server.")]
     AccountsDisabled,
+    /// No `local` in `AUTH_MODE`: no passwords (sign-up, sign-in, change).
+    #[error("Signing in with a password is not enabled on this server.")]
+    PasswordsDisabled,
     /// The request conflicts with what exists (an email already taken).
     #[error("{0}")]
     Conflict(&'static str),
@@ -95,9 +98,10 @@ impl ApiError {
             ApiError::Invalid(_) | ApiError::NoConversation(_) | ApiError::Unsupported(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::NotFound | ApiError::AccountsDisabled | ApiError::TokenNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::NotFound
+            | ApiError::AccountsDisabled
+            | ApiError::PasswordsDisabled
+            | ApiError::TokenNotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthenticated | ApiError::InvalidCredentials(_) => StatusCode::UNAUTHORIZED,
             ApiError::Disabled | ApiError::SignupClosed => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -115,9 +119,10 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => "invalid",
             ApiError::NoConversation(_) => "no_conversation",
-            ApiError::NotFound | ApiError::AccountsDisabled | ApiError::TokenNotFound => {
-                "not_found"
-            }
+            ApiError::NotFound
+            | ApiError::AccountsDisabled
+            | ApiError::PasswordsDisabled
+            | ApiError::TokenNotFound => "not_found",
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::InvalidCredentials(_) => "invalid_credentials",
             ApiError::Disabled => "disabled",

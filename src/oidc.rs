@@ -15,8 +15,7 @@ use anyhow::Context;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
     CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
-    CoreRevocableToken, CoreRevocationErrorResponse, CoreTokenIntrospectionResponse,
-    CoreTokenType,
+    CoreRevocableToken, CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
     AccessTokenHash, AdditionalClaims, AsyncHttpClient, AuthorizationCode, Client, ClientId,
@@ -46,7 +45,11 @@ const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GroupClaims {
     /// A list of group names; a provider that sends one string gets it read as one group.
-    #[serde(default, deserialize_with = "groups", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "groups",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub groups: Option<Vec<String>>,
 }
 
@@ -285,10 +288,7 @@ impl Providers {
                 ),
             }
         };
-        let end_session = metadata
-            .additional_metadata()
-            .end_session_endpoint
-            .clone();
+        let end_session = metadata.additional_metadata().end_session_endpoint.clone();
         let redirect = RedirectUrl::new(settings.redirect_uri(provider))
             .context("PUBLIC_URL does not make a valid redirect URI")?;
         let client = OidcClient::from_provider_metadata(
@@ -361,7 +361,9 @@ impl Providers {
                 RequestTokenError::ServerResponse(answer) => {
                     LoginError::Rejected(format!("token endpoint: {answer}"))
                 }
-                other => LoginError::Unavailable(format!("token endpoint: {}", error_chain(&other))),
+                other => {
+                    LoginError::Unavailable(format!("token endpoint: {}", error_chain(&other)))
+                }
             })?;
         let id_token: &GroupsIdToken = answer
             .id_token()
@@ -392,32 +394,38 @@ impl Providers {
                 .and_then(|name| name.get(None))
                 .map(|name| name.to_string())
                 .or_else(|| claims.preferred_username().map(|name| name.to_string())),
-            groups: claims.additional_claims().groups.clone().unwrap_or_default(),
+            groups: claims
+                .additional_claims()
+                .groups
+                .clone()
+                .unwrap_or_default(),
             id_token: id_token.to_string(),
         };
         let missing = signed_in.email.is_none()
             || signed_in.name.is_none()
             || claims.additional_claims().groups.is_none();
         if missing {
-            if let Ok(request) = provider
-                .client
-                .user_info(answer.access_token().clone(), Some(claims.subject().clone()))
-            {
-                let info: UserInfoClaims<GroupClaims, CoreGenderClaim> =
-                    match request.request_async(&self.http).await {
-                        Ok(info) => info,
-                        // Without an email there is no account to link to.
-                        Err(err) if signed_in.email.is_none() => {
-                            return Err(LoginError::Unavailable(format!(
-                                "userinfo: {}",
-                                error_chain(&err)
-                            )))
-                        }
-                        Err(err) => {
-                            tracing::warn!(provider = %provider.id, error = %error_chain(&err), "OIDC userinfo failed; using the ID token's claims");
-                            return Ok(signed_in);
-                        }
-                    };
+            if let Ok(request) = provider.client.user_info(
+                answer.access_token().clone(),
+                Some(claims.subject().clone()),
+            ) {
+                let info: UserInfoClaims<GroupClaims, CoreGenderClaim> = match request
+                    .request_async(&self.http)
+                    .await
+                {
+                    Ok(info) => info,
+                    // Without an email there is no account to link to.
+                    Err(err) if signed_in.email.is_none() => {
+                        return Err(LoginError::Unavailable(format!(
+                            "userinfo: {}",
+                            error_chain(&err)
+                        )))
+                    }
+                    Err(err) => {
+                        tracing::warn!(provider = %provider.id, error = %error_chain(&err), "OIDC userinfo failed; using the ID token's claims");
+                        return Ok(signed_in);
+                    }
+                };
                 if signed_in.email.is_none() {
                     signed_in.email = info.email().map(|email| email.to_string());
                     signed_in.email_verified = info.email_verified().unwrap_or(false);
@@ -442,8 +450,8 @@ impl Providers {
     /// has an `end_session_endpoint`.
     pub fn logout_url(&self, provider: &Provider, id_token: Option<&str>) -> Option<String> {
         let endpoint = provider.end_session.clone()?;
-        let mut request = LogoutRequest::from(endpoint)
-            .set_client_id(ClientId::new(provider.client_id.clone()));
+        let mut request =
+            LogoutRequest::from(endpoint).set_client_id(ClientId::new(provider.client_id.clone()));
         if let Some(token) = id_token.and_then(|raw| raw.parse::<GroupsIdToken>().ok()) {
             request = request.set_id_token_hint(&token);
         }

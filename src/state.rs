@@ -4,12 +4,16 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::auth::token_hash;
+use axum::http::HeaderMap;
+use tower_sessions::Session;
+
+use crate::auth::{display_name, normalise_email, token_hash};
 use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::oidc::Providers;
 use crate::ratelimit::RateLimiter;
-use crate::store::accounts::AccountStore;
+use crate::sessions;
+use crate::store::accounts::{Account, AccountStore, External, ExternalIdentity};
 use crate::store::tokens::TokenStore;
 use crate::turn::Chat;
 
@@ -41,6 +45,107 @@ impl AppState {
         } else {
             Err(ApiError::AccountsDisabled)
         }
+    }
+
+    /// 404 `not_found` unless `AUTH_MODE` has `local` (email and password
+    /// accounts): sign-up, sign-in and passwords.
+    pub fn require_local(&self) -> Result<(), ApiError> {
+        self.require_accounts()?;
+        if self.chat.settings.auth.local() {
+            Ok(())
+        } else {
+            Err(ApiError::PasswordsDisabled)
+        }
+    }
+
+    /// The account of `user` unless it is gone or disabled (then 401).
+    pub async fn active_account(&self, user: &UserId) -> Result<Account, ApiError> {
+        match self.accounts.account(user).await? {
+            Some(account) if !account.disabled => Ok(account),
+            _ => Err(ApiError::Unauthenticated),
+        }
+    }
+
+    /// Signs `account` in on `session` (by `method`: `local`, `oidc`,
+    /// `proxy`) under a new session id, and moves the browser's anonymous
+    /// conversations to it.
+    pub async fn sign_in(
+        &self,
+        session: &Session,
+        account: &Account,
+        method: &'static str,
+    ) -> Result<(), ApiError> {
+        if let Some(anonymous) = sessions::sign_in(session, &account.user_id, method).await? {
+            let moved = self
+                .accounts
+                .transfer_conversations(&anonymous, &account.user_id)
+                .await?;
+            // The conversation cache must not serve them under the old id.
+            self.chat.store.forget_user(&anonymous);
+            if moved > 0 {
+                tracing::info!(moved, "anonymous conversations moved to the account");
+            }
+        }
+        Ok(())
+    }
+
+    /// `AUTH_MODE=proxy`: the account named by the identity header of a
+    /// trusted proxy (`TRUSTED_PROXIES`), created on its first visit.
+    /// `None` in other modes, without the header, or when the header comes
+    /// from a peer that is not trusted (then it is ignored, and logged).
+    /// With a `session`, the session is signed in to the account and
+    /// remembers the email, so the next request costs no store lookup.
+    pub async fn proxied_user(
+        &self,
+        peer: std::net::IpAddr,
+        headers: &HeaderMap,
+        session: Option<&Session>,
+    ) -> Result<Option<UserId>, ApiError> {
+        let auth = &self.chat.settings.auth;
+        let Some(proxy) = &auth.proxy else {
+            return Ok(None);
+        };
+        let Some(value) = headers.get(&proxy.header) else {
+            return Ok(None);
+        };
+        if !auth.trusts(peer) {
+            tracing::warn!(%peer, header = %proxy.header, "identity header from a peer outside TRUSTED_PROXIES ignored");
+            return Ok(None);
+        }
+        let email = value
+            .to_str()
+            .ok()
+            .and_then(|raw| normalise_email(raw).ok())
+            .ok_or_else(|| {
+                tracing::warn!(header = %proxy.header, "the proxy's identity header is not an email address");
+                ApiError::Unauthenticated
+            })?;
+        if let Some(session) = session {
+            if sessions::proxied_email(session).await?.as_deref() == Some(email.as_str()) {
+                if let Some(user) = sessions::signed_in(session).await? {
+                    return Ok(Some(user));
+                }
+            }
+        }
+        let identity = ExternalIdentity {
+            provider: "proxy".to_string(),
+            subject: email.clone(),
+            name: display_name(None, &email)?,
+            email: email.clone(),
+            email_verified: true,
+        };
+        let External::Account(account) = self.accounts.external_account(identity, None).await?
+        else {
+            return Err(ApiError::Unauthenticated);
+        };
+        if account.disabled {
+            return Err(ApiError::Disabled);
+        }
+        if let Some(session) = session {
+            self.sign_in(session, &account, "proxy").await?;
+            sessions::set_proxied_email(session, &email).await?;
+        }
+        Ok(Some(account.user_id))
     }
 
     /// The account a personal access token belongs to: 401 for an unknown

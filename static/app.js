@@ -88,6 +88,7 @@
     authHelp: byId('auth-help'),
     authNameField: byId('auth-name-field'),
     authName: byId('auth-name'),
+    authLocal: byId('auth-local-fields'),
     authEmail: byId('auth-email'),
     authPassword: byId('auth-password'),
     authPasswordHint: byId('auth-password-hint'),
@@ -99,7 +100,6 @@
     authSwitch: byId('auth-switch'),
     authProviders: byId('auth-providers'),
     authOr: byId('auth-or'),
-    authLocal: byId('auth-local'),
     passwordDialog: byId('password-dialog'),
     passwordForm: byId('password-form'),
     passwordUsername: byId('password-username'),
@@ -149,7 +149,6 @@
     mode: 'none',        // 'none': no accounts and no account UI at all
     signupOpen: false,
     anonymous: true,     // false: nothing works before signing in
-    local: false,        // email and password accounts are offered
     providers: [],       // single sign-on providers: [{id, name}]
     me: null,            // the /auth/me body when signed in
     checked: false,      // /auth/me has answered
@@ -1562,13 +1561,17 @@
     return auth.mode !== 'none';
   }
 
+  /** Email and password accounts (`local` in AUTH_MODE). */
+  function localOn() {
+    return auth.mode.split(',').indexOf('local') >= 0;
+  }
+
   /** Reads `auth` from /get_config, then asks /auth/me. Resolves true when the chat may start. */
   function checkAccount(cfg) {
     if (cfg && typeof cfg === 'object') {
       auth.mode = typeof cfg.mode === 'string' && cfg.mode ? cfg.mode : 'none';
       auth.signupOpen = cfg.signup_open === true;
       auth.anonymous = cfg.anonymous !== false;
-      auth.local = localMode(cfg);
       auth.providers = Array.isArray(cfg.providers) ? cfg.providers.filter(function (p) {
         return p && typeof p.id === 'string' && /^[a-z0-9_-]{1,32}$/.test(p.id) && typeof p.name === 'string';
       }) : [];
@@ -1595,16 +1598,10 @@
     });
   }
 
-  /** Whether /get_config's auth object offers email and password accounts. */
-  function localMode(cfg) {
-    if (Array.isArray(cfg.methods)) return cfg.methods.indexOf('local') !== -1;
-    return String(cfg.mode || '').split(',').indexOf('local') !== -1;
-  }
-
   /**
    * The sign-in dialog's single sign-on buttons, one per provider: links to
    * GET /auth/oidc/{id}/login, which sends the browser to the provider and
-   * back signed in. Without local accounts the email form is hidden.
+   * back here signed in.
    */
   function showProviders() {
     els.authProviders.textContent = '';
@@ -1618,9 +1615,7 @@
     });
     var sso = auth.providers.length > 0;
     els.authProviders.hidden = !sso;
-    els.authOr.hidden = !(sso && auth.local);
-    els.authLocal.hidden = !auth.local;
-    els.authSubmit.hidden = !auth.local;
+    els.authOr.hidden = !(sso && localOn());
   }
 
   /** The header: a Sign in button, or the account menu with the email. */
@@ -1638,7 +1633,7 @@
     els.accountWho.textContent = (name ? name + ' <' + email + '>' : email) + (me.is_admin ? ' (administrator)' : '');
     els.passwordUsername.value = email;
     // A single sign-on account has no password here.
-    els.changePassword.hidden = me.auth !== 'local';
+    els.changePassword.hidden = !localOn() || me.auth !== 'local';
   }
 
   /** Nothing works without an account: stop the socket and ask to sign in. */
@@ -1700,7 +1695,12 @@
     els.authPasswordHint.hidden = !up;
     els.authPassword.setAttribute('autocomplete', up ? 'new-password' : 'current-password');
     els.authEmail.setAttribute('autocomplete', up ? 'email' : 'username');
-    els.authSwitchLine.hidden = !auth.signupOpen || !auth.local;
+    els.authSwitchLine.hidden = !auth.signupOpen || !localOn();
+    els.authLocal.hidden = !localOn();
+    els.authSubmit.hidden = !localOn();
+    if (auth.mode === 'proxy') {
+      els.authHelp.textContent = 'Sign in through your organisation\u2019s sign-in page, then reload this page.';
+    }
     els.authSwitchText.textContent = up ? 'Already have an account?' : 'No account yet?';
     els.authSwitch.textContent = up ? 'Sign in instead' : 'Create an account';
     setAuthError('');
@@ -1720,8 +1720,8 @@
   /** The email field, or the first provider's button without local accounts. */
   function focusAuthDialog() {
     var first = els.authProviders.querySelector('a');
-    if (!auth.local && first) first.focus();
-    else els.authEmail.focus();
+    if (localOn()) els.authEmail.focus();
+    else if (first) first.focus();
   }
 
   function closeAuthDialog() {
@@ -1771,11 +1771,10 @@
   function signOut() {
     if (els.signOut.disabled) return;
     els.signOut.disabled = true;
-    sendJson('POST', '/auth/logout').then(function (data) {
-      // Signed in with single sign-on: end the provider's session too; it
-      // sends the browser back to the page.
-      var next = data && typeof data.logout_url === 'string' ? data.logout_url : '';
-      if (/^https?:\/\//i.test(next)) window.location.assign(next);
+    sendJson('POST', '/auth/logout').then(function (done) {
+      // Behind a sign-in proxy (or a provider), its own sign-out comes next.
+      var next = done && typeof done.logout_url === 'string' ? done.logout_url : '';
+      if (/^(https?:\/\/|\/(?!\/))/.test(next)) window.location.assign(next);
       else window.location.reload();
     }, function (err) {
       els.signOut.disabled = false;

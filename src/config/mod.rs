@@ -7,36 +7,17 @@
 mod auth;
 mod oidc;
 mod reader;
+mod secret;
 
-pub use auth::{AuthMode, AuthSettings, SignupPolicy};
+pub use auth::{AuthMethods, AuthSettings, ProxyAuth, SignupPolicy};
 pub use oidc::{OidcProvider, OidcSettings};
 use reader::Reader;
+pub use secret::Secret;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// A value that must never reach a log line.
-#[derive(Clone, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The value itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("\"\"")
-        } else {
-            write!(f, "\"{}\"", crate::redact::MASK)
-        }
-    }
-}
 
 /// Which upstream answers chat requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,13 +37,6 @@ pub enum LlmProvider {
     /// Local replies, no network: the default when nothing is configured.
     Demo,
 }
-
-impl PartialEq for Secret {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-impl Eq for Secret {}
 
 /// How the Azure key is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

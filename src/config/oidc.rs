@@ -8,7 +8,7 @@
 //! is found out at start (`crate::oidc::Providers::discover`).
 
 use super::reader::Reader;
-use super::Secret;
+use super::secret::Secret;
 
 /// Longest provider id accepted (it is part of a URL and of variable names).
 const MAX_ID_CHARS: usize = 32;
@@ -77,7 +77,10 @@ impl OidcSettings {
 
 /// The variable name for `setting` of provider `id` (`OIDC_A_ISSUER`).
 fn variable(id: &str, setting: &str) -> String {
-    format!("OIDC_{}_{setting}", id.to_ascii_uppercase().replace('-', "_"))
+    format!(
+        "OIDC_{}_{setting}",
+        id.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 fn valid_id(id: &str) -> bool {

@@ -59,13 +59,13 @@ struct NewPassword {
     new: Field<String>,
 }
 
-fn me_body(account: &Account, auth: &'static str) -> Me {
+fn me_body(account: &Account, method: &str) -> Me {
     Me {
         user_id: account.user_id.clone(),
         email: account.email.clone(),
         name: account.name.clone(),
         is_admin: account.is_admin,
-        auth,
+        auth: method.to_string(),
     }
 }
 
@@ -84,28 +84,6 @@ async fn throttle(
         .map_err(ApiError::RateLimited)
 }
 
-/// Signs the account in on this session (by `method`: `local`, `oidc`)
-/// and moves the browser's anonymous conversations to it.
-pub(super) async fn sign_in(
-    state: &AppState,
-    session: &Session,
-    account: &Account,
-    method: &'static str,
-) -> Result<(), ApiError> {
-    if let Some(anonymous) = sessions::sign_in(session, &account.user_id, method).await? {
-        let moved = state
-            .accounts
-            .transfer_conversations(&anonymous, &account.user_id)
-            .await?;
-        // The conversation cache must not serve them under the old id.
-        state.chat.store.forget_user(&anonymous);
-        if moved > 0 {
-            tracing::info!(moved, "anonymous conversations moved to the account");
-        }
-    }
-    Ok(())
-}
-
 /// `POST /auth/signup`: creates an account (the first one is the admin)
 /// and signs it in.
 async fn signup(
@@ -114,7 +92,7 @@ async fn signup(
     session: Session,
     ApiJson(Inbound(body)): ApiJson<Inbound<Credentials>>,
 ) -> Result<(StatusCode, Json<Me>), ApiError> {
-    state.require_accounts()?;
+    state.require_local()?;
     let policy = match state.chat.settings.auth.signup {
         SignupPolicy::Closed => return Err(ApiError::SignupClosed),
         SignupPolicy::Open => Signup::Open,
@@ -147,7 +125,7 @@ async fn signup(
         }
         Created::Closed => return Err(ApiError::SignupClosed),
     };
-    sign_in(&state, &session, &account, "local").await?;
+    state.sign_in(&session, &account, "local").await?;
     tracing::info!(user = %account.user_id, admin = account.is_admin, "account created");
     Ok((StatusCode::CREATED, Json(me_body(&account, "local"))))
 }
@@ -159,7 +137,7 @@ async fn login(
     session: Session,
     ApiJson(Inbound(body)): ApiJson<Inbound<Credentials>>,
 ) -> Result<Json<Me>, ApiError> {
-    state.require_accounts()?;
+    state.require_local()?;
     const WRONG: &str = "Wrong email or password.";
     let email = body
         .email
@@ -198,25 +176,40 @@ async fn login(
     if account.disabled {
         return Err(ApiError::Disabled);
     }
-    sign_in(&state, &session, &account, "local").await?;
+    state.sign_in(&session, &account, "local").await?;
     Ok(Json(me_body(&account, "local")))
 }
 
-/// `POST /auth/logout`: ends this session; for a single sign-on session,
-/// also says where the browser goes to end the provider's session
-/// (`logout_url`, when the provider has an `end_session_endpoint`).
+/// `POST /auth/logout`: ends this session. Behind a sign-in proxy the
+/// answer names the proxy's sign-out page (`AUTH_PROXY_LOGOUT_URL`), where
+/// the page goes next: otherwise the proxy would sign it in again. After a
+/// single sign-on it names the provider's end-session URL (RP-initiated
+/// logout, when the provider has an `end_session_endpoint`), with the ID
+/// token as a hint and the page as the way back.
 async fn logout(
     State(state): State<AppState>,
     session: Session,
 ) -> Result<Json<SignedOut>, ApiError> {
     state.require_accounts()?;
-    let logout_url = match (state.oidc.as_deref(), sessions::provider_session(&session).await?) {
+    let provider_logout = match (
+        state.oidc.as_deref(),
+        sessions::provider_session(&session).await?,
+    ) {
         (Some(providers), Some((provider, id_token))) => providers
             .get(&provider)
             .and_then(|provider| providers.logout_url(provider, Some(&id_token))),
         _ => None,
     };
     sessions::sign_out(&session).await?;
+    let logout_url = provider_logout.or_else(|| {
+        state
+            .chat
+            .settings
+            .auth
+            .proxy
+            .as_ref()
+            .and_then(|proxy| proxy.logout_url.clone())
+    });
     Ok(Json(SignedOut {
         message: "Signed out.",
         logout_url,
@@ -228,15 +221,7 @@ async fn current_account(state: &AppState, session: &Session) -> Result<Account,
     let Some(user) = sessions::signed_in(session).await? else {
         return Err(ApiError::Unauthenticated);
     };
-    account_of(state, &user).await
-}
-
-/// The account of `user` unless it is gone or disabled (then 401).
-async fn account_of(state: &AppState, user: &UserId) -> Result<Account, ApiError> {
-    match state.accounts.account(user).await? {
-        Some(account) if !account.disabled => Ok(account),
-        _ => Err(ApiError::Unauthenticated),
-    }
+    state.active_account(&user).await
 }
 
 /// `POST /auth/password`: needs the current password; the session id is
@@ -246,7 +231,7 @@ async fn change_password(
     session: Session,
     ApiJson(Inbound(body)): ApiJson<Inbound<NewPassword>>,
 ) -> Result<Json<Done>, ApiError> {
-    state.require_accounts()?;
+    state.require_local()?;
     let account = current_account(&state, &session).await?;
     let new = body.new.given().cloned().unwrap_or_default();
     check_password(&new)?;
@@ -281,11 +266,14 @@ async fn me(
     State(state): State<AppState>,
     AccountUser(user): AccountUser,
     session: Session,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<Me>, ApiError> {
-    let account = account_of(&state, &user).await?;
-    let auth = match sessions::sign_in_method(&session).await?.as_deref() {
-        Some("oidc") => "oidc",
-        _ => "local",
+    let method = match crate::auth::bearer_token(&headers) {
+        Some(_) => "token".to_string(),
+        None => sessions::sign_in_method(&session)
+            .await?
+            .unwrap_or_else(|| "local".to_string()),
     };
-    Ok(Json(me_body(&account, auth)))
+    let account = state.active_account(&user).await?;
+    Ok(Json(me_body(&account, &method)))
 }

@@ -26,6 +26,15 @@ pub struct Done {
     pub message: &'static str,
 }
 
+/// `POST /auth/logout`: done, and where the browser goes next to end the
+/// sign-in at its source (a proxy's or a provider's sign-out), if anywhere.
+#[derive(Debug, Serialize)]
+pub struct SignedOut {
+    pub message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logout_url: Option<String>,
+}
+
 /// `POST /start_conversation`.
 #[derive(Debug, Serialize)]
 pub struct ConversationStarted {
@@ -103,27 +112,8 @@ pub struct Me {
     pub email: String,
     pub name: String,
     pub is_admin: bool,
-    /// How the user signed in (`local`, `oidc`).
-    pub auth: &'static str,
-}
-
-/// `POST /auth/logout`.
-#[derive(Debug, Serialize)]
-pub struct SignedOut {
-    pub message: &'static str,
-    /// Where the page must go next to end the identity provider's session
-    /// too (single sign-on with RP-initiated logout); absent otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub logout_url: Option<String>,
-}
-
-/// A single sign-on provider as the page shows it.
-#[derive(Debug, Serialize)]
-pub struct ProviderView {
-    /// The path segment: `/auth/oidc/{id}/login`.
-    pub id: String,
-    /// The button's label: "Sign in with {name}".
-    pub name: String,
+    /// How the user signed in (`local`, `oidc`, `proxy`, `token`).
+    pub auth: String,
 }
 
 /// A token as its owner lists it.
@@ -160,6 +150,15 @@ pub struct AuthConfig {
     pub anonymous: bool,
     /// Single sign-on providers (empty without `oidc`).
     pub providers: Vec<ProviderView>,
+}
+
+/// A single sign-on provider as the page shows it.
+#[derive(Debug, Serialize)]
+pub struct ProviderView {
+    /// The path segment: `/auth/oidc/{id}/login`.
+    pub id: String,
+    /// The button's label: "Sign in with {name}".
+    pub name: String,
 }
 
 /// `GET /healthz`.

@@ -38,6 +38,11 @@ impl FromRequestParts<AppState> for SessionUser {
         let session = session_of(parts, state).await?;
         let user = if let Some(token) = bearer_token(&parts.headers) {
             state.token_user(token).await?
+        } else if let Some(user) = state
+            .proxied_user(peer_of(parts)?, &parts.headers, Some(&session))
+            .await?
+        {
+            user
         } else if state.chat.settings.auth.allow_anonymous {
             sessions::ensure_user(&session).await?
         } else {
@@ -64,6 +69,12 @@ impl FromRequestParts<AppState> for AccountUser {
             return state.token_user(token).await.map(Self);
         }
         let session = session_of(parts, state).await?;
+        if let Some(user) = state
+            .proxied_user(peer_of(parts)?, &parts.headers, Some(&session))
+            .await?
+        {
+            return Ok(Self(user));
+        }
         sessions::signed_in(&session)
             .await?
             .map(Self)
@@ -82,11 +93,7 @@ impl FromRequestParts<AppState> for ClientAddress {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip())
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no peer address")))?;
+        let peer = peer_of(parts)?;
         let auth = &state.chat.settings.auth;
         if !auth.trusts(peer) {
             return Ok(Self(peer));
@@ -110,6 +117,15 @@ impl FromRequestParts<AppState> for ClientAddress {
             .unwrap_or(peer);
         Ok(Self(client))
     }
+}
+
+/// The TCP peer's address.
+fn peer_of(parts: &Parts) -> Result<std::net::IpAddr, ApiError> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no peer address")))
 }
 
 /// A conversation id from the path, validated; a malformed one (not a UUID,

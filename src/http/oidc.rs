@@ -20,12 +20,13 @@ use axum::Router;
 use tower_sessions::Session;
 
 use super::extract::ClientAddress;
+use crate::auth::{display_name, normalise_email};
 use crate::error::ApiError;
 use crate::oidc::{LoginError, Provider, Providers, SignedIn};
 use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
-use crate::store::accounts::Account;
+use crate::store::accounts::{Account, External, ExternalIdentity};
 
 /// Logins begun per client address in [`LOGIN_WINDOW`].
 const LOGINS_PER_ADDRESS: u32 = 30;
@@ -208,7 +209,10 @@ async fn finish(state: &AppState, id: &str, raw: &str, session: &Session) -> Res
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "missing_state",
-            format!("The answer from {} is incomplete (it has no state). {again}", provider.name),
+            format!(
+                "The answer from {} is incomplete (it has no state). {again}",
+                provider.name
+            ),
         ));
     };
     let pending = sessions::take_pending_login(session, &provider.id, &returned_state)
@@ -218,9 +222,7 @@ async fn finish(state: &AppState, id: &str, raw: &str, session: &Session) -> Res
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "unknown_login",
-            format!(
-                "This sign-in was not started in this browser, or was already used. {again}"
-            ),
+            format!("This sign-in was not started in this browser, or was already used. {again}"),
         ));
     };
     if pending.expired() {
@@ -241,15 +243,21 @@ async fn finish(state: &AppState, id: &str, raw: &str, session: &Session) -> Res
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "sign_in_failed",
-            format!("The sign-in with {} could not be completed. {again}", provider.name),
+            format!(
+                "The sign-in with {} could not be completed. {again}",
+                provider.name
+            ),
         ));
     }
     if let Some(error) = query.error {
         // The provider's code is shown only when it looks like one.
-        let shown = (error.len() <= 64
-            && error.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-        .then(|| format!(" ({error})"))
-        .unwrap_or_default();
+        let looks_like_a_code =
+            error.len() <= 64 && error.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        let shown = if looks_like_a_code {
+            format!(" ({error})")
+        } else {
+            String::new()
+        };
         return Err(Failure::new(
             StatusCode::UNAUTHORIZED,
             "provider_refused",
@@ -260,7 +268,10 @@ async fn finish(state: &AppState, id: &str, raw: &str, session: &Session) -> Res
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "missing_code",
-            format!("The answer from {} is incomplete (it has no code). {again}", provider.name),
+            format!(
+                "The answer from {} is incomplete (it has no code). {again}",
+                provider.name
+            ),
         ));
     };
     let signed_in = providers
@@ -272,12 +283,18 @@ async fn finish(state: &AppState, id: &str, raw: &str, session: &Session) -> Res
                 LoginError::Rejected(_) => Failure::new(
                     StatusCode::BAD_REQUEST,
                     "sign_in_failed",
-                    format!("The sign-in with {} could not be completed. {again}", provider.name),
+                    format!(
+                        "The sign-in with {} could not be completed. {again}",
+                        provider.name
+                    ),
                 ),
                 LoginError::Unavailable(_) => Failure::new(
                     StatusCode::BAD_GATEWAY,
                     "provider_unavailable",
-                    format!("{} could not be reached. Try again in a moment.", provider.name),
+                    format!(
+                        "{} could not be reached. Try again in a moment.",
+                        provider.name
+                    ),
                 ),
             }
         })?;
@@ -285,7 +302,7 @@ async fn finish(state: &AppState, id: &str, raw: &str, session: &Session) -> Res
     if account.disabled {
         return Err(ApiError::Disabled.into());
     }
-    super::auth::sign_in(state, session, &account, "oidc").await?;
+    state.sign_in(session, &account, "oidc").await?;
     sessions::set_provider_session(session, &provider.id, &signed_in.id_token)
         .await
         .map_err(ApiError::from)?;
@@ -293,47 +310,63 @@ async fn finish(state: &AppState, id: &str, raw: &str, session: &Session) -> Res
     Ok(())
 }
 
-/// The account of the person who signed in at the provider.
+/// The account of the person who signed in at the provider: the one
+/// linked to (provider, subject), else the one with the email when the
+/// provider vouches for it, else a new one. With `OIDC_ADMIN_GROUPS`, the
+/// `groups` claim decides admin at each sign-in.
 async fn account_for(
     state: &AppState,
     provider: &Provider,
     signed_in: &SignedIn,
 ) -> Result<Account, Failure> {
-    // TODO(#13): AccountStore::external_account (linking by provider and
-    // subject) replaces this once it lands on main.
-    let _ = provider;
-    let Some(email) = signed_in.email.as_deref().map(str::to_lowercase) else {
+    let Some(email) = signed_in
+        .email
+        .as_deref()
+        .and_then(|raw| normalise_email(raw).ok())
+    else {
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "no_email",
-            "The identity provider did not share an email address.",
+            format!(
+                "{} did not share a usable email address, which this server needs. \
+                 Ask your administrator to allow the email scope.",
+                provider.name
+            ),
         ));
     };
-    if let Some(account) = state
+    // A name the account rules refuse (too long) falls back to the email's.
+    let name =
+        display_name(signed_in.name.as_deref(), &email).or_else(|_| display_name(None, &email))?;
+    let admin = state
+        .chat
+        .settings
+        .auth
+        .oidc
+        .as_ref()
+        .and_then(|oidc| oidc.admin_from_groups(&signed_in.groups));
+    let identity = ExternalIdentity {
+        provider: format!("oidc:{}", provider.id),
+        subject: signed_in.subject.clone(),
+        email,
+        email_verified: signed_in.email_verified,
+        name,
+    };
+    match state
         .accounts
-        .account_by_email(&email)
+        .external_account(identity, admin)
         .await
         .map_err(ApiError::from)?
     {
-        return Ok(account);
-    }
-    let name = crate::auth::display_name(signed_in.name.as_deref(), &email)?;
-    let created = state
-        .accounts
-        .create_account(
-            crate::store::accounts::NewAccount {
-                user_id: crate::domain::UserId::new(),
-                email,
-                name,
-                password_hash: String::new(),
-            },
-            crate::store::accounts::Signup::Open,
-        )
-        .await
-        .map_err(ApiError::from)?;
-    match created {
-        crate::store::accounts::Created::Account(account) => Ok(account),
-        _ => Err(ApiError::SignupClosed.into()),
+        External::Account(account) => Ok(account),
+        External::EmailTaken => Err(Failure::new(
+            StatusCode::CONFLICT,
+            "email_taken",
+            format!(
+                "An account with this email already exists, and {} does not confirm the email \
+                 is yours. Sign in to that account another way.",
+                provider.name
+            ),
+        )),
     }
 }
 

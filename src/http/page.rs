@@ -55,7 +55,7 @@ async fn get_config(State(state): State<AppState>) -> Response {
     let info = state.chat.llm.info();
     let auth = &settings.auth;
     let signup_open = match auth.signup {
-        _ if !auth.accounts() => false,
+        _ if !auth.local() => false,
         SignupPolicy::Open => true,
         SignupPolicy::Closed => false,
         // A failed look-up offers the form; sign-up itself decides.
@@ -71,7 +71,7 @@ async fn get_config(State(state): State<AppState>) -> Response {
         allowed_extensions: &settings.allowed_extensions,
         max_message_chars: settings.max_message_chars,
         auth: AuthConfig {
-            mode: auth.mode.as_str(),
+            mode: auth.methods.name(),
             signup_open,
             anonymous: auth.allow_anonymous,
             providers: state

@@ -108,6 +108,25 @@ async fn identify<A: Adapter>(
         accept(&socket, &state, user, session);
         return Ok(());
     }
+    // Behind a sign-in proxy, its header names the account.
+    let peer = socket
+        .req_parts()
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if let Some(peer) = peer {
+        let proxied = state
+            .proxied_user(peer, &socket.req_parts().headers, None)
+            .await
+            .map_err(|err| {
+                tracing::info!(socket = %socket.id, error = %err, "socket refused: proxy identity");
+                Refused("Sign in to continue.")
+            })?;
+        if let Some(user) = proxied {
+            accept(&socket, &state, user, session);
+            return Ok(());
+        }
+    }
     let user = match &session {
         Some(session) if session.id().is_some() => {
             let read = if anonymous_allowed {

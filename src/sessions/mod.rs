@@ -43,8 +43,11 @@ pub use self::sqlite::SqliteSessionStore;
 pub const COOKIE_NAME: &str = "chat_session";
 const USER_KEY: &str = "user_id";
 const CONVERSATION_KEY: &str = "conversation_id";
-/// How the session's user signed in (`local`, `oidc`); absent for anonymous users.
+/// How the session's user signed in (`local`, `oidc`, `proxy`); absent for
+/// anonymous users.
 const AUTH_KEY: &str = "auth";
+/// `AUTH_MODE=proxy`: the email the proxy named when the session signed in.
+const PROXIED_KEY: &str = "proxied_email";
 /// Single sign-on logins begun in this browser and not finished yet.
 const OIDC_PENDING_KEY: &str = "oidc_pending";
 /// The provider the session signed in with, and its ID token (for logout).
@@ -248,28 +251,11 @@ pub async fn signed_in(
     existing_user(session).await
 }
 
-/// Signs `user` in (by `method`, e.g. `local`) under a new session id, so
-/// whoever knew the old id is not signed in. Returns the anonymous user the
-/// session had until now, whose conversations should move to the account.
-pub async fn sign_in(
+/// How the session signed in (`local`, `oidc`, `proxy`), if it did.
+pub async fn sign_in_method(
     session: &Session,
-    user: &UserId,
-    method: &'static str,
-) -> Result<Option<UserId>, tower_sessions::session::Error> {
-    let anonymous = match session.get::<String>(AUTH_KEY).await? {
-        Some(_) => None,
-        None => existing_user(session).await?,
-    };
-    session.cycle_id().await?;
-    session.insert(USER_KEY, user.as_ref()).await?;
-    session.insert(AUTH_KEY, method).await?;
-    Ok(anonymous.filter(|previous| previous != user))
-}
-
-/// Ends the session: its record is deleted and the cookie cleared; the
-/// next request starts a new one.
-pub async fn sign_out(session: &Session) -> Result<(), tower_sessions::session::Error> {
-    session.flush().await
+) -> Result<Option<String>, tower_sessions::session::Error> {
+    session.get::<String>(AUTH_KEY).await
 }
 
 /// A value of an older shape reads as absent; a store failure stays one.
@@ -280,13 +266,6 @@ fn malformed_is_none<T>(
         tower_sessions::session::Error::SerdeJson(_) => Ok(None),
         other => Err(other),
     }
-}
-
-/// How the session signed in (`local`, `oidc`); `None` when it did not.
-pub async fn sign_in_method(
-    session: &Session,
-) -> Result<Option<String>, tower_sessions::session::Error> {
-    session.get::<String>(AUTH_KEY).await
 }
 
 /// Keeps a begun single sign-on login for its callback (which another
@@ -303,7 +282,9 @@ pub async fn push_pending_login(
         .unwrap_or_default();
     pending.retain(|known| !known.expired());
     pending.push(login);
-    let excess = pending.len().saturating_sub(crate::oidc::MAX_PENDING_LOGINS);
+    let excess = pending
+        .len()
+        .saturating_sub(crate::oidc::MAX_PENDING_LOGINS);
     pending.drain(..excess);
     session.insert(OIDC_PENDING_KEY, pending).await
 }
@@ -335,25 +316,65 @@ pub async fn take_pending_login(
     Ok(found)
 }
 
-/// Remembers the provider this session signed in with and its ID token.
+/// Remembers the provider this session signed in with and its ID token
+/// (after [`sign_in`]).
 pub async fn set_provider_session(
     session: &Session,
     provider: &str,
     id_token: &str,
 ) -> Result<(), tower_sessions::session::Error> {
-    session
-        .insert(OIDC_SESSION_KEY, (provider, id_token))
-        .await
+    session.insert(OIDC_SESSION_KEY, (provider, id_token)).await
 }
 
 /// The provider this session signed in with and its ID token, if any.
 pub async fn provider_session(
     session: &Session,
 ) -> Result<Option<(String, String)>, tower_sessions::session::Error> {
-    Ok(session
+    session
         .get::<(String, String)>(OIDC_SESSION_KEY)
         .await
-        .or_else(malformed_is_none)?)
+        .or_else(malformed_is_none)
+}
+
+/// The email a trusted proxy named when this session signed in.
+pub async fn proxied_email(
+    session: &Session,
+) -> Result<Option<String>, tower_sessions::session::Error> {
+    session.get::<String>(PROXIED_KEY).await
+}
+
+/// Remembers the email a trusted proxy named (after [`sign_in`]).
+pub async fn set_proxied_email(
+    session: &Session,
+    email: &str,
+) -> Result<(), tower_sessions::session::Error> {
+    session.insert(PROXIED_KEY, email).await
+}
+
+/// Signs `user` in (by `method`, e.g. `local`) under a new session id, so
+/// whoever knew the old id is not signed in. Returns the anonymous user the
+/// session had until now, whose conversations should move to the account.
+pub async fn sign_in(
+    session: &Session,
+    user: &UserId,
+    method: &'static str,
+) -> Result<Option<UserId>, tower_sessions::session::Error> {
+    let anonymous = match session.get::<String>(AUTH_KEY).await? {
+        Some(_) => None,
+        None => existing_user(session).await?,
+    };
+    session.cycle_id().await?;
+    session.insert(USER_KEY, user.as_ref()).await?;
+    session.insert(AUTH_KEY, method).await?;
+    session.remove::<String>(PROXIED_KEY).await?;
+    session.remove_value(OIDC_SESSION_KEY).await?;
+    Ok(anonymous.filter(|previous| previous != user))
+}
+
+/// Ends the session: its record is deleted and the cookie cleared; the
+/// next request starts a new one.
+pub async fn sign_out(session: &Session) -> Result<(), tower_sessions::session::Error> {
+    session.flush().await
 }
 
 /// The session's current conversation, if any (ignoring a malformed value).

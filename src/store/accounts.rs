@@ -53,6 +53,31 @@ pub enum Created {
     Closed,
 }
 
+/// Who an identity provider (or a trusted proxy) says the person is.
+#[derive(Debug, Clone)]
+pub struct ExternalIdentity {
+    /// `proxy`, or `oidc:<provider id>`.
+    pub provider: String,
+    /// The provider's stable id of the person (OIDC `sub`; for a proxy,
+    /// the lowercase email it sends).
+    pub subject: String,
+    /// Lowercase, already checked.
+    pub email: String,
+    /// Whether the provider vouches for the email: only then may the
+    /// identity be linked to an existing account with that email.
+    pub email_verified: bool,
+    pub name: String,
+}
+
+/// What signing in with an external identity found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum External {
+    /// The linked account (found, linked by email, or created).
+    Account(Account),
+    /// An account has the email, and the provider does not vouch for it.
+    EmailTaken,
+}
+
 /// Storage of accounts.
 #[async_trait]
 pub trait AccountStore: Send + Sync + 'static {
@@ -68,6 +93,18 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn account(&self, user: &UserId) -> StoreResult<Option<Account>>;
     /// Replaces the password hash; `false` when there is no such account.
     async fn set_password(&self, user: &UserId, password_hash: &str) -> StoreResult<bool>;
+    /// The account of an external identity: the one linked to
+    /// `(provider, subject)`; else, when the email is verified, the account
+    /// with that email, now linked; else a new account (without a password;
+    /// the store's first account is the admin), linked. `admin: Some(b)`
+    /// sets `is_admin` to `b` (a provider's groups decide it at each
+    /// sign-in); `None` keeps it. Linking is atomic: the same identity
+    /// signing in twice at once gets one account.
+    async fn external_account(
+        &self,
+        identity: ExternalIdentity,
+        admin: Option<bool>,
+    ) -> StoreResult<External>;
     /// Moves every conversation of `from` (an anonymous browser user) to
     /// `to` (the account it signed in to); returns how many moved.
     async fn transfer_conversations(&self, from: &UserId, to: &UserId) -> StoreResult<u64>;

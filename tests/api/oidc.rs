@@ -125,7 +125,10 @@ async fn login_redirects_to_the_provider_with_state_nonce_and_a_pkce_challenge()
     assert!(params["code_challenge"].len() >= 43);
     assert!(params["state"].len() >= 16 && params["nonce"].len() >= 16);
     assert!(params["scope"].split(' ').any(|s| s == "openid"));
-    assert_eq!(response.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(
+        response.header("cache-control").as_deref(),
+        Some("no-store")
+    );
     assert!(
         user.session_cookie().is_some(),
         "the login state needs a session"
@@ -239,13 +242,22 @@ async fn unknown_providers_and_servers_without_oidc_answer_404() {
     let plain = spawn_app(&[]).await;
     let local = spawn_app(&[("AUTH_MODE", "local")]).await;
 
-    let unknown_login = app.new_user_without_page().get("/auth/oidc/nope/login").await;
+    let unknown_login = app
+        .new_user_without_page()
+        .get("/auth/oidc/nope/login")
+        .await;
     let unknown_callback = app
         .new_user_without_page()
         .get("/auth/oidc/nope/callback?code=a&state=b")
         .await;
-    let without = plain.new_user_without_page().get("/auth/oidc/test/login").await;
-    let local_only = local.new_user_without_page().get("/auth/oidc/test/login").await;
+    let without = plain
+        .new_user_without_page()
+        .get("/auth/oidc/test/login")
+        .await;
+    let local_only = local
+        .new_user_without_page()
+        .get("/auth/oidc/test/login")
+        .await;
 
     for response in [&unknown_login, &unknown_callback, &without, &local_only] {
         assert_eq!(response.status, 404, "{}", response.text);

@@ -18,6 +18,7 @@ mod accounts;
 mod checks;
 mod faults;
 mod fixture;
+mod identities;
 mod migrate;
 mod mongo_only;
 mod server;
@@ -76,5 +77,11 @@ contract!(
         transfer_moves_conversations_with_messages_and_search_and_counts_them,
         first_only_sign_ups_at_once_on_two_stores_make_exactly_one_account_the_admin,
         open_sign_ups_at_once_on_two_stores_all_succeed_with_exactly_one_admin,
+    ],
+    identities: [
+        a_new_identity_gets_an_account_without_a_password_and_keeps_it,
+        a_verified_email_links_the_existing_account_an_unverified_one_does_not,
+        admin_is_set_when_asked_and_kept_otherwise,
+        an_identity_signing_in_at_once_on_two_stores_gets_one_account,
     ],
 );

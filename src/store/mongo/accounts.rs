@@ -21,7 +21,9 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use super::base::{code, command_code, MongoStore};
 use super::documents::{from_bson_time, now};
 use crate::domain::UserId;
-use crate::store::accounts::{Account, AccountStore, Created, NewAccount, Signup};
+use crate::store::accounts::{
+    Account, AccountStore, Created, External, ExternalIdentity, NewAccount, Signup,
+};
 use crate::store::{StoreError, StoreResult};
 
 /// The `_id` of the first-account marker in `meta`.
@@ -138,6 +140,86 @@ impl MongoStore {
         }
     }
 
+    /// Links `(provider, subject)` to `user`: `false` when it is linked
+    /// already (another sign-in got there first).
+    async fn link_identity(&self, key: &str, user: &UserId) -> StoreResult<bool> {
+        let (at, _) = now();
+        let link = doc! {"_id": key, "user_id": user.as_ref(), "created_at": at};
+        match self.identities.insert_one(link).await {
+            Ok(_) => Ok(true),
+            Err(e) if command_code(&e) == Some(code::DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// One try of [`AccountStore::external_account`]; `None`: lost a race
+    /// with a sign-in of the same person, try again.
+    async fn external_once(&self, identity: &ExternalIdentity) -> StoreResult<Option<External>> {
+        let key = format!("{}\n{}", identity.provider, identity.subject);
+        if let Some(link) = self
+            .identities
+            .find_one(doc! {"_id": &key})
+            .await
+            .map_err(|e| self.err(e))?
+        {
+            let user = UserId::from_stored(link.get_str("user_id").unwrap_or_default().to_string());
+            if let Some(account) = self.account(&user).await? {
+                return Ok(Some(External::Account(account)));
+            }
+            // Linked to an account that is not there: one being created
+            // right now (wait), or one whose creation never finished.
+            let young = link
+                .get_datetime("created_at")
+                .is_ok_and(|at| Utc::now() - from_bson_time(*at) < STALE_MARKER);
+            if young {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                return Ok(None);
+            }
+            self.identities
+                .delete_one(doc! {"_id": &key, "user_id": user.as_ref()})
+                .await
+                .map_err(|e| self.err(e))?;
+            return Ok(None);
+        }
+        if let Some(account) = self.account_by_email(&identity.email).await? {
+            if !identity.email_verified {
+                return Ok(Some(External::EmailTaken));
+            }
+            return Ok(self
+                .link_identity(&key, &account.user_id)
+                .await?
+                .then_some(External::Account(account)));
+        }
+        // A new account: the link first, so a second sign-in of the same
+        // identity waits for this account instead of making another.
+        let user_id = UserId::new();
+        if !self.link_identity(&key, &user_id).await? {
+            return Ok(None);
+        }
+        let created = self
+            .create_account(
+                NewAccount {
+                    user_id: user_id.clone(),
+                    email: identity.email.clone(),
+                    name: identity.name.clone(),
+                    password_hash: String::new(),
+                },
+                Signup::Open,
+            )
+            .await;
+        match created {
+            Ok(Created::Account(account)) => Ok(Some(External::Account(account))),
+            other => {
+                // The email was taken meanwhile (or an error): unlink.
+                self.identities
+                    .delete_one(doc! {"_id": &key, "user_id": user_id.as_ref()})
+                    .await
+                    .map_err(|e| self.err(e))?;
+                other.map(|_| None)
+            }
+        }
+    }
+
     async fn find_account(&self, filter: Document) -> StoreResult<Option<Account>> {
         self.users
             .find_one(filter)
@@ -151,6 +233,40 @@ impl MongoStore {
 
 #[async_trait]
 impl AccountStore for MongoStore {
+    async fn external_account(
+        &self,
+        identity: ExternalIdentity,
+        admin: Option<bool>,
+    ) -> StoreResult<External> {
+        for _ in 0..50 {
+            let Some(found) = self.external_once(&identity).await? else {
+                continue;
+            };
+            let External::Account(account) = found else {
+                return Ok(found);
+            };
+            return Ok(External::Account(match admin {
+                Some(is_admin) if is_admin != account.is_admin => {
+                    self.users
+                        .update_one(
+                            doc! {"user_id": account.user_id.as_ref()},
+                            doc! {"$set": {"is_admin": is_admin}},
+                        )
+                        .await
+                        .map_err(|e| self.err(e))?;
+                    Account {
+                        is_admin,
+                        ..account
+                    }
+                }
+                _ => account,
+            }));
+        }
+        Err(StoreError::Unavailable(
+            "signing in with an identity provider kept racing; try again".to_string(),
+        ))
+    }
+
     async fn create_account(&self, account: NewAccount, signup: Signup) -> StoreResult<Created> {
         let first = self.claim_first(&account.user_id).await?;
         if !first && signup == Signup::FirstOnly {

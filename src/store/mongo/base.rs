@@ -23,6 +23,8 @@ pub const SESSIONS: &str = "sessions";
 pub const USERS: &str = "users";
 /// Collection holding personal access tokens (`super::tokens`).
 pub const TOKENS: &str = "tokens";
+/// Collection holding identities from providers linked to accounts.
+pub const IDENTITIES: &str = "identities";
 /// Collection holding the store's own markers (the first account's).
 pub const META: &str = "meta";
 
@@ -68,6 +70,9 @@ pub struct MongoStore {
     pub(super) meta: Collection<Document>,
     /// Personal access tokens, one document each.
     pub(super) tokens: Collection<Document>,
+    /// External identities (`{_id: "<provider>\n<subject>", user_id,
+    /// created_at}`), linked to accounts.
+    pub(super) identities: Collection<Document>,
     pub(super) text_search: bool,
     /// Hides the URI's password in every error, the session store's too.
     pub(crate) redactor: Arc<Redactor>,

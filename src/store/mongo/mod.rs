@@ -55,7 +55,8 @@ use mongodb::{Client, Database};
 
 pub(crate) use self::base::{code, command_code, map_error};
 pub use self::base::{
-    MongoStore, CONVERSATIONS, META, SESSIONS, SIZE_LIMIT_BYTES, TOKENS, TOO_LARGE_MESSAGE, USERS,
+    MongoStore, CONVERSATIONS, IDENTITIES, META, SESSIONS, SIZE_LIMIT_BYTES, TOKENS,
+    TOO_LARGE_MESSAGE, USERS,
 };
 use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
@@ -128,6 +129,7 @@ impl MongoStore {
             users: db.collection(USERS),
             meta: db.collection(META),
             tokens: db.collection(TOKENS),
+            identities: db.collection(IDENTITIES),
             db,
             text_search: false,
             redactor: Arc::new(redactor),

@@ -10,8 +10,10 @@ use super::exec::{backend, exec};
 use super::rows::parse_time;
 use super::SqliteStore;
 use crate::domain::UserId;
-use crate::store::accounts::{Account, AccountStore, Created, NewAccount, Signup};
-use crate::store::{rfc3339, StoreResult};
+use crate::store::accounts::{
+    Account, AccountStore, Created, External, ExternalIdentity, NewAccount, Signup,
+};
+use crate::store::{rfc3339, StoreError, StoreResult};
 
 const BY_EMAIL: &str =
     "SELECT user_id, email, name, password_hash, is_admin, disabled, created_at \
@@ -49,8 +51,106 @@ fn is_email_taken(err: &rusqlite::Error) -> bool {
     )
 }
 
+/// The account of an external identity, in one transaction (see
+/// [`AccountStore::external_account`]).
+fn external_account(
+    conn: &mut Connection,
+    identity: &ExternalIdentity,
+    admin: Option<bool>,
+) -> StoreResult<External> {
+    let tx = conn.savepoint().map_err(backend)?;
+    let linked: Option<String> = tx
+        .prepare_cached("SELECT user_id FROM identities WHERE provider = ?1 AND subject = ?2")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![identity.provider, identity.subject], |row| {
+                row.get(0)
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    let by_email = || read_account(&tx, BY_EMAIL, &identity.email);
+    let account = match linked {
+        Some(user) => read_account(&tx, BY_USER_ID, &user)?,
+        None => None,
+    };
+    let account = match account {
+        Some(account) => account,
+        None => {
+            let account = match by_email()? {
+                Some(account) if identity.email_verified => account,
+                Some(_) => return Ok(External::EmailTaken),
+                None => {
+                    let any = tx
+                        .query_row("SELECT EXISTS (SELECT 1 FROM users)", [], |row| {
+                            row.get::<_, bool>(0)
+                        })
+                        .map_err(backend)?;
+                    let created_at = rfc3339::format(&Utc::now());
+                    let user_id = UserId::new();
+                    tx.prepare_cached(
+                        "INSERT INTO users (user_id, email, name, password_hash, is_admin, disabled, created_at) \
+                         VALUES (?1, ?2, ?3, '', ?4, 0, ?5)",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            user_id.as_ref(),
+                            identity.email,
+                            identity.name,
+                            !any,
+                            created_at
+                        ])
+                    })
+                    .map_err(backend)?;
+                    read_account(&tx, BY_USER_ID, user_id.as_ref())?.ok_or_else(|| {
+                        StoreError::Backend(anyhow::anyhow!("the new account was not found"))
+                    })?
+                }
+            };
+            // A stale link (its account deleted) is replaced.
+            exec(
+                &tx,
+                "INSERT OR REPLACE INTO identities (provider, subject, user_id, created_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    identity.provider,
+                    identity.subject,
+                    account.user_id.as_ref(),
+                    rfc3339::format(&Utc::now())
+                ],
+            )?;
+            account
+        }
+    };
+    let account = match admin {
+        Some(is_admin) if is_admin != account.is_admin => {
+            exec(
+                &tx,
+                "UPDATE users SET is_admin = ?2 WHERE user_id = ?1",
+                params![account.user_id.as_ref(), is_admin],
+            )?;
+            Account {
+                is_admin,
+                ..account
+            }
+        }
+        _ => account,
+    };
+    tx.commit().map_err(backend)?;
+    Ok(External::Account(account))
+}
+
 #[async_trait]
 impl AccountStore for SqliteStore {
+    async fn external_account(
+        &self,
+        identity: ExternalIdentity,
+        admin: Option<bool>,
+    ) -> StoreResult<External> {
+        self.db
+            .call(move |conn| external_account(conn, &identity, admin))
+            .await
+    }
+
     async fn create_account(&self, account: NewAccount, signup: Signup) -> StoreResult<Created> {
         self.db
             .call(move |conn| {

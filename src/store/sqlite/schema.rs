@@ -60,6 +60,18 @@ CREATE TABLE IF NOT EXISTS users (
 );
 "#;
 
+/// Identities from providers (OIDC, a trusted proxy) linked to accounts:
+/// one row per `(provider, subject)`. Created by [`migrate`] on every open.
+const IDENTITIES_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS identities (
+    provider    TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (provider, subject)
+);
+"#;
+
 /// Personal access tokens (`super::tokens`): only the token's SHA-256 is
 /// kept, unique, and found by it; a user's are listed through the index.
 /// Created by [`migrate`] on every open, like `users`.
@@ -100,6 +112,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.execute_batch(FTS_MIGRATION)?;
     tx.execute_batch(USERS_SCHEMA)?;
     tx.execute_batch(TOKENS_SCHEMA)?;
+    tx.execute_batch(IDENTITIES_SCHEMA)?;
     tx.commit()
 }
 
