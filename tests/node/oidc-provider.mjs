@@ -61,6 +61,7 @@ export async function startOidcProvider({ redirectUris, postLogoutRedirectUris =
       return { accountId: sub, async claims() { return { sub, ...account }; } };
     },
     cookies: { keys: ['oidc-test-cookie-key-0123456789abcdef'] },
+    ttl: { Interaction: 600, Session: 3600, Grant: 3600, AccessToken: 600, IdToken: 600 },
   });
   const hits = [];
   provider.use(async (ctx, next) => {
