@@ -148,7 +148,8 @@ pub struct AuthConfig {
     pub signup_open: bool,
     /// Whether the page works without signing in.
     pub anonymous: bool,
-    /// Single sign-on providers (empty without `oidc`).
+    /// Single sign-on providers; absent without `oidc`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub providers: Vec<ProviderView>,
 }
 

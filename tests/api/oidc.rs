@@ -283,6 +283,31 @@ async fn get_config_lists_the_providers_by_id_and_name_only() {
 }
 
 #[tokio::test]
+async fn local_and_oidc_together_offer_passwords_and_the_provider() {
+    let provider = Provider::start().await;
+    let mut env = provider.env();
+    env[0].1 = "local,oidc".into();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = spawn_app(&pairs).await;
+    let user = app.new_user_without_page();
+
+    let config = user.get("/get_config").await;
+    let signup = user
+        .post_json(
+            "/auth/signup",
+            serde_json::json!({"email": "ann@example.org", "password": "a long password"}),
+        )
+        .await;
+    let login = user.get("/auth/oidc/test/login").await;
+
+    assert_eq!(config.json["auth"]["mode"], "local,oidc");
+    assert_eq!(config.json["auth"]["providers"][0]["id"], "test");
+    assert_eq!(signup.status, 201, "{}", signup.text);
+    assert_eq!(signup.json["auth"], "local");
+    assert_eq!(login.status, 303, "{}", login.text);
+}
+
+#[tokio::test]
 async fn an_issuer_that_cannot_be_discovered_stops_the_start_and_is_named() {
     let llm = testkit::fake_llm::FakeLlm::start().await;
     let dir = tempfile::tempdir().unwrap();
