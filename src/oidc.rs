@@ -9,21 +9,23 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
-    CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
-    CoreRevocableToken, CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
+    CoreGenderClaim, CoreIdTokenVerifier, CoreJsonWebKey, CoreJsonWebKeySet,
+    CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm, CoreRevocableToken,
+    CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
-    AccessTokenHash, AdditionalClaims, AsyncHttpClient, AuthorizationCode, Client, ClientId,
-    ClientSecret, CsrfToken, EmptyExtraTokenFields, EndSessionUrl, EndpointMaybeSet,
-    EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IdToken, IdTokenFields, IssuerUrl,
-    LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
-    PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, RequestTokenError, Scope,
-    StandardErrorResponse, StandardTokenResponse, TokenResponse, UserInfoClaims,
+    AccessTokenHash, AdditionalClaims, AsyncHttpClient, AuthorizationCode, ClaimsVerificationError,
+    Client, ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields, EndSessionUrl,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IdToken,
+    IdTokenFields, IdTokenVerifier, IssuerUrl, JsonWebKeySetUrl, LogoutRequest, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl,
+    ProviderMetadataWithLogout, RedirectUrl, RequestTokenError, Scope, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse, UserInfoClaims,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +39,8 @@ pub const MAX_PENDING_LOGINS: usize = 5;
 /// Discovery attempts at start: a provider started at the same moment
 /// (a compose file) gets a few seconds; one that stays down stops the start.
 const DISCOVERY_ATTEMPTS: u32 = 4;
+/// Least time between two reads of a provider's signing keys after start.
+const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from a provider.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -160,6 +164,15 @@ impl<'c> AsyncHttpClient<'c> for Http {
 
 /// One discovered provider.
 pub struct Provider {
+    /// Its signing keys: read at discovery, read again when an ID token is
+    /// signed by a key not among them (the provider rotated its keys).
+    keys: std::sync::RwLock<CoreJsonWebKeySet>,
+    /// When the keys were last read again (at most once a minute).
+    keys_refreshed: tokio::sync::Mutex<Option<Instant>>,
+    jwks_uri: JsonWebKeySetUrl,
+    issuer_url: IssuerUrl,
+    client_secret: Option<ClientSecret>,
+    signing_algs: Vec<CoreJwsSigningAlgorithm>,
     pub id: String,
     pub name: String,
     /// The issuer URL as configured.
@@ -169,6 +182,52 @@ pub struct Provider {
     client_id: String,
     /// The provider's `end_session_endpoint`, if it has one.
     end_session: Option<EndSessionUrl>,
+}
+
+impl Provider {
+    /// An ID token verifier with the provider's current keys.
+    fn verifier(&self) -> CoreIdTokenVerifier<'static> {
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let client_id = ClientId::new(self.client_id.clone());
+        let verifier = match &self.client_secret {
+            Some(secret) => IdTokenVerifier::new_confidential_client(
+                client_id,
+                secret.clone(),
+                self.issuer_url.clone(),
+                keys,
+            ),
+            None => IdTokenVerifier::new_public_client(client_id, self.issuer_url.clone(), keys),
+        };
+        verifier.set_allowed_algs(self.signing_algs.clone())
+    }
+
+    /// Reads the provider's signing keys again, unless that was done less
+    /// than [`KEY_REFRESH_INTERVAL`] ago; whether new keys were read.
+    async fn refresh_keys(&self, http: &Http) -> bool {
+        let mut refreshed = self.keys_refreshed.lock().await;
+        if refreshed.is_some_and(|at| at.elapsed() < KEY_REFRESH_INTERVAL) {
+            return false;
+        }
+        *refreshed = Some(Instant::now());
+        match CoreJsonWebKeySet::fetch_async(&self.jwks_uri, http).await {
+            Ok(keys) => {
+                tracing::info!(provider = %self.id, "OIDC signing keys read again");
+                *self
+                    .keys
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+                true
+            }
+            Err(err) => {
+                tracing::warn!(provider = %self.id, error = %error_chain(&err), "OIDC signing keys could not be read again");
+                false
+            }
+        }
+    }
 }
 
 /// The discovered providers, in the configured order.
@@ -289,19 +348,29 @@ impl Providers {
             }
         };
         let end_session = metadata.additional_metadata().end_session_endpoint.clone();
+        let keys = metadata.jwks().clone();
+        let jwks_uri = metadata.jwks_uri().clone();
+        let signing_algs = metadata.id_token_signing_alg_values_supported().clone();
+        let client_secret = provider
+            .client_secret
+            .as_ref()
+            .map(|secret| ClientSecret::new(secret.expose().to_string()));
         let redirect = RedirectUrl::new(settings.redirect_uri(provider))
             .context("PUBLIC_URL does not make a valid redirect URI")?;
         let client = OidcClient::from_provider_metadata(
             metadata,
             ClientId::new(provider.client_id.clone()),
-            provider
-                .client_secret
-                .as_ref()
-                .map(|secret| ClientSecret::new(secret.expose().to_string())),
+            client_secret.clone(),
         )
         .set_redirect_uri(redirect);
         tracing::info!(provider = %provider.id, issuer = %provider.issuer, logout = end_session.is_some(), "OIDC provider discovered");
         Ok(Provider {
+            keys: std::sync::RwLock::new(keys),
+            keys_refreshed: tokio::sync::Mutex::new(None),
+            jwks_uri,
+            issuer_url: issuer,
+            client_secret,
+            signing_algs,
             id: provider.id.clone(),
             name: provider.name.clone(),
             issuer: provider.issuer.clone(),
@@ -368,11 +437,19 @@ impl Providers {
         let id_token: &GroupsIdToken = answer
             .id_token()
             .ok_or_else(|| LoginError::Rejected("the token answer has no ID token".into()))?;
-        let verifier = provider.client.id_token_verifier();
         let nonce = Nonce::new(pending.nonce);
-        let claims = id_token
-            .claims(&verifier, &nonce)
-            .map_err(|e| LoginError::Rejected(format!("ID token: {}", error_chain(&e))))?;
+        let mut verifier = provider.verifier();
+        let mut checked = id_token.claims(&verifier, &nonce);
+        if let Err(ClaimsVerificationError::SignatureVerification(_)) = checked {
+            // Signed with a key we do not have: the provider may have
+            // rotated its keys since discovery.
+            if provider.refresh_keys(&self.http).await {
+                verifier = provider.verifier();
+                checked = id_token.claims(&verifier, &nonce);
+            }
+        }
+        let claims =
+            checked.map_err(|e| LoginError::Rejected(format!("ID token: {}", error_chain(&e))))?;
         if let Some(expected) = claims.access_token_hash() {
             let rejected = |e: &dyn std::error::Error| {
                 LoginError::Rejected(format!("at_hash: {}", error_chain(e)))

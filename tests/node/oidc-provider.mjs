@@ -9,6 +9,7 @@
 //   - run as a program by the Rust API tests (tests/api/oidc.rs):
 //       OIDC_TEST_REDIRECT_URIS=... node tests/node/oidc-provider.mjs
 //     prints `issuer <url>` once listening and runs until SIGTERM or stdin closes.
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import Provider from 'oidc-provider';
@@ -22,15 +23,22 @@ export const ACCOUNTS = {
   bob: { email: 'bob@example.org', email_verified: true, name: 'Bob Builder', groups: ['staff'] },
 };
 
+/** A signing key of its own for each start (a restart is a key rotation). */
+function freshSigningKey() {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), use: 'sig', alg: 'RS256' };
+}
+
 /**
- * Starts the provider. Returns {issuer, hits, close()}: `hits` lists the paths of the
- * requests it received (so a test can see its end_session endpoint was reached).
+ * Starts the provider (on `port`, else a free one). Returns {issuer, port, hits, close()}:
+ * `hits` lists the requests it received (so a test can see its end_session endpoint was
+ * reached).
  */
-export async function startOidcProvider({ redirectUris, postLogoutRedirectUris = [] } = {}) {
+export async function startOidcProvider({ redirectUris, postLogoutRedirectUris = [], port = 0 } = {}) {
   const server = http.createServer();
   await new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
+    server.listen(port, '127.0.0.1', resolve);
   });
   const issuer = `http://127.0.0.1:${server.address().port}`;
   const provider = new Provider(issuer, {
@@ -60,6 +68,7 @@ export async function startOidcProvider({ redirectUris, postLogoutRedirectUris =
       if (!account) return undefined;
       return { accountId: sub, async claims() { return { sub, ...account }; } };
     },
+    jwks: { keys: [freshSigningKey()] },
     cookies: { keys: ['oidc-test-cookie-key-0123456789abcdef'] },
     ttl: { Interaction: 600, Session: 3600, Grant: 3600, AccessToken: 600, IdToken: 600 },
   });
@@ -71,6 +80,7 @@ export async function startOidcProvider({ redirectUris, postLogoutRedirectUris =
   server.on('request', provider.callback());
   return {
     issuer,
+    port: server.address().port,
     hits,
     close: () => new Promise((resolve) => {
       server.closeAllConnections?.();

@@ -15,7 +15,7 @@
 // Also: the provider button on the page, /auth/me (auth "oidc"), admin from the `groups`
 // claim (OIDC_ADMIN_GROUPS), sign-out reaching the provider's end_session endpoint and
 // ending its session (the next sign-in asks for the password again), and a replayed
-// callback refused with a clear page.
+// callback refused with a clear page, and a key rotation at the provider.
 //
 // Needs /usr/bin/redis-server, /usr/sbin/nginx, Chromium and CHAT_SERVER_BIN (harness.mjs).
 import { test, before, after } from 'node:test';
@@ -24,7 +24,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { startFakeLlm, startServer, launchChromium, waitReady, sleep } from './harness.mjs';
+import { startFakeLlm, startServer, launchChromium, waitReady, screenshot, sleep } from './harness.mjs';
 import { freePort, startNginx, startRedis } from './services.mjs';
 import { startOidcProvider, CLIENT_ID, CLIENT_SECRET } from './oidc-provider.mjs';
 
@@ -66,7 +66,7 @@ before(async () => {
     OIDC_TEST_SCOPES: 'openid email profile groups',
     OIDC_ADMIN_GROUPS: 'chat-admins',
     // The sign-in lines of the log tell which instance did what.
-    RUST_LOG: 'warn,llm_chat_server::http::oidc=info',
+    RUST_LOG: 'warn,llm_chat_server::http::oidc=info,llm_chat_server::oidc=info',
   };
   // One folder: both instances use the same SQLite file.
   [a, b] = await Promise.all([startServer(env, { llm, dir }), startServer(env, { llm, dir })]);
@@ -111,6 +111,8 @@ async function signInAtProvider(page, login) {
     assert.ok(Date.now() < deadline, `stuck at ${page.url()}: ${await page.content()}`);
     await sleep(50);
   }
+  const failure = page.locator('#auth-error-message');
+  if (await failure.count()) assert.fail(`sign-in failed: ${await failure.textContent()}`);
 }
 
 /** GET /auth/me from the page: {status, body}. */
@@ -133,6 +135,7 @@ test('sign in through the provider on two instances, admin from groups, logout a
   await button.waitFor({ state: 'visible' });
   assert.equal(await button.textContent(), 'Sign in with Test Provider');
   assert.equal(await page.locator('#auth-local-fields').isHidden(), true);
+  await screenshot(page, 'oidc-sign-in-dialog.png');
   await button.click();
   await signInAtProvider(page, 'bob');
   await waitReady(page);
@@ -192,11 +195,27 @@ test('sign in through the provider on two instances, admin from groups, logout a
   assert.equal(callbacks.length, 2, callbacks.join('\n'));
   const replay = await page.goto(callbacks[1]);
   assert.equal(replay.status(), 400);
+  await screenshot(page, 'oidc-replayed-callback.png');
   assert.equal(await page.locator('#auth-error-message').getAttribute('data-error'), 'unknown_login');
   assert.match(await page.locator('#auth-error-message').textContent(), /Start the sign-in again/);
   await page.locator('a[href="/"]').click();
   await waitReady(page);
   assert.equal((await me(page)).body.email, 'ada@example.org');
+
+  // 5. The provider restarts with a new signing key (a key rotation): the next sign-in
+  //    still works, the instance reading the provider's keys again.
+  const { port } = op;
+  await op.close();
+  op = await startOidcProvider({
+    redirectUris: [`${publicUrl}/auth/oidc/test/callback`],
+    postLogoutRedirectUris: [`${publicUrl}/`],
+    port,
+  });
+  await page.goto(`${publicUrl}/auth/oidc/test/login`);
+  await signInAtProvider(page, 'bob');
+  await waitReady(page);
+  assert.equal((await me(page)).body.email, 'bob@example.org');
+  assert.equal(count(x, 'OIDC signing keys read again'), 1, x.output());
 
   await context.close();
 });
