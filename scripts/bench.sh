@@ -22,6 +22,9 @@
 #   8. upload (ONLY=upload): one UPLOAD_BYTES text file through POST /upload_file, fake LLM
 #      answering each chunk's analysis after UPLOAD_LLM_DELAY_MS, on a server with
 #      UPLOAD_CONCURRENCY=1, then one with 4 (the default)
+#  8b. chunking (ONLY=chunking): the same UPLOAD_BYTES of text uploaded with its newlines,
+#      then on one line (newlines made spaces), fake LLM answering at once: the
+#      `chunking_secs` of each, and their ratio (one line / newlines; target within 2)
 #   9. redis (ONLY=redis): turns (USERS users, then short conversations) against a server
 #      with REDIS_URL and MONGODB_URI (its own redis-server and SecantusDB)
 # One JSON line per run on stdout (also appended to $RESULTS if set); everything
@@ -49,7 +52,7 @@ CROSS_LLM_DELAY_MS=${CROSS_LLM_DELAY_MS:-10}
 CROSS_STORE=${CROSS_STORE:-mongo}   # mongo (SecantusDB) | sqlite (one file shared by A and B)
 UPLOAD_BYTES=${UPLOAD_BYTES:-5000000}
 UPLOAD_LLM_DELAY_MS=${UPLOAD_LLM_DELAY_MS:-50}
-ONLY=${ONLY:-all}   # all | turns | idle | fanout | cross | upload | redis
+ONLY=${ONLY:-all}   # all | turns | idle | fanout | cross | upload | chunking | redis
 # KEEP_LOGS=1 keeps the temp dir with every process's output (its path is printed).
 
 echo "==> building (release)" >&2
@@ -84,6 +87,7 @@ start_server() {
   mkdir -p "$tmp/$name"
   (cd "$tmp/$name" && exec env LLM_PROVIDER=openai OPENAI_BASE_URL="$fake_url/v1" \
     LLM_MODEL=fake OPENAI_API_KEY=k RATE_LIMIT_MESSAGES_PER_MINUTE=0 \
+    RATE_LIMIT_NEW_SESSIONS_PER_IP_PER_HOUR=0 RATE_LIMIT_MESSAGES_PER_IP_PER_MINUTE=0 \
     DATABASE_PATH="$tmp/$name/chat.db" SAVED_CONVERSATIONS_DIR="$tmp/$name/saved" \
     HOST=127.0.0.1 PORT=0 RUST_LOG=warn "$@" "$bin/llm-chat-server" \
     >"$tmp/$name.out" 2>"$tmp/$name.out.err") &
@@ -218,6 +222,7 @@ if want upload; then
   # its wall time is the baseline of the concurrent run's ratio.
   fake upload extra_fake_url --complete-delay-ms "$UPLOAD_LLM_DELAY_MS"
   upload_env=(OPENAI_BASE_URL="$extra_fake_url/v1" RATE_LIMIT_UPLOADS_PER_HOUR=0
+    RATE_LIMIT_UPLOADS_PER_IP_PER_HOUR=0
     MAX_FILE_SIZE_MB=$((UPLOAD_BYTES / 1048576 + 2)))
   baseline=""
   for concurrency in 1 4; do
@@ -232,6 +237,25 @@ if want upload; then
     [ -n "$baseline" ] || baseline=$(sed -n 's/.*"wall_secs":\([0-9.]*\).*/\1/p' <<<"$line")
     kill_and_wait "$server_pid"
   done
+fi
+
+if want chunking; then
+  fake chunking extra_fake_url
+  start_server chunking OPENAI_BASE_URL="$extra_fake_url/v1" RATE_LIMIT_UPLOADS_PER_HOUR=0 \
+    MAX_FILE_SIZE_MB=$((UPLOAD_BYTES / 1048576 + 2))
+  newline_secs=""
+  for one_line in no yes; do
+    echo "==> chunking: $UPLOAD_BYTES bytes, one line: $one_line, server $server_url (pid $server_pid)" >&2
+    line=$(bounded 900 "$bin/chat-bench" upload --label "chunking-one-line-$one_line" \
+      --url "$server_url" --file-bytes "$UPLOAD_BYTES" --one-line "$one_line" \
+      --server-pid "$server_pid")
+    emit "$line"
+    secs=$(sed -n 's/.*"chunking_secs":\([0-9.]*\).*/\1/p' <<<"$line")
+    if [ -z "$newline_secs" ]; then newline_secs=$secs; else
+      echo "==> chunking: one line ${secs}s vs newlines ${newline_secs}s, ratio $(awk -v a="$secs" -v b="$newline_secs" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')" >&2
+    fi
+  done
+  kill_and_wait "$server_pid"
 fi
 
 if want redis; then

@@ -84,6 +84,7 @@ start_instance() {
       LLM_MODEL=fake OPENAI_API_KEY=k REDIS_URL="$redis_url" \
       REDIS_PREFIX=soak MONGODB_URI="$store_uri" MONGODB_DB=soak \
       SECRET_KEY="$secret" HOST=127.0.0.1 PORT="$port" RATE_LIMIT_MESSAGES_PER_MINUTE=0 \
+      RATE_LIMIT_NEW_SESSIONS_PER_IP_PER_HOUR=0 RATE_LIMIT_MESSAGES_PER_IP_PER_MINUTE=0 \
       SHUTDOWN_GRACE_SECONDS="${graces[$i]}" SAVED_CONVERSATIONS_DIR="$tmp/$name/saved" \
       DATABASE_PATH="$tmp/$name/chat.db" RUST_LOG="$SERVER_LOG" "$bin/llm-chat-server" \
       >>"$tmp/$name.out" 2>>"$tmp/$name.err") &

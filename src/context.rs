@@ -226,19 +226,38 @@ pub fn chunk_text(counter: &TokenCounter, text: &str, max_tokens: u32) -> Vec<St
 /// piece is counted as it is emitted (trimmed), since trimming can change
 /// how text tokenises.
 fn split_long_line(counter: &TokenCounter, line: &str, max_tokens: u32) -> Vec<String> {
+    split_long_line_with(&|text| counter.count(text), line, max_tokens)
+}
+
+/// [`split_long_line`] with `count` as the tokenizer. The length of the
+/// next piece is guessed from a window of text ahead, not from the whole
+/// rest of the line: the window doubles until it holds more than a piece
+/// and then follows the pieces' size, so the text counted is a small
+/// multiple of the line (linear), where counting the rest of the line for
+/// every piece was quadratic.
+fn split_long_line_with(count: &dyn Fn(&str) -> u32, line: &str, max_tokens: u32) -> Vec<String> {
     let chars: Vec<char> = line.chars().collect();
+    let n = chars.len();
+    let base_window = (max_tokens as usize).saturating_mul(4).max(16);
+    let mut window = base_window;
     let mut pieces = Vec::new();
     let mut start = 0;
-    while start < chars.len() {
-        // Guess from the average, then shrink until it fits.
-        let remaining: String = chars[start..].iter().collect();
-        let total = counter.count(&remaining).max(1);
-        let mut len =
-            ((chars.len() - start) as u64 * max_tokens as u64 / total as u64).max(1) as usize;
-        len = len.min(chars.len() - start);
+    while start < n {
+        // Guess from the window's average, then shrink until it fits.
+        let (end, tokens) = loop {
+            let end = start.saturating_add(window).min(n);
+            let ahead: String = chars[start..end].iter().collect();
+            let tokens = count(&ahead);
+            if tokens > max_tokens || end == n {
+                break (end, tokens.max(1));
+            }
+            window = window.saturating_mul(2);
+        };
+        let mut len = ((end - start) as u64 * max_tokens as u64 / tokens as u64).max(1) as usize;
+        len = len.min(end - start);
         loop {
             let mut cut = len;
-            if start + cut < chars.len() {
+            if start + cut < n {
                 let half = start + cut / 2;
                 if let Some(space) = chars[half..start + cut]
                     .iter()
@@ -249,11 +268,12 @@ fn split_long_line(counter: &TokenCounter, line: &str, max_tokens: u32) -> Vec<S
             }
             let piece: String = chars[start..start + cut].iter().collect();
             let trimmed = piece.trim();
-            if counter.count(trimmed) <= max_tokens || cut == 1 {
+            if count(trimmed) <= max_tokens || cut == 1 {
                 if !trimmed.is_empty() {
                     pieces.push(trimmed.to_string());
                 }
                 start += cut;
+                window = cut.saturating_mul(2).max(base_window);
                 break;
             }
             len = (len * 9 / 10).max(1);
@@ -366,6 +386,32 @@ mod tests {
         assert_eq!(
             chunks.concat().replace(' ', ""),
             text.trim().replace(' ', "")
+        );
+    }
+
+    /// Cutting a long line counts a small multiple of its text, not the
+    /// rest of the line again for every piece (which took minutes of CPU
+    /// for a 5 MB upload on one line).
+    #[test]
+    fn cutting_a_long_line_counts_a_linear_amount_of_text() {
+        let c = counter();
+        let counted = std::cell::Cell::new(0usize);
+        let count = |text: &str| {
+            counted.set(counted.get() + text.len());
+            c.count(text)
+        };
+        let line = "the quarterly report shows growth in most regions ".repeat(4_000);
+
+        let pieces = split_long_line_with(&count, &line, 500);
+
+        assert!(pieces.iter().all(|p| c.count(p) <= 500));
+        let words: usize = pieces.iter().map(|p| p.split_whitespace().count()).sum();
+        assert_eq!(words, 8 * 4_000, "no text lost");
+        assert!(
+            counted.get() <= 12 * line.len(),
+            "counted {} bytes for a line of {}",
+            counted.get(),
+            line.len()
         );
     }
 

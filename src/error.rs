@@ -5,6 +5,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::domain::ConversationId;
@@ -32,6 +33,8 @@ pub enum ApiError {
     InvalidCredentials(&'static str),
     #[error("Token not found.")]
     TokenNotFound,
+    #[error("User not found.")]
+    UserNotFound,
     #[error("This account is disabled.")]
     Disabled,
     #[error("Sign-up is closed. Ask an administrator for an account.")]
@@ -57,6 +60,18 @@ pub enum ApiError {
     /// Over a rate limit; try again after this many seconds.
     #[error("Too many requests. Try again in {0} seconds.")]
     RateLimited(u64),
+    /// The user's tokens for today (UTC) are used up.
+    #[error(
+        "You have used your {quota} tokens for today. The quota resets at {} UTC.",
+        resets_at.format("%Y-%m-%d %H:%M")
+    )]
+    QuotaExceeded {
+        quota: u64,
+        resets_at: DateTime<Utc>,
+    },
+    /// A signed-in account that is not an admin, on an admin route.
+    #[error("Only administrators may do this.")]
+    NotAdmin,
     #[error("The language model is unavailable right now. Please try again.")]
     LlmUnavailable,
     #[error("The service is temporarily unavailable. Please try again.")]
@@ -77,6 +92,9 @@ pub struct ErrorBody {
     /// Seconds to wait, for `rate_limited`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// RFC 3339, for `quota_exceeded`: when the daily quota starts again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<String>,
 }
 
 impl ErrorBody {
@@ -87,6 +105,7 @@ impl ErrorBody {
             message: &self.message,
             error: self.error,
             retry_after: self.retry_after,
+            resets_at: self.resets_at.as_deref(),
             conversation_id: conversation.map(AsRef::as_ref),
         })
     }
@@ -101,14 +120,17 @@ impl ApiError {
             ApiError::NotFound
             | ApiError::AccountsDisabled
             | ApiError::PasswordsDisabled
-            | ApiError::TokenNotFound => StatusCode::NOT_FOUND,
+            | ApiError::TokenNotFound
+            | ApiError::UserNotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthenticated | ApiError::InvalidCredentials(_) => StatusCode::UNAUTHORIZED,
             ApiError::Disabled | ApiError::SignupClosed => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::NotAdmin => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy(_) => StatusCode::CONFLICT,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::LlmUnavailable => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable | ApiError::Restarting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,17 +144,19 @@ impl ApiError {
             ApiError::NotFound
             | ApiError::AccountsDisabled
             | ApiError::PasswordsDisabled
-            | ApiError::TokenNotFound => "not_found",
+            | ApiError::TokenNotFound
+            | ApiError::UserNotFound => "not_found",
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::InvalidCredentials(_) => "invalid_credentials",
             ApiError::Disabled => "disabled",
             ApiError::SignupClosed => "signup_closed",
             ApiError::Conflict(_) => "conflict",
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden | ApiError::NotAdmin => "forbidden",
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unsupported(_) => "unsupported",
             ApiError::Busy(_) => "busy",
             ApiError::RateLimited(_) => "rate_limited",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::LlmUnavailable => "llm_unavailable",
             ApiError::Unavailable => "unavailable",
             ApiError::Restarting => "restarting",
@@ -153,6 +177,12 @@ impl ApiError {
                 ApiError::RateLimited(seconds) => Some(*seconds),
                 _ => None,
             },
+            resets_at: match self {
+                ApiError::QuotaExceeded { resets_at, .. } => {
+                    Some(resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                }
+                _ => None,
+            },
         }
     }
 
@@ -164,7 +194,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body())).into_response();
-        if let ApiError::RateLimited(seconds) = self {
+        let retry_after = match self {
+            ApiError::RateLimited(seconds) => Some(seconds),
+            ApiError::QuotaExceeded { resets_at, .. } => {
+                Some((resets_at - Utc::now()).num_seconds().max(1) as u64)
+            }
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(seconds),

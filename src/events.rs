@@ -211,6 +211,9 @@ pub struct ErrorEvent<'a> {
     pub error: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// RFC 3339: when a used-up daily quota starts again (`quota_exceeded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<&'a str>,
 }
@@ -304,6 +307,7 @@ mod tests {
             message: "m",
             error: "busy",
             retry_after: None,
+            resets_at: None,
             conversation_id: None,
         });
         assert_eq!(

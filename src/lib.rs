@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod realtime;
 pub mod redact;
 pub mod replies;
+pub mod serve;
 pub mod sessions;
 pub mod startup;
 pub mod state;

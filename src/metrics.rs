@@ -81,6 +81,8 @@ pub struct Metrics {
     pub turns_failed: AtomicU64,
     /// Messages refused because `LLM_MAX_CONCURRENCY` replies were running.
     pub turns_refused_busy: AtomicU64,
+    /// Messages refused because the user's daily token quota was used up.
+    pub turns_refused_quota: AtomicU64,
     pub summaries: AtomicU64,
     pub summary_failures: AtomicU64,
     pub upload_chunks: AtomicU64,
@@ -107,6 +109,7 @@ impl Default for Metrics {
             turns_stopped: AtomicU64::new(0),
             turns_failed: AtomicU64::new(0),
             turns_refused_busy: AtomicU64::new(0),
+            turns_refused_quota: AtomicU64::new(0),
             summaries: AtomicU64::new(0),
             summary_failures: AtomicU64::new(0),
             upload_chunks: AtomicU64::new(0),
@@ -171,6 +174,11 @@ impl Metrics {
                 "chat_turns_refused_busy_total",
                 "Messages refused because LLM_MAX_CONCURRENCY replies were running.",
                 get(&self.turns_refused_busy),
+            ),
+            (
+                "chat_turns_refused_quota_total",
+                "Messages (send_message, regenerate) refused because the user's daily token quota was used up.",
+                get(&self.turns_refused_quota),
             ),
             (
                 "chat_reply_chunks_total",

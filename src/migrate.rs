@@ -1,18 +1,22 @@
 //! `llm-chat-server migrate --from sqlite --to mongodb` (or back): copies
-//! every conversation and every live session between the two stores, page
-//! by page, with a progress bar on stderr and a count at the end.
+//! every conversation, every account and access token, and every live
+//! session between the two stores (conversations page by page, with a
+//! progress bar on stderr) and prints a count at the end.
 //!
-//! Idempotent: a conversation already in the target (same user and id) is
-//! left as it is, so a copy can be repeated or resumed after a failure.
-//! Sessions are copied too, or users would get new ids after the switch and
-//! lose sight of their conversations.
+//! Idempotent: a conversation already in the target (same user and id), an
+//! account whose user id or email is already there and a token whose id or
+//! hash is already there are left as they are, so a copy can be repeated or
+//! resumed after a failure. Sessions are copied too, or users would get new
+//! ids after the switch and lose sight of their conversations; accounts keep
+//! their user ids, password hashes and flags, so people sign in as before
+//! and their tokens keep working.
 
 use std::io::Write;
 
 use anyhow::{bail, Context};
 
 use crate::config::Settings;
-use crate::sessions::open_backend;
+use crate::sessions::{open_backend, Backends};
 use crate::store::{ConversationStore, StoreError};
 
 pub use crate::store::Backend;
@@ -25,14 +29,27 @@ pub struct Report {
     pub already_there: u64,
     pub too_large: u64,
     pub sessions: u64,
+    pub accounts: u64,
+    pub accounts_already_there: u64,
+    pub tokens: u64,
+    pub tokens_already_there: u64,
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} conversations read: {} copied, {} already there, {} too large for the target (left out); {} sessions copied",
-            self.conversations, self.inserted, self.already_there, self.too_large, self.sessions
+            "{} conversations read: {} copied, {} already there, {} too large for the target (left out); \
+             {} sessions copied; {} accounts copied, {} already there; {} access tokens copied, {} already there",
+            self.conversations,
+            self.inserted,
+            self.already_there,
+            self.too_large,
+            self.sessions,
+            self.accounts,
+            self.accounts_already_there,
+            self.tokens,
+            self.tokens_already_there
         )
     }
 }
@@ -82,6 +99,49 @@ pub async fn copy(
     Ok(report)
 }
 
+/// Copies every account, then every access token (after their owners).
+pub async fn copy_accounts(
+    from: &Backends,
+    to: &Backends,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    for account in from
+        .accounts
+        .accounts_for_copy()
+        .await
+        .context("reading accounts")?
+    {
+        let inserted = to
+            .accounts
+            .import_account(&account)
+            .await
+            .with_context(|| format!("writing the account of user {}", account.user_id))?;
+        if inserted {
+            report.accounts += 1;
+        } else {
+            report.accounts_already_there += 1;
+        }
+    }
+    for token in from
+        .tokens
+        .tokens_for_copy()
+        .await
+        .context("reading access tokens")?
+    {
+        let inserted = to
+            .tokens
+            .import_token(&token)
+            .await
+            .with_context(|| format!("writing access token {}", token.token.id))?;
+        if inserted {
+            report.tokens += 1;
+        } else {
+            report.tokens_already_there += 1;
+        }
+    }
+    Ok(())
+}
+
 /// The subcommand: opens both stores from the settings and copies.
 pub async fn run(settings: &Settings, from: Backend, to: Backend) -> anyhow::Result<Report> {
     if from == to {
@@ -101,6 +161,7 @@ pub async fn run(settings: &Settings, from: Backend, to: Backend) -> anyhow::Res
     )
     .await?;
     eprintln!();
+    copy_accounts(&source, &target, &mut report).await?;
     for record in &source.sessions.live_records().await? {
         target.sessions.save(record).await?;
         report.sessions += 1;

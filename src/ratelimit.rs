@@ -25,6 +25,12 @@ pub enum Bucket {
     LoginAddress,
     /// Accounts created from one client address.
     Signups,
+    /// Anonymous sessions first stored for one client address.
+    NewSessions,
+    /// Anonymous users' messages from one client address.
+    AddressMessages,
+    /// Anonymous users' uploads from one client address.
+    AddressUploads,
 }
 
 impl Bucket {
@@ -35,6 +41,9 @@ impl Bucket {
             Bucket::LoginAccount => "login-account",
             Bucket::LoginAddress => "login-address",
             Bucket::Signups => "signups",
+            Bucket::NewSessions => "new-sessions",
+            Bucket::AddressMessages => "address-messages",
+            Bucket::AddressUploads => "address-uploads",
         }
     }
 }

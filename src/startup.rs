@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use axum::Router;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::SocketIo;
@@ -52,6 +51,7 @@ pub struct Application {
     turns: Arc<TurnRegistry>,
     draining: Arc<AtomicBool>,
     shutdown_grace: Duration,
+    http: crate::config::HttpLimits,
 }
 
 /// The Socket.IO server for adapter `A`, its namespace registered, and the
@@ -145,6 +145,7 @@ impl Application {
             conversations: store,
             accounts,
             tokens: access_tokens,
+            usage,
             sessions,
         } = sessions::open(&settings, redis.as_ref()).await?;
         let oidc = match &settings.auth.oidc {
@@ -177,6 +178,7 @@ impl Application {
             chat: Chat {
                 settings: settings.clone(),
                 store: store.clone(),
+                usage: usage.clone(),
                 llm: llm.clone(),
                 tokens,
                 notifier,
@@ -264,6 +266,7 @@ impl Application {
             turns,
             draining,
             shutdown_grace: settings.shutdown_grace,
+            http: settings.http,
         })
     }
 
@@ -286,19 +289,7 @@ impl Application {
         // Replies the drain could not see stored: the exit code says so.
         let unstored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let unstored_at_exit = unstored.clone();
-        let listener = self.listener.tap_io(|tcp| {
-            // Several small frames per turn: without this, delayed ACKs
-            // stall streaming by up to 40 ms.
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(
-            listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        crate::serve::serve(self.listener, self.router, self.http, async move {
             shutdown.await;
             let left = drain::drain(&turns, &draining, grace).await;
             unstored_at_exit.store(left, Ordering::SeqCst);

@@ -80,6 +80,8 @@
     accountMenuButton: byId('account-menu-button'),
     accountEmail: byId('account-email'),
     accountWho: byId('account-who'),
+    accountUsage: byId('account-usage'),
+    accountUsageText: byId('account-usage-text'),
     changePassword: byId('change-password-button'),
     signOut: byId('sign-out-button'),
     authDialog: byId('auth-dialog'),
@@ -107,7 +109,19 @@
     passwordNew: byId('password-new'),
     passwordError: byId('password-error'),
     passwordCancel: byId('password-cancel'),
-    passwordSubmit: byId('password-submit')
+    passwordSubmit: byId('password-submit'),
+    tokensButton: byId('tokens-button'),
+    tokensDialog: byId('tokens-dialog'),
+    tokensForm: byId('tokens-form'),
+    tokensList: byId('tokens-list'),
+    tokensEmpty: byId('tokens-empty'),
+    tokensError: byId('tokens-error'),
+    tokensClose: byId('tokens-close'),
+    tokenCreated: byId('token-created'),
+    tokenValue: byId('token-value'),
+    tokenCopy: byId('token-copy'),
+    tokenName: byId('token-name'),
+    tokenCreate: byId('token-create')
   };
 
   var config = {
@@ -179,7 +193,38 @@
     err.status = res.status;
     err.code = data && data.error;
     if (data && typeof data.retry_after === 'number') err.retryAfter = data.retry_after;
+    if (err.code === 'quota_exceeded') err.message = quotaMessage(data);
     return err;
+  }
+
+  /** A `quota_exceeded` error's sentence, with the reset time in the reader's own time zone. */
+  function quotaMessage(data) {
+    var message = (data && typeof data.message === 'string' && data.message) || 'You have used your tokens for today.';
+    var at = data && typeof data.resets_at === 'string' ? new Date(data.resets_at) : null;
+    if (!at || isNaN(at.getTime())) return message;
+    var when = at.toLocaleString([], { weekday: 'short', hour: '2-digit', minute: '2-digit' });
+    return message.replace(/\s*The quota resets at .*$/, '') + ' It resets on ' + when + ' (your time).';
+  }
+
+  /** 12345 as "12 345" (no-break spaces, so a number never wraps). */
+  function groupDigits(n) {
+    return String(Math.max(0, Math.floor(Number(n) || 0))).replace(/\B(?=(\d{3})+(?!\d))/g, '\u00a0');
+  }
+
+  /** The account menu's "Used today" line, from GET /usage. */
+  function refreshUsage() {
+    if (!accountsOn() || !auth.me) return;
+    sendJson('GET', '/usage').then(function (usage) {
+      if (!usage || typeof usage !== 'object') return;
+      var used = (Number(usage.prompt_tokens) || 0) + (Number(usage.completion_tokens) || 0);
+      var quota = Number(usage.quota_tokens_per_day) || 0;
+      var text = groupDigits(used) + (quota > 0 ? ' / ' + groupDigits(quota) : '') + ' tokens today';
+      if (quota > 0 && used >= quota) text += ' (quota used up)';
+      els.accountUsageText.textContent = text;
+      els.accountUsage.hidden = false;
+    }, function () {
+      els.accountUsage.hidden = true;
+    });
   }
 
   function rawApi(method, path, body) {
@@ -1459,6 +1504,13 @@
         return;
       }
       var s = streamFor(data);
+      if (data && data.error === 'quota_exceeded') {
+        // Refused before anything was stored or sent upstream.
+        if (s && !s.acknowledged) failStream(s, quotaMessage(data), true);
+        else showError(quotaMessage(data));
+        refreshUsage();
+        return;
+      }
       if (data && data.error === 'rate_limited') {
         if (s && !s.acknowledged) failStream(s, null, true);
         startRateLimit(Number(data.retry_after) || 1, message.replace(/\s*Try again in \d+ seconds?\.?$/, ''));
@@ -1634,6 +1686,7 @@
     els.passwordUsername.value = email;
     // A single sign-on account has no password here.
     els.changePassword.hidden = !localOn() || me.auth !== 'local';
+    refreshUsage();
   }
 
   /** Nothing works without an account: stop the socket and ask to sign in. */
@@ -1644,7 +1697,7 @@
     els.status.textContent = 'Signed out';
     updateControls();
     if (els.confirmDialog.open) closeConfirm(false);
-    [els.fewShotDialog, els.passwordDialog].forEach(function (d) { if (d.open) d.close(); });
+    [els.fewShotDialog, els.passwordDialog, els.tokensDialog].forEach(function (d) { if (d.open) d.close(); });
     openAuthDialog(false);
     if (message) setAuthError(message);
   }
@@ -1820,7 +1873,137 @@
     });
   }
 
+  // Personal access tokens: GET/POST/DELETE /api/tokens. A new token is
+  // shown once, in a read-only field with a Copy button; it is forgotten
+  // when the dialog closes.
+
+  function tokenRow(token) {
+    var li = document.createElement('li');
+    li.className = 'token-item';
+    var text = document.createElement('span');
+    text.className = 'token-item-text';
+    var name = document.createElement('span');
+    name.className = 'token-item-name';
+    name.textContent = String(token.name || '');
+    var date = document.createElement('span');
+    date.className = 'token-item-date';
+    date.textContent = 'Created ' + formatDate(token.created_at);
+    text.appendChild(name);
+    text.appendChild(date);
+    var revoke = document.createElement('button');
+    revoke.type = 'button';
+    revoke.className = 'button button-quiet token-revoke';
+    revoke.textContent = 'Revoke';
+    revoke.setAttribute('aria-label', 'Revoke ' + String(token.name || 'token'));
+    revoke.addEventListener('click', function () { revokeToken(token, revoke); });
+    li.appendChild(text);
+    li.appendChild(revoke);
+    return li;
+  }
+
+  function showTokens(tokens) {
+    els.tokensList.textContent = '';
+    tokens.forEach(function (token) { els.tokensList.appendChild(tokenRow(token)); });
+    els.tokensEmpty.hidden = tokens.length > 0;
+  }
+
+  function loadTokens() {
+    return sendJson('GET', '/api/tokens').then(function (data) {
+      showTokens((data && Array.isArray(data.tokens)) ? data.tokens : []);
+    }, function (err) {
+      setDialogError(els.tokensError, 'Could not list your tokens: ' + err.message);
+    });
+  }
+
+  function forgetNewToken() {
+    els.tokenValue.value = '';
+    els.tokenCreated.hidden = true;
+  }
+
+  function openTokensDialog() {
+    forgetNewToken();
+    els.tokenName.value = '';
+    els.tokenName.removeAttribute('aria-invalid');
+    setDialogError(els.tokensError, '');
+    els.tokensList.textContent = '';
+    els.tokensEmpty.hidden = true;
+    els.tokensDialog.showModal();
+    els.tokenName.focus();
+    loadTokens();
+  }
+
+  function createToken() {
+    if (els.tokenCreate.disabled) return;
+    var name = els.tokenName.value.trim();
+    if (!name) {
+      setDialogError(els.tokensError, 'Give the token a name.');
+      els.tokenName.setAttribute('aria-invalid', 'true');
+      els.tokenName.focus();
+      return;
+    }
+    els.tokenCreate.disabled = true;
+    setDialogError(els.tokensError, '');
+    sendJson('POST', '/api/tokens', { name: name }).then(function (data) {
+      els.tokenName.value = '';
+      els.tokenValue.value = String((data && data.token) || '');
+      els.tokenCreated.hidden = false;
+      els.tokenValue.focus();
+      els.tokenValue.select();
+      return loadTokens();
+    }, function (err) {
+      setDialogError(els.tokensError, err.message);
+      els.tokenName.setAttribute('aria-invalid', 'true');
+      els.tokenName.focus();
+    }).then(function () {
+      els.tokenCreate.disabled = false;
+    });
+  }
+
+  function revokeToken(token, button) {
+    var name = String(token.name || '');
+    confirmAction('Revoke this token?', 'Scripts that use “' + name + '” will stop working at once.', 'Revoke').then(function (ok) {
+      if (!ok) { button.focus(); return; }
+      button.disabled = true;
+      sendJson('DELETE', '/api/tokens/' + encodeURIComponent(String(token.id))).then(function () {
+        showNotice('Token “' + name + '” revoked.');
+        return loadTokens();
+      }, function (err) {
+        button.disabled = false;
+        setDialogError(els.tokensError, 'Could not revoke the token: ' + err.message);
+      }).then(function () {
+        els.tokenName.focus();
+      });
+    });
+  }
+
+  function bindTokensUi() {
+    els.tokensButton.addEventListener('click', function () {
+      els.accountMenu.open = false;
+      openTokensDialog();
+    });
+    els.tokensForm.addEventListener('submit', function (e) { e.preventDefault(); createToken(); });
+    els.tokensClose.addEventListener('click', function () { els.tokensDialog.close(); });
+    els.tokensDialog.addEventListener('close', function () {
+      forgetNewToken();
+      els.input.focus();
+    });
+    els.tokenName.addEventListener('input', function () {
+      els.tokenName.removeAttribute('aria-invalid');
+      setDialogError(els.tokensError, '');
+    });
+    els.tokenCopy.addEventListener('click', function () {
+      copyText(els.tokenValue.value).then(function () {
+        els.tokenCopy.textContent = 'Copied';
+        setTimeout(function () { els.tokenCopy.textContent = 'Copy'; }, 1500);
+      }, function () {
+        els.tokenValue.select();
+        setDialogError(els.tokensError, 'Could not copy: select the token and copy it yourself.');
+      });
+    });
+  }
+
   function bindAccountUi() {
+    bindTokensUi();
     els.signIn.addEventListener('click', function () { openAuthDialog(true); });
     els.authForm.addEventListener('submit', function (e) { e.preventDefault(); submitAuth(); });
     els.authCancel.addEventListener('click', closeAuthDialog);
@@ -2035,6 +2218,9 @@
     });
     bindMenuKeys(els.menu, els.menuButton);
     bindMenuKeys(els.accountMenu, els.accountMenuButton);
+    els.accountMenu.addEventListener('toggle', function () {
+      if (els.accountMenu.open) refreshUsage();
+    });
     document.addEventListener('click', function (e) {
       if (els.menu.open && !els.menu.contains(e.target)) closeMenu();
       if (els.accountMenu.open && !els.accountMenu.contains(e.target)) els.accountMenu.open = false;

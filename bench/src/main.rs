@@ -47,6 +47,7 @@ const USAGE: &str = "usage:
   chat-bench upload --url http://127.0.0.1:PORT [--file-bytes B=5000000]
                    [--concurrency C] [--llm-delay-ms D] [--baseline-secs S]
                    [--server-pid PID] [--timeout-secs T=600] [--label L]
+                   [--one-line yes (the same bytes without newlines)]
   fake-llm also takes [--first-delay-ms F=0] (once before the first delta)
                    and [--complete-delay-ms C=0] (before a non-streamed reply)";
 

@@ -166,7 +166,14 @@ pub async fn run(args: &Args) -> Result<()> {
         .transpose()?;
     let timeout = Duration::from_secs(args.u64_or("timeout-secs", 600)?);
 
-    let text = text_of(bytes);
+    // `--one-line yes`: the same bytes with every newline a space (one line
+    // to cut inside, the worst case of chunking).
+    let one_line = matches!(args.opt_str("one-line"), Some("yes" | "true" | "1"));
+    let text = if one_line {
+        text_of(bytes).replace('\n', " ")
+    } else {
+        text_of(bytes)
+    };
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
         .timeout(timeout)
@@ -277,6 +284,7 @@ pub async fn run(args: &Args) -> Result<()> {
         "mode": "upload",
         "label": label,
         "file_bytes": file_bytes,
+        "one_line": one_line,
         "upload_concurrency": concurrency,
         "llm_delay_ms": llm_delay_ms,
         "status": status,

@@ -87,6 +87,33 @@ impl AuthSettings {
         };
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
     }
+
+    /// The client's address: the TCP `peer`, or, when the peer is a trusted
+    /// proxy, the nearest address in `X-Forwarded-For` that no trusted proxy
+    /// owns (anything before it is the client's own say).
+    pub fn client_address(
+        &self,
+        peer: std::net::IpAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> std::net::IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let forwarded: Vec<std::net::IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|hop| hop.trim().parse().ok())
+            .collect();
+        forwarded
+            .iter()
+            .rev()
+            .find(|hop| !self.trusts(**hop))
+            .or(forwarded.first())
+            .copied()
+            .unwrap_or(peer)
+    }
 }
 
 pub(super) fn read(r: &mut Reader<'_>) -> AuthSettings {

@@ -5,11 +5,13 @@
 //! the parsing rules are unit-tested without touching global state.
 
 mod auth;
+mod http;
 mod oidc;
 mod reader;
 mod secret;
 
 pub use auth::{AuthMethods, AuthSettings, ProxyAuth, SignupPolicy};
+pub use http::HttpLimits;
 pub use oidc::{OidcProvider, OidcSettings};
 use reader::Reader;
 pub use secret::Secret;
@@ -18,6 +20,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The largest daily token quota accepted (from `QUOTA_TOKENS_PER_DAY` or
+/// an admin): a million million, far above any real day and exact in a
+/// JavaScript number.
+pub const MAX_QUOTA_TOKENS_PER_DAY: u64 = 1_000_000_000_000;
 
 /// Which upstream answers chat requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +82,12 @@ pub struct Settings {
     pub redis_prefix: String,
     pub rate_limit_messages_per_minute: u32,
     pub rate_limit_uploads_per_hour: u32,
+    /// Anonymous sessions first stored per client address per hour; 0: no limit.
+    pub rate_limit_new_sessions_per_ip_per_hour: u32,
+    /// Anonymous users' messages per client address per minute; 0: no limit.
+    pub rate_limit_messages_per_ip_per_minute: u32,
+    /// Anonymous users' uploads per client address per hour; 0: no limit.
+    pub rate_limit_uploads_per_ip_per_hour: u32,
     pub reply_resume_ttl: Duration,
     pub disconnect_grace: Duration,
     pub shutdown_grace: Duration,
@@ -89,6 +102,13 @@ pub struct Settings {
     pub llm_titles: bool,
     /// Replies generated at once by this instance; 0: no cap.
     pub llm_max_concurrency: u32,
+    /// `LLM_STREAM_USAGE`: ask for the usage chunk in streamed replies
+    /// (`stream_options.include_usage`); `None` (`auto`): where the
+    /// provider is known to take it (see `llm::openai`).
+    pub llm_stream_usage: Option<bool>,
+    /// Tokens (prompt + completion) a user may spend per UTC day unless an
+    /// admin set their own quota; 0: no quota.
+    pub quota_tokens_per_day: u64,
     pub max_tokens: u32,
     pub reply_tokens: u32,
     pub summary_tokens: u32,
@@ -107,6 +127,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Accounts, sign-up, anonymous use, trusted proxies.
     pub auth: AuthSettings,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: HttpLimits,
 }
 
 /// Every problem found in the environment, one line each.
@@ -195,6 +217,21 @@ impl Settings {
             60,
             "a whole number (0 = no limit)",
         );
+        let rate_limit_new_sessions_per_ip_per_hour = r.parse::<u32>(
+            "RATE_LIMIT_NEW_SESSIONS_PER_IP_PER_HOUR",
+            100,
+            "a whole number (0 = no limit)",
+        );
+        let rate_limit_messages_per_ip_per_minute = r.parse::<u32>(
+            "RATE_LIMIT_MESSAGES_PER_IP_PER_MINUTE",
+            120,
+            "a whole number (0 = no limit)",
+        );
+        let rate_limit_uploads_per_ip_per_hour = r.parse::<u32>(
+            "RATE_LIMIT_UPLOADS_PER_IP_PER_HOUR",
+            240,
+            "a whole number (0 = no limit)",
+        );
         let reply_resume_ttl = r.seconds("REPLY_RESUME_TTL_SECONDS", 120.0);
         let shutdown_grace = r.seconds("SHUTDOWN_GRACE_SECONDS", 30.0);
         // 0 is allowed here: stop at once when the socket goes.
@@ -230,6 +267,31 @@ impl Settings {
         let llm_titles = r.boolean("LLM_TITLES", false);
         let llm_max_concurrency =
             r.parse::<u32>("LLM_MAX_CONCURRENCY", 0, "a whole number (0: no cap)");
+        let llm_stream_usage = match r
+            .string("LLM_STREAM_USAGE", "auto")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "auto" => None,
+            "true" | "1" | "yes" | "on" => Some(true),
+            "false" | "0" | "no" | "off" => Some(false),
+            other => {
+                r.errors.push(format!(
+                    "LLM_STREAM_USAGE={other:?} is not one of auto, true, false"
+                ));
+                None
+            }
+        };
+        let quota_tokens_per_day = r.parse::<u64>(
+            "QUOTA_TOKENS_PER_DAY",
+            0,
+            "a whole number of tokens (0: no quota)",
+        );
+        if quota_tokens_per_day > MAX_QUOTA_TOKENS_PER_DAY {
+            r.errors.push(format!(
+                "QUOTA_TOKENS_PER_DAY must be at most {MAX_QUOTA_TOKENS_PER_DAY}"
+            ));
+        }
 
         let max_tokens = r.positive("MAX_TOKENS", 128_000).min(u32::MAX as u64) as u32;
         let reply_tokens = r.positive("REPLY_TOKENS", 800).min(u32::MAX as u64) as u32;
@@ -320,6 +382,7 @@ impl Settings {
         };
 
         let auth = auth::read(&mut r);
+        let http = http::read(&mut r);
 
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
@@ -336,6 +399,9 @@ impl Settings {
             redis_prefix,
             rate_limit_messages_per_minute,
             rate_limit_uploads_per_hour,
+            rate_limit_new_sessions_per_ip_per_hour,
+            rate_limit_messages_per_ip_per_minute,
+            rate_limit_uploads_per_ip_per_hour,
             reply_resume_ttl,
             disconnect_grace,
             shutdown_grace,
@@ -349,6 +415,8 @@ impl Settings {
             retry_max_wait,
             llm_titles,
             llm_max_concurrency,
+            llm_stream_usage,
+            quota_tokens_per_day,
             max_tokens,
             reply_tokens,
             summary_tokens,
@@ -365,6 +433,7 @@ impl Settings {
             session_ttl,
             log_format,
             auth,
+            http,
         })
     }
 
@@ -527,6 +596,30 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("LLM_MODEL"), "{text}");
+    }
+
+    #[test]
+    fn quota_and_stream_usage_are_read_and_checked() {
+        let defaults = settings(&[]).unwrap();
+        assert_eq!(defaults.quota_tokens_per_day, 0);
+        assert_eq!(defaults.llm_stream_usage, None);
+        let set = settings(&[
+            ("QUOTA_TOKENS_PER_DAY", "50000"),
+            ("LLM_STREAM_USAGE", "false"),
+        ])
+        .unwrap();
+        assert_eq!(set.quota_tokens_per_day, 50_000);
+        assert_eq!(set.llm_stream_usage, Some(false));
+        let err = settings(&[
+            ("QUOTA_TOKENS_PER_DAY", "-5"),
+            ("LLM_STREAM_USAGE", "sometimes"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("QUOTA_TOKENS_PER_DAY"), "{err}");
+        assert!(err.contains("LLM_STREAM_USAGE=\"sometimes\""), "{err}");
+        let huge = settings(&[("QUOTA_TOKENS_PER_DAY", "1000000000001")]).unwrap_err();
+        assert!(huge.to_string().contains("at most 1000000000000"), "{huge}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub fn not_found() -> Response {
         message: "Not found.".to_string(),
         error: "not_found",
         retry_after: None,
+        resets_at: None,
     };
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }

@@ -42,8 +42,9 @@ async fn current(who: &SessionUser, missing: &'static str) -> Result<Conversatio
 
 async fn start_conversation(
     State(state): State<AppState>,
-    who: SessionUser,
+    mut who: SessionUser,
 ) -> Result<Json<ConversationStarted>, ApiError> {
+    who.keep(&state).await?;
     let id = ConversationId::new();
     state.chat.store.create(&who.user, &id).await?;
     sessions::set_current_conversation(&who.session, &id).await?;
@@ -101,10 +102,11 @@ async fn list_conversations(
 
 async fn load_conversation(
     State(state): State<AppState>,
-    who: SessionUser,
+    mut who: SessionUser,
     IdPath(id): IdPath,
 ) -> Result<Json<LoadedConversation>, ApiError> {
     let conversation = state.chat.store.load(&who.user, &id).await?;
+    who.keep(&state).await?;
     sessions::set_current_conversation(&who.session, &id).await?;
     Ok(Json(LoadedConversation {
         conversation: conversation.history(),

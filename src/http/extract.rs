@@ -10,6 +10,7 @@ use tower_sessions::Session;
 use crate::auth::bearer_token;
 use crate::domain::{ConversationId, UserId};
 use crate::error::ApiError;
+use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
 
@@ -20,12 +21,52 @@ async fn session_of(parts: &mut Parts, state: &AppState) -> Result<Session, ApiE
         .map_err(|(_, why)| ApiError::Internal(anyhow::anyhow!("session layer missing: {why}")))
 }
 
-/// The session of the request and its user: the signed-in account, or
-/// (where anonymous use is allowed) the browser's own anonymous user, given
-/// on first contact. Without either: 401 `unauthenticated`.
+/// The session of the request and its user: the bearer of an access
+/// token, the signed-in account, or (where anonymous use is allowed) the
+/// browser's own anonymous user. Without either: 401 `unauthenticated`.
+///
+/// Reading stores nothing: a request without a session is a user with
+/// nothing. A route that is about to give the session data first calls
+/// [`SessionUser::keep`], which stores a new anonymous session (counted
+/// against the per-address limit) and settles its user.
 pub struct SessionUser {
     pub user: UserId,
     pub session: Session,
+    /// Neither a token nor a signed-in account: the per-address limits apply.
+    pub anonymous: bool,
+    /// The client's address (`ClientAddress`), when the peer is known.
+    pub client: Option<std::net::IpAddr>,
+    /// The anonymous user is not stored yet: `None` when it is (or is no
+    /// anonymous user); `Some(true)` for a session with no user at all.
+    unsaved: Option<bool>,
+}
+
+impl SessionUser {
+    /// Before the session is given data: a new anonymous session is
+    /// counted against `RATE_LIMIT_NEW_SESSIONS_PER_IP_PER_HOUR` (429
+    /// `rate_limited` over it) and given its user, so the response stores it.
+    pub async fn keep(&mut self, state: &AppState) -> Result<(), ApiError> {
+        let Some(without_user) = self.unsaved else {
+            return Ok(());
+        };
+        if let Some(client) = self.client {
+            let limit = Limit {
+                count: state.chat.settings.rate_limit_new_sessions_per_ip_per_hour,
+                window: std::time::Duration::from_secs(3600),
+            };
+            state
+                .limiter
+                .check(Bucket::NewSessions, &client.to_string(), limit)
+                .await
+                .map_err(ApiError::RateLimited)?;
+        }
+        if without_user {
+            sessions::adopt(&self.session, &self.user).await?;
+        }
+        // A pending session is stored once it gets its data.
+        self.unsaved = None;
+        Ok(())
+    }
 }
 
 impl FromRequestParts<AppState> for SessionUser {
@@ -36,22 +77,52 @@ impl FromRequestParts<AppState> for SessionUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let session = session_of(parts, state).await?;
-        let user = if let Some(token) = bearer_token(&parts.headers) {
-            state.token_user(token).await?
-        } else if let Some(user) = state
-            .proxied_user(peer_of(parts)?, &parts.headers, Some(&session))
-            .await?
-        {
-            user
-        } else if state.chat.settings.auth.allow_anonymous {
-            sessions::ensure_user(&session).await?
-        } else {
-            sessions::signed_in(&session)
-                .await?
-                .ok_or(ApiError::Unauthenticated)?
+        let client = peer_of(parts).map(|peer| {
+            state
+                .chat
+                .settings
+                .auth
+                .client_address(peer, &parts.headers)
+        });
+        let proxied = match peer_of(parts) {
+            Some(peer) => {
+                state
+                    .proxied_user(peer, &parts.headers, Some(&session))
+                    .await?
+            }
+            None => None,
         };
-        Ok(Self { user, session })
+        let (user, anonymous, unsaved) = if let Some(token) = bearer_token(&parts.headers) {
+            (state.token_user(token).await?, false, None)
+        } else if let Some(user) = proxied {
+            (user, false, None)
+        } else if let Some(user) = sessions::signed_in(&session).await? {
+            (user, false, None)
+        } else if state.chat.settings.auth.allow_anonymous {
+            match sessions::existing_user(&session).await? {
+                Some(user) if sessions::is_pending(&session).await? => (user, true, Some(false)),
+                Some(user) => (user, true, None),
+                None => (UserId::new(), true, Some(true)),
+            }
+        } else {
+            return Err(ApiError::Unauthenticated);
+        };
+        Ok(Self {
+            user,
+            session,
+            anonymous,
+            client,
+            unsaved,
+        })
     }
+}
+
+/// The TCP peer of the request (axum's `ConnectInfo`).
+fn peer_of(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
 }
 
 /// A person with an account: the bearer of one of its access tokens, or a
@@ -69,11 +140,13 @@ impl FromRequestParts<AppState> for AccountUser {
             return state.token_user(token).await.map(Self);
         }
         let session = session_of(parts, state).await?;
-        if let Some(user) = state
-            .proxied_user(peer_of(parts)?, &parts.headers, Some(&session))
-            .await?
-        {
-            return Ok(Self(user));
+        if let Some(peer) = peer_of(parts) {
+            if let Some(user) = state
+                .proxied_user(peer, &parts.headers, Some(&session))
+                .await?
+            {
+                return Ok(Self(user));
+            }
         }
         sessions::signed_in(&session)
             .await?
@@ -93,39 +166,16 @@ impl FromRequestParts<AppState> for ClientAddress {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let peer = peer_of(parts)?;
-        let auth = &state.chat.settings.auth;
-        if !auth.trusts(peer) {
-            return Ok(Self(peer));
-        }
-        // Walk back from the nearest hop: the first address no trusted
-        // proxy owns is the client (anything before it is the client's say).
-        let forwarded: Vec<std::net::IpAddr> = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|hop| hop.trim().parse().ok())
-            .collect();
-        let client = forwarded
-            .iter()
-            .rev()
-            .find(|hop| !auth.trusts(**hop))
-            .or(forwarded.first())
-            .copied()
-            .unwrap_or(peer);
-        Ok(Self(client))
+        let peer =
+            peer_of(parts).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no peer address")))?;
+        Ok(Self(
+            state
+                .chat
+                .settings
+                .auth
+                .client_address(peer, &parts.headers),
+        ))
     }
-}
-
-/// The TCP peer's address.
-fn peer_of(parts: &Parts) -> Result<std::net::IpAddr, ApiError> {
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip())
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no peer address")))
 }
 
 /// A conversation id from the path, validated; a malformed one (not a UUID,
@@ -167,7 +217,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     "The JSON body has the wrong shape: {}",
                     err.body_text()
                 )),
-                JsonRejection::BytesRejection(_) => {
+                JsonRejection::BytesRejection(rejection)
+                    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+                {
                     ApiError::TooLarge("The request body is too large.".to_string())
                 }
                 _ => ApiError::invalid("The request body could not be read."),

@@ -57,6 +57,21 @@ async fn upload_file(
         .check(Bucket::Uploads, who.user.as_ref(), limit)
         .await
         .map_err(ApiError::RateLimited)?;
+    // Before the file is read: over quota, nothing is analysed or stored.
+    state.chat.check_quota(&who.user).await?;
+    // A new cookie is a new user: anonymous uploads are limited per client
+    // address too.
+    if let (true, Some(client)) = (who.anonymous, who.client) {
+        let per_address = Limit {
+            count: settings.rate_limit_uploads_per_ip_per_hour,
+            window: std::time::Duration::from_secs(3600),
+        };
+        state
+            .limiter
+            .check(Bucket::AddressUploads, &client.to_string(), per_address)
+            .await
+            .map_err(ApiError::RateLimited)?;
+    }
     let max_mb = settings.max_file_size_mb;
     let too_large = || ApiError::TooLarge(format!("File too large. Max size is {max_mb} MB."));
     let mut upload = None;
@@ -113,7 +128,7 @@ async fn upload_file(
     let mut done = 0;
     let mut pending = futures_util::stream::iter(chunks.into_iter().enumerate())
         .map(|(index, chunk)| {
-            let llm = state.chat.llm.clone();
+            let (chat, user) = (&state.chat, &who.user);
             async move {
                 let request = ChatRequest {
                     messages: vec![ChatMessage::new(
@@ -123,7 +138,7 @@ async fn upload_file(
                     .into(),
                     max_tokens: 500,
                 };
-                (index, llm.complete(request).await)
+                (index, chat.complete_metered(user, request).await)
             }
         })
         .buffer_unordered(settings.upload_concurrency);

@@ -9,6 +9,7 @@ pub mod health;
 pub mod oidc;
 pub mod page;
 pub mod tokens;
+pub mod usage;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method};
@@ -29,6 +30,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(auth::router())
         .merge(oidc::router())
         .merge(tokens::router())
+        .merge(usage::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files::router(state.chat.settings.max_file_size_bytes))

@@ -13,6 +13,7 @@ use super::bodies::{AuthConfig, ClientConfig, ProviderView};
 use super::extract::SessionUser;
 use crate::config::SignupPolicy;
 use crate::error::ApiError;
+use crate::sessions;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -31,13 +32,15 @@ struct IndexTemplate {
     asset_version: String,
 }
 
-/// Serving the page also gives a first-time visitor their user id (cookie)
+/// Serving the page also gives a first-time visitor their user id (a
+/// cookie naming a pending session, stored only once it is given data)
 /// where anonymous use is allowed; otherwise the page asks to sign in.
 async fn index(
     State(state): State<AppState>,
     who: Result<SessionUser, ApiError>,
 ) -> Result<IndexTemplate, ApiError> {
     match who {
+        Ok(who) if who.anonymous => sessions::begin_pending(&who.session).await?,
         Ok(_) | Err(ApiError::Unauthenticated) => {}
         Err(err) => return Err(err),
     }

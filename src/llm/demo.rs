@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::model::{ChatModel, ChatRequest, ChunkStream, LlmError, ModelInfo};
+use super::model::{ChatModel, ChatRequest, ChunkStream, Completion, LlmError, ModelInfo};
 use super::openai::async_stream;
 use crate::domain::Role;
 
@@ -65,15 +65,17 @@ impl ChatModel for DemoModel {
         }))
     }
 
-    async fn complete(&self, request: ChatRequest) -> Result<String, LlmError> {
+    async fn complete(&self, request: ChatRequest) -> Result<Completion, LlmError> {
         let text: String = request
             .messages
             .last()
             .map(|m| m.content.chars().take(300).collect())
             .unwrap_or_default();
-        Ok(format!(
-            "Demo mode (no model configured). The text begins: {text}"
-        ))
+        // No upstream, no usage: the server counts the tokens itself.
+        Ok(Completion {
+            text: format!("Demo mode (no model configured). The text begins: {text}"),
+            usage: None,
+        })
     }
 
     fn info(&self) -> ModelInfo {
@@ -106,7 +108,10 @@ mod tests {
             .stream(request.clone())
             .await
             .unwrap()
-            .map(|c| c.unwrap())
+            .map(|c| match c.unwrap() {
+                crate::llm::Delta::Text(text) => text,
+                other => panic!("the demo reports no usage: {other:?}"),
+            })
             .collect()
             .await;
 

@@ -11,7 +11,9 @@ pub mod model;
 pub mod openai;
 pub mod sse;
 
-pub use model::{ChatModel, ChatRequest, ChunkStream, LlmError, Messages, ModelInfo};
+pub use model::{
+    ChatModel, ChatRequest, ChunkStream, Completion, Delta, LlmError, Messages, ModelInfo, Usage,
+};
 
 use std::sync::Arc;
 

@@ -98,8 +98,33 @@ impl Serialize for Messages {
     }
 }
 
-/// Streamed reply text, one item per upstream delta.
-pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<String, LlmError>> + Send>>;
+/// The tokens the upstream says a request used (its `usage` object).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// One item of a streamed reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// Reply text, one per upstream delta.
+    Text(String),
+    /// The request's usage, when the upstream reports it (after the last
+    /// text, with `stream_options.include_usage`); a later one replaces an
+    /// earlier one (some servers send running totals).
+    Usage(Usage),
+}
+
+/// A streamed reply, one item per upstream delta.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Delta, LlmError>> + Send>>;
+
+/// A whole reply, with its usage when the upstream reported one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub usage: Option<Usage>,
+}
 
 /// What the page and `/get_config` say about the model.
 #[derive(Debug, Clone, Serialize)]
@@ -116,7 +141,7 @@ pub trait ChatModel: Send + Sync + 'static {
     /// here, before any text is returned; errors after that end the stream.
     async fn stream(&self, request: ChatRequest) -> Result<ChunkStream, LlmError>;
     /// A whole reply at once (summaries, file analysis), with the same retries.
-    async fn complete(&self, request: ChatRequest) -> Result<String, LlmError>;
+    async fn complete(&self, request: ChatRequest) -> Result<Completion, LlmError>;
     /// Provider and model names.
     fn info(&self) -> ModelInfo;
 }

@@ -3,6 +3,7 @@
 //! first byte and between chunks, and retries with backoff that honour
 //! `Retry-After`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,8 +12,8 @@ use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
-use super::model::{ChatModel, ChatRequest, ChunkStream, LlmError, ModelInfo};
-use super::sse::{completion_text, parse_line, take_lines, SseItem};
+use super::model::{ChatModel, ChatRequest, ChunkStream, Completion, Delta, LlmError, ModelInfo};
+use super::sse::{completion, parse_line, take_lines, SseItem};
 use crate::config::{AzureAuth, LlmProvider, Settings};
 
 /// The chat completions request body, written by hand around the
@@ -27,6 +28,7 @@ fn chat_body(
     temperature: f32,
     top_p: f32,
     stream: bool,
+    include_usage: bool,
 ) -> Vec<u8> {
     let size: usize = messages.iter().map(|m| m.wire().len() + 1).sum();
     let mut body = Vec::with_capacity(size + 160);
@@ -48,13 +50,39 @@ fn chat_body(
     let number = |x: f32| serde_json::to_string(&x).unwrap_or_else(|_| "null".into());
     body.extend_from_slice(
         format!(
-            "\"max_tokens\":{max_tokens},\"temperature\":{},\"top_p\":{},\"stream\":{stream}}}",
+            "\"max_tokens\":{max_tokens},\"temperature\":{},\"top_p\":{},",
             number(temperature),
             number(top_p),
         )
         .as_bytes(),
     );
+    if stream && include_usage {
+        body.extend_from_slice(b"\"stream_options\":{\"include_usage\":true},");
+    }
+    // `stream` stays last: the bench's fake LLM looks for it from the end.
+    body.extend_from_slice(format!("\"stream\":{stream}}}").as_bytes());
     body
+}
+
+/// Whether to ask for the usage chunk in streamed replies when
+/// `LLM_STREAM_USAGE=auto`: OpenAI and the servers that copy its API take
+/// `stream_options`; Azure OpenAI refuses it ("Unknown parameter") before
+/// API version 2024-08-01(-preview), and takes it in later ones and in the
+/// v1 API (no `api-version`).
+pub fn stream_usage_by_default(provider: &LlmProvider) -> bool {
+    match provider {
+        LlmProvider::Azure { url, .. } => {
+            let version = url
+                .split(['?', '&'])
+                .find_map(|pair| pair.strip_prefix("api-version="));
+            match version {
+                None => true,
+                Some(version) => version.get(..10).is_some_and(|date| date >= "2024-08-01"),
+            }
+        }
+        LlmProvider::OpenAi { .. } => true,
+        LlmProvider::Demo => false,
+    }
 }
 
 /// A client for one configured endpoint.
@@ -70,6 +98,9 @@ pub struct OpenAiClient {
     idle_timeout: Duration,
     max_attempts: u32,
     retry_max_wait: Duration,
+    /// Ask for `stream_options.include_usage`; cleared for good when the
+    /// upstream refuses the parameter.
+    stream_usage: AtomicBool,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
@@ -138,6 +169,11 @@ impl OpenAiClient {
             idle_timeout: settings.idle_timeout,
             max_attempts: settings.max_attempts,
             retry_max_wait: settings.retry_max_wait,
+            stream_usage: AtomicBool::new(
+                settings
+                    .llm_stream_usage
+                    .unwrap_or_else(|| stream_usage_by_default(&settings.llm)),
+            ),
             metrics,
         })
     }
@@ -150,6 +186,7 @@ impl OpenAiClient {
             self.temperature,
             self.top_p,
             stream,
+            self.stream_usage.load(Ordering::Relaxed),
         );
         self.http
             .post(&self.url)
@@ -193,6 +230,18 @@ impl OpenAiClient {
                         body = %body.chars().take(500).collect::<String>(),
                         "language model answered with an error"
                     );
+                    if stream
+                        && status == StatusCode::BAD_REQUEST
+                        && body.contains("stream_options")
+                        && self.stream_usage.swap(false, Ordering::Relaxed)
+                    {
+                        // An endpoint (an older Azure API version) that does
+                        // not take the usage option: ask again without it,
+                        // from now on; its tokens are counted here instead.
+                        tracing::warn!("the language model refused stream_options; streamed usage is counted locally from now on (LLM_STREAM_USAGE=false says so at start)");
+                        attempt -= 1;
+                        continue;
+                    }
                     let error = LlmError::Status {
                         status: status.as_u16(),
                     };
@@ -273,8 +322,10 @@ impl ChatModel for OpenAiClient {
                 .await
                 .map_err(|_| LlmError::Timeout(idle))?
                 .map_err(|e| LlmError::Interrupted(without_url(&e)))?;
-            let text = completion_text(&body)?;
-            return Ok(Box::pin(futures_util::stream::iter([Ok(text)])));
+            let Completion { text, usage } = completion(&body)?;
+            let items = std::iter::once(Ok(Delta::Text(text)))
+                .chain(usage.map(|usage| Ok(Delta::Usage(usage))));
+            return Ok(Box::pin(futures_util::stream::iter(items)));
         }
         // Parsed in the consumer's task as it polls: no producer task and no
         // channel hop per chunk. Dropping the stream drops the body, which
@@ -292,13 +343,13 @@ impl ChatModel for OpenAiClient {
         )))
     }
 
-    async fn complete(&self, request: ChatRequest) -> Result<String, LlmError> {
+    async fn complete(&self, request: ChatRequest) -> Result<Completion, LlmError> {
         let response = self.send(&request, false).await?;
         let body = tokio::time::timeout(self.idle_timeout, response.bytes())
             .await
             .map_err(|_| LlmError::Timeout(self.idle_timeout))?
             .map_err(|e| LlmError::Interrupted(without_url(&e)))?;
-        completion_text(&body)
+        completion(&body)
     }
 
     fn info(&self) -> ModelInfo {
@@ -321,7 +372,7 @@ type ByteStream =
 struct SseState {
     body: ByteStream,
     buffer: Vec<u8>,
-    pending: std::collections::VecDeque<Result<String, LlmError>>,
+    pending: std::collections::VecDeque<Result<Delta, LlmError>>,
     /// `[DONE]`, the end of the body or an error was seen: hand out what
     /// is pending, then end.
     finished: bool,
@@ -329,7 +380,7 @@ struct SseState {
 }
 
 impl SseState {
-    async fn next_item(&mut self) -> Option<Result<String, LlmError>> {
+    async fn next_item(&mut self) -> Option<Result<Delta, LlmError>> {
         loop {
             if let Some(item) = self.pending.pop_front() {
                 return Some(item);
@@ -367,7 +418,13 @@ impl SseState {
     fn parse_lines(&mut self) {
         for line in take_lines(&mut self.buffer) {
             match parse_line(&line) {
-                Ok(SseItem::Text(t)) if !t.is_empty() => self.pending.push_back(Ok(t)),
+                Ok(SseItem::Text(t)) if !t.is_empty() => self.pending.push_back(Ok(Delta::Text(t))),
+                Ok(SseItem::WithUsage { text, usage }) => {
+                    if !text.is_empty() {
+                        self.pending.push_back(Ok(Delta::Text(text)));
+                    }
+                    self.pending.push_back(Ok(Delta::Usage(usage)));
+                }
                 Ok(SseItem::Done) => {
                     self.finished = true;
                     return;
@@ -383,7 +440,7 @@ impl SseState {
     }
 
     /// Ends the stream with `error` after what was already parsed.
-    fn fail(&mut self, error: LlmError) -> Option<Result<String, LlmError>> {
+    fn fail(&mut self, error: LlmError) -> Option<Result<Delta, LlmError>> {
         self.finished = true;
         if self.pending.is_empty() {
             Some(Err(error))
@@ -395,12 +452,12 @@ impl SseState {
 }
 
 /// Sending half of a [`ChunkStream`] built by [`async_stream`].
-pub(crate) struct ChunkSender(tokio::sync::mpsc::Sender<Result<String, LlmError>>);
+pub(crate) struct ChunkSender(tokio::sync::mpsc::Sender<Result<Delta, LlmError>>);
 
 impl ChunkSender {
     /// Sends text; `false` when the receiver is gone (cancelled).
     pub(crate) async fn text(&self, text: String) -> bool {
-        self.0.send(Ok(text)).await.is_ok()
+        self.0.send(Ok(Delta::Text(text))).await.is_ok()
     }
 }
 
@@ -460,8 +517,20 @@ mod tests {
             ),
             ChatMessage::new(Role::Assistant, ""),
         ];
-        for (model, stream) in [(Some("gpt-4o\"x"), true), (None, false)] {
-            let body = chat_body(model, &messages.to_vec().into(), 512, 0.7, 0.95, stream);
+        for (model, stream, include_usage) in [
+            (Some("gpt-4o\"x"), true, false),
+            (None, false, true),
+            (None, true, true),
+        ] {
+            let body = chat_body(
+                model,
+                &messages.to_vec().into(),
+                512,
+                0.7,
+                0.95,
+                stream,
+                include_usage,
+            );
             let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
             let mut expected = serde_json::json!({
                 "messages": [
@@ -477,13 +546,47 @@ mod tests {
             if let Some(model) = model {
                 expected["model"] = serde_json::json!(model);
             }
+            // Only a streamed request asks for the usage chunk.
+            if stream && include_usage {
+                expected["stream_options"] = serde_json::json!({"include_usage": true});
+            }
             assert_eq!(parsed, expected);
+            assert!(String::from_utf8(body)
+                .unwrap()
+                .ends_with(&format!("\"stream\":{stream}}}")));
         }
-        let empty = chat_body(None, &Vec::new().into(), 1, 1.0, 1.0, true);
+        let empty = chat_body(None, &Vec::new().into(), 1, 1.0, 1.0, true, false);
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&empty).unwrap()["messages"],
             serde_json::json!([])
         );
+    }
+
+    #[test]
+    fn stream_usage_is_asked_of_providers_known_to_take_it() {
+        use crate::config::{AzureAuth, Secret};
+        let azure = |url: &str| LlmProvider::Azure {
+            url: url.to_string(),
+            key: Secret::default(),
+            auth: AzureAuth::ApiKey,
+        };
+        let base = "https://x.openai.azure.com/openai/deployments/d/chat/completions";
+        assert!(!stream_usage_by_default(&azure(&format!(
+            "{base}?api-version=2024-05-01-preview"
+        ))));
+        assert!(!stream_usage_by_default(&azure(&format!(
+            "{base}?api-version=2023-05-15"
+        ))));
+        assert!(stream_usage_by_default(&azure(&format!(
+            "{base}?foo=1&api-version=2024-10-21"
+        ))));
+        assert!(stream_usage_by_default(&azure(&format!(
+            "{base}?api-version=2024-08-01-preview"
+        ))));
+        assert!(stream_usage_by_default(&azure(
+            "https://x.openai.azure.com/openai/v1/chat/completions"
+        )));
+        assert!(!stream_usage_by_default(&LlmProvider::Demo));
     }
 
     #[test]

@@ -3,13 +3,17 @@
 
 use serde_json::Value;
 
-use super::model::LlmError;
+use super::model::{Completion, LlmError, Usage};
 
 /// What one complete SSE line means.
 #[derive(Debug, PartialEq)]
 pub enum SseItem {
     /// Reply text (may be empty for role-only or filter-result deltas).
     Text(String),
+    /// An event carrying the request's `usage` (OpenAI's last one, with
+    /// `stream_options.include_usage`: no choices, so no text), with the
+    /// text it carries too (servers that report usage on a content delta).
+    WithUsage { text: String, usage: Usage },
     /// `[DONE]`.
     Done,
     /// A comment, an `event:`/`id:` field, or a blank line.
@@ -57,8 +61,15 @@ pub fn parse_line(line: &[u8]) -> Result<SseItem, LlmError> {
             .unwrap_or("unknown error");
         return Err(LlmError::Upstream(message.chars().take(300).collect()));
     }
+    let usage = usage_of(&value);
     let Some(choices) = value.get("choices").and_then(Value::as_array) else {
-        return Err(LlmError::Decode("event has no choices".into()));
+        return match usage {
+            Some(usage) => Ok(SseItem::WithUsage {
+                text: String::new(),
+                usage,
+            }),
+            None => Err(LlmError::Decode("event has no choices".into())),
+        };
     };
     // Azure sends a first event with empty choices (prompt filter results).
     let text = choices
@@ -66,12 +77,27 @@ pub fn parse_line(line: &[u8]) -> Result<SseItem, LlmError> {
         .and_then(|c| c.get("delta"))
         .and_then(|d| d.get("content"))
         .and_then(Value::as_str)
-        .unwrap_or_default();
-    Ok(SseItem::Text(text.to_string()))
+        .unwrap_or_default()
+        .to_string();
+    Ok(match usage {
+        Some(usage) => SseItem::WithUsage { text, usage },
+        None => SseItem::Text(text),
+    })
 }
 
-/// The reply text of a non-streamed completion body.
-pub fn completion_text(body: &[u8]) -> Result<String, LlmError> {
+/// The body's `usage` object, when it has whole, non-negative
+/// `prompt_tokens` and `completion_tokens` (anything else: none, and the
+/// server counts the tokens itself).
+fn usage_of(value: &Value) -> Option<Usage> {
+    let usage = value.get("usage")?;
+    Some(Usage {
+        prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
+        completion_tokens: usage.get("completion_tokens")?.as_u64()?,
+    })
+}
+
+/// The reply text of a non-streamed completion body, and its usage.
+pub fn completion(body: &[u8]) -> Result<Completion, LlmError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| LlmError::Decode(format!("body is not JSON: {e}")))?;
     if let Some(error) = value.get("error") {
@@ -81,14 +107,18 @@ pub fn completion_text(body: &[u8]) -> Result<String, LlmError> {
             .unwrap_or("unknown error");
         return Err(LlmError::Upstream(message.chars().take(300).collect()));
     }
-    value
+    let text = value
         .get("choices")
         .and_then(|c| c.get(0))
         .and_then(|c| c.get("message"))
         .and_then(|m| m.get("content"))
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| LlmError::Decode("body has no choices[0].message.content".into()))
+        .ok_or_else(|| LlmError::Decode("body has no choices[0].message.content".into()))?;
+    Ok(Completion {
+        text,
+        usage: usage_of(&value),
+    })
 }
 
 #[cfg(test)]
@@ -129,8 +159,62 @@ mod tests {
     #[test]
     fn completion_body_is_read_or_refused() {
         let body = br#"{"choices":[{"message":{"role":"assistant","content":"Done."}}]}"#;
-        assert_eq!(completion_text(body).unwrap(), "Done.");
-        assert!(completion_text(b"<html>").is_err());
-        assert!(completion_text(br#"{"choices":[]}"#).is_err());
+        assert_eq!(
+            completion(body).unwrap(),
+            Completion {
+                text: "Done.".into(),
+                usage: None
+            }
+        );
+        assert!(completion(b"<html>").is_err());
+        assert!(completion(br#"{"choices":[]}"#).is_err());
+        let with_usage = br#"{"choices":[{"message":{"content":"Ok"}}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+        assert_eq!(
+            completion(with_usage).unwrap().usage,
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 3
+            })
+        );
+    }
+
+    #[test]
+    fn usage_events_are_read_and_bad_usage_is_ignored() {
+        let usage = Usage {
+            prompt_tokens: 31,
+            completion_tokens: 9,
+        };
+        // OpenAI's last event with `include_usage`: empty choices.
+        let last = br#"data: {"id":"x","choices":[],"usage":{"prompt_tokens":31,"completion_tokens":9,"total_tokens":40}}"#;
+        assert_eq!(
+            parse_line(last).unwrap(),
+            SseItem::WithUsage {
+                text: String::new(),
+                usage
+            }
+        );
+        // Usage on a content delta, and usage without choices at all.
+        let both = br#"data: {"choices":[{"delta":{"content":"Hi"}}],"usage":{"prompt_tokens":31,"completion_tokens":9}}"#;
+        assert_eq!(
+            parse_line(both).unwrap(),
+            SseItem::WithUsage {
+                text: "Hi".into(),
+                usage
+            }
+        );
+        let bare = br#"data: {"usage":{"prompt_tokens":31,"completion_tokens":9}}"#;
+        assert!(matches!(
+            parse_line(bare).unwrap(),
+            SseItem::WithUsage { .. }
+        ));
+        // `usage: null` (OpenAI's other events with `include_usage`),
+        // negative or fractional counts: no usage.
+        for line in [
+            &br#"data: {"choices":[{"delta":{"content":"a"}}],"usage":null}"#[..],
+            br#"data: {"choices":[{"delta":{"content":"a"}}],"usage":{"prompt_tokens":-1,"completion_tokens":2}}"#,
+            br#"data: {"choices":[{"delta":{"content":"a"}}],"usage":{"prompt_tokens":1.5,"completion_tokens":2}}"#,
+        ] {
+            assert_eq!(parse_line(line).unwrap(), SseItem::Text("a".into()));
+        }
     }
 }

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::events::{
     EventSink, Field, Inbound, Regenerate, SendMessage, StopGeneration, WatchAck, WatchConversation,
 };
+use crate::metrics::Metrics;
 use crate::notify::user_room;
 use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
@@ -56,17 +57,45 @@ async fn target_conversation(
         .ok_or(no_conversation)
 }
 
-/// Refuses the event when the user is over the message rate limit.
+/// Refuses the event when the user has used up today's token quota
+/// (nothing is stored, no upstream call is made).
+async fn within_quota(state: &AppState, who: &SocketUser, sink: &dyn EventSink) -> bool {
+    match state.chat.check_quota(&who.user).await {
+        Ok(()) => true,
+        Err(err) => {
+            if matches!(err, ApiError::QuotaExceeded { .. }) {
+                Metrics::inc(&state.chat.metrics.turns_refused_quota);
+            }
+            emit_error(sink, &err, None);
+            false
+        }
+    }
+}
+
+/// Refuses the event when the user (or, for anonymous users, the client
+/// address) is over the message rate limit.
 async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn EventSink) -> bool {
-    let limit = Limit {
-        count: state.chat.settings.rate_limit_messages_per_minute,
-        window: Duration::from_secs(60),
+    let settings = &state.chat.settings;
+    let minute = Duration::from_secs(60);
+    let per_user = Limit {
+        count: settings.rate_limit_messages_per_minute,
+        window: minute,
     };
-    match state
+    let mut checked = state
         .limiter
-        .check(Bucket::Messages, who.user.as_ref(), limit)
-        .await
-    {
+        .check(Bucket::Messages, who.user.as_ref(), per_user)
+        .await;
+    if let (Ok(()), true, Some(client)) = (checked, who.anonymous, who.client) {
+        let per_address = Limit {
+            count: settings.rate_limit_messages_per_ip_per_minute,
+            window: minute,
+        };
+        checked = state
+            .limiter
+            .check(Bucket::AddressMessages, &client.to_string(), per_address)
+            .await;
+    }
+    match checked {
         Ok(()) => true,
         Err(retry_after) => {
             emit_error(sink, &ApiError::RateLimited(retry_after), None);
@@ -91,6 +120,9 @@ pub(super) async fn on_send_message<A: Adapter>(
         Ok(message) => message,
         Err(err) => return emit_error(&sink, &err, None),
     };
+    if !within_quota(&state, &who, &sink).await {
+        return;
+    }
     let Some((id, guard)) = begin_turn(&state, &who, &payload.conversation_id, &socket).await
     else {
         return;
@@ -174,6 +206,10 @@ pub(super) async fn on_regenerate<A: Adapter>(
     let sink = SocketSink(socket.clone());
     let Inbound(payload) = data.unwrap_or_default();
     if !within_message_limit(&state, &who, &sink).await {
+        return;
+    }
+    // Before the old reply is removed: a refused regenerate changes nothing.
+    if !within_quota(&state, &who, &sink).await {
         return;
     }
     let Some((id, guard)) = begin_turn(&state, &who, &payload.conversation_id, &socket).await

@@ -105,7 +105,7 @@ async fn identify<A: Adapter>(
             tracing::info!(socket = %socket.id, "socket refused: unknown access token");
             Refused("The access token is not valid.")
         })?;
-        accept(&socket, &state, user, session);
+        accept(&socket, &state, user, session, false);
         return Ok(());
     }
     // Behind a sign-in proxy, its header names the account.
@@ -123,23 +123,25 @@ async fn identify<A: Adapter>(
                 Refused("Sign in to continue.")
             })?;
         if let Some(user) = proxied {
-            accept(&socket, &state, user, session);
+            accept(&socket, &state, user, session, false);
             return Ok(());
         }
     }
-    let user = match &session {
+    let read = |err: tower_sessions::session::Error| {
+        tracing::warn!(error = %err, "could not read the socket's session");
+        Refused("The session could not be read. Please try again.")
+    };
+    let (user, anonymous) = match &session {
         Some(session) if session.id().is_some() => {
-            let read = if anonymous_allowed {
-                sessions::existing_user(session).await
-            } else {
-                sessions::signed_in(session).await
-            };
-            read.map_err(|err| {
-                tracing::warn!(error = %err, "could not read the socket's session");
-                Refused("The session could not be read. Please try again.")
-            })?
+            match sessions::signed_in(session).await.map_err(read)? {
+                Some(user) => (Some(user), false),
+                None if anonymous_allowed => {
+                    (sessions::existing_user(session).await.map_err(read)?, true)
+                }
+                None => (None, true),
+            }
         }
-        _ => None,
+        _ => (None, true),
     };
     // Without a session the socket gets an identity of its own, which lives
     // as long as the socket (a socket cannot set a cookie), where anonymous
@@ -152,7 +154,7 @@ async fn identify<A: Adapter>(
             return Err(Refused("Sign in to continue."));
         }
     };
-    accept(&socket, &state, user, session);
+    accept(&socket, &state, user, session, anonymous);
     Ok(())
 }
 
@@ -162,9 +164,26 @@ fn accept<A: Adapter>(
     state: &AppState,
     user: UserId,
     session: Option<Session>,
+    anonymous: bool,
 ) {
     socket.join(user_room(&user));
-    socket.extensions.insert(SocketUser { user, session });
+    let parts = socket.req_parts();
+    let client = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| {
+            state
+                .chat
+                .settings
+                .auth
+                .client_address(info.0.ip(), &parts.headers)
+        });
+    socket.extensions.insert(SocketUser {
+        user,
+        session,
+        anonymous,
+        client,
+    });
     state
         .chat
         .metrics

@@ -14,6 +14,10 @@ use crate::domain::UserId;
 pub struct SocketUser {
     pub user: UserId,
     pub session: Option<Session>,
+    /// Neither a token nor a signed-in account: the per-address limits apply.
+    pub anonymous: bool,
+    /// The client's address at the handshake (`TRUSTED_PROXIES` rules).
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// Waits until socketioxide has marked the socket connected. It runs the

@@ -63,6 +63,7 @@ impl ReplyEvent {
                 message,
                 error,
                 retry_after: None,
+                resets_at: None,
                 conversation_id: Some(conversation_id),
             }),
         }

@@ -10,6 +10,7 @@
 //!
 //! The stores themselves: [`sqlite`], [`mongo`], [`redis`].
 
+pub mod deferred;
 pub mod mongo;
 pub mod redis;
 pub mod sqlite;
@@ -33,15 +34,16 @@ use crate::store::cache::CachedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::tokens::TokenStore;
+use crate::store::usage::UsageStore;
 use crate::store::{Backend, ConversationStore};
 
+use self::deferred::USER_KEY;
 pub use self::mongo::MongoSessionStore;
 pub use self::redis::RedisSessionStore;
 pub use self::sqlite::SqliteSessionStore;
 
 /// Name of the session cookie.
 pub const COOKIE_NAME: &str = "chat_session";
-const USER_KEY: &str = "user_id";
 const CONVERSATION_KEY: &str = "conversation_id";
 /// How the session's user signed in (`local`, `oidc`, `proxy`); absent for
 /// anonymous users.
@@ -104,11 +106,14 @@ impl Sessions {
     }
 }
 
-/// What one backend holds: conversations, accounts and sessions.
+/// What one backend holds: conversations, accounts, tokens, usage and
+/// sessions.
 pub struct Backends {
     pub conversations: Arc<dyn ConversationStore>,
     pub accounts: Arc<dyn AccountStore>,
     pub tokens: Arc<dyn TokenStore>,
+    /// Token usage and quotas.
+    pub usage: Arc<dyn UsageStore>,
     pub sessions: Sessions,
 }
 
@@ -126,6 +131,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
                 sessions: Sessions::Mongo(store.session_store()),
                 conversations: store.clone(),
                 accounts: store.clone(),
+                usage: store.clone(),
                 tokens: store,
             })
         }
@@ -137,6 +143,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
             Ok(Backends {
                 conversations: store.clone(),
                 accounts: store.clone(),
+                usage: store.clone(),
                 tokens: store,
                 sessions: Sessions::Sqlite(SqliteSessionStore::new(db)),
             })
@@ -185,9 +192,12 @@ async fn expire_sessions(store: SqliteSessionStore) {
 }
 
 /// The session layer with the app's cookie settings.
-pub fn layer<S: SessionStore + Clone>(store: S, settings: &Settings) -> SessionManagerLayer<S> {
+pub fn layer<S: SessionStore + Clone>(
+    store: S,
+    settings: &Settings,
+) -> SessionManagerLayer<deferred::Deferred<S>> {
     let ttl = time::Duration::seconds(settings.session_ttl.as_secs() as i64);
-    SessionManagerLayer::new(store)
+    SessionManagerLayer::new(deferred::Deferred::new(store, settings.session_ttl))
         .with_name(COOKIE_NAME)
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
@@ -207,7 +217,7 @@ pub fn signed_layer<S: SessionStore + Clone>(
     store: S,
     settings: &Settings,
     secret: &str,
-) -> SessionManagerLayer<S, tower_sessions::service::SignedCookie> {
+) -> SessionManagerLayer<deferred::Deferred<S>, tower_sessions::service::SignedCookie> {
     use sha2::Digest;
     let key = tower_sessions::cookie::Key::from(sha2::Sha512::digest(secret.as_bytes()).as_slice());
     layer(store, settings).with_signed(key)
@@ -221,14 +231,44 @@ pub fn signed_layer<S: SessionStore + Clone>(
 /// already replaces ids it cannot find in the store.
 pub async fn ensure_user(session: &Session) -> Result<UserId, tower_sessions::session::Error> {
     if let Some(raw) = session.get::<String>(USER_KEY).await? {
+        keep(session).await?;
         return Ok(UserId::from_stored(raw));
     }
     let user = UserId::new();
+    adopt(session, &user).await?;
+    Ok(user)
+}
+
+/// Gives a session without a user the (so far unsaved) anonymous `user`,
+/// to be stored with the response; see [`ensure_user`] for the new id.
+pub async fn adopt(session: &Session, user: &UserId) -> Result<(), tower_sessions::session::Error> {
     if session.id().is_some() {
         session.cycle_id().await?;
     }
-    session.insert(USER_KEY, user.as_ref()).await?;
-    Ok(user)
+    session.insert(USER_KEY, user.as_ref()).await
+}
+
+/// Gives a first-time visitor (no session, or one the store does not hold)
+/// a pending session: a cookie and a user id, nothing stored until the
+/// session is given data (see [`deferred`]).
+pub async fn begin_pending(session: &Session) -> Result<(), tower_sessions::session::Error> {
+    if session.get::<String>(USER_KEY).await?.is_some() {
+        return Ok(());
+    }
+    session.insert(deferred::PENDING_KEY, true).await
+}
+
+/// Whether the session is pending: it has a user, but is not stored yet.
+pub async fn is_pending(session: &Session) -> Result<bool, tower_sessions::session::Error> {
+    Ok(session.get::<bool>(deferred::PENDING_KEY).await?.is_some())
+}
+
+/// The session is being given data: from now on it is stored.
+async fn keep(session: &Session) -> Result<(), tower_sessions::session::Error> {
+    if is_pending(session).await? {
+        session.remove::<bool>(deferred::PENDING_KEY).await?;
+    }
+    Ok(())
 }
 
 /// The session's user if it has one (sockets cannot set cookies).
@@ -363,6 +403,7 @@ pub async fn sign_in(
         Some(_) => None,
         None => existing_user(session).await?,
     };
+    keep(session).await?;
     session.cycle_id().await?;
     session.insert(USER_KEY, user.as_ref()).await?;
     session.insert(AUTH_KEY, method).await?;
@@ -392,6 +433,7 @@ pub async fn set_current_conversation(
     session: &Session,
     id: &ConversationId,
 ) -> Result<(), tower_sessions::session::Error> {
+    keep(session).await?;
     session.insert(CONVERSATION_KEY, id.as_ref()).await
 }
 

@@ -108,4 +108,14 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Moves every conversation of `from` (an anonymous browser user) to
     /// `to` (the account it signed in to); returns how many moved.
     async fn transfer_conversations(&self, from: &UserId, to: &UserId) -> StoreResult<u64>;
+
+    /// Every account, oldest first, for `migrate` (it reads them all at
+    /// once: accounts are people, not messages).
+    async fn accounts_for_copy(&self) -> StoreResult<Vec<Account>>;
+
+    /// Writes `account` as it is (user id, password hash, flags, date), for
+    /// `migrate`: `false` when its user id or email is already there (that
+    /// account is left as it is). An imported account closes `first-only`
+    /// sign-up like a created one.
+    async fn import_account(&self, account: &Account) -> StoreResult<bool>;
 }

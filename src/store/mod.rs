@@ -10,6 +10,7 @@ pub mod cache;
 pub mod mongo;
 pub mod sqlite;
 pub mod tokens;
+pub mod usage;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

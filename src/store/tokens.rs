@@ -19,6 +19,13 @@ pub struct AccessToken {
 }
 
 /// Storage of access tokens, scoped by user.
+/// A token as stored, with its hash, for `migrate` to copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredToken {
+    pub token: AccessToken,
+    pub token_hash: String,
+}
+
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
     /// Stores a new token (its hash) for `user`; `None` when the user has
@@ -38,4 +45,12 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn delete_token(&self, user: &UserId, id: &str) -> StoreResult<bool>;
     /// The owner of the token with this hash.
     async fn token_owner(&self, token_hash: &str) -> StoreResult<Option<UserId>>;
+
+    /// Every token with its hash, oldest first, for `migrate`.
+    async fn tokens_for_copy(&self) -> StoreResult<Vec<StoredToken>>;
+
+    /// Writes a token as it is (id, owner, name, hash, date), for `migrate`:
+    /// `false` when its id or hash is already there (left as it is). The
+    /// per-user limit is not applied: the source held it.
+    async fn import_token(&self, token: &StoredToken) -> StoreResult<bool>;
 }

@@ -10,6 +10,7 @@ use crate::llm::ChatModel;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::replies::ReplyHub;
+use crate::store::usage::UsageStore;
 use crate::store::ConversationStore;
 
 /// What turns need of the application, cheap to clone; the HTTP routes
@@ -18,6 +19,8 @@ use crate::store::ConversationStore;
 pub struct Chat {
     pub settings: Arc<Settings>,
     pub store: Arc<dyn ConversationStore>,
+    /// Tokens spent per user and day, and their quotas (`quota.rs`).
+    pub usage: Arc<dyn UsageStore>,
     pub llm: Arc<dyn ChatModel>,
     pub tokens: TokenCounter,
     /// Events for all of a user's sockets.

@@ -11,6 +11,7 @@
 //! upstream failure stores only the user's message.
 
 mod chat;
+mod quota;
 mod registry;
 mod stop;
 mod title;
@@ -21,6 +22,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 pub use chat::Chat;
+pub use quota::{resets_at, today, UsageToday};
 pub use registry::{TurnGuard, TurnRegistry};
 pub use stop::{apply_remote_stop, stop_everywhere};
 
@@ -28,10 +30,11 @@ use crate::context::{assemble, plan, summary_request};
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
 use crate::error::ApiError;
 use crate::events::{EventSink, Field, ResponseChunk, ResponseEnd, ServerEvent, TokenUsage};
-use crate::llm::{ChatRequest, Messages};
+use crate::llm::{ChatRequest, Delta, Messages, Usage};
 use crate::metrics::Metrics;
 use crate::notify::conversation_updated;
 use crate::replies::{Relay, ReplyEvent};
+use crate::store::usage::DayUsage;
 use crate::store::{NewMessage, Summary};
 
 /// Checks a chat message as it came in a payload (raw JSON): a non-empty
@@ -96,9 +99,29 @@ struct Progress {
     first_turn: bool,
     reply: String,
     chunks: usize,
+    /// The upstream accepted the chat request (its tokens are spent).
+    upstream_answered: bool,
+    /// The upstream's own count, when it sent one.
+    usage: Option<Usage>,
     /// Other tabs follow the reply through it (none before streaming).
     relay: Option<Relay>,
     started: Instant,
+}
+
+impl Progress {
+    /// The tokens the reply's request spent: the upstream's count, else
+    /// the server's (the prompt as sent, the text that arrived), nothing
+    /// when the upstream never accepted the request.
+    fn spent(&self, chat: &Chat) -> DayUsage {
+        match self.usage {
+            Some(usage) => usage.into(),
+            None if self.upstream_answered => DayUsage {
+                prompt_tokens: u64::from(self.prompt_tokens),
+                completion_tokens: u64::from(chat.tokens.count(&self.reply)),
+            },
+            None => DayUsage::default(),
+        }
+    }
 }
 
 /// What [`Turn::prepare`] leaves for the stream.
@@ -130,6 +153,8 @@ impl Turn<'_> {
             first_turn: false,
             reply: String::new(),
             chunks: 0,
+            upstream_answered: false,
+            usage: None,
             relay: None,
             started: Instant::now(),
         };
@@ -186,7 +211,7 @@ impl Turn<'_> {
             };
             let outcome = tokio::select! {
                 _ = self.guard.cancel.cancelled() => return Ok(Prepared::Stopped),
-                result = chat.llm.complete(request) => result,
+                result = chat.complete_metered(self.user, request) => result,
             };
             match outcome {
                 Ok(text) => {
@@ -263,6 +288,7 @@ impl Turn<'_> {
                 Ok(stream) => stream,
             },
         };
+        progress.upstream_answered = true;
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => return Outcome::Stopped,
@@ -271,7 +297,11 @@ impl Turn<'_> {
             let chunk = match next {
                 None => return Outcome::Finished,
                 Some(Err(err)) => return Outcome::Failed(err.into()),
-                Some(Ok(chunk)) => chunk,
+                Some(Ok(Delta::Usage(usage))) => {
+                    progress.usage = Some(usage);
+                    continue;
+                }
+                Some(Ok(Delta::Text(chunk))) => chunk,
             };
             if progress.chunks == 0 {
                 chat.metrics.first_chunk.observe(progress.started.elapsed());
@@ -298,6 +328,7 @@ impl Turn<'_> {
         outcome: Outcome,
     ) -> Result<(), ApiError> {
         let id = self.conversation;
+        let spent = progress.spent(chat);
         let Progress {
             text,
             text_tokens,
@@ -308,6 +339,7 @@ impl Turn<'_> {
             chunks,
             relay,
             started,
+            ..
         } = progress;
         Metrics::add(&chat.metrics.reply_chunks, chunks as u64);
         let first_message = (chat.settings.llm_titles && first_turn).then(|| text.clone());
@@ -328,7 +360,12 @@ impl Turn<'_> {
             });
         }
         let store_started = Instant::now();
-        let stored = chat.store.append(self.user, id, to_store).await;
+        // Counted before the reply's end is announced, so a client that
+        // asks `GET /usage` after `response_end` sees this turn.
+        let (stored, ()) = tokio::join!(
+            chat.store.append(self.user, id, to_store),
+            chat.record_usage(self.user, spent),
+        );
         chat.metrics.store_latency.observe(store_started.elapsed());
         chat.metrics.turn_duration.observe(started.elapsed());
         match (&outcome, &stored) {

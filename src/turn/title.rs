@@ -26,7 +26,7 @@ pub(super) async fn make_title(
         .into(),
         max_tokens: 20,
     };
-    let title = match chat.llm.complete(request).await {
+    let title = match chat.complete_metered(&user, request).await {
         Ok(text) => text,
         Err(err) => return tracing::debug!(error = %err, "title request failed"),
     };

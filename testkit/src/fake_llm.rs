@@ -9,6 +9,12 @@
 //! handed to the connection) so tests can assert what the chat server sent upstream; the
 //! bench's fake ([`FakeLlm::start_on`] without recording) parses no request, so a long
 //! prompt costs it nothing but a scan for `"stream":true`.
+//!
+//! Usage reports are an option ([`FakeLlm::reports_usage`]): off by default (no `usage`
+//! anywhere, as some OpenAI-compatible servers do); on, a non-streamed answer carries the
+//! given `usage`, and a streamed reply ends with OpenAI's usage chunk (`choices: []`,
+//! `usage`) before `[DONE]`, only when the request asked for it with
+//! `stream_options: {include_usage: true}` (as the OpenAI API does).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -39,6 +45,30 @@ pub fn pieces(parts: &[&str]) -> Vec<String> {
 /// An echo of a user message: `You said: <message>` in four pieces.
 pub fn echo_pieces(message: &str) -> Vec<String> {
     pieces(&["You", " said", ": ", message])
+}
+
+/// Token counts the fake reports as the upstream's `usage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Usage {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
 }
 
 /// Lets a held reply go on. Cheap to clone; every clone opens the same gate.
@@ -137,6 +167,12 @@ pub struct Frames {
 
 impl Frames {
     pub fn new(pieces: &[String], framing: Framing) -> Frames {
+        Frames::with_usage(pieces, framing, None)
+    }
+
+    /// Frames whose answer carries `usage`, and whose stream ends with OpenAI's usage chunk
+    /// (before the closing frames) when there is one.
+    pub fn with_usage(pieces: &[String], framing: Framing, usage: Option<Usage>) -> Frames {
         let event = |value: Value| Bytes::from(format!("data: {value}\n\n"));
         let (opening, piece_frames, closing) = match framing {
             Framing::OpenAi => {
@@ -147,6 +183,12 @@ impl Frames {
                     )
                 };
                 let mut closing = chunk(json!({}), json!("stop")).to_vec();
+                if let Some(usage) = usage {
+                    closing.extend_from_slice(&event(json!({
+                        "id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                        "choices": [], "usage": usage.json(),
+                    })));
+                }
                 closing.extend_from_slice(b"data: [DONE]\n\n");
                 (
                     Some(chunk(
@@ -181,23 +223,28 @@ impl Frames {
             pieces: piece_frames,
             closing,
             whole_stream: Bytes::from(whole),
-            answer: answer(framing, &pieces.concat(), pieces.len()),
+            answer: answer(framing, &pieces.concat(), pieces.len(), usage),
         }
     }
 }
 
 /// The JSON answer to a request that did not ask for streaming (`pieces`: how many the
-/// lean framing counts as completion tokens).
-fn answer(framing: Framing, text: &str, pieces: usize) -> Bytes {
+/// lean framing counts as completion tokens; the OpenAI framing carries `usage` if any).
+fn answer(framing: Framing, text: &str, pieces: usize, usage: Option<Usage>) -> Bytes {
     let message = json!([{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]);
     let body = match framing {
-        Framing::OpenAi => json!({
-            "id": "chatcmpl-fake",
-            "object": "chat.completion",
-            "model": "fake-model",
-            "choices": message,
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        }),
+        Framing::OpenAi => {
+            let mut body = json!({
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "model": "fake-model",
+                "choices": message,
+            });
+            if let Some(usage) = usage {
+                body["usage"] = usage.json();
+            }
+            body
+        }
         Framing::Lean => json!({
             "choices": message,
             "usage": {"prompt_tokens": 1, "completion_tokens": pieces, "total_tokens": pieces + 1}
@@ -245,8 +292,11 @@ impl Stream {
         }
     }
 
-    fn openai(pieces: &[String]) -> Stream {
-        Stream::new(pieces, Framing::OpenAi)
+    fn openai(pieces: &[String], usage: Option<Usage>) -> Stream {
+        Stream {
+            frames: Arc::new(Frames::with_usage(pieces, Framing::OpenAi, usage)),
+            ..Stream::new(&[], Framing::OpenAi)
+        }
     }
 
     fn paced(&self) -> bool {
@@ -279,6 +329,15 @@ impl RecordedRequest {
     /// Whether the request asked for a streamed answer.
     pub fn is_streaming(&self) -> bool {
         self.body.get("stream").and_then(Value::as_bool) == Some(true)
+    }
+
+    /// Whether the request asked for the usage chunk (`stream_options.include_usage`).
+    pub fn asks_for_usage(&self) -> bool {
+        self.body
+            .get("stream_options")
+            .and_then(|options| options.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true)
     }
 
     /// The `messages` array (empty when missing).
@@ -338,6 +397,8 @@ struct Script {
     queue: VecDeque<Behaviour>,
     default: Fallback,
     requests: Vec<RecordedRequest>,
+    /// Reported with every answer from now on (see [`FakeLlm::reports_usage`]).
+    usage: Option<Usage>,
 }
 
 struct State {
@@ -377,6 +438,7 @@ impl FakeLlm {
                 queue: VecDeque::new(),
                 default: Fallback::Fixed(Behaviour::Stream(pieces(&DEFAULT_PIECES))),
                 requests: Vec::new(),
+                usage: None,
             }),
             recording,
         });
@@ -476,6 +538,14 @@ impl FakeLlm {
         self.push(Behaviour::SlowStream(pieces(parts), delay))
     }
 
+    /// From now on every answer reports `usage` (`None`: none does): a non-streamed answer in
+    /// its `usage` field, a streamed reply that ends normally in a last usage chunk, when the
+    /// request asked for it (`stream_options: {include_usage: true}`).
+    pub fn reports_usage(&self, usage: Option<Usage>) -> &Self {
+        self.script().usage = usage;
+        self
+    }
+
     /// The behaviour once the queue is empty.
     pub fn set_default(&self, behaviour: Behaviour) {
         self.script().default = Fallback::Fixed(behaviour);
@@ -531,17 +601,21 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     if !state.recording {
-        let behaviour = {
+        let (behaviour, usage) = {
             let mut script = state.script.lock().unwrap();
-            match script.queue.pop_front() {
+            let behaviour = match script.queue.pop_front() {
                 Some(behaviour) => behaviour,
                 None => match &script.default {
                     Fallback::Fixed(behaviour) => behaviour.clone(),
                     Fallback::Decide(_) => unreachable!("refused by set_default_fn"),
                 },
-            }
+            };
+            (behaviour, script.usage)
         };
-        return respond(behaviour, asks_for_streaming(&body), None).await;
+        let streaming = asks_for_streaming(&body);
+        // Only when usage is on does the body get a second scan.
+        let usage = usage.filter(|_| !streaming || scan(&body, &[b"\"include_usage\":true"]));
+        return respond(behaviour, streaming, usage, None).await;
     }
     let request = RecordedRequest {
         method: method.to_string(),
@@ -553,7 +627,8 @@ async fn handle(
         piece_sent_at: Vec::new(),
     };
     let streaming = request.is_streaming();
-    let (behaviour, index) = {
+    let asks_for_usage = request.asks_for_usage();
+    let (behaviour, usage, index) = {
         let mut script = state.script.lock().unwrap();
         let behaviour = match script.queue.pop_front() {
             Some(behaviour) => behaviour,
@@ -563,29 +638,44 @@ async fn handle(
             },
         };
         script.requests.push(request);
-        (behaviour, script.requests.len() - 1)
+        let usage = script.usage.filter(|_| !streaming || asks_for_usage);
+        (behaviour, usage, script.requests.len() - 1)
     };
-    respond(behaviour, streaming, Some((state, index))).await
+    respond(behaviour, streaming, usage, Some((state, index))).await
 }
 
 /// `"stream":true` in a body the fake does not parse. From the end: the server writes
 /// `stream` last, after the whole history, and a forward scan of a long prompt made the
 /// bench's fake LLM a visible share of the machine's CPU.
 fn asks_for_streaming(body: &[u8]) -> bool {
-    [&b"\"stream\":true"[..], &b"\"stream\": true"[..]]
-        .iter()
-        .any(|needle| {
-            body.windows(needle.len())
-                .rev()
-                .any(|window| window == *needle)
-        })
+    scan(body, &[b"\"stream\":true", b"\"stream\": true"])
 }
 
-async fn respond(behaviour: Behaviour, streaming: bool, recorder: Recorder) -> Response {
+/// Whether any of `needles` is in `body`, looking from the end.
+fn scan(body: &[u8], needles: &[&[u8]]) -> bool {
+    needles.iter().any(|needle| {
+        body.windows(needle.len())
+            .rev()
+            .any(|window| window == *needle)
+    })
+}
+
+/// Answers with `behaviour`; `usage`: what this answer reports (already `None` for a
+/// streamed request that did not ask for it).
+async fn respond(
+    behaviour: Behaviour,
+    streaming: bool,
+    usage: Option<Usage>,
+    recorder: Recorder,
+) -> Response {
     let stream = match behaviour {
-        Behaviour::Stream(parts) => Stream::openai(&parts),
+        Behaviour::Stream(parts) => Stream::openai(&parts, usage),
         Behaviour::Reply(text) => {
-            return json_body(StatusCode::OK, &[], answer(Framing::OpenAi, &text, 1))
+            return json_body(
+                StatusCode::OK,
+                &[],
+                answer(Framing::OpenAi, &text, 1, usage),
+            )
         }
         Behaviour::Fail(status) => {
             let error = json!({"error": {"message": format!("{UPSTREAM_SECRET}: model exploded"), "type": "server_error"}});
@@ -604,11 +694,11 @@ async fn respond(behaviour: Behaviour, streaming: bool, recorder: Recorder) -> R
         Behaviour::Hang => std::future::pending().await,
         Behaviour::StreamThenHang(parts) => Stream {
             end: End::Hang,
-            ..Stream::openai(&parts)
+            ..Stream::openai(&parts, usage)
         },
         Behaviour::StreamThenCut(parts) => Stream {
             end: End::Cut,
-            ..Stream::openai(&parts)
+            ..Stream::openai(&parts, usage)
         },
         Behaviour::Malformed => {
             let garbage = Bytes::from_static(b"<html>this is {{ not a chat completion");
@@ -617,11 +707,11 @@ async fn respond(behaviour: Behaviour, streaming: bool, recorder: Recorder) -> R
         Behaviour::SlowStream(parts, delay) => Stream {
             delay,
             answer_delay: delay,
-            ..Stream::openai(&parts)
+            ..Stream::openai(&parts, usage)
         },
         Behaviour::Held(parts, after, gate) => Stream {
             hold: Some((after, gate)),
-            ..Stream::openai(&parts)
+            ..Stream::openai(&parts, usage)
         },
         Behaviour::Prepared(stream) => stream,
     };

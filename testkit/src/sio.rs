@@ -475,10 +475,20 @@ impl SioClient {
         addr: SocketAddr,
         headers: &[(&str, &str)],
     ) -> Result<SioClient, String> {
+        SioClient::connect_from_with_headers(addr, None, headers).await
+    }
+
+    /// The same from the local address `source` (another 127.0.0.0/8 address, say), when
+    /// given.
+    pub async fn connect_from_with_headers(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        headers: &[(&str, &str)],
+    ) -> Result<SioClient, String> {
         let connecting = async {
             let (outgoing, outgoing_rx) = mpsc::unbounded_channel::<String>();
             let (incoming_tx, incoming) = mpsc::unbounded_channel();
-            let opened = open_websocket_with(addr, None, headers)
+            let opened = open_websocket_with(addr, source, headers)
                 .await
                 .map_err(|error| format!("{error:#}"))?;
             Ok(SioClient {

@@ -130,6 +130,22 @@ impl TestApp {
         user
     }
 
+    /// A new browser with an empty cookie jar whose requests come from this local
+    /// address (a loopback address other than the server's, say: another client).
+    pub fn new_user_from(&self, source: std::net::IpAddr) -> User {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(HTTP_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(source)
+            .build()
+            .expect("http client");
+        User {
+            endpoint: self.endpoint.clone(),
+            browser: Browser::with_client(http),
+        }
+    }
+
     /// A new browser with an empty cookie jar that has made no request yet.
     pub fn new_user_without_page(&self) -> User {
         User {

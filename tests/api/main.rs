@@ -7,6 +7,7 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod abuse;
 mod accounts;
 mod azure;
 mod bad_input;
@@ -22,12 +23,15 @@ mod isolation;
 mod live_sync;
 mod llm_failures;
 mod oidc;
+mod proxy_auth;
+mod quotas;
 mod realtime;
 mod regenerate;
 mod save_history;
 mod search;
 mod sessions;
 mod shutdown;
+mod slow_clients;
 mod startup;
 mod stop_generation;
 mod tokens;

@@ -282,6 +282,11 @@ pub fn adapt_deploy_config(deploy: &str, upstreams: &[SocketAddr], listen: Socke
 
 impl Nginx {
     pub fn start(upstreams: &[SocketAddr]) -> Nginx {
+        Nginx::start_edited(upstreams, |config| config)
+    }
+
+    /// The same, with the adapted `deploy/nginx.conf` changed by `edit` first.
+    pub fn start_edited(upstreams: &[SocketAddr], edit: impl FnOnce(String) -> String) -> Nginx {
         assert!(
             Path::new(NGINX).exists(),
             "{NGINX} is missing: install Debian's nginx package (apt-get install nginx)"
@@ -313,7 +318,7 @@ impl Nginx {
              # ---- deploy/nginx.conf, adapted ----\n\
              {}\n\
              }}\n",
-            adapt_deploy_config(&deploy, upstreams, addr)
+            edit(adapt_deploy_config(&deploy, upstreams, addr))
         );
         let config_path = dir.path().join("nginx.conf");
         std::fs::write(&config_path, &config).expect("write nginx.conf");
@@ -409,7 +414,7 @@ fn worker_pids(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn set_mode(path: &Path, mode: u32) {
+pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }

@@ -8,12 +8,13 @@
 //! `nginx`). `TEST_LOG=1` prints the instances' output as it comes.
 
 mod harness;
+mod proxy_auth;
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use testkit::browser::{msg, Endpoint};
-use testkit::fake_llm::{echo_pieces, Behaviour, Gate};
+use testkit::fake_llm::{echo_pieces, Behaviour, Gate, Usage};
 use testkit::sio::{is_end, Transport, Turn};
 
 use harness::{Cluster, EVENT_TIMEOUT, TURN_TIMEOUT};
@@ -522,6 +523,51 @@ async fn the_upload_rate_limit_holds_across_instances() {
         Some(retry_after.to_string()),
         "Retry-After header"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_spent_on_one_instance_count_against_the_quota_on_the_other() {
+    let cluster = Cluster::start_with(&[("QUOTA_TOKENS_PER_DAY", "100")], false).await;
+    cluster.llm.reports_usage(Some(Usage::new(80, 30)));
+    let user = cluster.new_user();
+    user.get(&cluster.a, "/").await.assert_status(200);
+    let on_a_conversation = user.start_conversation(&cluster.a).await;
+    let on_b_conversation = user.start_conversation(&cluster.b).await;
+    let mut on_a = user.socket(&cluster.a).await;
+    let mut on_b = user.socket(&cluster.b).await;
+
+    on_a.send_message("spend on A", Some(&on_a_conversation));
+    let spent = on_a.collect_reply(TURN_TIMEOUT).await;
+    let upstream_calls = cluster.llm.requests().len();
+    let seen_on_b = user.get(&cluster.b, "/usage").await;
+    on_b.send_message("refused on B", Some(&on_b_conversation));
+    let refused = on_b.collect_reply(TURN_TIMEOUT).await;
+
+    assert_sender_turn(&spent, &on_a_conversation, &echo_pieces("spend on A"));
+    assert_eq!(seen_on_b.json["prompt_tokens"], 80, "{}", seen_on_b.text);
+    assert_eq!(
+        seen_on_b.json["completion_tokens"], 30,
+        "{}",
+        seen_on_b.text
+    );
+    assert_eq!(
+        seen_on_b.json["quota_tokens_per_day"], 100,
+        "{}",
+        seen_on_b.text
+    );
+    let error = refused.expect_error();
+    assert_eq!(error["error"], "quota_exceeded", "{error}");
+    assert!(error["resets_at"].is_string(), "{error}");
+    assert!(refused.chunks.is_empty() && refused.token_usage.is_none());
+    assert_eq!(
+        cluster.llm.requests().len(),
+        upstream_calls,
+        "a refused message must not reach the LLM"
+    );
+    assert!(user
+        .history(&cluster.a, &on_b_conversation)
+        .await
+        .is_empty());
 }
 
 // ------------------------------------------------------------------ Redis outage

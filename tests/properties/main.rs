@@ -8,7 +8,7 @@ use llm_chat_server::config::{Settings, Tokenizer};
 use llm_chat_server::context::{chunk_text, TokenCounter};
 use llm_chat_server::domain::ConversationId;
 use llm_chat_server::files::{clean_file_name, decode_text, extension_allowed};
-use llm_chat_server::llm::sse::{completion_text, parse_line, take_lines};
+use llm_chat_server::llm::sse::{completion, parse_line, take_lines};
 use llm_chat_server::store::search_terms;
 use llm_chat_server::turn::validate_message;
 use proptest::prelude::*;
@@ -73,7 +73,7 @@ proptest! {
             let _ = parse_line(&line);
         }
         prop_assert!(!buffer.contains(&b'\n'));
-        let _ = completion_text(&bytes);
+        let _ = completion(&bytes);
     }
 
     #[test]

@@ -451,3 +451,69 @@ pub async fn open_sign_ups_at_once_on_two_stores_all_succeed_with_exactly_one_ad
         );
     }
 }
+
+/// `migrate`'s side of the store: every account read out, and written back as
+/// it is into another store, once (a second import changes nothing).
+pub async fn imported_accounts_keep_every_field_once_and_close_first_only_sign_up(f: &Fixture) {
+    let source = &*f.accounts;
+    let ann = created(sign_up(source, "ann@example.org", Signup::Open).await);
+    let bob = created(sign_up(source, "bob@example.org", Signup::Open).await);
+    let exported = source.accounts_for_copy().await.unwrap();
+    assert_eq!(
+        exported,
+        vec![ann.clone(), bob.clone()],
+        "oldest first, as stored"
+    );
+    let target = Fixture::new(f.kind).await;
+    let mut disabled = bob.clone();
+    disabled.disabled = true;
+
+    let first = [
+        target.accounts.import_account(&ann).await.unwrap(),
+        target.accounts.import_account(&disabled).await.unwrap(),
+    ];
+    let again = [
+        target.accounts.import_account(&ann).await.unwrap(),
+        target.accounts.import_account(&bob).await.unwrap(),
+    ];
+    let mut same_email = new_account("ann@example.org");
+    same_email.user_id = UserId::new();
+    let other_id = Account {
+        user_id: same_email.user_id.clone(),
+        email: same_email.email.clone(),
+        name: same_email.name.clone(),
+        password_hash: same_email.password_hash.clone(),
+        is_admin: false,
+        disabled: false,
+        created_at: Utc::now(),
+    };
+
+    assert_eq!(first, [true, true]);
+    assert_eq!(again, [false, false]);
+    assert!(!target.accounts.import_account(&other_id).await.unwrap());
+    assert_eq!(
+        target.accounts.accounts_for_copy().await.unwrap(),
+        vec![ann.clone(), disabled.clone()]
+    );
+    assert_eq!(
+        target.accounts.account(&ann.user_id).await.unwrap(),
+        Some(ann)
+    );
+    assert_eq!(
+        target
+            .accounts
+            .account_by_email("bob@example.org")
+            .await
+            .unwrap(),
+        Some(disabled)
+    );
+    assert_eq!(
+        target
+            .accounts
+            .create_account(new_account("late@example.org"), Signup::FirstOnly)
+            .await
+            .unwrap(),
+        Created::Closed
+    );
+    target.finish().await;
+}

@@ -1,5 +1,6 @@
-//! The `ConversationStore` contract (`checks`) and the `AccountStore`
-//! contract (`accounts`), each written once and run against every backend:
+//! The `ConversationStore` contract (`checks`), the `AccountStore`
+//! contract (`accounts`), the `TokenStore` (`tokens`) and `UsageStore`
+//! (`usage`) contracts, each written once and run against every backend:
 //! SQLite on a temporary file, and MongoDB on a real SecantusDB server (a
 //! MongoDB wire-protocol server; `SECANTUSD_BIN` names its binary,
 //! `scripts/test.sh` installs it). One server serves the whole test binary,
@@ -23,6 +24,7 @@ mod migrate;
 mod mongo_only;
 mod server;
 mod tokens;
+mod usage;
 
 /// One test per check and backend: `sqlite::<check>` and `mongo::<check>`,
 /// each check named with the module that holds it.
@@ -77,6 +79,7 @@ contract!(
         transfer_moves_conversations_with_messages_and_search_and_counts_them,
         first_only_sign_ups_at_once_on_two_stores_make_exactly_one_account_the_admin,
         open_sign_ups_at_once_on_two_stores_all_succeed_with_exactly_one_admin,
+        imported_accounts_keep_every_field_once_and_close_first_only_sign_up,
     ],
     identities: [
         a_new_identity_gets_an_account_without_a_password_and_keeps_it,

@@ -1,15 +1,18 @@
 //! `llm-chat-server migrate`: the real binary copies a SQLite database to
 //! MongoDB (SecantusDB), a second run copies nothing, and a user who comes
 //! back with their old cookie to a server on MongoDB sees their
-//! conversations.
+//! conversations; accounts and access tokens go both ways, once.
 
 use std::path::Path;
 use std::time::Duration;
 
+use llm_chat_server::auth::{hash_password, new_token, token_hash};
 use llm_chat_server::domain::{ConversationId, Role, UserId};
 use llm_chat_server::sessions::sqlite::SqliteSessionStore;
+use llm_chat_server::store::accounts::{Account, AccountStore, Created, NewAccount, Signup};
 use llm_chat_server::store::mongo::MongoStore;
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
+use llm_chat_server::store::tokens::TokenStore;
 use llm_chat_server::store::{ConversationStore, NewMessage};
 use testkit::server::{env_with_path, Env, ServerProcess};
 use tower_sessions::session::{Id, Record};
@@ -150,4 +153,194 @@ async fn migrate_copies_sqlite_to_mongodb_once_and_users_keep_their_conversation
         ]
     );
     server.kill().await;
+}
+
+/// `migrate --from <from> --to <to>` with the SQLite file in `dir`: its stdout.
+async fn migrate_between(dir: &Path, uri: &str, database: &str, from: &str, to: &str) -> String {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        testkit::server::command(Path::new(BIN), &env(dir, uri, database), dir)
+            .args(["migrate", "--from", from, "--to", to])
+            .output(),
+    )
+    .await
+    .expect("migrate finished in time")
+    .expect("migrate ran");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "migrate failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// An account as another store holds it: every field, the date to MongoDB's milliseconds.
+fn same_account(a: &Account, b: &Account) -> bool {
+    let millis = |at: &chrono::DateTime<chrono::Utc>| at.timestamp_millis();
+    (
+        &a.user_id,
+        &a.email,
+        &a.name,
+        &a.password_hash,
+        a.is_admin,
+        a.disabled,
+    ) == (
+        &b.user_id,
+        &b.email,
+        &b.name,
+        &b.password_hash,
+        b.is_admin,
+        b.disabled,
+    ) && millis(&a.created_at) == millis(&b.created_at)
+}
+
+async fn new_account(store: &dyn AccountStore, email: &str, password: &str) -> Account {
+    let account = NewAccount {
+        user_id: UserId::new(),
+        email: email.to_owned(),
+        name: format!("name of {email}"),
+        password_hash: hash_password(password.to_owned()).await.unwrap(),
+    };
+    match store.create_account(account, Signup::Open).await.unwrap() {
+        Created::Account(account) => account,
+        other => panic!("no account made: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_accounts_and_tokens_both_ways_once_and_they_keep_working() {
+    let server = shared_server().await;
+    let (uri, database) = (server.uri(), database_name());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::new(SqliteDb::open(&dir.path().join("chat.db")).unwrap());
+    let ann = new_account(&sqlite, "ann@example.org", "ann's long password").await;
+    let bob = new_account(&sqlite, "bob@example.org", "bob's long password").await;
+    let token = new_token();
+    sqlite
+        .create_token(&ann.user_id, "tok-ann", "laptop", &token_hash(&token), 20)
+        .await
+        .unwrap()
+        .unwrap();
+    sqlite
+        .create_token(&bob.user_id, "tok-bob", "ci", &token_hash(&new_token()), 20)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let first = migrate_between(dir.path(), &uri, &database, "sqlite", "mongodb").await;
+    let second = migrate_between(dir.path(), &uri, &database, "sqlite", "mongodb").await;
+
+    assert!(
+        first.contains(
+            "2 accounts copied, 0 already there; 2 access tokens copied, 0 already there"
+        ),
+        "{first}"
+    );
+    assert!(
+        second.contains(
+            "0 accounts copied, 2 already there; 0 access tokens copied, 2 already there"
+        ),
+        "{second}"
+    );
+    let mongo = MongoStore::connect(&uri, &database).await.unwrap();
+    let copied = mongo.accounts_for_copy().await.unwrap();
+    assert_eq!(copied.len(), 2, "{copied:?}");
+    for original in [&ann, &bob] {
+        let copy = mongo.account(&original.user_id).await.unwrap().unwrap();
+        assert!(same_account(&copy, original), "{copy:?} != {original:?}");
+    }
+    assert!(
+        ann.is_admin && !bob.is_admin,
+        "the first account is the admin"
+    );
+    assert_eq!(mongo.tokens_for_copy().await.unwrap().len(), 2);
+    assert_eq!(
+        mongo.token_owner(&token_hash(&token)).await.unwrap(),
+        Some(ann.user_id.clone())
+    );
+    let listed = mongo.tokens(&ann.user_id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].name.as_str()),
+        ("tok-ann", "laptop")
+    );
+    // Sign-up under `first-only` is closed on the target too.
+    let late = NewAccount {
+        user_id: UserId::new(),
+        email: "late@example.org".into(),
+        name: "late".into(),
+        password_hash: "x".into(),
+    };
+    assert_eq!(
+        mongo.create_account(late, Signup::FirstOnly).await.unwrap(),
+        Created::Closed
+    );
+
+    // A server on MongoDB: Ann signs in with her password, and her token works.
+    let mut env = env(dir.path(), &uri, &database);
+    for (key, value) in [("HOST", "127.0.0.1"), ("PORT", "0"), ("AUTH_MODE", "local")] {
+        env.insert(key.to_owned(), value.to_owned());
+    }
+    let mut process = ServerProcess::start(Path::new(BIN), &env, dir.path())
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let base = process.base_url();
+    let http = reqwest::Client::new();
+    let login = http
+        .post(format!("{base}/auth/login"))
+        .json(&serde_json::json!({"email": "ann@example.org", "password": "ann's long password"}))
+        .send()
+        .await
+        .unwrap();
+    let me = http
+        .get(format!("{base}/auth/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    assert_eq!(me.status(), 200);
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(me["email"], "ann@example.org");
+    process.kill().await;
+
+    // And back: an account and a token made on MongoDB reach a new SQLite file.
+    let cy = new_account(&mongo, "cy@example.org", "cy's long password").await;
+    let cy_token = new_token();
+    mongo
+        .create_token(&cy.user_id, "tok-cy", "phone", &token_hash(&cy_token), 20)
+        .await
+        .unwrap()
+        .unwrap();
+    let back = tempfile::tempdir().unwrap();
+    let there = migrate_between(back.path(), &uri, &database, "mongodb", "sqlite").await;
+    let again = migrate_between(back.path(), &uri, &database, "mongodb", "sqlite").await;
+
+    assert!(
+        there.contains(
+            "3 accounts copied, 0 already there; 3 access tokens copied, 0 already there"
+        ),
+        "{there}"
+    );
+    assert!(
+        again.contains(
+            "0 accounts copied, 3 already there; 0 access tokens copied, 3 already there"
+        ),
+        "{again}"
+    );
+    let returned = SqliteStore::new(SqliteDb::open(&back.path().join("chat.db")).unwrap());
+    for original in [&ann, &bob, &cy] {
+        let copy = returned.account(&original.user_id).await.unwrap().unwrap();
+        assert!(same_account(&copy, original), "{copy:?} != {original:?}");
+    }
+    assert_eq!(
+        returned.token_owner(&token_hash(&cy_token)).await.unwrap(),
+        Some(cy.user_id.clone())
+    );
+    assert_eq!(
+        returned.token_owner(&token_hash(&token)).await.unwrap(),
+        Some(ann.user_id.clone())
+    );
+    assert_eq!(returned.tokens_for_copy().await.unwrap().len(), 3);
 }

@@ -297,6 +297,52 @@ pub async fn concurrent_creates_keep_the_limit(t: &Tokens) {
 
 /// One test per check and backend: `tokens::sqlite::<check>` and
 /// `tokens::mongo::<check>`.
+/// `migrate`'s side of the store: every token read out with its hash, and
+/// written back as it is into another store, once.
+pub async fn imported_tokens_keep_every_field_once(t: &Tokens) {
+    let (ann, bob) = (UserId::new(), UserId::new());
+    let (first, first_hash) = made(&*t.store, &ann, "laptop").await;
+    tick().await;
+    let (second, second_hash) = made(&*t.store, &bob, "ci").await;
+    let exported = t.store.tokens_for_copy().await.unwrap();
+    let target = Tokens::new(t.kind).await;
+
+    let imported: Vec<bool> = futures_util::future::join_all(
+        exported
+            .iter()
+            .map(|token| target.store.import_token(token)),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    let mut again = Vec::new();
+    for token in &exported {
+        again.push(target.store.import_token(token).await.unwrap());
+    }
+
+    assert_eq!(
+        exported
+            .iter()
+            .map(|s| (s.token.clone(), s.token_hash.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (first.clone(), first_hash.clone()),
+            (second.clone(), second_hash)
+        ],
+        "oldest first, with their hashes"
+    );
+    assert_eq!(imported, [true, true]);
+    assert_eq!(again, [false, false]);
+    assert_eq!(target.store.tokens(&ann).await.unwrap(), vec![first]);
+    assert_eq!(target.store.tokens(&bob).await.unwrap(), vec![second]);
+    assert_eq!(
+        target.store.token_owner(&first_hash).await.unwrap(),
+        Some(ann)
+    );
+    target.finish().await;
+}
+
 macro_rules! token_contract {
     ($($check:ident),* $(,)?) => {
         mod sqlite {
@@ -324,6 +370,7 @@ macro_rules! token_contract {
 
 token_contract!(
     create_list_delete,
+    imported_tokens_keep_every_field_once,
     tokens_are_listed_newest_first,
     the_limit_refuses_without_storing_and_frees_on_delete,
     token_owner_finds_the_owner_by_hash,

@@ -15,11 +15,12 @@
 use anyhow::anyhow;
 use async_trait::async_trait;
 use chrono::Utc;
+use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
 
 use super::base::{code, command_code, MongoStore};
-use super::documents::{from_bson_time, now};
+use super::documents::{from_bson_time, now, to_bson_time};
 use crate::domain::UserId;
 use crate::store::accounts::{
     Account, AccountStore, Created, External, ExternalIdentity, NewAccount, Signup,
@@ -347,5 +348,49 @@ impl AccountStore for MongoStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(result.modified_count)
+    }
+
+    async fn accounts_for_copy(&self) -> StoreResult<Vec<Account>> {
+        let mut cursor = self
+            .users
+            .find(doc! {})
+            .projection(doc! {"_id": 0})
+            .sort(doc! {"created_at": 1, "user_id": 1})
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut list = Vec::new();
+        while let Some(d) = cursor.try_next().await.map_err(|e| self.err(e))? {
+            list.push(account_from_doc(&d).map_err(StoreError::Backend)?);
+        }
+        Ok(list)
+    }
+
+    async fn import_account(&self, account: &Account) -> StoreResult<bool> {
+        let d = doc! {
+            "user_id": account.user_id.as_ref(),
+            "email": &account.email,
+            "name": &account.name,
+            "password_hash": &account.password_hash,
+            "is_admin": account.is_admin,
+            "disabled": account.disabled,
+            "created_at": to_bson_time(&account.created_at),
+        };
+        let inserted = match self.users.insert_one(d).await {
+            Ok(_) => true,
+            Err(e) if command_code(&e) == Some(code::DUPLICATE_KEY) => false,
+            Err(e) => return Err(self.err(e)),
+        };
+        // Sign-up under `first-only` stays closed: the store has an account.
+        // The marker names an account that exists, so it is never taken
+        // for an abandoned one.
+        let (at, _) = now();
+        let marker =
+            doc! {"_id": FIRST_ACCOUNT, "user_id": account.user_id.as_ref(), "created_at": at};
+        match self.meta.insert_one(marker).await {
+            Ok(_) => {}
+            Err(e) if command_code(&e) == Some(code::DUPLICATE_KEY) => {}
+            Err(e) => return Err(self.err(e)),
+        }
+        Ok(inserted)
     }
 }

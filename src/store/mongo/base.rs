@@ -25,6 +25,10 @@ pub const USERS: &str = "users";
 pub const TOKENS: &str = "tokens";
 /// Collection holding identities from providers linked to accounts.
 pub const IDENTITIES: &str = "identities";
+/// Collection holding token usage per user and day (`super::usage`).
+pub const USAGE: &str = "usage";
+/// Collection holding the per-user daily quotas an admin set.
+pub const QUOTAS: &str = "quotas";
 /// Collection holding the store's own markers (the first account's).
 pub const META: &str = "meta";
 
@@ -73,6 +77,10 @@ pub struct MongoStore {
     /// External identities (`{_id: "<provider>\n<subject>", user_id,
     /// created_at}`), linked to accounts.
     pub(super) identities: Collection<Document>,
+    /// Token usage, one document per user and day.
+    pub(super) usage: Collection<Document>,
+    /// Per-user daily quotas, one document per user who has one.
+    pub(super) quotas: Collection<Document>,
     pub(super) text_search: bool,
     /// Hides the URI's password in every error, the session store's too.
     pub(crate) redactor: Arc<Redactor>,

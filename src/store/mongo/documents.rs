@@ -11,7 +11,7 @@ use super::base::{BASE_BYTES, PER_MESSAGE_BYTES};
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
 use crate::store::{title_from, Conversation, ConversationMeta, SearchHit, StoredMessage, Summary};
 
-fn to_bson_time(at: &DateTime<Utc>) -> bson::DateTime {
+pub(super) fn to_bson_time(at: &DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_millis(at.timestamp_millis())
 }
 

@@ -31,7 +31,8 @@
 //! shapes and their conversions), `pipelines` (appends and the size guard),
 //! `search` (`$text` and the scan), `accounts` (local accounts in `users`:
 //! `AccountStore`), `tokens` (personal access tokens in `tokens`:
-//! `TokenStore`); the session store in the same database is
+//! `TokenStore`), `usage` (token usage in `usage`, quotas in `quotas`:
+//! `UsageStore`); the session store in the same database is
 //! `crate::sessions::mongo`.
 
 mod accounts;
@@ -41,6 +42,7 @@ mod pipelines;
 mod schema;
 mod search;
 mod tokens;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,8 +57,8 @@ use mongodb::{Client, Database};
 
 pub(crate) use self::base::{code, command_code, map_error};
 pub use self::base::{
-    MongoStore, CONVERSATIONS, IDENTITIES, META, SESSIONS, SIZE_LIMIT_BYTES, TOKENS,
-    TOO_LARGE_MESSAGE, USERS,
+    MongoStore, CONVERSATIONS, IDENTITIES, META, QUOTAS, SESSIONS, SIZE_LIMIT_BYTES, TOKENS,
+    TOO_LARGE_MESSAGE, USAGE, USERS,
 };
 use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
@@ -130,6 +132,8 @@ impl MongoStore {
             meta: db.collection(META),
             tokens: db.collection(TOKENS),
             identities: db.collection(IDENTITIES),
+            usage: db.collection(USAGE),
+            quotas: db.collection(QUOTAS),
             db,
             text_search: false,
             redactor: Arc::new(redactor),

@@ -143,6 +143,18 @@ impl MongoStore {
             tracing::warn!(index = "tokens_user_created_idx", error = %self.redactor.clean(&e.kind.to_string()), "could not create an index");
         }
 
+        // The admin's view of a day: most tokens first.
+        if let Err(e) = self
+            .usage
+            .create_index(index(
+                doc! {"day": 1, "total_tokens": -1},
+                named("usage_day_total_idx"),
+            ))
+            .await
+        {
+            tracing::warn!(index = "usage_day_total_idx", error = %self.redactor.clean(&e.kind.to_string()), "could not create an index");
+        }
+
         let optional = [
             // The original's.
             ("created_at_idx", doc! {"created_at": -1}),

@@ -12,10 +12,10 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document};
 
-use super::base::MongoStore;
-use super::documents::{from_bson_time, now};
+use super::base::{code, command_code, MongoStore};
+use super::documents::{from_bson_time, now, to_bson_time};
 use crate::domain::UserId;
-use crate::store::tokens::{AccessToken, TokenStore};
+use crate::store::tokens::{AccessToken, StoredToken, TokenStore};
 use crate::store::{StoreError, StoreResult};
 
 fn token_from_doc(d: &Document) -> anyhow::Result<AccessToken> {
@@ -140,6 +140,41 @@ impl TokenStore for MongoStore {
                     })
             })
             .transpose()
+    }
+
+    async fn tokens_for_copy(&self) -> StoreResult<Vec<StoredToken>> {
+        let mut cursor = self
+            .tokens
+            .find(doc! {})
+            .sort(doc! {"created_at": 1, "_id": 1})
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut list = Vec::new();
+        while let Some(d) = cursor.try_next().await.map_err(|e| self.err(e))? {
+            let token = token_from_doc(&d).map_err(StoreError::Backend)?;
+            let token_hash = d
+                .get_str("token_hash")
+                .map_err(|_| StoreError::Backend(anyhow!("an access token without a hash")))?
+                .to_string();
+            list.push(StoredToken { token, token_hash });
+        }
+        Ok(list)
+    }
+
+    async fn import_token(&self, stored: &StoredToken) -> StoreResult<bool> {
+        let token = &stored.token;
+        let d = doc! {
+            "_id": &token.id,
+            "user_id": token.user_id.as_ref(),
+            "name": &token.name,
+            "token_hash": &stored.token_hash,
+            "created_at": to_bson_time(&token.created_at),
+        };
+        match self.tokens.insert_one(d).await {
+            Ok(_) => Ok(true),
+            Err(e) if command_code(&e) == Some(code::DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
     }
 }
 

@@ -270,6 +270,45 @@ impl AccountStore for SqliteStore {
             })
             .await
     }
+
+    async fn accounts_for_copy(&self) -> StoreResult<Vec<Account>> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT user_id, email, name, password_hash, is_admin, disabled, created_at \
+                         FROM users ORDER BY created_at, rowid",
+                    )
+                    .map_err(backend)?;
+                let rows = stmt.query_map([], account_from_row).map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn import_account(&self, account: &Account) -> StoreResult<bool> {
+        let account = account.clone();
+        self.db
+            .call(move |conn| {
+                exec(
+                    conn,
+                    "INSERT OR IGNORE INTO users \
+                     (user_id, email, name, password_hash, is_admin, disabled, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        account.user_id.as_ref(),
+                        account.email,
+                        account.name,
+                        account.password_hash,
+                        account.is_admin,
+                        account.disabled,
+                        rfc3339::format(&account.created_at)
+                    ],
+                )
+                .map(|inserted| inserted > 0)
+            })
+            .await
+    }
 }
 
 #[cfg(test)]

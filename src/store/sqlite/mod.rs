@@ -11,7 +11,8 @@
 //! (statements and busy handling), `schema` (tables and migrations),
 //! `index` (the deferred full-text indexing), `search` (FTS5 queries),
 //! `rows` (reading conversations back), `accounts` (the `users` table:
-//! `AccountStore`), `tokens` (the `tokens` table: `TokenStore`); here,
+//! `AccountStore`), `tokens` (the `tokens` table: `TokenStore`), `usage`
+//! (the `usage` and `quotas` tables: `UsageStore`); here,
 //! [`SqliteStore`].
 
 mod accounts;
@@ -22,6 +23,7 @@ mod rows;
 mod schema;
 mod search;
 mod tokens;
+mod usage;
 
 use async_trait::async_trait;
 use chrono::Utc;

@@ -1,6 +1,7 @@
 //! The database's layout: the tables (conversations, messages, the FTS5
-//! index, sessions, accounts, access tokens) created on open, and the
-//! migrations that bring a file written by an older version up to date.
+//! index, sessions, accounts, access tokens, token usage and quotas)
+//! created on open, and the migrations that bring a file written by an
+//! older version up to date.
 
 use rusqlite::Connection;
 
@@ -86,6 +87,24 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (user_id, created_at DESC);
 "#;
 
+/// Token metering (`super::usage`): one row per user and UTC day, grown by
+/// `INSERT .. ON CONFLICT DO UPDATE` (atomic), and the per-user daily quotas
+/// an admin set. Created by [`migrate`] on every open, like `users`.
+const USAGE_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS usage (
+    user_id           TEXT NOT NULL,
+    day               TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, day)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_by_day ON usage (day);
+CREATE TABLE IF NOT EXISTS quotas (
+    user_id        TEXT PRIMARY KEY,
+    tokens_per_day INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
 /// Full-text indexing is deferred: a turn's messages are written with
 /// `indexed = 0` and [`index_pending`](super::index::index_pending) adds
 /// them to `messages_fts` in bulk (about once a second, and before every
@@ -113,6 +132,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.execute_batch(USERS_SCHEMA)?;
     tx.execute_batch(TOKENS_SCHEMA)?;
     tx.execute_batch(IDENTITIES_SCHEMA)?;
+    tx.execute_batch(USAGE_SCHEMA)?;
     tx.commit()
 }
 

@@ -10,7 +10,7 @@ use super::exec::{backend, exec};
 use super::rows::parse_time;
 use super::SqliteStore;
 use crate::domain::UserId;
-use crate::store::tokens::{AccessToken, TokenStore};
+use crate::store::tokens::{AccessToken, StoredToken, TokenStore};
 use crate::store::{rfc3339, StoreResult};
 
 fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AccessToken> {
@@ -117,6 +117,50 @@ impl TokenStore for SqliteStore {
                     })
                     .map(|owner| owner.map(UserId::from_stored))
                     .map_err(backend)
+            })
+            .await
+    }
+
+    async fn tokens_for_copy(&self) -> StoreResult<Vec<StoredToken>> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT id, user_id, name, created_at, token_hash FROM tokens \
+                         ORDER BY created_at, rowid",
+                    )
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok(StoredToken {
+                            token: token_from_row(row)?,
+                            token_hash: row.get(4)?,
+                        })
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn import_token(&self, stored: &StoredToken) -> StoreResult<bool> {
+        let stored = stored.clone();
+        self.db
+            .call(move |conn| {
+                let token = &stored.token;
+                exec(
+                    conn,
+                    "INSERT OR IGNORE INTO tokens (id, user_id, name, token_hash, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        token.id,
+                        token.user_id.as_ref(),
+                        token.name,
+                        stored.token_hash,
+                        rfc3339::format(&token.created_at)
+                    ],
+                )
+                .map(|inserted| inserted > 0)
             })
             .await
     }

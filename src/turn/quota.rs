@@ -1,0 +1,152 @@
+//! Metering and daily quotas: what a user spent on the upstream model today
+//! (UTC), whether they may spend more, and the metered model calls.
+//!
+//! What counts: every upstream call made for a user, chat turns, summaries
+//! of older turns, titles and upload analyses, by the upstream's `usage`
+//! when it reports one, else counted here with the server's tokenizer (the
+//! prompt as sent, the reply text received). A call the upstream refused
+//! (an HTTP error after retries) counts nothing; a reply that was stopped,
+//! cut off or failed mid-stream counts its prompt and the text that had
+//! arrived (the upstream reports no usage then); a summary or a streamed
+//! request abandoned by a stop before the upstream answered counts nothing
+//! (nothing came back to count). A user is refused once
+//! today's total reaches their quota; the turn that crosses it finishes.
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+
+use super::chat::Chat;
+use crate::domain::UserId;
+use crate::error::ApiError;
+use crate::llm::{ChatRequest, LlmError, Messages, Usage};
+use crate::store::usage::DayUsage;
+
+/// A user's day, as `GET /usage` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageToday {
+    pub date: NaiveDate,
+    pub used: DayUsage,
+    /// Tokens per day; 0: no quota.
+    pub quota: u64,
+    pub resets_at: DateTime<Utc>,
+}
+
+/// Today, in UTC.
+pub fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+/// The midnight (UTC) that ends `day`, when its quota starts again.
+pub fn resets_at(day: NaiveDate) -> DateTime<Utc> {
+    day.checked_add_days(Days::new(1))
+        .unwrap_or(day)
+        .and_hms_opt(0, 0, 0)
+        .unwrap_or_default()
+        .and_utc()
+}
+
+/// The quota that applies: the user's own, else the server's; 0: none.
+pub fn effective_quota(default: u64, own: Option<u64>) -> u64 {
+    own.unwrap_or(default)
+}
+
+impl From<Usage> for DayUsage {
+    fn from(usage: Usage) -> Self {
+        DayUsage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+        }
+    }
+}
+
+impl Chat {
+    /// What `user` spent today and their quota.
+    pub async fn usage_today(&self, user: &UserId) -> Result<UsageToday, ApiError> {
+        let date = today();
+        let standing = self.usage.standing(user, date).await?;
+        Ok(UsageToday {
+            date,
+            used: standing.used,
+            quota: effective_quota(self.settings.quota_tokens_per_day, standing.quota_override),
+            resets_at: resets_at(date),
+        })
+    }
+
+    /// 429 `quota_exceeded` when `user` has used up today's quota; made
+    /// before any upstream call, so a refused request costs nothing.
+    pub async fn check_quota(&self, user: &UserId) -> Result<(), ApiError> {
+        let today = self.usage_today(user).await?;
+        if today.quota > 0 && today.used.total() >= today.quota {
+            tracing::info!(user = %user, used = today.used.total(), quota = today.quota, "refused: daily token quota used up");
+            return Err(ApiError::QuotaExceeded {
+                quota: today.quota,
+                resets_at: today.resets_at,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds `spent` to the user's day. A store failure is logged, not
+    /// returned: the reply was made, and refusing it now helps nobody.
+    pub async fn record_usage(&self, user: &UserId, spent: DayUsage) {
+        if spent == DayUsage::default() {
+            return;
+        }
+        if let Err(err) = self.usage.add_usage(user, today(), spent).await {
+            tracing::warn!(error = %err, user = %user, prompt_tokens = spent.prompt_tokens, completion_tokens = spent.completion_tokens, "could not record token usage");
+        }
+    }
+
+    /// Tokens a prompt costs by the server's own count.
+    pub fn prompt_cost(&self, messages: &Messages) -> u64 {
+        let messages: u64 = messages
+            .iter()
+            .map(|m| u64::from(self.tokens.message_cost(&m.content)))
+            .sum();
+        messages + u64::from(crate::context::REPLY_PRIMING)
+    }
+
+    /// A whole reply for `user` (summaries, titles, upload analyses), its
+    /// tokens added to the user's day.
+    pub async fn complete_metered(
+        &self,
+        user: &UserId,
+        request: ChatRequest,
+    ) -> Result<String, LlmError> {
+        let counted_prompt = self.prompt_cost(&request.messages);
+        let completion = self.llm.complete(request).await?;
+        let spent = match completion.usage {
+            Some(usage) => usage.into(),
+            None => DayUsage {
+                prompt_tokens: counted_prompt,
+                completion_tokens: u64::from(self.tokens.count(&completion.text)),
+            },
+        };
+        self.record_usage(user, spent).await;
+        Ok(completion.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_day_resets_at_the_next_utc_midnight() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap();
+        assert_eq!(
+            resets_at(day).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "2027-01-01T00:00:00Z"
+        );
+        let leap = NaiveDate::from_ymd_opt(2028, 2, 28).unwrap();
+        assert_eq!(resets_at(leap).date_naive().to_string(), "2028-02-29");
+    }
+
+    #[test]
+    fn a_users_own_quota_wins_over_the_default_even_zero() {
+        assert_eq!(effective_quota(1000, None), 1000);
+        assert_eq!(effective_quota(1000, Some(50)), 50);
+        assert_eq!(effective_quota(0, Some(50)), 50);
+        // 0 as the user's own quota: no quota for them.
+        assert_eq!(effective_quota(1000, Some(0)), 0);
+    }
+}
