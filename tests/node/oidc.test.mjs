@@ -12,10 +12,11 @@
 // nginx to X: the callback can only succeed if X reads what the other instance wrote. The
 // logs of both instances are checked to say exactly that.
 //
-// Also: the provider button on the page, /auth/me (auth "oidc"), admin from the `groups`
-// claim (OIDC_ADMIN_GROUPS), sign-out reaching the provider's end_session endpoint and
-// ending its session (the next sign-in asks for the password again), and a replayed
-// callback refused with a clear page, and a key rotation at the provider.
+// Also: the provider button on the page, a conversation had signed out moving to the
+// account, /auth/me (auth "oidc"), admin from the `groups` claim (OIDC_ADMIN_GROUPS),
+// sign-out reaching the provider's end_session endpoint and ending its session (the next
+// sign-in asks for the password again), a replayed callback refused with a clear page, and
+// a key rotation at the provider.
 //
 // Needs /usr/bin/redis-server, /usr/sbin/nginx, Chromium and CHAT_SERVER_BIN (harness.mjs).
 import { test, before, after } from 'node:test';
@@ -24,7 +25,9 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { startFakeLlm, startServer, launchChromium, waitReady, screenshot, sleep } from './harness.mjs';
+import {
+  startFakeLlm, startServer, launchChromium, waitReady, waitReplies, typeAndSend, screenshot, sleep,
+} from './harness.mjs';
 import { freePort, startNginx, startRedis } from './services.mjs';
 import { startOidcProvider, CLIENT_ID, CLIENT_SECRET } from './oidc-provider.mjs';
 
@@ -42,7 +45,7 @@ let browser;
 let publicUrl;
 
 before(async () => {
-  llm = await startFakeLlm({ reply: ['Signed-in ', 'reply'] });
+  llm = await startFakeLlm({ reply: () => ['A ', 'reply'] });
   redis = await startRedis();
   // The instances must know their public address (nginx's) before nginx starts.
   const nginxPort = await freePort();
@@ -65,6 +68,8 @@ before(async () => {
     OIDC_TEST_NAME: 'Test Provider',
     OIDC_TEST_SCOPES: 'openid email profile groups',
     OIDC_ADMIN_GROUPS: 'chat-admins',
+    // The page works signed out, so a conversation can be had before signing in.
+    ALLOW_ANONYMOUS: 'true',
     // The sign-in lines of the log tell which instance did what.
     RUST_LOG: 'warn,llm_chat_server::http::oidc=info,llm_chat_server::oidc=info',
   };
@@ -129,8 +134,13 @@ test('sign in through the provider on two instances, admin from groups, logout a
     if (request.url().startsWith(`${publicUrl}/auth/oidc/test/callback`)) callbacks.push(request.url());
   });
 
-  // 1. The page through nginx asks to sign in, with a button for the provider only.
+  // 1. Through nginx: a conversation signed out, then Sign in shows a button for the
+  //    provider only.
   await page.goto(`${publicUrl}/`);
+  await waitReady(page);
+  await typeAndSend(page, 'before signing in');
+  await waitReplies(page, 1);
+  await page.locator('#sign-in-button').click();
   const button = page.locator('#auth-providers a[data-provider="test"]');
   await button.waitFor({ state: 'visible' });
   assert.equal(await button.textContent(), 'Sign in with Test Provider');
@@ -148,6 +158,9 @@ test('sign in through the provider on two instances, admin from groups, logout a
   // The first account, yet not an admin: the groups claim decides (bob is not in chat-admins).
   assert.equal(bob.body.is_admin, false);
   assert.equal(await page.locator('#change-password-button').isHidden(), true);
+  // The conversation had signed out moved to the account, as with a password sign-in.
+  const listed = await page.evaluate(() => fetch('/list_conversations').then((r) => r.json()));
+  assert.equal(listed.conversations.length, 1, JSON.stringify(listed));
   const x = count(a, FINISHED) === 1 ? a : b; // the instance nginx sends this browser to
   const other = x === a ? b : a;
   assert.equal(count(x, FINISHED) + count(other, FINISHED), 1);
@@ -167,7 +180,7 @@ test('sign in through the provider on two instances, admin from groups, logout a
   assert.ok(hits.includes('GET /session/end'), hits.join('\n'));
   assert.ok(hits.includes('POST /session/end/confirm'), hits.join('\n'));
   assert.equal((await me(page)).status, 401);
-  await page.locator('#auth-providers a[data-provider="test"]').waitFor({ state: 'visible' });
+  await page.locator('#sign-in-button').waitFor({ state: 'visible' });
 
   // 3. A sign-in begun on the other instance and finished (through nginx) on X. The
   //    provider asks for the password again: its session really ended.
