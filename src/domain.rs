@@ -80,6 +80,13 @@ impl UserId {
     pub fn from_stored(raw: String) -> Self {
         Self(raw)
     }
+
+    /// An account's id from a client (a path, a payload): a UUID, kept in
+    /// its canonical lowercase hyphenated form (the form [`UserId::new`]
+    /// makes and the stores hold).
+    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+        ConversationId::parse(raw).map(|id| Self(id.0))
+    }
 }
 
 impl Default for UserId {
@@ -224,6 +231,17 @@ mod tests {
             &"a".repeat(100),
         ] {
             assert!(ConversationId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn account_ids_from_clients_must_be_uuids_in_the_stored_form() {
+        let id = UserId::parse(" 3F2504E0-4F89-11D3-9A0C-0305E82C3301").unwrap();
+        assert_eq!(id.as_ref(), "3f2504e0-4f89-11d3-9a0c-0305e82c3301");
+        let made = UserId::new();
+        assert_eq!(UserId::parse(made.as_ref()).unwrap(), made);
+        for bad in ["", "user:1", "{\"$ne\": null}", &"f".repeat(65)] {
+            assert!(UserId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 

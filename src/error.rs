@@ -51,6 +51,9 @@ pub enum ApiError {
     /// A state-changing request from another site (CSRF).
     #[error("Cross-site request refused.")]
     Forbidden,
+    /// An account without administrator rights on an administrator's route.
+    #[error("Only administrators may do this.")]
+    NotAdmin,
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -69,9 +72,6 @@ pub enum ApiError {
         quota: u64,
         resets_at: DateTime<Utc>,
     },
-    /// A signed-in account that is not an admin, on an admin route.
-    #[error("Only administrators may do this.")]
-    NotAdmin,
     #[error("The language model is unavailable right now. Please try again.")]
     LlmUnavailable,
     #[error("The service is temporarily unavailable. Please try again.")]

@@ -1,6 +1,6 @@
-//! Events for every socket of a user (all tabs, on every instance): the
-//! trait the turn and the HTTP routes send through, implemented by the
-//! Socket.IO layer over its rooms.
+//! Events for every socket of a user (all tabs, on every instance), and
+//! disconnecting them all: the trait the turn and the HTTP routes go
+//! through, implemented by the Socket.IO layer over its rooms.
 
 use async_trait::async_trait;
 
@@ -13,6 +13,12 @@ use crate::store::{rfc3339, ConversationMeta};
 #[async_trait]
 pub trait Notifier: Send + Sync + 'static {
     async fn to_user(&self, user: &UserId, event: ServerEvent<'_>);
+
+    /// Disconnects every socket of a user, on every instance (its sessions
+    /// were ended, or its account disabled). A browser told so by the
+    /// server does not reconnect by itself. Failing to reach another
+    /// instance is an error (the caller reports it).
+    async fn disconnect_user(&self, user: &UserId) -> anyhow::Result<()>;
 }
 
 /// The room every socket of a user joins.

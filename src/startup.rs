@@ -31,6 +31,7 @@ use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
 use crate::realtime::{self, SocketNotifier};
 use crate::replies::ReplyHub;
 use crate::state::AppState;
+use crate::store::accounts::ActiveAccounts;
 use crate::turn::{apply_remote_stop, Chat, TurnRegistry};
 use crate::{cluster, drain, http, llm, sessions};
 
@@ -174,6 +175,7 @@ impl Application {
                 Arc::new(MemoryLimiter::default()),
             ),
         };
+        let active_accounts = Arc::new(ActiveAccounts::new(accounts.clone()));
         let state = |notifier: Arc<dyn Notifier>| AppState {
             chat: Chat {
                 settings: settings.clone(),
@@ -191,6 +193,8 @@ impl Application {
             limiter: limiter.clone(),
             accounts: accounts.clone(),
             access_tokens: access_tokens.clone(),
+            active_accounts: active_accounts.clone(),
+            sessions: sessions.clone(),
             oidc: oidc.clone(),
             draining: draining.clone(),
             asset_version: http::page::asset_version().into(),
@@ -309,7 +313,7 @@ impl Application {
 fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
     use axum::http::{HeaderValue, Method};
     let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
         .allow_headers([axum::http::header::CONTENT_TYPE]);
     if origins.iter().any(|o| o == "*") {
         // Credentials cannot be combined with a wildcard; mirror instead.

@@ -12,8 +12,8 @@ use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::oidc::Providers;
 use crate::ratelimit::RateLimiter;
-use crate::sessions;
-use crate::store::accounts::{Account, AccountStore, External, ExternalIdentity};
+use crate::sessions::{self, Sessions};
+use crate::store::accounts::{Account, AccountStore, ActiveAccounts, External, ExternalIdentity};
 use crate::store::tokens::TokenStore;
 use crate::turn::Chat;
 
@@ -28,6 +28,11 @@ pub struct AppState {
     pub accounts: Arc<dyn AccountStore>,
     /// Their personal access tokens.
     pub access_tokens: Arc<dyn TokenStore>,
+    /// Which accounts may act now (not disabled), remembered briefly.
+    pub active_accounts: Arc<ActiveAccounts>,
+    /// The session store the session layer uses, for ending all of an
+    /// account's sessions at once.
+    pub sessions: Sessions,
     /// Single sign-on providers, discovered at start (`AUTH_MODE` with `oidc`).
     pub oidc: Option<Arc<Providers>>,
     /// Set when shutdown began: no new turns, `/readyz` answers 503.
@@ -123,6 +128,7 @@ impl AppState {
         if let Some(session) = session {
             if sessions::proxied_email(session).await?.as_deref() == Some(email.as_str()) {
                 if let Some(user) = sessions::signed_in(session).await? {
+                    self.require_active(&user).await?;
                     return Ok(Some(user));
                 }
             }
@@ -157,9 +163,44 @@ impl AppState {
         let Some(user) = self.access_tokens.token_owner(&token_hash(token)).await? else {
             return Err(ApiError::Unauthenticated);
         };
-        match self.accounts.account(&user).await? {
-            Some(account) if !account.disabled => Ok(user),
-            _ => Err(ApiError::Unauthenticated),
+        self.require_active(&user).await?;
+        Ok(user)
+    }
+
+    /// 401 `unauthenticated` unless `user` has an account that is not
+    /// disabled (see [`ActiveAccounts`] for how fresh the answer is).
+    pub async fn require_active(&self, user: &UserId) -> Result<(), ApiError> {
+        if self.active_accounts.is_active(user).await? {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthenticated)
         }
+    }
+
+    /// Signs `user` out everywhere: every session signed in to the account
+    /// is ended, in the shared session store, and every socket of the user
+    /// is disconnected, on every instance. Returns how many sessions ended.
+    /// Access tokens are not sessions: they keep working (unless the
+    /// account is disabled).
+    pub async fn sign_out_everywhere(&self, user: &UserId) -> Result<u64, ApiError> {
+        // Sessions first: a socket connecting meanwhile finds its session
+        // gone (see `realtime::identify`), or joined the room in time to be
+        // disconnected next.
+        let ended = self.sessions.revoke_user(user).await.map_err(|err| {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "could not end the account's sessions"
+            );
+            ApiError::Unavailable
+        })?;
+        if let Err(err) = self.chat.notifier.disconnect_user(user).await {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "could not disconnect the account's sockets everywhere"
+            );
+            return Err(ApiError::Unavailable);
+        }
+        tracing::info!(user = %user, sessions = ended, "signed out everywhere");
+        Ok(ended)
     }
 }

@@ -83,7 +83,9 @@
     accountUsage: byId('account-usage'),
     accountUsageText: byId('account-usage-text'),
     changePassword: byId('change-password-button'),
+    adminLink: byId('admin-link'),
     signOut: byId('sign-out-button'),
+    signOutEverywhere: byId('sign-out-everywhere-button'),
     authDialog: byId('auth-dialog'),
     authForm: byId('auth-form'),
     authTitle: byId('auth-title'),
@@ -1562,8 +1564,11 @@
       if (accountsOn()) recheckSession();
     });
 
-    socket.on('disconnect', function () {
+    socket.on('disconnect', function (reason) {
       disconnectedOnce = true;
+      // The server disconnects every socket of an account signed out
+      // everywhere (or disabled): still signed in?
+      if (reason === 'server disconnect' && accountsOn() && auth.me) recheckSession();
       if (pendingWatch) { clearTimeout(pendingWatch.timer); pendingWatch = null; }
       // Streams wait for the reconnect: the server keeps the reply going and
       // replays what was missed (watch_conversation with last_index).
@@ -1686,6 +1691,7 @@
     els.passwordUsername.value = email;
     // A single sign-on account has no password here.
     els.changePassword.hidden = !localOn() || me.auth !== 'local';
+    els.adminLink.hidden = !me.is_admin;
     refreshUsage();
   }
 
@@ -1710,7 +1716,7 @@
     requireSignIn('Your session has ended. Sign in to continue.');
   }
 
-  /** The socket handshake was refused: still signed in? */
+  /** The socket handshake was refused, or the server disconnected it: still signed in? */
   function recheckSession() {
     if (auth.required || auth.rechecking) return;
     auth.rechecking = true;
@@ -1722,7 +1728,13 @@
       var was = auth.me;
       auth.me = null;
       showAccount();
-      if (!auth.anonymous) requireSignIn(was ? 'Your session has ended. Sign in to continue.' : null);
+      if (!auth.anonymous) {
+        requireSignIn(was ? 'Your session has ended. Sign in to continue.' : null);
+      } else if (was) {
+        // Signed out elsewhere where the page also works signed out: start
+        // again as this browser's anonymous user (the account's conversations go).
+        window.location.reload();
+      }
     }).then(function () {
       auth.rechecking = false;
     });
@@ -1821,16 +1833,22 @@
     });
   }
 
-  function signOut() {
-    if (els.signOut.disabled) return;
-    els.signOut.disabled = true;
-    sendJson('POST', '/auth/logout').then(function (done) {
+  /** Signs out here, or (`everywhere`) on every device: the server ends every
+   * session of the account and disconnects its other tabs, which then ask to sign in. */
+  function signOut(everywhere) {
+    var buttons = [els.signOut, els.signOutEverywhere];
+    if (buttons.some(function (b) { return b.disabled; })) return;
+    buttons.forEach(function (b) { b.disabled = true; });
+    var request = everywhere
+      ? sendJson('POST', '/auth/logout', { everywhere: true })
+      : sendJson('POST', '/auth/logout');
+    request.then(function (done) {
       // Behind a sign-in proxy (or a provider), its own sign-out comes next.
       var next = done && typeof done.logout_url === 'string' ? done.logout_url : '';
       if (/^(https?:\/\/|\/(?!\/))/.test(next)) window.location.assign(next);
       else window.location.reload();
     }, function (err) {
-      els.signOut.disabled = false;
+      buttons.forEach(function (b) { b.disabled = false; });
       showError('Could not sign out: ' + err.message);
     });
   }
@@ -2035,7 +2053,11 @@
     });
     els.signOut.addEventListener('click', function () {
       els.accountMenu.open = false;
-      signOut();
+      signOut(false);
+    });
+    els.signOutEverywhere.addEventListener('click', function () {
+      els.accountMenu.open = false;
+      signOut(true);
     });
     els.passwordForm.addEventListener('submit', function (e) { e.preventDefault(); submitPassword(); });
     els.passwordCancel.addEventListener('click', function () { els.passwordDialog.close(); });

@@ -1,13 +1,15 @@
-//! Local accounts (`AUTH_MODE=local`): sign-up, sign-in, sign-out, a new
-//! password, and who is signed in. Sign-in rotates the session id and moves
-//! the browser's anonymous conversations to the account; failed attempts
-//! are throttled per email and per client address, and a wrong email gets
-//! the same answer as a wrong password.
+//! Local accounts (`AUTH_MODE=local`): sign-up, sign-in, sign-out (here or
+//! everywhere), a new password, and who is signed in. Sign-in rotates the
+//! session id and moves the browser's anonymous conversations to the
+//! account; failed attempts are throttled per email and per client
+//! address, and a wrong email gets the same answer as a wrong password.
 
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -180,7 +182,12 @@ async fn login(
     Ok(Json(me_body(&account, "local")))
 }
 
-/// `POST /auth/logout`: ends this session. Behind a sign-in proxy the
+/// `POST /auth/logout`: ends this session. With the body
+/// `{"everywhere": true}`, ends every session of the account and
+/// disconnects its sockets on every instance (the account is the signed-in
+/// one, or the bearer token's; 401 without one). The body is optional; a
+/// body that is there must be a JSON object whose `everywhere` is a
+/// boolean, else 400 and nothing changes. Behind a sign-in proxy the
 /// answer names the proxy's sign-out page (`AUTH_PROXY_LOGOUT_URL`), where
 /// the page goes next: otherwise the proxy would sign it in again. After a
 /// single sign-on it names the provider's end-session URL (RP-initiated
@@ -189,8 +196,15 @@ async fn login(
 async fn logout(
     State(state): State<AppState>,
     session: Session,
+    account: Result<AccountUser, ApiError>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SignedOut>, ApiError> {
     state.require_accounts()?;
+    let body = body.map_err(|_| ApiError::TooLarge("The request body is too large.".into()))?;
+    let everywhere = logout_everywhere(&headers, &body)?;
+    // After a single sign-on, the provider's session ends too (read
+    // before the session is deleted).
     let provider_logout = match (
         state.oidc.as_deref(),
         sessions::provider_session(&session).await?,
@@ -200,7 +214,6 @@ async fn logout(
             .and_then(|provider| providers.logout_url(provider, Some(&id_token))),
         _ => None,
     };
-    sessions::sign_out(&session).await?;
     let logout_url = provider_logout.or_else(|| {
         state
             .chat
@@ -210,10 +223,50 @@ async fn logout(
             .as_ref()
             .and_then(|proxy| proxy.logout_url.clone())
     });
+    if !everywhere {
+        sessions::sign_out(&session).await?;
+        return Ok(Json(SignedOut {
+            message: "Signed out.",
+            logout_url,
+        }));
+    }
+    let AccountUser(user) = account?;
+    sessions::sign_out(&session).await?;
+    state.sign_out_everywhere(&user).await?;
     Ok(Json(SignedOut {
-        message: "Signed out.",
+        message: "Signed out everywhere.",
         logout_url,
     }))
+}
+
+/// Whether the optional body of `POST /auth/logout` asks to sign out
+/// everywhere.
+fn logout_everywhere(headers: &HeaderMap, body: &[u8]) -> Result<bool, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(false);
+    }
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::invalid(
+            "Send a JSON body with Content-Type: application/json.",
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| ApiError::invalid("The request body is not valid JSON."))?;
+    let serde_json::Value::Object(fields) = value else {
+        return Err(ApiError::invalid(
+            "The request body must be a JSON object, such as {\"everywhere\": true}.",
+        ));
+    };
+    match fields.get("everywhere") {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::Bool(everywhere)) => Ok(*everywhere),
+        Some(_) => Err(ApiError::invalid("'everywhere' must be true or false.")),
+    }
 }
 
 /// The signed-in account, or 401.

@@ -71,7 +71,9 @@ async fn reset_conversation(
     }))
 }
 
-fn query_number(
+/// A whole-number query parameter from 0 to `max` (`default` when absent);
+/// anything else is 400 naming it.
+pub(super) fn query_number(
     query: &HashMap<String, String>,
     name: &str,
     default: u32,

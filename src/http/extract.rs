@@ -1,5 +1,6 @@
-//! Extractors shared by the routes: the session's user, the client's
-//! address, and JSON bodies whose rejections speak the app's error shape.
+//! Extractors shared by the routes: the session's user, the account, the
+//! administrator, the client's address, and JSON bodies whose rejections
+//! speak the app's error shape.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -13,6 +14,7 @@ use crate::error::ApiError;
 use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
+use crate::store::accounts::Account;
 
 /// The request's session (the session layer puts it there).
 async fn session_of(parts: &mut Parts, state: &AppState) -> Result<Session, ApiError> {
@@ -96,7 +98,7 @@ impl FromRequestParts<AppState> for SessionUser {
             (state.token_user(token).await?, false, None)
         } else if let Some(user) = proxied {
             (user, false, None)
-        } else if let Some(user) = sessions::signed_in(&session).await? {
+        } else if let Some(user) = signed_in_account(state, &session).await? {
             (user, false, None)
         } else if state.chat.settings.auth.allow_anonymous {
             match sessions::existing_user(&session).await? {
@@ -125,6 +127,29 @@ fn peer_of(parts: &Parts) -> Option<std::net::IpAddr> {
         .map(|info| info.0.ip())
 }
 
+/// The account the session is signed in to, if any. An account that is
+/// gone or disabled ends the session here and answers 401, even if its
+/// session survived being ended (a second line of defence: disabling an
+/// account ends its sessions). Without accounts (`AUTH_MODE=none`) no
+/// session is signed in.
+async fn signed_in_account(
+    state: &AppState,
+    session: &Session,
+) -> Result<Option<UserId>, ApiError> {
+    if !state.chat.settings.auth.accounts() {
+        return Ok(None);
+    }
+    let Some(user) = sessions::signed_in(session).await? else {
+        return Ok(None);
+    };
+    if let Err(refused) = state.require_active(&user).await {
+        tracing::info!(user = %user, "session of a disabled account ended");
+        sessions::sign_out(session).await?;
+        return Err(refused);
+    }
+    Ok(Some(user))
+}
+
 /// A person with an account: the bearer of one of its access tokens, or a
 /// session signed in to it. Otherwise 401 `unauthenticated`.
 pub struct AccountUser(pub UserId);
@@ -148,10 +173,35 @@ impl FromRequestParts<AppState> for AccountUser {
                 return Ok(Self(user));
             }
         }
-        sessions::signed_in(&session)
+        signed_in_account(state, &session)
             .await?
             .map(Self)
             .ok_or(ApiError::Unauthenticated)
+    }
+}
+
+/// An administrator: a person with an account (as [`AccountUser`]) that
+/// has administrator rights, as the store says now (not a remembered
+/// answer). Without accounts on the server: 404 as every account route;
+/// without an account: 401; an account that is not an administrator: 403
+/// `forbidden`.
+pub struct AdminUser(pub Account);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        state.require_accounts()?;
+        let AccountUser(user) = AccountUser::from_request_parts(parts, state).await?;
+        match state.accounts.account(&user).await? {
+            Some(account) if account.disabled => Err(ApiError::Unauthenticated),
+            Some(account) if account.is_admin => Ok(Self(account)),
+            Some(_) => Err(ApiError::NotAdmin),
+            None => Err(ApiError::Unauthenticated),
+        }
     }
 }
 

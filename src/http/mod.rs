@@ -1,5 +1,6 @@
 //! The HTTP routes, one router per resource, merged here.
 
+pub mod admin;
 pub mod auth;
 pub mod bodies;
 pub mod conversations;
@@ -31,6 +32,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(oidc::router())
         .merge(tokens::router())
         .merge(usage::router())
+        .merge(admin::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files::router(state.chat.settings.max_file_size_bytes))

@@ -104,6 +104,11 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/app.js"),
     ),
     (
+        "admin.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/admin.js"),
+    ),
+    (
         "sio.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/sio.js"),

@@ -72,6 +72,33 @@ async fn within_quota(state: &AppState, who: &SocketUser, sink: &dyn EventSink) 
     }
 }
 
+/// Whether the socket's user may still act. A socket of an account that
+/// has been disabled since it connected (its sessions ended, its sockets
+/// disconnected, and this one somehow missed it) gets `error`
+/// `unauthenticated` and is disconnected.
+async fn still_allowed<A: Adapter>(
+    state: &AppState,
+    who: &SocketUser,
+    socket: &SocketRef<A>,
+) -> bool {
+    if !who.account {
+        return true;
+    }
+    match state.require_active(&who.user).await {
+        Ok(()) => true,
+        Err(err) => {
+            emit_error(&SocketSink(socket.clone()), &err, None);
+            if matches!(err, ApiError::Unauthenticated) {
+                tracing::info!(socket = %socket.id, "socket of a disabled account disconnected");
+                if let Err(err) = socket.clone().disconnect() {
+                    tracing::debug!(socket = %socket.id, error = %err, "could not disconnect");
+                }
+            }
+            false
+        }
+    }
+}
+
 /// Refuses the event when the user (or, for anonymous users, the client
 /// address) is over the message rate limit.
 async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn EventSink) -> bool {
@@ -111,6 +138,9 @@ pub(super) async fn on_send_message<A: Adapter>(
     State(state): State<AppState>,
 ) {
     settled(&socket).await;
+    if !still_allowed(&state, &who, &socket).await {
+        return;
+    }
     let sink = SocketSink(socket.clone());
     let Inbound(payload) = data.unwrap_or_default();
     if !within_message_limit(&state, &who, &sink).await {
@@ -203,6 +233,9 @@ pub(super) async fn on_regenerate<A: Adapter>(
     State(state): State<AppState>,
 ) {
     settled(&socket).await;
+    if !still_allowed(&state, &who, &socket).await {
+        return;
+    }
     let sink = SocketSink(socket.clone());
     let Inbound(payload) = data.unwrap_or_default();
     if !within_message_limit(&state, &who, &sink).await {
@@ -247,6 +280,9 @@ pub(super) async fn on_stop_generation<A: Adapter>(
     State(state): State<AppState>,
 ) {
     settled(&socket).await;
+    if !still_allowed(&state, &who, &socket).await {
+        return;
+    }
     // No payload or no id: stop all of this user's replies. An id: only
     // that one. Anything unusable stops nothing (it must not widen to
     // "all") and says so.
@@ -271,6 +307,9 @@ pub(super) async fn on_watch_conversation<A: Adapter>(
     State(state): State<AppState>,
 ) {
     settled(&socket).await;
+    if !still_allowed(&state, &who, &socket).await {
+        return;
+    }
     let sink = SocketSink(socket.clone());
     let Inbound(payload) = data.unwrap_or_default();
     let id = match payload

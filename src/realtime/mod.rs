@@ -27,6 +27,7 @@ pub use socket::SocketUser;
 
 use crate::auth::bearer_token;
 use crate::domain::UserId;
+use crate::error::ApiError;
 use crate::events;
 use crate::notify::user_room;
 use crate::sessions;
@@ -92,7 +93,8 @@ async fn check_origin<A: Adapter>(
     }
 }
 
-/// The socket acts as the user of the session its handshake carried.
+/// The socket acts as the user of the session its handshake carried (or
+/// of its access token).
 async fn identify<A: Adapter>(
     socket: SocketRef<A>,
     MaybeHttpExtension(session): MaybeHttpExtension<Session>,
@@ -105,7 +107,7 @@ async fn identify<A: Adapter>(
             tracing::info!(socket = %socket.id, "socket refused: unknown access token");
             Refused("The access token is not valid.")
         })?;
-        accept(&socket, &state, user, session, false);
+        accept(&socket, &state, user, session, Who::Account);
         return Ok(());
     }
     // Behind a sign-in proxy, its header names the account.
@@ -123,25 +125,25 @@ async fn identify<A: Adapter>(
                 Refused("Sign in to continue.")
             })?;
         if let Some(user) = proxied {
-            accept(&socket, &state, user, session, false);
+            accept(&socket, &state, user, session, Who::Account);
             return Ok(());
         }
     }
-    let read = |err: tower_sessions::session::Error| {
-        tracing::warn!(error = %err, "could not read the socket's session");
-        Refused("The session could not be read. Please try again.")
-    };
-    let (user, anonymous) = match &session {
-        Some(session) if session.id().is_some() => {
-            match sessions::signed_in(session).await.map_err(read)? {
-                Some(user) => (Some(user), false),
-                None if anonymous_allowed => {
-                    (sessions::existing_user(session).await.map_err(read)?, true)
-                }
-                None => (None, true),
-            }
+    let stored = session.as_ref().filter(|session| session.id().is_some());
+    if let Some(session) = stored {
+        if let Some(user) = signed_in_account(&socket, &state, session).await? {
+            accept(&socket, &state, user, Some(session.clone()), Who::Account);
+            return Ok(());
         }
-        _ => (None, true),
+    }
+    let user = match stored {
+        Some(session) if anonymous_allowed => {
+            sessions::existing_user(session).await.map_err(|err| {
+                tracing::warn!(error = %err, "could not read the socket's session");
+                Refused("The session could not be read. Please try again.")
+            })?
+        }
+        _ => None,
     };
     // Without a session the socket gets an identity of its own, which lives
     // as long as the socket (a socket cannot set a cookie), where anonymous
@@ -154,8 +156,65 @@ async fn identify<A: Adapter>(
             return Err(Refused("Sign in to continue."));
         }
     };
-    accept(&socket, &state, user, session, anonymous);
+    accept(&socket, &state, user, session, Who::Anonymous);
     Ok(())
+}
+
+/// Whom a socket acts for: an account (each event checks it may still
+/// act) or an anonymous user (the per-address limits apply).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Account,
+    Anonymous,
+}
+
+/// The account the handshake's session is signed in to, if any (always
+/// `None` without accounts). A disabled account is refused.
+///
+/// The socket joins the account's room before its session is read again:
+/// a sign-out everywhere ends the sessions and then disconnects the room,
+/// so a socket connecting meanwhile either finds its session gone here or
+/// is in the room in time to be disconnected.
+async fn signed_in_account<A: Adapter>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    session: &Session,
+) -> Result<Option<UserId>, Refused> {
+    if !state.chat.settings.auth.accounts() {
+        return Ok(None);
+    }
+    let unreadable = |err: tower_sessions::session::Error| {
+        tracing::warn!(error = %err, "could not read the socket's session");
+        Refused("The session could not be read. Please try again.")
+    };
+    let Some(user) = sessions::signed_in(session).await.map_err(unreadable)? else {
+        return Ok(None);
+    };
+    match state.require_active(&user).await {
+        Ok(()) => {}
+        Err(ApiError::Unauthenticated) => {
+            tracing::info!(socket = %socket.id, "socket refused: account disabled");
+            return Err(Refused("Sign in to continue."));
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "could not check the socket's account");
+            return Err(Refused("The session could not be read. Please try again."));
+        }
+    }
+    let room = user_room(&user);
+    socket.join(room.clone());
+    session.load().await.map_err(unreadable)?;
+    if sessions::signed_in(session)
+        .await
+        .map_err(unreadable)?
+        .as_ref()
+        != Some(&user)
+    {
+        socket.leave(room);
+        tracing::info!(socket = %socket.id, "socket refused: its session has just ended");
+        return Err(Refused("Sign in to continue."));
+    }
+    Ok(Some(user))
 }
 
 /// Joins the user's room and registers the event handlers.
@@ -164,7 +223,7 @@ fn accept<A: Adapter>(
     state: &AppState,
     user: UserId,
     session: Option<Session>,
-    anonymous: bool,
+    who: Who,
 ) {
     socket.join(user_room(&user));
     let parts = socket.req_parts();
@@ -181,8 +240,9 @@ fn accept<A: Adapter>(
     socket.extensions.insert(SocketUser {
         user,
         session,
-        anonymous,
+        anonymous: who == Who::Anonymous,
         client,
+        account: who == Who::Account,
     });
     state
         .chat

@@ -1,11 +1,13 @@
 //! Events out of the server: to one socket ([`SocketSink`]) or to every
-//! socket of a user, on every instance ([`SocketNotifier`]).
+//! socket of a user, on every instance ([`SocketNotifier`], which also
+//! disconnects them all).
 
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
+use socketioxide::BroadcastError;
 use socketioxide::SocketIo;
 
 use crate::domain::UserId;
@@ -51,6 +53,32 @@ impl<A: Adapter> Notifier for SocketNotifier<A> {
         let name = event.name();
         if let Err(err) = io.to(user_room(user)).emit(name, &event).await {
             tracing::debug!(event = name, error = %err, "broadcast to user failed");
+        }
+    }
+
+    async fn disconnect_user(&self, user: &UserId) -> anyhow::Result<()> {
+        let Some(io) = self.io.get() else {
+            return Ok(());
+        };
+        // Through the adapter: with Redis, every instance disconnects its
+        // own sockets in the room.
+        match io.to(user_room(user)).disconnect().await {
+            Ok(()) => Ok(()),
+            // Sockets already closing: they are going anyway.
+            Err(BroadcastError::Socket(errors)) => {
+                tracing::debug!(?errors, "some of the user's sockets were already closing");
+                Ok(())
+            }
+            Err(err) => {
+                // The other instances were not reached (Redis is down);
+                // this one's sockets go at least.
+                if let Err(local) = io.local().to(user_room(user)).disconnect().await {
+                    tracing::debug!(error = %local, "disconnecting the user's local sockets");
+                }
+                Err(anyhow::anyhow!(
+                    "disconnecting the user's sockets on other instances: {err}"
+                ))
+            }
         }
     }
 }

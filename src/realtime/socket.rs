@@ -18,6 +18,9 @@ pub struct SocketUser {
     pub anonymous: bool,
     /// The client's address at the handshake (`TRUSTED_PROXIES` rules).
     pub client: Option<std::net::IpAddr>,
+    /// The user is an account (a signed-in session or an access token):
+    /// each event checks it is still allowed to act.
+    pub account: bool,
 }
 
 /// Waits until socketioxide has marked the socket connected. It runs the

@@ -21,7 +21,7 @@ use tower_sessions::session_store::{self, SessionStore};
 use crate::domain::UserId;
 
 /// The session's user id (every session with a user has it).
-pub(super) const USER_KEY: &str = "user_id";
+pub(super) use super::record::USER_KEY;
 /// Marks a record that must not be written (yet).
 pub(super) const PENDING_KEY: &str = "pending";
 /// The top 16 bits of every pending id.

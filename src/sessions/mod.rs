@@ -8,10 +8,12 @@
 //! [`open`] opens the conversation store and its sessions together;
 //! [`Sessions::apply`] puts the session layer around the router.
 //!
-//! The stores themselves: [`sqlite`], [`mongo`], [`redis`].
+//! The stores themselves: [`sqlite`], [`mongo`], [`redis`]; what they read
+//! from a session's data to index it by account: `record`.
 
 pub mod deferred;
 pub mod mongo;
+mod record;
 pub mod redis;
 pub mod sqlite;
 
@@ -37,7 +39,8 @@ use crate::store::tokens::TokenStore;
 use crate::store::usage::UsageStore;
 use crate::store::{Backend, ConversationStore};
 
-use self::deferred::USER_KEY;
+use self::record::{AUTH_KEY, USER_KEY};
+
 pub use self::mongo::MongoSessionStore;
 pub use self::redis::RedisSessionStore;
 pub use self::sqlite::SqliteSessionStore;
@@ -45,9 +48,6 @@ pub use self::sqlite::SqliteSessionStore;
 /// Name of the session cookie.
 pub const COOKIE_NAME: &str = "chat_session";
 const CONVERSATION_KEY: &str = "conversation_id";
-/// How the session's user signed in (`local`, `oidc`, `proxy`); absent for
-/// anonymous users.
-const AUTH_KEY: &str = "auth";
 /// `AUTH_MODE=proxy`: the email the proxy named when the session signed in.
 const PROXIED_KEY: &str = "proxied_email";
 /// Single sign-on logins begun in this browser and not finished yet.
@@ -56,7 +56,8 @@ const OIDC_PENDING_KEY: &str = "oidc_pending";
 const OIDC_SESSION_KEY: &str = "oidc_session";
 
 /// Where sessions are kept: in Redis with several instances, else beside
-/// the conversations.
+/// the conversations. Cheap to clone (each store is a handle).
+#[derive(Clone)]
 pub enum Sessions {
     Sqlite(SqliteSessionStore),
     Mongo(MongoSessionStore),
@@ -74,14 +75,37 @@ impl Sessions {
         .map_err(|e| anyhow::anyhow!("reading sessions: {e}"))
     }
 
-    /// Writes a session as it is.
+    /// Writes a session as it is (stored already or not).
     pub async fn save(&self, record: &Record) -> anyhow::Result<()> {
         match self {
-            Sessions::Sqlite(store) => store.save(record).await,
-            Sessions::Mongo(store) => store.save(record).await,
-            Sessions::Redis(store) => store.save(record).await,
+            Sessions::Sqlite(store) => store.copy(record).await,
+            Sessions::Mongo(store) => store.copy(record).await,
+            Sessions::Redis(store) => store.copy(record).await,
         }
         .map_err(|e| anyhow::anyhow!("writing sessions: {e}"))
+    }
+
+    /// Ends every session signed in to `user` (sign out everywhere, or an
+    /// administrator disabled the account); returns how many. A request
+    /// of one of them that is still running cannot bring it back: the
+    /// stores save a signed-in session only while it is stored.
+    pub async fn revoke_user(&self, user: &UserId) -> anyhow::Result<u64> {
+        match self {
+            Sessions::Sqlite(store) => store
+                .revoke_user(user)
+                .await
+                .map(|count| count as u64)
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            Sessions::Mongo(store) => store
+                .revoke_user(user)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            Sessions::Redis(store) => store
+                .revoke_user(user)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}")),
+        }
+        .context("ending the account's sessions")
     }
 
     /// Puts the session layer around `router` (its cookie signed when

@@ -1,6 +1,8 @@
 //! Sessions in MongoDB: `MongoSessionStore`, the `sessions` collection in
 //! the conversations' database, whose expired sessions the server removes
 //! through a TTL index (created with the other indexes in `store::mongo`).
+//! A signed-in session names its account (`user_id`, indexed), so all of an
+//! account's sessions can be ended at once.
 
 use std::fmt;
 use std::sync::Arc;
@@ -12,6 +14,8 @@ use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
+use super::record::account_of;
+use crate::domain::UserId;
 use crate::redact::Redactor;
 use crate::store::mongo::{code, command_code, map_error, MongoStore};
 
@@ -26,8 +30,9 @@ impl MongoStore {
 }
 
 /// HTTP sessions in the collection `sessions`:
-/// `{_id: session id, data: JSON text, expires_at: date}`, with a TTL index
-/// on `expires_at` so MongoDB removes expired ones.
+/// `{_id: session id, data: JSON text, expires_at: date, user_id: account
+/// or null}`, with a TTL index on `expires_at` so MongoDB removes expired
+/// ones, and an index on `user_id`.
 #[derive(Clone)]
 pub struct MongoSessionStore {
     sessions: Collection<Document>,
@@ -63,7 +68,42 @@ fn session_record(id: Id, d: &Document) -> session_store::Result<Record> {
     })
 }
 
+/// The stored fields of `record` but its id.
+fn session_fields(record: &Record) -> session_store::Result<Document> {
+    let data = serde_json::to_string(&record.data)
+        .map_err(|e| session_store::Error::Encode(e.to_string()))?;
+    Ok(doc! {
+        "data": data,
+        "expires_at": expiry(record.expiry_date),
+        "user_id": account_of(record),
+    })
+}
+
 impl MongoSessionStore {
+    /// Writes a session as it is, whether or not it is stored already (for
+    /// copying between backends).
+    pub async fn copy(&self, record: &Record) -> session_store::Result<()> {
+        self.sessions
+            .update_one(
+                doc! {"_id": record.id.to_string()},
+                doc! {"$set": session_fields(record)?},
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| session_error(&self.redactor, e))?;
+        Ok(())
+    }
+
+    /// Deletes every session signed in to `user`; returns how many.
+    pub async fn revoke_user(&self, user: &UserId) -> session_store::Result<u64> {
+        let deleted = self
+            .sessions
+            .delete_many(doc! {"user_id": user.as_ref()})
+            .await
+            .map_err(|e| session_error(&self.redactor, e))?;
+        Ok(deleted.deleted_count)
+    }
+
     /// Every unexpired session (for copying between backends).
     pub async fn live_records(&self) -> session_store::Result<Vec<Record>> {
         use futures_util::TryStreamExt;
@@ -97,13 +137,8 @@ impl SessionStore for MongoSessionStore {
         // A fresh id on the (astronomically unlikely) collision: an existing
         // session is never overwritten.
         for _ in 0..4 {
-            let data = serde_json::to_string(&record.data)
-                .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-            let d = doc! {
-                "_id": record.id.to_string(),
-                "data": data,
-                "expires_at": expiry(record.expiry_date),
-            };
+            let mut d = doc! {"_id": record.id.to_string()};
+            d.extend(session_fields(record)?);
             match self.sessions.insert_one(d).await {
                 Ok(_) => return Ok(()),
                 Err(e) if command_code(&e) == Some(code::DUPLICATE_KEY) => {
@@ -118,14 +153,15 @@ impl SessionStore for MongoSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let data = serde_json::to_string(&record.data)
-            .map_err(|e| session_store::Error::Encode(e.to_string()))?;
+        // A signed-in session only while it is still stored (no upsert): a
+        // request that began before it was ended (signed out, here or
+        // everywhere) must not bring it back when it finishes.
         self.sessions
             .update_one(
                 doc! {"_id": record.id.to_string()},
-                doc! {"$set": {"data": data, "expires_at": expiry(record.expiry_date)}},
+                doc! {"$set": session_fields(record)?},
             )
-            .upsert(true)
+            .upsert(account_of(record).is_none())
             .await
             .map_err(|e| session_error(&self.redactor, e))?;
         Ok(())

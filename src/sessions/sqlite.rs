@@ -1,6 +1,8 @@
 //! Sessions in the embedded SQLite database: `SqliteSessionStore`, the
 //! `sessions` table of the conversations' file (created with the rest of the
-//! schema in `store::sqlite`), so a restart does not log anyone out.
+//! schema in `store::sqlite`), so a restart does not log anyone out. A
+//! signed-in session's row names its account (`user_id`, indexed), so all of
+//! an account's sessions can be ended at once.
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
@@ -8,6 +10,8 @@ use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
+use super::record::account_of;
+use crate::domain::UserId;
 use crate::store::sqlite::SqliteDb;
 use crate::store::StoreError;
 
@@ -59,6 +63,44 @@ impl SqliteSessionStore {
         Ok(records)
     }
 
+    /// Writes a session as it is, whether or not it is stored already (for
+    /// copying between backends).
+    pub async fn copy(&self, record: &Record) -> session_store::Result<()> {
+        self.write(record, WRITE_ANY).await.map(|_| ())
+    }
+
+    /// Deletes every session signed in to `user`; returns how many.
+    pub async fn revoke_user(&self, user: &UserId) -> Result<usize, StoreError> {
+        let user = user.to_string();
+        self.db
+            .call(move |conn| {
+                conn.execute("DELETE FROM sessions WHERE user_id = ?1", params![user])
+                    .map_err(|e| StoreError::Backend(e.into()))
+            })
+            .await
+    }
+
+    /// Runs `statement` (one of the `WRITE_` ones) for `record`; the number
+    /// of rows written.
+    async fn write(
+        &self,
+        record: &Record,
+        statement: &'static str,
+    ) -> session_store::Result<usize> {
+        let data = serde_json::to_string(&record.data)
+            .map_err(|e| session_store::Error::Encode(e.to_string()))?;
+        let (id, expires) = (record.id.to_string(), record.expiry_date.unix_timestamp());
+        let user = account_of(record).map(str::to_string);
+        self.db
+            .call(move |conn| {
+                conn.prepare_cached(statement)
+                    .and_then(|mut stmt| stmt.execute(params![id, data, expires, user]))
+                    .map_err(|e| StoreError::Backend(e.into()))
+            })
+            .await
+            .map_err(store_error)
+    }
+
     /// Removes expired sessions; returns how many.
     pub async fn delete_expired(&self) -> Result<usize, StoreError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -71,6 +113,18 @@ impl SqliteSessionStore {
     }
 }
 
+/// A new session; nothing when the id is taken.
+const WRITE_NEW: &str =
+    "INSERT OR IGNORE INTO sessions (id, data, expires_at, user_id) VALUES (?1, ?2, ?3, ?4)";
+/// A session that is stored; nothing when it is not (any more).
+const WRITE_EXISTING: &str =
+    "UPDATE sessions SET data = ?2, expires_at = ?3, user_id = ?4 WHERE id = ?1";
+/// A session, stored or not.
+const WRITE_ANY: &str =
+    "INSERT INTO sessions (id, data, expires_at, user_id) VALUES (?1, ?2, ?3, ?4) \
+     ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at, \
+     user_id = excluded.user_id";
+
 fn store_error(err: StoreError) -> session_store::Error {
     session_store::Error::Backend(err.to_string())
 }
@@ -81,21 +135,7 @@ impl SessionStore for SqliteSessionStore {
         // Ids are 128 random bits; a collision is astronomically unlikely, but
         // a new id on conflict costs nothing and never overwrites a session.
         for _ in 0..4 {
-            let data = serde_json::to_string(&record.data)
-                .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-            let (id, expires) = (record.id.to_string(), record.expiry_date.unix_timestamp());
-            let inserted = self
-                .db
-                .call(move |conn| {
-                    conn.prepare_cached(
-                        "INSERT OR IGNORE INTO sessions (id, data, expires_at) VALUES (?1, ?2, ?3)",
-                    )
-                    .and_then(|mut stmt| stmt.execute(params![id, data, expires]))
-                    .map_err(|e| StoreError::Backend(e.into()))
-                })
-                .await
-                .map_err(store_error)?;
-            if inserted == 1 {
+            if self.write(record, WRITE_NEW).await? == 1 {
                 return Ok(());
             }
             record.id = Id::default();
@@ -106,21 +146,15 @@ impl SessionStore for SqliteSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let data = serde_json::to_string(&record.data)
-            .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-        let (id, expires) = (record.id.to_string(), record.expiry_date.unix_timestamp());
-        self.db
-            .call(move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO sessions (id, data, expires_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
-                )
-                .and_then(|mut stmt| stmt.execute(params![id, data, expires]))
-                .map_err(|e| StoreError::Backend(e.into()))
-            })
-            .await
-            .map_err(store_error)?;
-        Ok(())
+        // A signed-in session only while it is still stored: a request that
+        // began before it was ended (signed out, here or everywhere) must
+        // not bring it back when it finishes.
+        let statement = if account_of(record).is_some() {
+            WRITE_EXISTING
+        } else {
+            WRITE_ANY
+        };
+        self.write(record, statement).await.map(|_| ())
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
@@ -164,5 +198,54 @@ impl SessionStore for SqliteSessionStore {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sessions_stored_before_the_account_column_are_found_by_their_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let account = UserId::new();
+        let later = OffsetDateTime::now_utc().unix_timestamp() + 3600;
+        {
+            // The sessions table as it was before accounts were indexed.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE sessions (id TEXT PRIMARY KEY, data TEXT NOT NULL, expires_at INTEGER NOT NULL);",
+            )
+            .unwrap();
+            let signed_in = serde_json::json!({"user_id": account.as_ref(), "auth": "local"});
+            let anonymous = serde_json::json!({"user_id": account.as_ref()});
+            for data in [signed_in, anonymous] {
+                conn.execute(
+                    "INSERT INTO sessions (id, data, expires_at) VALUES (?1, ?2, ?3)",
+                    params![Id::default().to_string(), data.to_string(), later],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteSessionStore::new(SqliteDb::open(&path).unwrap());
+
+        assert_eq!(store.revoke_user(&account).await.unwrap(), 1);
+
+        let left: Vec<String> = store
+            .live_records()
+            .await
+            .unwrap()
+            .iter()
+            .map(|record| {
+                record
+                    .data
+                    .get("auth")
+                    .cloned()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(left, vec!["null"], "the anonymous session is kept");
     }
 }

@@ -3,6 +3,10 @@
 //! id their conversations are stored under. Passwords arrive here already
 //! hashed (argon2id PHC strings); this layer never sees one in clear.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -118,4 +122,77 @@ pub trait AccountStore: Send + Sync + 'static {
     /// account is left as it is). An imported account closes `first-only`
     /// sign-up like a created one.
     async fn import_account(&self, account: &Account) -> StoreResult<bool>;
+    /// At most `limit` accounts after the first `offset`, oldest first
+    /// (ties by user id, so pages neither repeat nor skip one).
+    async fn list_accounts(&self, limit: u32, offset: u32) -> StoreResult<Vec<Account>>;
+    /// Disables or enables the account; the account as it is now, or
+    /// `None` when there is no such account.
+    async fn set_disabled(&self, user: &UserId, disabled: bool) -> StoreResult<Option<Account>>;
+    /// Makes the account an administrator or not; the account as it is
+    /// now, or `None` when there is no such account.
+    async fn set_admin(&self, user: &UserId, is_admin: bool) -> StoreResult<Option<Account>>;
+}
+
+/// A short per-process memory of which accounts may act (exist and are
+/// not disabled), so a signed-in request or socket event does not pay a
+/// store read each time.
+///
+/// An answer is kept for [`ACTIVE_FOR`]: a busy person costs one read a
+/// second instead of one per request. Disabling on this instance forgets
+/// the account at once ([`ActiveAccounts::forget`]); on another instance
+/// the answer is at most that old, and disabling also revokes the
+/// account's sessions and disconnects its sockets everywhere, so this is
+/// only the second line of defence. Refusals are not kept: a re-enabled
+/// account works at its next request.
+pub struct ActiveAccounts {
+    store: Arc<dyn AccountStore>,
+    seen: Mutex<HashMap<UserId, Instant>>,
+}
+
+/// How long "this account may act" is believed without asking the store.
+pub const ACTIVE_FOR: Duration = Duration::from_secs(1);
+/// Entries kept at most (then the memory starts over: a bound, not an LRU).
+const MAX_REMEMBERED: usize = 10_000;
+
+impl ActiveAccounts {
+    pub fn new(store: Arc<dyn AccountStore>) -> Self {
+        Self {
+            store,
+            seen: Default::default(),
+        }
+    }
+
+    /// Whether `user` has an account that is not disabled.
+    pub async fn is_active(&self, user: &UserId) -> StoreResult<bool> {
+        let now = Instant::now();
+        if let Some(at) = self.lock().get(user) {
+            if now.duration_since(*at) < ACTIVE_FOR {
+                return Ok(true);
+            }
+        }
+        let active = self
+            .store
+            .account(user)
+            .await?
+            .is_some_and(|account| !account.disabled);
+        let mut seen = self.lock();
+        if active {
+            if seen.len() >= MAX_REMEMBERED {
+                seen.clear();
+            }
+            seen.insert(user.clone(), now);
+        } else {
+            seen.remove(user);
+        }
+        Ok(active)
+    }
+
+    /// Forgets what was known of `user` (it was just disabled).
+    pub fn forget(&self, user: &UserId) {
+        self.lock().remove(user);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, Instant>> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }

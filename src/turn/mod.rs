@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 pub use chat::Chat;
-pub use quota::{resets_at, today, UsageToday};
+pub use quota::{effective_quota, resets_at, today, UsageToday};
 pub use registry::{TurnGuard, TurnRegistry};
 pub use stop::{apply_remote_stop, stop_everywhere};
 

@@ -240,6 +240,27 @@ impl User {
         self.browser.post_raw(at, path, content_type, body).await
     }
 
+    /// PATCH with a body of this content type.
+    pub async fn patch_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> ApiResponse {
+        let request = self
+            .browser
+            .http()
+            .patch(self.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        self.browser.send(request).await
+    }
+
+    pub async fn patch_json(&self, path: &str, body: Value) -> ApiResponse {
+        self.patch_raw(path, "application/json", body.to_string())
+            .await
+    }
+
     /// `POST /upload_file` with one multipart field `file` holding these bytes.
     pub async fn upload(&self, file_name: &str, bytes: &[u8]) -> ApiResponse {
         self.browser.upload(&*self.endpoint, file_name, bytes).await

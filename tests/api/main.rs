@@ -31,6 +31,7 @@ mod save_history;
 mod search;
 mod sessions;
 mod shutdown;
+mod signout_everywhere;
 mod slow_clients;
 mod startup;
 mod stop_generation;

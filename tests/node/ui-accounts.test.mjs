@@ -2,7 +2,8 @@
 // real server, a fake LLM and headless Chromium: the sign-in dialog before
 // anything else, creating the first account, chatting, signing out, a wrong
 // password, signing in again to the earlier conversation, changing the
-// password; the dialog and the account menu dark at 375 px; with
+// password; the dialog and the account menu dark at 375 px; signing out
+// everywhere, which brings the sign-in dialog to another device; with
 // ALLOW_ANONYMOUS a page that works signed out and a Sign in button; and no
 // account UI at all with the default AUTH_MODE. Screenshots go to
 // SCREENSHOT_DIR (default target/screenshots/).
@@ -280,6 +281,46 @@ test('signed out in another tab: the next request brings the sign-in dialog back
     assert.deepEqual([...problems, ...problems2], []);
   } finally {
     await context.close();
+  }
+});
+
+test('Sign out everywhere: the other device is disconnected by the server and asks to sign in, without reconnecting', async () => {
+  const laptop = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const phone = await browser.newContext({ viewport: { width: 375, height: 740 }, isMobile: true, hasTouch: true });
+  try {
+    const { page: first, problems } = await openPage(laptop, server.url);
+    await waitSignInDialog(first);
+    await signIn(first, EMAIL, NEW_PASSWORD);
+    const { page: second, problems: problems2, sockets } = await openPage(phone, server.url);
+    await waitSignInDialog(second);
+    await signIn(second, EMAIL, NEW_PASSWORD);
+    await second.waitForFunction(() => document.getElementById('connection-status').dataset.status === 'connected');
+    const socketsBefore = sockets.length;
+
+    await openAccountMenu(first);
+    const item = first.locator('#sign-out-everywhere-button');
+    assert.equal(await item.textContent(), 'Sign out everywhere');
+    // Next to "Sign out".
+    assert.equal(await item.evaluate((b) => b.previousElementSibling.id), 'sign-out-button');
+    await shot(first, 'accounts-menu-sign-out-everywhere.png');
+    await Promise.all([first.waitForEvent('load'), item.click()]);
+    await waitSignInDialog(first);
+
+    // The phone did nothing: the server closed its socket, and it asks to sign in.
+    await waitSignInDialog(second);
+    assert.equal(await second.locator('#auth-error').textContent(), 'Your session has ended. Sign in to continue.');
+    assert.equal(await second.locator('#connection-status').getAttribute('data-status'), 'signed-out');
+    await shot(second, 'accounts-signed-out-everywhere-phone.png');
+    // And it does not keep reconnecting behind the dialog.
+    await second.waitForTimeout(2500);
+    assert.ok(sockets.length <= socketsBefore + 1, `sockets opened after the sign-out: ${sockets.length - socketsBefore}`);
+    assert.equal(await second.locator('#connection-status').getAttribute('data-status'), 'signed-out');
+    // (Signing in again is the dialog's usual path; sign-ins of this account are near
+    // the per-account limit of 10 in 15 minutes by now.)
+    assert.deepEqual([...problems, ...problems2], []);
+  } finally {
+    await laptop.close();
+    await phone.close();
   }
 });
 

@@ -517,3 +517,90 @@ pub async fn imported_accounts_keep_every_field_once_and_close_first_only_sign_u
     );
     target.finish().await;
 }
+
+pub async fn accounts_are_listed_oldest_first_in_pages(f: &Fixture) {
+    let accounts = &*f.accounts;
+    assert_eq!(accounts.list_accounts(10, 0).await.unwrap(), vec![]);
+    let mut made = Vec::new();
+    for email in ["ada@example.com", "bob@example.com", "cy@example.com"] {
+        made.push(created(sign_up(accounts, email, Signup::Open).await));
+    }
+
+    let all = accounts.list_accounts(10, 0).await.unwrap();
+    let first_two = accounts.list_accounts(2, 0).await.unwrap();
+    let rest = accounts.list_accounts(2, 2).await.unwrap();
+    let beyond = accounts.list_accounts(2, 3).await.unwrap();
+    let none = accounts.list_accounts(0, 0).await.unwrap();
+
+    // Oldest first; accounts made in the same instant keep one fixed order.
+    let mut expected = made.clone();
+    expected.sort_by(|a, b| {
+        (a.created_at, a.user_id.as_ref()).cmp(&(b.created_at, b.user_id.as_ref()))
+    });
+    assert_eq!(all, expected);
+    assert_eq!(first_two, expected[..2].to_vec());
+    assert_eq!(rest, expected[2..].to_vec());
+    assert_eq!(beyond, vec![]);
+    assert_eq!(none, vec![]);
+}
+
+pub async fn disabling_and_enabling_changes_that_account_only(f: &Fixture) {
+    let accounts = &*f.accounts;
+    let ada = created(sign_up(accounts, "ada@example.com", Signup::Open).await);
+    let bob = created(sign_up(accounts, "bob@example.com", Signup::Open).await);
+
+    let disabled = accounts.set_disabled(&bob.user_id, true).await.unwrap();
+    let stored = accounts.account(&bob.user_id).await.unwrap();
+    let by_email = accounts.account_by_email(&bob.email).await.unwrap();
+    let again = accounts.set_disabled(&bob.user_id, true).await.unwrap();
+    let other = accounts.account(&ada.user_id).await.unwrap();
+
+    let expected = Account {
+        disabled: true,
+        ..bob.clone()
+    };
+    assert_eq!(disabled, Some(expected.clone()), "the account as it is now");
+    assert_eq!(stored, Some(expected.clone()));
+    assert_eq!(by_email, Some(expected.clone()));
+    assert_eq!(again, Some(expected), "disabling twice is no error");
+    assert_eq!(other, Some(ada.clone()), "another account changed");
+
+    let enabled = accounts.set_disabled(&bob.user_id, false).await.unwrap();
+    assert_eq!(enabled, Some(bob.clone()));
+    assert_eq!(accounts.account(&bob.user_id).await.unwrap(), Some(bob));
+
+    let nobody = UserId::new();
+    assert_eq!(accounts.set_disabled(&nobody, true).await.unwrap(), None);
+    assert_eq!(accounts.account(&nobody).await.unwrap(), None);
+    assert_eq!(accounts.list_accounts(10, 0).await.unwrap().len(), 2);
+}
+
+pub async fn admin_rights_are_given_and_taken_for_that_account_only(f: &Fixture) {
+    let accounts = &*f.accounts;
+    let ada = created(sign_up(accounts, "ada@example.com", Signup::Open).await);
+    let bob = created(sign_up(accounts, "bob@example.com", Signup::Open).await);
+    assert!(ada.is_admin && !bob.is_admin);
+
+    let promoted = accounts.set_admin(&bob.user_id, true).await.unwrap();
+    let demoted = accounts.set_admin(&ada.user_id, false).await.unwrap();
+
+    let bob_admin = Account {
+        is_admin: true,
+        ..bob.clone()
+    };
+    let ada_plain = Account {
+        is_admin: false,
+        ..ada.clone()
+    };
+    assert_eq!(promoted, Some(bob_admin.clone()));
+    assert_eq!(demoted, Some(ada_plain.clone()));
+    assert_eq!(
+        accounts.list_accounts(10, 0).await.unwrap(),
+        vec![ada_plain, bob_admin]
+    );
+    assert_eq!(
+        accounts.set_admin(&UserId::new(), true).await.unwrap(),
+        None
+    );
+    assert_eq!(accounts.list_accounts(10, 0).await.unwrap().len(), 2);
+}

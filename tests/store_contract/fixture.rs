@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use llm_chat_server::domain::{ConversationId, UserId};
+use llm_chat_server::sessions::{Sessions, SqliteSessionStore};
 use llm_chat_server::store::accounts::AccountStore;
 use llm_chat_server::store::mongo::{MongoStore, META, USERS};
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
@@ -147,6 +148,18 @@ impl Fixture {
                         .expect("MongoStore::connect again"),
                 )
             }
+            (None, None) => unreachable!("a fixture is SQLite or MongoDB"),
+        }
+    }
+
+    /// The session store beside this store's data (the same SQLite file,
+    /// through its own connection, or the same MongoDB database).
+    pub fn sessions(&self) -> Sessions {
+        match (&self.sqlite_path, &self.mongo) {
+            (Some(path), _) => Sessions::Sqlite(SqliteSessionStore::new(
+                SqliteDb::open(path).expect("opening SQLite for sessions"),
+            )),
+            (None, Some(mongo)) => Sessions::Mongo(mongo.store.session_store()),
             (None, None) => unreachable!("a fixture is SQLite or MongoDB"),
         }
     }

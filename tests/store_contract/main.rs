@@ -1,6 +1,7 @@
 //! The `ConversationStore` contract (`checks`), the `AccountStore`
 //! contract (`accounts`), the `TokenStore` (`tokens`) and `UsageStore`
-//! (`usage`) contracts, each written once and run against every backend:
+//! (`usage`) contracts, the session stores' signing out everywhere
+//! (`sessions`), each written once and run against every backend:
 //! SQLite on a temporary file, and MongoDB on a real SecantusDB server (a
 //! MongoDB wire-protocol server; `SECANTUSD_BIN` names its binary,
 //! `scripts/test.sh` installs it). One server serves the whole test binary,
@@ -23,6 +24,7 @@ mod identities;
 mod migrate;
 mod mongo_only;
 mod server;
+mod sessions;
 mod tokens;
 mod usage;
 
@@ -80,11 +82,18 @@ contract!(
         first_only_sign_ups_at_once_on_two_stores_make_exactly_one_account_the_admin,
         open_sign_ups_at_once_on_two_stores_all_succeed_with_exactly_one_admin,
         imported_accounts_keep_every_field_once_and_close_first_only_sign_up,
+        accounts_are_listed_oldest_first_in_pages,
+        disabling_and_enabling_changes_that_account_only,
+        admin_rights_are_given_and_taken_for_that_account_only,
     ],
     identities: [
         a_new_identity_gets_an_account_without_a_password_and_keeps_it,
         a_verified_email_links_the_existing_account_an_unverified_one_does_not,
         admin_is_set_when_asked_and_kept_otherwise,
         an_identity_signing_in_at_once_on_two_stores_gets_one_account,
+    ],
+    sessions: [
+        an_accounts_sessions_end_together_and_stay_ended,
+        a_session_deleted_or_cycled_leaves_the_accounts_other_sessions_alone,
     ],
 );

@@ -221,6 +221,27 @@ impl MongoStore {
         }
     }
 
+    /// Sets one boolean field of `user`'s account; the account as it is
+    /// after the change (one round trip), `None` when there is none.
+    async fn update_flag(
+        &self,
+        user: &UserId,
+        field: &'static str,
+        value: bool,
+    ) -> StoreResult<Option<Account>> {
+        self.users
+            .find_one_and_update(
+                doc! {"user_id": user.as_ref()},
+                doc! {"$set": {field: value}},
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .projection(doc! {"_id": 0})
+            .await
+            .map_err(|e| self.err(e))?
+            .map(|d| account_from_doc(&d).map_err(StoreError::Backend))
+            .transpose()
+    }
+
     async fn find_account(&self, filter: Document) -> StoreResult<Option<Account>> {
         self.users
             .find_one(filter)
@@ -331,6 +352,37 @@ impl AccountStore for MongoStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(result.matched_count > 0)
+    }
+
+    async fn list_accounts(&self, limit: u32, offset: u32) -> StoreResult<Vec<Account>> {
+        use futures_util::TryStreamExt;
+        // MongoDB reads a limit of 0 as "no limit".
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let docs: Vec<Document> = self
+            .users
+            .find(doc! {})
+            .projection(doc! {"_id": 0})
+            .sort(doc! {"created_at": 1, "user_id": 1})
+            .skip(u64::from(offset))
+            .limit(i64::from(limit))
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        docs.iter()
+            .map(|d| account_from_doc(d).map_err(StoreError::Backend))
+            .collect()
+    }
+
+    async fn set_disabled(&self, user: &UserId, disabled: bool) -> StoreResult<Option<Account>> {
+        self.update_flag(user, "disabled", disabled).await
+    }
+
+    async fn set_admin(&self, user: &UserId, is_admin: bool) -> StoreResult<Option<Account>> {
+        self.update_flag(user, "is_admin", is_admin).await
     }
 
     async fn transfer_conversations(&self, from: &UserId, to: &UserId) -> StoreResult<u64> {

@@ -1,6 +1,6 @@
 //! What the server is told about the collections at start: the original
 //! app's `$jsonSchema` validator on `conversations`, and the indexes (the
-//! unique key, list and export order, the sessions' TTL, the accounts'
+//! unique key, list and export order, the sessions' TTL and account, the accounts'
 //! unique email and user id, the access tokens' unique hash and per-user
 //! order, the text index that decides between `$text` search and the scan).
 
@@ -186,6 +186,14 @@ impl MongoStore {
             .await
         {
             tracing::warn!(error = %self.redactor.clean(&e.kind.to_string()), "could not create the sessions TTL index");
+        }
+        // An account's sessions, all ended at once (sign out everywhere).
+        if let Err(e) = self
+            .sessions
+            .create_index(index(doc! {"user_id": 1}, named("sessions_user_idx")))
+            .await
+        {
+            tracing::warn!(index = "sessions_user_idx", error = %self.redactor.clean(&e.kind.to_string()), "could not create an index");
         }
 
         let text = IndexOptions::builder()

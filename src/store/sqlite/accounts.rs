@@ -139,6 +139,27 @@ fn external_account(
     Ok(External::Account(account))
 }
 
+impl SqliteStore {
+    /// Runs `update` (setting one flag column of `user` to `value`) and
+    /// reads the account back, in one step on the database's thread.
+    async fn update_flag(
+        &self,
+        user: &UserId,
+        update: &'static str,
+        value: bool,
+    ) -> StoreResult<Option<Account>> {
+        let user = user.to_string();
+        self.db
+            .call(move |conn| {
+                if exec(conn, update, params![user, value])? == 0 {
+                    return Ok(None);
+                }
+                read_account(conn, BY_USER_ID, &user)
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl AccountStore for SqliteStore {
     async fn external_account(
@@ -237,6 +258,40 @@ impl AccountStore for SqliteStore {
                 .map(|changed| changed > 0)
             })
             .await
+    }
+
+    async fn list_accounts(&self, limit: u32, offset: u32) -> StoreResult<Vec<Account>> {
+        self.db
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "SELECT user_id, email, name, password_hash, is_admin, disabled, created_at \
+                     FROM users ORDER BY created_at, user_id LIMIT ?1 OFFSET ?2",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![limit, offset], account_from_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn set_disabled(&self, user: &UserId, disabled: bool) -> StoreResult<Option<Account>> {
+        self.update_flag(
+            user,
+            "UPDATE users SET disabled = ?2 WHERE user_id = ?1",
+            disabled,
+        )
+        .await
+    }
+
+    async fn set_admin(&self, user: &UserId, is_admin: bool) -> StoreResult<Option<Account>> {
+        self.update_flag(
+            user,
+            "UPDATE users SET is_admin = ?2 WHERE user_id = ?1",
+            is_admin,
+        )
+        .await
     }
 
     async fn transfer_conversations(&self, from: &UserId, to: &UserId) -> StoreResult<u64> {

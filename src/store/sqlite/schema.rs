@@ -119,6 +119,16 @@ END;
 CREATE INDEX IF NOT EXISTS messages_unindexed ON messages (id) WHERE indexed = 0;
 "#;
 
+/// Each signed-in session names its account in `user_id` (NULL for an
+/// anonymous browser), so signing out everywhere finds them all
+/// (`SqliteSessionStore::revoke_user`). Sessions stored before the column
+/// existed get it from their data.
+const SESSIONS_BY_USER: &str = r#"
+ALTER TABLE sessions ADD COLUMN user_id TEXT;
+UPDATE sessions SET user_id = json_extract(data, '$.user_id')
+    WHERE json_extract(data, '$.auth') IS NOT NULL;
+"#;
+
 /// Brings an older database to the current schema (idempotent).
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
@@ -128,6 +138,15 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     if !has_indexed {
         tx.execute_batch("ALTER TABLE messages ADD COLUMN indexed INTEGER NOT NULL DEFAULT 1")?;
     }
+    let sessions_have_users = tx
+        .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'user_id'")?
+        .exists([])?;
+    if !sessions_have_users {
+        tx.execute_batch(SESSIONS_BY_USER)?;
+    }
+    tx.execute_batch(
+        "CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id) WHERE user_id IS NOT NULL;",
+    )?;
     tx.execute_batch(FTS_MIGRATION)?;
     tx.execute_batch(USERS_SCHEMA)?;
     tx.execute_batch(TOKENS_SCHEMA)?;
