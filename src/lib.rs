@@ -18,6 +18,7 @@ pub mod llm;
 pub mod metrics;
 pub mod migrate;
 pub mod notify;
+pub mod oidc;
 pub mod ratelimit;
 pub mod realtime;
 pub mod redact;

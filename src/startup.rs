@@ -26,6 +26,7 @@ use crate::context::TokenCounter;
 use crate::events::{ServerEvent, ServerRestarting};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+use crate::oidc::Providers;
 use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
 use crate::realtime::{self, SocketNotifier};
 use crate::replies::ReplyHub;
@@ -148,6 +149,10 @@ impl Application {
             usage,
             sessions,
         } = sessions::open(&settings, redis.as_ref()).await?;
+        let oidc = match &settings.auth.oidc {
+            Some(oidc) => Some(Arc::new(Providers::discover(oidc).await?)),
+            None => None,
+        };
         let llm = llm::from_settings(&settings, metrics.clone())
             .context("configuring the language model")?;
         let tokens = TokenCounter::new(settings.tokenizer);
@@ -190,6 +195,7 @@ impl Application {
             access_tokens: access_tokens.clone(),
             active_accounts: active_accounts.clone(),
             sessions: sessions.clone(),
+            oidc: oidc.clone(),
             draining: draining.clone(),
             asset_version: http::page::asset_version().into(),
         };

@@ -10,6 +10,7 @@ use tower_sessions::Session;
 use crate::auth::{display_name, normalise_email, token_hash};
 use crate::domain::UserId;
 use crate::error::ApiError;
+use crate::oidc::Providers;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::{self, Sessions};
 use crate::store::accounts::{Account, AccountStore, ActiveAccounts, External, ExternalIdentity};
@@ -32,6 +33,8 @@ pub struct AppState {
     /// The session store the session layer uses, for ending all of an
     /// account's sessions at once.
     pub sessions: Sessions,
+    /// Single sign-on providers, discovered at start (`AUTH_MODE` with `oidc`).
+    pub oidc: Option<Arc<Providers>>,
     /// Set when shutdown began: no new turns, `/readyz` answers 503.
     pub draining: Arc<AtomicBool>,
     /// Changes with every build, so browsers refetch static files.

@@ -102,6 +102,8 @@
     authSwitchLine: byId('auth-switch-line'),
     authSwitchText: byId('auth-switch-text'),
     authSwitch: byId('auth-switch'),
+    authProviders: byId('auth-providers'),
+    authOr: byId('auth-or'),
     passwordDialog: byId('password-dialog'),
     passwordForm: byId('password-form'),
     passwordUsername: byId('password-username'),
@@ -163,6 +165,7 @@
     mode: 'none',        // 'none': no accounts and no account UI at all
     signupOpen: false,
     anonymous: true,     // false: nothing works before signing in
+    providers: [],       // single sign-on providers: [{id, name}]
     me: null,            // the /auth/me body when signed in
     checked: false,      // /auth/me has answered
     required: false,     // the page waits behind the sign-in dialog
@@ -1626,6 +1629,10 @@
       auth.mode = typeof cfg.mode === 'string' && cfg.mode ? cfg.mode : 'none';
       auth.signupOpen = cfg.signup_open === true;
       auth.anonymous = cfg.anonymous !== false;
+      auth.providers = Array.isArray(cfg.providers) ? cfg.providers.filter(function (p) {
+        return p && typeof p.id === 'string' && /^[a-z0-9_-]{1,32}$/.test(p.id) && typeof p.name === 'string';
+      }) : [];
+      showProviders();
     }
     if (!accountsOn()) {
       showAccount();
@@ -1648,6 +1655,26 @@
     });
   }
 
+  /**
+   * The sign-in dialog's single sign-on buttons, one per provider: links to
+   * GET /auth/oidc/{id}/login, which sends the browser to the provider and
+   * back here signed in.
+   */
+  function showProviders() {
+    els.authProviders.textContent = '';
+    auth.providers.forEach(function (provider) {
+      var link = document.createElement('a');
+      link.className = 'button provider-button';
+      link.href = '/auth/oidc/' + encodeURIComponent(provider.id) + '/login';
+      link.dataset.provider = provider.id;
+      link.textContent = 'Sign in with ' + provider.name;
+      els.authProviders.appendChild(link);
+    });
+    var sso = auth.providers.length > 0;
+    els.authProviders.hidden = !sso;
+    els.authOr.hidden = !(sso && localOn());
+  }
+
   /** The header: a Sign in button, or the account menu with the email. */
   function showAccount() {
     els.account.hidden = !accountsOn();
@@ -1662,7 +1689,8 @@
     els.accountMenuButton.setAttribute('aria-label', 'Account: ' + email);
     els.accountWho.textContent = (name ? name + ' <' + email + '>' : email) + (me.is_admin ? ' (administrator)' : '');
     els.passwordUsername.value = email;
-    els.changePassword.hidden = !localOn();
+    // A single sign-on account has no password here.
+    els.changePassword.hidden = !localOn() || me.auth !== 'local';
     els.adminLink.hidden = !me.is_admin;
     refreshUsage();
   }
@@ -1732,7 +1760,7 @@
     els.authPasswordHint.hidden = !up;
     els.authPassword.setAttribute('autocomplete', up ? 'new-password' : 'current-password');
     els.authEmail.setAttribute('autocomplete', up ? 'email' : 'username');
-    els.authSwitchLine.hidden = !auth.signupOpen;
+    els.authSwitchLine.hidden = !auth.signupOpen || !localOn();
     els.authLocal.hidden = !localOn();
     els.authSubmit.hidden = !localOn();
     if (auth.mode === 'proxy') {
@@ -1751,7 +1779,14 @@
     els.authDialog.dataset.required = dismissable ? 'false' : 'true';
     setAuthMode(false);
     if (!els.authDialog.open) els.authDialog.showModal();
+    focusAuthDialog();
+  }
+
+  /** The email field, or the first provider's button without local accounts. */
+  function focusAuthDialog() {
+    var first = els.authProviders.querySelector('a');
     if (localOn()) els.authEmail.focus();
+    else if (first) first.focus();
   }
 
   function closeAuthDialog() {
@@ -1998,7 +2033,7 @@
     els.authDialog.addEventListener('close', function () {
       // Chromium lets a repeated Escape close a modal dialog even when its
       // cancel event is refused: the page cannot be used signed out, so back it comes.
-      if (auth.required) { els.authDialog.showModal(); els.authEmail.focus(); return; }
+      if (auth.required) { els.authDialog.showModal(); focusAuthDialog(); return; }
       if (!els.signIn.hidden) els.signIn.focus();
     });
     els.authSwitch.addEventListener('click', function () {

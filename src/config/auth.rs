@@ -3,6 +3,7 @@
 
 use ipnet::IpNet;
 
+use super::oidc::OidcSettings;
 use super::reader::Reader;
 
 /// How people are identified (`AUTH_MODE`): `none` alone, or any of
@@ -56,6 +57,8 @@ pub struct AuthSettings {
     pub methods: AuthMethods,
     /// Set in `proxy` mode.
     pub proxy: Option<ProxyAuth>,
+    /// Single sign-on providers, set when `AUTH_MODE` has `oidc`.
+    pub oidc: Option<OidcSettings>,
     pub signup: SignupPolicy,
     /// Whether a browser without an account may chat (always in `none`).
     pub allow_anonymous: bool,
@@ -129,9 +132,7 @@ pub(super) fn read(r: &mut Reader<'_>) -> AuthSettings {
                 "AUTH_MODE: proxy cannot be combined with other modes (the proxy signs people in)"
                     .to_string(),
             ),
-            "oidc" => r.errors.push(format!(
-                "AUTH_MODE={name} is not available in this version yet (use none, local or proxy)"
-            )),
+            "oidc" => methods.oidc = true,
             other => r.errors.push(format!(
                 "AUTH_MODE={other:?} is not one of none, local, oidc, proxy"
             )),
@@ -158,6 +159,7 @@ pub(super) fn read(r: &mut Reader<'_>) -> AuthSettings {
         }
         ProxyAuth { header, logout_url }
     });
+    let oidc = super::oidc::read(r, methods.oidc);
     let signup = match r
         .string("SIGNUP", "first-only")
         .to_ascii_lowercase()
@@ -209,6 +211,7 @@ pub(super) fn read(r: &mut Reader<'_>) -> AuthSettings {
     AuthSettings {
         methods,
         proxy,
+        oidc,
         signup,
         allow_anonymous,
         trusted_proxies,

@@ -6,11 +6,15 @@
 
 mod auth;
 mod http;
+mod oidc;
 mod reader;
+mod secret;
 
 pub use auth::{AuthMethods, AuthSettings, ProxyAuth, SignupPolicy};
 pub use http::HttpLimits;
+pub use oidc::{OidcProvider, OidcSettings};
 use reader::Reader;
+pub use secret::Secret;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,27 +25,6 @@ use std::time::Duration;
 /// an admin): a million million, far above any real day and exact in a
 /// JavaScript number.
 pub const MAX_QUOTA_TOKENS_PER_DAY: u64 = 1_000_000_000_000;
-
-/// A value that must never reach a log line.
-#[derive(Clone, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The value itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("\"\"")
-        } else {
-            write!(f, "\"{}\"", crate::redact::MASK)
-        }
-    }
-}
 
 /// Which upstream answers chat requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,13 +44,6 @@ pub enum LlmProvider {
     /// Local replies, no network: the default when nothing is configured.
     Demo,
 }
-
-impl PartialEq for Secret {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-impl Eq for Secret {}
 
 /// How the Azure key is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -189,7 +189,10 @@ async fn login(
 /// body that is there must be a JSON object whose `everywhere` is a
 /// boolean, else 400 and nothing changes. Behind a sign-in proxy the
 /// answer names the proxy's sign-out page (`AUTH_PROXY_LOGOUT_URL`), where
-/// the page goes next: otherwise the proxy would sign it in again.
+/// the page goes next: otherwise the proxy would sign it in again. After a
+/// single sign-on it names the provider's end-session URL (RP-initiated
+/// logout, when the provider has an `end_session_endpoint`), with the ID
+/// token as a hint and the page as the way back.
 async fn logout(
     State(state): State<AppState>,
     session: Session,
@@ -200,13 +203,26 @@ async fn logout(
     state.require_accounts()?;
     let body = body.map_err(|_| ApiError::TooLarge("The request body is too large.".into()))?;
     let everywhere = logout_everywhere(&headers, &body)?;
-    let logout_url = state
-        .chat
-        .settings
-        .auth
-        .proxy
-        .as_ref()
-        .and_then(|proxy| proxy.logout_url.clone());
+    // After a single sign-on, the provider's session ends too (read
+    // before the session is deleted).
+    let provider_logout = match (
+        state.oidc.as_deref(),
+        sessions::provider_session(&session).await?,
+    ) {
+        (Some(providers), Some((provider, id_token))) => providers
+            .get(&provider)
+            .and_then(|provider| providers.logout_url(provider, Some(&id_token))),
+        _ => None,
+    };
+    let logout_url = provider_logout.or_else(|| {
+        state
+            .chat
+            .settings
+            .auth
+            .proxy
+            .as_ref()
+            .and_then(|proxy| proxy.logout_url.clone())
+    });
     if !everywhere {
         sessions::sign_out(&session).await?;
         return Ok(Json(SignedOut {

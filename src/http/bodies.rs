@@ -113,7 +113,7 @@ pub struct Me {
     pub email: String,
     pub name: String,
     pub is_admin: bool,
-    /// How the user signed in (`local`).
+    /// How the user signed in (`local`, `oidc`, `proxy`, `token`).
     pub auth: String,
 }
 
@@ -149,6 +149,18 @@ pub struct AuthConfig {
     pub signup_open: bool,
     /// Whether the page works without signing in.
     pub anonymous: bool,
+    /// Single sign-on providers; absent without `oidc`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderView>,
+}
+
+/// A single sign-on provider as the page shows it.
+#[derive(Debug, Serialize)]
+pub struct ProviderView {
+    /// The path segment: `/auth/oidc/{id}/login`.
+    pub id: String,
+    /// The button's label: "Sign in with {name}".
+    pub name: String,
 }
 
 /// `GET /healthz`.

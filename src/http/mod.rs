@@ -7,6 +7,7 @@ pub mod conversations;
 pub mod extract;
 pub mod files;
 pub mod health;
+pub mod oidc;
 pub mod page;
 pub mod tokens;
 pub mod usage;
@@ -28,6 +29,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(page::router())
         .merge(conversations::router())
         .merge(auth::router())
+        .merge(oidc::router())
         .merge(tokens::router())
         .merge(usage::router())
         .merge(admin::router())

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::bodies::{AuthConfig, ClientConfig};
+use super::bodies::{AuthConfig, ClientConfig, ProviderView};
 use super::extract::SessionUser;
 use crate::config::SignupPolicy;
 use crate::error::ApiError;
@@ -77,6 +77,20 @@ async fn get_config(State(state): State<AppState>) -> Response {
             mode: auth.methods.name(),
             signup_open,
             anonymous: auth.allow_anonymous,
+            providers: state
+                .oidc
+                .as_deref()
+                .map(|providers| {
+                    providers
+                        .list
+                        .iter()
+                        .map(|provider| ProviderView {
+                            id: provider.id.clone(),
+                            name: provider.name.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         },
     })
     .into_response()

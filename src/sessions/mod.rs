@@ -30,6 +30,7 @@ use tower_sessions::{Expiry, Session, SessionManagerLayer};
 use crate::cluster::RedisConnections;
 use crate::config::Settings;
 use crate::domain::{ConversationId, UserId};
+use crate::oidc::PendingLogin;
 use crate::store::accounts::AccountStore;
 use crate::store::cache::CachedStore;
 use crate::store::mongo::MongoStore;
@@ -49,6 +50,10 @@ pub const COOKIE_NAME: &str = "chat_session";
 const CONVERSATION_KEY: &str = "conversation_id";
 /// `AUTH_MODE=proxy`: the email the proxy named when the session signed in.
 const PROXIED_KEY: &str = "proxied_email";
+/// Single sign-on logins begun in this browser and not finished yet.
+const OIDC_PENDING_KEY: &str = "oidc_pending";
+/// The provider the session signed in with, and its ID token (for logout).
+const OIDC_SESSION_KEY: &str = "oidc_session";
 
 /// Where sessions are kept: in Redis with several instances, else beside
 /// the conversations. Cheap to clone (each store is a handle).
@@ -317,6 +322,84 @@ pub async fn sign_in_method(
     session.get::<String>(AUTH_KEY).await
 }
 
+/// A value of an older shape reads as absent; a store failure stays one.
+fn malformed_is_none<T>(
+    err: tower_sessions::session::Error,
+) -> Result<Option<T>, tower_sessions::session::Error> {
+    match err {
+        tower_sessions::session::Error::SerdeJson(_) => Ok(None),
+        other => Err(other),
+    }
+}
+
+/// Keeps a begun single sign-on login for its callback (which another
+/// instance may serve: the session is shared). Expired logins are dropped,
+/// and the oldest beyond [`crate::oidc::MAX_PENDING_LOGINS`].
+pub async fn push_pending_login(
+    session: &Session,
+    login: PendingLogin,
+) -> Result<(), tower_sessions::session::Error> {
+    let mut pending = session
+        .get::<Vec<PendingLogin>>(OIDC_PENDING_KEY)
+        .await
+        .or_else(malformed_is_none)?
+        .unwrap_or_default();
+    pending.retain(|known| !known.expired());
+    pending.push(login);
+    let excess = pending
+        .len()
+        .saturating_sub(crate::oidc::MAX_PENDING_LOGINS);
+    pending.drain(..excess);
+    session.insert(OIDC_PENDING_KEY, pending).await
+}
+
+/// Takes (and so uses up) the begun login of `provider` with this `state`;
+/// it may have expired, the caller checks. Expired logins are dropped.
+pub async fn take_pending_login(
+    session: &Session,
+    provider: &str,
+    state: &str,
+) -> Result<Option<PendingLogin>, tower_sessions::session::Error> {
+    let Some(mut pending) = session
+        .get::<Vec<PendingLogin>>(OIDC_PENDING_KEY)
+        .await
+        .or_else(malformed_is_none)?
+    else {
+        return Ok(None);
+    };
+    let found = pending
+        .iter()
+        .position(|login| login.matches(provider, state))
+        .map(|index| pending.remove(index));
+    pending.retain(|login| !login.expired());
+    if pending.is_empty() {
+        session.remove_value(OIDC_PENDING_KEY).await?;
+    } else {
+        session.insert(OIDC_PENDING_KEY, pending).await?;
+    }
+    Ok(found)
+}
+
+/// Remembers the provider this session signed in with and its ID token
+/// (after [`sign_in`]).
+pub async fn set_provider_session(
+    session: &Session,
+    provider: &str,
+    id_token: &str,
+) -> Result<(), tower_sessions::session::Error> {
+    session.insert(OIDC_SESSION_KEY, (provider, id_token)).await
+}
+
+/// The provider this session signed in with and its ID token, if any.
+pub async fn provider_session(
+    session: &Session,
+) -> Result<Option<(String, String)>, tower_sessions::session::Error> {
+    session
+        .get::<(String, String)>(OIDC_SESSION_KEY)
+        .await
+        .or_else(malformed_is_none)
+}
+
 /// The email a trusted proxy named when this session signed in.
 pub async fn proxied_email(
     session: &Session,
@@ -349,6 +432,7 @@ pub async fn sign_in(
     session.insert(USER_KEY, user.as_ref()).await?;
     session.insert(AUTH_KEY, method).await?;
     session.remove::<String>(PROXIED_KEY).await?;
+    session.remove_value(OIDC_SESSION_KEY).await?;
     Ok(anonymous.filter(|previous| previous != user))
 }
 

@@ -22,6 +22,7 @@ mod hostile;
 mod isolation;
 mod live_sync;
 mod llm_failures;
+mod oidc;
 mod proxy_auth;
 mod quotas;
 mod realtime;
