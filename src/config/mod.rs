@@ -265,8 +265,7 @@ impl Settings {
             30,
             "a whole number (0 = no limit)",
         );
-        let save_history_max_bytes =
-            r.positive("SAVE_HISTORY_MAX_MB", 32).min(1024) * 1024 * 1024;
+        let save_history_max_bytes = r.positive("SAVE_HISTORY_MAX_MB", 32).min(1024) * 1024 * 1024;
         let reply_resume_ttl = r.seconds("REPLY_RESUME_TTL_SECONDS", 120.0);
         let shutdown_grace = r.seconds("SHUTDOWN_GRACE_SECONDS", 30.0);
         // 0 is allowed here: stop at once when the socket goes.

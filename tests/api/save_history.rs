@@ -157,7 +157,12 @@ async fn saves_are_rate_limited_per_user() {
     let refused = user.post("/save_history").await;
 
     refused.assert_status(429);
-    assert_eq!(refused.json["error"], json!("rate_limited"), "{}", refused.json);
+    assert_eq!(
+        refused.json["error"],
+        json!("rate_limited"),
+        "{}",
+        refused.json
+    );
     assert!(
         refused.json["retry_after"].as_u64().is_some_and(|s| s > 0),
         "{}",
