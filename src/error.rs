@@ -74,6 +74,11 @@ pub enum ApiError {
     },
     #[error("The language model is unavailable right now. Please try again.")]
     LlmUnavailable,
+    /// The model's stream ended without any text (or only whitespace): an
+    /// upstream failure like the others (same code, so the page keeps the
+    /// user's message, which is stored).
+    #[error("The language model returned an empty reply. Please try again.")]
+    LlmEmptyReply,
     #[error("The service is temporarily unavailable. Please try again.")]
     Unavailable,
     /// This instance is shutting down; another one (or this one, restarted)
@@ -131,7 +136,7 @@ impl ApiError {
             ApiError::RateLimited(_) | ApiError::QuotaExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::LlmUnavailable => StatusCode::BAD_GATEWAY,
+            ApiError::LlmUnavailable | ApiError::LlmEmptyReply => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable | ApiError::Restarting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -157,7 +162,7 @@ impl ApiError {
             ApiError::Busy(_) => "busy",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
-            ApiError::LlmUnavailable => "llm_unavailable",
+            ApiError::LlmUnavailable | ApiError::LlmEmptyReply => "llm_unavailable",
             ApiError::Unavailable => "unavailable",
             ApiError::Restarting => "restarting",
             ApiError::Internal(_) => "internal",

@@ -19,6 +19,8 @@ use crate::cluster::RedisConnections;
 pub enum Bucket {
     Messages,
     Uploads,
+    /// `POST /save_history` calls (each writes a file).
+    Saves,
     /// Sign-in attempts for one email.
     LoginAccount,
     /// Sign-in attempts from one client address.
@@ -38,6 +40,7 @@ impl Bucket {
         match self {
             Bucket::Messages => "messages",
             Bucket::Uploads => "uploads",
+            Bucket::Saves => "saves",
             Bucket::LoginAccount => "login-account",
             Bucket::LoginAddress => "login-address",
             Bucket::Signups => "signups",

@@ -88,6 +88,10 @@ pub struct Settings {
     pub rate_limit_messages_per_ip_per_minute: u32,
     /// Anonymous users' uploads per client address per hour; 0: no limit.
     pub rate_limit_uploads_per_ip_per_hour: u32,
+    /// `POST /save_history` calls per user per hour; 0: no limit.
+    pub rate_limit_saves_per_hour: u32,
+    /// The largest file `POST /save_history` writes, in bytes.
+    pub save_history_max_bytes: u64,
     pub reply_resume_ttl: Duration,
     pub disconnect_grace: Duration,
     pub shutdown_grace: Duration,
@@ -232,6 +236,12 @@ impl Settings {
             240,
             "a whole number (0 = no limit)",
         );
+        let rate_limit_saves_per_hour = r.parse::<u32>(
+            "RATE_LIMIT_SAVES_PER_HOUR",
+            30,
+            "a whole number (0 = no limit)",
+        );
+        let save_history_max_bytes = r.positive("SAVE_HISTORY_MAX_MB", 32).min(1024) * 1024 * 1024;
         let reply_resume_ttl = r.seconds("REPLY_RESUME_TTL_SECONDS", 120.0);
         let shutdown_grace = r.seconds("SHUTDOWN_GRACE_SECONDS", 30.0);
         // 0 is allowed here: stop at once when the socket goes.
@@ -399,6 +409,8 @@ impl Settings {
             redis_prefix,
             rate_limit_messages_per_minute,
             rate_limit_uploads_per_hour,
+            rate_limit_saves_per_hour,
+            save_history_max_bytes,
             rate_limit_new_sessions_per_ip_per_hour,
             rate_limit_messages_per_ip_per_minute,
             rate_limit_uploads_per_ip_per_hour,

@@ -18,6 +18,7 @@ use crate::domain::{conversation_text, ConversationId, Role};
 use crate::error::ApiError;
 use crate::events::{Field, Inbound};
 use crate::notify::conversation_updated;
+use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
 use crate::store::{rfc3339, NewMessage};
@@ -135,6 +136,17 @@ async fn save_history(
     State(state): State<AppState>,
     who: SessionUser,
 ) -> Result<Json<HistorySaved>, ApiError> {
+    let settings = &state.chat.settings;
+    // Each call writes a file: limited per user, like uploads.
+    let limit = Limit {
+        count: settings.rate_limit_saves_per_hour,
+        window: std::time::Duration::from_secs(3600),
+    };
+    state
+        .limiter
+        .check(Bucket::Saves, who.user.as_ref(), limit)
+        .await
+        .map_err(ApiError::RateLimited)?;
     let id = current(&who, "No active conversation to save.").await?;
     let conversation = state.chat.store.load(&who.user, &id).await?;
     let history = conversation.history();
@@ -148,32 +160,82 @@ async fn save_history(
         updated_at: rfc3339::format(&conversation.meta.updated_at),
         title: conversation.meta.title.as_deref(),
     };
+    let bytes = serde_json::to_vec_pretty(&document).map_err(|e| ApiError::Internal(e.into()))?;
+    let max = settings.save_history_max_bytes;
+    if bytes.len() as u64 > max {
+        return Err(ApiError::TooLarge(format!(
+            "This conversation is too large to save (max {} MB).",
+            max / (1024 * 1024)
+        )));
+    }
     // The id is a validated UUID: it cannot leave the folder.
     let file_name = format!(
         "{}_{}_conversation_history.json",
         Utc::now().format("%Y%m%d_%H%M%S"),
         id
     );
-    let dir = state.chat.settings.saved_conversations_dir.clone();
-    let bytes = serde_json::to_vec_pretty(&document).map_err(|e| ApiError::Internal(e.into()))?;
+    let dir = settings.saved_conversations_dir.clone();
     let name = file_name.clone();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        std::fs::create_dir_all(&dir)?;
-        // Write then rename: a crash never leaves a half-written file.
-        let partial = dir.join(format!(".{name}.partial"));
-        std::fs::write(&partial, &bytes)?;
-        std::fs::rename(&partial, dir.join(&name))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
-    .map_err(|e| {
-        ApiError::Internal(anyhow::Error::new(e).context("writing the saved conversation"))
-    })?;
+    let conversation_id = id.to_string();
+    tokio::task::spawn_blocking(move || write_saved(&dir, &name, &conversation_id, &bytes))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| {
+            ApiError::Internal(anyhow::Error::new(e).context("writing the saved conversation"))
+        })?;
     tracing::info!(conversation = %id, file = %file_name, "conversation saved");
     Ok(Json(HistorySaved {
         message: "Conversation history saved successfully.",
         file_name,
     }))
+}
+
+/// Writes a saved conversation as `dir/name`, readable by the server's
+/// user only (0600; the folder, when created here, 0700), then removes the
+/// earlier saves of the same conversation: one file per conversation. The
+/// file is written under a temporary name and renamed, so a reader or a
+/// crash never sees half of it. Names start with a fixed-width timestamp:
+/// only older ones are removed, so two saves at once leave the newer.
+fn write_saved(
+    dir: &std::path::Path,
+    name: &str,
+    conversation_id: &str,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut folder = std::fs::DirBuilder::new();
+    folder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+    folder.create(dir)?;
+    let partial = dir.join(format!(".{name}.{}.partial", uuid::Uuid::new_v4()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&partial).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(err) = written.and_then(|()| std::fs::rename(&partial, dir.join(name))) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(err);
+    }
+    let suffix = format!("_{conversation_id}_conversation_history.json");
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let earlier = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|other| other.ends_with(&suffix) && other < name);
+        if earlier {
+            match std::fs::remove_file(entry.path()) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn search_conversations(

@@ -82,5 +82,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "# HELP chat_turns_in_flight Replies being generated now.\n# TYPE chat_turns_in_flight gauge\nchat_turns_in_flight {}\n",
         state.chat.turns.len()
     ));
+    text.push_str(&format!(
+        "# HELP chat_reply_watchers Sockets following a conversation on this instance now.\n# TYPE chat_reply_watchers gauge\nchat_reply_watchers {}\n",
+        state.chat.replies.watcher_count()
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

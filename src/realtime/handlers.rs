@@ -204,24 +204,46 @@ async fn begin_turn<A: Adapter>(
         emit_error(sink, &ApiError::Restarting, Some(id));
         return None;
     }
-    let socket_id = socket.id.to_string();
     let Some(guard) = state
         .chat
         .turns
-        .begin(&who.user, id, Some(socket_id.clone()))
+        .begin(&who.user, id, Some(socket.id.to_string()))
     else {
         let err =
             ApiError::Busy("A reply is already being generated for this conversation.".into());
         emit_error(sink, &err, Some(id));
         return None;
     };
+    follow(state, who, id, socket, None).await;
+    Some((id.clone(), guard))
+}
+
+/// Makes `socket` follow the conversation (`ReplyHub::watch`, replaying
+/// after `replay`); returns whether a reply is streaming. A socket that
+/// closed meanwhile is forgotten at once: its disconnect handler may have
+/// unwatched it before this registered, and nothing would remove it later.
+/// Socket.IO marks a socket closed before it calls that handler, so either
+/// the handler's `unwatch` comes after the registration, or the check here
+/// sees the socket closed.
+async fn follow<A: Adapter>(
+    state: &AppState,
+    who: &SocketUser,
+    id: &ConversationId,
+    socket: &SocketRef<A>,
+    replay: Option<i64>,
+) -> bool {
+    let socket_id = socket.id.to_string();
     let follower: Arc<dyn EventSink> = Arc::new(SocketSink(socket.clone()));
-    state
+    let streaming = state
         .chat
         .replies
-        .watch(&who.user, id, &socket_id, follower, None)
+        .watch(&who.user, id, &socket_id, follower, replay)
         .await;
-    Some((id.clone(), guard))
+    if !socket.connected() {
+        state.chat.replies.unwatch(&socket_id);
+        return false;
+    }
+    streaming
 }
 
 /// `regenerate {conversation_id?}`: drops the reply to the last user
@@ -331,18 +353,7 @@ pub(super) async fn on_watch_conversation<A: Adapter>(
     if let Err(err) = state.chat.store.meta(&who.user, &id).await {
         return emit_error(&sink, &ApiError::from(err), Some(&id));
     }
-    let follower: Arc<dyn EventSink> = Arc::new(SocketSink(socket.clone()));
-    let streaming = state
-        .chat
-        .replies
-        .watch(
-            &who.user,
-            &id,
-            &socket.id.to_string(),
-            follower,
-            Some(last_index),
-        )
-        .await;
+    let streaming = follow(&state, &who, &id, &socket, Some(last_index)).await;
     // The ack is optional: a client that did not ask for one gets nothing.
     let _ = ack.send(&WatchAck {
         ok: true,

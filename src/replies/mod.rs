@@ -47,8 +47,30 @@ pub struct ReplyHub {
     log: Arc<dyn ReplyLog>,
     /// The same log when it is the in-memory one (relays write it directly).
     memory: Option<Arc<MemoryLog>>,
-    watchers: Mutex<HashMap<Followed, Vec<Arc<Watcher>>>>,
-    watching: Mutex<HashMap<String, (UserId, ConversationId)>>,
+    /// Who follows what, both ways under one lock: registering a socket
+    /// (dropping what it followed before) and forgetting it are each one
+    /// step, so concurrent calls for a socket cannot leave a stray watcher.
+    registry: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    watchers: HashMap<Followed, Vec<Arc<Watcher>>>,
+    watching: HashMap<String, Followed>,
+}
+
+impl Registry {
+    /// Forgets `socket`'s watcher, if any.
+    fn remove(&mut self, socket: &str) {
+        if let Some(key) = self.watching.remove(socket) {
+            if let Some(list) = self.watchers.get_mut(&key) {
+                list.retain(|w| w.socket != socket);
+                if list.is_empty() {
+                    self.watchers.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl ReplyHub {
@@ -79,8 +101,7 @@ impl ReplyHub {
             instance: uuid::Uuid::new_v4().to_string(),
             log,
             memory: None,
-            watchers: Mutex::new(HashMap::new()),
-            watching: Mutex::new(HashMap::new()),
+            registry: Mutex::new(Registry::default()),
         }
     }
 
@@ -89,10 +110,19 @@ impl ReplyHub {
         &self.instance
     }
 
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many sockets follow a conversation on this instance now.
+    pub fn watcher_count(&self) -> usize {
+        self.registry().watching.len()
+    }
+
     /// The conversation's watchers other than `origin` (none: no copy).
     fn watchers_of(&self, followed: &Followed, origin: Option<&str>) -> Vec<Arc<Watcher>> {
-        let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        match watchers.get(followed) {
+        let registry = self.registry();
+        match registry.watchers.get(followed) {
             Some(list) if list.iter().any(|w| Some(w.socket.as_str()) != origin) => list
                 .iter()
                 .filter(|w| Some(w.socket.as_str()) != origin)
@@ -113,7 +143,6 @@ impl ReplyHub {
         sink: Arc<dyn EventSink>,
         replay: Option<i64>,
     ) -> bool {
-        self.unwatch(socket);
         let watcher = Arc::new(Watcher {
             socket: socket.to_string(),
             sink,
@@ -127,16 +156,17 @@ impl ReplyHub {
                 held: replay.map(|_| Vec::new()),
             }),
         });
-        self.watchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((user.clone(), conversation.clone()))
-            .or_default()
-            .push(watcher.clone());
-        self.watching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(socket.to_string(), (user.clone(), conversation.clone()));
+        {
+            let mut registry = self.registry();
+            registry.remove(socket);
+            let followed: Followed = (user.clone(), conversation.clone());
+            registry
+                .watchers
+                .entry(followed.clone())
+                .or_default()
+                .push(watcher.clone());
+            registry.watching.insert(socket.to_string(), followed);
+        }
         if replay.is_none() {
             return false;
         }
@@ -154,20 +184,7 @@ impl ReplyHub {
 
     /// Stops `socket` following its conversation.
     pub fn unwatch(&self, socket: &str) {
-        let previous = self
-            .watching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(socket);
-        if let Some(key) = previous {
-            let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(list) = watchers.get_mut(&key) {
-                list.retain(|w| w.socket != socket);
-                if list.is_empty() {
-                    watchers.remove(&key);
-                }
-            }
-        }
+        self.registry().remove(socket);
     }
 
     fn deliver_local(&self, followed: &Followed, origin: Option<&str>, event: &ReplyEvent) {

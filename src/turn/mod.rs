@@ -8,7 +8,8 @@
 //! It knows nothing of Socket.IO: events go through an [`EventSink`]. What
 //! is stored is always consistent: success stores the user's message and
 //! the reply together; a stop or disconnect stores the partial reply; an
-//! upstream failure stores only the user's message.
+//! upstream failure, including a reply that ends without any text (or with
+//! whitespace only), stores only the user's message.
 
 mod chat;
 mod quota;
@@ -295,6 +296,12 @@ impl Turn<'_> {
                 next = stream.next() => next,
             };
             let chunk = match next {
+                // A reply with nothing to read is a failure, not an
+                // answer: the user is told, and only their message is
+                // stored (whitespace alone counts as nothing).
+                None if progress.reply.trim().is_empty() => {
+                    return Outcome::Failed(ApiError::LlmEmptyReply)
+                }
                 None => return Outcome::Finished,
                 Some(Err(err)) => return Outcome::Failed(err.into()),
                 Some(Ok(Delta::Usage(usage))) => {

@@ -102,7 +102,7 @@ impl Gate {
 #[derive(Clone, Debug)]
 pub enum Behaviour {
     /// Streamed deltas when the request asks for `stream: true`, else one JSON body holding
-    /// their concatenation.
+    /// their concatenation. No deltas: an empty reply (`FakeLlm::replies_empty`).
     Stream(Vec<String>),
     /// A non-streaming JSON body, even when streaming was asked for.
     Reply(String),
@@ -496,6 +496,13 @@ impl FakeLlm {
     /// Next request: stream these pieces.
     pub fn streams(&self, parts: &[&str]) -> &Self {
         self.push(Behaviour::Stream(pieces(parts)))
+    }
+
+    /// Next request: a well-formed reply with no text at all (a streamed one is the opening
+    /// role-only delta, the closing `finish_reason` chunk and `[DONE]`; a non-streamed one
+    /// has `content: ""`).
+    pub fn replies_empty(&self) -> &Self {
+        self.push(Behaviour::Stream(Vec::new()))
     }
 
     /// Next request: one non-streaming JSON answer.

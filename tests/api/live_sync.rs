@@ -185,3 +185,54 @@ async fn uploads_over_the_rate_limit_get_429_with_retry_after() {
     assert_eq!(second.json["retry_after"], json!(retry));
     assert!((1..=3600).contains(&retry));
 }
+
+/// `chat_reply_watchers` from `/metrics`.
+async fn reply_watchers(user: &crate::helpers::User) -> u64 {
+    let metrics = user.get("/metrics").await;
+    metrics
+        .text
+        .lines()
+        .find_map(|line| line.strip_prefix("chat_reply_watchers "))
+        .unwrap_or_else(|| panic!("no chat_reply_watchers in /metrics: {}", metrics.text))
+        .trim()
+        .parse()
+        .expect("a whole number")
+}
+
+#[tokio::test]
+async fn sockets_that_close_while_their_watch_registers_leave_no_watcher_behind() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user().await;
+    let id = user.start_conversation().await;
+    // The gauge counts a watcher that is there, and drops it on a clean close.
+    let mut kept = user.socket().await;
+    assert_eq!(kept.watch(&id, None).await["ok"], json!(true));
+    assert_eq!(reply_watchers(&user).await, 1);
+    kept.disconnect().await;
+    eventually(Duration::from_secs(10), "the watcher to be dropped", || {
+        let user = user.clone();
+        async move { (reply_watchers(&user).await == 0).then_some(()) }
+    })
+    .await;
+
+    // Each socket closes right after asking to watch: its disconnect is
+    // handled while the watch is still being registered (the conversation
+    // is read from the store first).
+    for _ in 0..20 {
+        let sockets = futures_util::future::join_all((0..10).map(|_| user.socket())).await;
+        for socket in sockets {
+            socket.emit("watch_conversation", json!({"conversation_id": id}));
+            socket.disconnect().await;
+        }
+    }
+
+    eventually(
+        Duration::from_secs(10),
+        "every watcher of a closed socket to be gone",
+        || {
+            let user = user.clone();
+            async move { (reply_watchers(&user).await == 0).then_some(()) }
+        },
+    )
+    .await;
+}

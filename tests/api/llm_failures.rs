@@ -250,3 +250,67 @@ async fn malformed_upstream_body_gives_the_generic_error() {
     assert_eq!(user.history(&id).await, vec![msg("user", "Garbage in?")]);
     assert_a_normal_turn_works(&app, &mut socket, &user, &id).await;
 }
+
+const EMPTY_REPLY: &str = "The language model returned an empty reply. Please try again.";
+
+/// The `error` of a reply that ended without text: an upstream failure (the page keeps the
+/// user's message, which is stored), not a `response_end` with nothing in it.
+#[track_caller]
+fn assert_empty_reply_failure(turn: &Turn) {
+    assert!(
+        !turn.names().contains(&"response_end"),
+        "an empty reply ended normally: {:?}",
+        turn.names()
+    );
+    let error = turn.expect_error();
+    assert_eq!(error["message"], json!(EMPTY_REPLY), "{error}");
+    assert_eq!(error["error"], json!("llm_unavailable"), "{error}");
+}
+
+#[tokio::test]
+async fn an_empty_reply_is_an_upstream_failure_and_only_the_message_is_stored() {
+    let app = spawn_app(&[]).await;
+    let (user, id, mut socket) = user_in_conversation(&app).await;
+    app.llm.replies_empty();
+
+    socket.send_message("Say nothing?", Some(&id));
+    let turn = socket.collect_turn(TURN_TIMEOUT).await;
+
+    assert_empty_reply_failure(&turn);
+    assert!(turn.chunks.is_empty());
+    assert_eq!(app.llm.call_count(), 1, "an empty reply is not retried");
+    assert_eq!(user.history(&id).await, vec![msg("user", "Say nothing?")]);
+    assert_a_normal_turn_works(&app, &mut socket, &user, &id).await;
+}
+
+#[tokio::test]
+async fn a_reply_of_whitespace_only_counts_as_empty() {
+    let app = spawn_app(&[]).await;
+    let (user, id, mut socket) = user_in_conversation(&app).await;
+    app.llm.streams(&["  ", "\n\n", "\t"]);
+
+    socket.send_message("Only spaces?", Some(&id));
+    let turn = socket.collect_turn(TURN_TIMEOUT).await;
+
+    assert_empty_reply_failure(&turn);
+    assert_eq!(user.history(&id).await, vec![msg("user", "Only spaces?")]);
+}
+
+#[tokio::test]
+async fn an_empty_regenerated_reply_is_an_upstream_failure_and_keeps_the_message() {
+    let app = spawn_app(&[]).await;
+    let (user, id, mut socket) = user_in_conversation(&app).await;
+    app.llm.streams(&["First", " answer"]);
+    socket.send_message("Try again later", Some(&id));
+    socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+    app.llm.replies_empty();
+
+    socket.emit("regenerate", json!({"conversation_id": id}));
+    let turn = socket.collect_turn(TURN_TIMEOUT).await;
+
+    assert_empty_reply_failure(&turn);
+    assert_eq!(
+        user.history(&id).await,
+        vec![msg("user", "Try again later")]
+    );
+}

@@ -280,6 +280,60 @@ async fn a_tab_on_b_watching_sees_a_reply_produced_on_a_stream_live() {
     }
 }
 
+/// `chat_reply_watchers` of one instance.
+async fn reply_watchers(at: &impl Endpoint) -> u64 {
+    let metrics = harness::plain_get(at, "/metrics", None).await;
+    metrics
+        .text
+        .lines()
+        .find_map(|line| line.strip_prefix("chat_reply_watchers "))
+        .unwrap_or_else(|| panic!("no chat_reply_watchers in {}", metrics.text))
+        .trim()
+        .parse()
+        .expect("a whole number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_closing_while_their_watch_registers_leave_no_watcher_on_either_instance() {
+    let cluster = Cluster::start().await;
+    let user = cluster.new_user();
+    user.get(&cluster.a, "/").await.assert_status(200);
+    let conversation = user.start_conversation(&cluster.a).await;
+
+    // Each socket asks to watch and closes at once (a bounded loop, half on each instance).
+    for round in 0..10 {
+        let at = if round % 2 == 0 {
+            &cluster.a
+        } else {
+            &cluster.b
+        };
+        let sockets = futures_util::future::join_all((0..10).map(|_| user.socket(at))).await;
+        for socket in sockets {
+            socket.emit(
+                "watch_conversation",
+                json!({"conversation_id": conversation}),
+            );
+            socket.disconnect().await;
+        }
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = (
+            reply_watchers(&cluster.a).await,
+            reply_watchers(&cluster.b).await,
+        );
+        if left == (0, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watchers of closed sockets left (a, b): {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_mid_reply_resumes_on_the_other_instance_exactly_once() {
     let cluster = Cluster::start().await;
