@@ -51,6 +51,66 @@ pub fn router(state: &AppState) -> Router<AppState> {
             header::REFERRER_POLICY,
             HeaderValue::from_static("same-origin"),
         ))
+        .layer(compression())
+}
+
+/// Smallest body worth compressing: below it the encoding's framing costs
+/// about what it saves.
+pub const COMPRESS_MIN_BYTES: u16 = 1024;
+
+/// gzip or brotli, as the client's `Accept-Encoding` prefers, for text
+/// answers (the page, scripts, styles, JSON, `/metrics`) of at least
+/// [`COMPRESS_MIN_BYTES`]. Everything else passes untouched: already
+/// compressed or binary types, event streams (whose chunks must reach the
+/// client as they are written) and anything that already has a
+/// `Content-Encoding`. Socket.IO sits outside these routes (see
+/// `startup.rs`), so its long-polling and WebSocket traffic is never
+/// compressed here.
+fn compression() -> tower_http::compression::CompressionLayer<
+    tower_http::compression::predicate::And<
+        tower_http::compression::predicate::SizeAbove,
+        fn(
+            axum::http::StatusCode,
+            axum::http::Version,
+            &axum::http::HeaderMap,
+            &axum::http::Extensions,
+        ) -> bool,
+    >,
+> {
+    use tower_http::compression::predicate::{Predicate, SizeAbove};
+    let text: fn(
+        axum::http::StatusCode,
+        axum::http::Version,
+        &axum::http::HeaderMap,
+        &axum::http::Extensions,
+    ) -> bool = |_, _, headers, _| {
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(compressible)
+    };
+    tower_http::compression::CompressionLayer::new()
+        .compress_when(SizeAbove::new(COMPRESS_MIN_BYTES).and(text))
+}
+
+/// Whether a `Content-Type` names text that compresses well.
+fn compressible(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "text/event-stream" {
+        return false;
+    }
+    essence.starts_with("text/")
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
+        || matches!(
+            essence.as_str(),
+            "application/json" | "application/javascript" | "application/xml" | "image/svg+xml"
+        )
 }
 
 /// The page runs no inline script or style and loads nothing from
