@@ -15,6 +15,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method};
 use axum::response::IntoResponse;
 use axum::Router;
+use tower_http::compression::predicate::{And, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::state::AppState;
@@ -66,31 +68,22 @@ pub const COMPRESS_MIN_BYTES: u16 = 1024;
 /// `Content-Encoding`. Socket.IO sits outside these routes (see
 /// `startup.rs`), so its long-polling and WebSocket traffic is never
 /// compressed here.
-fn compression() -> tower_http::compression::CompressionLayer<
-    tower_http::compression::predicate::And<
-        tower_http::compression::predicate::SizeAbove,
-        fn(
-            axum::http::StatusCode,
-            axum::http::Version,
-            &axum::http::HeaderMap,
-            &axum::http::Extensions,
-        ) -> bool,
-    >,
-> {
-    use tower_http::compression::predicate::{Predicate, SizeAbove};
-    let text: fn(
-        axum::http::StatusCode,
-        axum::http::Version,
-        &axum::http::HeaderMap,
-        &axum::http::Extensions,
-    ) -> bool = |_, _, headers, _| {
-        headers
+fn compression() -> CompressionLayer<And<SizeAbove, TextOnly>> {
+    CompressionLayer::new().compress_when(SizeAbove::new(COMPRESS_MIN_BYTES).and(TextOnly))
+}
+
+/// Compresses only answers whose type [`compressible`] names.
+#[derive(Clone, Copy)]
+struct TextOnly;
+
+impl Predicate for TextOnly {
+    fn should_compress<B: axum::body::HttpBody>(&self, response: &axum::http::Response<B>) -> bool {
+        response
+            .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(compressible)
-    };
-    tower_http::compression::CompressionLayer::new()
-        .compress_when(SizeAbove::new(COMPRESS_MIN_BYTES).and(text))
+    }
 }
 
 /// Whether a `Content-Type` names text that compresses well.

@@ -730,7 +730,11 @@ async fn through_nginx_the_http_routes_and_a_websocket_turn_work() {
         "/readyz?full=1",
     ] {
         let refused = user.get(nginx, path).await;
-        assert_eq!(refused.status, 404, "{path} through nginx: {}", refused.text);
+        assert_eq!(
+            refused.status, 404,
+            "{path} through nginx: {}",
+            refused.text
+        );
         assert!(
             !refused.text.contains("chat_") && !refused.text.contains("redis"),
             "{path} through nginx leaked: {}",
