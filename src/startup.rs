@@ -16,7 +16,7 @@ use socketioxide_redis::drivers::fred::FredDriver;
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 
@@ -315,12 +315,6 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
         .allow_headers([axum::http::header::CONTENT_TYPE]);
-    if origins.iter().any(|o| o == "*") {
-        // Credentials cannot be combined with a wildcard; mirror instead.
-        return Ok(layer
-            .allow_origin(AllowOrigin::mirror_request())
-            .allow_credentials(true));
-    }
     let values = origins
         .iter()
         .map(|o| {

@@ -369,7 +369,7 @@ impl Settings {
             * 1024
             * 1024;
         let max_message_chars = r.positive("MAX_MESSAGE_CHARS", 32_000).min(10_000_000) as usize;
-        let cors_allowed_origins = r
+        let cors_allowed_origins: Vec<String> = r
             .raw("CORS_ALLOWED_ORIGINS")
             .map(|v| {
                 v.split(',')
@@ -378,6 +378,14 @@ impl Settings {
                     .collect()
             })
             .unwrap_or_default();
+        if cors_allowed_origins.iter().any(|o| o.contains('*')) {
+            // Sessions are cookies: a wildcard (mirrored, as credentials
+            // require) would let any web site read a signed-in user's data.
+            r.errors.push(
+                "CORS_ALLOWED_ORIGINS must list origins (https://app.example,...): `*` is refused because sessions use cookies and any site could read a user's data"
+                    .to_string(),
+            );
+        }
         let cookie_secure = r.boolean("COOKIE_SECURE", false);
         let session_ttl =
             Duration::from_secs(r.positive("SESSION_TTL_DAYS", 30).min(3650) * 86_400);

@@ -16,6 +16,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method};
 use axum::response::IntoResponse;
 use axum::Router;
+use tower_http::compression::predicate::{And, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::state::AppState;
@@ -53,6 +55,57 @@ pub fn router(state: &AppState) -> Router<AppState> {
             header::REFERRER_POLICY,
             HeaderValue::from_static("same-origin"),
         ))
+        .layer(compression())
+}
+
+/// Smallest body worth compressing: below it the encoding's framing costs
+/// about what it saves.
+pub const COMPRESS_MIN_BYTES: u16 = 1024;
+
+/// gzip or brotli, as the client's `Accept-Encoding` prefers, for text
+/// answers (the page, scripts, styles, JSON, `/metrics`) of at least
+/// [`COMPRESS_MIN_BYTES`]. Everything else passes untouched: already
+/// compressed or binary types, event streams (whose chunks must reach the
+/// client as they are written) and anything that already has a
+/// `Content-Encoding`. Socket.IO sits outside these routes (see
+/// `startup.rs`), so its long-polling and WebSocket traffic is never
+/// compressed here.
+fn compression() -> CompressionLayer<And<SizeAbove, TextOnly>> {
+    CompressionLayer::new().compress_when(SizeAbove::new(COMPRESS_MIN_BYTES).and(TextOnly))
+}
+
+/// Compresses only answers whose type [`compressible`] names.
+#[derive(Clone, Copy)]
+struct TextOnly;
+
+impl Predicate for TextOnly {
+    fn should_compress<B: axum::body::HttpBody>(&self, response: &axum::http::Response<B>) -> bool {
+        response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(compressible)
+    }
+}
+
+/// Whether a `Content-Type` names text that compresses well.
+fn compressible(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "text/event-stream" {
+        return false;
+    }
+    essence.starts_with("text/")
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
+        || matches!(
+            essence.as_str(),
+            "application/json" | "application/javascript" | "application/xml" | "image/svg+xml"
+        )
 }
 
 /// The page runs no inline script or style and loads nothing from

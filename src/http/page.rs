@@ -141,9 +141,19 @@ pub fn asset_version() -> String {
     format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
 }
 
-async fn static_file(Path(name): Path<String>, RawQuery(query): RawQuery) -> Response {
-    // The page asks for `?v=<asset_version>`: such a URL never changes.
-    let cache = if query.is_some_and(|q| q.starts_with("v=")) {
+async fn static_file(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    // The page asks for `?v=<asset_version>`: that URL always names these
+    // bytes. Another version (an old page during a rolling deploy, a guess)
+    // gets today's bytes, which must not be pinned under its name.
+    let current = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.strip_prefix("v=") == Some(&*state.asset_version))
+    });
+    let cache = if current {
         "public, max-age=31536000, immutable"
     } else {
         "no-cache"

@@ -12,7 +12,9 @@ use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
-use super::model::{ChatModel, ChatRequest, ChunkStream, Completion, Delta, LlmError, ModelInfo};
+use super::model::{
+    ChatModel, ChatRequest, ChunkStream, Completion, Delta, LlmError, Messages, ModelInfo,
+};
 use super::sse::{completion, parse_line, take_lines, SseItem};
 use crate::config::{AzureAuth, LlmProvider, Settings};
 
@@ -156,6 +158,9 @@ impl OpenAiClient {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("llm-chat-server/", env!("CARGO_PKG_VERSION")))
+            // The key header would follow a redirect to wherever it points;
+            // a 3xx is an upstream failure instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             http,
@@ -224,12 +229,20 @@ impl OpenAiClient {
                         .ok()
                         .and_then(Result::ok)
                         .unwrap_or_default();
-                    tracing::warn!(
-                        status = status.as_u16(),
-                        attempt,
-                        body = %body.chars().take(500).collect::<String>(),
-                        "language model answered with an error"
-                    );
+                    if status.is_redirection() {
+                        // Never followed: the key would go with it.
+                        tracing::warn!(
+                            status = status.as_u16(),
+                            "the language model endpoint answered with a redirect, which is not followed (check its URL)"
+                        );
+                    } else {
+                        tracing::warn!(
+                            status = status.as_u16(),
+                            attempt,
+                            body = %loggable_error_body(&body, &request.messages),
+                            "language model answered with an error"
+                        );
+                    }
                     if stream
                         && status == StatusCode::BAD_REQUEST
                         && body.contains("stream_options")
@@ -262,6 +275,118 @@ impl OpenAiClient {
             crate::metrics::Metrics::inc(&self.metrics.llm_retries);
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// Most characters of an upstream error body that are logged.
+const LOGGED_BODY_CHARS: usize = 500;
+
+/// A run of this many characters that is also in the prompt is the
+/// prompt's text, echoed back.
+const ECHO_RUN_CHARS: usize = 12;
+
+/// What the prompt's text is logged as.
+const PROMPT_MASK: &str = "[prompt text]";
+
+/// An upstream error body as it may be logged: at most
+/// [`LOGGED_BODY_CHARS`] characters, without the prompt's text, which
+/// servers echo (a validation error quoting its `input`). In a JSON body,
+/// a string that is a prompt message, or that shares a run of
+/// [`ECHO_RUN_CHARS`] characters with one, is replaced by a mask; in any
+/// other body such runs (and whole messages of 4 characters or more) are.
+fn loggable_error_body(body: &str, prompt: &Messages) -> String {
+    // Enough to fill the logged length even after masking.
+    let body: String = body.chars().take(LOGGED_BODY_CHARS * 8).collect();
+    let texts: Vec<&str> = prompt
+        .iter()
+        .map(|m| &*m.content)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let echo = EchoFinder::new(&texts);
+    let masked = match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(mut value) => {
+            mask_json(&mut value, &echo);
+            value.to_string()
+        }
+        Err(_) => echo.mask_text(&body),
+    };
+    let mut logged: String = masked.chars().take(LOGGED_BODY_CHARS).collect();
+    if logged.len() < masked.len() {
+        logged.push('…');
+    }
+    logged
+}
+
+fn mask_json(value: &mut serde_json::Value, echo: &EchoFinder) {
+    use serde_json::Value;
+    match value {
+        Value::String(text) if echo.is_prompt_text(text) => *text = PROMPT_MASK.to_string(),
+        Value::Array(items) => items.iter_mut().for_each(|v| mask_json(v, echo)),
+        Value::Object(fields) => fields.values_mut().for_each(|v| mask_json(v, echo)),
+        _ => {}
+    }
+}
+
+/// Finds the prompt's text in an upstream answer.
+struct EchoFinder<'a> {
+    messages: &'a [&'a str],
+    /// Every run of [`ECHO_RUN_CHARS`] characters of the prompt.
+    runs: std::collections::HashSet<&'a str>,
+}
+
+impl<'a> EchoFinder<'a> {
+    fn new(messages: &'a [&'a str]) -> Self {
+        let mut runs = std::collections::HashSet::new();
+        for text in messages {
+            let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+            for n in 0..starts.len().saturating_sub(ECHO_RUN_CHARS - 1) {
+                let end = starts
+                    .get(n + ECHO_RUN_CHARS)
+                    .copied()
+                    .unwrap_or(text.len());
+                runs.insert(&text[starts[n]..end]);
+            }
+        }
+        Self { messages, runs }
+    }
+
+    /// Byte ranges of `text` that are runs of the prompt.
+    fn echoed(&self, text: &str) -> Vec<std::ops::Range<usize>> {
+        let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        for n in 0..starts.len().saturating_sub(ECHO_RUN_CHARS - 1) {
+            let end = starts
+                .get(n + ECHO_RUN_CHARS)
+                .copied()
+                .unwrap_or(text.len());
+            if self.runs.contains(&text[starts[n]..end]) {
+                match ranges.last_mut() {
+                    Some(last) if last.end >= starts[n] => last.end = end,
+                    _ => ranges.push(starts[n]..end),
+                }
+            }
+        }
+        ranges
+    }
+
+    fn is_prompt_text(&self, text: &str) -> bool {
+        self.messages.contains(&text) || !self.echoed(text).is_empty()
+    }
+
+    fn mask_text(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for message in self.messages.iter().filter(|m| m.chars().count() >= 4) {
+            text = text.replace(message, PROMPT_MASK);
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for range in self.echoed(&text) {
+            out.push_str(&text[at..range.start]);
+            out.push_str(PROMPT_MASK);
+            at = range.end;
+        }
+        out.push_str(&text[at..]);
+        out
     }
 }
 
@@ -490,6 +615,56 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prompt(user: &str) -> Messages {
+        use crate::domain::{ChatMessage, Role};
+        vec![
+            ChatMessage::new(Role::System, "You are a helpful assistant."),
+            ChatMessage::new(Role::User, user),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn an_error_body_echoing_the_prompt_is_logged_without_it() {
+        let secret =
+            r#"my account number is 4242-1111 and my \"password\" is hunter2, \u00e9t\u00e9"#;
+        let decoded: String = serde_json::from_str(&format!("\"{secret}\"")).unwrap();
+        let messages = prompt(&decoded);
+        // A FastAPI validation error quoting its input, JSON-escaped.
+        let json = format!(
+            r#"{{"detail":[{{"type":"missing","loc":["body","model"],"msg":"Field required","input":{{"messages":[{{"role":"user","content":"{secret}"}}]}}}}]}}"#
+        );
+        // A plain-text error quoting part of it.
+        let text = format!("bad request near '{}'", &decoded[5..40]);
+
+        for body in [json, text] {
+            let logged = loggable_error_body(&body, &messages);
+
+            for word in ["4242-1111", "hunter2", "account number", "été"] {
+                assert!(!logged.contains(word), "{word} logged: {logged}");
+            }
+            assert!(logged.contains(PROMPT_MASK), "{logged}");
+        }
+        let logged = loggable_error_body(
+            r#"{"error":{"message":"Field required","code":"missing"}}"#,
+            &messages,
+        );
+        assert!(
+            logged.contains("Field required") && logged.contains("missing"),
+            "{logged}"
+        );
+    }
+
+    #[test]
+    fn an_error_body_is_logged_truncated() {
+        let body = "x".repeat(100_000);
+
+        let logged = loggable_error_body(&body, &prompt("hello"));
+
+        assert_eq!(logged.chars().count(), LOGGED_BODY_CHARS + 1, "{logged}");
+        assert!(logged.ends_with('…'));
+    }
 
     #[test]
     fn retry_after_prefers_milliseconds_then_seconds() {

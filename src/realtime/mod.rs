@@ -66,10 +66,7 @@ pub fn origin_allowed(headers: &axum::http::HeaderMap, allowed: &[String]) -> bo
         return true;
     };
     let origin = origin.trim_end_matches('/');
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
         return true;
     }
     let host = headers.get("host").and_then(|v| v.to_str().ok());

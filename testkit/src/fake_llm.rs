@@ -110,6 +110,8 @@ pub enum Behaviour {
     Fail(u16),
     /// 429 with `Retry-After: secs`.
     RateLimited(u64),
+    /// This redirect status (307, 308 keep the method and body) to this `Location`.
+    Redirect(u16, String),
     /// Accepts the request and never answers (not even headers).
     Hang,
     /// Sends these deltas, then neither sends more nor ends the response.
@@ -520,6 +522,11 @@ impl FakeLlm {
         self.push(Behaviour::RateLimited(retry_after_secs))
     }
 
+    /// Next request: redirected (`status`, e.g. 307) to `location`.
+    pub fn redirects(&self, status: u16, location: &str) -> &Self {
+        self.push(Behaviour::Redirect(status, location.to_owned()))
+    }
+
     /// Next request: never answered.
     pub fn hangs(&self) -> &Self {
         self.push(Behaviour::Hang)
@@ -697,6 +704,10 @@ async fn respond(
                 &retry_after,
                 Bytes::from(error.to_string()),
             );
+        }
+        Behaviour::Redirect(status, location) => {
+            let status = StatusCode::from_u16(status).expect("valid status");
+            return json_body(status, &[("location", location)], Bytes::from_static(b"{}"));
         }
         Behaviour::Hang => std::future::pending().await,
         Behaviour::StreamThenHang(parts) => Stream {

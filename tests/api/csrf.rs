@@ -74,3 +74,34 @@ async fn same_origin_listed_origins_and_non_browser_clients_pass() {
     assert_eq!(read.status, 200);
     assert_eq!(read.json["conversations"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn a_listed_origin_may_read_with_credentials_and_no_other_origin_may() {
+    let app = spawn_app(&[("CORS_ALLOWED_ORIGINS", "https://app.example")]).await;
+    let user = app.new_user().await;
+    let http = reqwest::Client::new();
+    let read_from = |origin: &'static str| {
+        user.send(
+            http.get(user.url("/list_conversations"))
+                .header("origin", origin),
+        )
+    };
+
+    let listed = read_from("https://app.example").await;
+    let other = read_from("https://evil.example").await;
+
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(
+        listed.header("access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        listed.header("access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        other.header("access-control-allow-origin"),
+        None,
+        "another site may read a user's conversations"
+    );
+}

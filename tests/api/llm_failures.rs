@@ -314,3 +314,35 @@ async fn an_empty_regenerated_reply_is_an_upstream_failure_and_keeps_the_message
         vec![msg("user", "Try again later")]
     );
 }
+
+#[tokio::test]
+async fn an_upstream_redirect_is_not_followed_so_the_key_stays_home() {
+    let app = spawn_app(&[]).await;
+    let elsewhere = testkit::fake_llm::FakeLlm::start().await;
+    elsewhere.set_default(Behaviour::Stream(vec!["Stolen".into()]));
+    let (user, id, mut socket) = user_in_conversation(&app).await;
+    for status in [307, 302] {
+        app.llm.redirects(
+            status,
+            &format!("{}/chat/completions", elsewhere.base_url()),
+        );
+
+        socket.send_message("Where does my key go?", Some(&id));
+        let turn = socket.collect_turn(FAILURE_TIMEOUT).await;
+
+        assert_generic_failure(&turn);
+    }
+
+    let reached: Vec<_> = elsewhere
+        .requests()
+        .iter()
+        .map(|r| (r.path.clone(), r.header("authorization")))
+        .collect();
+    assert!(reached.is_empty(), "the redirect was followed: {reached:?}");
+    assert_eq!(app.llm.call_count(), 2, "a redirect is not retried");
+    let history = user.history(&id).await;
+    assert!(
+        !history.iter().any(|(role, _)| role == "assistant"),
+        "{history:?}"
+    );
+}

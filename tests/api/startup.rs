@@ -158,3 +158,21 @@ async fn unreachable_redis_stops_startup_with_a_message_naming_redis_url() {
         "the password leaked:\n{output}"
     );
 }
+
+#[tokio::test]
+async fn a_wildcard_cors_origin_stops_the_server_naming_the_variable() {
+    for value in ["*", "https://app.example, *"] {
+        let llm = FakeLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = base_env(&llm, &dir);
+        env.insert("CORS_ALLOWED_ORIGINS".into(), value.into());
+
+        let (code, output) = run_expecting_startup_failure(&env, &dir).await;
+
+        assert_ne!(code, Some(0), "exited successfully; output:\n{output}");
+        assert!(
+            output.contains("CORS_ALLOWED_ORIGINS") && output.contains("cookies"),
+            "the error does not name CORS_ALLOWED_ORIGINS and why:\n{output}"
+        );
+    }
+}

@@ -773,9 +773,34 @@ async fn through_nginx_the_http_routes_and_a_websocket_turn_work() {
     assert_eq!(config.json["model"], "fake", "{}", config.text);
     let health = user.get(nginx, "/healthz").await;
     assert_eq!(health.json, json!({"status": "ok"}));
-    let ready = user.get(nginx, "/readyz").await;
+    // /readyz and /metrics are for the orchestrator and Prometheus, which reach an
+    // instance directly: nginx refuses them, however the path is spelt.
+    for path in [
+        "/readyz",
+        "/metrics",
+        "/metrics/",
+        "//metrics",
+        "/%6detrics",
+        "/readyz?full=1",
+    ] {
+        let refused = user.get(nginx, path).await;
+        assert_eq!(
+            refused.status, 404,
+            "{path} through nginx: {}",
+            refused.text
+        );
+        assert!(
+            !refused.text.contains("chat_") && !refused.text.contains("redis"),
+            "{path} through nginx leaked: {}",
+            refused.text
+        );
+    }
+    let ready = user.get(&cluster.a, "/readyz").await;
     ready.assert_status(200);
     assert_eq!(ready.json["checks"]["redis"], "up", "{}", ready.text);
+    let metrics = harness::plain_get(&cluster.b, "/metrics", None).await;
+    metrics.assert_status(200);
+    assert!(metrics.text.contains("chat_"), "{}", metrics.text);
 
     let conversation = user.start_conversation(nginx).await;
     assert_eq!(user.listed_ids(nginx).await, vec![conversation.clone()]);
