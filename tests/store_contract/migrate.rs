@@ -9,6 +9,7 @@ use std::time::Duration;
 use llm_chat_server::auth::{hash_password, new_token, token_hash};
 use llm_chat_server::domain::{ConversationId, Role, UserId};
 use llm_chat_server::sessions::sqlite::SqliteSessionStore;
+use llm_chat_server::sessions::SessionWrites;
 use llm_chat_server::store::accounts::{Account, AccountStore, Created, NewAccount, Signup};
 use llm_chat_server::store::mongo::MongoStore;
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
@@ -96,7 +97,7 @@ async fn migrate_copies_sqlite_to_mongodb_once_and_users_keep_their_conversation
         data,
         expiry_date: time::OffsetDateTime::now_utc() + time::Duration::days(1),
     };
-    SqliteSessionStore::new(db).save(&record).await.unwrap();
+    SqliteSessionStore::new(db).put(&record).await.unwrap();
 
     let first = migrate(dir.path(), &uri, &database).await;
     let second = migrate(dir.path(), &uri, &database).await;
