@@ -17,7 +17,6 @@ use llm_chat_server::store::tokens::TokenStore;
 use llm_chat_server::store::{ConversationStore, NewMessage};
 use testkit::server::{env_with_path, Env, ServerProcess};
 use tower_sessions::session::{Id, Record};
-use tower_sessions::session_store::SessionStore;
 
 use crate::fixture::{database_name, shared_server};
 
