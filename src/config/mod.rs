@@ -387,8 +387,17 @@ impl Settings {
             );
         }
         let cookie_secure = r.boolean("COOKIE_SECURE", false);
-        let session_ttl =
-            Duration::from_secs(r.positive("SESSION_TTL_DAYS", 30).min(3650) * 86_400);
+        // Days, fractions allowed (`0.5` is twelve hours; tests use seconds'
+        // worth), at least one second, at most ten years.
+        let session_ttl_days = r.parse::<f64>("SESSION_TTL_DAYS", 30.0, "a number of days");
+        let session_ttl = if session_ttl_days.is_finite() && session_ttl_days * 86_400.0 >= 1.0 {
+            Duration::from_secs((session_ttl_days.min(3650.0) * 86_400.0).round() as u64)
+        } else {
+            r.errors.push(format!(
+                "SESSION_TTL_DAYS must be greater than 0 (at least one second), got {session_ttl_days}"
+            ));
+            Duration::from_secs(30 * 86_400)
+        };
         let log_format = match r.string("LOG_FORMAT", "text").as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,

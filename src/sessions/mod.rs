@@ -24,7 +24,6 @@ use anyhow::Context;
 use axum::Router;
 use tower_sessions::cookie::SameSite;
 use tower_sessions::session::Record;
-use tower_sessions::session_store::SessionStore;
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
 use crate::cluster::RedisConnections;
@@ -41,12 +40,27 @@ use crate::store::{Backend, ConversationStore};
 
 use self::record::{AUTH_KEY, USER_KEY};
 
+pub use self::deferred::SessionWrites;
 pub use self::mongo::MongoSessionStore;
 pub use self::redis::RedisSessionStore;
 pub use self::sqlite::SqliteSessionStore;
 
-/// Name of the session cookie.
+/// Name of the session cookie over plain HTTP (as the original app named it).
 pub const COOKIE_NAME: &str = "chat_session";
+/// Name of the session cookie when it is `Secure` (`COOKIE_SECURE=true`):
+/// with the `__Host-` prefix, browsers accept it only from a secure origin,
+/// with `Path=/` and no `Domain`, so a sibling subdomain or a plain-HTTP
+/// page cannot set or shadow it.
+pub const SECURE_COOKIE_NAME: &str = "__Host-chat_session";
+
+/// The session cookie's name for these settings.
+pub fn cookie_name(settings: &Settings) -> &'static str {
+    if settings.cookie_secure {
+        SECURE_COOKIE_NAME
+    } else {
+        COOKIE_NAME
+    }
+}
 const CONVERSATION_KEY: &str = "conversation_id";
 /// `AUTH_MODE=proxy`: the email the proxy named when the session signed in.
 const PROXIED_KEY: &str = "proxied_email";
@@ -109,9 +123,10 @@ impl Sessions {
     }
 
     /// Puts the session layer around `router` (its cookie signed when
-    /// sessions are in Redis); with SQLite, also starts the task that
-    /// removes expired sessions.
+    /// sessions are in Redis), with [`deferred::refresh_on_use`] inside it;
+    /// with SQLite, also starts the task that removes expired sessions.
     pub fn apply(self, router: Router, settings: &Settings) -> Router {
+        let router = router.layer(axum::middleware::from_fn(deferred::refresh_on_use));
         match self {
             Sessions::Sqlite(store) => {
                 tokio::spawn(expire_sessions(store.clone()));
@@ -216,28 +231,30 @@ async fn expire_sessions(store: SqliteSessionStore) {
 }
 
 /// The session layer with the app's cookie settings.
-pub fn layer<S: SessionStore + Clone>(
+pub fn layer<S: SessionWrites + Clone>(
     store: S,
     settings: &Settings,
 ) -> SessionManagerLayer<deferred::Deferred<S>> {
     let ttl = time::Duration::seconds(settings.session_ttl.as_secs() as i64);
     SessionManagerLayer::new(deferred::Deferred::new(store, settings.session_ttl))
-        .with_name(COOKIE_NAME)
+        .with_name(cookie_name(settings))
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_secure(settings.cookie_secure)
+        // `/` and no domain: what the `__Host-` name requires.
         .with_path("/")
-        // The stored expiry moves on when the session changes (the page
-        // changes it on every load). Not `always_save`: every request would
-        // write back its whole, possibly stale, copy and could undo a
-        // concurrent change of the current conversation.
+        // The stored expiry moves on when the session changes, and when
+        // it is used: `deferred::refresh_on_use` touches only the expiry, at
+        // most once a day. Not `always_save`: every request would write
+        // back its whole, possibly stale, copy and could undo a concurrent
+        // change of the current conversation.
         .with_expiry(Expiry::OnInactivity(ttl))
 }
 
 /// The session layer with its cookie signed by a key derived from
 /// `SECRET_KEY` (several instances: every instance must accept the cookies
 /// of the others, and nobody else can forge one).
-pub fn signed_layer<S: SessionStore + Clone>(
+pub fn signed_layer<S: SessionWrites + Clone>(
     store: S,
     settings: &Settings,
     secret: &str,
@@ -284,13 +301,14 @@ pub async fn begin_pending(session: &Session) -> Result<(), tower_sessions::sess
 
 /// Whether the session is pending: it has a user, but is not stored yet.
 pub async fn is_pending(session: &Session) -> Result<bool, tower_sessions::session::Error> {
-    Ok(session.get::<bool>(deferred::PENDING_KEY).await?.is_some())
+    Ok(session.get::<bool>(deferred::PENDING_KEY).await? == Some(true))
 }
 
-/// The session is being given data: from now on it is stored.
+/// The session is being given data: from now on it is stored (its first
+/// write may create it; see [`deferred`]).
 async fn keep(session: &Session) -> Result<(), tower_sessions::session::Error> {
     if is_pending(session).await? {
-        session.remove::<bool>(deferred::PENDING_KEY).await?;
+        session.insert(deferred::PENDING_KEY, false).await?;
     }
     Ok(())
 }
@@ -471,6 +489,8 @@ pub async fn clear_current_conversation(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use tower_sessions::session_store::SessionStore;
 
     use super::*;
     use crate::store::sqlite::SqliteDb;

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
+use super::deferred::SessionWrites;
 use super::record::account_of;
 use crate::domain::UserId;
 use crate::redact::Redactor;
@@ -153,15 +154,15 @@ impl SessionStore for MongoSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        // A signed-in session only while it is still stored (no upsert): a
-        // request that began before it was ended (signed out, here or
-        // everywhere) must not bring it back when it finishes.
+        // Only while it is still stored (no upsert): a request that began
+        // before the session was ended (its id rotated, signed out, here or
+        // everywhere) must not bring it back when it finishes. (A pending
+        // session's first write is `put`.)
         self.sessions
             .update_one(
                 doc! {"_id": record.id.to_string()},
                 doc! {"$set": session_fields(record)?},
             )
-            .upsert(account_of(record).is_none())
             .await
             .map_err(|e| session_error(&self.redactor, e))?;
         Ok(())
@@ -185,6 +186,25 @@ impl SessionStore for MongoSessionStore {
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
         self.sessions
             .delete_one(doc! {"_id": session_id.to_string()})
+            .await
+            .map_err(|e| session_error(&self.redactor, e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionWrites for MongoSessionStore {
+    async fn put(&self, record: &Record) -> session_store::Result<()> {
+        self.copy(record).await
+    }
+
+    async fn touch(&self, record: &Record) -> session_store::Result<()> {
+        let expires = expiry(record.expiry_date);
+        self.sessions
+            .update_one(
+                doc! {"_id": record.id.to_string(), "expires_at": {"$lt": expires}},
+                doc! {"$set": {"expires_at": expires}},
+            )
             .await
             .map_err(|e| session_error(&self.redactor, e))?;
         Ok(())

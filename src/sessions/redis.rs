@@ -12,10 +12,29 @@ use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
+use super::deferred::SessionWrites;
 use super::record::account_of;
 use crate::cluster::{timed, RedisConnections};
 use crate::domain::UserId;
 use crate::metrics::Histogram;
+
+/// The end of the scripts below: the session (ARGV[4]) in its account's
+/// index (KEYS[2], if any) with its expiry (ARGV[2]) as score; entries
+/// whose sessions have expired (before ARGV[5], the time now) leave the
+/// index here; the index itself expires with its latest session.
+macro_rules! index_and_return {
+    () => {
+        r#"
+if KEYS[2] then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('EXPIREAT', KEYS[2], last[2]) end
+end
+return 1
+"#
+    };
+}
 
 /// Writes a session and, for a signed-in one, its entry in the account's
 /// index, in one atomic step (a sign-out everywhere in between cannot miss
@@ -24,9 +43,9 @@ use crate::metrics::Histogram;
 /// KEYS: the session, then the account's index (none for an anonymous
 /// session). ARGV: the value, its expiry (Unix seconds), `NX` (new), `XX`
 /// (stored only) or `ANY`, the session id, the time now. Returns 1 when
-/// written. Entries whose sessions have expired leave the index here; the
-/// index itself expires with its latest session.
-const WRITE: &str = r#"
+/// written.
+const WRITE: &str = concat!(
+    r#"
 local written
 if ARGV[3] == 'ANY' then
   written = redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2])
@@ -34,14 +53,28 @@ else
   written = redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2], ARGV[3])
 end
 if not written then return 0 end
-if KEYS[2] then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
-  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-  if last[2] then redis.call('EXPIREAT', KEYS[2], last[2]) end
-end
-return 1
-"#;
+"#,
+    index_and_return!()
+);
+
+/// Moves a stored session's expiry on, and nothing else: the stored value
+/// (`[data,expiry]`) keeps its data byte for byte, only its trailing expiry
+/// changes, in one atomic step, so a concurrent change of the data is not
+/// undone. Nothing when the session is not stored (any more) or already
+/// expires as late.
+///
+/// KEYS and ARGV as for `WRITE` (ARGV[1] and ARGV[3] unused). Returns 1
+/// when touched.
+const TOUCH: &str = concat!(
+    r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local head, old = string.match(raw, '^(.*,)(%d+)%]$')
+if not head or tonumber(old) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], head .. ARGV[2] .. ']', 'EXAT', ARGV[2], 'XX')
+"#,
+    index_and_return!()
+);
 
 /// How a session is written.
 #[derive(Clone, Copy)]
@@ -108,6 +141,18 @@ impl RedisSessionStore {
         let expires = record.expiry_date.unix_timestamp();
         let value = serde_json::to_string(&(&record.data, expires))
             .map_err(|e| session_store::Error::Encode(e.to_string()))?;
+        self.run(WRITE, record, value, mode).await
+    }
+
+    /// Runs `script` (`WRITE` or `TOUCH`) for `record`; whether it wrote.
+    async fn run(
+        &self,
+        script: &'static str,
+        record: &Record,
+        value: String,
+        mode: Mode,
+    ) -> session_store::Result<bool> {
+        let expires = record.expiry_date.unix_timestamp();
         let mut keys = vec![self.key(&record.id)];
         keys.extend(account_of(record).map(|user| self.index_key(user)));
         let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -119,8 +164,8 @@ impl RedisSessionStore {
             now.to_string(),
         ];
         // EVAL with the text each time: the script is short, and sessions
-        // are written only when they change.
-        let written: i64 = timed(&self.latency, self.client.eval(WRITE, keys, args))
+        // are written only when they change (or once a day in use).
+        let written: i64 = timed(&self.latency, self.client.eval(script, keys, args))
             .await
             .map_err(redis_error)?;
         Ok(written == 1)
@@ -190,15 +235,11 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        // A signed-in session only while it is still stored (XX): a request
-        // that began before it was ended (signed out, here or everywhere)
-        // must not bring it back when it finishes.
-        let mode = if account_of(record).is_some() {
-            Mode::Existing
-        } else {
-            Mode::Any
-        };
-        self.write(record, mode).await.map(|_| ())
+        // Only while it is still stored (XX, as tower-sessions-redis-store
+        // does): a request that began before the session was ended (its id
+        // rotated, signed out, here or everywhere) must not bring it back
+        // when it finishes. (A pending session's first write is `put`.)
+        self.write(record, Mode::Existing).await.map(|_| ())
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
@@ -235,5 +276,18 @@ impl SessionStore for RedisSessionStore {
             .await
             .map_err(redis_error)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionWrites for RedisSessionStore {
+    async fn put(&self, record: &Record) -> session_store::Result<()> {
+        self.write(record, Mode::Any).await.map(|_| ())
+    }
+
+    async fn touch(&self, record: &Record) -> session_store::Result<()> {
+        self.run(TOUCH, record, String::new(), Mode::Existing)
+            .await
+            .map(|_| ())
     }
 }

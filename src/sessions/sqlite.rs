@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
+use super::deferred::SessionWrites;
 use super::record::account_of;
 use crate::domain::UserId;
 use crate::store::sqlite::SqliteDb;
@@ -119,6 +120,8 @@ const WRITE_NEW: &str =
 /// A session that is stored; nothing when it is not (any more).
 const WRITE_EXISTING: &str =
     "UPDATE sessions SET data = ?2, expires_at = ?3, user_id = ?4 WHERE id = ?1";
+/// A stored session's expiry, moved on only (nothing when it is not stored).
+const TOUCH: &str = "UPDATE sessions SET expires_at = ?2 WHERE id = ?1 AND expires_at < ?2";
 /// A session, stored or not.
 const WRITE_ANY: &str =
     "INSERT INTO sessions (id, data, expires_at, user_id) VALUES (?1, ?2, ?3, ?4) \
@@ -146,15 +149,11 @@ impl SessionStore for SqliteSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        // A signed-in session only while it is still stored: a request that
-        // began before it was ended (signed out, here or everywhere) must
-        // not bring it back when it finishes.
-        let statement = if account_of(record).is_some() {
-            WRITE_EXISTING
-        } else {
-            WRITE_ANY
-        };
-        self.write(record, statement).await.map(|_| ())
+        // Only while it is still stored: a request that began before the
+        // session was ended (its id rotated, signed out, here or
+        // everywhere) must not bring it back when it finishes. (A pending
+        // session's first write is `put`.)
+        self.write(record, WRITE_EXISTING).await.map(|_| ())
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
@@ -193,6 +192,26 @@ impl SessionStore for SqliteSessionStore {
         self.db
             .call(move |conn| {
                 conn.execute("DELETE FROM sessions WHERE id = ?1", params![id])
+                    .map_err(|e| StoreError::Backend(e.into()))
+            })
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionWrites for SqliteSessionStore {
+    async fn put(&self, record: &Record) -> session_store::Result<()> {
+        self.copy(record).await
+    }
+
+    async fn touch(&self, record: &Record) -> session_store::Result<()> {
+        let (id, expires) = (record.id.to_string(), record.expiry_date.unix_timestamp());
+        self.db
+            .call(move |conn| {
+                conn.prepare_cached(TOUCH)
+                    .and_then(|mut stmt| stmt.execute(params![id, expires]))
                     .map_err(|e| StoreError::Backend(e.into()))
             })
             .await

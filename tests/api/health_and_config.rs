@@ -43,38 +43,90 @@ async fn first_request_gets_an_httponly_samesite_lax_session_cookie() {
         .unwrap_or_else(|| {
             panic!("no chat_session cookie on the first response; set-cookie: {cookies:?}")
         });
-    let attributes = session.to_ascii_lowercase();
-    assert!(attributes.contains("httponly"), "{session}");
-    assert!(attributes.contains("samesite=lax"), "{session}");
+    let attributes = attributes_of(session);
+    assert!(attributes.contains(&"httponly".to_owned()), "{session}");
+    assert!(attributes.contains(&"samesite=lax".to_owned()), "{session}");
+    assert!(attributes.contains(&"path=/".to_owned()), "{session}");
     assert!(
-        !attributes
-            .split(';')
-            .any(|attribute| attribute.trim() == "secure"),
+        !attributes.iter().any(|a| a.starts_with("domain")),
+        "{session}"
+    );
+    assert!(
+        !attributes.contains(&"secure".to_owned()),
         "Secure without COOKIE_SECURE: {session}"
+    );
+    assert!(
+        !cookies.iter().any(|cookie| cookie.starts_with("__Host-")),
+        "{cookies:?}"
     );
     assert!(user.session_cookie().is_some());
 }
 
+/// A `Set-Cookie` value's attributes (after the name and value), lowercased and trimmed.
+fn attributes_of(cookie: &str) -> Vec<String> {
+    cookie
+        .split(';')
+        .skip(1)
+        .map(|attribute| attribute.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// A `Secure` cookie is named `__Host-chat_session`: browsers then take it only from a
+/// secure origin with `Path=/` and no `Domain`, so a sibling subdomain cannot plant one.
 #[tokio::test]
-async fn session_cookie_is_secure_when_cookie_secure_is_set() {
+async fn session_cookie_is_secure_and_host_prefixed_when_cookie_secure_is_set() {
     let app = spawn_app(&[("COOKIE_SECURE", "true")]).await;
     let user = app.new_user_without_page();
 
     let page = user.get("/").await;
 
-    let session = page
+    let cookies: Vec<String> = page
         .headers
         .get_all("set-cookie")
         .iter()
         .map(|value| value.to_str().unwrap().to_owned())
-        .find(|cookie| cookie.starts_with("chat_session="))
-        .expect("chat_session cookie");
+        .collect();
+    let session = cookies
+        .iter()
+        .find(|cookie| cookie.starts_with("__Host-chat_session="))
+        .unwrap_or_else(|| panic!("no __Host-chat_session cookie; set-cookie: {cookies:?}"));
+    let attributes = attributes_of(session);
+    for required in ["secure", "path=/", "httponly", "samesite=lax"] {
+        assert!(attributes.contains(&required.to_owned()), "{session}");
+    }
     assert!(
-        session
-            .to_ascii_lowercase()
-            .split(';')
-            .any(|attribute| attribute.trim() == "secure"),
+        !attributes.iter().any(|a| a.starts_with("domain")),
         "{session}"
+    );
+    assert!(
+        !cookies
+            .iter()
+            .any(|cookie| cookie.starts_with("chat_session=")),
+        "{cookies:?}"
+    );
+
+    // The session it names is the browser's: sent back, it is the same user.
+    let value = &session["__Host-chat_session=".len()..session.find(';').unwrap()];
+    let user = app.new_user_without_page();
+    let started = user
+        .send(
+            reqwest::Client::new()
+                .post(user.url("/start_conversation"))
+                .header("cookie", format!("__Host-chat_session={value}")),
+        )
+        .await;
+    assert_eq!(started.status, 200, "{}", started.text);
+    let listed = user
+        .send(
+            reqwest::Client::new()
+                .get(user.url("/list_conversations"))
+                .header("cookie", format!("__Host-chat_session={value}")),
+        )
+        .await;
+    assert_eq!(
+        listed.json["conversations"][0]["conversation_id"], started.json["conversation_id"],
+        "{}",
+        listed.text
     );
 }
 

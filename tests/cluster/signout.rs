@@ -133,7 +133,7 @@ async fn redis_sessions_of_an_account_end_together_and_stay_ended() {
     use fred::interfaces::{KeysInterface, SortedSetsInterface};
     use llm_chat_server::cluster::RedisConnections;
     use llm_chat_server::domain::UserId;
-    use llm_chat_server::sessions::{RedisSessionStore, Sessions};
+    use llm_chat_server::sessions::{RedisSessionStore, SessionWrites, Sessions};
     use tower_sessions::session::{Id, Record};
     use tower_sessions::session_store::SessionStore;
 
@@ -187,11 +187,106 @@ async fn redis_sessions_of_an_account_end_together_and_stay_ended() {
     laptop.data.insert("conversation_id".into(), json!("c1"));
     store.save(&laptop).await.unwrap();
     assert!(!loaded(laptop.id).await, "an ended session came back");
-    // An anonymous session is still saved as it is, stored or not (as before).
+    // An anonymous session is created by its first write only (`put`), never by a save; and
+    // once its id is rotated (deleted), a save by a request that loaded it before does not
+    // bring the key back (SET ... XX).
     let fresh = record(json!({"user_id": "someone"}));
+    store.put(&fresh).await.unwrap();
+    assert!(loaded(fresh.id).await, "the first write stored nothing");
+    store.delete(&fresh.id).await.unwrap();
     store.save(&fresh).await.unwrap();
-    assert!(loaded(fresh.id).await);
+    let key = format!("{prefix}:session:{}", fresh.id);
+    let exists: i64 = connections.client.exists(&key).await.unwrap();
+    assert_eq!(exists, 0, "a save brought back a rotated session's key");
+    let never = record(json!({"user_id": "someone"}));
+    store.save(&never).await.unwrap();
+    assert!(!loaded(never.id).await, "a save created a session");
     assert_eq!(sessions.revoke_user(&ann).await.unwrap(), 0);
     assert_eq!(sessions.revoke_user(&bob).await.unwrap(), 1);
     assert!(!loaded(bobs.id).await);
+}
+
+/// The Redis store's touch (a session in use has its expiry moved on without its data being
+/// written): the key's expiry, the value's recorded expiry and the account's index move on,
+/// the stored data stays as it is, and a session that ended stays ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sessions_in_use_are_touched_without_their_data_being_written() {
+    use std::collections::HashMap;
+
+    use fred::interfaces::{KeysInterface, SortedSetsInterface};
+    use llm_chat_server::cluster::RedisConnections;
+    use llm_chat_server::domain::UserId;
+    use llm_chat_server::sessions::{RedisSessionStore, SessionWrites, Sessions};
+    use tower_sessions::session::{Id, Record};
+    use tower_sessions::session_store::SessionStore;
+
+    let redis = crate::harness::Redis::start();
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let latency = llm_chat_server::metrics::Metrics::default().redis_latency;
+    let connections = RedisConnections::connect(&redis.url(), &prefix, latency)
+        .await
+        .expect("Redis");
+    let store = RedisSessionStore::new(&connections);
+    let ann = UserId::new();
+    let mut laptop = Record {
+        id: Id::default(),
+        data: serde_json::from_value::<HashMap<String, Value>>(json!({
+            "user_id": ann.as_ref(), "auth": "local", "conversation_id": "old", "n": 12345
+        }))
+        .unwrap(),
+        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+    };
+    store.create(&mut laptop).await.unwrap();
+    let mut current = laptop.clone();
+    current.data.insert("conversation_id".into(), json!("new"));
+    store.save(&current).await.unwrap();
+    let key = format!("{prefix}:session:{}", laptop.id);
+    let index = format!("{prefix}:sessions-of:{ann}");
+    let before: String = connections.client.get(&key).await.unwrap();
+
+    // A request that loaded the older copy touches it, a day on.
+    let mut stale = laptop.clone();
+    stale.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    store.touch(&stale).await.unwrap();
+
+    let after: String = connections.client.get(&key).await.unwrap();
+    let expires = stale.expiry_date.unix_timestamp();
+    assert_eq!(
+        after,
+        before.replace(
+            &format!(",{}]", current.expiry_date.unix_timestamp()),
+            &format!(",{expires}]")
+        ),
+        "only the recorded expiry changes"
+    );
+    let loaded = store.load(&laptop.id).await.unwrap().unwrap();
+    assert_eq!(loaded.data["conversation_id"], json!("new"));
+    assert_eq!(loaded.data["n"], json!(12345));
+    assert_eq!(loaded.expiry_date.unix_timestamp(), expires);
+    for at in [&key, &index] {
+        let ttl: i64 = connections.client.ttl(at).await.unwrap();
+        assert!((86_390..=86_400).contains(&ttl), "{at}: {ttl}");
+    }
+    let score: Option<f64> = connections
+        .client
+        .zscore(&index, laptop.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(score, Some(expires as f64));
+    // Never backwards.
+    store.touch(&laptop).await.unwrap();
+    let ttl: i64 = connections.client.ttl(&key).await.unwrap();
+    assert!(ttl > 86_000, "{ttl}");
+
+    // Ended everywhere: a touch does not bring it back.
+    assert_eq!(
+        Sessions::Redis(store.clone())
+            .revoke_user(&ann)
+            .await
+            .unwrap(),
+        1
+    );
+    store.touch(&stale).await.unwrap();
+    let exists: i64 = connections.client.exists(&key).await.unwrap();
+    assert_eq!(exists, 0, "a touch brought back an ended session");
 }

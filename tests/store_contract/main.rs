@@ -95,5 +95,6 @@ contract!(
     sessions: [
         an_accounts_sessions_end_together_and_stay_ended,
         a_session_deleted_or_cycled_leaves_the_accounts_other_sessions_alone,
+        a_save_never_brings_back_a_deleted_session_and_a_touch_moves_only_the_expiry,
     ],
 );

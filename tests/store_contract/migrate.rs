@@ -11,6 +11,7 @@ use chrono::NaiveDate;
 use llm_chat_server::auth::{hash_password, new_token, token_hash};
 use llm_chat_server::domain::{ConversationId, Role, UserId};
 use llm_chat_server::sessions::sqlite::SqliteSessionStore;
+use llm_chat_server::sessions::SessionWrites;
 use llm_chat_server::store::accounts::{
     Account, AccountStore, Created, External, ExternalIdentity, LinkedIdentity, NewAccount, Signup,
 };
@@ -21,7 +22,6 @@ use llm_chat_server::store::usage::{DayUsage, UsageStore};
 use llm_chat_server::store::{ConversationStore, NewMessage};
 use testkit::server::{env_with_path, Env, ServerProcess};
 use tower_sessions::session::{Id, Record};
-use tower_sessions::session_store::SessionStore;
 
 use crate::fixture::{database_name, shared_server};
 
@@ -101,7 +101,7 @@ async fn migrate_copies_sqlite_to_mongodb_once_and_users_keep_their_conversation
         data,
         expiry_date: time::OffsetDateTime::now_utc() + time::Duration::days(1),
     };
-    SqliteSessionStore::new(db).save(&record).await.unwrap();
+    SqliteSessionStore::new(db).put(&record).await.unwrap();
 
     let first = migrate(dir.path(), &uri, &database).await;
     let second = migrate(dir.path(), &uri, &database).await;

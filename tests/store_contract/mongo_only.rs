@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use llm_chat_server::domain::{conversation_text, ChatMessage, ConversationId, Role, UserId};
+use llm_chat_server::sessions::SessionWrites;
 use llm_chat_server::store::accounts::{Created, Signup};
 use llm_chat_server::store::mongo::MongoStore;
 use llm_chat_server::store::{
@@ -784,7 +785,7 @@ async fn sessions_are_stored_without_overwriting_and_expire() {
         sessions.load(&clash.id).await.unwrap().unwrap().data,
         clash.data
     );
-    // Save replaces (and creates when missing).
+    // Save replaces, and creates nothing when missing (the first write, `put`, does).
     let mut changed = first.clone();
     changed
         .data
@@ -796,13 +797,15 @@ async fn sessions_are_stored_without_overwriting_and_expire() {
     );
     let fresh = record(&[("user_id", "bob")], time::Duration::minutes(5));
     sessions.save(&fresh).await.unwrap();
+    assert!(sessions.load(&fresh.id).await.unwrap().is_none());
+    sessions.put(&fresh).await.unwrap();
     assert_eq!(
         sessions.load(&fresh.id).await.unwrap().unwrap().data,
         fresh.data
     );
     // Expired sessions are not loaded.
     let expired = record(&[("user_id", "old")], time::Duration::seconds(-60));
-    sessions.save(&expired).await.unwrap();
+    sessions.put(&expired).await.unwrap();
     assert!(sessions.load(&expired.id).await.unwrap().is_none());
     // Delete.
     sessions.delete(&first.id).await.unwrap();
