@@ -131,7 +131,11 @@ UPDATE sessions SET user_id = json_extract(data, '$.user_id')
 
 /// Brings an older database to the current schema (idempotent).
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    // IMMEDIATE: the write lock is taken (waiting up to busy_timeout) before
+    // anything is read. A deferred transaction that reads first and then
+    // writes fails at once with "database is locked" when another process
+    // (a second instance starting beside this one) wrote meanwhile.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let has_indexed = tx
         .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'indexed'")?
         .exists([])?;
@@ -163,6 +167,28 @@ mod tests {
     use super::super::tests::msg;
     use super::super::{SqliteDb, SqliteStore};
     use super::*;
+
+    /// Several instances started at once on one new file (the cluster
+    /// tests, a deployment's replicas) all open it: the schema update waits
+    /// for the write lock instead of failing with "database is locked".
+    #[test]
+    fn instances_opening_one_new_file_at_once_all_get_the_schema() {
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("shared-{round}.db"));
+            let opened: Vec<_> = (0..6)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || SqliteDb::open(&path).map(|_| ()))
+                })
+                .collect();
+            for handle in opened {
+                if let Err(err) = handle.join().unwrap() {
+                    panic!("round {round}: {err:#}");
+                }
+            }
+        }
+    }
     use crate::domain::{ConversationId, Role, UserId};
     use crate::store::ConversationStore;
 
