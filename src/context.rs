@@ -273,7 +273,7 @@ fn split_long_line_with(count: &dyn Fn(&str) -> u32, line: &str, max_tokens: u32
                     pieces.push(trimmed.to_string());
                 }
                 start += cut;
-                window = cut.saturating_mul(2).max(base_window);
+                window = cut.saturating_add(cut / 4).max(base_window);
                 break;
             }
             len = (len * 9 / 10).max(1);
