@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::extract::{AccountUser, ApiJson, SessionUser};
+use super::extract::{AdminUser, ApiJson, SessionUser};
 use crate::config::MAX_QUOTA_TOKENS_PER_DAY;
 use crate::domain::UserId;
 use crate::error::ApiError;
@@ -66,20 +66,6 @@ async fn my_usage(
     Ok(Json(state.chat.usage_today(&who.user).await?.into()))
 }
 
-/// The caller, when they are a signed-in admin (404 without accounts, 401
-/// without an account, 403 for anyone else).
-async fn require_admin(
-    state: &AppState,
-    who: Result<AccountUser, ApiError>,
-) -> Result<UserId, ApiError> {
-    state.require_accounts()?;
-    let AccountUser(user) = who?;
-    match state.accounts.account(&user).await? {
-        Some(account) if account.is_admin && !account.disabled => Ok(user),
-        _ => Err(ApiError::NotAdmin),
-    }
-}
-
 /// `PUT /admin/users/{user_id}/quota` answer.
 #[derive(Debug, Serialize)]
 struct QuotaView {
@@ -114,27 +100,21 @@ fn quota_from(body: &Value) -> Result<Option<u64>, ApiError> {
 /// `PUT /admin/users/{user_id}/quota {quota_tokens_per_day: n | null}`.
 async fn set_quota(
     State(state): State<AppState>,
-    who: Result<AccountUser, ApiError>,
+    AdminUser(admin): AdminUser,
     path: Result<Path<String>, PathRejection>,
     body: Result<ApiJson<Value>, ApiError>,
 ) -> Result<Json<QuotaView>, ApiError> {
-    let admin = require_admin(&state, who).await?;
-    let invalid_id = || ApiError::invalid("Invalid user id.");
-    let Ok(Path(raw)) = path else {
-        return Err(invalid_id());
-    };
-    let user = uuid::Uuid::try_parse(raw.trim())
-        .map_err(|_| invalid_id())?
-        .hyphenated()
-        .to_string();
+    let user = path
+        .ok()
+        .and_then(|Path(raw)| UserId::parse(&raw).ok())
+        .ok_or_else(|| ApiError::invalid("Invalid user id."))?;
     let ApiJson(body) = body?;
     let quota = quota_from(&body)?;
-    let user = UserId::from_stored(user);
     if state.accounts.account(&user).await?.is_none() {
         return Err(ApiError::UserNotFound);
     }
     state.chat.usage.set_quota(&user, quota).await?;
-    tracing::info!(admin = %admin, user = %user, quota = ?quota, "daily token quota set");
+    tracing::info!(admin = %admin.user_id, user = %user, quota = ?quota, "daily token quota set");
     Ok(Json(QuotaView {
         user_id: user.to_string(),
         quota_tokens_per_day: quota,
@@ -172,10 +152,9 @@ struct EveryonesUsage {
 /// `GET /admin/usage` → every user who spent tokens today, most first.
 async fn everyones_usage(
     State(state): State<AppState>,
-    who: Result<AccountUser, ApiError>,
+    _admin: AdminUser,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<EveryonesUsage>, ApiError> {
-    require_admin(&state, who).await?;
     let bad_limit = || {
         ApiError::invalid(format!(
             "limit must be a whole number from 1 to {MAX_ADMIN_LIST}."
