@@ -6,12 +6,14 @@
 
 mod auth;
 mod http;
+mod limits;
 mod oidc;
 mod reader;
 mod secret;
 
 pub use auth::{AuthMethods, AuthSettings, ProxyAuth, SignupPolicy};
 pub use http::HttpLimits;
+pub use limits::ConversationLimits;
 pub use oidc::{OidcProvider, OidcSettings};
 use reader::Reader;
 pub use secret::Secret;
@@ -133,6 +135,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Timeouts and the connection cap of the HTTP server.
     pub http: HttpLimits,
+    /// How large one conversation may grow (`MAX_CONVERSATION_*`).
+    pub conversation_limits: ConversationLimits,
 }
 
 /// Every problem found in the environment, one line each.
@@ -410,6 +414,7 @@ impl Settings {
 
         let auth = auth::read(&mut r);
         let http = http::read(&mut r);
+        let conversation_limits = limits::read(&mut r);
 
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
@@ -463,6 +468,7 @@ impl Settings {
             log_format,
             auth,
             http,
+            conversation_limits,
         })
     }
 
