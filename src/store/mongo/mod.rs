@@ -15,10 +15,13 @@
 //!   still counted right);
 //! - `size_bytes`: an over-estimate of the document's BSON size, kept by
 //!   every write, so an append can be refused before MongoDB's 16 MB limit.
+//! - `text_bytes`: the bytes of message text, kept by every write, for the
+//!   conversation cap (`MAX_CONVERSATION_BYTES`); documents without it (the
+//!   original app's) count the length of `conversation_text` instead.
 //!
 //! Appends are one update pipeline, evaluated by the server on the current
 //! document: the history grows with `$concatArrays`, the searchable text with
-//! `$concat`, the size check sits in the filter. Two tasks appending at once
+//! `$concat`, the size checks (the cap and the 16 MB guard) sit in the filter. Two tasks appending at once
 //! therefore never lose a message and never leave `conversation_text` behind.
 //! User text only ever enters a pipeline inside `$literal`.
 //!
