@@ -21,8 +21,9 @@
 //!
 //! Appends are one update pipeline, evaluated by the server on the current
 //! document: the history grows with `$concatArrays`, the searchable text with
-//! `$concat`, the size checks (the cap and the 16 MB guard) sit in the filter. Two tasks appending at once
-//! therefore never lose a message and never leave `conversation_text` behind.
+//! `$concat`, the size checks (the cap and the 16 MB guard) sit in the
+//! filter. Two tasks appending at once therefore never lose a message and
+//! never leave `conversation_text` behind.
 //! User text only ever enters a pipeline inside `$literal`.
 //!
 //! Search uses the text index (`$text`, `textScore`) when the server has one;
