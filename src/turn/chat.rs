@@ -36,5 +36,5 @@ pub struct Chat {
     /// no cap.
     pub llm_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// Conversations whose last summary failed wait before the next.
-    pub summary_backoff: Arc<super::SummaryBackoff>,
+    pub summary_backoff: Arc<super::backoff::SummaryBackoff>,
 }

@@ -4,7 +4,7 @@
 //! than the room left, stored with the reply cut to that room rather than
 //! lost.
 
-use super::Chat;
+use super::chat::Chat;
 use crate::domain::{ConversationId, UserId};
 use crate::error::ApiError;
 use crate::store::{Conversation, ConversationMeta, NewMessage, StoreError, StoreResult};

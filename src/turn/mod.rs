@@ -41,7 +41,7 @@ use crate::notify::conversation_updated;
 use crate::replies::{Relay, ReplyEvent};
 use crate::store::usage::DayUsage;
 use crate::store::NewMessage;
-use summarise::Folded;
+use summarise::{Folded, Whose};
 
 /// Checks a chat message as it came in a payload (raw JSON): a non-empty
 /// string within the size limit.
@@ -215,7 +215,12 @@ impl Turn<'_> {
         let mut summary_text = conversation.summary.as_ref().map(|s| s.text.clone());
         if let Some(from) = prompt_plan.summarise_from {
             let first_kept = prompt_plan.first_kept;
-            match self
+            let whose = Whose {
+                user: self.user,
+                conversation: self.conversation,
+                cancel: &self.guard.cancel,
+            };
+            match whose
                 .summarise(chat, &conversation, &costs, from, first_kept, summary_cap)
                 .await
             {

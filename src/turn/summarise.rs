@@ -4,8 +4,11 @@
 //! folded by the turns that follow. After a failure the conversation waits
 //! (`backoff`) before it is summarised again.
 
-use super::{Chat, Turn};
+use tokio_util::sync::CancellationToken;
+
+use super::chat::Chat;
 use crate::context::{fold_end, fold_limit, summary_request};
+use crate::domain::{ConversationId, UserId};
 use crate::llm::ChatRequest;
 use crate::metrics::Metrics;
 use crate::store::{Conversation, Summary};
@@ -21,7 +24,14 @@ pub(super) enum Folded {
     Stopped,
 }
 
-impl Turn<'_> {
+/// The conversation a summary step is for, and the turn's stop.
+pub(super) struct Whose<'a> {
+    pub user: &'a UserId,
+    pub conversation: &'a ConversationId,
+    pub cancel: &'a CancellationToken,
+}
+
+impl Whose<'_> {
     /// Folds messages from `from` (where the summary ends) towards
     /// `first_kept` into the summary; `costs` as the plan had them.
     pub(super) async fn summarise(
@@ -52,7 +62,7 @@ impl Turn<'_> {
             max_tokens: summary_cap,
         };
         let outcome = tokio::select! {
-            _ = self.guard.cancel.cancelled() => return Folded::Stopped,
+            _ = self.cancel.cancelled() => return Folded::Stopped,
             result = chat.complete_metered(self.user, request) => result,
         };
         match outcome {
