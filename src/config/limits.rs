@@ -102,6 +102,42 @@ mod tests {
         assert_eq!(human_bytes(4096), "4 KB");
     }
 
+    fn read_from(vars: &[(&str, &str)]) -> (ConversationLimits, Vec<String>) {
+        let lookup = |name: &str| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        };
+        let mut r = Reader {
+            lookup: &lookup,
+            errors: Vec::new(),
+        };
+        let limits = read(&mut r);
+        (limits, r.errors)
+    }
+
+    #[test]
+    fn the_settings_are_read_and_checked() {
+        assert_eq!(read_from(&[]), (ConversationLimits::default(), vec![]));
+        let (limits, errors) = read_from(&[
+            ("MAX_CONVERSATION_MESSAGES", "6"),
+            ("MAX_CONVERSATION_BYTES", "2000"),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!((limits.max_messages, limits.max_bytes), (6, 2000));
+        let (_, errors) = read_from(&[
+            ("MAX_CONVERSATION_MESSAGES", "0"),
+            ("MAX_CONVERSATION_BYTES", "100000000"),
+        ]);
+        assert_eq!(
+            errors,
+            [
+                "MAX_CONVERSATION_MESSAGES must be greater than 0",
+                "MAX_CONVERSATION_BYTES must be at most 67108864 (64 MiB)",
+            ]
+        );
+    }
+
     #[test]
     fn room_counts_messages_and_bytes() {
         let limits = ConversationLimits {

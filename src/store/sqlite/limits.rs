@@ -35,3 +35,58 @@ pub(super) fn check_room(
         Err(StoreError::TooLarge(limits.full_message()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{SqliteDb, SqliteStore};
+    use super::*;
+    use crate::domain::{ConversationId, Role, UserId};
+    use crate::store::{ConversationStore, NewMessage};
+
+    fn msg(content: &str) -> NewMessage {
+        NewMessage {
+            role: Role::User,
+            content: content.to_string(),
+            tokens: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_row_written_before_the_counter_is_counted_from_its_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("chat.db")).unwrap();
+        let store = SqliteStore::new(db.clone()).with_limits(ConversationLimits {
+            max_messages: 100,
+            max_bytes: 50,
+        });
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(&"a".repeat(40))])
+            .await
+            .unwrap();
+        // As a file from before the counter has it.
+        db.call(|conn| {
+            conn.execute("UPDATE conversations SET text_bytes = NULL", [])
+                .map_err(backend)
+        })
+        .await
+        .unwrap();
+
+        let refused = store.append(&user, &id, vec![msg(&"b".repeat(11))]).await;
+        store
+            .append(&user, &id, vec![msg(&"c".repeat(10))])
+            .await
+            .unwrap();
+
+        assert!(
+            matches!(refused, Err(StoreError::TooLarge(_))),
+            "{refused:?}"
+        );
+        let counted = db
+            .call(move |conn| text_bytes(conn, user.as_ref(), id.as_ref()))
+            .await
+            .unwrap();
+        assert_eq!(counted, 50);
+    }
+}
