@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/", get(index))
         .route("/get_config", get(get_config))
         .route("/static/{file}", get(static_file))
+        .route("/static/vendor/{file}", get(vendor_file))
 }
 
 #[derive(Template, WebTemplate)]
@@ -96,7 +97,18 @@ async fn get_config(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-/// The static files: name, content type, bytes.
+/// A file of static/vendor/, served as /static/vendor/<name>.
+macro_rules! vendor {
+    ($name:literal, $content_type:literal) => {
+        (
+            concat!("vendor/", $name),
+            $content_type,
+            include_bytes!(concat!("../../static/vendor/", $name)),
+        )
+    };
+}
+
+/// The static files: name (under /static/), content type, bytes.
 pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
     (
         "app.js",
@@ -109,9 +121,9 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/admin.js"),
     ),
     (
-        "sio.js",
+        "socket.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../static/sio.js"),
+        include_bytes!("../../static/socket.js"),
     ),
     (
         "markdown.js",
@@ -128,6 +140,29 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         "image/svg+xml",
         include_bytes!("../../static/favicon.svg"),
     ),
+    // The third-party libraries, bundled by scripts/vendor.sh.
+    vendor!("libs.js", "text/javascript; charset=utf-8"),
+    vendor!("katex.css", "text/css; charset=utf-8"),
+    vendor!("KaTeX_AMS-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Caligraphic-Bold.woff2", "font/woff2"),
+    vendor!("KaTeX_Caligraphic-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Fraktur-Bold.woff2", "font/woff2"),
+    vendor!("KaTeX_Fraktur-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Main-Bold.woff2", "font/woff2"),
+    vendor!("KaTeX_Main-BoldItalic.woff2", "font/woff2"),
+    vendor!("KaTeX_Main-Italic.woff2", "font/woff2"),
+    vendor!("KaTeX_Main-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Math-BoldItalic.woff2", "font/woff2"),
+    vendor!("KaTeX_Math-Italic.woff2", "font/woff2"),
+    vendor!("KaTeX_SansSerif-Bold.woff2", "font/woff2"),
+    vendor!("KaTeX_SansSerif-Italic.woff2", "font/woff2"),
+    vendor!("KaTeX_SansSerif-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Script-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Size1-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Size2-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Size3-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Size4-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Typewriter-Regular.woff2", "font/woff2"),
 ];
 
 /// A version string that changes whenever a static file does.
@@ -139,6 +174,14 @@ pub fn asset_version() -> String {
         bytes.hash(&mut hasher);
     }
     format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
+}
+
+async fn vendor_file(
+    state: State<AppState>,
+    Path(name): Path<String>,
+    query: RawQuery,
+) -> Response {
+    static_file(state, Path(format!("vendor/{name}")), query).await
 }
 
 async fn static_file(
