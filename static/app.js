@@ -17,6 +17,10 @@
     reconnecting: 'Reconnecting…',
     offline: 'Offline'
   };
+  var TRANSPORT_TEXT = {
+    websocket: 'Connected over WebSocket',
+    polling: 'Connected over HTTP long-polling (WebSocket is unavailable)'
+  };
 
   var md = window.ChatMarkdown;
 
@@ -29,6 +33,8 @@
     send: byId('send-button'),
     stop: byId('stop-button'),
     newChat: byId('new-chat-button'),
+    shortcutsButton: byId('shortcuts-button'),
+    shortcutsDialog: byId('shortcuts-dialog'),
     transcript: byId('transcript'),
     empty: byId('transcript-empty'),
     list: byId('conversation-list'),
@@ -1533,8 +1539,12 @@
     socket = window.ChatSocket.createSocket();
 
     socket.onStatus(function (status) {
+      var transport = status === 'connected' ? socket.transport : null;
       els.status.dataset.status = status;
-      els.status.textContent = STATUS_TEXT[status] || status;
+      els.status.textContent = (STATUS_TEXT[status] || status) + (transport === 'polling' ? ' (polling)' : '');
+      if (transport) els.status.dataset.transport = transport;
+      else delete els.status.dataset.transport;
+      els.status.title = TRANSPORT_TEXT[transport] || '';
       updateControls();
     });
 
@@ -2291,15 +2301,49 @@
       els.input.focus();
     });
 
-    document.addEventListener('keydown', function (e) {
-      if ((e.ctrlKey || e.metaKey) && !e.shiftKey && !e.altKey && (e.key === 'k' || e.key === 'K')) {
-        e.preventDefault();
-        els.sidebar.classList.add('is-open');
-        els.sidebarToggle.setAttribute('aria-expanded', 'true');
-        els.search.focus();
-        els.search.select();
-      }
-    });
+    els.shortcutsButton.addEventListener('click', openShortcuts);
+    document.addEventListener('keydown', onShortcut);
+  }
+
+  // ------------------------------------------------------------ shortcuts
+  // Listed in the help dialog (#shortcuts-dialog); Ctrl or Cmd alike.
+
+  function openShortcuts() {
+    if (els.shortcutsDialog.open) return;
+    els.shortcutsDialog.showModal();
+    byId('shortcuts-close').focus();
+  }
+
+  function anyDialogOpen() {
+    return !!document.querySelector('dialog[open]');
+  }
+
+  function onShortcut(e) {
+    var mod = (e.ctrlKey || e.metaKey) && !e.altKey;
+    if (e.defaultPrevented || e.isComposing) return;
+    if (mod && e.key === '/') {
+      e.preventDefault();
+      openShortcuts();
+      return;
+    }
+    if (anyDialogOpen() || auth.required) return;
+    if (mod && !e.shiftKey && (e.key === 'k' || e.key === 'K')) {
+      e.preventDefault();
+      els.sidebar.classList.add('is-open');
+      els.sidebarToggle.setAttribute('aria-expanded', 'true');
+      els.search.focus();
+      els.search.select();
+    } else if (mod && e.shiftKey && e.code === 'KeyO') {
+      e.preventDefault();
+      newChat();
+    } else if (mod && e.shiftKey && e.key === 'Enter') {
+      e.preventDefault();
+      regenerate();
+    } else if (e.key === 'Escape' && !mod && currentId && streams.has(currentId)
+      && !e.target.closest('details[open], .search')) {
+      e.preventDefault();
+      stopGeneration();
+    }
   }
 
   bindUi();
