@@ -4,7 +4,7 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -116,6 +116,16 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/app.js"),
     ),
     (
+        "stream-events.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/stream-events.js"),
+    ),
+    (
+        "search.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/search.js"),
+    ),
+    (
         "admin.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/admin.js"),
@@ -180,14 +190,19 @@ async fn vendor_file(
     state: State<AppState>,
     Path(name): Path<String>,
     query: RawQuery,
+    headers: HeaderMap,
 ) -> Response {
-    static_file(state, Path(format!("vendor/{name}")), query).await
+    static_file(state, Path(format!("vendor/{name}")), query, headers).await
 }
 
+/// Serves a static file. Every answer carries the asset version as its
+/// ETag, so what is fetched without `?v=` (the page's module imports,
+/// KaTeX's fonts) is revalidated with a 304 instead of sent again.
 async fn static_file(
     State(state): State<AppState>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     // The page asks for `?v=<asset_version>`: that URL always names these
     // bytes. Another version (an old page during a rolling deploy, a guess)
@@ -201,15 +216,36 @@ async fn static_file(
     } else {
         "no-cache"
     };
-    match STATIC_FILES.iter().find(|(n, _, _)| *n == name) {
-        Some((_, content_type, bytes)) => (
+    let Some((_, content_type, bytes)) = STATIC_FILES.iter().find(|(n, _, _)| *n == name) else {
+        return super::bodies::not_found();
+    };
+    let etag = format!("\"{}\"", state.asset_version);
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == etag || tag.strip_prefix("W/") == Some(&etag) || tag == "*"
+        });
+    if unchanged {
+        return (
+            StatusCode::NOT_MODIFIED,
             [
-                (header::CONTENT_TYPE, *content_type),
-                (header::CACHE_CONTROL, cache),
+                (header::ETAG, etag),
+                (header::CACHE_CONTROL, cache.to_string()),
             ],
-            *bytes,
         )
-            .into_response(),
-        None => super::bodies::not_found(),
+            .into_response();
     }
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CACHE_CONTROL, cache.to_string()),
+            (header::ETAG, etag),
+        ],
+        *bytes,
+    )
+        .into_response()
 }

@@ -108,6 +108,21 @@ test('the page has no inline script, handler or style (CSP-ready)', async () => 
     assert.equal(r.status, 200, asset);
     assert.match(r.headers.get('content-type') || '', types[asset.split('.').pop()], asset);
   }
+  // The bundle under the page's version is cached for good; what the page
+  // fetches without a version (module imports, fonts) is revalidated by ETag.
+  const version = /\/static\/vendor\/libs\.js\?v=(\w+)/.exec(html)?.[1];
+  assert.ok(version, 'the page loads the bundle under its version');
+  const bundle = await fetch(`${server.url}/static/vendor/libs.js?v=${version}`, { signal: AbortSignal.timeout(10000) });
+  assert.equal(bundle.headers.get('cache-control'), 'public, max-age=31536000, immutable');
+  await bundle.arrayBuffer();
+  const module = await fetch(`${server.url}/static/search.js`, { signal: AbortSignal.timeout(10000) });
+  assert.equal(module.headers.get('cache-control'), 'no-cache');
+  const etag = module.headers.get('etag');
+  assert.ok(etag, 'an ETag');
+  await module.text();
+  const again = await fetch(`${server.url}/static/search.js`, { headers: { 'if-none-match': etag }, signal: AbortSignal.timeout(10000) });
+  assert.equal(again.status, 304);
+  assert.equal(await again.text(), '');
 
   // The CSP that the other tests add really is in force: an injected inline script does not run.
   const context = await browser.newContext();
