@@ -1,12 +1,15 @@
 // The page's connection (static/socket.js on the official socket.io-client)
 // against the real server in headless Chromium: WebSocket when it works, and
 // HTTP long-polling when the WebSocket upgrade fails (as behind a proxy or
-// network that blocks it), where the page still chats and says so.
+// network that blocks it), where the page still chats and says so: the
+// upgrade aborted in the browser, and refused by nginx (deploy/nginx.conf
+// made to answer upgrades 403; needs Debian's nginx).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startFakeLlm, startServer, splitPieces, launchChromium, openChatPage, typeAndSend, waitReplies,
 } from './harness.mjs';
+import { startNginx } from './services.mjs';
 
 let llm;
 let server;
@@ -104,5 +107,27 @@ test('with the WebSocket upgrade refused, the page chats over long-polling and s
     assert.deepEqual(problems.filter((p) => !/WebSocket/.test(p)), []);
   } finally {
     await context.close();
+  }
+});
+
+test('behind nginx that refuses WebSocket upgrades, the page chats over long-polling', async () => {
+  const nginx = await startNginx([new URL(server.url).host], undefined, { refuseWebSocket: true });
+  const context = await browser.newContext();
+  try {
+    const { page, problems } = await openChatPage(context, nginx.url);
+    const status = page.locator('#connection-status');
+    assert.equal(await status.getAttribute('data-transport'), 'polling');
+    assert.equal(await status.textContent(), 'Connected (polling)');
+    await typeAndSend(page, 'through the proxy');
+    await waitReplies(page, 1);
+    assert.deepEqual(await assistantTexts(page), ['Echo: through the proxy']);
+    const log = await nginx.accessLog();
+    assert.match(log, /GET \/socket\.io\/\?EIO=4&transport=websocket\S* HTTP\/1\.1" 403/, 'the page tried WebSocket first, and nginx refused the upgrade');
+    assert.match(log, /POST \/socket\.io\/\?EIO=4&transport=polling\S* HTTP\/1\.1" 200/, 'the turn went over long-polling');
+    // The browser reports each refused upgrade as a console error; nothing else went wrong.
+    assert.deepEqual(problems.filter((p) => !/WebSocket/.test(p)), []);
+  } finally {
+    await context.close();
+    await nginx.stop();
   }
 });
