@@ -12,7 +12,8 @@
  *   network that blocks it): the page still works, and says which it uses.
  * - Reconnects by itself with exponential backoff and jitter (0.5 s .. 10 s),
  *   also after the server disconnected the socket or refused the handshake
- *   (which socket.io-client leaves to the page).
+ *   (which socket.io-client leaves to the page); after `server_restarting`
+ *   it waits the time the server named.
  * - emit() sends only when connected and returns false otherwise: nothing is
  *   queued to go out later (a message typed while offline is not sent).
  * - An acknowledged emit calls fn(err, ...args); err is set when the
@@ -53,6 +54,7 @@
     var everConnected = false;
     var retryTimer = null;  // a reconnect socket.io-client does not make itself
     var retries = 0;
+    var restartDelay = null; // the wait a draining server asked for (server_restarting)
 
     function setStatus(next) {
       if (next === status) return;
@@ -88,6 +90,7 @@
       failedAttempt(retries);
       var base = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * Math.pow(2, retries - 1));
       var delay = Math.round(Math.min(MAX_DELAY_MS, Math.max(MIN_DELAY_MS, base * (0.5 + random()))));
+      if (restartDelay !== null) { delay = restartDelay; restartDelay = null; }
       retryTimer = root.setTimeout(function () {
         retryTimer = null;
         if (!closed && !socket.connected) socket.connect();
@@ -96,6 +99,7 @@
 
     socket.on('connect', function () {
       retries = 0;
+      restartDelay = null;
       everConnected = true;
       var engine = manager.engine;
       transport = engine && engine.transport ? engine.transport.name : null;
@@ -115,6 +119,12 @@
       if (!socket.active) retryLater();
     });
     manager.on('reconnect_attempt', function (attempt) { failedAttempt(attempt); });
+    // A server that drains says when to come back (to any instance): its
+    // disconnect follows, and the reconnect waits that long, not the backoff.
+    socket.on('server_restarting', function (data) {
+      var ms = data && Number(data.reconnect_in_ms);
+      if (ms >= 0) restartDelay = Math.round(Math.min(MAX_DELAY_MS, Math.max(100, ms)));
+    });
 
     if (root.addEventListener) {
       root.addEventListener('online', function () {

@@ -205,3 +205,22 @@ test('close() stops for good; the browser going offline is reported', () => {
   u.window.dispatch('online');
   assert.equal(u.calls.connects, 1, 'back online: try at once');
 });
+
+test('server_restarting: the reconnect waits the time the draining server named', () => {
+  const t = load();
+  t.create({ random: () => 0.5 });
+  t.serverConnects();
+  t.socket.fire('server_restarting', { reconnect_in_ms: 3200 });
+  t.socket.connected = false;
+  t.socket.active = false;
+  t.socket.fire('disconnect', 'io server disconnect');
+  assert.deepEqual(t.pendingDelays(), [3200]);
+  t.advance(3199);
+  assert.equal(t.calls.connects, 0);
+  t.advance(1);
+  assert.equal(t.calls.connects, 1);
+  // Only that once: a refused handshake after it backs off as usual.
+  t.socket.active = false;
+  t.socket.fire('connect_error', new Error('refused'));
+  assert.deepEqual(t.pendingDelays(), [1000]);
+});
