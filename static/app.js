@@ -7,6 +7,8 @@
  */
 import { acceptChunk, replayAfterWatch, shouldHold } from './stream-events.js';
 import { highlightParts, searchTerms } from './search.js';
+import { createSocket } from './socket.js';
+import * as md from './markdown.js';
 
 (function () {
   'use strict';
@@ -25,8 +27,6 @@ import { highlightParts, searchTerms } from './search.js';
     websocket: 'Connected over WebSocket',
     polling: 'Connected over HTTP long-polling (WebSocket is unavailable)'
   };
-
-  var md = window.ChatMarkdown;
 
   function byId(id) { return document.getElementById(id); }
 
@@ -1505,7 +1505,7 @@ import { highlightParts, searchTerms } from './search.js';
   // ---------------------------------------------------------------- socket
 
   function connectSocket() {
-    socket = window.ChatSocket.createSocket();
+    socket = createSocket();
 
     socket.onStatus(function (status) {
       var transport = status === 'connected' ? socket.transport : null;

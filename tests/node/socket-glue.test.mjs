@@ -3,12 +3,7 @@
 // (The real client against the real server: browser.test.mjs, ui-chat.test.mjs.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
-import vm from 'node:vm';
-import { REPO_ROOT } from './harness.mjs';
-
-const SOURCE = readFileSync(path.join(REPO_ROOT, 'static', 'socket.js'), 'utf8');
+import { createSocket } from '../../static/socket.js';
 
 function emitter() {
   const handlers = {};
@@ -18,7 +13,7 @@ function emitter() {
   };
 }
 
-/** Loads socket.js with a fake io() and controllable time. */
+/** A fake io() (as window.ChatLibs.io) and a window with controllable time. */
 function load({ onLine = true } = {}) {
   let now = 0;
   let nextId = 1;
@@ -53,15 +48,11 @@ function load({ onLine = true } = {}) {
     addEventListener(type, fn) { (listeners[type] ||= []).push(fn); },
     dispatch(type) { for (const fn of listeners[type] || []) fn({ type }); },
     ChatLibs: { io(opts) { calls.io.push(opts); return socket; } },
-    Math, JSON, Object, Array, String, Number, Error,
   };
-  window.window = window;
-  vm.createContext(window);
-  vm.runInContext(SOURCE, window, { filename: 'socket.js' });
 
   return {
     window, socket, manager, engine, calls,
-    create: (opts) => window.ChatSocket.createSocket(opts),
+    create: (opts) => createSocket({ ...opts, window }),
     serverConnects() { socket.connected = true; socket.active = true; socket.fire('connect'); },
     advance(ms) {
       const end = now + ms;

@@ -1,4 +1,4 @@
-// static/markdown.js (markdown-it, KaTeX, highlight.js and DOMPurify from
+// static/markdown.js, an ES module (markdown-it, KaTeX, highlight.js and DOMPurify from
 // static/vendor/libs.js) in headless Chromium, without the chat server but
 // under the page's strict CSP: what it builds, that it is inert for hostile
 // input, math, footnotes, tables, code in ten languages, and that streaming
@@ -33,9 +33,15 @@ before(async () => {
         status: 200,
         headers: { 'content-type': 'text/html; charset=utf-8', 'content-security-policy': CSP },
         body: '<!DOCTYPE html><html><head><meta charset="utf-8">'
-          + '<script src="/static/vendor/libs.js?v=test"></script><script src="/static/markdown.js?v=test"></script>'
+          + '<script src="/static/vendor/libs.js?v=test"></script><script type="module" src="/test-entry.js"></script>'
           + '</head><body><div id="out" class="message-content"></div></body></html>',
       });
+      return;
+    }
+    if (url.pathname === '/test-entry.js') {
+      // The module, as the tests' `window.ChatMarkdown`.
+      await route.fulfill({ status: 200, headers: { 'content-type': 'text/javascript' },
+        body: "import * as md from '/static/markdown.js'; window.ChatMarkdown = md;" });
       return;
     }
     try {
@@ -46,6 +52,7 @@ before(async () => {
     }
   });
   await page.goto(`${ORIGIN}/`);
+  await page.waitForFunction(() => window.ChatMarkdown);
   await page.evaluate(() => window.ChatMarkdown.render('# No math here\n\n```js\nlet a = 1;\n```'));
   katexBeforeMath = fetched.filter((p) => /katex/i.test(p));
   assert.deepEqual(problems, []);
