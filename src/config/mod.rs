@@ -9,6 +9,7 @@ mod http;
 mod limits;
 mod oidc;
 mod reader;
+pub mod redis_url;
 mod secret;
 
 pub use auth::{AuthMethods, AuthSettings, ProxyAuth, SignupPolicy};
@@ -201,6 +202,9 @@ impl Settings {
             r.errors.push(format!(
                 "REDIS_PREFIX={redis_prefix:?} must be 1-64 letters, digits, '-', '_' or '.'"
             ));
+        }
+        if let Some(Err(error)) = redis_url.as_deref().map(redis_url::check) {
+            r.errors.push(error);
         }
         if redis_url.is_some() {
             match &secret_key {

@@ -182,6 +182,9 @@ pub struct Health {
 pub struct Readiness {
     pub status: &'static str,
     pub checks: ReadinessChecks,
+    /// With `REDIS_URL`: how this instance sees Redis now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<crate::cluster::Topology>,
 }
 
 /// The checks of [`Readiness`]; the Redis ones only in multi-instance mode.

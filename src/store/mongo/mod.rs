@@ -82,6 +82,18 @@ use crate::redact::Redactor;
 /// How long to wait for the server at start and per operation.
 const SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// On a replica set an appended message must survive a failover: it is
+/// acknowledged once a majority holds it, and a write or read interrupted by
+/// an election is retried once by the driver. The connection string can say
+/// otherwise (`w=1`, `retryWrites=false`).
+fn durable_by_default(options: &mut ClientOptions) {
+    options
+        .write_concern
+        .get_or_insert_with(mongodb::options::WriteConcern::majority);
+    options.retry_writes.get_or_insert(true);
+    options.retry_reads.get_or_insert(true);
+}
+
 impl MongoStore {
     /// Connects (waiting up to ~5 s for the server), applies the original's
     /// validator and creates the indexes (idempotently).
@@ -100,6 +112,7 @@ impl MongoStore {
             .server_selection_timeout
             .get_or_insert(SELECTION_TIMEOUT);
         options.connect_timeout.get_or_insert(SELECTION_TIMEOUT);
+        durable_by_default(&mut options);
         options
             .app_name
             .get_or_insert_with(|| "llm-chat-server".to_string());
@@ -558,5 +571,25 @@ mod tests {
             StoreError::Unavailable(m) => assert!(!m.contains("hunter2"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn writes_wait_for_a_majority_and_retry_unless_the_uri_says_otherwise() {
+        let mut options = ClientOptions::parse("mongodb://h1,h2,h3/?replicaSet=rs0")
+            .await
+            .unwrap();
+        durable_by_default(&mut options);
+        let majority = mongodb::options::Acknowledgment::Majority;
+        assert_eq!(options.write_concern.as_ref().unwrap().w, Some(majority));
+        assert_eq!(options.retry_writes, Some(true));
+        assert_eq!(options.retry_reads, Some(true));
+
+        let mut options = ClientOptions::parse("mongodb://h1/?w=1&retryWrites=false")
+            .await
+            .unwrap();
+        durable_by_default(&mut options);
+        let one = mongodb::options::Acknowledgment::Nodes(1);
+        assert_eq!(options.write_concern.as_ref().unwrap().w, Some(one));
+        assert_eq!(options.retry_writes, Some(false));
     }
 }
