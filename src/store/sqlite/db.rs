@@ -1,6 +1,7 @@
 //! The connection: one thread owns it and runs the store's calls in order,
 //! committing the calls that queued up meanwhile together (each in its own
 //! savepoint); a busy or locked database is reported as retryable.
+//! Searches read through their own connections (`read`), beside it.
 
 use std::path::Path;
 
@@ -9,6 +10,7 @@ use rusqlite::Connection;
 
 use super::exec::is_busy;
 use super::index::{index_pending, INDEX_EVERY};
+use super::read::Readers;
 use super::schema::{migrate, SCHEMA};
 use crate::store::{StoreError, StoreResult};
 
@@ -21,6 +23,7 @@ use crate::store::{StoreError, StoreResult};
 #[derive(Clone)]
 pub struct SqliteDb {
     jobs: std::sync::mpsc::Sender<Job>,
+    readers: Readers,
 }
 
 /// One call: runs on the connection, returns what finishes it once the
@@ -90,7 +93,21 @@ impl SqliteDb {
                 }
             })
             .context("starting the database thread")?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            readers: Readers::new(path),
+        })
+    }
+
+    /// Runs `work` on a read-only connection of its own, not on the
+    /// database thread: what it reads does not wait for writes, nor they
+    /// for it.
+    pub(super) async fn read<R, F>(&self, work: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        self.readers.read(work).await
     }
 
     /// Runs `work` with the connection on the database thread.
