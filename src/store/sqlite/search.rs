@@ -247,6 +247,42 @@ mod tests {
         other.execute_batch("COMMIT").unwrap();
     }
 
+    /// A search does not queue behind the database thread: here that
+    /// thread is stuck in a call until the search has answered.
+    #[tokio::test]
+    async fn a_search_answers_while_the_database_thread_is_busy() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "narwhal tusks")])
+            .await
+            .unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let db = store.db.clone();
+        let busy = tokio::spawn(async move {
+            db.call(move |_| {
+                let _ = released.recv();
+                Ok(())
+            })
+            .await
+        });
+
+        // Bounded, so a search stuck behind the call fails instead of hanging.
+        let hits = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            store.search(&user, "narwhal", 10),
+        )
+        .await
+        .expect("the search waited for the database thread")
+        .unwrap();
+
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].meta.conversation_id, id);
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn messages_are_indexed_in_the_background_and_deleting_an_unindexed_one_is_safe() {
         let (_dir, store) = store();
