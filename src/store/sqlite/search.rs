@@ -34,9 +34,18 @@ pub(super) async fn hits(
     db.read(move |conn| {
         // One snapshot: a message being indexed meanwhile counts once.
         let tx = conn.unchecked_transaction().map_err(backend)?;
-        let scores = scores(&tx, &user, &terms).map_err(backend)?;
-        let mut hits = Vec::with_capacity(scores.len());
-        for (id, score) in scores {
+        let mut scores: Vec<(String, f64)> = scores(&tx, &user, &terms)
+            .map_err(backend)?
+            .into_iter()
+            .collect();
+        scores.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // Only the best `limit` and those tied with the last of them are
+        // read: ties go to the most recently updated.
+        let Some(&(_, lowest)) = scores.get(limit as usize - 1).or(scores.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut hits = Vec::new();
+        for (id, score) in scores.into_iter().take_while(|(_, s)| *s >= lowest) {
             match read_meta(&tx, &user, &id) {
                 Ok(meta) => hits.push(SearchHit { meta, score }),
                 // Messages whose conversation is gone are not a result.
@@ -74,21 +83,30 @@ fn scores(
         .query_row([user], |row| row.get(0))
         .optional()?;
     if let Some(key) = key {
-        // The user's postings of the term, counted per message, then each
-        // message by its row id (CROSS JOIN keeps that order).
-        let mut stmt = conn.prepare_cached(
-            "SELECT m.conversation_id, v.count \
-             FROM (SELECT doc, COUNT(*) AS count FROM search_vocab WHERE term = ?1 GROUP BY doc) v \
-             CROSS JOIN messages m ON m.id = v.doc WHERE m.user_id = ?2",
-        )?;
+        // The user's postings of each term, one row per occurrence (in
+        // message order: a message's run is counted at once).
+        let mut per_message: HashMap<i64, u32> = HashMap::new();
+        let mut postings = conn.prepare_cached("SELECT doc FROM search_vocab WHERE term = ?1")?;
         for term in terms {
-            let rows = stmt.query_map(params![user_term(key, term), user], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-            })?;
-            for row in rows {
-                let (id, count) = row?;
-                *scores.entry(id).or_default() += count as f64;
+            let mut run: Option<(i64, u32)> = None;
+            let mut rows = postings.query([user_term(key, term)])?;
+            while let Some(row) = rows.next()? {
+                let doc: i64 = row.get(0)?;
+                match &mut run {
+                    Some((last, count)) if *last == doc => *count += 1,
+                    _ => {
+                        if let Some((doc, count)) = run.replace((doc, 1)) {
+                            *per_message.entry(doc).or_default() += count;
+                        }
+                    }
+                }
             }
+            if let Some((doc, count)) = run {
+                *per_message.entry(doc).or_default() += count;
+            }
+        }
+        for (id, count) in conversations_of(conn, user, per_message)? {
+            *scores.entry(id).or_default() += f64::from(count);
         }
     }
     // What the database thread has not indexed yet (at most about a
@@ -111,6 +129,40 @@ fn scores(
         }
     }
     Ok(scores)
+}
+
+/// The messages' counts summed per conversation. Many messages are mapped
+/// by one scan of the user's entries in the `(user_id, conversation_id,
+/// seq)` index (which holds each row id), few by their row ids.
+fn conversations_of(
+    conn: &Connection,
+    user: &str,
+    per_message: HashMap<i64, u32>,
+) -> rusqlite::Result<HashMap<String, u32>> {
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    if per_message.len() > 256 {
+        let mut stmt =
+            conn.prepare_cached("SELECT id, conversation_id FROM messages WHERE user_id = ?1")?;
+        let mut rows = stmt.query([user])?;
+        while let Some(row) = rows.next()? {
+            if let Some(count) = per_message.get(&row.get::<_, i64>(0)?) {
+                *counts.entry(row.get(1)?).or_default() += count;
+            }
+        }
+    } else {
+        let mut stmt = conn.prepare_cached(
+            "SELECT conversation_id FROM messages WHERE id = ?1 AND user_id = ?2",
+        )?;
+        for (doc, count) in per_message {
+            let id: Option<String> = stmt
+                .query_row(params![doc, user], |row| row.get(0))
+                .optional()?;
+            if let Some(id) = id {
+                *counts.entry(id).or_default() += count;
+            }
+        }
+    }
+    Ok(counts)
 }
 
 #[cfg(test)]
@@ -221,6 +273,51 @@ mod tests {
         let after = scores(store.search(&alice, "okapi zebra", 10).await.unwrap());
         assert_eq!(after, before, "Bob's text moved Alice's scores");
         assert_eq!(store.search(&bob, "zebra", 10).await.unwrap().len(), 0);
+    }
+
+    /// Many matching messages are mapped to their conversations by a scan
+    /// of the user's index entries rather than one by one: the same scores.
+    #[tokio::test]
+    async fn many_matching_messages_score_as_few_do() {
+        let (_dir, store) = store();
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let (few, many, bobs) = (
+            ConversationId::new(),
+            ConversationId::new(),
+            ConversationId::new(),
+        );
+        for (user, id, text, n) in [
+            (&alice, &few, "ibis ibis", 100),
+            (&alice, &many, "ibis", 250),
+            (&bob, &bobs, "ibis", 300),
+        ] {
+            store.create(user, id).await.unwrap();
+            let messages = (0..n).map(|_| msg(Role::User, text)).collect();
+            store.append(user, id, messages).await.unwrap();
+        }
+        let scores = |hits: Vec<SearchHit>| {
+            hits.into_iter()
+                .map(|h| (h.meta.conversation_id, h.score))
+                .collect::<Vec<_>>()
+        };
+        let expected = vec![(many.clone(), 250.0), (few.clone(), 200.0)];
+        assert_eq!(
+            scores(store.search(&alice, "ibis", 10).await.unwrap()),
+            expected
+        );
+        store
+            .db
+            .call(|conn| index_pending(conn).map_err(backend))
+            .await
+            .unwrap();
+        assert_eq!(
+            scores(store.search(&alice, "ibis", 10).await.unwrap()),
+            expected
+        );
+        assert_eq!(
+            scores(store.search(&alice, "ibis", 1).await.unwrap()),
+            expected[..1]
+        );
     }
 
     /// A search reads on a connection of its own: it answers while another
