@@ -50,10 +50,9 @@ impl SqliteDb {
         }
         let mut conn = Connection::open(path)
             .with_context(|| format!("opening the database {}", path.display()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
-        )
-        .context("setting database pragmas")?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;")
+            .context("setting database pragmas")?;
+        wal_mode(&conn).context("setting database pragmas")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         migrate(&mut conn).with_context(|| format!("updating the schema in {}", path.display()))?;
@@ -133,6 +132,21 @@ impl SqliteDb {
         rx.await.map_err(|_| {
             StoreError::Backend(anyhow::anyhow!("a database call failed (it panicked)"))
         })?
+    }
+}
+
+/// Switches the file to WAL. SQLite answers "busy" at once, without
+/// waiting, when another connection (an instance opening the file at the
+/// same time) holds a lock the switch needs: retried for up to 5 s.
+fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.execute_batch("PRAGMA journal_mode = WAL") {
+            Err(err) if is_busy(&err) && started.elapsed() < std::time::Duration::from_secs(5) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 

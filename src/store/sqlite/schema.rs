@@ -225,6 +225,87 @@ mod tests {
     use crate::domain::{ConversationId, Role, UserId};
     use crate::store::ConversationStore;
 
+    /// The version before the per-user index: `messages_fts` over every
+    /// user's text, fed in bulk (`indexed` = 1 once in it). Its messages,
+    /// indexed or not, are all found afterwards, for their own user only.
+    #[tokio::test]
+    async fn a_database_of_the_shared_index_version_is_migrated_and_stays_searchable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bm25.db");
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let (indexed, pending, bobs) = (
+            ConversationId::new(),
+            ConversationId::new(),
+            ConversationId::new(),
+        );
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "CREATE VIRTUAL TABLE messages_fts USING fts5(
+                     content, content='messages', content_rowid='id', tokenize='unicode61'
+                 );
+                 CREATE TRIGGER messages_ad AFTER DELETE ON messages WHEN old.indexed = 1 BEGIN
+                     INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+                 END;",
+            )
+            .unwrap();
+            for (user, id, text, done) in [
+                (&alice, &indexed, "the heron waits", 1),
+                (&alice, &pending, "a heron, a heron", 0),
+                (&bob, &bobs, "heron heron heron", 1),
+            ] {
+                conn.execute(
+                    "INSERT INTO conversations (user_id, conversation_id, message_count, created_at, updated_at) \
+                     VALUES (?1, ?2, 1, '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')",
+                    params![user.as_ref(), id.as_ref()],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO messages (user_id, conversation_id, seq, role, content, created_at, indexed) \
+                     VALUES (?1, ?2, 0, 'user', ?3, '2026-01-01T00:00:00.000000Z', ?4)",
+                    params![user.as_ref(), id.as_ref(), text, done],
+                )
+                .unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO messages_fts (rowid, content) SELECT id, content FROM messages WHERE indexed = 1",
+            )
+            .unwrap();
+        }
+
+        let store = SqliteStore::new(SqliteDb::open(&path).unwrap());
+        let found = |hits: Vec<crate::store::SearchHit>| {
+            hits.into_iter()
+                .map(|h| (h.meta.conversation_id, h.score))
+                .collect::<Vec<_>>()
+        };
+        let expected = vec![(pending.clone(), 2.0), (indexed.clone(), 1.0)];
+        // Before the background indexing, and after it.
+        assert_eq!(
+            found(store.search(&alice, "heron", 10).await.unwrap()),
+            expected
+        );
+        store
+            .db
+            .call(|conn| super::super::index::index_pending(conn).map_err(backend))
+            .await
+            .unwrap();
+        assert_eq!(
+            found(store.search(&alice, "heron", 10).await.unwrap()),
+            expected
+        );
+        assert_eq!(
+            found(store.search(&bob, "heron", 10).await.unwrap()),
+            vec![(bobs.clone(), 3.0)]
+        );
+        store.delete(&alice, &indexed).await.unwrap();
+        assert_eq!(
+            found(store.search(&alice, "heron waits", 10).await.unwrap()),
+            vec![(pending, 2.0)]
+        );
+    }
+
     #[tokio::test]
     async fn a_database_of_the_trigger_indexed_version_is_migrated_and_stays_searchable() {
         let dir = tempfile::tempdir().unwrap();
