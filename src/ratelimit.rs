@@ -21,6 +21,8 @@ pub enum Bucket {
     Uploads,
     /// `POST /save_history` calls (each writes a file).
     Saves,
+    /// `GET /search_conversations` calls (each reads through an index).
+    Searches,
     /// Sign-in attempts for one email.
     LoginAccount,
     /// Sign-in attempts from one client address.
@@ -41,6 +43,7 @@ impl Bucket {
             Bucket::Messages => "messages",
             Bucket::Uploads => "uploads",
             Bucket::Saves => "saves",
+            Bucket::Searches => "searches",
             Bucket::LoginAccount => "login-account",
             Bucket::LoginAddress => "login-address",
             Bucket::Signups => "signups",

@@ -93,6 +93,8 @@ pub struct Settings {
     pub rate_limit_uploads_per_ip_per_hour: u32,
     /// `POST /save_history` calls per user per hour; 0: no limit.
     pub rate_limit_saves_per_hour: u32,
+    /// `GET /search_conversations` calls per user per minute; 0: no limit.
+    pub rate_limit_searches_per_minute: u32,
     /// The largest file `POST /save_history` writes, in bytes.
     pub save_history_max_bytes: u64,
     pub reply_resume_ttl: Duration,
@@ -247,6 +249,11 @@ impl Settings {
         let rate_limit_saves_per_hour = r.parse::<u32>(
             "RATE_LIMIT_SAVES_PER_HOUR",
             30,
+            "a whole number (0 = no limit)",
+        );
+        let rate_limit_searches_per_minute = r.parse::<u32>(
+            "RATE_LIMIT_SEARCHES_PER_MINUTE",
+            60,
             "a whole number (0 = no limit)",
         );
         let save_history_max_bytes = r.positive("SAVE_HISTORY_MAX_MB", 32).min(1024) * 1024 * 1024;
@@ -436,6 +443,7 @@ impl Settings {
             rate_limit_messages_per_minute,
             rate_limit_uploads_per_hour,
             rate_limit_saves_per_hour,
+            rate_limit_searches_per_minute,
             save_history_max_bytes,
             rate_limit_new_sessions_per_ip_per_hour,
             rate_limit_messages_per_ip_per_minute,

@@ -295,6 +295,16 @@ async fn search_conversations(
         ));
     }
     let limit = query_number(&query, "limit", 50, 200)?;
+    // Each search reads through the user's whole index: limited per user.
+    let per_minute = Limit {
+        count: state.chat.settings.rate_limit_searches_per_minute,
+        window: std::time::Duration::from_secs(60),
+    };
+    state
+        .limiter
+        .check(Bucket::Searches, who.user.as_ref(), per_minute)
+        .await
+        .map_err(ApiError::RateLimited)?;
     let hits = state.chat.store.search(&who.user, q, limit).await?;
     Ok(Json(SearchResults {
         conversations: hits,

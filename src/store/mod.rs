@@ -253,8 +253,13 @@ pub fn title_from(content: &str) -> Option<String> {
 /// The search terms of a free-text query: words of letters and digits, at
 /// most 16, so no query syntax of any backend leaks through.
 pub fn search_terms(query: &str) -> Vec<String> {
-    query
-        .split(|c: char| !c.is_alphanumeric())
+    words(query).take(16).collect()
+}
+
+/// The words of a text as search sees them, lowercased: what an index built
+/// in Rust (SQLite's) stores and what [`search_terms`] looks up.
+pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
         // Lowercasing can add a combining mark ("İ" becomes "i\u{307}"):
         // a term keeps only its letters and digits.
         .map(|w| {
@@ -264,8 +269,6 @@ pub fn search_terms(query: &str) -> Vec<String> {
                 .collect::<String>()
         })
         .filter(|w| !w.is_empty())
-        .take(16)
-        .collect()
 }
 
 /// RFC 3339 UTC with microseconds and `Z`: sorts as text, as the DB needs.

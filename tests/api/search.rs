@@ -168,3 +168,75 @@ async fn search_never_returns_another_users_conversation() {
         response.text
     );
 }
+
+/// With bm25 over every user's text, Alice's scores moved as Bob wrote: how
+/// common a word is in other people's conversations leaked through them.
+#[tokio::test]
+async fn other_users_text_never_moves_a_users_scores() {
+    let app = spawn_app(&[]).await;
+    let alice = app.new_user().await;
+    let bob = app.new_user().await;
+    alice.start_conversation().await;
+    alice
+        .add_example(
+            "Where do capybaras live?",
+            "Capybaras live in South America",
+        )
+        .await;
+    alice.start_conversation().await;
+    alice
+        .add_example("Are capybaras friendly?", "Mostly, yes")
+        .await;
+    let before = alice.get("/search_conversations?q=capybaras").await;
+    assert_eq!(before.status, 200, "{}", before.text);
+    assert_eq!(ids(&before.json).len(), 2, "{}", before.text);
+
+    for n in 0..12 {
+        bob.start_conversation().await;
+        let text = if n % 3 == 0 {
+            "capybaras capybaras capybaras"
+        } else {
+            "something else entirely"
+        };
+        bob.add_example(text, "noted").await;
+    }
+    let after = alice.get("/search_conversations?q=capybaras").await;
+
+    assert_eq!(after.status, 200, "{}", after.text);
+    assert_eq!(
+        after.json, before.json,
+        "Bob's conversations changed Alice's results"
+    );
+    let bobs = bob.get("/search_conversations?q=south").await;
+    assert_eq!(bobs.json, json!({"conversations": []}), "{}", bobs.text);
+}
+
+#[tokio::test]
+async fn searches_are_rate_limited_per_user() {
+    let app = spawn_app(&[("RATE_LIMIT_SEARCHES_PER_MINUTE", "2")]).await;
+    let user = app.new_user().await;
+    let other = app.new_user().await;
+    for _ in 0..2 {
+        let response = user.get("/search_conversations?q=anything").await;
+        assert_eq!(response.status, 200, "{}", response.text);
+    }
+
+    let refused = user.get("/search_conversations?q=anything").await;
+
+    assert_eq!(refused.status, 429, "{}", refused.text);
+    assert_eq!(
+        refused.json["error"],
+        json!("rate_limited"),
+        "{}",
+        refused.text
+    );
+    let wait = refused.json["retry_after"].as_u64().expect("retry_after");
+    assert!((1..=60).contains(&wait), "{}", refused.text);
+    assert_eq!(
+        refused.json["message"],
+        json!(format!("Too many requests. Try again in {wait} seconds.")),
+    );
+    assert_eq!(refused.header("retry-after"), Some(wait.to_string()));
+    let response = other.get("/search_conversations?q=anything").await;
+    assert_eq!(response.status, 200, "{}", response.text);
+}

@@ -473,6 +473,82 @@ pub async fn search_ranks_and_is_scoped(f: &Fixture) {
         .is_empty());
 }
 
+/// A user's scores come from that user's text alone: with a score over
+/// every user's text (SQLite's bm25 did) how common a word is in other
+/// people's conversations leaks through it.
+pub async fn scores_ignore_other_users_text(f: &Fixture) {
+    let store = f.store.clone();
+    let (alice, bob) = (UserId::new(), UserId::new());
+    for text in ["okapis and zebras", "an okapi? okapis! OKAPIS", "no match"] {
+        let id = ConversationId::new();
+        store.create(&alice, &id).await.unwrap();
+        store
+            .append(&alice, &id, vec![msg(Role::User, text)])
+            .await
+            .unwrap();
+    }
+    let scores = |hits: Vec<llm_chat_server::store::SearchHit>| {
+        hits.into_iter()
+            .map(|h| (h.meta.conversation_id, h.score))
+            .collect::<Vec<_>>()
+    };
+    let before = scores(store.search(&alice, "okapis zebras", 10).await.unwrap());
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    for n in 0..30 {
+        let id = ConversationId::new();
+        store.create(&bob, &id).await.unwrap();
+        let text = if n % 2 == 0 {
+            "okapis okapis okapis zebras"
+        } else {
+            "nothing in common"
+        };
+        store
+            .append(&bob, &id, vec![msg(Role::User, text)])
+            .await
+            .unwrap();
+    }
+    let after = scores(store.search(&alice, "okapis zebras", 10).await.unwrap());
+    assert_eq!(after, before, "Bob's text moved Alice's scores");
+    assert_eq!(store.search(&bob, "okapis", 100).await.unwrap().len(), 15);
+}
+
+/// Searches running all along do not hold up appends, nor lose or reorder
+/// them, and every appended message is found.
+pub async fn searches_and_appends_interleave(f: &Fixture) {
+    let store = f.store.clone();
+    let (user, id) = (UserId::new(), ConversationId::new());
+    store.create(&user, &id).await.unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let searching = {
+        let (store, user, done) = (store.clone(), user.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut searches = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || searches == 0 {
+                store.search(&user, "wombat", 10).await.unwrap();
+                searches += 1;
+            }
+            searches
+        })
+    };
+    for i in 0..30 {
+        store
+            .append(&user, &id, vec![msg(Role::User, &format!("wombat {i}"))])
+            .await
+            .unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(searching.await.unwrap() > 0);
+
+    let loaded = store.load(&user, &id).await.unwrap();
+    let expected: Vec<String> = (0..30).map(|i| format!("wombat {i}")).collect();
+    assert_eq!(contents(&loaded), expected);
+    let hits = store.search(&user, "wombat", 10).await.unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].meta.conversation_id, id);
+    assert_eq!(hits[0].meta.message_count, 30);
+}
+
 pub async fn every_operation_is_scoped_to_the_owner(f: &Fixture) {
     let store = f.store.clone();
     let (alice, mallory) = (UserId::new(), UserId::new());

@@ -65,6 +65,8 @@ contract!(
         list_order_and_paging,
         summary_set_and_load,
         search_ranks_and_is_scoped,
+        scores_ignore_other_users_text,
+        searches_and_appends_interleave,
         every_operation_is_scoped_to_the_owner,
         size_limit_refuses_without_writing,
         the_cap_counts_messages_and_bytes_and_refuses_atomically,

@@ -2,7 +2,8 @@
 //! app's `$jsonSchema` validator on `conversations`, and the indexes (the
 //! unique key, list and export order, the sessions' TTL and account, the accounts'
 //! unique email and user id, the access tokens' unique hash and per-user
-//! order, the text index that decides between `$text` search and the scan).
+//! order, the per-user text index that decides between `$text` search and
+//! the scan).
 
 use std::time::Duration;
 
@@ -196,19 +197,43 @@ impl MongoStore {
             tracing::warn!(index = "sessions_user_idx", error = %self.redactor.clean(&e.kind.to_string()), "could not create an index");
         }
 
+        self.create_text_index().await
+    }
+
+    /// The text index, compound with `user_id` first: a `$text` search
+    /// (always given one `user_id`) reads only that user's entries. A
+    /// collection has one text index at most, so an earlier one (the
+    /// original's `conversation_text_index` over every user's text) is
+    /// dropped first. Returns whether a text index is there for `$text`.
+    async fn create_text_index(&self) -> anyhow::Result<bool> {
+        for name in self.text_indexes().await {
+            if name == TEXT_INDEX {
+                continue;
+            }
+            match self.conversations.drop_index(name.as_str()).await {
+                Ok(()) => {
+                    tracing::info!(index = %name, "dropped the text index over every user's text")
+                }
+                // Another instance starting beside this one dropped it.
+                Err(e) if command_code(&e) == Some(code::INDEX_NOT_FOUND) => {}
+                Err(e) => tracing::warn!(
+                    index = %name,
+                    error = %self.redactor.clean(&e.kind.to_string()),
+                    "could not drop the old text index: searches keep using it"
+                ),
+            }
+        }
         let text = IndexOptions::builder()
-            .name("conversation_text_index".to_string())
+            .name(TEXT_INDEX.to_string())
             .default_language("english".to_string())
             .build();
-        match self
-            .conversations
-            .create_index(index(doc! {"conversation_text": "text"}, text))
-            .await
-        {
+        let keys = doc! {"user_id": 1, "conversation_text": "text"};
+        let model = IndexModel::builder().keys(keys).options(text).build();
+        match self.conversations.create_index(model).await {
             Ok(_) => Ok(true),
             Err(e) => {
                 // A text index under another name still serves `$text`.
-                if self.has_text_index().await {
+                if !self.text_indexes().await.is_empty() {
                     return Ok(true);
                 }
                 tracing::warn!(
@@ -220,17 +245,24 @@ impl MongoStore {
         }
     }
 
-    async fn has_text_index(&self) -> bool {
+    /// The names of the collection's text indexes.
+    async fn text_indexes(&self) -> Vec<String> {
+        let mut names = Vec::new();
         let Ok(mut cursor) = self.conversations.list_indexes().await else {
-            return false;
+            return names;
         };
         while let Ok(Some(model)) = cursor.try_next().await {
             if model.keys.values().any(|v| v.as_str() == Some("text"))
                 || model.keys.contains_key("_fts")
             {
-                return true;
+                if let Some(name) = model.options.and_then(|o| o.name) {
+                    names.push(name);
+                }
             }
         }
-        false
+        names
     }
 }
+
+/// The text index's name (`{user_id: 1, conversation_text: "text"}`).
+const TEXT_INDEX: &str = "user_conversation_text_idx";

@@ -1,7 +1,11 @@
 //! Search: `$text` on the server's text index, best `textScore` first, or
 //! on servers without text indexes (SecantusDB, some MongoDB-compatible
 //! services) the fallback scan: a case-insensitive regex over the user's
-//! messages, scored by how often the terms occur.
+//! messages, scored by how often the terms occur. Either way only the
+//! user's documents are read (the text index starts with `user_id`, see
+//! `schema`) and a score depends on its document alone: MongoDB's
+//! `textScore` weighs a term's frequency in the document by the document's
+//! length, with no statistics over the collection.
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};

@@ -346,10 +346,9 @@ impl AccountStore for SqliteStore {
                 let tx = conn.savepoint().map_err(backend)?;
                 // The messages first, while `conversations` still says which
                 // are `from`'s; a conversation id `to` has already (never, with
-                // random ids) stays where it is, with its messages. The
-                // full-text rows need nothing: `messages_fts` holds only the
-                // text, keyed by the message's row id, and search scopes by
-                // `messages.user_id`, so it now finds them for `to` alone.
+                // random ids) stays where it is, with its messages. A moved
+                // message leaves `from`'s search index and is queued for
+                // `to`'s (the `messages_moved` trigger, see `schema`).
                 exec(
                     &tx,
                     "UPDATE messages SET user_id = ?2 WHERE user_id = ?1 \
@@ -432,15 +431,15 @@ mod tests {
         }
     }
 
-    /// FTS5's own consistency check of `messages_fts` against `messages`,
-    /// once the messages not yet indexed are.
+    /// FTS5's own consistency check of `search_fts`, once the messages not
+    /// yet indexed are.
     async fn assert_index_consistent(store: &SqliteStore) {
         store
             .db
             .call(|conn| {
                 index_pending(conn).map_err(backend)?;
                 conn.execute(
-                    "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)",
+                    "INSERT INTO search_fts (search_fts, rank) VALUES ('integrity-check', 1)",
                     [],
                 )
                 .map_err(backend)
@@ -461,8 +460,9 @@ mod tests {
             .append(&anon, &indexed, vec![msg(Role::User, "platypus habits")])
             .await
             .unwrap();
-        // Searching indexes what is there: `indexed` is in the index,
-        // `pending` (appended next) is not yet when it moves.
+        // `indexed` is in the index, `pending` (appended next) is not yet
+        // when it moves.
+        assert_index_consistent(&store).await;
         assert_eq!(store.search(&anon, "platypus", 10).await.unwrap().len(), 1);
         store
             .append(&anon, &pending, vec![msg(Role::User, "platypus eggs")])
@@ -473,8 +473,18 @@ mod tests {
             store.transfer_conversations(&anon, &owner).await.unwrap(),
             2
         );
+        assert!(store
+            .search(&anon, "platypus", 10)
+            .await
+            .unwrap()
+            .is_empty());
         assert_index_consistent(&store).await;
         assert_eq!(store.search(&owner, "platypus", 10).await.unwrap().len(), 2);
+        assert!(store
+            .search(&anon, "platypus", 10)
+            .await
+            .unwrap()
+            .is_empty());
         store
             .append(&owner, &indexed, vec![msg(Role::User, "more")])
             .await

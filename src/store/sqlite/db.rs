@@ -1,6 +1,7 @@
 //! The connection: one thread owns it and runs the store's calls in order,
 //! committing the calls that queued up meanwhile together (each in its own
 //! savepoint); a busy or locked database is reported as retryable.
+//! Searches read through their own connections (`read`), beside it.
 
 use std::path::Path;
 
@@ -9,6 +10,7 @@ use rusqlite::Connection;
 
 use super::exec::is_busy;
 use super::index::{index_pending, INDEX_EVERY};
+use super::read::Readers;
 use super::schema::{migrate, SCHEMA};
 use crate::store::{StoreError, StoreResult};
 
@@ -21,6 +23,7 @@ use crate::store::{StoreError, StoreResult};
 #[derive(Clone)]
 pub struct SqliteDb {
     jobs: std::sync::mpsc::Sender<Job>,
+    readers: Readers,
 }
 
 /// One call: runs on the connection, returns what finishes it once the
@@ -47,10 +50,9 @@ impl SqliteDb {
         }
         let mut conn = Connection::open(path)
             .with_context(|| format!("opening the database {}", path.display()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
-        )
-        .context("setting database pragmas")?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;")
+            .context("setting database pragmas")?;
+        wal_mode(&conn).context("setting database pragmas")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         migrate(&mut conn).with_context(|| format!("updating the schema in {}", path.display()))?;
@@ -90,7 +92,21 @@ impl SqliteDb {
                 }
             })
             .context("starting the database thread")?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            readers: Readers::new(path),
+        })
+    }
+
+    /// Runs `work` on a read-only connection of its own, not on the
+    /// database thread: what it reads does not wait for writes, nor they
+    /// for it.
+    pub(super) async fn read<R, F>(&self, work: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        self.readers.read(work).await
     }
 
     /// Runs `work` with the connection on the database thread.
@@ -116,6 +132,21 @@ impl SqliteDb {
         rx.await.map_err(|_| {
             StoreError::Backend(anyhow::anyhow!("a database call failed (it panicked)"))
         })?
+    }
+}
+
+/// Switches the file to WAL. SQLite answers "busy" at once, without
+/// waiting, when another connection (an instance opening the file at the
+/// same time) holds a lock the switch needs: retried for up to 5 s.
+fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.execute_batch("PRAGMA journal_mode = WAL") {
+            Err(err) if is_busy(&err) && started.elapsed() < std::time::Duration::from_secs(5) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -1,15 +1,17 @@
 //! The embedded store: one SQLite file (WAL) holding conversations, their
-//! messages (one row each, with a cached token count), an FTS5 index over
-//! message text, local accounts, personal access tokens, and the HTTP
+//! messages (one row each, with a cached token count), a per-user FTS5
+//! index over message text, local accounts, personal access tokens, and the HTTP
 //! sessions (`crate::sessions::sqlite`).
 //!
 //! rusqlite is blocking, so every call runs on the database's own thread
 //! through [`SqliteDb::call`]. One connection serialises writers, which
-//! SQLite does anyway; reads are short.
+//! SQLite does anyway; reads are short. Searches, which can be long, run on
+//! read-only connections of their own (`read`).
 //!
 //! The parts: `db` (the connection thread, batching, savepoints), `exec`
 //! (statements and busy handling), `schema` (tables and migrations),
-//! `index` (the deferred full-text indexing), `search` (FTS5 queries),
+//! `index` (the deferred full-text indexing), `read` (the read-only
+//! connections), `search` (per-user FTS5 queries),
 //! `rows` (reading conversations back), `accounts` (the `users` table:
 //! `AccountStore`), `tokens` (the `tokens` table: `TokenStore`), `usage`
 //! (the `usage` and `quotas` tables: `UsageStore`); here,
@@ -21,6 +23,7 @@ mod exec;
 mod import;
 mod index;
 mod limits;
+mod read;
 mod rows;
 mod schema;
 mod search;

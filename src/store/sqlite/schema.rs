@@ -1,5 +1,5 @@
-//! The database's layout: the tables (conversations, messages, the FTS5
-//! index, sessions, accounts, access tokens, token usage and quotas)
+//! The database's layout: the tables (conversations, messages, the
+//! per-user search index, sessions, accounts, access tokens, token usage and quotas)
 //! created on open, and the migrations that bring a file written by an
 //! older version up to date.
 
@@ -31,13 +31,9 @@ CREATE TABLE IF NOT EXISTS messages (
     content         TEXT NOT NULL,
     tokens          INTEGER,
     created_at      TEXT NOT NULL,
-    -- 1 once the row is in messages_fts (see `index_pending`).
+    -- 1 once the row is in search_fts (see `index_pending`).
     indexed         INTEGER NOT NULL DEFAULT 0,
     UNIQUE (user_id, conversation_id, seq)
-);
-
-CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
-    content, content='messages', content_rowid='id', tokenize='unicode61'
 );
 
 CREATE TABLE IF NOT EXISTS sessions (
@@ -107,18 +103,49 @@ CREATE TABLE IF NOT EXISTS quotas (
 ) WITHOUT ROWID;
 "#;
 
-/// Full-text indexing is deferred: a turn's messages are written with
-/// `indexed = 0` and [`index_pending`](super::index::index_pending) adds
-/// them to `messages_fts` in bulk (about once a second, and before every
-/// search), so a turn does not pay for an FTS5 flush. Until version 2 a trigger indexed each insert: those
-/// rows are all indexed, hence the column's default of 1 when it is added.
-const FTS_MIGRATION: &str = r#"
+/// The search index (`super::index`, `super::search`): FTS5 holds, for each
+/// message (its rowid is the message's), the message's words each prefixed
+/// with its user's key from `search_users` (`12_zebra`), so a search reads
+/// only its own user's postings, and counts them through `search_vocab`: no
+/// other user's text can be matched, or move a score. Contentless (the text
+/// is in `messages`), with deletes by rowid. Indexing is deferred: a turn's
+/// messages are written with `indexed = 0` and
+/// [`index_pending`](super::index::index_pending) adds them in bulk (about
+/// once a second); a search counts its user's pending messages itself.
+/// Deleting a message takes it out; moving it to another user
+/// (`transfer_conversations`) takes it out and queues it again.
+const SEARCH_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS search_users (
+    key     INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL UNIQUE
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS search_fts USING fts5(
+    terms, content='', contentless_delete=1, tokenize="ascii tokenchars '_'"
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS search_vocab USING fts5vocab(search_fts, instance);
 DROP TRIGGER IF EXISTS messages_ai;
 DROP TRIGGER IF EXISTS messages_ad;
-CREATE TRIGGER messages_ad AFTER DELETE ON messages WHEN old.indexed = 1 BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+CREATE TRIGGER IF NOT EXISTS messages_unindex AFTER DELETE ON messages WHEN old.indexed = 1 BEGIN
+    DELETE FROM search_fts WHERE rowid = old.id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_moved AFTER UPDATE OF user_id ON messages
+    WHEN old.indexed = 1 AND new.user_id IS NOT old.user_id BEGIN
+    DELETE FROM search_fts WHERE rowid = old.id;
+    UPDATE messages SET indexed = 0 WHERE id = old.id;
 END;
 CREATE INDEX IF NOT EXISTS messages_unindexed ON messages (id) WHERE indexed = 0;
+CREATE INDEX IF NOT EXISTS messages_unindexed_by_user ON messages (user_id) WHERE indexed = 0;
+"#;
+
+/// Before the per-user index there was `messages_fts`, FTS5 over every user's
+/// text ranked by bm25, whose corpus-wide statistics let other users' text
+/// move a score. It goes; every message is indexed again, in the
+/// background (searches count what is not indexed yet themselves).
+const OLD_FTS_MIGRATION: &str = r#"
+DROP TRIGGER IF EXISTS messages_ai;
+DROP TRIGGER IF EXISTS messages_ad;
+DROP TABLE messages_fts;
+UPDATE messages SET indexed = 0;
 "#;
 
 /// Each signed-in session names its account in `user_id` (NULL for an
@@ -164,7 +191,13 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     if !has_text_bytes {
         tx.execute_batch(TEXT_BYTES)?;
     }
-    tx.execute_batch(FTS_MIGRATION)?;
+    let has_old_fts = tx
+        .prepare("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'")?
+        .exists([])?;
+    if has_old_fts {
+        tx.execute_batch(OLD_FTS_MIGRATION)?;
+    }
+    tx.execute_batch(SEARCH_SCHEMA)?;
     tx.execute_batch(USERS_SCHEMA)?;
     tx.execute_batch(TOKENS_SCHEMA)?;
     tx.execute_batch(IDENTITIES_SCHEMA)?;
@@ -205,6 +238,87 @@ mod tests {
     use crate::domain::{ConversationId, Role, UserId};
     use crate::store::ConversationStore;
 
+    /// The version before the per-user index: `messages_fts` over every
+    /// user's text, fed in bulk (`indexed` = 1 once in it). Its messages,
+    /// indexed or not, are all found afterwards, for their own user only.
+    #[tokio::test]
+    async fn a_database_of_the_shared_index_version_is_migrated_and_stays_searchable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bm25.db");
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let (indexed, pending, bobs) = (
+            ConversationId::new(),
+            ConversationId::new(),
+            ConversationId::new(),
+        );
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "CREATE VIRTUAL TABLE messages_fts USING fts5(
+                     content, content='messages', content_rowid='id', tokenize='unicode61'
+                 );
+                 CREATE TRIGGER messages_ad AFTER DELETE ON messages WHEN old.indexed = 1 BEGIN
+                     INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+                 END;",
+            )
+            .unwrap();
+            for (user, id, text, done) in [
+                (&alice, &indexed, "the heron waits", 1),
+                (&alice, &pending, "a heron, a heron", 0),
+                (&bob, &bobs, "heron heron heron", 1),
+            ] {
+                conn.execute(
+                    "INSERT INTO conversations (user_id, conversation_id, message_count, created_at, updated_at) \
+                     VALUES (?1, ?2, 1, '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')",
+                    params![user.as_ref(), id.as_ref()],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO messages (user_id, conversation_id, seq, role, content, created_at, indexed) \
+                     VALUES (?1, ?2, 0, 'user', ?3, '2026-01-01T00:00:00.000000Z', ?4)",
+                    params![user.as_ref(), id.as_ref(), text, done],
+                )
+                .unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO messages_fts (rowid, content) SELECT id, content FROM messages WHERE indexed = 1",
+            )
+            .unwrap();
+        }
+
+        let store = SqliteStore::new(SqliteDb::open(&path).unwrap());
+        let found = |hits: Vec<crate::store::SearchHit>| {
+            hits.into_iter()
+                .map(|h| (h.meta.conversation_id, h.score))
+                .collect::<Vec<_>>()
+        };
+        let expected = vec![(pending.clone(), 2.0), (indexed.clone(), 1.0)];
+        // Before the background indexing, and after it.
+        assert_eq!(
+            found(store.search(&alice, "heron", 10).await.unwrap()),
+            expected
+        );
+        store
+            .db
+            .call(|conn| super::super::index::index_pending(conn).map_err(backend))
+            .await
+            .unwrap();
+        assert_eq!(
+            found(store.search(&alice, "heron", 10).await.unwrap()),
+            expected
+        );
+        assert_eq!(
+            found(store.search(&bob, "heron", 10).await.unwrap()),
+            vec![(bobs.clone(), 3.0)]
+        );
+        store.delete(&alice, &indexed).await.unwrap();
+        assert_eq!(
+            found(store.search(&alice, "heron waits", 10).await.unwrap()),
+            vec![(pending, 2.0)]
+        );
+    }
+
     #[tokio::test]
     async fn a_database_of_the_trigger_indexed_version_is_migrated_and_stays_searchable() {
         let dir = tempfile::tempdir().unwrap();
@@ -214,11 +328,17 @@ mod tests {
             // The schema as it was: no `indexed` column, a trigger per insert.
             let conn = Connection::open(&path).unwrap();
             let old_schema = SCHEMA.replace(
-                "    -- 1 once the row is in messages_fts (see `index_pending`).\n    indexed         INTEGER NOT NULL DEFAULT 0,\n",
+                "    -- 1 once the row is in search_fts (see `index_pending`).\n    indexed         INTEGER NOT NULL DEFAULT 0,\n",
                 "",
             );
             assert!(!old_schema.contains("indexed "));
             conn.execute_batch(&old_schema).unwrap();
+            conn.execute_batch(
+                "CREATE VIRTUAL TABLE messages_fts USING fts5(
+                     content, content='messages', content_rowid='id', tokenize='unicode61'
+                 );",
+            )
+            .unwrap();
             conn.execute_batch(
                 "CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
                      INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
@@ -263,21 +383,35 @@ mod tests {
         let ancient = store.search(&user, "ancient", 10).await.unwrap();
         assert_eq!(ancient.len(), 1);
 
-        // Deleting takes the old row out of the index too.
+        // Deleting takes the old row out of the index too, once indexed.
+        store
+            .db
+            .call(|conn| super::super::index::index_pending(conn).map_err(backend))
+            .await
+            .unwrap();
         store.delete(&user, &old_id).await.unwrap();
         assert!(store.search(&user, "ancient", 10).await.unwrap().is_empty());
-        let rows: i64 = store
+        // The old index is gone; the new one holds the one message left.
+        let (old_index, rows): (bool, i64) = store
             .db
             .call(|conn| {
-                conn.query_row(
-                    "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'walrus'",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(backend)
+                super::super::index::index_pending(conn).map_err(backend)?;
+                let old_index = conn
+                    .prepare("SELECT 1 FROM sqlite_master WHERE name LIKE 'messages_fts%'")
+                    .and_then(|mut s| s.exists([]))
+                    .map_err(backend)?;
+                let rows = conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM search_vocab WHERE term LIKE '%\\_walrus' ESCAPE '\\'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                Ok((old_index, rows))
             })
             .await
             .unwrap();
+        assert!(!old_index, "messages_fts was not dropped");
         assert_eq!(rows, 1, "the index holds a stale or doubled row");
     }
 }

@@ -1,75 +1,173 @@
-//! Full-text search: FTS5 over message text, ranked by bm25 summed per
-//! conversation. What is not indexed yet is indexed first (`index`), so
-//! every stored message is found, however recent.
+//! Search over one user's messages only: the user's postings in the
+//! per-user FTS5 index (see `schema`) and the user's messages not indexed
+//! yet, on a read connection of its own. A conversation's score is how
+//! many times the query's words occur in it: nothing another user wrote
+//! can match, or move a score (FTS5's bm25 would: its statistics are
+//! corpus-wide).
 
-use rusqlite::params;
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::db::SqliteDb;
 use super::exec::backend;
-use super::index::index_pending;
-use super::rows::{meta_from_row, META_COLUMNS};
+use super::index::user_term;
+use super::rows::read_meta;
 use crate::domain::UserId;
-use crate::store::{search_terms, SearchHit, StoreResult};
+use crate::store::{search_terms, words, SearchHit, StoreError, StoreResult};
 
 /// The user's conversations whose messages match any of the query's terms,
-/// best first.
+/// best first (then most recently updated).
 pub(super) async fn hits(
     db: &SqliteDb,
     user: &UserId,
     query: &str,
     limit: u32,
 ) -> StoreResult<Vec<SearchHit>> {
-    let terms = search_terms(query);
-    if terms.is_empty() {
+    let mut terms = search_terms(query);
+    terms.sort();
+    terms.dedup();
+    if terms.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    // Each term quoted: FTS5 syntax in the user's text cannot take effect.
-    let fts_query = terms
-        .iter()
-        .map(|t| format!("\"{t}\""))
-        .collect::<Vec<_>>()
-        .join(" OR ");
     let user = user.to_string();
-    db.call(move |conn| {
-        // Every stored message is searchable, however recent.
-        index_pending(conn).map_err(backend)?;
-        // bm25() only works in a plain FTS query, so the hits are
-        // materialised before the join. It is lower for better matches; a conversation's score
-        // is the sum over its matching messages, so more mentions rank
-        // higher, as MongoDB's textScore does.
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "WITH hits AS MATERIALIZED (SELECT rowid AS id, -bm25(messages_fts) AS rank \
-                                       FROM messages_fts WHERE messages_fts MATCH ?1), \
-                              scored AS (SELECT m.conversation_id AS cid, SUM(hits.rank) AS score \
-                                         FROM hits JOIN messages m ON m.id = hits.id \
-                                         WHERE m.user_id = ?2 GROUP BY m.conversation_id) \
-                         SELECT {cols}, scored.score FROM scored \
-                         JOIN conversations c ON c.user_id = ?2 AND c.conversation_id = scored.cid \
-                         ORDER BY scored.score DESC LIMIT ?3",
-                cols = META_COLUMNS
-                    .split(", ")
-                    .map(|c| format!("c.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .map_err(backend)?;
-        let rows = stmt
-            .query_map(params![fts_query, user, limit], |row| {
-                Ok(SearchHit {
-                    meta: meta_from_row(row)?,
-                    // Tiny positive floor: a hit always scores above 0.
-                    score: row.get::<_, f64>(5)?.max(1e-6),
-                })
-            })
-            .map_err(backend)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    db.read(move |conn| {
+        // One snapshot: a message being indexed meanwhile counts once.
+        let tx = conn.unchecked_transaction().map_err(backend)?;
+        let mut scores: Vec<(String, f64)> = scores(&tx, &user, &terms)
+            .map_err(backend)?
+            .into_iter()
+            .collect();
+        scores.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // Only the best `limit` and those tied with the last of them are
+        // read: ties go to the most recently updated.
+        let Some(&(_, lowest)) = scores.get(limit as usize - 1).or(scores.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut hits = Vec::new();
+        for (id, score) in scores.into_iter().take_while(|(_, s)| *s >= lowest) {
+            match read_meta(&tx, &user, &id) {
+                Ok(meta) => hits.push(SearchHit { meta, score }),
+                // Messages whose conversation is gone are not a result.
+                Err(StoreError::NotFound) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(b.meta.updated_at.cmp(&a.meta.updated_at))
+                .then(
+                    a.meta
+                        .conversation_id
+                        .as_ref()
+                        .cmp(b.meta.conversation_id.as_ref()),
+                )
+        });
+        hits.truncate(limit as usize);
+        Ok(hits)
     })
     .await
 }
 
+/// How many times the terms occur in each of the user's conversations
+/// (only those where they do).
+fn scores(
+    conn: &Connection,
+    user: &str,
+    terms: &[String],
+) -> rusqlite::Result<HashMap<String, f64>> {
+    let mut scores: HashMap<String, f64> = HashMap::new();
+    let key: Option<i64> = conn
+        .prepare_cached("SELECT key FROM search_users WHERE user_id = ?1")?
+        .query_row([user], |row| row.get(0))
+        .optional()?;
+    if let Some(key) = key {
+        // The user's postings of each term, one row per occurrence (in
+        // message order: a message's run is counted at once).
+        let mut per_message: HashMap<i64, u32> = HashMap::new();
+        let mut postings = conn.prepare_cached("SELECT doc FROM search_vocab WHERE term = ?1")?;
+        for term in terms {
+            let mut run: Option<(i64, u32)> = None;
+            let mut rows = postings.query([user_term(key, term)])?;
+            while let Some(row) = rows.next()? {
+                let doc: i64 = row.get(0)?;
+                match &mut run {
+                    Some((last, count)) if *last == doc => *count += 1,
+                    _ => {
+                        if let Some((doc, count)) = run.replace((doc, 1)) {
+                            *per_message.entry(doc).or_default() += count;
+                        }
+                    }
+                }
+            }
+            if let Some((doc, count)) = run {
+                *per_message.entry(doc).or_default() += count;
+            }
+        }
+        for (id, count) in conversations_of(conn, user, per_message)? {
+            *scores.entry(id).or_default() += f64::from(count);
+        }
+    }
+    // What the database thread has not indexed yet (at most about a
+    // second's worth, or a migrated file's backlog).
+    let wanted: HashSet<&str> = terms.iter().map(String::as_str).collect();
+    let mut stmt = conn.prepare_cached(
+        "SELECT conversation_id, content FROM messages INDEXED BY messages_unindexed_by_user \
+         WHERE user_id = ?1 AND indexed = 0",
+    )?;
+    let rows = stmt.query_map([user], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    for row in rows {
+        let (id, content) = row?;
+        let count = words(&content)
+            .filter(|word| wanted.contains(word.as_str()))
+            .count();
+        if count > 0 {
+            *scores.entry(id).or_default() += count as f64;
+        }
+    }
+    Ok(scores)
+}
+
+/// The messages' counts summed per conversation. Many messages are mapped
+/// by one scan of the user's entries in the `(user_id, conversation_id,
+/// seq)` index (which holds each row id), few by their row ids.
+fn conversations_of(
+    conn: &Connection,
+    user: &str,
+    per_message: HashMap<i64, u32>,
+) -> rusqlite::Result<HashMap<String, u32>> {
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    if per_message.len() > 256 {
+        let mut stmt =
+            conn.prepare_cached("SELECT id, conversation_id FROM messages WHERE user_id = ?1")?;
+        let mut rows = stmt.query([user])?;
+        while let Some(row) = rows.next()? {
+            if let Some(count) = per_message.get(&row.get::<_, i64>(0)?) {
+                *counts.entry(row.get(1)?).or_default() += count;
+            }
+        }
+    } else {
+        let mut stmt = conn.prepare_cached(
+            "SELECT conversation_id FROM messages WHERE id = ?1 AND user_id = ?2",
+        )?;
+        for (doc, count) in per_message {
+            let id: Option<String> = stmt
+                .query_row(params![doc, user], |row| row.get(0))
+                .optional()?;
+            if let Some(id) = id {
+                *counts.entry(id).or_default() += count;
+            }
+        }
+    }
+    Ok(counts)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::index::index_pending;
     use super::super::tests::{msg, store};
     use super::*;
     use crate::domain::{ConversationId, Role};
@@ -117,6 +215,169 @@ mod tests {
         assert_eq!(ids, vec![twice, once]);
         assert!(hits.iter().all(|h| h.score > 0.0));
         assert!(store.search(&alice, "\"(*", 10).await.unwrap().is_empty());
+    }
+
+    /// bm25 over every user's text made Alice's scores move with Bob's
+    /// conversations: how common a word is elsewhere leaked through them.
+    #[tokio::test]
+    async fn a_score_counts_the_users_own_text_only_indexed_or_not() {
+        let (_dir, store) = store();
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let (once, twice) = (ConversationId::new(), ConversationId::new());
+        for id in [&once, &twice] {
+            store.create(&alice, id).await.unwrap();
+        }
+        store
+            .append(&alice, &once, vec![msg(Role::User, "an okapi, a zebra")])
+            .await
+            .unwrap();
+        store
+            .append(
+                &alice,
+                &twice,
+                vec![
+                    msg(Role::User, "okapi"),
+                    msg(Role::Assistant, "OKAPI okapi!"),
+                ],
+            )
+            .await
+            .unwrap();
+        let scores = |hits: Vec<SearchHit>| {
+            hits.into_iter()
+                .map(|h| (h.meta.conversation_id, h.score))
+                .collect::<Vec<_>>()
+        };
+        let index = || store.db.call(|conn| index_pending(conn).map_err(backend));
+        // Not indexed yet, then indexed: the same scores.
+        let pending = scores(store.search(&alice, "okapi zebra", 10).await.unwrap());
+        index().await.unwrap();
+        let before = scores(store.search(&alice, "okapi zebra", 10).await.unwrap());
+        assert_eq!(before, pending);
+        assert_eq!(before, vec![(twice.clone(), 3.0), (once.clone(), 2.0)]);
+
+        for n in 0..40 {
+            let id = ConversationId::new();
+            store.create(&bob, &id).await.unwrap();
+            let text = if n % 2 == 0 {
+                "okapi okapi okapi"
+            } else {
+                "nothing here"
+            };
+            store
+                .append(&bob, &id, vec![msg(Role::User, text)])
+                .await
+                .unwrap();
+        }
+        index().await.unwrap();
+
+        let after = scores(store.search(&alice, "okapi zebra", 10).await.unwrap());
+        assert_eq!(after, before, "Bob's text moved Alice's scores");
+        assert_eq!(store.search(&bob, "zebra", 10).await.unwrap().len(), 0);
+    }
+
+    /// Many matching messages are mapped to their conversations by a scan
+    /// of the user's index entries rather than one by one: the same scores.
+    #[tokio::test]
+    async fn many_matching_messages_score_as_few_do() {
+        let (_dir, store) = store();
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let (few, many, bobs) = (
+            ConversationId::new(),
+            ConversationId::new(),
+            ConversationId::new(),
+        );
+        for (user, id, text, n) in [
+            (&alice, &few, "ibis ibis", 100),
+            (&alice, &many, "ibis", 250),
+            (&bob, &bobs, "ibis", 300),
+        ] {
+            store.create(user, id).await.unwrap();
+            let messages = (0..n).map(|_| msg(Role::User, text)).collect();
+            store.append(user, id, messages).await.unwrap();
+        }
+        let scores = |hits: Vec<SearchHit>| {
+            hits.into_iter()
+                .map(|h| (h.meta.conversation_id, h.score))
+                .collect::<Vec<_>>()
+        };
+        let expected = vec![(many.clone(), 250.0), (few.clone(), 200.0)];
+        assert_eq!(
+            scores(store.search(&alice, "ibis", 10).await.unwrap()),
+            expected
+        );
+        store
+            .db
+            .call(|conn| index_pending(conn).map_err(backend))
+            .await
+            .unwrap();
+        assert_eq!(
+            scores(store.search(&alice, "ibis", 10).await.unwrap()),
+            expected
+        );
+        assert_eq!(
+            scores(store.search(&alice, "ibis", 1).await.unwrap()),
+            expected[..1]
+        );
+    }
+
+    /// A search reads on a connection of its own: it answers while another
+    /// connection (another instance, `migrate`) holds the write lock, which
+    /// on the database thread it waited for and then failed.
+    #[tokio::test]
+    async fn a_search_answers_while_the_write_lock_is_held_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let store = crate::store::sqlite::SqliteStore::new(SqliteDb::open(&path).unwrap());
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "lemurs of madagascar")])
+            .await
+            .unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+        let hits = store.search(&user, "lemurs", 10).await.unwrap();
+
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].meta.conversation_id, id);
+        other.execute_batch("COMMIT").unwrap();
+    }
+
+    /// A search does not queue behind the database thread: here that
+    /// thread is stuck in a call until the search has answered.
+    #[tokio::test]
+    async fn a_search_answers_while_the_database_thread_is_busy() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "narwhal tusks")])
+            .await
+            .unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let db = store.db.clone();
+        let busy = tokio::spawn(async move {
+            db.call(move |_| {
+                let _ = released.recv();
+                Ok(())
+            })
+            .await
+        });
+
+        // Bounded, so a search stuck behind the call fails instead of hanging.
+        let hits = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            store.search(&user, "narwhal", 10),
+        )
+        .await
+        .expect("the search waited for the database thread")
+        .unwrap();
+
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].meta.conversation_id, id);
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
     }
 
     #[tokio::test]
@@ -170,7 +431,7 @@ mod tests {
             .db
             .call(|conn| {
                 conn.execute(
-                    "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)",
+                    "INSERT INTO search_fts (search_fts, rank) VALUES ('integrity-check', 1)",
                     [],
                 )
                 .map_err(backend)?;
