@@ -12,6 +12,7 @@
 //! whitespace only), stores only the user's message.
 
 mod chat;
+mod lapsed;
 mod quota;
 mod registry;
 mod stop;
@@ -23,6 +24,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 pub use chat::Chat;
+pub use lapsed::end_lapsed_replies;
 pub use quota::{effective_quota, resets_at, today, UsageToday};
 pub use registry::{TurnGuard, TurnRegistry};
 pub use stop::{apply_remote_stop, stop_everywhere};
@@ -319,6 +321,7 @@ impl Turn<'_> {
                 chunk: &chunk,
                 index,
                 conversation_id: id.as_ref(),
+                reply_id: relay.reply_id(),
             }));
             relay.send(ReplyEvent::Chunk { index, chunk });
             progress.chunks += 1;
@@ -422,6 +425,7 @@ impl Turn<'_> {
                     conversation_id: id.as_ref(),
                     stopped,
                     chunks: chunks as u64,
+                    reply_id: relay.as_ref().map(Relay::reply_id),
                 }));
             }
         }
