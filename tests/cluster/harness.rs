@@ -197,6 +197,11 @@ impl Endpoint for Instance {
 }
 
 impl Instance {
+    /// SIGKILL, as a crash: the process ends mid-work, nothing is drained or released.
+    pub async fn kill(&mut self) {
+        self._process.kill().await;
+    }
+
     pub async fn start(name: &'static str, env: &Env, dir: &Path) -> Instance {
         let bin = Path::new(env!("CARGO_BIN_EXE_llm-chat-server"));
         let mut process = ServerProcess::start(bin, env, dir)

@@ -9,6 +9,7 @@
 
 mod harness;
 mod proxy_auth;
+mod replies;
 mod signout;
 
 use std::time::{Duration, Instant};
