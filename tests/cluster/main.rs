@@ -242,11 +242,13 @@ async fn a_tab_on_b_watching_sees_a_reply_produced_on_a_stream_live() {
 
     // While the reply is held upstream after two pieces, B already has them: it is live.
     let mut seen = watcher.events_until_chunk(1, EVENT_TIMEOUT).await;
+    let reply_id = seen[1].data["reply_id"].clone();
+    assert!(reply_id.is_string(), "{:?}", seen[1].data);
     assert_eq!(
         seen.first().map(|e| (e.name.as_str(), e.data.clone())),
         Some((
             "reply_started",
-            json!({"conversation_id": conversation, "message": "hello live"})
+            json!({"conversation_id": conversation, "message": "hello live", "reply_id": reply_id})
         )),
         "the watcher's first event"
     );
@@ -717,9 +719,10 @@ async fn killing_redis_keeps_both_instances_serving_and_readyz_recovers_after_a_
         &echo_pieces("after"),
     );
     let watched = on_b.collect_reply(TURN_TIMEOUT).await;
+    let reply_id = watched.chunks[0].data["reply_id"].clone();
     assert_eq!(
         watched.reply_started,
-        Some(json!({"conversation_id": conversation, "message": "after"})),
+        Some(json!({"conversation_id": conversation, "message": "after", "reply_id": reply_id})),
         "{:?}",
         watched.summary()
     );
