@@ -312,7 +312,7 @@ impl ReplyHub {
         );
         Relay {
             reply,
-            to: RelayTo::Task(tx),
+            to: RelayTo::Task(tx, self.clone()),
         }
     }
 
@@ -340,8 +340,10 @@ impl ReplyHub {
             // busy relay catches up instead of falling further behind.
             let received = tokio::select! {
                 received = rx.recv_many(&mut events, RELAY_BATCH) => received,
+                // Renewed even after a failed write: a reply that goes on
+                // here must not be taken for a dead one once Redis is back.
                 _ = renew.tick() => {
-                    if !log_failed && !ended {
+                    if !ended {
                         if let Err(err) = self.log.renew(&reply).await {
                             tracing::debug!(error = %err, "could not renew a reply's lease");
                         }
@@ -421,13 +423,27 @@ enum RelayTo {
         origin_socket: Option<Arc<str>>,
     },
     /// Redis: the relay task logs, publishes and delivers.
-    Task(mpsc::Sender<ReplyEvent>),
+    Task(mpsc::Sender<ReplyEvent>, Arc<ReplyHub>),
 }
 
 impl Relay {
     /// The id of this reply (in its events to every tab).
     pub fn reply_id(&self) -> &str {
         &self.reply
+    }
+
+    /// Whether this turn stores its user's message: false when another
+    /// instance already did, having taken the reply for a dead one (its
+    /// lease lapsed while this instance was cut off from Redis). Claims the
+    /// reply so that no instance does so later.
+    pub async fn stores_user_message(&self) -> bool {
+        match &self.to {
+            RelayTo::Task(_, hub) => match &hub.redis {
+                Some(redis) => redis.claim(&self.reply, &hub.instance).await,
+                None => true,
+            },
+            RelayTo::Here { .. } => true,
+        }
     }
 
     pub fn send(&self, event: ReplyEvent) {
@@ -447,7 +463,7 @@ impl Relay {
                 memory.append(key, &logged);
                 hub.deliver_local(followed, origin_socket.as_deref(), &logged);
             }
-            RelayTo::Task(tx) => {
+            RelayTo::Task(tx, _) => {
                 if tx.try_send(event).is_err() {
                     tracing::warn!("reply relay is full; a watcher may miss a chunk");
                 }

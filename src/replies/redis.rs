@@ -36,6 +36,10 @@ pub(super) const RELAY_BATCH: usize = 64;
 /// A reply still streaming after this long is abandoned (its instance died).
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(3600);
 
+/// How long a claim on a reply is kept: far longer than any sweep that may
+/// race it takes, so one key per reply does not pile up for an hour.
+const CLAIM_TTL: Duration = Duration::from_secs(900);
+
 /// A reply in flight somewhere, as listed in `{prefix}:replies-in-flight`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct InFlight {
@@ -96,25 +100,39 @@ impl RedisLog {
             if alive > 0 {
                 continue;
             }
-            let won: Option<String> = self
-                .redis
-                .client
-                .set(
-                    self.redis.key(&format!("claim:{}", in_flight.reply)),
-                    instance,
-                    Some(Expiration::EX(IN_FLIGHT_TTL.as_secs() as i64)),
-                    Some(SetOptions::NX),
-                    false,
-                )
-                .await
-                .map_err(redis_error)?;
             // Whoever claims it ends it; the others only drop the member.
+            let won = self.try_claim(&in_flight.reply, instance).await?;
             self.forget(&member).await;
-            if won.is_some() {
+            if won {
                 claimed.push(in_flight);
             }
         }
         Ok(claimed)
+    }
+
+    /// Claims reply `reply` for `instance`: whether no other instance had.
+    async fn try_claim(&self, reply: &str, instance: &str) -> Result<bool, String> {
+        let won: Option<String> = self
+            .redis
+            .timed(self.redis.client.set(
+                self.redis.key(&format!("claim:{reply}")),
+                instance,
+                Some(Expiration::EX(CLAIM_TTL.as_secs() as i64)),
+                Some(SetOptions::NX),
+                false,
+            ))
+            .await
+            .map_err(redis_error)?;
+        Ok(won.is_some())
+    }
+
+    /// [`try_claim`](Self::try_claim) for the instance producing the reply:
+    /// a Redis failure counts as claimed (nobody else could claim it either).
+    pub(super) async fn claim(&self, reply: &str, instance: &str) -> bool {
+        self.try_claim(reply, instance).await.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "could not claim a reply; storing it");
+            true
+        })
     }
 
     async fn forget(&self, member: &str) {

@@ -369,13 +369,24 @@ impl Turn<'_> {
                 content: reply,
             });
         }
+        // Another instance took this reply for a dead one (its lease lapsed
+        // while this instance was cut off from Redis) and stored the message.
+        if let Some(relay) = relay.as_ref().filter(|_| chat.redis.is_some()) {
+            if !relay.stores_user_message().await {
+                to_store.remove(0);
+            }
+        }
         let store_started = Instant::now();
         // Counted before the reply's end is announced, so a client that
         // asks `GET /usage` after `response_end` sees this turn.
-        let (stored, ()) = tokio::join!(
-            chat.store.append(self.user, id, to_store),
-            chat.record_usage(self.user, spent),
-        );
+        let store = async {
+            if to_store.is_empty() {
+                chat.store.meta(self.user, id).await
+            } else {
+                chat.store.append(self.user, id, to_store).await
+            }
+        };
+        let (stored, ()) = tokio::join!(store, chat.record_usage(self.user, spent));
         chat.metrics.store_latency.observe(store_started.elapsed());
         chat.metrics.turn_duration.observe(started.elapsed());
         match (&outcome, &stored) {
