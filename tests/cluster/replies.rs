@@ -126,3 +126,58 @@ async fn a_reply_whose_instance_is_killed_ends_with_error_and_the_tab_can_send_a
         .collect();
     assert!(late.is_empty(), "events after the new reply: {late:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_taken_for_dead_while_its_instance_was_frozen_stores_the_message_once() {
+    let cluster = Cluster::start_with(&[("REPLY_LEASE_SECONDS", "2")], false).await;
+    let user = cluster.new_user();
+    user.get(&cluster.a, "/").await.assert_status(200);
+    let conversation = user.start_conversation(&cluster.a).await;
+    let mut sender = user.socket(&cluster.a).await;
+    let mut watcher = user.socket(&cluster.b).await;
+    assert_eq!(watcher.watch(&conversation, None).await["ok"], true);
+
+    let parts = ["Slow", " but", " alive"];
+    let gate = Gate::new();
+    cluster.llm.push(Behaviour::held(&parts, 1, &gate));
+    sender.send_message("am I stored twice?", Some(&conversation));
+    let mut events = sender.events_until_chunk(0, EVENT_TIMEOUT).await;
+    watcher.events_until_chunk(0, EVENT_TIMEOUT).await;
+
+    // A freezes (as if cut off) long enough for its lease to lapse: B ends the reply.
+    cluster.a.signal("STOP");
+    let ended = watcher.reply_events_until(LAPSE_TIMEOUT, is_end).await;
+    cluster.a.signal("CONT");
+    let error = Turn::from_events(ended);
+    assert_eq!(
+        error.expect_error()["error"],
+        "interrupted",
+        "{:?}",
+        error.summary()
+    );
+
+    // A wakes up and finishes its reply: the message B stored is not stored again.
+    gate.release();
+    events.extend(sender.reply_events_until(TURN_TIMEOUT, is_end).await);
+    let sent = Turn::from_events(events);
+    assert_eq!(sent.text(), parts.concat(), "{:?}", sent.summary());
+    assert_eq!(sent.expect_end()["stopped"], false);
+    assert_eq!(
+        user.history(&cluster.b, &conversation).await,
+        vec![
+            msg("user", "am I stored twice?"),
+            msg("assistant", &parts.concat()),
+        ]
+    );
+    let late: Vec<_> = watcher
+        .drain(Duration::from_millis(500))
+        .await
+        .into_iter()
+        .filter(|e| e.name == "response_chunk" || e.name == "response_end")
+        .map(|e| e.data)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the ended reply went on for the watcher: {late:?}"
+    );
+}
