@@ -78,25 +78,31 @@ impl RedisLog {
             .timed(self.redis.client.smembers(self.in_flight_key()))
             .await
             .map_err(redis_error)?;
-        let listed: Vec<(String, Option<InFlight>)> = members
-            .into_iter()
-            .map(|m| {
-                let parsed = serde_json::from_str(&m).ok();
-                (m, parsed)
-            })
-            .collect();
-        let mut claimed = Vec::new();
-        for (member, in_flight) in listed {
-            let Some(in_flight) = in_flight else {
-                self.forget(&member).await;
-                continue;
-            };
-            let alive: u64 = self
-                .redis
-                .client
+        let mut listed = Vec::new();
+        for member in members {
+            match serde_json::from_str::<InFlight>(&member) {
+                Ok(in_flight) => listed.push((member, in_flight)),
+                Err(_) => self.forget(&member).await,
+            }
+        }
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Every lease in one round trip, however many replies are in flight.
+        let pipeline = self.redis.client.pipeline();
+        for (_, in_flight) in &listed {
+            let _: () = pipeline
                 .exists(self.lease_key(&in_flight.reply))
                 .await
                 .map_err(redis_error)?;
+        }
+        let alive: Vec<u64> = self
+            .redis
+            .timed(pipeline.all())
+            .await
+            .map_err(redis_error)?;
+        let mut claimed = Vec::new();
+        for ((member, in_flight), alive) in listed.into_iter().zip(alive) {
             if alive > 0 {
                 continue;
             }
