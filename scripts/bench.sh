@@ -8,7 +8,9 @@
 # each), the chat server on the embedded store (SQLite in a temp dir), and the
 # transport reference (bare socketioxide), then runs, each bounded in time:
 #   1. turns, USERS users, against the reference       (the transport ceiling)
-#   2. turns, USERS users, against the server          (same run, for the ratio)
+#  1b. turns, USERS users, against the proxy reference (bare socketioxide streaming each
+#      reply from the fake LLM with reqwest: the least a chat server must do per turn)
+#   2. turns, USERS users, against the server          (same run, for both ratios)
 #      (1 and 2 again with short conversations: a new one every 10 turns)
 #   3. turns, BIG_USERS users, against the server
 #   4. turns, HISTORY_USERS users, a new conversation per turn vs HISTORY earlier messages
@@ -136,8 +138,21 @@ if [ "$ONLY" = all ] || [ "$ONLY" = turns ]; then
   ref_url=$(wait_url "$tmp/reference.out" "reference listening on ")
   echo "==> fake LLM $fake_url, server $server_url (pid $server_pid), reference $ref_url (pid $ref_pid)" >&2
 
-  emit "$(turns --label reference --url "$ref_url" --users "$USERS" --server-pid "$ref_pid")"
-  emit "$(turns --label server --url "$server_url" --users "$USERS" --server-pid "$server_pid")"
+  # The proxy reference: bare socketioxide streaming each reply from the same fake LLM.
+  "$bin/chat-bench" reference --port 0 --llm-url "$fake_url" \
+    >"$tmp/proxy.out" 2>"$tmp/proxy.out.err" &
+  proxy_pid=$!
+  pids+=("$proxy_pid")
+  proxy_url=$(wait_url "$tmp/proxy.out" "reference listening on ")
+
+  reference_line=$(turns --label reference --url "$ref_url" --users "$USERS" --server-pid "$ref_pid")
+  emit "$reference_line"
+  proxy_line=$(turns --label proxy-reference --url "$proxy_url" --users "$USERS" --server-pid "$proxy_pid")
+  emit "$proxy_line"
+  server_line=$(turns --label server --url "$server_url" --users "$USERS" --server-pid "$server_pid")
+  emit "$server_line"
+  tps() { sed -n 's/.*"turns_per_sec":\([0-9.]*\).*/\1/p' <<<"$1"; }
+  echo "==> turns/s at $USERS users: server $(tps "$server_line"), transport reference $(tps "$reference_line") (ratio $(awk -v a="$(tps "$server_line")" -v b="$(tps "$reference_line")" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')), proxy reference $(tps "$proxy_line") (ratio $(awk -v a="$(tps "$server_line")" -v b="$(tps "$proxy_line")" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'))" >&2
   # The same with conversations kept short (a new one, untimed, every 10 turns):
   # in the runs above each conversation grows by 2 messages per turn.
   emit "$(turns --label reference-short-conversations --url "$ref_url" --users "$USERS" --fresh-every 10 --server-pid "$ref_pid")"
@@ -148,7 +163,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = turns ]; then
   # 20 turns in one seeded with HISTORY messages (HISTORY..HISTORY+38).
   emit "$(turns --label server-new-conversation --url "$server_url" --users "$HISTORY_USERS" --history 0 --fresh-every 1 --server-pid "$server_pid")"
   emit "$(turns --label server-history --url "$server_url" --users "$HISTORY_USERS" --history "$HISTORY" --fresh-every 20 --server-pid "$server_pid")"
-  kill "$ref_pid" "$server_pid" 2>/dev/null || true
+  kill "$ref_pid" "$proxy_pid" "$server_pid" 2>/dev/null || true
 fi
 
 if [ "$ONLY" = all ] || [ "$ONLY" = idle ]; then

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as a new user (and CI) runs it: installs what is
 # missing (Node.js/npm, Debian's Chromium, redis-server and nginx, the npm
-# test packages, SecantusDB in a virtualenv), then runs formatting and lint checks, the Rust unit tests,
+# test packages, SecantusDB in a virtualenv), then checks that the committed
+# front-end bundle (static/vendor/) is what static/package-lock.json builds,
+# runs formatting and lint checks, the Rust unit tests,
 # the store contract suite (SQLite and MongoDB protocol), the black-box API
 # tests (on SQLite, then on MongoDB), and the Node checks (official
 # socket.io-client, headless Chromium) against the binary.
@@ -40,6 +42,9 @@ if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.package-lock.j
 else
   echo "up to date"
 fi
+
+step "front-end bundle: static/vendor/ rebuilt from static/package-lock.json must match the committed one"
+scripts/vendor.sh --check
 
 if [ "${SKIP_LINT:-0}" != 1 ]; then
   step "cargo fmt --check"

@@ -112,6 +112,32 @@ pub fn plan(
     }
 }
 
+/// Tokens of messages one summary request folds at most: four summaries'
+/// worth, and never more than the prompt budget leaves beside the earlier
+/// summary, the new one and the request's own words. The rest of what a
+/// plan would fold is folded by the turns that follow.
+pub fn fold_limit(budget: u32, summary_cap: u32, previous_summary: u32) -> u32 {
+    let room = budget.saturating_sub(summary_cap + previous_summary + 64);
+    summary_cap.saturating_mul(4).min(room)
+}
+
+/// Where one bounded summary request stops: messages `[from, end)`, at
+/// most `limit` tokens of them (`costs` as for [`plan`]), at least one
+/// message so the summary always moves on, never past `first_kept`.
+pub fn fold_end(costs: &[u32], from: usize, first_kept: usize, limit: u32) -> usize {
+    let first_kept = first_kept.min(costs.len());
+    let mut end = from;
+    let mut total = 0u32;
+    while end < first_kept {
+        total = total.saturating_add(costs[end]);
+        if total > limit && end > from {
+            break;
+        }
+        end += 1;
+    }
+    end
+}
+
 /// Assembles the prompt from a plan's pieces, leaving out the oldest kept
 /// messages if it still does not fit (a summary that came out longer than
 /// asked, or no summary because summarising failed). `costs` are the
@@ -332,6 +358,18 @@ mod tests {
                 summarise_from: Some(0)
             }
         );
+    }
+
+    #[test]
+    fn one_summary_request_folds_a_bounded_piece_and_always_moves_on() {
+        let costs = [40, 40, 40, 40, 40, 300, 40];
+        assert_eq!(fold_end(&costs, 0, 6, 100), 2);
+        assert_eq!(fold_end(&costs, 2, 6, 100), 4);
+        // One message over the limit is still folded alone.
+        assert_eq!(fold_end(&costs, 5, 6, 100), 6);
+        assert_eq!(fold_end(&costs, 0, 3, 1000), 3);
+        assert_eq!(fold_limit(900, 50, 0), 200);
+        assert_eq!(fold_limit(200, 50, 20), 66);
     }
 
     #[test]

@@ -177,6 +177,7 @@ impl Application {
             ),
         };
         let active_accounts = Arc::new(ActiveAccounts::new(accounts.clone()));
+        let summary_backoff = Arc::new(crate::turn::SummaryBackoff::default());
         let state = |notifier: Arc<dyn Notifier>| AppState {
             chat: Chat {
                 settings: settings.clone(),
@@ -190,6 +191,7 @@ impl Application {
                 turns: turns.clone(),
                 redis: redis.clone(),
                 llm_slots: llm_slots.clone(),
+                summary_backoff: summary_backoff.clone(),
             },
             limiter: limiter.clone(),
             accounts: accounts.clone(),

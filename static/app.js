@@ -1,9 +1,15 @@
 /*
- * Chat page. Talks to the server over plain HTTP (JSON) and Socket.IO
- * (static/sio.js); replies are rendered by static/markdown.js, which builds
- * DOM nodes from a safe subset of markdown. Model output is never parsed as
- * HTML.
+ * Chat page (an ES module). Talks to the server over plain HTTP (JSON) and
+ * Socket.IO (static/socket.js, on the official socket.io-client); replies
+ * are rendered by static/markdown.js (markdown-it, KaTeX, highlight.js,
+ * through DOMPurify). The pure rules live in modules of their own, with
+ * unit tests: stream-events.js (chunks, held events, replay) and search.js.
  */
+import { acceptChunk, replayAfterWatch, shouldHold } from './stream-events.js';
+import { highlightParts, searchTerms } from './search.js';
+import { createSocket } from './socket.js';
+import * as md from './markdown.js';
+
 (function () {
   'use strict';
 
@@ -17,8 +23,10 @@
     reconnecting: 'Reconnecting…',
     offline: 'Offline'
   };
-
-  var md = window.ChatMarkdown;
+  var TRANSPORT_TEXT = {
+    websocket: 'Connected over WebSocket',
+    polling: 'Connected over HTTP long-polling (WebSocket is unavailable)'
+  };
 
   function byId(id) { return document.getElementById(id); }
 
@@ -29,6 +37,8 @@
     send: byId('send-button'),
     stop: byId('stop-button'),
     newChat: byId('new-chat-button'),
+    shortcutsButton: byId('shortcuts-button'),
+    shortcutsDialog: byId('shortcuts-dialog'),
     transcript: byId('transcript'),
     empty: byId('transcript-empty'),
     list: byId('conversation-list'),
@@ -568,26 +578,15 @@
     });
   }
 
-  function searchTerms(query) {
-    return (query.match(/[\p{L}\p{N}]+/gu) || []).slice(0, 16);
-  }
-
   /** Appends `text` to `parent`, with whole-word matches of `terms` in <mark>. */
   function appendHighlighted(parent, text, terms) {
     if (!terms || !terms.length) { parent.textContent = text; return; }
-    var escaped = terms.map(function (t) { return t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'); });
-    var re = new RegExp('(?<![\\p{L}\\p{N}])(?:' + escaped.join('|') + ')(?![\\p{L}\\p{N}])', 'giu');
-    var at = 0;
-    var m;
-    while ((m = re.exec(text))) {
-      if (m.index > at) parent.appendChild(document.createTextNode(text.slice(at, m.index)));
+    highlightParts(text, terms).forEach(function (part) {
+      if (!part.mark) { parent.appendChild(document.createTextNode(part.text)); return; }
       var mark = document.createElement('mark');
-      mark.textContent = m[0];
+      mark.textContent = part.text;
       parent.appendChild(mark);
-      at = m.index + m[0].length;
-      if (m[0].length === 0) re.lastIndex++;
-    }
-    if (at < text.length) parent.appendChild(document.createTextNode(text.slice(at)));
+    });
   }
 
   function conversationItem(c, terms, metaText) {
@@ -1397,27 +1396,11 @@
       if (pendingWatch !== w) return;
       clearTimeout(w.timer);
       pendingWatch = null;
-      var events = w.buffer;
       var mine = streams.get(id);
-      if (streaming === false) {
-        // The server's log holds a reply that has ended. It is this page's
-        // own reply when the server filtered it by our last index, or when
-        // it answers the message our bubble is waiting for; otherwise it is
-        // an older reply, already in the loaded history: drop its replay.
-        var cut = -1;
-        for (var i = 0; i < events.length; i++) {
-          if (events[i][0] === 'response_end' || events[i][0] === 'error') { cut = i; break; }
-        }
-        if (cut >= 0) {
-          var start = events.slice(0, cut + 1).filter(function (e) { return e[0] === 'reply_started'; })[0];
-          var ours = !!mine && (mine.lastIndex >= 0 || (!!start && start[1].message === mine.userText));
-          if (!ours) {
-            events = events.slice(cut + 1);
-            if (!mine && id === currentId) refreshHistory(id);
-          }
-        }
-      }
-      events.forEach(function (e) { dispatch(e[0], e[1]); });
+      // An ended reply that is not ours is in the loaded history already.
+      var replay = replayAfterWatch(w.buffer, streaming, mine || null);
+      if (replay.dropped && !mine && id === currentId) refreshHistory(id);
+      replay.events.forEach(function (e) { dispatch(e[0], e[1]); });
       var left = streams.get(id);
       if (streaming === false && left && (left.kind === 'watch' || left.epoch !== connectEpoch)) {
         // The server no longer has this reply (it restarted, or the reply
@@ -1439,12 +1422,9 @@
     updateControls();
   }
 
-  var HELD = { reply_started: true, response_chunk: true, response_end: true, error: true };
-
   /** Holds an event for a conversation whose watch is not acknowledged yet. */
   function held(name, data) {
-    if (!pendingWatch || !HELD[name] || !data || data.conversation_id !== pendingWatch.id) return false;
-    if (name === 'error' && (data.error === 'not_found' || data.error === 'invalid')) return false;
+    if (!shouldHold(pendingWatch && pendingWatch.id, name, data)) return false;
     pendingWatch.buffer.push([name, data]);
     return true;
   }
@@ -1480,12 +1460,7 @@
 
     response_chunk: function (data) {
       var s = streamFor(data);
-      if (!s || !data || typeof data.chunk !== 'string') return;
-      var index = typeof data.index === 'number' ? data.index : s.lastIndex + 1;
-      if (index <= s.lastIndex) return; // had it already (replay and live overlap)
-      s.lastIndex = index;
-      s.acknowledged = true;
-      s.text += data.chunk;
+      if (!acceptChunk(s, data)) return; // not a chunk, or had it already (replay and live overlap)
       if (s.conversationId === currentId && s.bubble && s.bubble.isConnected) scheduleRender(s);
     },
 
@@ -1530,11 +1505,15 @@
   // ---------------------------------------------------------------- socket
 
   function connectSocket() {
-    socket = window.ChatSocket.createSocket();
+    socket = createSocket();
 
     socket.onStatus(function (status) {
+      var transport = status === 'connected' ? socket.transport : null;
       els.status.dataset.status = status;
-      els.status.textContent = STATUS_TEXT[status] || status;
+      els.status.textContent = (STATUS_TEXT[status] || status) + (transport === 'polling' ? ' (polling)' : '');
+      if (transport) els.status.dataset.transport = transport;
+      else delete els.status.dataset.transport;
+      els.status.title = TRANSPORT_TEXT[transport] || '';
       updateControls();
     });
 
@@ -2291,15 +2270,49 @@
       els.input.focus();
     });
 
-    document.addEventListener('keydown', function (e) {
-      if ((e.ctrlKey || e.metaKey) && !e.shiftKey && !e.altKey && (e.key === 'k' || e.key === 'K')) {
-        e.preventDefault();
-        els.sidebar.classList.add('is-open');
-        els.sidebarToggle.setAttribute('aria-expanded', 'true');
-        els.search.focus();
-        els.search.select();
-      }
-    });
+    els.shortcutsButton.addEventListener('click', openShortcuts);
+    document.addEventListener('keydown', onShortcut);
+  }
+
+  // ------------------------------------------------------------ shortcuts
+  // Listed in the help dialog (#shortcuts-dialog); Ctrl or Cmd alike.
+
+  function openShortcuts() {
+    if (els.shortcutsDialog.open) return;
+    els.shortcutsDialog.showModal();
+    byId('shortcuts-close').focus();
+  }
+
+  function anyDialogOpen() {
+    return !!document.querySelector('dialog[open]');
+  }
+
+  function onShortcut(e) {
+    var mod = (e.ctrlKey || e.metaKey) && !e.altKey;
+    if (e.defaultPrevented || e.isComposing) return;
+    if (mod && e.key === '/') {
+      e.preventDefault();
+      openShortcuts();
+      return;
+    }
+    if (anyDialogOpen() || auth.required) return;
+    if (mod && !e.shiftKey && (e.key === 'k' || e.key === 'K')) {
+      e.preventDefault();
+      els.sidebar.classList.add('is-open');
+      els.sidebarToggle.setAttribute('aria-expanded', 'true');
+      els.search.focus();
+      els.search.select();
+    } else if (mod && e.shiftKey && e.code === 'KeyO') {
+      e.preventDefault();
+      newChat();
+    } else if (mod && e.shiftKey && e.key === 'Enter') {
+      e.preventDefault();
+      regenerate();
+    } else if (e.key === 'Escape' && !mod && currentId && streams.has(currentId)
+      && !e.target.closest('details[open], .search')) {
+      e.preventDefault();
+      stopGeneration();
+    }
   }
 
   bindUi();

@@ -3,7 +3,8 @@
 //! Subcommands:
 //! - `fake-llm`: a fake OpenAI-compatible streaming server (SSE).
 //! - `reference`: the transport reference, a bare socketioxide server answering each
-//!   `send_message` with the frames of one turn and nothing else.
+//!   `send_message` with the frames of one turn and nothing else; with `--llm-url`, the
+//!   proxy reference, which streams each reply from the fake LLM and forwards its deltas.
 //! - `turns`: closed-loop chat turns at C concurrent virtual users, one JSON line.
 //! - `idle`: N idle connected sockets, server RSS per socket, one JSON line.
 //! - `fanout`: one conversation, W sockets of the same user watching it; per-chunk
@@ -27,6 +28,7 @@ use anyhow::{bail, Result};
 const USAGE: &str = "usage:
   chat-bench fake-llm  --port P [--chunks N=20] [--delay-ms D=0] [--chunk-bytes B=16]
   chat-bench reference --port P [--chunks N=20] [--chunk-bytes B=16]
+                   [--llm-url http://FAKE_LLM (proxy reference: stream each reply from it)]
   chat-bench turns --url http://127.0.0.1:PORT --users C --duration-secs S
                    [--warmup-secs W=3] [--history N=0] [--server-pid PID] [--label L]
                    [--turn-timeout-secs T=30] [--source-addrs K=1] [--llm-delay-ms D=0]

@@ -1,6 +1,12 @@
-//! The transport reference: a bare socketioxide server (same versions as the chat server)
-//! whose `send_message` handler answers with `token_usage`, N `response_chunk`s of B bytes
-//! and `response_end`, and does nothing else. It is what the transport alone allows.
+//! The references a chat server is measured against, bare socketioxide servers (same
+//! versions as the chat server) whose `send_message` handler does only this:
+//!
+//! - transport reference (no `--llm-url`): answers with `token_usage`, N `response_chunk`s
+//!   of B bytes and `response_end`: what the transport alone allows;
+//! - proxy reference (`--llm-url http://fake-llm`): streams each reply from the LLM with
+//!   reqwest (`POST /v1/chat/completions`, `stream: true`) and forwards every delta as a
+//!   `response_chunk`, then `response_end`: the least any chat server must do per turn
+//!   (no store, no sessions, no context window).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,10 +28,21 @@ pub async fn run(args: &Args) -> Result<()> {
     let bytes = args.u64_or("chunk-bytes", 16)? as usize;
     let texts: Arc<Vec<String>> = Arc::new((0..chunks).map(|i| chunk_text(i, bytes)).collect());
 
+    let upstream = args.opt_str("llm-url").map(|url| Upstream {
+        url: format!("{}/v1/chat/completions", url.trim_end_matches('/')),
+        http: reqwest::Client::new(),
+    });
+
     let (layer, io) = SocketIo::new_layer();
     io.ns("/", move |socket: SocketRef| {
         let texts = texts.clone();
-        async move { on_connect(socket, texts) }
+        let upstream = upstream.clone();
+        async move {
+            match upstream {
+                Some(upstream) => on_connect_proxy(socket, upstream),
+                None => on_connect(socket, texts),
+            }
+        }
     });
 
     // The HTTP routes the load generator calls during set-up, answered trivially.
@@ -88,4 +105,95 @@ fn on_connect(socket: SocketRef, texts: Arc<Vec<String>>) {
                 }
             },
         );
+}
+
+/// Where the proxy reference streams its replies from.
+#[derive(Clone)]
+struct Upstream {
+    url: String,
+    http: reqwest::Client,
+}
+
+fn on_connect_proxy(socket: SocketRef, upstream: Upstream) {
+    socket.on(
+        "send_message",
+        move |socket: SocketRef, Data::<Value>(data)| {
+            let upstream = upstream.clone();
+            async move {
+                let conversation_id = data
+                    .get("conversation_id")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let message = data.get("message").cloned().unwrap_or(Value::Null);
+                let _ = socket.emit(
+                    "token_usage",
+                    &json!({
+                        "total_tokens_used": 42,
+                        "max_tokens": 128000,
+                        "conversation_id": conversation_id,
+                        "summarised": false,
+                    }),
+                );
+                let chunks = match stream_reply(&upstream, &message, &socket, &conversation_id).await {
+                    Ok(chunks) => chunks,
+                    Err(error) => {
+                        let _ = socket.emit("error", &json!({"message": error.to_string()}));
+                        return;
+                    }
+                };
+                let _ = socket.emit(
+                    "response_end",
+                    &json!({"conversation_id": conversation_id, "stopped": false, "chunks": chunks}),
+                );
+            }
+        },
+    );
+}
+
+/// Streams one reply and forwards each delta; how many were forwarded.
+async fn stream_reply(
+    upstream: &Upstream,
+    message: &Value,
+    socket: &SocketRef,
+    conversation_id: &Value,
+) -> Result<usize> {
+    use futures_util::StreamExt;
+    let response = upstream
+        .http
+        .post(&upstream.url)
+        .json(&json!({
+            "model": "fake",
+            "stream": true,
+            "messages": [{"role": "user", "content": message}],
+        }))
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut body = response.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut index = 0;
+    while let Some(bytes) = body.next().await {
+        pending.extend_from_slice(&bytes?);
+        // Server-sent events end with a blank line; a `data:` line carries one delta.
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = pending.drain(..end + 2).collect();
+            for line in event.split(|b| *b == b'\n') {
+                let Some(data) = line.strip_prefix(b"data: ") else {
+                    continue;
+                };
+                if data == b"[DONE]" {
+                    return Ok(index);
+                }
+                let parsed: Value = serde_json::from_slice(data)?;
+                if let Some(text) = parsed["choices"][0]["delta"]["content"].as_str() {
+                    let _ = socket.emit(
+                        "response_chunk",
+                        &json!({"chunk": text, "index": index, "conversation_id": conversation_id}),
+                    );
+                    index += 1;
+                }
+            }
+        }
+    }
+    Ok(index)
 }

@@ -24,6 +24,15 @@ use crate::redact;
 /// commands fail after this instead of waiting for the reconnection).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The Redis deployment as one instance sees it (`/readyz`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Topology {
+    /// `single`, `cluster` or `sentinel`.
+    pub mode: &'static str,
+    /// `host:port` of each server connected to now.
+    pub nodes: Vec<String>,
+}
+
 /// The Redis connections of one instance.
 #[derive(Clone)]
 pub struct RedisConnections {
@@ -175,6 +184,27 @@ impl RedisConnections {
         format!("{}-socket.io", self.prefix)
     }
 
+    /// How this instance sees Redis now: the deployment and the servers it is connected to
+    /// (a cluster's masters; Sentinel's current master).
+    pub fn topology(&self) -> Topology {
+        let mode = if self.client.is_clustered() {
+            "cluster"
+        } else if self.client.uses_sentinels() {
+            "sentinel"
+        } else {
+            "single"
+        };
+        let mut nodes: Vec<String> = self
+            .client
+            .active_connections()
+            .iter()
+            .map(|server| format!("{}:{}", server.host, server.port))
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        Topology { mode, nodes }
+    }
+
     /// Whether Redis answers a PING now.
     pub async fn ping(&self) -> bool {
         tokio::time::timeout(Duration::from_secs(2), self.client.ping::<String>(None))
@@ -200,12 +230,40 @@ impl RedisConnections {
     /// Whether Redis holds this instance's subscription to the reply and
     /// control channels (checked on the channel only this instance uses).
     pub async fn control_subscribed(&self) -> bool {
-        let asked = self
-            .client
-            .pubsub_numsub::<(String, u64), _>(self.instance_channel.clone());
+        // A Redis Cluster counts plain subscribers per node (while it
+        // delivers plain messages to every node): there, ask each master.
+        let nodes = if self.client.is_clustered() {
+            self.client.active_connections()
+        } else {
+            vec![]
+        };
+        let ask = |node: Option<fred::types::config::Server>| {
+            let options = fred::types::config::Options {
+                cluster_node: node,
+                ..Default::default()
+            };
+            let client = self.client.with_options(&options);
+            let channel = self.instance_channel.clone();
+            async move {
+                client
+                    .pubsub_numsub::<(String, u64), _>(channel)
+                    .await
+                    .is_ok_and(|(_, count)| count >= 1)
+            }
+        };
+        let asked = async {
+            if nodes.is_empty() {
+                ask(None).await
+            } else {
+                futures_util::future::join_all(nodes.into_iter().map(|n| ask(Some(n))))
+                    .await
+                    .into_iter()
+                    .any(|subscribed| subscribed)
+            }
+        };
         matches!(
             tokio::time::timeout(Duration::from_secs(2), asked).await,
-            Ok(Ok((_, count))) if count >= 1
+            Ok(true)
         )
     }
 

@@ -7,5 +7,5 @@ mod connections;
 mod control;
 mod subscriptions;
 
-pub use connections::{timed, RedisConnections};
+pub use connections::{timed, RedisConnections, Topology};
 pub use control::{listen, Handlers};

@@ -18,8 +18,18 @@ pub(super) async fn confirmed(
     client: &Client,
     channels: &std::collections::BTreeSet<fred::bytes_utils::Str>,
 ) -> bool {
+    use fred::interfaces::ClientLike;
     for channel in channels {
+        // A Redis Cluster answers SHARDNUMSUB for a channel on a node that
+        // does not own its slot with 0 (no redirection), and fred routes
+        // the command to any node: send it to the owner of the slot.
+        let slot = fred::util::redis_keyslot(channel.as_bytes());
+        let options = fred::types::config::Options {
+            cluster_hash: Some(Some(slot).into()),
+            ..Default::default()
+        };
         match client
+            .with_options(&options)
             .pubsub_shardnumsub::<(String, u64), _>(channel.to_string())
             .await
         {

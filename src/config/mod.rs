@@ -6,12 +6,15 @@
 
 mod auth;
 mod http;
+mod limits;
 mod oidc;
 mod reader;
+pub mod redis_url;
 mod secret;
 
 pub use auth::{AuthMethods, AuthSettings, ProxyAuth, SignupPolicy};
 pub use http::HttpLimits;
+pub use limits::ConversationLimits;
 pub use oidc::{OidcProvider, OidcSettings};
 use reader::Reader;
 pub use secret::Secret;
@@ -139,6 +142,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Timeouts and the connection cap of the HTTP server.
     pub http: HttpLimits,
+    /// How large one conversation may grow (`MAX_CONVERSATION_*`).
+    pub conversation_limits: ConversationLimits,
 }
 
 /// Every problem found in the environment, one line each.
@@ -203,6 +208,9 @@ impl Settings {
             r.errors.push(format!(
                 "REDIS_PREFIX={redis_prefix:?} must be 1-64 letters, digits, '-', '_' or '.'"
             ));
+        }
+        if let Some(Err(error)) = redis_url.as_deref().map(redis_url::check) {
+            r.errors.push(error);
         }
         if redis_url.is_some() {
             match &secret_key {
@@ -422,6 +430,7 @@ impl Settings {
 
         let auth = auth::read(&mut r);
         let http = http::read(&mut r);
+        let conversation_limits = limits::read(&mut r);
 
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
@@ -477,6 +486,7 @@ impl Settings {
             log_format,
             auth,
             http,
+            conversation_limits,
         })
     }
 

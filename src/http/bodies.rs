@@ -49,12 +49,20 @@ pub struct ConversationList {
     pub conversations: Vec<ConversationMeta>,
 }
 
-/// `GET /load_conversation/{id}`.
+/// `GET /load_conversation/{id}`; `total` and `first` only when a page
+/// was asked for (`?limit=&before=`), so the plain answer stays the
+/// original app's.
 #[derive(Debug, Serialize)]
 pub struct LoadedConversation {
     pub conversation: Vec<ChatMessage>,
     pub conversation_id: ConversationId,
     pub title: Option<String>,
+    /// Messages in the whole history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// The history index of the first message in `conversation`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first: Option<u64>,
 }
 
 /// `POST /save_history`: the file written.
@@ -174,6 +182,9 @@ pub struct Health {
 pub struct Readiness {
     pub status: &'static str,
     pub checks: ReadinessChecks,
+    /// With `REDIS_URL`: how this instance sees Redis now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<crate::cluster::Topology>,
 }
 
 /// The checks of [`Readiness`]; the Redis ones only in multi-instance mode.

@@ -103,19 +103,61 @@ async fn list_conversations(
     Ok(Json(ConversationList { conversations }))
 }
 
+/// The most messages one page of `GET /load_conversation` holds.
+const MAX_PAGE: u32 = 1000;
+
+/// `GET /load_conversation/{id}`: the whole history, or with `limit`
+/// and/or `before` the page of at most `limit` messages before index
+/// `before` (the end when absent), with `total` and `first` to page on.
 async fn load_conversation(
     State(state): State<AppState>,
     mut who: SessionUser,
     IdPath(id): IdPath,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<LoadedConversation>, ApiError> {
-    let conversation = state.chat.store.load(&who.user, &id).await?;
+    let paged = query.contains_key("limit") || query.contains_key("before");
+    let loaded = if paged {
+        let limit = match query.get("limit") {
+            None => 100,
+            Some(raw) => raw
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "limit must be a whole number from 1 to {MAX_PAGE}."
+                    ))
+                })?,
+        };
+        let before = match query.contains_key("before") {
+            true => Some(u64::from(query_number(&query, "before", 0, u32::MAX)?)),
+            false => None,
+        };
+        let page = state
+            .chat
+            .store
+            .load_page(&who.user, &id, before, u64::from(limit))
+            .await?;
+        LoadedConversation {
+            conversation: page.messages,
+            conversation_id: id.clone(),
+            title: page.meta.title,
+            total: Some(page.meta.message_count),
+            first: Some(page.first),
+        }
+    } else {
+        let conversation = state.chat.store.load(&who.user, &id).await?;
+        LoadedConversation {
+            conversation: conversation.history(),
+            conversation_id: id.clone(),
+            title: conversation.meta.title.clone(),
+            total: None,
+            first: None,
+        }
+    };
     who.keep(&state).await?;
     sessions::set_current_conversation(&who.session, &id).await?;
-    Ok(Json(LoadedConversation {
-        conversation: conversation.history(),
-        conversation_id: id,
-        title: conversation.meta.title.clone(),
-    }))
+    Ok(Json(loaded))
 }
 
 async fn delete_conversation(

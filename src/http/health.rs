@@ -72,6 +72,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Json(Readiness {
             status: if ready { "ready" } else { "not_ready" },
             checks,
+            redis: state.chat.redis.as_ref().map(|redis| redis.topology()),
         }),
     )
 }

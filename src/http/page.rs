@@ -4,7 +4,7 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/", get(index))
         .route("/get_config", get(get_config))
         .route("/static/{file}", get(static_file))
+        .route("/static/vendor/{file}", get(vendor_file))
 }
 
 #[derive(Template, WebTemplate)]
@@ -96,7 +97,18 @@ async fn get_config(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-/// The static files: name, content type, bytes.
+/// A file of static/vendor/, served as /static/vendor/<name>.
+macro_rules! vendor {
+    ($name:literal, $content_type:literal) => {
+        (
+            concat!("vendor/", $name),
+            $content_type,
+            include_bytes!(concat!("../../static/vendor/", $name)),
+        )
+    };
+}
+
+/// The static files: name (under /static/), content type, bytes.
 pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
     (
         "app.js",
@@ -104,14 +116,24 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/app.js"),
     ),
     (
+        "stream-events.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/stream-events.js"),
+    ),
+    (
+        "search.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/search.js"),
+    ),
+    (
         "admin.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/admin.js"),
     ),
     (
-        "sio.js",
+        "socket.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../static/sio.js"),
+        include_bytes!("../../static/socket.js"),
     ),
     (
         "markdown.js",
@@ -128,6 +150,29 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         "image/svg+xml",
         include_bytes!("../../static/favicon.svg"),
     ),
+    // The third-party libraries, bundled by scripts/vendor.sh.
+    vendor!("libs.js", "text/javascript; charset=utf-8"),
+    vendor!("katex.css", "text/css; charset=utf-8"),
+    vendor!("KaTeX_AMS-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Caligraphic-Bold.woff2", "font/woff2"),
+    vendor!("KaTeX_Caligraphic-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Fraktur-Bold.woff2", "font/woff2"),
+    vendor!("KaTeX_Fraktur-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Main-Bold.woff2", "font/woff2"),
+    vendor!("KaTeX_Main-BoldItalic.woff2", "font/woff2"),
+    vendor!("KaTeX_Main-Italic.woff2", "font/woff2"),
+    vendor!("KaTeX_Main-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Math-BoldItalic.woff2", "font/woff2"),
+    vendor!("KaTeX_Math-Italic.woff2", "font/woff2"),
+    vendor!("KaTeX_SansSerif-Bold.woff2", "font/woff2"),
+    vendor!("KaTeX_SansSerif-Italic.woff2", "font/woff2"),
+    vendor!("KaTeX_SansSerif-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Script-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Size1-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Size2-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Size3-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Size4-Regular.woff2", "font/woff2"),
+    vendor!("KaTeX_Typewriter-Regular.woff2", "font/woff2"),
 ];
 
 /// A version string that changes whenever a static file does.
@@ -141,10 +186,23 @@ pub fn asset_version() -> String {
     format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
 }
 
+async fn vendor_file(
+    state: State<AppState>,
+    Path(name): Path<String>,
+    query: RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    static_file(state, Path(format!("vendor/{name}")), query, headers).await
+}
+
+/// Serves a static file. Every answer carries the asset version as its
+/// ETag, so what is fetched without `?v=` (the page's module imports,
+/// KaTeX's fonts) is revalidated with a 304 instead of sent again.
 async fn static_file(
     State(state): State<AppState>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     // The page asks for `?v=<asset_version>`: that URL always names these
     // bytes. Another version (an old page during a rolling deploy, a guess)
@@ -158,15 +216,36 @@ async fn static_file(
     } else {
         "no-cache"
     };
-    match STATIC_FILES.iter().find(|(n, _, _)| *n == name) {
-        Some((_, content_type, bytes)) => (
+    let Some((_, content_type, bytes)) = STATIC_FILES.iter().find(|(n, _, _)| *n == name) else {
+        return super::bodies::not_found();
+    };
+    let etag = format!("\"{}\"", state.asset_version);
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == etag || tag.strip_prefix("W/") == Some(&etag) || tag == "*"
+        });
+    if unchanged {
+        return (
+            StatusCode::NOT_MODIFIED,
             [
-                (header::CONTENT_TYPE, *content_type),
-                (header::CACHE_CONTROL, cache),
+                (header::ETAG, etag),
+                (header::CACHE_CONTROL, cache.to_string()),
             ],
-            *bytes,
         )
-            .into_response(),
-        None => super::bodies::not_found(),
+            .into_response();
     }
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CACHE_CONTROL, cache.to_string()),
+            (header::ETAG, etag),
+        ],
+        *bytes,
+    )
+        .into_response()
 }

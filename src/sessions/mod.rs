@@ -164,7 +164,11 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
             let Some(uri) = &settings.mongodb_uri else {
                 anyhow::bail!("MONGODB_URI is not set: it names the MongoDB server to use");
             };
-            let store = Arc::new(MongoStore::connect(uri, &settings.mongodb_db).await?);
+            let store = Arc::new(
+                MongoStore::connect(uri, &settings.mongodb_db)
+                    .await?
+                    .with_limits(settings.conversation_limits),
+            );
             tracing::info!(database = %settings.mongodb_db, text_search = store.text_search(), "conversations in MongoDB");
             Ok(Backends {
                 sessions: Sessions::Mongo(store.session_store()),
@@ -178,7 +182,8 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
             let db = SqliteDb::open(&settings.database_path)
                 .with_context(|| format!("DATABASE_PATH={}", settings.database_path.display()))?;
             tracing::info!(path = %settings.database_path.display(), "conversations in SQLite");
-            let store = Arc::new(SqliteStore::new(db.clone()));
+            let store =
+                Arc::new(SqliteStore::new(db.clone()).with_limits(settings.conversation_limits));
             Ok(Backends {
                 conversations: store.clone(),
                 accounts: store.clone(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fred::clients::Client;
-use fred::interfaces::{KeysInterface, LuaInterface, SortedSetsInterface};
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, SortedSetsInterface};
 use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
@@ -121,10 +121,20 @@ fn redis_error(err: fred::error::Error) -> session_store::Error {
 
 impl RedisSessionStore {
     pub fn new(connections: &RedisConnections) -> Self {
+        // The scripts above touch a session and its account's index at once, and a Redis
+        // Cluster runs a script only on keys of one hash slot: there every session key and
+        // index carries the same hash tag, `{<prefix>:sessions}`, so they live on one master.
+        // (Elsewhere the keys stay as they were, so upgrading signs nobody out.)
+        let (prefix, index_prefix) = if connections.client.is_clustered() {
+            let tag = format!("{{{}}}", connections.key("sessions"));
+            (format!("{tag}:session:"), format!("{tag}:of:"))
+        } else {
+            (connections.key("session:"), connections.key("sessions-of:"))
+        };
         Self {
             client: connections.client.clone(),
-            prefix: connections.key("session:"),
-            index_prefix: connections.key("sessions-of:"),
+            prefix,
+            index_prefix,
             latency: connections.latency.clone(),
         }
     }

@@ -42,8 +42,9 @@ pub enum StoreError {
     /// No conversation with that id belongs to that user.
     #[error("conversation not found")]
     NotFound,
-    /// The conversation would grow past what the backend can hold (MongoDB's
-    /// 16 MB document limit); the sentence says so to the user.
+    /// The conversation would grow past its cap (`MAX_CONVERSATION_*`), or
+    /// past what the backend can hold (MongoDB's 16 MB document limit); the
+    /// sentence (the cap's, the same everywhere) says so to the user.
     #[error("{0}")]
     TooLarge(String),
     /// The backend cannot be reached right now (retryable).
@@ -109,6 +110,38 @@ impl Conversation {
     }
 }
 
+/// Part of a conversation's history (`GET /load_conversation/{id}?limit=&before=`).
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The conversation's metadata; `message_count` is the whole history's.
+    pub meta: ConversationMeta,
+    /// The index in the history of the first message returned.
+    pub first: u64,
+    pub messages: Vec<ChatMessage>,
+}
+
+/// The range of the page before `before` (the end when absent or past
+/// it) of at most `limit` messages, in a history of `total`.
+pub fn page_range(total: u64, before: Option<u64>, limit: u64) -> std::ops::Range<u64> {
+    let end = before.unwrap_or(total).min(total);
+    end.saturating_sub(limit)..end
+}
+
+impl HistoryPage {
+    /// The page of a whole conversation.
+    pub fn of(conversation: &Conversation, before: Option<u64>, limit: u64) -> Self {
+        let range = page_range(conversation.messages.len() as u64, before, limit);
+        HistoryPage {
+            meta: conversation.meta.clone(),
+            first: range.start,
+            messages: conversation.messages[range.start as usize..range.end as usize]
+                .iter()
+                .map(|m| m.message.clone())
+                .collect(),
+        }
+    }
+}
+
 /// One search result.
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchHit {
@@ -124,6 +157,19 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta>;
     /// The conversation with its messages and summary.
     async fn load(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation>;
+    /// At most `limit` messages before index `before` (the end when
+    /// absent), with the metadata. Backends read only the page; this
+    /// default reads the whole conversation (a cache serves it).
+    async fn load_page(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        before: Option<u64>,
+        limit: u64,
+    ) -> StoreResult<HistoryPage> {
+        let conversation = self.load(user, id).await?;
+        Ok(HistoryPage::of(&conversation, before, limit))
+    }
     /// The conversation's metadata only (an existence check).
     async fn meta(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta>;
     /// The user's conversations, newest `created_at` first.

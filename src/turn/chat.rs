@@ -35,4 +35,6 @@ pub struct Chat {
     /// Slots for replies generated at once (`LLM_MAX_CONCURRENCY`); `None`:
     /// no cap.
     pub llm_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Conversations whose last summary failed wait before the next.
+    pub summary_backoff: Arc<super::backoff::SummaryBackoff>,
 }

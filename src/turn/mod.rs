@@ -11,11 +11,14 @@
 //! upstream failure, including a reply that ends without any text (or with
 //! whitespace only), stores only the user's message.
 
+mod backoff;
 mod chat;
+mod full;
 mod lapsed;
 mod quota;
 mod registry;
 mod stop;
+mod summarise;
 mod title;
 
 use std::time::Instant;
@@ -23,13 +26,14 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use serde_json::Value;
 
+pub use backoff::SummaryBackoff;
 pub use chat::Chat;
 pub use lapsed::end_lapsed_replies;
 pub use quota::{effective_quota, resets_at, today, UsageToday};
 pub use registry::{TurnGuard, TurnRegistry};
 pub use stop::{apply_remote_stop, stop_everywhere};
 
-use crate::context::{assemble, plan, summary_request};
+use crate::context::{assemble, plan};
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
 use crate::error::ApiError;
 use crate::events::{EventSink, Field, ResponseChunk, ResponseEnd, ServerEvent, TokenUsage};
@@ -38,7 +42,8 @@ use crate::metrics::Metrics;
 use crate::notify::conversation_updated;
 use crate::replies::{Relay, ReplyEvent};
 use crate::store::usage::DayUsage;
-use crate::store::{NewMessage, Summary};
+use crate::store::NewMessage;
+use summarise::{Folded, Whose};
 
 /// Checks a chat message as it came in a payload (raw JSON): a non-empty
 /// string within the size limit.
@@ -106,6 +111,8 @@ struct Progress {
     upstream_answered: bool,
     /// The upstream's own count, when it sent one.
     usage: Option<Usage>,
+    /// Bytes of text the conversation could still take when the turn began.
+    room: u64,
     /// Other tabs follow the reply through it (none before streaming).
     relay: Option<Relay>,
     started: Instant,
@@ -158,6 +165,7 @@ impl Turn<'_> {
             chunks: 0,
             upstream_answered: false,
             usage: None,
+            room: 0,
             relay: None,
             started: Instant::now(),
         };
@@ -177,6 +185,7 @@ impl Turn<'_> {
         chat.metrics
             .store_latency
             .observe(progress.started.elapsed());
+        progress.room = full::room_for_turn(chat, &conversation, &progress.text)?;
 
         let new_tokens = progress.text_tokens;
         let new_cost = new_tokens + crate::context::MESSAGE_OVERHEAD;
@@ -207,39 +216,22 @@ impl Turn<'_> {
         );
         let mut summary_text = conversation.summary.as_ref().map(|s| s.text.clone());
         if let Some(from) = prompt_plan.summarise_from {
-            let to_fold = &conversation.messages[from..prompt_plan.first_kept];
-            let request = ChatRequest {
-                messages: summary_request(summary_text.as_deref(), to_fold).into(),
-                max_tokens: summary_cap,
+            let first_kept = prompt_plan.first_kept;
+            let whose = Whose {
+                user: self.user,
+                conversation: self.conversation,
+                cancel: &self.guard.cancel,
             };
-            let outcome = tokio::select! {
-                _ = self.guard.cancel.cancelled() => return Ok(Prepared::Stopped),
-                result = chat.complete_metered(self.user, request) => result,
-            };
-            match outcome {
-                Ok(text) => {
-                    let text = text.trim().to_string();
-                    let summary = Summary {
-                        tokens: chat.tokens.count(&text),
-                        text: text.clone(),
-                        covers: prompt_plan.first_kept,
-                    };
-                    Metrics::inc(&chat.metrics.summaries);
-                    if let Err(err) = chat
-                        .store
-                        .set_summary(self.user, self.conversation, summary)
-                        .await
-                    {
-                        tracing::warn!(error = %err, "could not store the summary; using it for this turn only");
-                    }
+            match whose
+                .summarise(chat, &conversation, &costs, from, first_kept, summary_cap)
+                .await
+            {
+                Folded::Stopped => return Ok(Prepared::Stopped),
+                Folded::Into(text) => {
                     summary_text = Some(text);
                     progress.summarised = true;
                 }
-                Err(err) => {
-                    // Leave the oldest turns out of the prompt instead.
-                    Metrics::inc(&chat.metrics.summary_failures);
-                    tracing::warn!(error = %err, conversation = %self.conversation, "summarising failed; leaving older turns out");
-                }
+                Folded::NotNow => {}
             }
         }
 
@@ -349,6 +341,7 @@ impl Turn<'_> {
             chunks,
             relay,
             started,
+            room,
             ..
         } = progress;
         Metrics::add(&chat.metrics.reply_chunks, chunks as u64);
@@ -383,7 +376,7 @@ impl Turn<'_> {
             if to_store.is_empty() {
                 chat.store.meta(self.user, id).await
             } else {
-                chat.store.append(self.user, id, to_store).await
+                full::append_turn(chat, self.user, id, to_store, room).await
             }
         };
         let (stored, ()) = tokio::join!(store, chat.record_usage(self.user, spent));

@@ -15,6 +15,7 @@ mod caching_and_compression;
 mod capacity;
 mod chat_turn;
 mod context_window;
+mod conversation_limits;
 mod conversations;
 mod csrf;
 mod few_shot;

@@ -27,11 +27,61 @@ pub const TURN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Tail of a text file, for failure reports.
-fn tail_of(path: &Path, lines: usize) -> String {
+pub fn tail_of(path: &Path, lines: usize) -> String {
     testkit::server::tail(&std::fs::read_to_string(path).unwrap_or_default(), lines)
 }
 
 // ------------------------------------------------------------------ Redis
+
+/// Starts `redis-server` on 127.0.0.1:`port` without persistence, working in `dir`, with
+/// `extra` arguments (a config file first, when given), and waits until it answers PING.
+/// Its output goes to `log`.
+pub fn spawn_redis_server(port: u16, dir: &Path, extra: &[String], log: &Path) -> Child {
+    assert!(
+        Path::new(REDIS_SERVER).exists(),
+        "{REDIS_SERVER} is missing: install Debian's redis-server package (apt-get install redis-server)"
+    );
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("redis log file");
+    let mut child = Command::new(REDIS_SERVER)
+        .args(extra)
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--daemonize", "no"])
+        .args(["--dir", &dir.display().to_string()])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log handle"))
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {REDIS_SERVER}: {error}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "redis-server on port {port} exited ({status}) before answering PING:\n{}",
+                tail_of(log, 20)
+            );
+        }
+        if redis_ping(port) {
+            return child;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "redis-server on port {port} did not answer PING within 10 s:\n{}",
+                tail_of(log, 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// A `redis-server` of this test on 127.0.0.1, without persistence. Killed on drop.
 pub struct Redis {
@@ -42,10 +92,6 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        assert!(
-            Path::new(REDIS_SERVER).exists(),
-            "{REDIS_SERVER} is missing: install Debian's redis-server package (apt-get install redis-server)"
-        );
         let mut redis = Redis {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir for redis"),
@@ -64,47 +110,7 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("redis log file");
-        let mut child = Command::new(REDIS_SERVER)
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .args(["--dir", &self.dir.path().display().to_string()])
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {REDIS_SERVER}: {error}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "redis-server on port {} exited ({status}) before answering PING:\n{}",
-                    self.port,
-                    tail_of(&self.log_path(), 20)
-                );
-            }
-            if redis_ping(self.port) {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "redis-server on port {} did not answer PING within 10 s:\n{}",
-                    self.port,
-                    tail_of(&self.log_path(), 20)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_redis_server(self.port, self.dir.path(), &[], &self.log_path());
         self.child = Some(child);
     }
 
@@ -165,7 +171,7 @@ impl Redis {
     }
 }
 
-fn redis_ping(port: u16) -> bool {
+pub fn redis_ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(
         &SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(200),
@@ -436,13 +442,57 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 // ---------------------------------------------------------------- cluster
 
+/// The Redis deployment a [`Cluster`] runs on.
+pub enum RedisSetup {
+    Single(Redis),
+    Cluster(crate::topology::RedisCluster),
+    Sentinel(crate::topology::RedisSentinel),
+}
+
+impl RedisSetup {
+    /// `REDIS_URL` for the instances.
+    pub fn url(&self) -> String {
+        match self {
+            RedisSetup::Single(redis) => redis.url(),
+            RedisSetup::Cluster(cluster) => cluster.url(),
+            RedisSetup::Sentinel(sentinel) => sentinel.url(),
+        }
+    }
+
+    fn single(&mut self) -> &mut Redis {
+        match self {
+            RedisSetup::Single(redis) => redis,
+            _ => panic!("this test needs a single redis-server"),
+        }
+    }
+
+    /// Kills the single server (SIGKILL).
+    pub fn kill(&mut self) {
+        self.single().kill();
+    }
+
+    /// Starts the single server again on its port.
+    pub fn restart(&mut self) {
+        self.single().restart();
+    }
+
+    /// The shard channels Redis holds subscribers for, for failure reports.
+    pub fn shard_channels(&self) -> String {
+        match self {
+            RedisSetup::Single(redis) => redis.shard_channels(),
+            RedisSetup::Cluster(cluster) => cluster.shard_channels(),
+            RedisSetup::Sentinel(_) => "<not asked of a sentinel set>".to_owned(),
+        }
+    }
+}
+
 /// Redis, the fake LLM, instances `a` and `b`, and (if asked) nginx in front of both.
 /// Fields drop in order: nginx, the instances, then Redis.
 pub struct Cluster {
     pub nginx: Option<Nginx>,
     pub a: Instance,
     pub b: Instance,
-    pub redis: Redis,
+    pub redis: RedisSetup,
     pub llm: FakeLlm,
     /// The shared SQLite file and saved conversations; removed after the instances stop.
     _dir: TempDir,
@@ -464,7 +514,15 @@ impl Cluster {
 
     /// With these extra environment variables, and nginx in front when `with_nginx`.
     pub async fn start_with(overrides: &[(&str, &str)], with_nginx: bool) -> Cluster {
-        let redis = Redis::start();
+        Cluster::start_on(RedisSetup::Single(Redis::start()), overrides, with_nginx).await
+    }
+
+    /// The same on the given Redis deployment (one server, a Redis Cluster or Sentinel).
+    pub async fn start_on(
+        redis: RedisSetup,
+        overrides: &[(&str, &str)],
+        with_nginx: bool,
+    ) -> Cluster {
         let llm = FakeLlm::start().await;
         // Unless a test scripts otherwise: `You said: <message>` in four pieces.
         llm.set_default_fn(|request| Behaviour::Stream(echo_pieces(&request.last_user_message())));

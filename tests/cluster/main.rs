@@ -11,6 +11,8 @@ mod harness;
 mod proxy_auth;
 mod replies;
 mod signout;
+mod topologies;
+mod topology;
 
 use std::time::{Duration, Instant};
 
@@ -108,7 +110,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_from_instance_a_works_on_instance_b() {
-    let cluster = Cluster::start().await;
+    cookie_from_a_works_on_b(&Cluster::start().await).await;
+}
+
+/// Also run on a Redis Cluster and on Sentinel (`topologies.rs`).
+pub(crate) async fn cookie_from_a_works_on_b(cluster: &Cluster) {
     let user = cluster.new_user();
     user.get(&cluster.a, "/").await.assert_status(200);
     assert!(
@@ -225,7 +231,11 @@ async fn a_conversation_started_on_a_continues_on_b() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tab_on_b_watching_sees_a_reply_produced_on_a_stream_live() {
-    let cluster = Cluster::start().await;
+    tab_on_b_watches_reply_on_a(&Cluster::start().await).await;
+}
+
+/// Also run on a Redis Cluster and on Sentinel (`topologies.rs`).
+pub(crate) async fn tab_on_b_watches_reply_on_a(cluster: &Cluster) {
     let user = cluster.new_user();
     user.get(&cluster.a, "/").await.assert_status(200);
     let conversation = user.start_conversation(&cluster.a).await;
@@ -339,7 +349,11 @@ async fn sockets_closing_while_their_watch_registers_leave_no_watcher_on_either_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_mid_reply_resumes_on_the_other_instance_exactly_once() {
-    let cluster = Cluster::start().await;
+    resume_on_b_exactly_once(&Cluster::start().await).await;
+}
+
+/// Also run on a Redis Cluster and on Sentinel (`topologies.rs`).
+pub(crate) async fn resume_on_b_exactly_once(cluster: &Cluster) {
     let user = cluster.new_user();
     user.get(&cluster.a, "/").await.assert_status(200);
     let conversation = user.start_conversation(&cluster.a).await;
@@ -427,7 +441,11 @@ async fn a_reload_after_the_reply_ended_gets_the_missing_chunks_from_the_reply_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_generation_from_b_ends_a_reply_running_on_a() {
-    let cluster = Cluster::start().await;
+    stop_from_b_ends_reply_on_a(&Cluster::start().await).await;
+}
+
+/// Also run on a Redis Cluster and on Sentinel (`topologies.rs`).
+pub(crate) async fn stop_from_b_ends_reply_on_a(cluster: &Cluster) {
     let user = cluster.new_user();
     user.get(&cluster.a, "/").await.assert_status(200);
     let conversation = user.start_conversation(&cluster.a).await;

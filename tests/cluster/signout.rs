@@ -59,10 +59,14 @@ async fn assert_signed_out(browser: &Browser, cluster: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_out_everywhere_on_a_closes_the_persons_sockets_on_b_and_nobody_elses() {
-    let cluster = accounts_cluster().await;
-    let (laptop, _) = sign_up(&cluster, &cluster.a, "ann@example.org").await;
-    let phone = sign_in(&cluster, &cluster.b, "ann@example.org").await;
-    let (bob, _) = sign_up(&cluster, &cluster.b, "bob@example.org").await;
+    sign_out_everywhere_reaches_b(&accounts_cluster().await).await;
+}
+
+/// Also run on a Redis Cluster and on Sentinel (`topologies.rs`).
+pub(crate) async fn sign_out_everywhere_reaches_b(cluster: &Cluster) {
+    let (laptop, _) = sign_up(cluster, &cluster.a, "ann@example.org").await;
+    let phone = sign_in(cluster, &cluster.b, "ann@example.org").await;
+    let (bob, _) = sign_up(cluster, &cluster.b, "bob@example.org").await;
     let mut phone_on_b = phone.socket(&cluster.b).await;
     let mut laptop_on_b = laptop.socket(&cluster.b).await;
     let mut laptop_on_a = laptop.socket(&cluster.a).await;
@@ -85,8 +89,8 @@ async fn signing_out_everywhere_on_a_closes_the_persons_sockets_on_b_and_nobody_
             "{name} stayed connected"
         );
     }
-    assert_signed_out(&laptop, &cluster).await;
-    assert_signed_out(&phone, &cluster).await;
+    assert_signed_out(&laptop, cluster).await;
+    assert_signed_out(&phone, cluster).await;
     assert!(
         SioClient::connect(cluster.b.addr, phone.cookie_header().as_deref(), None)
             .await

@@ -101,12 +101,28 @@ test('the page has no inline script, handler or style (CSP-ready)', async () => 
   assert.doesNotMatch(html, /\son[a-z]+\s*=/i, 'inline event handler');
   assert.doesNotMatch(html, /\sstyle\s*=/i, 'inline style attribute');
   assert.match(html, /\/static\/app\.js\?v=/);
-  const types = { js: /javascript/, css: /text\/css/ };
-  for (const asset of ['/static/app.js', '/static/sio.js', '/static/style.css']) {
+  const types = { js: /javascript/, css: /text\/css/, woff2: /^font\/woff2$/ };
+  for (const asset of ['/static/app.js', '/static/socket.js', '/static/style.css', '/static/vendor/libs.js',
+    '/static/vendor/katex.css', '/static/vendor/KaTeX_Main-Regular.woff2']) {
     const r = await fetch(`${server.url}${asset}`, { signal: AbortSignal.timeout(10000) });
     assert.equal(r.status, 200, asset);
     assert.match(r.headers.get('content-type') || '', types[asset.split('.').pop()], asset);
   }
+  // The bundle under the page's version is cached for good; what the page
+  // fetches without a version (module imports, fonts) is revalidated by ETag.
+  const version = /\/static\/vendor\/libs\.js\?v=(\w+)/.exec(html)?.[1];
+  assert.ok(version, 'the page loads the bundle under its version');
+  const bundle = await fetch(`${server.url}/static/vendor/libs.js?v=${version}`, { signal: AbortSignal.timeout(10000) });
+  assert.equal(bundle.headers.get('cache-control'), 'public, max-age=31536000, immutable');
+  await bundle.arrayBuffer();
+  const module = await fetch(`${server.url}/static/search.js`, { signal: AbortSignal.timeout(10000) });
+  assert.equal(module.headers.get('cache-control'), 'no-cache');
+  const etag = module.headers.get('etag');
+  assert.ok(etag, 'an ETag');
+  await module.text();
+  const again = await fetch(`${server.url}/static/search.js`, { headers: { 'if-none-match': etag }, signal: AbortSignal.timeout(10000) });
+  assert.equal(again.status, 304);
+  assert.equal(await again.text(), '');
 
   // The CSP that the other tests add really is in force: an injected inline script does not run.
   const context = await browser.newContext();
@@ -155,13 +171,14 @@ test('chatting in the page streams the reply as text', async () => {
 
     // Model output containing markup is shown as text.
     const second = 'please show xss';
-    await sendAndWait(page, second, replyFor(second).replace('[link](javascript:window.__xss=3)', 'link'));
+    // (A link to an unsafe URL is no link: its markdown stays text, as CommonMark has it.)
+    await sendAndWait(page, second, replyFor(second));
     assert.equal(await page.locator('#transcript img, #transcript script, #transcript a').count(), 0,
       'no <img>, <script> or javascript: link created from model output');
     assert.equal(await page.evaluate(() => window.__xss), undefined);
-    // Raw HTML is shown as text; the unsafe link keeps only its label.
+    // Raw HTML is shown as text.
     assert.ok((await page.locator('#transcript .message-assistant').last().textContent())
-      .includes('<script>window.__xss=2</script> <img src=x onerror="window.__xss=1"> link'));
+      .includes('<script>window.__xss=2</script> <img src=x onerror="window.__xss=1"> [link](javascript:window.__xss=3)'));
 
     // The sidebar picked up the title (conversation_updated).
     await page.waitForFunction(() => {

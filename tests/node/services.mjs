@@ -150,10 +150,19 @@ function adaptDeployConfig(deploy, upstreams, listen) {
   return out.join('\n');
 }
 
-/** Debian's nginx with deploy/nginx.conf in front of `upstreams`, on `port` (or a free loopback port). */
-export async function startNginx(upstreams, port) {
+/**
+ * Debian's nginx with deploy/nginx.conf in front of `upstreams`, on `port` (or a free
+ * loopback port). With `refuseWebSocket`, it answers every WebSocket upgrade 403, as a
+ * proxy or network that blocks WebSocket does (long-polling still passes).
+ */
+export async function startNginx(upstreams, port, { refuseWebSocket = false } = {}) {
   if (!existsSync(NGINX)) throw new Error(`${NGINX} is missing: install Debian's nginx package`);
-  const deploy = await readFile(path.join(REPO_ROOT, 'deploy', 'nginx.conf'), 'utf8');
+  let deploy = await readFile(path.join(REPO_ROOT, 'deploy', 'nginx.conf'), 'utf8');
+  if (refuseWebSocket) {
+    const pass = 'proxy_set_header Upgrade $http_upgrade;';
+    assert.ok(deploy.includes(pass), `deploy/nginx.conf no longer has "${pass}"`);
+    deploy = deploy.replace(pass, 'if ($http_upgrade) { return 403; }');
+  }
   const dir = await mkdtemp(path.join(tmpdir(), 'services-nginx-'));
   await chmod(dir, 0o755); // nginx's workers (nobody, when started as root) write temp files here
   port ??= await freePort();

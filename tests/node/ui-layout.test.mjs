@@ -12,6 +12,12 @@ import {
 const RICH = [
   'Here is a **quick comparison** of the two approaches:',
   '',
+  'The closed form is $F_n = \\frac{\\varphi^n - \\psi^n}{\\sqrt{5}}$, and the sum of the first $n$ terms:',
+  '',
+  '$$',
+  '\\sum_{k=1}^{n} F_k = F_{n+2} - 1',
+  '$$',
+  '',
   '| Approach | Speed | Memory |',
   '|----------|------:|-------:|',
   '| Streaming | fast | low |',
@@ -101,6 +107,10 @@ test('desktop, light and dark: regions apart, themes applied, wide code scrolls 
       }));
       assert.ok(code.scroll > code.client, 'the code block scrolls sideways');
       assert.ok(code.bubbleRight <= code.transcriptRight, 'the reply stays inside the transcript');
+      // The math is typeset, in KaTeX's fonts, before the picture is taken.
+      assert.equal(await page.locator('#transcript .katex-display').count(), 1);
+      assert.equal(await page.locator('#transcript p .katex').count(), 2);
+      await page.waitForFunction(() => document.fonts.check('16px KaTeX_Main') && document.fonts.status === 'loaded');
       await screenshot(page, `ui-desktop-${scheme}.png`);
       if (scheme === 'dark') {
         await page.locator('#conversation-menu-button').click();

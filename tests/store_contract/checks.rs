@@ -14,8 +14,11 @@ use llm_chat_server::store::{
 };
 
 use crate::fixture::{Fixture, Kind};
+use llm_chat_server::config::ConversationLimits;
 
-pub const TOO_LARGE: &str = "This conversation has reached its size limit (about 15 MB of text). Please start a new conversation.";
+/// The default cap's sentence (10 000 messages, 6 MiB of text).
+pub const TOO_LARGE: &str =
+    "This conversation is full (at most 10000 messages / 6 MB of text). Start a new conversation.";
 
 pub fn msg(role: Role, content: &str) -> NewMessage {
     NewMessage {
@@ -540,29 +543,184 @@ pub async fn size_limit_refuses_without_writing(f: &Fixture) {
     for (i, m) in loaded.messages.iter().enumerate() {
         assert_eq!(&*m.message.content, format!("{i} {big}"));
     }
-    match f.kind {
-        // Each MiB is stored twice (history and conversation_text).
-        Kind::Mongo => {
-            assert!(
-                refused,
-                "MongoDB must refuse before the 16 MB document limit"
-            );
-            assert!((6..=7).contains(&accepted), "accepted {accepted} MiB");
-            // A small message still fits.
-            store
-                .append(&user, &id, vec![msg(Role::Assistant, "short")])
-                .await
-                .unwrap();
-            if let Some(raw) = f.raw_document(&user, &id).await {
-                let history = store.load(&user, &id).await.unwrap().history();
-                assert_eq!(
-                    raw.get_str("conversation_text").unwrap(),
-                    conversation_text(&history)
-                );
-            }
-        }
-        Kind::Sqlite => assert!(!refused, "SQLite has no document size limit"),
+    // The default cap, 6 MiB of text, comes first in every store (on
+    // MongoDB, before its 15 MiB guard: each MiB is stored twice there).
+    assert!(refused, "the default cap must refuse the sixth MiB");
+    assert_eq!(accepted, 5, "accepted {accepted} MiB");
+    // A small message still fits.
+    store
+        .append(&user, &id, vec![msg(Role::Assistant, "short")])
+        .await
+        .unwrap();
+    if let Some(raw) = f.raw_document(&user, &id).await {
+        let history = store.load(&user, &id).await.unwrap().history();
+        assert_eq!(
+            raw.get_str("conversation_text").unwrap(),
+            conversation_text(&history)
+        );
     }
+}
+
+/// The small cap the next check sets: 4 messages, 100 bytes of text.
+pub const SMALL_CAP: &str =
+    "This conversation is full (at most 4 messages / 100 bytes of text). Start a new conversation.";
+
+#[track_caller]
+fn assert_full<T: Debug>(result: StoreResult<T>) {
+    match result {
+        Err(StoreError::TooLarge(why)) => assert_eq!(why, SMALL_CAP),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+pub async fn the_cap_counts_messages_and_bytes_and_refuses_atomically(f: &Fixture) {
+    let store = f
+        .with_limits(ConversationLimits {
+            max_messages: 4,
+            max_bytes: 100,
+        })
+        .await;
+    let (user, id) = (UserId::new(), ConversationId::new());
+    store.create(&user, &id).await.unwrap();
+    store
+        .append(
+            &user,
+            &id,
+            vec![
+                msg(Role::User, &"a".repeat(20)),
+                msg(Role::Assistant, &"b".repeat(20)),
+            ],
+        )
+        .await
+        .unwrap();
+    let before = store.load(&user, &id).await.unwrap();
+
+    // Three more messages: five in all.
+    assert_full(
+        store
+            .append(
+                &user,
+                &id,
+                vec![
+                    msg(Role::User, "c"),
+                    msg(Role::Assistant, "d"),
+                    msg(Role::User, "e"),
+                ],
+            )
+            .await,
+    );
+    // 40 + 61 bytes ("é" is two).
+    assert_full(
+        store
+            .append(
+                &user,
+                &id,
+                vec![msg(Role::User, &format!("{}x", "é".repeat(30)))],
+            )
+            .await,
+    );
+    let after = store.load(&user, &id).await.unwrap();
+    assert_eq!(
+        after.meta, before.meta,
+        "a refused append changed the metadata"
+    );
+    assert_eq!(contents(&after), contents(&before));
+
+    // Exactly at the cap is fine; one byte more is not.
+    store
+        .append(&user, &id, vec![msg(Role::User, &"é".repeat(30))])
+        .await
+        .unwrap();
+    assert_full(
+        store
+            .append(&user, &id, vec![msg(Role::Assistant, "f")])
+            .await,
+    );
+    // Removing the last message makes room for as much again.
+    store.delete_last_message(&user, &id).await.unwrap();
+    store
+        .append(&user, &id, vec![msg(Role::User, &"g".repeat(60))])
+        .await
+        .unwrap();
+    // A reset empties it.
+    store.reset(&user, &id).await.unwrap();
+    store
+        .append(
+            &user,
+            &id,
+            (0..4).map(|i| msg(Role::User, &format!("{i}"))).collect(),
+        )
+        .await
+        .unwrap();
+    assert_full(store.append(&user, &id, vec![msg(Role::User, "5")]).await);
+
+    // Another user's or a missing conversation is not found, not full.
+    assert_not_found(
+        store
+            .append(&UserId::new(), &id, vec![msg(Role::User, &"h".repeat(500))])
+            .await,
+    );
+    // An import past the cap is refused and leaves nothing.
+    let big = ConversationId::new();
+    let messages = (0..5)
+        .map(|i| StoredMessage {
+            message: ChatMessage::new(Role::User, format!("{i}")),
+            tokens: None,
+        })
+        .collect();
+    assert_full(
+        store
+            .import(&user, &conversation(&big, Utc::now(), Utc::now(), messages))
+            .await,
+    );
+    assert_not_found(store.meta(&user, &big).await);
+}
+
+pub async fn a_page_of_the_history_is_read_from_the_end_backwards(f: &Fixture) {
+    let store = f.store.clone();
+    let (user, id) = (UserId::new(), ConversationId::new());
+    store.create(&user, &id).await.unwrap();
+    let texts: Vec<String> = (0..7).map(|i| format!("m{i}")).collect();
+    let roles = [Role::User, Role::Assistant];
+    store
+        .append(
+            &user,
+            &id,
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| msg(roles[i % 2], t))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let page_texts = |page: &llm_chat_server::store::HistoryPage| -> Vec<String> {
+        page.messages
+            .iter()
+            .map(|m| m.content.to_string())
+            .collect()
+    };
+
+    let last = store.load_page(&user, &id, None, 3).await.unwrap();
+    let middle = store.load_page(&user, &id, Some(4), 3).await.unwrap();
+    let start = store.load_page(&user, &id, Some(2), 3).await.unwrap();
+    let past = store.load_page(&user, &id, Some(99), 2).await.unwrap();
+    let all = store.load_page(&user, &id, None, 100).await.unwrap();
+
+    assert_eq!((page_texts(&last), last.first), (texts[4..7].to_vec(), 4));
+    assert_eq!(last.meta.message_count, 7);
+    assert_eq!(last.meta.title.as_deref(), Some("m0"));
+    assert_eq!(
+        (page_texts(&middle), middle.first),
+        (texts[1..4].to_vec(), 1)
+    );
+    assert_eq!(middle.messages[0].role, Role::Assistant);
+    assert_eq!((page_texts(&start), start.first), (texts[0..2].to_vec(), 0));
+    assert_eq!((page_texts(&past), past.first), (texts[5..7].to_vec(), 5));
+    assert_eq!((page_texts(&all), all.first), (texts.clone(), 0));
+    let empty = store.load_page(&user, &id, Some(0), 5).await.unwrap();
+    assert!(empty.messages.is_empty() && empty.first == 0);
+    assert_not_found(store.load_page(&UserId::new(), &id, None, 3).await);
 }
 
 /// A conversation to import.

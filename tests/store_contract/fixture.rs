@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use llm_chat_server::config::ConversationLimits;
 use llm_chat_server::domain::{ConversationId, UserId};
 use llm_chat_server::sessions::{Sessions, SqliteSessionStore};
 use llm_chat_server::store::accounts::AccountStore;
@@ -124,6 +125,19 @@ impl Fixture {
             }),
             sqlite_path: None,
             _dir: None,
+        }
+    }
+
+    /// This fixture's store (the same file or database) with another
+    /// conversation cap.
+    pub async fn with_limits(&self, limits: ConversationLimits) -> Arc<dyn ConversationStore> {
+        match (&self.sqlite_path, &self.mongo) {
+            (Some(path), _) => Arc::new(
+                SqliteStore::new(SqliteDb::open(path).expect("opening SQLite again"))
+                    .with_limits(limits),
+            ),
+            (None, Some(mongo)) => Arc::new(mongo.store.clone().with_limits(limits)),
+            (None, None) => unreachable!("a fixture is SQLite or MongoDB"),
         }
     }
 

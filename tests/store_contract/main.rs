@@ -67,6 +67,8 @@ contract!(
         search_ranks_and_is_scoped,
         every_operation_is_scoped_to_the_owner,
         size_limit_refuses_without_writing,
+        the_cap_counts_messages_and_bytes_and_refuses_atomically,
+        a_page_of_the_history_is_read_from_the_end_backwards,
         export_import_round_trip,
         delete_last_message_removes_only_the_last,
     ],

@@ -160,6 +160,60 @@ async fn migrate_copies_sqlite_to_mongodb_once_and_users_keep_their_conversation
     server.kill().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_leaves_out_a_conversation_over_the_targets_cap_and_copies_the_rest() {
+    let server = shared_server().await;
+    let (uri, database) = (server.uri(), database_name());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::new(SqliteDb::open(&dir.path().join("chat.db")).unwrap());
+    let user = UserId::new();
+    let mut ids = Vec::new();
+    for turns in [1, 3, 2] {
+        let id = ConversationId::new();
+        sqlite.create(&user, &id).await.unwrap();
+        for turn in 0..turns {
+            let messages = [Role::User, Role::Assistant]
+                .into_iter()
+                .map(|role| NewMessage {
+                    role,
+                    content: format!("turn {turn}"),
+                    tokens: None,
+                })
+                .collect();
+            sqlite.append(&user, &id, messages).await.unwrap();
+        }
+        ids.push(id);
+    }
+    let mut env = env(dir.path(), &uri, &database);
+    env.insert("MAX_CONVERSATION_MESSAGES".to_owned(), "4".to_owned());
+
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        testkit::server::command(Path::new(BIN), &env, dir.path())
+            .args(["migrate", "--from", "sqlite", "--to", "mongodb"])
+            .output(),
+    )
+    .await
+    .expect("migrate finished in time")
+    .expect("migrate ran");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "3 conversations read: 2 copied, 0 already there, 1 too large for the target (left out)"
+        ),
+        "{stdout}"
+    );
+    let mongo = MongoStore::connect(&uri, &database).await.unwrap();
+    assert_eq!(mongo.load(&user, &ids[0]).await.unwrap().messages.len(), 2);
+    assert!(
+        mongo.meta(&user, &ids[1]).await.is_err(),
+        "six messages are over the cap of 4"
+    );
+    assert_eq!(mongo.load(&user, &ids[2]).await.unwrap().messages.len(), 4);
+}
+
 /// `migrate --from <from> --to <to>` with the SQLite file in `dir`: its stdout.
 async fn migrate_between(dir: &Path, uri: &str, database: &str, from: &str, to: &str) -> String {
     let output = tokio::time::timeout(

@@ -27,6 +27,7 @@ use crate::accounts::{created, new_account, sign_up};
 use crate::checks::{self, assert_not_found, contents, msg, TOO_LARGE};
 use crate::fixture::{database_name, raw_client, shared_server, Fixture};
 use crate::server::Server;
+use llm_chat_server::config::ConversationLimits;
 
 /// The original app's `validation_schema`, as it wrote it.
 fn original_schema() -> Document {
@@ -500,9 +501,15 @@ async fn an_original_document_near_the_limit_is_refused_and_left_intact() {
     let before = raw.find_one(doc! {}).await.unwrap().unwrap();
     let f = Fixture::mongo(&name).await;
     let user = UserId::from_stored("anonymous".into());
+    // A cap above what a document holds: the 15 MiB guard behind it
+    // refuses, with the cap's sentence.
+    let limits = ConversationLimits {
+        max_messages: 10_000,
+        max_bytes: 64 * 1024 * 1024,
+    };
+    let store = f.with_limits(limits).await;
 
-    let refused = f
-        .store
+    let refused = store
         .append(
             &user,
             &id,
@@ -511,12 +518,20 @@ async fn an_original_document_near_the_limit_is_refused_and_left_intact() {
         .await;
 
     match refused {
-        Err(StoreError::TooLarge(why)) => assert_eq!(why, TOO_LARGE),
+        Err(StoreError::TooLarge(why)) => assert_eq!(why, limits.full_message()),
         other => panic!("expected TooLarge, got {other:?}"),
     }
     assert_eq!(raw.find_one(doc! {}).await.unwrap().unwrap(), before);
-    let meta = f
+    // Under the default cap (6 MiB) the same document is full already.
+    match f
         .store
+        .append(&user, &id, vec![msg(Role::Assistant, "a short answer")])
+        .await
+    {
+        Err(StoreError::TooLarge(why)) => assert_eq!(why, TOO_LARGE),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let meta = store
         .append(&user, &id, vec![msg(Role::Assistant, "a short answer")])
         .await
         .unwrap();

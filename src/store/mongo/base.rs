@@ -11,6 +11,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::{Collection, Database};
 
+use crate::config::ConversationLimits;
 use crate::domain::{ConversationId, UserId};
 use crate::redact::Redactor;
 use crate::store::StoreError;
@@ -38,7 +39,8 @@ pub const META: &str = "meta";
 pub const SIZE_LIMIT_BYTES: i64 = 15 * 1024 * 1024;
 /// MongoDB's hard limit on a document (what an import may not exceed).
 pub(super) const HARD_LIMIT_BYTES: usize = 16 * 1024 * 1024;
-/// What a user is told when a conversation is full.
+/// What a driver error over the document limit maps to (outside a
+/// conversation store, which says its cap's sentence instead).
 pub const TOO_LARGE_MESSAGE: &str = "This conversation has reached its size limit (about 15 MB of text). Please start a new conversation.";
 /// Estimated bytes of a document's fixed part (ids, dates, counters, keys).
 pub(super) const BASE_BYTES: i64 = 512;
@@ -82,6 +84,8 @@ pub struct MongoStore {
     /// Per-user daily quotas, one document per user who has one.
     pub(super) quotas: Collection<Document>,
     pub(super) text_search: bool,
+    /// The conversation cap (`MAX_CONVERSATION_*`).
+    pub(super) limits: ConversationLimits,
     /// Hides the URI's password in every error, the session store's too.
     pub(crate) redactor: Arc<Redactor>,
 }
@@ -96,8 +100,19 @@ impl fmt::Debug for MongoStore {
 }
 
 impl MongoStore {
+    /// Maps a driver error; a document over MongoDB's limit is told to
+    /// the user with the same sentence as the conversation cap.
     pub(super) fn err(&self, err: mongodb::error::Error) -> StoreError {
-        map_error(&self.redactor, err)
+        match map_error(&self.redactor, err) {
+            StoreError::TooLarge(_) => self.too_large(),
+            other => other,
+        }
+    }
+
+    /// The refusal of a conversation that is full (the cap's sentence, also
+    /// for the 15 MiB guard behind it).
+    pub(super) fn too_large(&self) -> StoreError {
+        StoreError::TooLarge(self.limits.full_message())
     }
 
     pub(super) fn key(user: &UserId, id: &ConversationId) -> Document {

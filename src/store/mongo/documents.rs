@@ -113,6 +113,32 @@ pub(super) fn hit_from_doc(d: &Document) -> anyhow::Result<SearchHit> {
     })
 }
 
+/// One history item as a message (a missing or unknown role reads as the
+/// user's, missing content as empty, as the original app's documents may).
+fn message_from_item(item: &Document) -> ChatMessage {
+    ChatMessage::new(
+        item.get_str("role")
+            .ok()
+            .and_then(Role::parse)
+            .unwrap_or(Role::User),
+        item.get_str("content").unwrap_or_default(),
+    )
+}
+
+/// The messages of a document's `conversation_history` (all of it, or the
+/// slice a projection left).
+pub(super) fn history_items(d: &Document) -> Vec<ChatMessage> {
+    d.get_array("conversation_history")
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Bson::as_document)
+                .map(message_from_item)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A whole conversation from its document (history, summary, metadata).
 pub(super) fn conversation_from_doc(d: &Document) -> anyhow::Result<Conversation> {
     let mut meta = meta_from_doc(d)?;
@@ -123,13 +149,7 @@ pub(super) fn conversation_from_doc(d: &Document) -> anyhow::Result<Conversation
                 .iter()
                 .filter_map(Bson::as_document)
                 .map(|item| StoredMessage {
-                    message: ChatMessage::new(
-                        item.get_str("role")
-                            .ok()
-                            .and_then(Role::parse)
-                            .unwrap_or(Role::User),
-                        item.get_str("content").unwrap_or_default(),
-                    ),
+                    message: message_from_item(item),
                     tokens: as_u64(item.get("tokens")).map(|t| t.min(u64::from(u32::MAX)) as u32),
                 })
                 .collect()
@@ -209,6 +229,7 @@ pub(super) fn import_doc(user: &UserId, conversation: &Conversation) -> Document
         "created_at": to_bson_time(&meta.created_at),
         "updated_at": to_bson_time(&meta.updated_at),
         "message_count": conversation.messages.len() as i64,
+        "text_bytes": conversation.messages.iter().map(|m| m.message.content.len() as i64).sum::<i64>(),
         "size_bytes": estimate,
     };
     if let Some(title) = &meta.title {

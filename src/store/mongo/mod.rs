@@ -15,11 +15,15 @@
 //!   still counted right);
 //! - `size_bytes`: an over-estimate of the document's BSON size, kept by
 //!   every write, so an append can be refused before MongoDB's 16 MB limit.
+//! - `text_bytes`: the bytes of message text, kept by every write, for the
+//!   conversation cap (`MAX_CONVERSATION_BYTES`); documents without it (the
+//!   original app's) count the length of `conversation_text` instead.
 //!
 //! Appends are one update pipeline, evaluated by the server on the current
 //! document: the history grows with `$concatArrays`, the searchable text with
-//! `$concat`, the size check sits in the filter. Two tasks appending at once
-//! therefore never lose a message and never leave `conversation_text` behind.
+//! `$concat`, the size checks (the cap and the 16 MB guard) sit in the
+//! filter. Two tasks appending at once therefore never lose a message and
+//! never leave `conversation_text` behind.
 //! User text only ever enters a pipeline inside `$literal`.
 //!
 //! Search uses the text index (`$text`, `textScore`) when the server has one;
@@ -62,20 +66,33 @@ pub use self::base::{
 };
 use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
-    conversation_from_doc, export_filter, import_doc, meta_from_doc, meta_projection, now,
-    summary_doc,
+    conversation_from_doc, export_filter, history_items, import_doc, meta_from_doc,
+    meta_projection, now, summary_doc,
 };
-use self::pipelines::{append_filter, append_update, encoded_len, estimate_added};
+use self::pipelines::{append_filter, append_update, encoded_len, estimate_added, text_added};
 pub use self::schema::validation_schema;
 use super::{
-    search_terms, title_from, Conversation, ConversationMeta, ConversationStore, NewMessage,
-    SearchHit, StoreError, StoreResult, Summary,
+    page_range, search_terms, title_from, Conversation, ConversationMeta, ConversationStore,
+    HistoryPage, NewMessage, SearchHit, StoreError, StoreResult, Summary,
 };
+use crate::config::ConversationLimits;
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
 use crate::redact::Redactor;
 
 /// How long to wait for the server at start and per operation.
 const SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// On a replica set an appended message must survive a failover: it is
+/// acknowledged once a majority holds it, and a write or read interrupted by
+/// an election is retried once by the driver. The connection string can say
+/// otherwise (`w=1`, `retryWrites=false`).
+fn durable_by_default(options: &mut ClientOptions) {
+    options
+        .write_concern
+        .get_or_insert_with(mongodb::options::WriteConcern::majority);
+    options.retry_writes.get_or_insert(true);
+    options.retry_reads.get_or_insert(true);
+}
 
 impl MongoStore {
     /// Connects (waiting up to ~5 s for the server), applies the original's
@@ -95,6 +112,7 @@ impl MongoStore {
             .server_selection_timeout
             .get_or_insert(SELECTION_TIMEOUT);
         options.connect_timeout.get_or_insert(SELECTION_TIMEOUT);
+        durable_by_default(&mut options);
         options
             .app_name
             .get_or_insert_with(|| "llm-chat-server".to_string());
@@ -136,6 +154,7 @@ impl MongoStore {
             quotas: db.collection(QUOTAS),
             db,
             text_search: false,
+            limits: ConversationLimits::default(),
             redactor: Arc::new(redactor),
         };
         store.apply_validator().await?;
@@ -144,6 +163,11 @@ impl MongoStore {
             text_search,
             ..store
         })
+    }
+
+    /// The same store with this conversation cap.
+    pub fn with_limits(self, limits: ConversationLimits) -> Self {
+        Self { limits, ..self }
     }
 
     /// Whether search uses the server's text index (`$text`), rather than
@@ -188,6 +212,7 @@ impl ConversationStore for MongoStore {
             "created_at": at,
             "updated_at": at,
             "message_count": 0_i64,
+            "text_bytes": 0_i64,
         };
         d.insert("size_bytes", BASE_BYTES.max(encoded_len(&d) as i64));
         self.conversations
@@ -212,6 +237,38 @@ impl ConversationStore for MongoStore {
             .map_err(|e| self.err(e))?
             .ok_or(StoreError::NotFound)?;
         conversation_from_doc(&found).map_err(StoreError::Backend)
+    }
+
+    async fn load_page(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        before: Option<u64>,
+        limit: u64,
+    ) -> StoreResult<HistoryPage> {
+        let meta = self.meta(user, id).await?;
+        let range = page_range(meta.message_count, before, limit);
+        let mut messages = Vec::new();
+        if !range.is_empty() {
+            // Only the page's items leave the server.
+            let found = self
+                .conversations
+                .find_one(Self::key(user, id))
+                .projection(doc! {
+                    "_id": 0,
+                    "conversation_id": 1,
+                    "conversation_history": {"$slice": [range.start as i64, (range.end - range.start) as i64]},
+                })
+                .await
+                .map_err(|e| self.err(e))?
+                .ok_or(StoreError::NotFound)?;
+            messages = history_items(&found);
+        }
+        Ok(HistoryPage {
+            meta,
+            first: range.start,
+            messages,
+        })
     }
 
     async fn meta(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
@@ -260,10 +317,12 @@ impl ConversationStore for MongoStore {
         id: &ConversationId,
         messages: Vec<NewMessage>,
     ) -> StoreResult<ConversationMeta> {
-        let added = estimate_added(&messages);
-        if added > SIZE_LIMIT_BYTES {
+        let room = self
+            .limits
+            .has_room(0, 0, messages.len() as u64, text_added(&messages) as u64);
+        if !room || estimate_added(&messages) > SIZE_LIMIT_BYTES {
             self.meta(user, id).await?;
-            return Err(StoreError::TooLarge(TOO_LARGE_MESSAGE.to_string()));
+            return Err(self.too_large());
         }
         // Applied by the server only when the document has no title yet.
         let title = messages
@@ -273,7 +332,7 @@ impl ConversationStore for MongoStore {
         let (at, _) = now();
         let updated = self
             .update_meta(
-                append_filter(user, id, added),
+                append_filter(user, id, &messages, &self.limits),
                 append_update(&messages, title.as_deref(), at),
             )
             .await?;
@@ -282,7 +341,7 @@ impl ConversationStore for MongoStore {
             // No match: either no such conversation, or no room in it.
             None => {
                 self.meta(user, id).await?;
-                Err(StoreError::TooLarge(TOO_LARGE_MESSAGE.to_string()))
+                Err(self.too_large())
             }
         }
     }
@@ -330,6 +389,7 @@ impl ConversationStore for MongoStore {
                 "$set": {
                     "conversation_text": domain::conversation_text(rest),
                     "message_count": count - 1,
+                    "text_bytes": rest.iter().map(|m| m.content.len() as i64).sum::<i64>(),
                     "updated_at": now().0,
                 },
                 "$inc": {"size_bytes": -freed},
@@ -356,6 +416,7 @@ impl ConversationStore for MongoStore {
                 "conversation_text": "",
                 "updated_at": at,
                 "message_count": 0_i64,
+                "text_bytes": 0_i64,
                 "size_bytes": BASE_BYTES,
             },
             "$unset": {"title": "", "summary": ""},
@@ -453,9 +514,20 @@ impl ConversationStore for MongoStore {
     }
 
     async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
+        let text: u64 = conversation
+            .messages
+            .iter()
+            .map(|m| m.message.content.len() as u64)
+            .sum();
+        if !self
+            .limits
+            .has_room(0, 0, conversation.messages.len() as u64, text)
+        {
+            return Err(self.too_large());
+        }
         let d = import_doc(user, conversation);
         if encoded_len(&d) > HARD_LIMIT_BYTES {
-            return Err(StoreError::TooLarge(TOO_LARGE_MESSAGE.to_string()));
+            return Err(self.too_large());
         }
         match self.conversations.insert_one(d).await {
             Ok(_) => Ok(true),
@@ -499,5 +571,25 @@ mod tests {
             StoreError::Unavailable(m) => assert!(!m.contains("hunter2"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn writes_wait_for_a_majority_and_retry_unless_the_uri_says_otherwise() {
+        let mut options = ClientOptions::parse("mongodb://h1,h2,h3/?replicaSet=rs0")
+            .await
+            .unwrap();
+        durable_by_default(&mut options);
+        let majority = mongodb::options::Acknowledgment::Majority;
+        assert_eq!(options.write_concern.as_ref().unwrap().w, Some(majority));
+        assert_eq!(options.retry_writes, Some(true));
+        assert_eq!(options.retry_reads, Some(true));
+
+        let mut options = ClientOptions::parse("mongodb://h1/?w=1&retryWrites=false")
+            .await
+            .unwrap();
+        durable_by_default(&mut options);
+        let one = mongodb::options::Acknowledgment::Nodes(1);
+        assert_eq!(options.write_concern.as_ref().unwrap().w, Some(one));
+        assert_eq!(options.retry_writes, Some(false));
     }
 }

@@ -8,6 +8,7 @@ use mongodb::bson::{self, doc, Bson, Document};
 
 use super::base::{MongoStore, BASE_BYTES, PER_MESSAGE_BYTES, SIZE_LIMIT_BYTES};
 use super::documents::{history_item, user_messages};
+use crate::config::ConversationLimits;
 use crate::domain::{self, ChatMessage, ConversationId, UserId};
 use crate::store::NewMessage;
 
@@ -35,13 +36,39 @@ fn size_expr() -> Bson {
     })
 }
 
-/// The filter of an append: the conversation, if it has room for `added`.
-pub(super) fn append_filter(user: &UserId, id: &ConversationId, added: i64) -> Document {
+/// The bytes of message text (the cap's measure): the stored counter, or
+/// for documents without one (the original app's), the length of
+/// `conversation_text` (the text with its `User: ` prefixes: a little more).
+pub(super) fn text_bytes_expr() -> Bson {
+    bson::bson!({
+        "$ifNull": ["$text_bytes", {"$strLenBytes": {"$ifNull": ["$conversation_text", ""]}}]
+    })
+}
+
+/// UTF-8 bytes of the messages' text.
+pub(super) fn text_added(messages: &[NewMessage]) -> i64 {
+    messages.iter().map(|m| m.content.len() as i64).sum()
+}
+
+/// The filter of an append: the conversation, if it has room for
+/// `messages`: under the cap (`limits`: messages and bytes of text) and
+/// under the 15 MiB guard of the estimate behind it.
+pub(super) fn append_filter(
+    user: &UserId,
+    id: &ConversationId,
+    messages: &[NewMessage],
+    limits: &ConversationLimits,
+) -> Document {
     let mut filter = MongoStore::key(user, id);
-    if added > 0 {
+    if !messages.is_empty() {
+        let count = doc! {"$size": {"$ifNull": ["$conversation_history", []]}};
         filter.insert(
             "$expr",
-            doc! {"$lte": [{"$add": [size_expr(), added]}, SIZE_LIMIT_BYTES]},
+            doc! {"$and": [
+                {"$lte": [{"$add": [size_expr(), estimate_added(messages)]}, SIZE_LIMIT_BYTES]},
+                {"$lte": [{"$add": [count, messages.len() as i64]}, limits.max_messages as i64]},
+                {"$lte": [{"$add": [text_bytes_expr(), text_added(messages)]}, limits.max_bytes as i64]},
+            ]},
         );
     }
     filter
@@ -88,6 +115,10 @@ pub(super) fn append_update(
         set.insert(
             "size_bytes",
             doc! {"$add": [size_expr(), estimate_added(messages)]},
+        );
+        set.insert(
+            "text_bytes",
+            doc! {"$add": [text_bytes_expr(), text_added(messages)]},
         );
     }
     if let Some(title) = title {
@@ -175,7 +206,8 @@ mod tests {
         let filter = append_filter(
             &UserId::from_stored("u".into()),
             &ConversationId::parse("3f2504e0-4f89-11d3-9a0c-0305e82c3301").unwrap(),
-            0,
+            &[],
+            &ConversationLimits::default(),
         );
         assert!(!filter.contains_key("$expr"));
     }

@@ -18,7 +18,9 @@
 mod accounts;
 mod db;
 mod exec;
+mod import;
 mod index;
+mod limits;
 mod rows;
 mod schema;
 mod search;
@@ -31,22 +33,33 @@ use rusqlite::{params, OptionalExtension};
 
 pub use self::db::SqliteDb;
 use self::exec::{backend, exec};
-use self::rows::{meta_from_row, read_conversation, read_meta, META_COLUMNS};
+use self::rows::{meta_from_row, read_conversation, read_meta, read_page, META_COLUMNS};
 use super::{
-    rfc3339, title_from, Conversation, ConversationMeta, ConversationStore, NewMessage, SearchHit,
-    StoreError, StoreResult, Summary,
+    rfc3339, title_from, Conversation, ConversationMeta, ConversationStore, HistoryPage,
+    NewMessage, SearchHit, StoreError, StoreResult, Summary,
 };
+use crate::config::ConversationLimits;
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
 
 /// The SQLite conversation store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     db: SqliteDb,
+    limits: ConversationLimits,
 }
 
 impl SqliteStore {
+    /// The store on `db`, with the default conversation cap.
     pub fn new(db: SqliteDb) -> Self {
-        Self { db }
+        Self {
+            db,
+            limits: ConversationLimits::default(),
+        }
+    }
+
+    /// The same store with this conversation cap.
+    pub fn with_limits(self, limits: ConversationLimits) -> Self {
+        Self { limits, ..self }
     }
 }
 
@@ -59,7 +72,7 @@ impl ConversationStore for SqliteStore {
                 let now = rfc3339::format(&Utc::now());
                 exec(
                     conn,
-                    "INSERT INTO conversations (user_id, conversation_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                    "INSERT INTO conversations (user_id, conversation_id, created_at, updated_at, text_bytes) VALUES (?1, ?2, ?3, ?3, 0)",
                     params![user, id.as_ref(), now],
                 )?;
                 read_meta(conn, &user, id.as_ref())
@@ -73,6 +86,22 @@ impl ConversationStore for SqliteStore {
             .call(move |conn| {
                 let tx = conn.savepoint().map_err(backend)?;
                 read_conversation(&tx, &user, &id)
+            })
+            .await
+    }
+
+    async fn load_page(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        before: Option<u64>,
+        limit: u64,
+    ) -> StoreResult<HistoryPage> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                read_page(&tx, &user, &id, before, limit)
             })
             .await
     }
@@ -113,11 +142,18 @@ impl ConversationStore for SqliteStore {
         id: &ConversationId,
         messages: Vec<NewMessage>,
     ) -> StoreResult<ConversationMeta> {
-        let (user, id) = (user.to_string(), id.clone());
+        let (user, id, limits) = (user.to_string(), id.clone(), self.limits);
         self.db
             .call(move |conn| {
                 let tx = conn.savepoint().map_err(backend)?;
                 let meta = read_meta(&tx, &user, id.as_ref())?;
+                let bytes = limits::text_bytes(&tx, &user, id.as_ref())?;
+                let added: u64 = messages.iter().map(|m| m.content.len() as u64).sum();
+                limits::check_room(
+                    &limits,
+                    (meta.message_count, bytes),
+                    (messages.len() as u64, added),
+                )?;
                 let now = rfc3339::format(&Utc::now());
                 let mut seq = meta.message_count as i64;
                 {
@@ -152,9 +188,9 @@ impl ConversationStore for SqliteStore {
                 };
                 exec(
                     &tx,
-                    "UPDATE conversations SET message_count = ?3, updated_at = ?4, title = COALESCE(title, ?5) \
-                     WHERE user_id = ?1 AND conversation_id = ?2",
-                    params![user, id.as_ref(), seq, now, title],
+                    "UPDATE conversations SET message_count = ?3, updated_at = ?4, title = COALESCE(title, ?5), \
+                     text_bytes = ?6 WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), seq, now, title, (bytes + added) as i64],
                 )?;
                 let meta = read_meta(&tx, &user, id.as_ref())?;
                 tx.commit().map_err(backend)?;
@@ -188,9 +224,9 @@ impl ConversationStore for SqliteStore {
                 tx.execute("DELETE FROM messages WHERE id = ?1", params![row])
                     .map_err(backend)?;
                 tx.execute(
-                    "UPDATE conversations SET message_count = message_count - 1, updated_at = ?3 \
-                     WHERE user_id = ?1 AND conversation_id = ?2",
-                    params![user, id.as_ref(), rfc3339::format(&Utc::now())],
+                    "UPDATE conversations SET message_count = message_count - 1, updated_at = ?3, \
+                     text_bytes = text_bytes - ?4 WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), rfc3339::format(&Utc::now()), content.len() as i64],
                 )
                 .map_err(backend)?;
                 tx.commit().map_err(backend)?;
@@ -212,7 +248,7 @@ impl ConversationStore for SqliteStore {
                 .map_err(backend)?;
                 tx.execute(
                     "UPDATE conversations SET message_count = 0, title = NULL, summary = NULL, \
-                     summary_covers = 0, summary_tokens = 0, updated_at = ?3 \
+                     summary_covers = 0, summary_tokens = 0, text_bytes = 0, updated_at = ?3 \
                      WHERE user_id = ?1 AND conversation_id = ?2",
                     params![user, id.as_ref(), rfc3339::format(&Utc::now())],
                 )
@@ -349,57 +385,18 @@ impl ConversationStore for SqliteStore {
 
     async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
         let (user, conversation) = (user.to_string(), conversation.clone());
+        let bytes: u64 = conversation
+            .messages
+            .iter()
+            .map(|m| m.message.content.len() as u64)
+            .sum();
+        limits::check_room(
+            &self.limits,
+            (0, 0),
+            (conversation.messages.len() as u64, bytes),
+        )?;
         self.db
-            .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
-                let meta = &conversation.meta;
-                let summary = conversation.summary.as_ref();
-                let inserted = tx
-                    .execute(
-                        "INSERT OR IGNORE INTO conversations (user_id, conversation_id, title, summary, \
-                         summary_covers, summary_tokens, message_count, created_at, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                        params![
-                            user,
-                            meta.conversation_id.as_ref(),
-                            meta.title,
-                            summary.map(|s| s.text.clone()),
-                            summary.map_or(0, |s| s.covers as i64),
-                            summary.map_or(0, |s| s.tokens),
-                            conversation.messages.len() as i64,
-                            rfc3339::format(&meta.created_at),
-                            rfc3339::format(&meta.updated_at),
-                        ],
-                    )
-                    .map_err(backend)?;
-                if inserted == 0 {
-                    return Ok(false);
-                }
-                {
-                    let mut insert = tx
-                        .prepare_cached(
-                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-                        )
-                        .map_err(backend)?;
-                    let at = rfc3339::format(&meta.updated_at);
-                    for (seq, m) in conversation.messages.iter().enumerate() {
-                        insert
-                            .execute(params![
-                                user,
-                                meta.conversation_id.as_ref(),
-                                seq as i64,
-                                m.message.role.as_str(),
-                                &*m.message.content,
-                                m.tokens,
-                                at
-                            ])
-                            .map_err(backend)?;
-                    }
-                }
-                tx.commit().map_err(backend)?;
-                Ok(true)
-            })
+            .call(move |conn| import::insert(conn, &user, &conversation, bytes))
             .await
     }
 

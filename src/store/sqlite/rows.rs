@@ -7,7 +7,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::exec::backend;
 use crate::domain::{ChatMessage, ConversationId, Role};
 use crate::store::{
-    Conversation, ConversationMeta, StoreError, StoreResult, StoredMessage, Summary,
+    page_range, Conversation, ConversationMeta, HistoryPage, StoreError, StoreResult,
+    StoredMessage, Summary,
 };
 
 pub(super) fn parse_time(raw: &str) -> rusqlite::Result<DateTime<Utc>> {
@@ -91,5 +92,41 @@ pub(super) fn read_conversation(
         meta,
         messages: messages.into(),
         summary,
+    })
+}
+
+/// A page of the history (`page_range`), reading only its rows.
+pub(super) fn read_page(
+    conn: &Connection,
+    user: &str,
+    id: &ConversationId,
+    before: Option<u64>,
+    limit: u64,
+) -> StoreResult<HistoryPage> {
+    let meta = read_meta(conn, user, id.as_ref())?;
+    let range = page_range(meta.message_count, before, limit);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT role, content FROM messages WHERE user_id = ?1 AND conversation_id = ?2 \
+             AND seq >= ?3 AND seq < ?4 ORDER BY seq",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(
+            params![user, id.as_ref(), range.start as i64, range.end as i64],
+            |row| {
+                let role: String = row.get(0)?;
+                Ok(ChatMessage::new(
+                    Role::parse(&role).unwrap_or(Role::User),
+                    row.get_ref(1)?.as_str()?,
+                ))
+            },
+        )
+        .map_err(backend)?;
+    let messages = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+    Ok(HistoryPage {
+        meta,
+        first: range.start,
+        messages,
     })
 }

@@ -16,6 +16,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     message_count   INTEGER NOT NULL DEFAULT 0,
     created_at      TEXT NOT NULL,
     updated_at      TEXT NOT NULL,
+    -- UTF-8 bytes of the messages' text (NULL: not counted yet, see `TEXT_BYTES`).
+    text_bytes      INTEGER,
     PRIMARY KEY (user_id, conversation_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS conversations_by_created ON conversations (user_id, created_at DESC);
@@ -129,6 +131,11 @@ UPDATE sessions SET user_id = json_extract(data, '$.user_id')
     WHERE json_extract(data, '$.auth') IS NOT NULL;
 "#;
 
+/// The size counter of the conversation cap (`MAX_CONVERSATION_BYTES`):
+/// rows written before it existed get NULL, and the next append counts
+/// their text once (`super::limits`).
+const TEXT_BYTES: &str = "ALTER TABLE conversations ADD COLUMN text_bytes INTEGER;";
+
 /// Brings an older database to the current schema (idempotent).
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     // IMMEDIATE: the write lock is taken (waiting up to busy_timeout) before
@@ -151,6 +158,12 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.execute_batch(
         "CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id) WHERE user_id IS NOT NULL;",
     )?;
+    let has_text_bytes = tx
+        .prepare("SELECT 1 FROM pragma_table_info('conversations') WHERE name = 'text_bytes'")?
+        .exists([])?;
+    if !has_text_bytes {
+        tx.execute_batch(TEXT_BYTES)?;
+    }
     tx.execute_batch(FTS_MIGRATION)?;
     tx.execute_batch(USERS_SCHEMA)?;
     tx.execute_batch(TOKENS_SCHEMA)?;
