@@ -112,6 +112,7 @@ impl ErrorBody {
             retry_after: self.retry_after,
             resets_at: self.resets_at.as_deref(),
             conversation_id: conversation.map(AsRef::as_ref),
+            reply_id: None,
         })
     }
 }

@@ -107,6 +107,8 @@ pub struct Regenerate {
 pub struct WatchConversation {
     pub conversation_id: Field<String>,
     pub last_index: Field<i64>,
+    /// The reply `last_index` is about (from its events' `reply_id`).
+    pub reply_id: Field<String>,
 }
 
 /// `stop_generation`: which replies to stop.
@@ -187,6 +189,8 @@ pub struct ResponseChunk<'a> {
     pub chunk: &'a str,
     pub index: u64,
     pub conversation_id: &'a str,
+    /// The reply this chunk belongs to (unique per reply).
+    pub reply_id: &'a str,
 }
 
 /// `response_end`: the reply is complete, or was stopped.
@@ -195,6 +199,9 @@ pub struct ResponseEnd<'a> {
     pub conversation_id: &'a str,
     pub stopped: bool,
     pub chunks: u64,
+    /// Absent when the turn was stopped before its reply began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_id: Option<&'a str>,
 }
 
 /// `reply_started`: to the other tabs, the user's message a reply answers.
@@ -202,6 +209,7 @@ pub struct ResponseEnd<'a> {
 pub struct ReplyStarted<'a> {
     pub conversation_id: &'a str,
     pub message: &'a str,
+    pub reply_id: &'a str,
 }
 
 /// `error`: what went wrong, as the HTTP error body says it.
@@ -216,6 +224,9 @@ pub struct ErrorEvent<'a> {
     pub resets_at: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<&'a str>,
+    /// The reply that failed, for the tabs watching it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_id: Option<&'a str>,
 }
 
 /// `conversation_updated`: to every socket of the user, after a change.
@@ -297,11 +308,12 @@ mod tests {
             chunk: "hé\"",
             index: 3,
             conversation_id: "c",
+            reply_id: "r",
         });
         assert_eq!(chunk.name(), "response_chunk");
         assert_eq!(
             serde_json::to_value(&chunk).unwrap(),
-            json!({"chunk": "hé\"", "index": 3, "conversation_id": "c"})
+            json!({"chunk": "hé\"", "index": 3, "conversation_id": "c", "reply_id": "r"})
         );
         let error = ServerEvent::Error(ErrorEvent {
             message: "m",
@@ -309,6 +321,7 @@ mod tests {
             retry_after: None,
             resets_at: None,
             conversation_id: None,
+            reply_id: None,
         });
         assert_eq!(
             serde_json::to_value(&error).unwrap(),

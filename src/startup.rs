@@ -32,7 +32,7 @@ use crate::realtime::{self, SocketNotifier};
 use crate::replies::ReplyHub;
 use crate::state::AppState;
 use crate::store::accounts::ActiveAccounts;
-use crate::turn::{apply_remote_stop, Chat, TurnRegistry};
+use crate::turn::{apply_remote_stop, end_lapsed_replies, Chat, TurnRegistry};
 use crate::{cluster, drain, http, llm, sessions};
 
 /// Largest Socket.IO message accepted (a chat message is at most
@@ -133,10 +133,11 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let redis = match &settings.redis_url {
             Some(url) => Some(
-                RedisConnections::connect(
+                RedisConnections::connect_buffered(
                     url,
                     &settings.redis_prefix,
                     metrics.redis_latency.clone(),
+                    settings.redis_pubsub_buffer,
                 )
                 .await?,
             ),
@@ -167,7 +168,7 @@ impl Application {
         let draining = Arc::new(AtomicBool::new(false));
         let (replies, limiter): (Arc<ReplyHub>, Arc<dyn RateLimiter>) = match &redis {
             Some(redis) => (
-                ReplyHub::with_redis(redis, settings.reply_resume_ttl),
+                ReplyHub::with_redis(redis, settings.reply_resume_ttl, settings.reply_lease),
                 Arc::new(RedisLimiter::new(redis)),
             ),
             None => (
@@ -216,9 +217,12 @@ impl Application {
                 let notifier = Arc::new(SocketNotifier::<
                     FredAdapter<socketioxide::adapter::Emitter>,
                 >::default());
+                let app_state = state(notifier.clone());
+                // Replies whose instance died are ended by one of the others.
+                tokio::spawn(end_lapsed_replies(app_state.chat.clone()));
                 let built = with_sockets(
                     SocketIo::builder().with_adapter::<FredAdapter<_>>(adapter),
-                    state(notifier.clone()),
+                    app_state,
                     notifier,
                 )
                 .await?;
@@ -226,11 +230,13 @@ impl Application {
                 // comes back; without this the instance would go deaf.
                 redis.keep_adapter_subscribed();
                 let (hub, stoppable) = (replies.clone(), turns.clone());
+                let lagging = replies.clone();
                 let instance = replies.instance().to_string();
                 tokio::spawn(cluster::listen(
                     redis.clone(),
                     cluster::Handlers {
                         reply: Box::new(move |raw| hub.deliver_remote(raw)),
+                        lagged: Box::new(move || lagging.repair_all()),
                         control: Box::new(move |raw| apply_remote_stop(&stoppable, raw, &instance)),
                     },
                 ));

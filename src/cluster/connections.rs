@@ -59,10 +59,11 @@ impl std::fmt::Debug for RedisConnections {
     }
 }
 
-/// Pub/sub messages buffered per client before the oldest are dropped.
-const PUBSUB_BUFFER: usize = 8192;
+/// Pub/sub messages buffered per client before the oldest are dropped
+/// (unless `REDIS_PUBSUB_BUFFER` says otherwise).
+pub const PUBSUB_BUFFER: usize = 8192;
 
-fn builder(config: &Config) -> Builder {
+fn builder(config: &Config, pubsub_buffer: usize) -> Builder {
     let mut builder = Builder::from_config(config.clone());
     builder
         // Forever, 100 ms doubling to 5 s: an outage ends by itself.
@@ -76,8 +77,9 @@ fn builder(config: &Config) -> Builder {
             // Pub/sub messages wait here until `cluster::listen` takes them.
             // fred's default of 32 overflowed at 100 streaming conversations
             // (every instance receives every reply event), and a lagging
-            // receiver loses messages: watching tabs missed chunks and ends.
-            p.broadcast_channel_capacity = PUBSUB_BUFFER;
+            // receiver loses messages (`listen` then has the reply logs
+            // read again, which costs a read per followed conversation).
+            p.broadcast_channel_capacity = pubsub_buffer;
         });
     builder
 }
@@ -85,6 +87,18 @@ fn builder(config: &Config) -> Builder {
 impl RedisConnections {
     /// Connects, retrying for about five seconds; the error names `REDIS_URL`.
     pub async fn connect(url: &str, prefix: &str, latency: Arc<Histogram>) -> anyhow::Result<Self> {
+        Self::connect_buffered(url, prefix, latency, PUBSUB_BUFFER).await
+    }
+
+    /// [`connect`](Self::connect), buffering `pubsub_buffer` messages of
+    /// the reply and control channels (the Socket.IO adapter keeps its own
+    /// buffer of [`PUBSUB_BUFFER`]).
+    pub async fn connect_buffered(
+        url: &str,
+        prefix: &str,
+        latency: Arc<Histogram>,
+        pubsub_buffer: usize,
+    ) -> anyhow::Result<Self> {
         let mut config = Config::from_url(url).map_err(|e| {
             anyhow!(
                 "REDIS_URL={} is not a usable Redis URL: {e}",
@@ -94,7 +108,7 @@ impl RedisConnections {
         // The adapter needs RESP3 (sharded pub/sub, Redis 7+); fred does not
         // read `?protocol=` from the URL.
         config.version = RespVersion::RESP3;
-        let client = builder(&config)
+        let client = builder(&config, PUBSUB_BUFFER)
             .build()
             .context("building the Redis client")?;
         let mut last_error = None;
@@ -134,10 +148,10 @@ impl RedisConnections {
                 redact::url(url)
             ));
         }
-        let adapter_subscriber = builder(&config)
+        let adapter_subscriber = builder(&config, PUBSUB_BUFFER)
             .build_subscriber_client()
             .context("building the Redis subscriber")?;
-        let control_subscriber = builder(&config)
+        let control_subscriber = builder(&config, pubsub_buffer)
             .build_subscriber_client()
             .context("building the Redis subscriber")?;
         control_subscriber

@@ -10,6 +10,9 @@ use super::connections::RedisConnections;
 pub struct Handlers {
     pub reply: Box<dyn Fn(&str) + Send>,
     pub control: Box<dyn Fn(&str) + Send>,
+    /// Messages were lost (the listener fell behind): whatever they
+    /// carried must be read again from where it is kept.
+    pub lagged: Box<dyn Fn() + Send>,
 }
 
 /// Subscribes to the reply and control channels and dispatches their
@@ -34,7 +37,11 @@ pub async fn listen(redis: RedisConnections, handlers: Handlers) {
         let message = match messages.recv().await {
             Ok(message) => message,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "reply events came faster than delivered");
+                tracing::warn!(
+                    missed = n,
+                    "reply events came faster than delivered; reading the reply logs again"
+                );
+                (handlers.lagged)();
                 continue;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

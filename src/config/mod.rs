@@ -98,6 +98,12 @@ pub struct Settings {
     /// The largest file `POST /save_history` writes, in bytes.
     pub save_history_max_bytes: u64,
     pub reply_resume_ttl: Duration,
+    /// A reply in flight whose instance has not renewed its lease for this
+    /// long is ended by another instance (Redis mode).
+    pub reply_lease: Duration,
+    /// Pub/sub messages an instance buffers before the oldest are lost
+    /// (and read again from the reply logs).
+    pub redis_pubsub_buffer: usize,
     pub disconnect_grace: Duration,
     pub shutdown_grace: Duration,
     pub llm: LlmProvider,
@@ -258,6 +264,12 @@ impl Settings {
         );
         let save_history_max_bytes = r.positive("SAVE_HISTORY_MAX_MB", 32).min(1024) * 1024 * 1024;
         let reply_resume_ttl = r.seconds("REPLY_RESUME_TTL_SECONDS", 120.0);
+        let reply_lease = r.seconds("REPLY_LEASE_SECONDS", 5.0);
+        if reply_lease < Duration::from_secs(2) {
+            r.errors
+                .push("REPLY_LEASE_SECONDS must be at least 2".to_string());
+        }
+        let redis_pubsub_buffer = r.positive("REDIS_PUBSUB_BUFFER", 8192).min(1 << 20) as usize;
         let shutdown_grace = r.seconds("SHUTDOWN_GRACE_SECONDS", 30.0);
         // 0 is allowed here: stop at once when the socket goes.
         let disconnect_grace = match r.raw("DISCONNECT_GRACE_SECONDS") {
@@ -449,6 +461,8 @@ impl Settings {
             rate_limit_messages_per_ip_per_minute,
             rate_limit_uploads_per_ip_per_hour,
             reply_resume_ttl,
+            reply_lease,
+            redis_pubsub_buffer,
             disconnect_grace,
             shutdown_grace,
             llm,

@@ -230,7 +230,7 @@ async fn follow<A: Adapter>(
     who: &SocketUser,
     id: &ConversationId,
     socket: &SocketRef<A>,
-    replay: Option<i64>,
+    replay: Option<(i64, Option<String>)>,
 ) -> bool {
     let socket_id = socket.id.to_string();
     let follower: Arc<dyn EventSink> = Arc::new(SocketSink(socket.clone()));
@@ -350,10 +350,24 @@ pub(super) async fn on_watch_conversation<A: Adapter>(
             return emit_error(&sink, &err, Some(&id));
         }
     };
+    // A reply id is 32 hex digits; anything else names no reply we know.
+    let reply_id = match payload.reply_id {
+        Field::Absent => None,
+        Field::Given(reply)
+            if reply.len() <= 64 && reply.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            Some(reply)
+        }
+        Field::Given(_) | Field::Wrong => {
+            let err =
+                ApiError::invalid("reply_id must be a reply id from this conversation's events.");
+            return emit_error(&sink, &err, Some(&id));
+        }
+    };
     if let Err(err) = state.chat.store.meta(&who.user, &id).await {
         return emit_error(&sink, &ApiError::from(err), Some(&id));
     }
-    let streaming = follow(&state, &who, &id, &socket, Some(last_index)).await;
+    let streaming = follow(&state, &who, &id, &socket, Some((last_index, reply_id))).await;
     // The ack is optional: a client that did not ask for one gets nothing.
     let _ = ack.send(&WatchAck {
         ok: true,

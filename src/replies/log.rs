@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::event::ReplyEvent;
+use super::event::Logged;
 use crate::domain::{ConversationId, UserId};
 
 /// A reply event with where it belongs, as published between instances.
@@ -15,8 +15,7 @@ pub(super) struct Envelope {
     pub(super) instance: Arc<str>,
     pub(super) user: Arc<str>,
     pub(super) conversation: Arc<str>,
-    pub(super) origin_socket: Option<Arc<str>>,
-    pub(super) event: ReplyEvent,
+    pub(super) logged: Logged,
 }
 
 /// Where reply events are kept (for resuming) and how they reach the
@@ -31,5 +30,10 @@ pub(super) trait ReplyLog: Send + Sync + 'static {
         &self,
         user: &UserId,
         conversation: &ConversationId,
-    ) -> Result<Vec<ReplyEvent>, String>;
+    ) -> Result<Vec<Logged>, String>;
+    /// Renews the lease of reply `reply`, in flight on this instance
+    /// (nothing to do with one instance).
+    async fn renew(&self, _reply: &str) -> Result<(), String> {
+        Ok(())
+    }
 }

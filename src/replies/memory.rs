@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::event::ReplyEvent;
+use super::event::{Logged, ReplyEvent};
 use super::log::{Envelope, ReplyLog};
 use crate::domain::{ConversationId, UserId};
 
 /// A reply's events and, once it ended, when they expire.
-type LoggedReply = (Vec<ReplyEvent>, Option<Instant>);
+type LoggedReply = (Vec<Logged>, Option<Instant>);
 
 /// In-process log: one instance, no Redis.
 pub(super) struct MemoryLog {
@@ -32,7 +32,8 @@ pub(super) struct MemoryReplies {
 impl MemoryLog {
     /// Appends one event of the reply of `key` (the relay calls this
     /// directly: no task, no await).
-    pub(super) fn append(&self, key: &(Arc<str>, Arc<str>), event: &ReplyEvent) {
+    pub(super) fn append(&self, key: &(Arc<str>, Arc<str>), logged: &Logged) {
+        let event = &logged.event;
         let mut log = self.replies.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if log
@@ -50,7 +51,7 @@ impl MemoryLog {
         if matches!(event, ReplyEvent::Started { .. }) {
             *entry = (Vec::new(), None);
         }
-        entry.0.push(event.clone());
+        entry.0.push(logged.clone());
         if event.is_final() {
             entry.1 = Some(now + self.ttl);
         }
@@ -62,7 +63,7 @@ impl ReplyLog for MemoryLog {
     async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
         for envelope in envelopes {
             let key = (envelope.user.clone(), envelope.conversation.clone());
-            self.append(&key, &envelope.event);
+            self.append(&key, &envelope.logged);
         }
         Ok(())
     }
@@ -71,7 +72,7 @@ impl ReplyLog for MemoryLog {
         &self,
         user: &UserId,
         conversation: &ConversationId,
-    ) -> Result<Vec<ReplyEvent>, String> {
+    ) -> Result<Vec<Logged>, String> {
         let log = self.replies.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         Ok(log

@@ -2,24 +2,31 @@
 //! tabs (on any instance) see a reply stream live, and a client that reloads
 //! or reconnects mid-reply resumes it with every chunk exactly once.
 //!
-//! Each reply's events are appended to a log (in memory, or a Redis stream
-//! when `REDIS_URL` is set), then delivered to this instance's watchers and
-//! published to the other instances, which deliver to theirs. A watcher
-//! passes events through a filter on the chunk index. A resuming watcher is
-//! registered before it reads the log, and the live events that reach it
-//! meanwhile are held and filtered after the replay: chunks logged before
-//! the replay come from the log, later ones live, none twice, none missed.
+//! Each reply has its own id. Its events are appended to a log (in memory,
+//! or a Redis stream when `REDIS_URL` is set), then delivered to this
+//! instance's watchers and published to the other instances, which deliver
+//! to theirs. A watcher passes events through a filter on (reply id, chunk
+//! index). A resuming watcher is registered before it reads the log, and
+//! the live events that reach it meanwhile are held and filtered after the
+//! replay: chunks logged before the replay come from the log, later ones
+//! live, none twice, none missed, and a reply that starts during the replay
+//! is the same reply whether it comes from the log or live. When the
+//! listener falls behind (`cluster::listen` reports lost messages) or a
+//! watcher sees a gap in a reply, the log is read again to fill it.
 //! In memory mode the turn logs and delivers each event in its own call;
 //! with Redis a relay task per turn does it, so the turn never waits on
-//! Redis.
+//! Redis, and renews the reply's lease (`redis.rs`, `lease.rs`).
 //!
 //! The socket that sent the message gets its events directly from the turn
 //! (`turn/`), not from here, so a Redis outage never stops a local reply.
 
 mod event;
+mod lease;
 mod log;
 mod memory;
 mod redis;
+#[cfg(test)]
+mod tests;
 mod watcher;
 
 use std::collections::HashMap;
@@ -28,11 +35,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-pub use event::ReplyEvent;
+use event::{new_reply_id, Logged};
+pub use event::{ReplyEvent, INTERRUPTED};
+pub use lease::LapsedReply;
 use log::{Envelope, ReplyLog};
 use memory::{MemoryLog, MemoryReplies};
 use redis::{RedisLog, RELAY_BATCH};
-use watcher::{WatchState, Watcher};
+use watcher::{Resume, WatchState, Watcher};
 
 use crate::cluster::RedisConnections;
 use crate::domain::{ConversationId, UserId};
@@ -47,6 +56,8 @@ pub struct ReplyHub {
     log: Arc<dyn ReplyLog>,
     /// The same log when it is the in-memory one (relays write it directly).
     memory: Option<Arc<MemoryLog>>,
+    /// The same log when it is the Redis one (leases).
+    redis: Option<Arc<RedisLog>>,
     /// Who follows what, both ways under one lock: registering a socket
     /// (dropping what it followed before) and forgetting it are each one
     /// step, so concurrent calls for a socket cannot leave a stray watcher.
@@ -73,6 +84,10 @@ impl Registry {
     }
 }
 
+/// Reads of the log one repair makes at most (each further one is asked
+/// for by events lost while the previous read ran).
+const REPAIR_READS: usize = 10;
+
 impl ReplyHub {
     /// A hub for one instance, keeping ended replies for `ttl`.
     pub fn in_memory(ttl: Duration) -> Arc<Self> {
@@ -87,13 +102,19 @@ impl ReplyHub {
     }
 
     /// A hub shared through Redis; `cluster::listen` hands it the
-    /// other instances' events (`deliver_remote`).
-    pub fn with_redis(redis: &RedisConnections, ttl: Duration) -> Arc<Self> {
-        Arc::new(Self::new(Arc::new(RedisLog {
+    /// other instances' events (`deliver_remote`). A reply whose instance
+    /// stops renewing its lease for `lease` is ended by another instance.
+    pub fn with_redis(redis: &RedisConnections, ttl: Duration, lease: Duration) -> Arc<Self> {
+        let log = Arc::new(RedisLog {
             channel: redis.key("replies"),
             redis: redis.clone(),
             ttl,
-        })))
+            lease,
+        });
+        Arc::new(Self {
+            redis: Some(log.clone()),
+            ..Self::new(log)
+        })
     }
 
     fn new(log: Arc<dyn ReplyLog>) -> Self {
@@ -101,6 +122,7 @@ impl ReplyHub {
             instance: uuid::Uuid::new_v4().to_string(),
             log,
             memory: None,
+            redis: None,
             registry: Mutex::new(Registry::default()),
         }
     }
@@ -132,54 +154,66 @@ impl ReplyHub {
         }
     }
 
-    /// Makes `socket` follow the conversation, replaying the current reply's
-    /// chunks after `last_index` (with `replay`), then live ones. Returns
+    /// Makes `socket` follow the conversation and, with `replay` (the last
+    /// chunk index the socket has, and of which reply when it says),
+    /// replays the current reply's chunks after it, then live ones.
+    /// Without `replay`, only replies that start from now on. Returns
     /// whether a reply is streaming now.
     pub async fn watch(
-        &self,
+        self: &Arc<Self>,
         user: &UserId,
         conversation: &ConversationId,
         socket: &str,
         sink: Arc<dyn EventSink>,
-        replay: Option<i64>,
+        replay: Option<(i64, Option<String>)>,
     ) -> bool {
-        let watcher = Arc::new(Watcher {
-            socket: socket.to_string(),
-            sink,
-            state: Mutex::new(WatchState {
-                last_index: replay.unwrap_or(i64::MAX),
-                ended: replay.is_none(),
-                started: replay.is_none_or(|last| last >= 0),
-                // Live events are held from before the watcher is
-                // registered until the replay is done; the index filter
-                // then drops those the replay already sent.
-                held: replay.map(|_| Vec::new()),
-            }),
-        });
+        let state = match replay {
+            // Live events are held from before the watcher is registered
+            // until the replay is done; the filter then drops those the
+            // replay already sent.
+            Some(_) => WatchState {
+                held: Some(Vec::new()),
+                ..WatchState::default()
+            },
+            // Not the reply in flight (if any): only the next ones.
+            None => WatchState {
+                ended: true,
+                started: true,
+                ..WatchState::default()
+            },
+        };
+        let watcher = Arc::new(Watcher::new(socket, sink, state));
+        let followed: Followed = (user.clone(), conversation.clone());
         {
             let mut registry = self.registry();
             registry.remove(socket);
-            let followed: Followed = (user.clone(), conversation.clone());
             registry
                 .watchers
                 .entry(followed.clone())
                 .or_default()
                 .push(watcher.clone());
-            registry.watching.insert(socket.to_string(), followed);
+            registry
+                .watching
+                .insert(socket.to_string(), followed.clone());
         }
-        if replay.is_none() {
+        let Some((last_index, reply)) = replay else {
             return false;
-        }
-        let events = match self.log.read(user, conversation).await {
-            Ok(events) => events,
+        };
+        let resume = Resume {
+            reply: reply.map(Arc::from),
+            last_index,
+        };
+        let logged = match self.log.read(user, conversation).await {
+            Ok(logged) => logged,
             Err(err) => {
                 tracing::warn!(error = %err, "could not read the reply log; no replay");
-                watcher.finish_replay(conversation, &[]);
-                return false;
+                Vec::new()
             }
         };
-        watcher.finish_replay(conversation, &events);
-        !events.is_empty() && !events.last().is_some_and(ReplyEvent::is_final)
+        if watcher.finish_replay(conversation, &logged, resume) {
+            self.repair(followed, vec![watcher]);
+        }
+        !logged.is_empty() && !logged.last().is_some_and(|l| l.event.is_final())
     }
 
     /// Stops `socket` following its conversation.
@@ -187,16 +221,66 @@ impl ReplyHub {
         self.registry().remove(socket);
     }
 
-    fn deliver_local(&self, followed: &Followed, origin: Option<&str>, event: &ReplyEvent) {
-        for watcher in self.watchers_of(followed, origin) {
-            watcher.deliver(&followed.1, event);
+    fn deliver_local(self: &Arc<Self>, followed: &Followed, origin: Option<&str>, item: &Logged) {
+        let gaps: Vec<Arc<Watcher>> = self
+            .watchers_of(followed, origin)
+            .into_iter()
+            .filter(|watcher| watcher.deliver(&followed.1, item))
+            .collect();
+        if !gaps.is_empty() {
+            self.repair(followed.clone(), gaps);
         }
     }
 
-    /// A relay for one turn. In memory, an event is logged and delivered
-    /// to this instance's watchers as it is sent. With Redis, events are
-    /// logged, delivered and published in order by a task of their own, so
-    /// the turn never waits on Redis.
+    /// Reads the conversation's reply log again for `watchers` (which hold
+    /// their live events meanwhile) and gives each what it missed.
+    fn repair(self: &Arc<Self>, followed: Followed, mut watchers: Vec<Arc<Watcher>>) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let (user, conversation) = &followed;
+            for read in 1..=REPAIR_READS {
+                let logged = match hub.log.read(user, conversation).await {
+                    Ok(logged) => logged,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not read the reply log; a watcher may miss a chunk");
+                        Vec::new()
+                    }
+                };
+                // After the last read the watchers go on live whatever
+                // the log lacked.
+                let last = read == REPAIR_READS;
+                watchers.retain(|w| w.finish_repair(conversation, &logged, last));
+                if watchers.is_empty() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// The listener lost messages (it fell behind): every conversation
+    /// followed here has its log read again, and each watcher gets what it
+    /// missed of the reply it follows or of a later one.
+    pub fn repair_all(self: &Arc<Self>) {
+        let followed: Vec<(Followed, Vec<Arc<Watcher>>)> = self
+            .registry()
+            .watchers
+            .iter()
+            .map(|(followed, list)| (followed.clone(), list.clone()))
+            .collect();
+        for (followed, list) in followed {
+            let repairing: Vec<Arc<Watcher>> =
+                list.into_iter().filter(|w| w.begin_repair()).collect();
+            if !repairing.is_empty() {
+                self.repair(followed, repairing);
+            }
+        }
+    }
+
+    /// A relay for one turn, with a new reply id. In memory, an event is
+    /// logged and delivered to this instance's watchers as it is sent.
+    /// With Redis, events are logged, delivered and published in order by
+    /// a task of their own, so the turn never waits on Redis; the task also
+    /// renews the reply's lease until its last event.
     pub fn relay(
         self: &Arc<Self>,
         user: &UserId,
@@ -208,8 +292,10 @@ impl ReplyHub {
         let key: (Arc<str>, Arc<str>) =
             (Arc::from(user.as_ref()), Arc::from(conversation.as_ref()));
         let origin_socket: Option<Arc<str>> = origin_socket.map(Arc::from);
+        let reply = new_reply_id();
         if let Some(memory) = &self.memory {
             return Relay {
+                reply,
                 to: RelayTo::Here {
                     hub: self.clone(),
                     memory: memory.clone(),
@@ -219,47 +305,87 @@ impl ReplyHub {
                 },
             };
         }
-        let (tx, mut rx) = mpsc::channel::<ReplyEvent>(4096);
-        let hub = self.clone();
-        let instance: Arc<str> = Arc::from(hub.instance.as_str());
-        tokio::spawn(async move {
-            let mut log_failed = false;
-            let mut events = Vec::new();
+        let (tx, rx) = mpsc::channel::<ReplyEvent>(4096);
+        tokio::spawn(
+            self.clone()
+                .run_relay(rx, followed, key, origin_socket, reply.clone()),
+        );
+        Relay {
+            reply,
+            to: RelayTo::Task(tx, self.clone()),
+        }
+    }
+
+    async fn run_relay(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<ReplyEvent>,
+        followed: Followed,
+        key: (Arc<str>, Arc<str>),
+        origin_socket: Option<Arc<str>>,
+        reply: Arc<str>,
+    ) {
+        let instance: Arc<str> = Arc::from(self.instance.as_str());
+        let lease = self
+            .redis
+            .as_ref()
+            .map_or(Duration::from_secs(5), |r| r.lease);
+        let mut renew = tokio::time::interval((lease / 3).max(Duration::from_millis(500)));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
+        let (mut log_failed, mut ended) = (false, false);
+        let mut events = Vec::new();
+        loop {
             // Events that queued while the last batch was logged go out
             // together: one Redis round trip however many there are, so a
             // busy relay catches up instead of falling further behind.
-            while rx.recv_many(&mut events, RELAY_BATCH).await > 0 {
-                let envelopes: Vec<Envelope> = events
-                    .drain(..)
-                    .map(|event| Envelope {
-                        instance: instance.clone(),
-                        user: key.0.clone(),
-                        conversation: key.1.clone(),
-                        origin_socket: origin_socket.clone(),
-                        event,
-                    })
-                    .collect();
-                if !log_failed {
-                    if let Err(err) = hub.log.record(&envelopes).await {
-                        // Keep delivering locally; stop trying Redis for
-                        // this reply (each try would wait its timeout).
-                        tracing::warn!(error = %err, "reply log unavailable; other instances miss this reply");
-                        log_failed = true;
+            let received = tokio::select! {
+                received = rx.recv_many(&mut events, RELAY_BATCH) => received,
+                // Renewed even after a failed write: a reply that goes on
+                // here must not be taken for a dead one once Redis is back.
+                _ = renew.tick() => {
+                    if !ended {
+                        if let Err(err) = self.log.renew(&reply).await {
+                            tracing::debug!(error = %err, "could not renew a reply's lease");
+                        }
                     }
+                    continue;
                 }
-                for envelope in &envelopes {
-                    hub.deliver_local(&followed, origin_socket.as_deref(), &envelope.event);
-                }
+            };
+            if received == 0 {
+                break;
             }
-        });
-        Relay {
-            to: RelayTo::Task(tx),
+            let envelopes: Vec<Envelope> = events
+                .drain(..)
+                .map(|event| Envelope {
+                    instance: instance.clone(),
+                    user: key.0.clone(),
+                    conversation: key.1.clone(),
+                    logged: Logged {
+                        reply: reply.clone(),
+                        origin: origin_socket.clone(),
+                        event,
+                    },
+                })
+                .collect();
+            ended |= envelopes.iter().any(|e| e.logged.event.is_final());
+            if !log_failed {
+                if let Err(err) = self.log.record(&envelopes).await {
+                    // Keep delivering locally; stop trying Redis for
+                    // this reply (each try would wait its timeout).
+                    tracing::warn!(error = %err, "reply log unavailable; other instances miss this reply");
+                    log_failed = true;
+                }
+                renew.reset();
+            }
+            for envelope in &envelopes {
+                self.deliver_local(&followed, origin_socket.as_deref(), &envelope.logged);
+            }
         }
     }
 
     /// Receives the other instances' reply events (Redis mode) and delivers
     /// them here. Runs until the subscriber is dropped.
-    pub fn deliver_remote(&self, raw: &str) {
+    pub fn deliver_remote(self: &Arc<Self>, raw: &str) {
         let Ok(envelope) = serde_json::from_str::<Envelope>(raw) else {
             tracing::debug!("ignoring a malformed reply event");
             return;
@@ -275,14 +401,15 @@ impl ReplyHub {
         };
         self.deliver_local(
             &(user, conversation),
-            envelope.origin_socket.as_deref(),
-            &envelope.event,
+            envelope.logged.origin.as_deref(),
+            &envelope.logged,
         );
     }
 }
 
 /// Sends one turn's events to the hub.
 pub struct Relay {
+    reply: Arc<str>,
     to: RelayTo,
 }
 
@@ -296,10 +423,29 @@ enum RelayTo {
         origin_socket: Option<Arc<str>>,
     },
     /// Redis: the relay task logs, publishes and delivers.
-    Task(mpsc::Sender<ReplyEvent>),
+    Task(mpsc::Sender<ReplyEvent>, Arc<ReplyHub>),
 }
 
 impl Relay {
+    /// The id of this reply (in its events to every tab).
+    pub fn reply_id(&self) -> &str {
+        &self.reply
+    }
+
+    /// Whether this turn stores its user's message: false when another
+    /// instance already did, having taken the reply for a dead one (its
+    /// lease lapsed while this instance was cut off from Redis). Claims the
+    /// reply so that no instance does so later.
+    pub async fn stores_user_message(&self) -> bool {
+        match &self.to {
+            RelayTo::Task(_, hub) => match &hub.redis {
+                Some(redis) => redis.claim(&self.reply, &hub.instance).await,
+                None => true,
+            },
+            RelayTo::Here { .. } => true,
+        }
+    }
+
     pub fn send(&self, event: ReplyEvent) {
         match &self.to {
             RelayTo::Here {
@@ -309,194 +455,19 @@ impl Relay {
                 key,
                 origin_socket,
             } => {
-                memory.append(key, &event);
-                hub.deliver_local(followed, origin_socket.as_deref(), &event);
+                let logged = Logged {
+                    reply: self.reply.clone(),
+                    origin: origin_socket.clone(),
+                    event,
+                };
+                memory.append(key, &logged);
+                hub.deliver_local(followed, origin_socket.as_deref(), &logged);
             }
-            RelayTo::Task(tx) => {
+            RelayTo::Task(tx, _) => {
                 if tx.try_send(event).is_err() {
                     tracing::warn!("reply relay is full; a watcher may miss a chunk");
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::Value;
-
-    use super::watcher::{WatchState, Watcher};
-    use super::*;
-    use crate::events::ServerEvent;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(String, Value)>>);
-
-    impl EventSink for Recorder {
-        fn emit(&self, event: ServerEvent<'_>) {
-            let payload = serde_json::to_value(&event).unwrap();
-            self.0
-                .lock()
-                .unwrap()
-                .push((event.name().to_string(), payload));
-        }
-    }
-
-    impl Recorder {
-        fn chunks(&self) -> Vec<u64> {
-            self.0
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(e, _)| e == "response_chunk")
-                .map(|(_, p)| p["index"].as_u64().unwrap())
-                .collect()
-        }
-        fn names(&self) -> Vec<String> {
-            self.0
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(e, _)| e.clone())
-                .collect()
-        }
-    }
-
-    async fn flush() {
-        for _ in 0..50 {
-            tokio::task::yield_now().await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    #[tokio::test]
-    async fn a_resuming_watcher_gets_every_chunk_once_in_order() {
-        let hub = ReplyHub::in_memory(Duration::from_secs(60));
-        let (user, id) = (UserId::new(), ConversationId::new());
-        let relay = hub.relay(&user, &id, Some("origin".into()));
-        relay.send(ReplyEvent::Started {
-            message: "hi".into(),
-        });
-        for index in 0..5 {
-            relay.send(ReplyEvent::Chunk {
-                index,
-                chunk: format!("c{index}"),
-            });
-        }
-        flush().await;
-
-        let resumed = Arc::new(Recorder::default());
-        let streaming = hub.watch(&user, &id, "tab", resumed.clone(), Some(2)).await;
-        for index in 5..8 {
-            relay.send(ReplyEvent::Chunk {
-                index,
-                chunk: format!("c{index}"),
-            });
-        }
-        relay.send(ReplyEvent::End {
-            stopped: false,
-            chunks: 8,
-        });
-        flush().await;
-
-        assert!(streaming);
-        assert_eq!(resumed.chunks(), vec![3, 4, 5, 6, 7]);
-        assert_eq!(
-            resumed.names().last().map(String::as_str),
-            Some("response_end")
-        );
-        assert!(!resumed.names().contains(&"reply_started".to_string()));
-    }
-
-    #[test]
-    fn live_events_during_a_replay_are_held_then_filtered_so_each_chunk_comes_once() {
-        let recorder = Arc::new(Recorder::default());
-        let watcher = Watcher {
-            socket: "tab".into(),
-            sink: recorder.clone(),
-            state: Mutex::new(WatchState {
-                last_index: 1,
-                ended: false,
-                started: true,
-                held: Some(Vec::new()),
-            }),
-        };
-        let id = ConversationId::new();
-        let chunk = |index: u64| ReplyEvent::Chunk {
-            index,
-            chunk: format!("c{index}"),
-        };
-        // Chunks 3 and 4 arrive live while the log (chunks 0..=3) is read.
-        watcher.deliver(&id, &chunk(3));
-        watcher.deliver(&id, &chunk(4));
-        assert!(recorder.names().is_empty(), "emitted during the replay");
-
-        let logged: Vec<ReplyEvent> = (0..=3).map(chunk).collect();
-        watcher.finish_replay(&id, &logged);
-        watcher.deliver(&id, &chunk(5));
-        watcher.deliver(
-            &id,
-            &ReplyEvent::End {
-                stopped: false,
-                chunks: 6,
-            },
-        );
-
-        assert_eq!(recorder.chunks(), vec![2, 3, 4, 5]);
-        assert_eq!(
-            recorder.0.lock().unwrap()[0].1["chunk"],
-            serde_json::json!("c2")
-        );
-        assert_eq!(
-            recorder.names().last().map(String::as_str),
-            Some("response_end")
-        );
-    }
-
-    #[tokio::test]
-    async fn a_new_watcher_gets_the_whole_reply_and_the_origin_gets_nothing_from_the_hub() {
-        let hub = ReplyHub::in_memory(Duration::from_secs(60));
-        let (user, id) = (UserId::new(), ConversationId::new());
-        let origin = Arc::new(Recorder::default());
-        hub.watch(&user, &id, "origin", origin.clone(), None).await;
-        let relay = hub.relay(&user, &id, Some("origin".into()));
-        relay.send(ReplyEvent::Started {
-            message: "hi".into(),
-        });
-        relay.send(ReplyEvent::Chunk {
-            index: 0,
-            chunk: "a".into(),
-        });
-        flush().await;
-
-        let other = Arc::new(Recorder::default());
-        hub.watch(&user, &id, "other", other.clone(), Some(-1))
-            .await;
-        relay.send(ReplyEvent::Chunk {
-            index: 1,
-            chunk: "b".into(),
-        });
-        relay.send(ReplyEvent::End {
-            stopped: false,
-            chunks: 2,
-        });
-        flush().await;
-
-        assert_eq!(
-            other.names(),
-            [
-                "reply_started",
-                "response_chunk",
-                "response_chunk",
-                "response_end"
-            ]
-        );
-        assert!(origin.names().is_empty());
-        let stranger = Arc::new(Recorder::default());
-        assert!(
-            !hub.watch(&UserId::new(), &id, "x", stranger.clone(), Some(-1))
-                .await
-        );
-        assert!(stranger.names().is_empty());
     }
 }

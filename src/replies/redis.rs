@@ -1,13 +1,22 @@
 //! The Redis reply log: a stream per reply (`{prefix}:reply:<user>:<conversation>`),
 //! and every event published on one channel for the other instances.
+//!
+//! A reply in flight also has a lease, `{prefix}:lease:<reply id>`, that
+//! its instance renews (with every batch of events, and every second while
+//! the upstream is quiet) and a member in the set `{prefix}:replies-in-flight`.
+//! When an instance dies mid-reply its leases lapse; another instance
+//! claims the reply (`{prefix}:claim:<reply id>`, SET NX: only one does)
+//! and ends it (`ReplyHub::lapsed_replies`).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::interfaces::{KeysInterface, PubsubInterface, StreamsInterface};
+use fred::interfaces::{KeysInterface, PubsubInterface, SetsInterface, StreamsInterface};
+use fred::types::{Expiration, SetOptions};
+use serde::{Deserialize, Serialize};
 
-use super::event::ReplyEvent;
+use super::event::{Logged, ReplyEvent};
 use super::log::{Envelope, ReplyLog};
 use crate::cluster::RedisConnections;
 use crate::domain::{ConversationId, UserId};
@@ -17,6 +26,8 @@ pub(super) struct RedisLog {
     pub(super) redis: RedisConnections,
     pub(super) channel: String,
     pub(super) ttl: Duration,
+    /// How long a reply's lease lasts unless renewed.
+    pub(super) lease: Duration,
 }
 
 /// Reply events a relay logs in one batch at most.
@@ -25,9 +36,116 @@ pub(super) const RELAY_BATCH: usize = 64;
 /// A reply still streaming after this long is abandoned (its instance died).
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(3600);
 
+/// How long a claim on a reply is kept: far longer than any sweep that may
+/// race it takes, so one key per reply does not pile up for an hour.
+const CLAIM_TTL: Duration = Duration::from_secs(900);
+
+/// A reply in flight somewhere, as listed in `{prefix}:replies-in-flight`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct InFlight {
+    pub(super) reply: String,
+    pub(super) user: String,
+    pub(super) conversation: String,
+}
+
+fn redis_error(e: fred::error::Error) -> String {
+    format!("redis: {e}")
+}
+
 impl RedisLog {
     fn key(&self, user: &str, conversation: &str) -> String {
         self.redis.key(&format!("reply:{user}:{conversation}"))
+    }
+
+    fn lease_key(&self, reply: &str) -> String {
+        self.redis.key(&format!("lease:{reply}"))
+    }
+
+    fn in_flight_key(&self) -> String {
+        self.redis.key("replies-in-flight")
+    }
+
+    fn lease_seconds(&self) -> i64 {
+        self.lease.as_secs().max(1) as i64
+    }
+
+    /// The replies in flight whose lease lapsed and that this instance
+    /// claimed (`instance` is the claimer's id); each one only once, and
+    /// by one instance.
+    pub(super) async fn claim_lapsed(&self, instance: &str) -> Result<Vec<InFlight>, String> {
+        let members: Vec<String> = self
+            .redis
+            .timed(self.redis.client.smembers(self.in_flight_key()))
+            .await
+            .map_err(redis_error)?;
+        let mut listed = Vec::new();
+        for member in members {
+            match serde_json::from_str::<InFlight>(&member) {
+                Ok(in_flight) => listed.push((member, in_flight)),
+                Err(_) => self.forget(&member).await,
+            }
+        }
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Every lease in one round trip, however many replies are in flight.
+        let pipeline = self.redis.client.pipeline();
+        for (_, in_flight) in &listed {
+            let _: () = pipeline
+                .exists(self.lease_key(&in_flight.reply))
+                .await
+                .map_err(redis_error)?;
+        }
+        let alive: Vec<u64> = self
+            .redis
+            .timed(pipeline.all())
+            .await
+            .map_err(redis_error)?;
+        let mut claimed = Vec::new();
+        for ((member, in_flight), alive) in listed.into_iter().zip(alive) {
+            if alive > 0 {
+                continue;
+            }
+            // Whoever claims it ends it; the others only drop the member.
+            let won = self.try_claim(&in_flight.reply, instance).await?;
+            self.forget(&member).await;
+            if won {
+                claimed.push(in_flight);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Claims reply `reply` for `instance`: whether no other instance had.
+    async fn try_claim(&self, reply: &str, instance: &str) -> Result<bool, String> {
+        let won: Option<String> = self
+            .redis
+            .timed(self.redis.client.set(
+                self.redis.key(&format!("claim:{reply}")),
+                instance,
+                Some(Expiration::EX(CLAIM_TTL.as_secs() as i64)),
+                Some(SetOptions::NX),
+                false,
+            ))
+            .await
+            .map_err(redis_error)?;
+        Ok(won.is_some())
+    }
+
+    /// [`try_claim`](Self::try_claim) for the instance producing the reply:
+    /// a Redis failure counts as claimed (nobody else could claim it either).
+    pub(super) async fn claim(&self, reply: &str, instance: &str) -> bool {
+        self.try_claim(reply, instance).await.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "could not claim a reply; storing it");
+            true
+        })
+    }
+
+    async fn forget(&self, member: &str) {
+        let removed: Result<u64, _> = self.redis.client.srem(self.in_flight_key(), member).await;
+        if let Err(err) = removed {
+            tracing::debug!(error = %err, "could not drop a lapsed reply from the in-flight set");
+        }
     }
 }
 
@@ -41,10 +159,9 @@ impl ReplyLog for RedisLog {
         // One round trip for the events that queued up, in order: each is
         // in the log before anyone can receive it live.
         let pipeline = self.redis.client.pipeline();
-        let redis_error = |e: fred::error::Error| format!("redis: {e}");
         for envelope in envelopes {
-            let event = serde_json::to_string(&envelope.event).map_err(|e| e.to_string())?;
-            if matches!(envelope.event, ReplyEvent::Started { .. }) {
+            let event = serde_json::to_string(&envelope.logged).map_err(|e| e.to_string())?;
+            if matches!(envelope.logged.event, ReplyEvent::Started { .. }) {
                 let _: () = pipeline.del(&key).await.map_err(redis_error)?;
             }
             let _: () = pipeline
@@ -52,7 +169,7 @@ impl ReplyLog for RedisLog {
                 .await
                 .map_err(redis_error)?;
         }
-        let ttl = if last.event.is_final() {
+        let ttl = if last.logged.event.is_final() {
             self.ttl
         } else {
             IN_FLIGHT_TTL
@@ -61,6 +178,43 @@ impl ReplyLog for RedisLog {
             .expire(&key, ttl.as_secs().max(1) as i64, None)
             .await
             .map_err(redis_error)?;
+        let in_flight = serde_json::to_string(&InFlight {
+            reply: last.logged.reply.to_string(),
+            user: last.user.to_string(),
+            conversation: last.conversation.to_string(),
+        })
+        .map_err(|e| e.to_string())?;
+        let lease_key = self.lease_key(&last.logged.reply);
+        if last.logged.event.is_final() {
+            // Out of the set before the lease goes: a sweeper never sees
+            // an ended reply without its lease.
+            let _: () = pipeline
+                .srem(self.in_flight_key(), in_flight)
+                .await
+                .map_err(redis_error)?;
+            let _: () = pipeline.del(&lease_key).await.map_err(redis_error)?;
+        } else {
+            // The lease before the set's member, for the same reason.
+            let _: () = pipeline
+                .set(
+                    &lease_key,
+                    1,
+                    Some(Expiration::EX(self.lease_seconds())),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(redis_error)?;
+            if envelopes
+                .iter()
+                .any(|e| matches!(e.logged.event, ReplyEvent::Started { .. }))
+            {
+                let _: () = pipeline
+                    .sadd(self.in_flight_key(), in_flight)
+                    .await
+                    .map_err(redis_error)?;
+            }
+        }
         for envelope in envelopes {
             let message = serde_json::to_string(envelope).map_err(|e| e.to_string())?;
             let _: () = pipeline
@@ -79,17 +233,32 @@ impl ReplyLog for RedisLog {
         &self,
         user: &UserId,
         conversation: &ConversationId,
-    ) -> Result<Vec<ReplyEvent>, String> {
+    ) -> Result<Vec<Logged>, String> {
         let key = self.key(user.as_ref(), conversation.as_ref());
         let entries: Vec<(String, HashMap<String, String>)> = self
             .redis
             .client
             .xrange(&key, "-", "+", None)
             .await
-            .map_err(|e| format!("redis: {e}"))?;
+            .map_err(redis_error)?;
         Ok(entries
             .into_iter()
             .filter_map(|(_, fields)| fields.get("e").and_then(|e| serde_json::from_str(e).ok()))
             .collect())
+    }
+
+    async fn renew(&self, reply: &str) -> Result<(), String> {
+        let _: () = self
+            .redis
+            .timed(self.redis.client.set(
+                self.lease_key(reply),
+                1,
+                Some(Expiration::EX(self.lease_seconds())),
+                None,
+                false,
+            ))
+            .await
+            .map_err(redis_error)?;
+        Ok(())
     }
 }

@@ -14,6 +14,7 @@
 mod backoff;
 mod chat;
 mod full;
+mod lapsed;
 mod quota;
 mod registry;
 mod stop;
@@ -27,6 +28,7 @@ use serde_json::Value;
 
 pub use backoff::SummaryBackoff;
 pub use chat::Chat;
+pub use lapsed::end_lapsed_replies;
 pub use quota::{effective_quota, resets_at, today, UsageToday};
 pub use registry::{TurnGuard, TurnRegistry};
 pub use stop::{apply_remote_stop, stop_everywhere};
@@ -311,6 +313,7 @@ impl Turn<'_> {
                 chunk: &chunk,
                 index,
                 conversation_id: id.as_ref(),
+                reply_id: relay.reply_id(),
             }));
             relay.send(ReplyEvent::Chunk { index, chunk });
             progress.chunks += 1;
@@ -359,13 +362,24 @@ impl Turn<'_> {
                 content: reply,
             });
         }
+        // Another instance took this reply for a dead one (its lease lapsed
+        // while this instance was cut off from Redis) and stored the message.
+        if let Some(relay) = relay.as_ref().filter(|_| chat.redis.is_some()) {
+            if !relay.stores_user_message().await {
+                to_store.remove(0);
+            }
+        }
         let store_started = Instant::now();
         // Counted before the reply's end is announced, so a client that
         // asks `GET /usage` after `response_end` sees this turn.
-        let (stored, ()) = tokio::join!(
-            full::append_turn(chat, self.user, id, to_store, room),
-            chat.record_usage(self.user, spent),
-        );
+        let store = async {
+            if to_store.is_empty() {
+                chat.store.meta(self.user, id).await
+            } else {
+                full::append_turn(chat, self.user, id, to_store, room).await
+            }
+        };
+        let (stored, ()) = tokio::join!(store, chat.record_usage(self.user, spent));
         chat.metrics.store_latency.observe(store_started.elapsed());
         chat.metrics.turn_duration.observe(started.elapsed());
         match (&outcome, &stored) {
@@ -415,6 +429,7 @@ impl Turn<'_> {
                     conversation_id: id.as_ref(),
                     stopped,
                     chunks: chunks as u64,
+                    reply_id: relay.as_ref().map(Relay::reply_id),
                 }));
             }
         }

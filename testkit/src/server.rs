@@ -181,6 +181,11 @@ impl ServerProcess {
         tail(&self.output(), lines)
     }
 
+    /// The server's process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server has a pid")
+    }
+
     /// Kills the server and waits until it is gone.
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("kill the server");

@@ -236,3 +236,65 @@ async fn sockets_that_close_while_their_watch_registers_leave_no_watcher_behind(
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_resume_naming_its_reply_gets_the_rest_of_it_and_a_newer_reply_whole() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut socket = user.socket().await;
+    socket.send_message("First", Some(&id));
+    let first = socket.collect_turn(TURN_TIMEOUT).await;
+    let first_id = first.chunks[0]["reply_id"].as_str().unwrap().to_string();
+    assert_eq!(first.expect_end()["reply_id"], first_id.as_str());
+    assert!(first
+        .chunks
+        .iter()
+        .all(|c| c["reply_id"] == first_id.as_str()));
+
+    // A tab that saw chunk 0 of the first reply gets the rest of it.
+    let mut same = user.socket().await;
+    same.emit(
+        "watch_conversation",
+        json!({"conversation_id": id, "last_index": 0, "reply_id": first_id}),
+    );
+    let rest = same.collect_turn(TURN_TIMEOUT).await;
+    assert_eq!(
+        rest.text(),
+        first
+            .chunks
+            .iter()
+            .skip(1)
+            .map(|c| c["chunk"].as_str().unwrap())
+            .collect::<String>()
+    );
+
+    // After a second reply, the same index about the first reply means nothing for the
+    // second: it comes whole, from its start.
+    socket.send_message("Second", Some(&id));
+    let second = socket.collect_turn(TURN_TIMEOUT).await;
+    let second_id = second.chunks[0]["reply_id"].as_str().unwrap();
+    assert_ne!(second_id, first_id);
+    let mut stale = user.socket().await;
+    stale.emit(
+        "watch_conversation",
+        json!({"conversation_id": id, "last_index": 0, "reply_id": first_id}),
+    );
+    let started = stale.wait_for("reply_started", EVENT_TIMEOUT).await;
+    assert_eq!(started["message"], "Second");
+    assert_eq!(started["reply_id"], second_id);
+    let whole = stale.collect_turn(TURN_TIMEOUT).await;
+    assert_eq!(whole.text(), second.text());
+
+    // A reply id that is not one is refused.
+    stale.emit(
+        "watch_conversation",
+        json!({"conversation_id": id, "last_index": 0, "reply_id": "../x"}),
+    );
+    let refused = stale.wait_for("error", EVENT_TIMEOUT).await;
+    assert_eq!(
+        refused["message"],
+        "reply_id must be a reply id from this conversation's events."
+    );
+    assert_eq!(refused["error"], "invalid");
+}

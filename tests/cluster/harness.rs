@@ -203,6 +203,21 @@ impl Endpoint for Instance {
 }
 
 impl Instance {
+    /// SIGKILL, as a crash: the process ends mid-work, nothing is drained or released.
+    pub async fn kill(&mut self) {
+        self._process.kill().await;
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self._process.pid().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {pid} failed");
+    }
+
     pub async fn start(name: &'static str, env: &Env, dir: &Path) -> Instance {
         let bin = Path::new(env!("CARGO_BIN_EXE_llm-chat-server"));
         let mut process = ServerProcess::start(bin, env, dir)

@@ -9,6 +9,7 @@
 
 mod harness;
 mod proxy_auth;
+mod replies;
 mod signout;
 mod topologies;
 mod topology;
@@ -251,11 +252,13 @@ pub(crate) async fn tab_on_b_watches_reply_on_a(cluster: &Cluster) {
 
     // While the reply is held upstream after two pieces, B already has them: it is live.
     let mut seen = watcher.events_until_chunk(1, EVENT_TIMEOUT).await;
+    let reply_id = seen[1].data["reply_id"].clone();
+    assert!(reply_id.is_string(), "{:?}", seen[1].data);
     assert_eq!(
         seen.first().map(|e| (e.name.as_str(), e.data.clone())),
         Some((
             "reply_started",
-            json!({"conversation_id": conversation, "message": "hello live"})
+            json!({"conversation_id": conversation, "message": "hello live", "reply_id": reply_id})
         )),
         "the watcher's first event"
     );
@@ -734,9 +737,10 @@ async fn killing_redis_keeps_both_instances_serving_and_readyz_recovers_after_a_
         &echo_pieces("after"),
     );
     let watched = on_b.collect_reply(TURN_TIMEOUT).await;
+    let reply_id = watched.chunks[0].data["reply_id"].clone();
     assert_eq!(
         watched.reply_started,
-        Some(json!({"conversation_id": conversation, "message": "after"})),
+        Some(json!({"conversation_id": conversation, "message": "after", "reply_id": reply_id})),
         "{:?}",
         watched.summary()
     );

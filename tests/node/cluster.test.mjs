@@ -111,7 +111,10 @@ async function turnThroughNginx(transports) {
   assert.equal(turn.usage.conversation_id, conversationId);
   assert.equal(turn.chunks.map((c) => c.chunk).join(''), replyText(message));
   assert.deepEqual(turn.chunks.map((c) => c.index), REPLY_PIECES(message).map((_, i) => i));
-  assert.deepEqual(turn.end, { conversation_id: conversationId, stopped: false, chunks: REPLY_PIECES(message).length });
+  const replyId = turn.chunks[0].reply_id;
+  assert.match(replyId, /^[0-9a-f]{32}$/);
+  assert.ok(turn.chunks.every((c) => c.reply_id === replyId), 'every chunk names the reply');
+  assert.deepEqual(turn.end, { conversation_id: conversationId, stopped: false, chunks: REPLY_PIECES(message).length, reply_id: replyId });
   // Still on the transport it was limited to.
   assert.equal(socket.io.engine.transport.name, transports[0]);
 
@@ -153,11 +156,12 @@ test('tabs connected directly to A and to B see the live reply of a turn sent th
 
   for (const [name, seen] of [['A', await watching[0]], ['B', await watching[1]]]) {
     assert.equal(seen.error, null, `tab on ${name}: ${JSON.stringify(seen.error)}`);
-    assert.deepEqual(seen.started, { conversation_id: conversationId, message }, `tab on ${name}`);
+    const replyId = sent.chunks[0].reply_id;
+    assert.deepEqual(seen.started, { conversation_id: conversationId, message, reply_id: replyId }, `tab on ${name}`);
     assert.equal(seen.order[0], 'reply_started', `tab on ${name}: ${seen.order.join(', ')}`);
     assert.deepEqual(seen.chunks.map((c) => c.index), expected.map((_, i) => i), `tab on ${name}`);
     assert.equal(seen.chunks.map((c) => c.chunk).join(''), expected.join(''), `tab on ${name}`);
-    assert.deepEqual(seen.end, { conversation_id: conversationId, stopped: false, chunks: expected.length });
+    assert.deepEqual(seen.end, { conversation_id: conversationId, stopped: false, chunks: expected.length, reply_id: replyId });
     // Live: the first chunk was there while the reply was still streaming (pieces come
     // 25 ms apart upstream), not replayed after the end.
     assert.ok(seen.firstChunkAt < senderEndAt, `tab on ${name} got its first chunk only after the reply ended`);

@@ -1,0 +1,424 @@
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::event::Logged;
+use super::log::{Envelope, ReplyLog};
+use super::memory::{MemoryLog, MemoryReplies};
+use super::watcher::{WatchState, Watcher};
+use super::*;
+use crate::events::ServerEvent;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(String, Value)>>);
+
+impl EventSink for Recorder {
+    fn emit(&self, event: ServerEvent<'_>) {
+        let payload = serde_json::to_value(&event).unwrap();
+        self.0
+            .lock()
+            .unwrap()
+            .push((event.name().to_string(), payload));
+    }
+}
+
+impl Recorder {
+    fn chunks(&self) -> Vec<u64> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(e, _)| e == "response_chunk")
+            .map(|(_, p)| p["index"].as_u64().unwrap())
+            .collect()
+    }
+    fn names(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+    fn reply_ids(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| p["reply_id"].as_str().unwrap_or("<none>").to_string())
+            .collect()
+    }
+}
+
+async fn flush() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+fn chunk(index: u64) -> ReplyEvent {
+    ReplyEvent::Chunk {
+        index,
+        chunk: format!("c{index}"),
+    }
+}
+
+fn started() -> ReplyEvent {
+    ReplyEvent::Started {
+        message: "hi".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_resuming_watcher_gets_every_chunk_once_in_order() {
+    let hub = ReplyHub::in_memory(Duration::from_secs(60));
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let relay = hub.relay(&user, &id, Some("origin".into()));
+    relay.send(started());
+    for index in 0..5 {
+        relay.send(chunk(index));
+    }
+    flush().await;
+
+    let resumed = Arc::new(Recorder::default());
+    let streaming = hub
+        .watch(&user, &id, "tab", resumed.clone(), Some((2, None)))
+        .await;
+    for index in 5..8 {
+        relay.send(chunk(index));
+    }
+    relay.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 8,
+    });
+    flush().await;
+
+    assert!(streaming);
+    assert_eq!(resumed.chunks(), vec![3, 4, 5, 6, 7]);
+    assert_eq!(
+        resumed.names().last().map(String::as_str),
+        Some("response_end")
+    );
+    assert!(!resumed.names().contains(&"reply_started".to_string()));
+    assert!(resumed.reply_ids().iter().all(|r| r == relay.reply_id()));
+}
+
+#[test]
+fn live_events_during_a_replay_are_held_then_filtered_so_each_chunk_comes_once() {
+    let recorder = Arc::new(Recorder::default());
+    let watcher = Watcher::new(
+        "tab",
+        recorder.clone(),
+        WatchState {
+            held: Some(Vec::new()),
+            ..WatchState::default()
+        },
+    );
+    let id = ConversationId::new();
+    let reply: Arc<str> = Arc::from("r1");
+    let logged = |event: ReplyEvent| Logged {
+        reply: reply.clone(),
+        origin: None,
+        event,
+    };
+    // Chunks 3 and 4 arrive live while the log (chunks 0..=3) is read.
+    assert!(!watcher.deliver(&id, &logged(chunk(3))));
+    assert!(!watcher.deliver(&id, &logged(chunk(4))));
+    assert!(recorder.names().is_empty(), "emitted during the replay");
+
+    let log: Vec<Logged> = std::iter::once(started())
+        .chain((0..=3).map(chunk))
+        .map(logged)
+        .collect();
+    let resume = Resume {
+        reply: None,
+        last_index: 1,
+    };
+    assert!(!watcher.finish_replay(&id, &log, resume));
+    assert!(!watcher.deliver(&id, &logged(chunk(5))));
+    let end = ReplyEvent::End {
+        stopped: false,
+        chunks: 6,
+    };
+    assert!(!watcher.deliver(&id, &logged(end)));
+
+    assert_eq!(recorder.chunks(), vec![2, 3, 4, 5]);
+    assert_eq!(
+        recorder.0.lock().unwrap()[0].1["chunk"],
+        serde_json::json!("c2")
+    );
+    assert_eq!(
+        recorder.names().last().map(String::as_str),
+        Some("response_end")
+    );
+}
+
+#[tokio::test]
+async fn a_new_watcher_gets_the_whole_reply_and_the_origin_gets_nothing_from_the_hub() {
+    let hub = ReplyHub::in_memory(Duration::from_secs(60));
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let origin = Arc::new(Recorder::default());
+    hub.watch(&user, &id, "origin", origin.clone(), None).await;
+    let relay = hub.relay(&user, &id, Some("origin".into()));
+    relay.send(started());
+    relay.send(chunk(0));
+    flush().await;
+
+    let other = Arc::new(Recorder::default());
+    hub.watch(&user, &id, "other", other.clone(), Some((-1, None)))
+        .await;
+    relay.send(chunk(1));
+    relay.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 2,
+    });
+    flush().await;
+
+    assert_eq!(
+        other.names(),
+        [
+            "reply_started",
+            "response_chunk",
+            "response_chunk",
+            "response_end"
+        ]
+    );
+    assert!(origin.names().is_empty());
+    let stranger = Arc::new(Recorder::default());
+    assert!(
+        !hub.watch(&UserId::new(), &id, "x", stranger.clone(), Some((-1, None)))
+            .await
+    );
+    assert!(stranger.names().is_empty());
+}
+
+/// The in-memory log, whose reads wait until the test lets them go on.
+struct GatedLog {
+    inner: Arc<MemoryLog>,
+    reading: Notify,
+    go_on: Notify,
+}
+
+#[async_trait]
+impl ReplyLog for GatedLog {
+    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
+        self.inner.record(envelopes).await
+    }
+    async fn read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<Vec<Logged>, String> {
+        self.reading.notify_one();
+        self.go_on.notified().await;
+        self.inner.read(user, conversation).await
+    }
+}
+
+/// A resume registers its watcher, then reads the log. When the reply
+/// starts between the two, its first events reach the watcher live (held)
+/// and are in the log it reads: the same reply, so each comes once.
+#[tokio::test]
+async fn a_resume_at_the_moment_a_reply_starts_gets_its_first_chunks_once() {
+    let memory = Arc::new(MemoryLog {
+        replies: Mutex::new(MemoryReplies::default()),
+        ttl: Duration::from_secs(60),
+    });
+    let gated = Arc::new(GatedLog {
+        inner: memory.clone(),
+        reading: Notify::new(),
+        go_on: Notify::new(),
+    });
+    let hub = Arc::new(ReplyHub {
+        memory: Some(memory),
+        ..ReplyHub::new(gated.clone())
+    });
+    let (user, id) = (UserId::new(), ConversationId::new());
+    // The previous reply, ended.
+    let previous = hub.relay(&user, &id, Some("origin".into()));
+    previous.send(started());
+    previous.send(chunk(0));
+    previous.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 1,
+    });
+
+    let resumed = Arc::new(Recorder::default());
+    let watching = {
+        let (hub, user, id, resumed) = (hub.clone(), user.clone(), id.clone(), resumed.clone());
+        tokio::spawn(async move {
+            hub.watch(&user, &id, "tab", resumed, Some((-1, None)))
+                .await
+        })
+    };
+    gated.reading.notified().await;
+    // The watcher is registered and its read is under way: a reply starts.
+    let relay = hub.relay(&user, &id, Some("origin".into()));
+    relay.send(started());
+    relay.send(chunk(0));
+    relay.send(chunk(1));
+    gated.go_on.notify_one();
+    assert!(watching.await.unwrap(), "the new reply is streaming");
+    relay.send(chunk(2));
+    relay.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 3,
+    });
+    flush().await;
+
+    assert_eq!(
+        resumed.names(),
+        [
+            "reply_started",
+            "response_chunk",
+            "response_chunk",
+            "response_chunk",
+            "response_end"
+        ],
+        "{:?}",
+        resumed.0.lock().unwrap()
+    );
+    assert_eq!(resumed.chunks(), vec![0, 1, 2]);
+    assert!(resumed.reply_ids().iter().all(|r| r == relay.reply_id()));
+    assert_ne!(previous.reply_id(), relay.reply_id());
+}
+
+#[tokio::test]
+async fn a_resume_naming_an_older_reply_gets_the_newer_one_whole() {
+    let hub = ReplyHub::in_memory(Duration::from_secs(60));
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let relay = hub.relay(&user, &id, Some("origin".into()));
+    relay.send(started());
+    for index in 0..3 {
+        relay.send(chunk(index));
+    }
+
+    // The tab saw chunks 0 and 1 of an earlier reply: its index is not
+    // about this one.
+    let older = Arc::new(Recorder::default());
+    hub.watch(
+        &user,
+        &id,
+        "old",
+        older.clone(),
+        Some((1, Some("0ld".into()))),
+    )
+    .await;
+    assert_eq!(older.chunks(), vec![0, 1, 2]);
+    assert_eq!(older.names()[0], "reply_started");
+    // A tab that saw chunks 0 and 1 of this reply gets chunk 2 only.
+    let same = Arc::new(Recorder::default());
+    let id_now = relay.reply_id().to_string();
+    hub.watch(&user, &id, "same", same.clone(), Some((1, Some(id_now))))
+        .await;
+    assert_eq!(same.names(), ["response_chunk"]);
+    assert_eq!(same.chunks(), vec![2]);
+}
+
+/// Another instance's reply, as its relay logs and publishes it.
+fn remote(user: &UserId, id: &ConversationId, reply: &str, event: ReplyEvent) -> Envelope {
+    Envelope {
+        instance: Arc::from("other-instance"),
+        user: Arc::from(user.as_ref()),
+        conversation: Arc::from(id.as_ref()),
+        logged: Logged {
+            reply: Arc::from(reply),
+            origin: Some(Arc::from("sender")),
+            event,
+        },
+    }
+}
+
+#[tokio::test]
+async fn chunks_the_listener_missed_are_read_from_the_log_once_in_order() {
+    let memory = Arc::new(MemoryLog {
+        replies: Mutex::new(MemoryReplies::default()),
+        ttl: Duration::from_secs(60),
+    });
+    let hub = Arc::new(ReplyHub::new(memory.clone()));
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let watcher = Arc::new(Recorder::default());
+    hub.watch(&user, &id, "tab", watcher.clone(), Some((-1, None)))
+        .await;
+    let events: Vec<Envelope> = std::iter::once(started())
+        .chain((0..6).map(chunk))
+        .chain(std::iter::once(ReplyEvent::End {
+            stopped: false,
+            chunks: 6,
+        }))
+        .map(|e| remote(&user, &id, "r1", e))
+        .collect();
+    memory.record(&events).await.unwrap();
+    // Published, but the listener lost chunks 1, 2 and 4.
+    for (at, envelope) in events.iter().enumerate() {
+        if ![2, 3, 5].contains(&at) {
+            hub.deliver_remote(&serde_json::to_string(envelope).unwrap());
+        }
+    }
+    flush().await;
+
+    assert_eq!(watcher.chunks(), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(
+        watcher
+            .names()
+            .iter()
+            .filter(|n| *n == "response_end")
+            .count(),
+        1
+    );
+    assert_eq!(
+        watcher.names().last().map(String::as_str),
+        Some("response_end")
+    );
+}
+
+#[tokio::test]
+async fn after_the_listener_lagged_every_watcher_gets_the_rest_of_its_reply_and_the_next() {
+    let memory = Arc::new(MemoryLog {
+        replies: Mutex::new(MemoryReplies::default()),
+        ttl: Duration::from_secs(60),
+    });
+    let hub = Arc::new(ReplyHub::new(memory.clone()));
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let watcher = Arc::new(Recorder::default());
+    hub.watch(&user, &id, "tab", watcher.clone(), Some((-1, None)))
+        .await;
+    let first = [started(), chunk(0), chunk(1)].map(|e| remote(&user, &id, "r1", e));
+    memory.record(&first).await.unwrap();
+    hub.deliver_remote(&serde_json::to_string(&first[0]).unwrap());
+    hub.deliver_remote(&serde_json::to_string(&first[1]).unwrap());
+    // The rest of r1, and all of r2, were lost: r1's end never comes.
+    let rest = [
+        remote(
+            &user,
+            &id,
+            "r1",
+            ReplyEvent::End {
+                stopped: false,
+                chunks: 2,
+            },
+        ),
+        remote(&user, &id, "r2", started()),
+        remote(&user, &id, "r2", chunk(0)),
+    ];
+    memory.record(&rest).await.unwrap();
+
+    hub.repair_all();
+    flush().await;
+
+    // r1's end is gone with its log (replaced by r2's): r2 comes whole.
+    assert_eq!(
+        watcher.names(),
+        [
+            "reply_started",
+            "response_chunk",
+            "reply_started",
+            "response_chunk"
+        ]
+    );
+    assert_eq!(watcher.reply_ids(), ["r1", "r1", "r2", "r2"]);
+}
