@@ -36,4 +36,9 @@ pub(super) trait ReplyLog: Send + Sync + 'static {
     async fn renew(&self, _reply: &str) -> Result<(), String> {
         Ok(())
     }
+    /// Whether a write may succeed now (connected), so a relay retries its
+    /// backlog without waiting a command timeout during an outage.
+    fn available(&self) -> bool {
+        true
+    }
 }

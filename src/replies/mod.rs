@@ -41,6 +41,10 @@ pub use lease::LapsedReply;
 use log::{Envelope, ReplyLog};
 use memory::{MemoryLog, MemoryReplies};
 use redis::{RedisLog, RELAY_BATCH};
+
+/// How long a relay whose reply has ended keeps trying to log the events
+/// Redis refused.
+const BACKLOG_PATIENCE: Duration = Duration::from_secs(600);
 use watcher::{Resume, WatchState, Watcher};
 
 use crate::cluster::RedisConnections;
@@ -110,6 +114,7 @@ impl ReplyHub {
             redis: redis.clone(),
             ttl,
             lease,
+            lapsed_since: Default::default(),
         });
         Arc::new(Self {
             redis: Some(log.clone()),
@@ -332,14 +337,21 @@ impl ReplyHub {
         let mut renew = tokio::time::interval((lease / 3).max(Duration::from_millis(500)));
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         renew.tick().await;
-        let (mut log_failed, mut ended) = (false, false);
+        let mut ended = false;
+        // Events Redis refused (an outage, a failover): delivered here at
+        // once, and logged and published, in order, once Redis is back, so
+        // the log ends the way the reply did and no later watcher replays
+        // it as still streaming.
+        let mut backlog: Vec<Envelope> = Vec::new();
+        // Set when the turn has sent its last event while a backlog remains.
+        let mut give_up_at: Option<tokio::time::Instant> = None;
         let mut events = Vec::new();
         loop {
             // Events that queued while the last batch was logged go out
             // together: one Redis round trip however many there are, so a
             // busy relay catches up instead of falling further behind.
             let received = tokio::select! {
-                received = rx.recv_many(&mut events, RELAY_BATCH) => received,
+                received = rx.recv_many(&mut events, RELAY_BATCH), if give_up_at.is_none() => received,
                 // Renewed even after a failed write: a reply that goes on
                 // here must not be taken for a dead one once Redis is back.
                 _ = renew.tick() => {
@@ -348,11 +360,31 @@ impl ReplyHub {
                             tracing::debug!(error = %err, "could not renew a reply's lease");
                         }
                     }
-                    continue;
+                    if !backlog.is_empty() && self.log.available() {
+                        match self.log.record(&backlog).await {
+                            Ok(()) => {
+                                tracing::info!(events = backlog.len(), "reply log caught up after Redis came back");
+                                backlog.clear();
+                            }
+                            Err(err) => tracing::debug!(error = %err, "reply log still unavailable"),
+                        }
+                    }
+                    match give_up_at {
+                        Some(_) if backlog.is_empty() => break,
+                        Some(at) if tokio::time::Instant::now() >= at => {
+                            tracing::warn!(events = backlog.len(), "reply log unavailable for 10 minutes; other instances miss the end of this reply");
+                            break;
+                        }
+                        _ => continue,
+                    }
                 }
             };
             if received == 0 {
-                break;
+                if backlog.is_empty() {
+                    break;
+                }
+                give_up_at = Some(tokio::time::Instant::now() + BACKLOG_PATIENCE);
+                continue;
             }
             let envelopes: Vec<Envelope> = events
                 .drain(..)
@@ -368,17 +400,27 @@ impl ReplyHub {
                 })
                 .collect();
             ended |= envelopes.iter().any(|e| e.logged.event.is_final());
-            if !log_failed {
-                if let Err(err) = self.log.record(&envelopes).await {
-                    // Keep delivering locally; stop trying Redis for
-                    // this reply (each try would wait its timeout).
-                    tracing::warn!(error = %err, "reply log unavailable; other instances miss this reply");
-                    log_failed = true;
-                }
+            let logged = backlog.is_empty()
+                && {
+                    match self.log.record(&envelopes).await {
+                        Ok(()) => true,
+                        Err(err) => {
+                            // Keep delivering locally; retry Redis with the
+                            // lease's rhythm, not on every event (each try
+                            // would wait its timeout).
+                            tracing::warn!(error = %err, "reply log unavailable; other instances get this reply when Redis is back");
+                            false
+                        }
+                    }
+                };
+            if logged {
                 renew.reset();
             }
             for envelope in &envelopes {
                 self.deliver_local(&followed, origin_socket.as_deref(), &envelope.logged);
+            }
+            if !logged {
+                backlog.extend(envelopes);
             }
         }
     }

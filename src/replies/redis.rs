@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::interfaces::{KeysInterface, PubsubInterface, SetsInterface, StreamsInterface};
+use fred::interfaces::{
+    ClientLike, KeysInterface, PubsubInterface, SetsInterface, StreamsInterface,
+};
 use fred::types::{Expiration, SetOptions};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +30,11 @@ pub(super) struct RedisLog {
     pub(super) ttl: Duration,
     /// How long a reply's lease lasts unless renewed.
     pub(super) lease: Duration,
+    /// In-flight members seen without a lease, since when (by this
+    /// instance): a reply is claimed only once its lease has been gone for
+    /// a whole lease period, which leaves an instance that was only cut
+    /// off from Redis that long to renew it or log its end.
+    pub(super) lapsed_since: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Reply events a relay logs in one batch at most.
@@ -101,9 +108,31 @@ impl RedisLog {
             .timed(pipeline.all())
             .await
             .map_err(redis_error)?;
+        let now = std::time::Instant::now();
+        let due: Vec<bool> = {
+            let mut since = self.lapsed_since.lock().unwrap_or_else(|p| p.into_inner());
+            let lapsed: HashMap<String, std::time::Instant> = listed
+                .iter()
+                .zip(&alive)
+                .filter(|(_, alive)| **alive == 0)
+                .map(|((member, _), _)| {
+                    let first = since.get(member).copied().unwrap_or(now);
+                    (member.clone(), first)
+                })
+                .collect();
+            *since = lapsed;
+            listed
+                .iter()
+                .map(|(member, _)| {
+                    since
+                        .get(member)
+                        .is_some_and(|first| now.duration_since(*first) >= self.lease)
+                })
+                .collect()
+        };
         let mut claimed = Vec::new();
-        for ((member, in_flight), alive) in listed.into_iter().zip(alive) {
-            if alive > 0 {
+        for ((member, in_flight), due) in listed.into_iter().zip(due) {
+            if !due {
                 continue;
             }
             // Whoever claims it ends it; the others only drop the member.
@@ -245,6 +274,10 @@ impl ReplyLog for RedisLog {
             .into_iter()
             .filter_map(|(_, fields)| fields.get("e").and_then(|e| serde_json::from_str(e).ok()))
             .collect())
+    }
+
+    fn available(&self) -> bool {
+        self.redis.client.is_connected()
     }
 
     async fn renew(&self, reply: &str) -> Result<(), String> {

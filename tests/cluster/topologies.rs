@@ -159,7 +159,15 @@ async fn when_the_sentinel_master_dies_the_instances_follow_the_new_one() {
         "{:?}",
         sent.summary()
     );
-    let watched = watcher.collect_reply(TURN_TIMEOUT).await;
+    let mut watched = watcher.collect_reply(TURN_TIMEOUT).await;
+    // The first reply's events that Redis refused during the failover are logged and
+    // published once it is back: a tab that watches meanwhile may get that reply late,
+    // but then whole (every chunk once, with its end), never a stale beginning.
+    if watched.text() != "You said: after the failover" {
+        assert_eq!(watched.text(), parts.concat(), "{:?}", watched.summary());
+        assert_eq!(watched.indexes(), vec![0, 1, 2], "{:?}", watched.summary());
+        watched = watcher.collect_reply(TURN_TIMEOUT).await;
+    }
     assert_eq!(
         watched.text(),
         "You said: after the failover",
