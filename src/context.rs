@@ -228,7 +228,13 @@ pub fn chunk_text(counter: &TokenCounter, text: &str, max_tokens: u32) -> Vec<St
         *tokens = 0;
     };
     for line in text.lines() {
-        let tokens = counter.count(line) + 1;
+        // A line far longer than a chunk is cut at once: counting it whole
+        // first would tokenise it once more than cutting it does.
+        let tokens = if clearly_over(counter, line, max_tokens) {
+            u32::MAX
+        } else {
+            counter.count(line) + 1
+        };
         if tokens > max_tokens {
             flush(&mut chunks, &mut current, &mut current_tokens);
             for piece in split_long_line(counter, line, max_tokens) {
@@ -245,6 +251,23 @@ pub fn chunk_text(counter: &TokenCounter, text: &str, max_tokens: u32) -> Vec<St
     }
     flush(&mut chunks, &mut current, &mut current_tokens);
     chunks
+}
+
+/// Whether `line` certainly holds more than `max_tokens` tokens, judged
+/// from its beginning: it is much longer than a chunk, and the first 16
+/// bytes per allowed token already count well over the limit (with a margin,
+/// since a beginning cut anywhere can tokenise a little differently from
+/// the same text inside the line). Otherwise the line is counted whole.
+fn clearly_over(counter: &TokenCounter, line: &str, max_tokens: u32) -> bool {
+    let probe = (max_tokens as usize).saturating_mul(16);
+    if line.len() <= probe.saturating_mul(2) {
+        return false;
+    }
+    let mut end = probe;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    counter.count(&line[..end]) > max_tokens + max_tokens / 8 + 8
 }
 
 /// Cuts one line into pieces of at most `max_tokens` tokens, preferring to
@@ -451,6 +474,18 @@ mod tests {
             counted.get(),
             line.len()
         );
+    }
+
+    #[test]
+    fn a_very_long_line_is_cut_as_before_without_being_counted_whole_first() {
+        let c = counter();
+        let words: Vec<String> = (0..6000).map(|i| format!("word{i}")).collect();
+        let line = words.join(" ");
+        assert!(clearly_over(&c, &line, 100));
+        assert!(!clearly_over(&c, "short line", 100));
+        // A long run of one character tokenises densely: counted whole.
+        assert!(!clearly_over(&c, &" ".repeat(4000), 100));
+        assert_eq!(chunk_text(&c, &line, 100), split_long_line(&c, &line, 100));
     }
 
     #[test]
