@@ -85,6 +85,9 @@ pub struct Metrics {
     pub turns_refused_quota: AtomicU64,
     pub summaries: AtomicU64,
     pub summary_failures: AtomicU64,
+    /// Times this instance's Redis listener fell behind and re-read the
+    /// reply logs (every watcher still gets every chunk once).
+    pub listener_lagged: AtomicU64,
     pub upload_chunks: AtomicU64,
     pub reply_chunks: AtomicU64,
     pub tokens_in: AtomicU64,
@@ -112,6 +115,7 @@ impl Default for Metrics {
             turns_refused_quota: AtomicU64::new(0),
             summaries: AtomicU64::new(0),
             summary_failures: AtomicU64::new(0),
+            listener_lagged: AtomicU64::new(0),
             upload_chunks: AtomicU64::new(0),
             reply_chunks: AtomicU64::new(0),
             tokens_in: AtomicU64::new(0),
@@ -204,6 +208,11 @@ impl Metrics {
                 "chat_summary_failures_total",
                 "Summaries that failed (oldest turns left out instead).",
                 get(&self.summary_failures),
+            ),
+            (
+                "chat_reply_listener_lagged_total",
+                "Times the Redis listener fell behind and re-read the reply logs.",
+                get(&self.listener_lagged),
             ),
             (
                 "chat_upload_chunks_total",

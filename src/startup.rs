@@ -230,13 +230,16 @@ impl Application {
                 // comes back; without this the instance would go deaf.
                 redis.keep_adapter_subscribed();
                 let (hub, stoppable) = (replies.clone(), turns.clone());
-                let lagging = replies.clone();
+                let (lagging, lag_count) = (replies.clone(), metrics.clone());
                 let instance = replies.instance().to_string();
                 tokio::spawn(cluster::listen(
                     redis.clone(),
                     cluster::Handlers {
                         reply: Box::new(move |raw| hub.deliver_remote(raw)),
-                        lagged: Box::new(move || lagging.repair_all()),
+                        lagged: Box::new(move || {
+                            Metrics::inc(&lag_count.listener_lagged);
+                            lagging.repair_all()
+                        }),
                         control: Box::new(move |raw| apply_remote_stop(&stoppable, raw, &instance)),
                     },
                 ));

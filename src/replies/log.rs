@@ -42,3 +42,22 @@ pub(super) trait ReplyLog: Send + Sync + 'static {
         true
     }
 }
+
+/// One relay batch as published between instances: the publishing
+/// instance's id, a tab, then the batch's envelopes as a JSON array. A
+/// receiver skips its own batches by the prefix, without parsing them, and
+/// parses each other batch once, however many events it holds.
+pub(super) fn publish_batch(instance: &str, envelopes: &[Envelope]) -> Result<String, String> {
+    let json = serde_json::to_string(envelopes).map_err(|e| e.to_string())?;
+    Ok(format!("{instance}\t{json}"))
+}
+
+/// The envelopes of a batch published by another instance than `own`
+/// (`None` for our own batches and for anything malformed).
+pub(super) fn received_batch(own: &str, raw: &str) -> Option<Vec<Envelope>> {
+    let (from, json) = raw.split_once('\t')?;
+    if from == own {
+        return None;
+    }
+    serde_json::from_str(json).ok()
+}

@@ -428,24 +428,21 @@ impl ReplyHub {
     /// Receives the other instances' reply events (Redis mode) and delivers
     /// them here. Runs until the subscriber is dropped.
     pub fn deliver_remote(self: &Arc<Self>, raw: &str) {
-        let Ok(envelope) = serde_json::from_str::<Envelope>(raw) else {
-            tracing::debug!("ignoring a malformed reply event");
-            return;
+        let Some(envelopes) = log::received_batch(&self.instance, raw) else {
+            return; // ours, or malformed
         };
-        if *envelope.instance == *self.instance {
-            return;
+        for envelope in envelopes {
+            let Ok(conversation) = ConversationId::parse(&envelope.conversation) else {
+                tracing::debug!("ignoring a reply event for a malformed conversation id");
+                continue;
+            };
+            let user = UserId::from_stored(envelope.user.to_string());
+            self.deliver_local(
+                &(user, conversation),
+                envelope.logged.origin.as_deref(),
+                &envelope.logged,
+            );
         }
-        let (Ok(conversation), user) = (
-            ConversationId::parse(&envelope.conversation),
-            UserId::from_stored(envelope.user.to_string()),
-        ) else {
-            return;
-        };
-        self.deliver_local(
-            &(user, conversation),
-            envelope.logged.origin.as_deref(),
-            &envelope.logged,
-        );
     }
 }
 

@@ -19,7 +19,7 @@ use fred::types::{Expiration, SetOptions};
 use serde::{Deserialize, Serialize};
 
 use super::event::{Logged, ReplyEvent};
-use super::log::{Envelope, ReplyLog};
+use super::log::{publish_batch, Envelope, ReplyLog};
 use crate::cluster::RedisConnections;
 use crate::domain::{ConversationId, UserId};
 
@@ -244,13 +244,13 @@ impl ReplyLog for RedisLog {
                     .map_err(redis_error)?;
             }
         }
-        for envelope in envelopes {
-            let message = serde_json::to_string(envelope).map_err(|e| e.to_string())?;
-            let _: () = pipeline
-                .publish(&self.channel, message)
-                .await
-                .map_err(redis_error)?;
-        }
+        // One message for the batch: the other instances parse it once, and
+        // skip their own batches by the prefix without parsing them.
+        let message = publish_batch(&last.instance, envelopes)?;
+        let _: () = pipeline
+            .publish(&self.channel, message)
+            .await
+            .map_err(redis_error)?;
         self.redis
             .timed(pipeline.all::<fred::types::Value>())
             .await

@@ -320,6 +320,11 @@ async fn a_resume_naming_an_older_reply_gets_the_newer_one_whole() {
 }
 
 /// Another instance's reply, as its relay logs and publishes it.
+/// `envelope` as another instance publishes it (a batch of one).
+fn published(envelope: &Envelope) -> String {
+    super::log::publish_batch(&envelope.instance, std::slice::from_ref(envelope)).unwrap()
+}
+
 fn remote(user: &UserId, id: &ConversationId, reply: &str, event: ReplyEvent) -> Envelope {
     Envelope {
         instance: Arc::from("other-instance"),
@@ -356,7 +361,7 @@ async fn chunks_the_listener_missed_are_read_from_the_log_once_in_order() {
     // Published, but the listener lost chunks 1, 2 and 4.
     for (at, envelope) in events.iter().enumerate() {
         if ![2, 3, 5].contains(&at) {
-            hub.deliver_remote(&serde_json::to_string(envelope).unwrap());
+            hub.deliver_remote(&published(envelope));
         }
     }
     flush().await;
@@ -389,8 +394,8 @@ async fn after_the_listener_lagged_every_watcher_gets_the_rest_of_its_reply_and_
         .await;
     let first = [started(), chunk(0), chunk(1)].map(|e| remote(&user, &id, "r1", e));
     memory.record(&first).await.unwrap();
-    hub.deliver_remote(&serde_json::to_string(&first[0]).unwrap());
-    hub.deliver_remote(&serde_json::to_string(&first[1]).unwrap());
+    hub.deliver_remote(&published(&first[0]));
+    hub.deliver_remote(&published(&first[1]));
     // The rest of r1, and all of r2, were lost: r1's end never comes.
     let rest = [
         remote(
@@ -421,4 +426,30 @@ async fn after_the_listener_lagged_every_watcher_gets_the_rest_of_its_reply_and_
         ]
     );
     assert_eq!(watcher.reply_ids(), ["r1", "r1", "r2", "r2"]);
+}
+
+#[test]
+fn a_published_batch_is_one_message_that_its_own_instance_skips() {
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let batch: Vec<Envelope> = [started(), chunk(0), chunk(1)]
+        .into_iter()
+        .map(|e| remote(&user, &id, "r1", e))
+        .collect();
+    let raw = super::log::publish_batch("other-instance", &batch).unwrap();
+    assert!(raw.starts_with("other-instance\t["), "{raw}");
+
+    assert!(super::log::received_batch("other-instance", &raw).is_none());
+    let received = super::log::received_batch("this-instance", &raw).unwrap();
+    let indexes: Vec<Option<u64>> = received
+        .iter()
+        .map(|e| match e.logged.event {
+            ReplyEvent::Chunk { index, .. } => Some(index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(indexes, vec![None, Some(0), Some(1)]);
+    assert!(received.iter().all(|e| &*e.logged.reply == "r1"));
+    for malformed in ["", "no tab here", "x\t{not json", "x\t{}"] {
+        assert!(super::log::received_batch("this-instance", malformed).is_none());
+    }
 }

@@ -16,7 +16,8 @@ const LAPSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_whose_listener_falls_behind_still_gets_every_chunk_once() {
-    // A pub/sub buffer of one message: a burst of reply events overruns B's listener.
+    // A pub/sub buffer of one message: bursts of reply events from several conversations
+    // at once (each relay publishes its own batches) overrun B's listener.
     let cluster = Cluster::start_with(&[("REDIS_PUBSUB_BUFFER", "1")], false).await;
     let user = cluster.new_user();
     user.get(&cluster.a, "/").await.assert_status(200);
@@ -24,11 +25,28 @@ async fn a_watcher_whose_listener_falls_behind_still_gets_every_chunk_once() {
     let mut sender = user.socket(&cluster.a).await;
     let mut watcher = user.socket(&cluster.b).await;
     assert_eq!(watcher.watch(&conversation, None).await["ok"], true);
+    // Other people's replies streaming on A at the same time, in the same bursts.
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        let other = cluster.new_user();
+        other.get(&cluster.a, "/").await.assert_status(200);
+        let id = other.start_conversation(&cluster.a).await;
+        let socket = other.socket(&cluster.a).await;
+        others.push((other, id, socket));
+    }
 
     let pieces: Vec<String> = (0..300).map(|i| format!("w{i} ")).collect();
     for _ in 0..2 {
-        cluster.llm.push(Behaviour::Stream(pieces.clone()));
+        for _ in 0..=others.len() {
+            cluster.llm.push(Behaviour::Stream(pieces.clone()));
+        }
         sender.send_message("a long burst", Some(&conversation));
+        for (_, id, socket) in &others {
+            socket.emit(
+                "send_message",
+                json!({"message": "noise", "conversation_id": id}),
+            );
+        }
         let watched = watcher.collect_reply(TURN_TIMEOUT).await;
         assert_eq!(
             watched
@@ -51,6 +69,23 @@ async fn a_watcher_whose_listener_falls_behind_still_gets_every_chunk_once() {
         assert_full_reply(&sent, &conversation, &pieces);
         assert_eq!(sent.chunks[0].data["reply_id"], reply_id);
     }
+    for (_, _, socket) in &mut others {
+        for _ in 0..2 {
+            socket.collect_reply(TURN_TIMEOUT).await.expect_end();
+        }
+    }
+    // The test is only worth something if B's listener did fall behind.
+    let metrics = crate::harness::plain_get(&cluster.b, "/metrics", None).await;
+    let lagged: u64 = metrics
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("chat_reply_listener_lagged_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no chat_reply_listener_lagged_total in {}", metrics.text));
+    assert!(
+        lagged > 0,
+        "B's listener never fell behind: the bursts were too small"
+    );
     let late: Vec<_> = watcher
         .drain(Duration::from_millis(500))
         .await
