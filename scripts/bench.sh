@@ -56,10 +56,18 @@ UPLOAD_BYTES=${UPLOAD_BYTES:-5000000}
 UPLOAD_LLM_DELAY_MS=${UPLOAD_LLM_DELAY_MS:-50}
 ONLY=${ONLY:-all}   # all | turns | idle | fanout | cross | upload | chunking | redis
 # KEEP_LOGS=1 keeps the temp dir with every process's output (its path is printed).
+# BENCH_BIN=DIR uses the binaries in DIR instead of building (A/B against a kept build).
 
-echo "==> building (release)" >&2
-cargo build --release -q -p llm-chat-server -p chat-bench >&2
-bin="$CARGO_TARGET_DIR/release"
+if [ -n "${BENCH_BIN:-}" ]; then
+  # BENCH_BIN=DIR: run the llm-chat-server and chat-bench found in DIR (say, an earlier
+  # build kept for an A/B comparison) instead of building the checkout.
+  bin=$BENCH_BIN
+  echo "==> using the binaries in $bin" >&2
+else
+  echo "==> building (release)" >&2
+  cargo build --release -q -p llm-chat-server -p chat-bench >&2
+  bin="$CARGO_TARGET_DIR/release"
+fi
 
 # 10 000 sockets need 10 000+ descriptors in the server and in the client.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
