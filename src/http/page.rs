@@ -141,6 +141,71 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/markdown.js"),
     ),
     (
+        "state.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/state.js"),
+    ),
+    (
+        "api.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/api.js"),
+    ),
+    (
+        "transcript.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/transcript.js"),
+    ),
+    (
+        "sidebar.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/sidebar.js"),
+    ),
+    (
+        "conversations.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/conversations.js"),
+    ),
+    (
+        "dialogs.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/dialogs.js"),
+    ),
+    (
+        "upload.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/upload.js"),
+    ),
+    (
+        "composer.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/composer.js"),
+    ),
+    (
+        "live.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/live.js"),
+    ),
+    (
+        "accounts.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/accounts.js"),
+    ),
+    (
+        "tokens.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/tokens.js"),
+    ),
+    (
+        "startup.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/startup.js"),
+    ),
+    (
+        "shortcuts.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/shortcuts.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../static/style.css"),

@@ -1,8 +1,12 @@
 // Unit checks of the page's pure ES modules (no browser, no server):
 // static/stream-events.js (chunks by index, held events, replay after a
-// watch) and static/search.js (query words, highlighted parts).
+// watch) and static/search.js (query words, highlighted parts); and the
+// page's module graph (every module served, none importing the entry).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { acceptChunk, replayAfterWatch, shouldHold } from '../../static/stream-events.js';
 import { highlightParts, searchTerms } from '../../static/search.js';
 
@@ -86,4 +90,30 @@ test('search words and whole-word, case-insensitive highlighting', () => {
     { text: 'Café', mark: true }, { text: ' au ', mark: false }, { text: 'lait', mark: true }]);
   assert.deepEqual(highlightParts('plain', []), [{ text: 'plain', mark: false }]);
   assert.deepEqual(highlightParts('', ['x']), []);
+});
+
+test('every module app.js reaches is compiled into the binary, and none imports app.js', () => {
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+  const served = new Set([...fs.readFileSync(path.join(root, 'src/http/page.rs'), 'utf8')
+    .matchAll(/include_bytes!\("\.\.\/\.\.\/static\/([\w.-]+)"\)/g)].map((m) => m[1]));
+  const seen = new Set();
+  const queue = ['app.js'];
+  while (queue.length) {
+    const name = queue.shift();
+    if (seen.has(name)) continue;
+    seen.add(name);
+    assert.ok(served.has(name), `static/${name} is imported but not in STATIC_FILES (src/http/page.rs)`);
+    const source = fs.readFileSync(path.join(root, 'static', name), 'utf8');
+    for (const [, target] of source.matchAll(/^import\s[^;]*?from\s+'\.\/([\w.-]+)';/gms)) {
+      // The page loads app.js as /static/app.js?v=...: an import of ./app.js
+      // would be a second copy of the entry, run again.
+      assert.notEqual(target, 'app.js', `static/${name} imports app.js`);
+      queue.push(target);
+    }
+  }
+  for (const name of ['state.js', 'api.js', 'transcript.js', 'sidebar.js', 'conversations.js', 'composer.js',
+    'upload.js', 'dialogs.js', 'live.js', 'accounts.js', 'tokens.js', 'shortcuts.js', 'startup.js',
+    'socket.js', 'markdown.js', 'stream-events.js', 'search.js']) {
+    assert.ok(seen.has(name), `app.js reaches ${name}`);
+  }
 });
