@@ -2,6 +2,7 @@
  * The page's HTTP calls (JSON, one session lock for "make X current, then
  * act on it"), error and notice lines, and small formatting helpers.
  */
+import { groupDigits, quotaMessage } from './format.js';
 import { NOTICE_MS, STORAGE_KEY, auth, els, state } from './state.js';
 import { accountsOn, onUnauthenticated } from './accounts.js';
 
@@ -24,19 +25,6 @@ export function apiError(res, data) {
   return err;
 }
 
-/** A `quota_exceeded` error's sentence, with the reset time in the reader's own time zone. */
-export function quotaMessage(data) {
-  var message = (data && typeof data.message === 'string' && data.message) || 'You have used your tokens for today.';
-  var at = data && typeof data.resets_at === 'string' ? new Date(data.resets_at) : null;
-  if (!at || isNaN(at.getTime())) return message;
-  var when = at.toLocaleString([], { weekday: 'short', hour: '2-digit', minute: '2-digit' });
-  return message.replace(/\s*The quota resets at .*$/, '') + ' It resets on ' + when + ' (your time).';
-}
-
-/** 12345 as "12 345" (no-break spaces, so a number never wraps). */
-function groupDigits(n) {
-  return String(Math.max(0, Math.floor(Number(n) || 0))).replace(/\B(?=(\d{3})+(?!\d))/g, '\u00a0');
-}
 
 /** The account menu's "Used today" line, from GET /usage. */
 export function refreshUsage() {
@@ -121,10 +109,6 @@ export function showNotice(message) {
   state.noticeTimer = setTimeout(function () { els.notice.textContent = ''; }, NOTICE_MS);
 }
 
-export function codePoints(text) {
-  return Array.from(text).length;
-}
-
 export function formatDate(iso) {
   if (!iso) return '';
   var d = new Date(iso);
@@ -134,12 +118,6 @@ export function formatDate(iso) {
     return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
   }
   return d.toLocaleDateString([], { month: 'short', day: 'numeric' });
-}
-
-export function formatBytes(n) {
-  if (n < 1024) return n + ' bytes';
-  if (n < 1024 * 1024) return (n / 1024).toFixed(n < 10240 ? 1 : 0) + ' KB';
-  return (n / 1024 / 1024).toFixed(1) + ' MB';
 }
 
 export function copyText(text) {

@@ -5,7 +5,7 @@
  * socket.io-client); replies are rendered by markdown.js (markdown-it,
  * KaTeX, highlight.js, through DOMPurify). The pure rules live in modules of
  * their own, with unit tests: stream-events.js (chunks, held events,
- * replay) and search.js. Shared state: state.js; the rest by concern:
+ * replay), search.js, format.js and limits.js. Shared state: state.js; the rest by concern:
  * transcript.js, sidebar.js, conversations.js, composer.js, upload.js,
  * dialogs.js, accounts.js, tokens.js, shortcuts.js, startup.js.
  */

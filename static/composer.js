@@ -3,7 +3,8 @@
  * stopping a reply, and the rate-limit countdown.
  */
 import { config, conversations, els, rawText, state, streams } from './state.js';
-import { clearError, codePoints, showError } from './api.js';
+import { codePoints } from './format.js';
+import { clearError, showError } from './api.js';
 import { attachStream, failStream, lastTurn, newStream, placeRegenerate, scrollToBottom, setTitle } from './transcript.js';
 import { renderList } from './sidebar.js';
 

@@ -3,6 +3,7 @@
  * and exporting one; the one that is current is remembered per browser.
  */
 import { analyses, conversations, els, state, streams, summarisedIds, usageById } from './state.js';
+import { slug } from './format.js';
 import { api, clearError, showError, showNotice, storageGet, storageSet, withCurrent } from './api.js';
 import { clearTranscript, isNearBottom, placeRegenerate, renderHistory, setTitle, showUsage } from './transcript.js';
 import { closeSidebar, onSearchInput, rememberConversation, renderList, runSearch, sortedConversations } from './sidebar.js';
@@ -166,11 +167,6 @@ export function saveOnServer() {
   }).then(function () { els.input.focus(); });
 }
 
-function slug(text) {
-  var s = String(text || '').toLowerCase().normalize('NFKD').replace(/[\u0300-\u036f]/g, '')
-    .replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 48).replace(/-+$/, '');
-  return s || 'conversation';
-}
 
 function download(name, type, text) {
   var blob = new Blob([text], { type: type });

@@ -2,7 +2,8 @@
  * The confirmation dialog and the few-shot example dialog.
  */
 import { config, els, state, streams } from './state.js';
-import { codePoints, showNotice, withCurrent } from './api.js';
+import { codePoints } from './format.js';
+import { showNotice, withCurrent } from './api.js';
 import { appendMessage, placeRegenerate, scrollToBottom } from './transcript.js';
 
 export function confirmAction(title, text, okLabel) {

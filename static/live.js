@@ -6,7 +6,8 @@
 import { acceptChunk, replayAfterWatch, shouldHold } from './stream-events.js';
 import { createSocket } from './socket.js';
 import { STATUS_TEXT, TRANSPORT_TEXT, WATCH_ACK_TIMEOUT_MS, auth, conversations, els, state, streams, summarisedIds, usageById } from './state.js';
-import { quotaMessage, refreshUsage, showError } from './api.js';
+import { quotaMessage } from './format.js';
+import { refreshUsage, showError } from './api.js';
 import { attachStream, failStream, finishStream, newStream, scheduleRender, setTitle, showUsage, streamFor } from './transcript.js';
 import { refreshList, rememberConversation, renderList } from './sidebar.js';
 import { handleConversationGone, loadConversation, refreshHistory } from './conversations.js';

@@ -4,6 +4,7 @@
  * conversation, chunks taken by index through stream-events.js).
  */
 import * as md from './markdown.js';
+import { promptBudget } from './limits.js';
 import { analyses, config, els, rawText, regenerateButton, state, streams, summarisedIds, usageById } from './state.js';
 import { showError } from './api.js';
 import { renderList } from './sidebar.js';
@@ -169,10 +170,6 @@ export function setTitle(conv) {
   document.title = (conv && conv.title ? conv.title + ' · ' : '') + 'LLM Chat';
 }
 
-function promptBudget() {
-  var max = config.max_tokens;
-  return config.reply_tokens > 0 && config.reply_tokens < max ? max - config.reply_tokens : max;
-}
 
 export function showUsage(id) {
   var u = id ? usageById.get(id) : null;
@@ -182,7 +179,7 @@ export function showUsage(id) {
 export function setUsage(used, max, id) {
   if (typeof max === 'number' && max > 0) config.max_tokens = max;
   var maxTokens = config.max_tokens;
-  var budget = promptBudget() || 1;
+  var budget = promptBudget(config) || 1;
   els.meter.max = maxTokens || 1;
   els.meter.low = Math.round(budget * 0.6);
   els.meter.high = Math.round(budget * 0.8);

@@ -4,38 +4,21 @@
  */
 import * as md from './markdown.js';
 import { analyses, config, els, rawText, state } from './state.js';
-import { apiError, clearError, formatBytes, showError, showNotice } from './api.js';
+import { allowedList, fileProblem } from './limits.js';
+import { apiError, clearError, showError, showNotice } from './api.js';
 import { chatMessages, updateEmptyState } from './transcript.js';
 import { startRateLimitNotice, updateControls } from './composer.js';
 
-function allowedList() {
-  return config.allowed_extensions.map(function (e) { return '.' + e; }).join(', ');
-}
 
 export function describeLimits() {
-  var text = 'Allowed files: ' + (allowedList() || 'text files') +
+  var text = 'Allowed files: ' + (allowedList(config) || 'text files') +
     (config.max_file_size_mb ? ', up to ' + config.max_file_size_mb + ' MB' : '') + '.';
   els.fileLimits.textContent = text;
   els.attach.title = 'Attach a file to analyse (or drop it here). ' + text;
   els.fileInput.accept = config.allowed_extensions.map(function (e) { return '.' + e; }).join(',');
-  els.dropText.textContent = 'Drop a file to analyse it (' + (allowedList() || 'text files') + ')';
+  els.dropText.textContent = 'Drop a file to analyse it (' + (allowedList(config) || 'text files') + ')';
 }
 
-/** The reason the page will not upload `file`, or null. */
-function fileProblem(file) {
-  var name = file.name || '';
-  var dot = name.lastIndexOf('.');
-  var ext = dot > 0 ? name.slice(dot + 1).toLowerCase() : '';
-  var allowed = config.allowed_extensions.map(function (e) { return String(e).toLowerCase(); });
-  if (allowed.length && allowed.indexOf(ext) === -1) {
-    return '“' + name + '” is not a supported file type. Allowed: ' + allowedList() + '.';
-  }
-  var max = config.max_file_size_mb * 1024 * 1024;
-  if (max && file.size > max) {
-    return '“' + name + '” is too large (' + formatBytes(file.size) + '). The limit is ' + config.max_file_size_mb + ' MB.';
-  }
-  return null;
-}
 
 export function setUploadStatus(label, done, total) {
   els.uploadStatus.hidden = false;
@@ -57,7 +40,7 @@ function endUploadStatus() {
 export function uploadFile(file) {
   if (!file) return;
   if (state.upload) { showError('A file is being analysed already; please wait for it.'); return; }
-  var problem = fileProblem(file);
+  var problem = fileProblem(file, config);
   if (problem) { showError(problem); return; }
   clearError();
   var id = state.currentId;

@@ -126,6 +126,16 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/search.js"),
     ),
     (
+        "format.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/format.js"),
+    ),
+    (
+        "limits.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/limits.js"),
+    ),
+    (
         "admin.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/admin.js"),
