@@ -391,7 +391,7 @@ pub(super) async fn on_disconnect<A: Adapter>(
         .metrics
         .sockets_connected
         .fetch_sub(1, Ordering::Relaxed);
-    state.chat.replies.unwatch(&socket_id);
+    state.chat.replies.forget_socket(&socket_id);
     let orphans = state.chat.turns.turns_of_socket(&socket_id);
     if orphans.is_empty() {
         return;

@@ -72,7 +72,15 @@ pub struct ReplyHub {
 struct Registry {
     watchers: HashMap<Followed, Vec<Arc<Watcher>>>,
     watching: HashMap<String, Followed>,
+    /// Sockets whose disconnect was handled, and when: a watch that
+    /// registers after it (its handler ran late) is refused, so no watcher
+    /// outlives its socket whatever order the two handlers run in.
+    closed: HashMap<String, std::time::Instant>,
 }
+
+/// How long a closed socket's id is remembered (a watch handler running
+/// later than this after the disconnect is not expected).
+const CLOSED_MEMORY: Duration = Duration::from_secs(60);
 
 impl Registry {
     /// Forgets `socket`'s watcher, if any.
@@ -192,6 +200,9 @@ impl ReplyHub {
         {
             let mut registry = self.registry();
             registry.remove(socket);
+            if registry.closed.contains_key(socket) {
+                return false;
+            }
             registry
                 .watchers
                 .entry(followed.clone())
@@ -224,6 +235,20 @@ impl ReplyHub {
     /// Stops `socket` following its conversation.
     pub fn unwatch(&self, socket: &str) {
         self.registry().remove(socket);
+    }
+
+    /// `socket` disconnected: it follows nothing now, and a watch of it
+    /// that registers later (its handler ran after this) is refused.
+    pub fn forget_socket(&self, socket: &str) {
+        let mut registry = self.registry();
+        registry.remove(socket);
+        let now = std::time::Instant::now();
+        if registry.closed.len() >= 1024 {
+            registry
+                .closed
+                .retain(|_, at| now.duration_since(*at) < CLOSED_MEMORY);
+        }
+        registry.closed.insert(socket.to_string(), now);
     }
 
     fn deliver_local(self: &Arc<Self>, followed: &Followed, origin: Option<&str>, item: &Logged) {

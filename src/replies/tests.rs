@@ -453,3 +453,20 @@ fn a_published_batch_is_one_message_that_its_own_instance_skips() {
         assert!(super::log::received_batch("this-instance", malformed).is_none());
     }
 }
+
+#[tokio::test]
+async fn a_watch_that_registers_after_its_socket_closed_leaves_no_watcher() {
+    let hub = ReplyHub::in_memory(Duration::from_secs(60));
+    let (user, id) = (UserId::new(), ConversationId::new());
+    // The disconnect handler ran first; the watch handler of the same socket after it.
+    hub.forget_socket("tab");
+    let streaming = hub
+        .watch(&user, &id, "tab", Arc::new(Recorder::default()), None)
+        .await;
+    assert!(!streaming);
+    assert_eq!(hub.watcher_count(), 0);
+    // Another socket still registers.
+    hub.watch(&user, &id, "other", Arc::new(Recorder::default()), None)
+        .await;
+    assert_eq!(hub.watcher_count(), 1);
+}
