@@ -83,15 +83,7 @@ fn on_connect(socket: SocketRef, texts: Arc<Vec<String>>) {
                         .get("conversation_id")
                         .cloned()
                         .unwrap_or(Value::Null);
-                    let _ = socket.emit(
-                        "token_usage",
-                        &json!({
-                            "total_tokens_used": 42,
-                            "max_tokens": 128000,
-                            "conversation_id": conversation_id,
-                            "summarised": false,
-                        }),
-                    );
+                    emit_token_usage(&socket, &conversation_id);
                     for (index, chunk) in texts.iter().enumerate() {
                         let _ = socket.emit(
                             "response_chunk",
@@ -125,15 +117,7 @@ fn on_connect_proxy(socket: SocketRef, upstream: Upstream) {
                     .cloned()
                     .unwrap_or(Value::Null);
                 let message = data.get("message").cloned().unwrap_or(Value::Null);
-                let _ = socket.emit(
-                    "token_usage",
-                    &json!({
-                        "total_tokens_used": 42,
-                        "max_tokens": 128000,
-                        "conversation_id": conversation_id,
-                        "summarised": false,
-                    }),
-                );
+                emit_token_usage(&socket, &conversation_id);
                 let chunks = match stream_reply(&upstream, &message, &socket, &conversation_id).await {
                     Ok(chunks) => chunks,
                     Err(error) => {
@@ -196,4 +180,17 @@ async fn stream_reply(
         }
     }
     Ok(index)
+}
+
+/// The `token_usage` frame a turn starts with (fixed figures: no counting).
+fn emit_token_usage(socket: &SocketRef, conversation_id: &Value) {
+    let _ = socket.emit(
+        "token_usage",
+        &json!({
+            "total_tokens_used": 42,
+            "max_tokens": 128000,
+            "conversation_id": conversation_id,
+            "summarised": false,
+        }),
+    );
 }
