@@ -76,4 +76,20 @@ async function load() {
   root.dataset.state = 'ready';
 }
 
+// The code blocks' Copy buttons (static/markdown.js makes them).
+transcript.addEventListener('click', function (e) {
+  var button = e.target.closest('.code-copy');
+  if (!button || !navigator.clipboard) return;
+  var code = button.closest('.code-block').querySelector('pre code');
+  navigator.clipboard.writeText(code ? code.textContent : '').then(function () {
+    var label = button.getAttribute('aria-label') || '';
+    button.classList.add('is-copied');
+    button.setAttribute('aria-label', 'Copied');
+    setTimeout(function () {
+      button.classList.remove('is-copied');
+      button.setAttribute('aria-label', label);
+    }, 1500);
+  }, function () { /* nothing copied: the code can still be selected */ });
+});
+
 load();

@@ -55,6 +55,7 @@ test('a shared link renders the snapshot read-only, with no socket and no cookie
   const link = `${server.url}${made.body.url}`;
 
   const context = await browser.newContext({ viewport: { width: 1000, height: 800 }, colorScheme: 'light' });
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url });
   try {
     const page = await context.newPage();
     page.setDefaultTimeout(15000);
@@ -86,6 +87,10 @@ test('a shared link renders the snapshot read-only, with no socket and no cookie
     assert.deepEqual(await reply.locator('li').allTextContents(), ['one', 'two']);
     assert.equal(await page.locator('#share-transcript script').count(), 0);
     assert.match(await page.locator('#share-note').textContent(), /as it was on /);
+    // The code block's Copy button copies the code as written.
+    await reply.locator('.code-copy').click();
+    await page.waitForSelector('.code-copy.is-copied');
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), 'fn main() { println!("hi"); }');
 
     // Nothing of the owner's other conversations, no socket, no cookie.
     const text = await page.locator('body').textContent();
