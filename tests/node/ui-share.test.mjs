@@ -4,10 +4,13 @@
 // the snapshot (the assistant's markdown as HTML, the user's text as text),
 // opens no Socket.IO connection, gets no cookie and shows nothing of the
 // owner's other conversations; once revoked, the link shows a not-found page.
+// And the chat page's "Share…" dialog makes a link (shown once, with Copy),
+// lists the user's links and revokes them.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startFakeLlm, startServer, launchChromium, newSession, request, screenshot,
+  openChatPage, typeAndSend, waitReplies, menuAction,
 } from './harness.mjs';
 
 let llm;
@@ -15,7 +18,7 @@ let server;
 let browser;
 
 before(async () => {
-  llm = await startFakeLlm();
+  llm = await startFakeLlm({ reply: (msg) => `Echo: **${msg}**` });
   server = await startServer({}, { llm });
   browser = await launchChromium();
 });
@@ -119,5 +122,57 @@ test('a shared link renders the snapshot read-only, with no socket and no cookie
     await screenshot(page, 'share-page-revoked.png');
   } finally {
     await context.close();
+  }
+});
+
+test('Share… in the conversation menu makes a link, lists it and revokes it', async () => {
+  const owner = await browser.newContext({ viewport: { width: 1100, height: 820 }, colorScheme: 'light' });
+  await owner.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url });
+  const visitor = await browser.newContext({ viewport: { width: 1000, height: 800 } });
+  try {
+    const { page, problems } = await openChatPage(owner, server.url);
+    await typeAndSend(page, 'share me');
+    await waitReplies(page, 1);
+
+    await menuAction(page, 'share-button');
+    await page.waitForSelector('#shares-dialog[open]');
+    await page.waitForSelector('#shares-empty:not([hidden])');
+    assert.ok(await page.locator('#share-created').isHidden());
+    await page.locator('#share-create').click();
+    await page.waitForSelector('#share-created:not([hidden])');
+    const link = await page.locator('#share-url').inputValue();
+    assert.match(link, new RegExp(`^${server.url}/share/[0-9a-f]{48}$`));
+    await page.waitForFunction(() => document.querySelectorAll('#shares-list li').length === 1);
+    assert.equal(await page.locator('#shares-list .token-item-name').textContent(), 'share me');
+    assert.match(await page.locator('#shares-list .token-item-date').textContent(), /2 messages$/);
+    await page.locator('#share-copy').click();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), link);
+    await screenshot(page, 'share-dialog.png');
+
+    // A message sent after the link was made does not show through it.
+    await page.locator('#shares-close').click();
+    assert.ok(await page.locator('#share-created').isHidden(), 'the link is forgotten when the dialog closes');
+    await typeAndSend(page, 'a later message');
+    await waitReplies(page, 2);
+    const shared = await visitor.newPage();
+    await shared.goto(link);
+    await shared.waitForSelector('#share[data-state="ready"]');
+    assert.deepEqual(await shared.locator('#share-transcript .message-content').allTextContents(), ['share me', 'Echo: share me']);
+    assert.equal(await shared.locator('#share-transcript .message-assistant strong').textContent(), 'share me');
+
+    // Revoked from the dialog: the list empties and the link is gone.
+    await menuAction(page, 'share-button');
+    await page.waitForFunction(() => document.querySelectorAll('#shares-list li').length === 1);
+    await page.locator('#shares-list .token-revoke').click();
+    await page.locator('#confirm-ok').click();
+    await page.waitForSelector('#shares-empty:not([hidden])');
+    assert.equal(await page.locator('#shares-list li').count(), 0);
+    const gone = await shared.goto(link);
+    assert.equal(gone.status(), 404);
+    await shared.waitForSelector('#share-missing');
+    assert.deepEqual(problems, []);
+  } finally {
+    await visitor.close();
+    await owner.close();
   }
 });
