@@ -171,3 +171,41 @@ impl ShareStore for SqliteStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::super::schema::SCHEMA;
+    use super::super::SqliteDb;
+    use super::*;
+    use crate::domain::Role;
+
+    #[tokio::test]
+    async fn a_database_of_a_version_without_shares_gets_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(SCHEMA)
+            .unwrap();
+
+        let store = SqliteStore::new(SqliteDb::open(&path).unwrap());
+        let (user, conversation) = (UserId::new(), ConversationId::new());
+        let share = NewShare {
+            id: "s1".into(),
+            token_hash: "hash-1".into(),
+            conversation_id: conversation,
+            title: None,
+            messages: vec![ChatMessage::new(Role::User, "hi")],
+        };
+        let made = store.create_share(&user, share, 10).await.unwrap().unwrap();
+        assert_eq!(store.shares(&user).await.unwrap(), vec![made]);
+        drop(store);
+        // Opening it again changes nothing.
+        let store = SqliteStore::new(SqliteDb::open(&path).unwrap());
+        let shared = store.shared("hash-1").await.unwrap().unwrap();
+        assert_eq!(shared.owner, user);
+        assert_eq!(shared.messages, vec![ChatMessage::new(Role::User, "hi")]);
+    }
+}
