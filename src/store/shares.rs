@@ -43,6 +43,14 @@ pub struct NewShare {
     pub messages: Vec<ChatMessage>,
 }
 
+/// A share as stored (its hash and snapshot too), for `migrate` to copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredShare {
+    pub share: Share,
+    pub token_hash: String,
+    pub messages: Vec<ChatMessage>,
+}
+
 /// Storage of share links, scoped by user except for [`ShareStore::shared`],
 /// which finds a snapshot by its token's hash alone.
 #[async_trait]
@@ -72,4 +80,17 @@ pub trait ShareStore: Send + Sync + 'static {
     /// Gives every share of `from` to `to` (an anonymous browser's
     /// conversations moved to the account it signed in to); returns how many.
     async fn transfer_shares(&self, from: &UserId, to: &UserId) -> StoreResult<u64>;
+
+    /// Every share with its hash and snapshot, ordered by id, `limit` at a
+    /// time after the id `after`: for `migrate`.
+    async fn shares_for_copy(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredShare>>;
+
+    /// Writes a share as it is (id, owner, conversation, hash, snapshot,
+    /// date), for `migrate`: `false` when its id or hash is already there
+    /// (left as it is). The per-user limit is not applied: the source held it.
+    async fn import_share(&self, share: &StoredShare) -> StoreResult<bool>;
 }

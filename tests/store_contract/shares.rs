@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use llm_chat_server::domain::{ChatMessage, ConversationId, Role, UserId};
 use llm_chat_server::store::mongo::MongoStore;
-use llm_chat_server::store::shares::{NewShare, Share, ShareStore};
+use llm_chat_server::store::shares::{NewShare, Share, ShareStore, StoredShare};
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
 use mongodb::bson::doc;
 
@@ -336,6 +336,69 @@ pub async fn concurrent_creates_keep_the_limit(s: &Shares) {
     }
 }
 
+/// `migrate`'s side of the store: every share read out, a page at a time, with its hash
+/// and snapshot, and written back as it is into another store, once.
+pub async fn imported_shares_keep_every_field_once(s: &Shares) {
+    let (ann, bob) = (UserId::new(), UserId::new());
+    let mut made_ids = Vec::new();
+    let mut hashes = Vec::new();
+    for user in [&ann, &bob, &ann] {
+        let (share, hash) = made(&*s.store, user, &ConversationId::new()).await;
+        made_ids.push(share.id);
+        hashes.push(hash);
+    }
+    let mut exported: Vec<StoredShare> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.store.shares_for_copy(after.as_deref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.share.id.clone());
+        exported.extend(page);
+    }
+    let target = Shares::new(s.kind).await;
+
+    let mut imported = Vec::new();
+    for share in &exported {
+        imported.push(target.store.import_share(share).await.unwrap());
+    }
+    let mut again = Vec::new();
+    for share in &exported {
+        again.push(target.store.import_share(share).await.unwrap());
+    }
+
+    made_ids.sort();
+    assert_eq!(
+        exported
+            .iter()
+            .map(|e| e.share.id.clone())
+            .collect::<Vec<_>>(),
+        made_ids,
+        "ordered by id"
+    );
+    assert_eq!(imported, [true, true, true]);
+    assert_eq!(again, [false, false, false]);
+    assert_eq!(
+        target.store.shares(&ann).await.unwrap(),
+        s.store.shares(&ann).await.unwrap()
+    );
+    assert_eq!(
+        target.store.shares(&bob).await.unwrap(),
+        s.store.shares(&bob).await.unwrap()
+    );
+    for hash in &hashes {
+        assert_eq!(
+            target.store.shared(hash).await.unwrap(),
+            s.store.shared(hash).await.unwrap()
+        );
+        assert_eq!(
+            target.store.shared(hash).await.unwrap().unwrap().messages,
+            snapshot()
+        );
+    }
+    target.finish().await;
+}
+
 macro_rules! share_contract {
     ($($check:ident),* $(,)?) => {
         mod sqlite {
@@ -370,6 +433,7 @@ share_contract!(
     transfer_moves_every_share_to_the_new_owner,
     the_limit_refuses_without_storing_and_frees_on_delete,
     concurrent_creates_keep_the_limit,
+    imported_shares_keep_every_field_once,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

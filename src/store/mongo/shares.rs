@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 
-use super::base::{map_error, MongoStore};
-use super::documents::{from_bson_time, now};
+use super::base::{code, command_code, map_error, MongoStore};
+use super::documents::{from_bson_time, now, to_bson_time};
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
-use crate::store::shares::{NewShare, Share, ShareStore, SharedConversation};
+use crate::store::shares::{NewShare, Share, ShareStore, SharedConversation, StoredShare};
 use crate::store::{StoreError, StoreResult};
 
 /// What a snapshot too large for one document is told.
@@ -25,6 +25,27 @@ const TOO_LARGE: &str = "This conversation is too large to share.";
 fn text<'a>(d: &'a Document, key: &str) -> anyhow::Result<&'a str> {
     d.get_str(key)
         .map_err(|_| anyhow!("a share without a string {key}"))
+}
+
+/// A share's document.
+fn share_doc(share: &Share, token_hash: &str, messages: &[ChatMessage]) -> Document {
+    let items: Vec<Document> = messages
+        .iter()
+        .map(|m| doc! {"role": m.role.as_str(), "content": &*m.content})
+        .collect();
+    let mut d = doc! {
+        "_id": &share.id,
+        "user_id": share.user_id.as_ref(),
+        "conversation_id": share.conversation_id.as_ref(),
+        "token_hash": token_hash,
+        "messages": items,
+        "message_count": messages.len() as i64,
+        "created_at": to_bson_time(&share.created_at),
+    };
+    if let Some(title) = &share.title {
+        d.insert("title", title);
+    }
+    d
 }
 
 fn share_from_doc(d: &Document) -> anyhow::Result<Share> {
@@ -93,25 +114,16 @@ impl ShareStore for MongoStore {
         }
         // Insert, then count, and take the insert back when over the limit
         // (see `tokens::create_token` for why no more than `max` survive).
-        let (at, created_at) = now();
-        let message_count = share.messages.len() as u64;
-        let messages: Vec<Document> = share
-            .messages
-            .iter()
-            .map(|m| doc! {"role": m.role.as_str(), "content": &*m.content})
-            .collect();
-        let mut d = doc! {
-            "_id": &share.id,
-            "user_id": user.as_ref(),
-            "conversation_id": share.conversation_id.as_ref(),
-            "token_hash": &share.token_hash,
-            "messages": messages,
-            "message_count": message_count as i64,
-            "created_at": at,
+        let (_, created_at) = now();
+        let made = Share {
+            id: share.id,
+            user_id: user.clone(),
+            conversation_id: share.conversation_id,
+            title: share.title,
+            message_count: share.messages.len() as u64,
+            created_at,
         };
-        if let Some(title) = &share.title {
-            d.insert("title", title);
-        }
+        let d = share_doc(&made, &share.token_hash, &share.messages);
         if let Err(e) = self.shares.insert_one(d).await {
             return Err(match map_error(&self.redactor, e) {
                 StoreError::TooLarge(_) => StoreError::TooLarge(TOO_LARGE.to_string()),
@@ -120,19 +132,12 @@ impl ShareStore for MongoStore {
         }
         if self.count_shares(user).await? > max {
             self.shares
-                .delete_one(doc! {"_id": &share.id, "user_id": user.as_ref()})
+                .delete_one(doc! {"_id": &made.id, "user_id": user.as_ref()})
                 .await
                 .map_err(|e| map_error(&self.redactor, e))?;
             return Ok(None);
         }
-        Ok(Some(Share {
-            id: share.id,
-            user_id: user.clone(),
-            conversation_id: share.conversation_id,
-            title: share.title,
-            message_count,
-            created_at,
-        }))
+        Ok(Some(made))
     }
 
     async fn shares(&self, user: &UserId) -> StoreResult<Vec<Share>> {
@@ -201,6 +206,54 @@ impl ShareStore for MongoStore {
             .await
             .map_err(|e| map_error(&self.redactor, e))?;
         Ok(result.modified_count)
+    }
+
+    async fn shares_for_copy(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredShare>> {
+        let filter = match after {
+            Some(after) => doc! {"_id": {"$gt": after}},
+            None => doc! {},
+        };
+        let mut cursor = self
+            .shares
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(|e| map_error(&self.redactor, e))?;
+        let mut list = Vec::new();
+        while let Some(d) = cursor
+            .try_next()
+            .await
+            .map_err(|e| map_error(&self.redactor, e))?
+        {
+            let share = share_from_doc(&d).map_err(StoreError::Backend)?;
+            let messages = shared_from_doc(&d).map_err(StoreError::Backend)?.messages;
+            let token_hash = text(&d, "token_hash")
+                .map_err(StoreError::Backend)?
+                .to_string();
+            list.push(StoredShare {
+                share,
+                token_hash,
+                messages,
+            });
+        }
+        Ok(list)
+    }
+
+    async fn import_share(&self, stored: &StoredShare) -> StoreResult<bool> {
+        let d = share_doc(&stored.share, &stored.token_hash, &stored.messages);
+        match self.shares.insert_one(d).await {
+            Ok(_) => Ok(true),
+            Err(e) if command_code(&e) == Some(code::DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(match map_error(&self.redactor, e) {
+                StoreError::TooLarge(_) => StoreError::TooLarge(TOO_LARGE.to_string()),
+                other => other,
+            }),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use super::exec::{backend, exec};
 use super::rows::parse_time;
 use super::SqliteStore;
 use crate::domain::{ChatMessage, ConversationId, UserId};
-use crate::store::shares::{NewShare, Share, ShareStore, SharedConversation};
+use crate::store::shares::{NewShare, Share, ShareStore, SharedConversation, StoredShare};
 use crate::store::{rfc3339, StoreError, StoreResult};
 
 fn conversion(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> rusqlite::Error {
@@ -167,6 +167,63 @@ impl ShareStore for SqliteStore {
                     params![from, to],
                 )
                 .map(|moved| moved as u64)
+            })
+            .await
+    }
+
+    async fn shares_for_copy(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredShare>> {
+        let after = after.unwrap_or_default().to_string();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT id, user_id, conversation_id, title, message_count, created_at, \
+                         token_hash, messages FROM shares WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    )
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![after, i64::from(limit)], |row| {
+                        let messages: String = row.get(7)?;
+                        Ok(StoredShare {
+                            share: share_from_row(row)?,
+                            token_hash: row.get(6)?,
+                            messages: serde_json::from_str(&messages).map_err(conversion)?,
+                        })
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn import_share(&self, stored: &StoredShare) -> StoreResult<bool> {
+        let stored = stored.clone();
+        let messages =
+            serde_json::to_string(&stored.messages).map_err(|e| StoreError::Backend(e.into()))?;
+        self.db
+            .call(move |conn| {
+                let share = &stored.share;
+                exec(
+                    conn,
+                    "INSERT OR IGNORE INTO shares (id, user_id, conversation_id, token_hash, \
+                     title, messages, message_count, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        share.id,
+                        share.user_id.as_ref(),
+                        share.conversation_id.as_ref(),
+                        stored.token_hash,
+                        share.title,
+                        messages,
+                        stored.messages.len() as i64,
+                        rfc3339::format(&share.created_at)
+                    ],
+                )
+                .map(|inserted| inserted > 0)
             })
             .await
     }
