@@ -33,6 +33,8 @@ pub enum ApiError {
     InvalidCredentials(&'static str),
     #[error("Token not found.")]
     TokenNotFound,
+    #[error("Share link not found.")]
+    ShareNotFound,
     #[error("User not found.")]
     UserNotFound,
     #[error("This account is disabled.")]
@@ -127,6 +129,7 @@ impl ApiError {
             | ApiError::AccountsDisabled
             | ApiError::PasswordsDisabled
             | ApiError::TokenNotFound
+            | ApiError::ShareNotFound
             | ApiError::UserNotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthenticated | ApiError::InvalidCredentials(_) => StatusCode::UNAUTHORIZED,
             ApiError::Disabled | ApiError::SignupClosed => StatusCode::FORBIDDEN,
@@ -151,6 +154,7 @@ impl ApiError {
             | ApiError::AccountsDisabled
             | ApiError::PasswordsDisabled
             | ApiError::TokenNotFound
+            | ApiError::ShareNotFound
             | ApiError::UserNotFound => "not_found",
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::InvalidCredentials(_) => "invalid_credentials",

@@ -147,6 +147,7 @@ impl Application {
             conversations: store,
             accounts,
             tokens: access_tokens,
+            shares,
             usage,
             sessions,
         } = sessions::open(&settings, redis.as_ref()).await?;
@@ -196,6 +197,7 @@ impl Application {
             limiter: limiter.clone(),
             accounts: accounts.clone(),
             access_tokens: access_tokens.clone(),
+            shares: shares.clone(),
             active_accounts: active_accounts.clone(),
             sessions: sessions.clone(),
             oidc: oidc.clone(),

@@ -33,6 +33,7 @@ use crate::oidc::PendingLogin;
 use crate::store::accounts::AccountStore;
 use crate::store::cache::CachedStore;
 use crate::store::mongo::MongoStore;
+use crate::store::shares::ShareStore;
 use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::tokens::TokenStore;
 use crate::store::usage::UsageStore;
@@ -145,12 +146,14 @@ impl Sessions {
     }
 }
 
-/// What one backend holds: conversations, accounts, tokens, usage and
-/// sessions.
+/// What one backend holds: conversations, accounts, tokens, share links,
+/// usage and sessions.
 pub struct Backends {
     pub conversations: Arc<dyn ConversationStore>,
     pub accounts: Arc<dyn AccountStore>,
     pub tokens: Arc<dyn TokenStore>,
+    /// Share links and their snapshots.
+    pub shares: Arc<dyn ShareStore>,
     /// Token usage and quotas.
     pub usage: Arc<dyn UsageStore>,
     pub sessions: Sessions,
@@ -175,6 +178,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
                 conversations: store.clone(),
                 accounts: store.clone(),
                 usage: store.clone(),
+                shares: store.clone(),
                 tokens: store,
             })
         }
@@ -188,6 +192,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
                 conversations: store.clone(),
                 accounts: store.clone(),
                 usage: store.clone(),
+                shares: store.clone(),
                 tokens: store,
                 sessions: Sessions::Sqlite(SqliteSessionStore::new(db)),
             })

@@ -13,7 +13,8 @@
 //! `index` (the deferred full-text indexing), `read` (the read-only
 //! connections), `search` (per-user FTS5 queries),
 //! `rows` (reading conversations back), `accounts` (the `users` table:
-//! `AccountStore`), `tokens` (the `tokens` table: `TokenStore`), `usage`
+//! `AccountStore`), `tokens` (the `tokens` table: `TokenStore`), `shares` (the `shares`
+//! table: `ShareStore`), `usage`
 //! (the `usage` and `quotas` tables: `UsageStore`); here,
 //! [`SqliteStore`].
 
@@ -27,6 +28,7 @@ mod read;
 mod rows;
 mod schema;
 mod search;
+mod shares;
 mod tokens;
 mod usage;
 
