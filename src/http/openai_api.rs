@@ -598,10 +598,9 @@ async fn chat_completions(
     within_rate_limit(&state, &user).await?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            OpenAiError::from(ApiError::TooLarge(format!(
-                "The request body is too large (at most {} bytes).",
-                super::MAX_JSON_BODY
-            )))
+            OpenAiError::from(ApiError::TooLarge(
+                "The request body is too large.".to_string(),
+            ))
         } else {
             OpenAiError::invalid("The request body could not be read.", "invalid_body", None)
         }

@@ -47,7 +47,7 @@ async function usageOf(target, token) {
   return { prompt: r.body.prompt_tokens, completion: r.body.completion_tokens };
 }
 
-test('the SDK lists the model and gets whole and streamed completions, metered', async () => {
+test('the SDK lists the model and gets whole and streamed completions, metered', { timeout: 60000 }, async () => {
   const token = await tokenOf(server, 'sdk@example.com');
   const openai = client(server, token);
 
@@ -99,7 +99,7 @@ test('the SDK lists the model and gets whole and streamed completions, metered',
   assert.equal(upstream.body.messages.at(-1).content, 'stream me please');
 });
 
-test('over the daily quota the SDK gets a 429 insufficient_quota error, not retried', async () => {
+test('over the daily quota the SDK gets a 429 insufficient_quota error, not retried', { timeout: 30000 }, async () => {
   const token = await tokenOf(quotaServer, 'quota@example.com');
   // Counts the HTTP requests the SDK makes, retries included.
   let sent = 0;
@@ -130,7 +130,7 @@ test('over the daily quota the SDK gets a 429 insufficient_quota error, not retr
   assert.equal(llm.requests.length, calls, 'the model was asked over quota');
 });
 
-test('a bad token gets a 401 authentication error in OpenAI shape', async () => {
+test('a bad token gets a 401 authentication error in OpenAI shape', { timeout: 30000 }, async () => {
   const openai = client(server, 'lcs_wrong-token', { maxRetries: 0 });
 
   await assert.rejects(
