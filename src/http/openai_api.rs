@@ -53,9 +53,15 @@ pub const CONVERSATION_HEADER: &str = "x-conversation-id";
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{id}", get(retrieve_model))
-        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models).fallback(wrong_method))
+        .route(
+            "/v1/models/{id}",
+            get(retrieve_model).fallback(wrong_method),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(chat_completions).fallback(wrong_method),
+        )
         .route("/v1/{*rest}", any(unknown_route))
 }
 
@@ -190,6 +196,17 @@ async fn unknown_route() -> OpenAiError {
         ..OpenAiError::invalid(
             "Unknown route. This server offers GET /v1/models and POST /v1/chat/completions.",
             "unknown_url",
+            None,
+        )
+    }
+}
+
+async fn wrong_method() -> OpenAiError {
+    OpenAiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        ..OpenAiError::invalid(
+            "This method is not allowed here: GET /v1/models, POST /v1/chat/completions.",
+            "method_not_allowed",
             None,
         )
     }

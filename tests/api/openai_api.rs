@@ -350,6 +350,7 @@ async fn bad_requests_get_openai_errors_and_never_reach_the_model() {
     ))
     .await;
     let unknown_route = call(get(&app, "/v1/embeddings", &token)).await;
+    let wrong_method = call(get(&app, "/v1/chat/completions", &token)).await;
 
     assert_openai_error(&bad_json, 400, "invalid_json");
     assert_openai_error(&not_object, 400, "invalid_json");
@@ -371,6 +372,7 @@ async fn bad_requests_get_openai_errors_and_never_reach_the_model() {
     assert_openai_error(&tools, 400, "unsupported_parameter");
     assert_openai_error(&too_long, 400, "context_length_exceeded");
     assert_openai_error(&unknown_route, 404, "unknown_url");
+    assert_openai_error(&wrong_method, 405, "method_not_allowed");
     assert_eq!(app.llm.call_count(), 0);
 }
 
