@@ -8,6 +8,7 @@ pub mod extract;
 pub mod files;
 pub mod health;
 pub mod oidc;
+pub mod openai_api;
 pub mod page;
 pub mod shares;
 pub mod tokens;
@@ -38,6 +39,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(usage::router())
         .merge(admin::router())
         .merge(health::router())
+        .merge(openai_api::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files::router(state.chat.settings.max_file_size_bytes))
         .fallback(not_found)
@@ -126,10 +128,12 @@ async fn same_origin_only(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    // `/v1` takes only personal access tokens, never the cookie: a
+    // request from another site cannot act with a person's rights there.
     let safe = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
-    );
+    ) || request.uri().path().starts_with("/v1/");
     if !safe {
         let headers = request.headers();
         let cross_site = headers

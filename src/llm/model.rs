@@ -35,6 +35,8 @@ pub enum LlmError {
 pub struct ChatRequest {
     pub messages: Messages,
     pub max_tokens: u32,
+    /// The sampling temperature; `None`: the server's (`LLM_TEMPERATURE`).
+    pub temperature: Option<f32>,
 }
 
 /// A prompt's messages: owned ones around an optional slice of a stored

@@ -188,7 +188,7 @@ impl OpenAiClient {
             self.model.as_deref(),
             &request.messages,
             request.max_tokens,
-            self.temperature,
+            request.temperature.unwrap_or(self.temperature),
             self.top_p,
             stream,
             self.stream_usage.load(Ordering::Relaxed),

@@ -274,6 +274,7 @@ impl Turn<'_> {
         let request = ChatRequest {
             messages,
             max_tokens: chat.settings.reply_tokens,
+            temperature: None,
         };
         let cancel = &self.guard.cancel;
         let mut stream = tokio::select! {

@@ -105,6 +105,19 @@ impl Chat {
         messages + u64::from(crate::context::REPLY_PRIMING)
     }
 
+    /// What a request the upstream answered spent: its `usage` when it
+    /// reported one, else the server's count (`counted_prompt`, from
+    /// [`Chat::prompt_cost`], and the reply text that arrived).
+    pub fn spent(&self, usage: Option<Usage>, counted_prompt: u64, reply: &str) -> DayUsage {
+        match usage {
+            Some(usage) => usage.into(),
+            None => DayUsage {
+                prompt_tokens: counted_prompt,
+                completion_tokens: u64::from(self.tokens.count(reply)),
+            },
+        }
+    }
+
     /// A whole reply for `user` (summaries, titles, upload analyses), its
     /// tokens added to the user's day.
     pub async fn complete_metered(
@@ -112,17 +125,23 @@ impl Chat {
         user: &UserId,
         request: ChatRequest,
     ) -> Result<String, LlmError> {
+        self.complete_spent(user, request)
+            .await
+            .map(|(text, _)| text)
+    }
+
+    /// As [`Chat::complete_metered`], also returning what the reply spent
+    /// (the OpenAI-compatible API reports it to the client).
+    pub async fn complete_spent(
+        &self,
+        user: &UserId,
+        request: ChatRequest,
+    ) -> Result<(String, DayUsage), LlmError> {
         let counted_prompt = self.prompt_cost(&request.messages);
         let completion = self.llm.complete(request).await?;
-        let spent = match completion.usage {
-            Some(usage) => usage.into(),
-            None => DayUsage {
-                prompt_tokens: counted_prompt,
-                completion_tokens: u64::from(self.tokens.count(&completion.text)),
-            },
-        };
+        let spent = self.spent(completion.usage, counted_prompt, &completion.text);
         self.record_usage(user, spent).await;
-        Ok(completion.text)
+        Ok((completion.text, spent))
     }
 }
 

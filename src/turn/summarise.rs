@@ -60,6 +60,7 @@ impl Whose<'_> {
             )
             .into(),
             max_tokens: summary_cap,
+            temperature: None,
         };
         let outcome = tokio::select! {
             _ = self.cancel.cancelled() => return Folded::Stopped,

@@ -25,6 +25,7 @@ mod isolation;
 mod live_sync;
 mod llm_failures;
 mod oidc;
+mod openai_api;
 mod proxy_auth;
 mod quotas;
 mod realtime;
