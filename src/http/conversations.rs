@@ -144,6 +144,7 @@ async fn load_conversation(
             title: page.meta.title,
             total: Some(page.meta.message_count),
             first: Some(page.first),
+            branches: Vec::new(),
         }
     } else {
         let conversation = state.chat.store.load(&who.user, &id).await?;
@@ -153,8 +154,20 @@ async fn load_conversation(
             title: conversation.meta.title.clone(),
             total: None,
             first: None,
+            branches: Vec::new(),
         }
     };
+    let mut loaded = loaded;
+    let first = loaded.first.unwrap_or(0);
+    let end = first + loaded.conversation.len() as u64;
+    let pool = state.chat.store.branches(&who.user, &id).await?;
+    if !pool.is_empty() {
+        loaded.branches = pool
+            .siblings(loaded.total.unwrap_or(end))
+            .into_iter()
+            .filter(|s| (first..end).contains(&s.index))
+            .collect();
+    }
     who.keep(&state).await?;
     sessions::set_current_conversation(&who.session, &id).await?;
     Ok(Json(loaded))
@@ -191,6 +204,7 @@ async fn save_history(
         .map_err(ApiError::RateLimited)?;
     let id = current(&who, "No active conversation to save.").await?;
     let conversation = state.chat.store.load(&who.user, &id).await?;
+    let pool = state.chat.store.branches(&who.user, &id).await?;
     let history = conversation.history();
     // The original's document shape, so tools that read its files read ours.
     let document = SavedConversation {
@@ -201,6 +215,7 @@ async fn save_history(
         created_at: rfc3339::format(&conversation.meta.created_at),
         updated_at: rfc3339::format(&conversation.meta.updated_at),
         title: conversation.meta.title.as_deref(),
+        branches: (!pool.is_empty()).then_some(&pool),
     };
     let bytes = serde_json::to_vec_pretty(&document).map_err(|e| ApiError::Internal(e.into()))?;
     let max = settings.save_history_max_bytes;
