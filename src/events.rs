@@ -261,6 +261,11 @@ pub struct ConversationUpdated<'a> {
     /// RFC 3339.
     pub updated_at: String,
     pub message_count: u64,
+    /// The history shown changed other than at its end (an edit, a
+    /// regenerate, a switch of branch): a tab showing it reads it again.
+    /// Absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub branched: bool,
 }
 
 /// `upload_progress`: chunks of an upload analysed so far.

@@ -70,6 +70,13 @@ pub struct LoadedConversation {
     pub branches: Vec<Siblings>,
 }
 
+/// `GET /conversation/{id}/branches`.
+#[derive(Debug, Serialize)]
+pub struct ConversationBranches {
+    pub conversation_id: ConversationId,
+    pub branches: Option<BranchPool>,
+}
+
 /// `POST /save_history`: the file written.
 #[derive(Debug, Serialize)]
 pub struct HistorySaved {

@@ -10,8 +10,8 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::bodies::{
-    ConversationList, ConversationStarted, Done, HistorySaved, LoadedConversation,
-    SavedConversation, SearchResults,
+    ConversationBranches, ConversationList, ConversationStarted, Done, HistorySaved,
+    LoadedConversation, SavedConversation, SearchResults,
 };
 use super::extract::{ApiJson, IdPath, SessionUser};
 use crate::domain::{conversation_text, ConversationId, Role};
@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/list_conversations", get(list_conversations))
         .route("/load_conversation/{id}", get(load_conversation))
         .route("/conversation/{id}", delete(delete_conversation))
+        .route("/conversation/{id}/branches", get(conversation_branches))
         .route("/save_history", post(save_history))
         .route("/search_conversations", get(search_conversations))
         .route("/add_few_shot_example", post(add_few_shot_example))
@@ -171,6 +172,21 @@ async fn load_conversation(
     who.keep(&state).await?;
     sessions::set_current_conversation(&who.session, &id).await?;
     Ok(Json(loaded))
+}
+
+/// `GET /conversation/{id}/branches`: every branch kept beside the
+/// history (the page's JSON export); `branches` is null for a conversation
+/// never forked.
+async fn conversation_branches(
+    State(state): State<AppState>,
+    who: SessionUser,
+    IdPath(id): IdPath,
+) -> Result<Json<ConversationBranches>, ApiError> {
+    let pool = state.chat.store.branches(&who.user, &id).await?;
+    Ok(Json(ConversationBranches {
+        conversation_id: id,
+        branches: (!pool.is_empty()).then_some(pool),
+    }))
 }
 
 async fn delete_conversation(

@@ -18,7 +18,7 @@ use crate::events::{
     SwitchBranch, WatchAck, WatchConversation,
 };
 use crate::metrics::Metrics;
-use crate::notify::{conversation_updated, user_room};
+use crate::notify::{conversation_branched, user_room};
 use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
@@ -379,7 +379,7 @@ pub(super) async fn on_switch_branch<A: Adapter>(
             state
                 .chat
                 .notifier
-                .to_user(&who.user, conversation_updated(&meta))
+                .to_user(&who.user, conversation_branched(&meta))
                 .await;
             let _ = ack.send(&SwitchAck {
                 ok: true,

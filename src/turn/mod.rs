@@ -39,7 +39,7 @@ use crate::error::ApiError;
 use crate::events::{EventSink, Field, ResponseChunk, ResponseEnd, ServerEvent, TokenUsage};
 use crate::llm::{ChatRequest, Delta, Messages, Usage};
 use crate::metrics::Metrics;
-use crate::notify::conversation_updated;
+use crate::notify::{conversation_branched, conversation_updated};
 use crate::replies::{Relay, ReplyEvent};
 use crate::store::usage::DayUsage;
 use crate::store::NewMessage;
@@ -481,9 +481,11 @@ impl Turn<'_> {
                 }));
             }
         }
-        chat.notifier
-            .to_user(self.user, conversation_updated(&meta))
-            .await;
+        let updated = match self.branching {
+            Some(_) => conversation_branched(&meta),
+            None => conversation_updated(&meta),
+        };
+        chat.notifier.to_user(self.user, updated).await;
         if let Some(first_message) = first_message.filter(|_| keep_reply) {
             tokio::spawn(title::make_title(
                 chat.clone(),

@@ -147,12 +147,16 @@ async fn a_regenerate_keeps_the_old_reply_as_a_sibling_and_other_tabs_hear_of_a_
         app.llm.requests().last().unwrap().contents(),
         ["Which is best?"]
     );
-    // The three turns' updates first; the next one is the switch's.
+    // The three turns' updates first (the regenerates' say the path
+    // changed); the next one is the switch's.
+    let mut branched = Vec::new();
     for _ in 0..3 {
-        other_tab
+        let updated = other_tab
             .wait_for("conversation_updated", EVENT_TIMEOUT)
             .await;
+        branched.push(updated.data.get("branched").cloned());
     }
+    assert_eq!(branched, [None, Some(json!(true)), Some(json!(true))]);
 
     let ack = socket
         .emit_with_ack(
@@ -168,6 +172,7 @@ async fn a_regenerate_keeps_the_old_reply_as_a_sibling_and_other_tabs_hear_of_a_
         .await;
     assert_eq!(updated["conversation_id"], json!(id));
     assert_eq!(updated["message_count"], 2);
+    assert_eq!(updated["branched"], true);
     assert_eq!(
         user.history(&id).await,
         [
@@ -308,4 +313,20 @@ async fn a_saved_conversation_holds_every_branch_beside_the_path_shown() {
     assert_eq!(nodes[0]["role"], "assistant");
     assert_eq!(nodes[0]["depth"], 1);
     assert_eq!(nodes[0]["parent"], Value::Null);
+    // The same pool for the page's export, for its owner only.
+    let pool = user.get(&format!("/conversation/{id}/branches")).await;
+    assert_eq!(pool.status, 200);
+    assert_eq!(pool.json["conversation_id"], json!(id));
+    assert_eq!(pool.json["branches"], document["branches"]);
+    let stranger = app.new_user().await;
+    stranger
+        .get(&format!("/conversation/{id}/branches"))
+        .await
+        .assert_error(404, "not_found", "Conversation not found.");
+    let fresh = user.start_conversation().await;
+    let none = user.get(&format!("/conversation/{fresh}/branches")).await;
+    assert_eq!(
+        none.json,
+        json!({"conversation_id": fresh, "branches": null})
+    );
 }

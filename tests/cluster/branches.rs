@@ -21,6 +21,9 @@ async fn a_tab_on_b_follows_an_edit_and_a_switch_made_on_a() {
     let mut on_b = user.socket(&cluster.b).await;
     let ack = on_b.watch(&conversation, None).await;
     assert_eq!(ack["ok"], true);
+    // The watch replays the reply that just ended first.
+    let replayed = on_b.collect_reply(TURN_TIMEOUT).await;
+    assert_eq!(replayed.text(), echo_pieces("first words").concat());
 
     on_a.emit(
         "edit_message",
