@@ -295,6 +295,9 @@ pub(super) async fn on_regenerate<A: Adapter>(
         run_turn(&state, &who, &id, &guard, &socket, message, Some(branching)).await
     }
     .await;
+    // Free before the client hears of the refusal: its next event may
+    // be for the same conversation.
+    guard.release();
     if let Err(err) = result {
         emit_error(&sink, &err, Some(&id));
     }
@@ -351,6 +354,9 @@ pub(super) async fn on_edit_message<A: Adapter>(
         run_turn(&state, &who, &id, &guard, &socket, message, Some(branching)).await
     }
     .await;
+    // Free before the client hears of the refusal: its next event may
+    // be for the same conversation.
+    guard.release();
     if let Err(err) = result {
         emit_error(&sink, &err, Some(&id));
     }
@@ -360,7 +366,8 @@ pub(super) async fn on_edit_message<A: Adapter>(
 /// at `position` of the message at `index` (and below it the branch's
 /// messages shown last). Refused while a reply is being generated for the
 /// conversation. Every tab of the user gets `conversation_updated`; the ack,
-/// if asked for, is `{ok, conversation_id, message_count}` or the error body.
+/// if asked for, is `{ok, conversation_id, message_count}` or the error body
+/// (a refusal is told only there).
 pub(super) async fn on_switch_branch<A: Adapter>(
     socket: SocketRef<A>,
     TryData(data): TryData<Inbound<SwitchBranch>>,
@@ -387,8 +394,10 @@ pub(super) async fn on_switch_branch<A: Adapter>(
                 message_count: meta.message_count,
             });
         }
+        // Only in the ack: an `error` event would read, to a page with a
+        // reply streaming, as the end of that reply.
         Err((err, id)) => {
-            emit_error(&SocketSink(socket.clone()), &err, id.as_ref());
+            tracing::debug!(conversation = ?id.map(|id| id.to_string()), error = %err, "switch_branch refused");
             let _ = ack.send(&err.body());
         }
     }

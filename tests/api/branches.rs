@@ -330,3 +330,51 @@ async fn a_saved_conversation_holds_every_branch_beside_the_path_shown() {
         json!({"conversation_id": fresh, "branches": null})
     );
 }
+
+#[tokio::test]
+async fn a_stopped_edit_keeps_its_partial_reply_on_the_new_branch_and_a_switch_waits_for_it() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut socket = user.socket().await;
+    app.llm.streams(&["Old reply"]);
+    socket.send_message("Old question", Some(&id));
+    socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+    app.llm.stream_then_hang(&["Half", " of it"]);
+
+    socket.emit(
+        "edit_message",
+        json!({"conversation_id": id, "index": 0, "message": "New question"}),
+    );
+    socket.wait_for("response_chunk", TURN_TIMEOUT).await;
+    // While the reply is being written, the path cannot be switched.
+    let refused = socket
+        .emit_with_ack(
+            "switch_branch",
+            json!({"conversation_id": id, "index": 0, "position": 1}),
+            EVENT_TIMEOUT,
+        )
+        .await;
+    assert_eq!(refused["error"], "busy", "{refused}");
+    socket.emit("stop_generation", json!({"conversation_id": id}));
+    let turn = socket.collect_turn(TURN_TIMEOUT).await;
+
+    assert_eq!(turn.expect_end()["stopped"], true);
+    let history = user.history(&id).await;
+    assert_eq!(history[0], msg("user", "New question"));
+    assert_eq!(history.len(), 2);
+    assert!(history[1].1.starts_with("Half"), "{history:?}");
+    let loaded = user.get(&format!("/load_conversation/{id}")).await;
+    assert_eq!(siblings(&loaded.json), [(0, 2, 2)]);
+    socket
+        .emit_with_ack(
+            "switch_branch",
+            json!({"conversation_id": id, "index": 0, "position": 1}),
+            EVENT_TIMEOUT,
+        )
+        .await;
+    assert_eq!(
+        user.history(&id).await,
+        [msg("user", "Old question"), msg("assistant", "Old reply")]
+    );
+}
