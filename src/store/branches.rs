@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Role;
-use crate::store::NewMessage;
+use super::message::NewMessage;
 
 /// Most nodes a conversation's pool may hold (on top of the cap on what is
 /// stored), so one document or row stays bounded.

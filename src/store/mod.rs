@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod branches;
 pub mod cache;
+mod message;
 pub mod mongo;
 pub mod sqlite;
 pub mod tokens;
@@ -17,8 +18,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::{ChatMessage, ConversationId, Role, UserId};
+use crate::domain::{ChatMessage, ConversationId, UserId};
 pub use branches::{BranchPool, Siblings};
+pub use message::NewMessage;
 
 /// The conversation stores there are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,13 +85,6 @@ pub struct StoredMessage {
     pub tokens: Option<u32>,
 }
 
-/// A message about to be stored.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub role: Role,
-    pub content: String,
-    pub tokens: Option<u32>,
-}
 
 /// The running summary of the oldest messages, kept beside the history
 /// (which is never cut).
