@@ -68,7 +68,7 @@ test('Regenerate keeps the old reply as a sibling, the arrows switch, an edit ma
     assert.equal(shown[0], 'edited question');
     assert.match(shown[1], /^Reply \d+ to edited question\.$/);
     assert.deepEqual(lastPrompt(), ['edited question']);
-    await screenshot(page, 'branches-edited');
+    await screenshot(page, 'branches-edited.png');
 
     // A reload shows the same branch with its arrows.
     await page.reload();
