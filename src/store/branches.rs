@@ -18,8 +18,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Role;
 use super::message::NewMessage;
+use crate::domain::Role;
 
 /// Most nodes a conversation's pool may hold (on top of the cap on what is
 /// stored), so one document or row stays bounded.

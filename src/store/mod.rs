@@ -85,7 +85,6 @@ pub struct StoredMessage {
     pub tokens: Option<u32>,
 }
 
-
 /// The running summary of the oldest messages, kept beside the history
 /// (which is never cut).
 #[derive(Debug, Clone, PartialEq)]
