@@ -225,6 +225,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => ApiError::NotFound,
+            StoreError::NoSuchBranch => {
+                ApiError::invalid("There is no such message or branch in this conversation.")
+            }
             StoreError::TooLarge(why) => ApiError::TooLarge(why),
             StoreError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "store unavailable");

@@ -22,6 +22,10 @@ pub const STOP_GENERATION: &str = "stop_generation";
 pub const WATCH_CONVERSATION: &str = "watch_conversation";
 /// `regenerate {conversation_id?}`.
 pub const REGENERATE: &str = "regenerate";
+/// `edit_message {conversation_id?, index, message}`.
+pub const EDIT_MESSAGE: &str = "edit_message";
+/// `switch_branch {conversation_id?, index, position}`, with an optional ack.
+pub const SWITCH_BRANCH: &str = "switch_branch";
 
 /// One field of an inbound payload, as the client sent it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -98,6 +102,26 @@ pub struct SendMessage {
 #[serde(default)]
 pub struct Regenerate {
     pub conversation_id: Field<String>,
+}
+
+/// `edit_message`: answer the user's message at history `index` again,
+/// with new text, on a new branch.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EditMessage {
+    pub conversation_id: Field<String>,
+    pub index: Field<u64>,
+    pub message: Field<String>,
+}
+
+/// `switch_branch`: show the sibling at `position` (from 1) of the message
+/// at history `index`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SwitchBranch {
+    pub conversation_id: Field<String>,
+    pub index: Field<u64>,
+    pub position: Field<u64>,
 }
 
 /// `watch_conversation`: follow a conversation, replaying the reply in
@@ -237,6 +261,11 @@ pub struct ConversationUpdated<'a> {
     /// RFC 3339.
     pub updated_at: String,
     pub message_count: u64,
+    /// The history shown changed other than at its end (an edit, a
+    /// regenerate, a switch of branch): a tab showing it reads it again.
+    /// Absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub branched: bool,
 }
 
 /// `upload_progress`: chunks of an upload analysed so far.
@@ -250,6 +279,14 @@ pub struct UploadProgress {
 #[derive(Debug, Serialize)]
 pub struct ServerRestarting {
     pub reconnect_in_ms: u64,
+}
+
+/// The ack of `switch_branch` when it worked (else the `error` body).
+#[derive(Debug, Serialize)]
+pub struct SwitchAck {
+    pub ok: bool,
+    pub conversation_id: String,
+    pub message_count: u64,
 }
 
 /// The ack of `watch_conversation`.

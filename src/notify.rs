@@ -33,5 +33,16 @@ pub fn conversation_updated(meta: &ConversationMeta) -> ServerEvent<'_> {
         title: meta.title.as_deref(),
         updated_at: rfc3339::format(&meta.updated_at),
         message_count: meta.message_count,
+        branched: false,
     })
+}
+
+/// `conversation_updated` after a change of the history's path (an edit, a
+/// regenerate, a switch of branch): `branched: true`.
+pub fn conversation_branched(meta: &ConversationMeta) -> ServerEvent<'_> {
+    let mut event = conversation_updated(meta);
+    if let ServerEvent::ConversationUpdated(updated) = &mut event {
+        updated.branched = true;
+    }
+    event
 }

@@ -438,15 +438,67 @@ import * as md from './markdown.js';
     els.empty.hidden = !!els.transcript.querySelector('.message');
   }
 
-  function renderHistory(history) {
+  /**
+   * The "2 / 3" arrows of a message with siblings (an edit, a regenerate):
+   * `sibling` is {index, position, count} from GET /load_conversation.
+   */
+  function branchNav(sibling) {
+    var nav = document.createElement('div');
+    nav.className = 'branch-nav';
+    var prev = document.createElement('button');
+    prev.type = 'button';
+    prev.className = 'branch-prev';
+    prev.setAttribute('aria-label', 'Previous version');
+    prev.title = 'Previous version';
+    prev.textContent = '\u2039';
+    prev.disabled = sibling.position <= 1;
+    var position = document.createElement('span');
+    position.className = 'branch-position';
+    position.textContent = sibling.position + ' / ' + sibling.count;
+    var next = document.createElement('button');
+    next.type = 'button';
+    next.className = 'branch-next';
+    next.setAttribute('aria-label', 'Next version');
+    next.title = 'Next version';
+    next.textContent = '\u203a';
+    next.disabled = sibling.position >= sibling.count;
+    nav.dataset.index = String(sibling.index);
+    nav.dataset.position = String(sibling.position);
+    nav.append(prev, position, next);
+    return nav;
+  }
+
+  /** An Edit button for one of the user's stored messages. */
+  function editButton() {
+    var edit = document.createElement('button');
+    edit.type = 'button';
+    edit.className = 'message-action edit-message';
+    edit.setAttribute('aria-label', 'Edit message');
+    edit.title = 'Edit and answer again (the old version is kept)';
+    return edit;
+  }
+
+  function renderHistory(history, branches) {
     clearTranscript();
     var frag = document.createDocumentFragment();
     var count = 0;
     var notes = (analyses.get(currentId) || []).slice();
+    var siblings = new Map();
+    (Array.isArray(branches) ? branches : []).forEach(function (b) {
+      if (b && Number.isInteger(b.index) && Number.isInteger(b.position) && Number.isInteger(b.count)) siblings.set(b.index, b);
+    });
     for (var i = 0; i < history.length; i++) {
       while (notes.length && notes[0].after <= count) frag.appendChild(notes.shift().el);
       var m = history[i] || {};
-      frag.appendChild(messageElement(String(m.role || 'system'), String(m.content == null ? '' : m.content)));
+      var el = messageElement(String(m.role || 'system'), String(m.content == null ? '' : m.content));
+      el.dataset.index = String(i);
+      if (m.role === 'user') {
+        var bar = actionsBar('user');
+        bar.appendChild(editButton());
+        el.appendChild(bar);
+      }
+      if (siblings.has(i)) el.appendChild(branchNav(siblings.get(i)));
+      frag.appendChild(el);
       count++;
     }
     while (notes.length) frag.appendChild(notes.shift().el);
@@ -752,7 +804,7 @@ import * as md from './markdown.js';
 
   // ----------------------------------------------------------- conversations
 
-  function selectConversation(id, history, title) {
+  function selectConversation(id, history, title, branches) {
     var changed = currentId !== id;
     if (changed) dropOtherWatchStreams(id);
     currentId = id;
@@ -761,7 +813,7 @@ import * as md from './markdown.js';
     if (title && !conv.title) conv.title = title;
     setTitle(conv);
     showUsage(id);
-    renderHistory(history || []);
+    renderHistory(history || [], branches);
     renderList();
     updateControls();
     closeSidebar();
@@ -780,7 +832,7 @@ import * as md from './markdown.js';
     clearError();
     return api('GET', '/load_conversation/' + encodeURIComponent(id)).then(function (data) {
       if (seq !== loadSeq) return;
-      selectConversation(id, (data && data.conversation) || [], data && data.title);
+      selectConversation(id, (data && data.conversation) || [], data && data.title, data && data.branches);
     }, function (err) {
       if (seq !== loadSeq) return;
       if (err.status === 404) {
@@ -798,7 +850,7 @@ import * as md from './markdown.js';
       if (id !== currentId || streams.has(id)) return;
       var stick = isNearBottom();
       var top = els.transcript.scrollTop;
-      renderHistory((data && data.conversation) || []);
+      renderHistory((data && data.conversation) || [], data && data.branches);
       if (!stick) els.transcript.scrollTop = top;
     }, function () { /* keep what is shown */ });
   }
@@ -931,7 +983,12 @@ import * as md from './markdown.js';
     if (!currentId) return;
     var id = currentId;
     clearError();
-    api('GET', '/load_conversation/' + encodeURIComponent(id)).then(function (data) {
+    Promise.all([
+      api('GET', '/load_conversation/' + encodeURIComponent(id)),
+      format === 'json' ? api('GET', '/conversation/' + encodeURIComponent(id) + '/branches') : null
+    ]).then(function (both) {
+      var data = both[0];
+      var pool = both[1] && both[1].branches;
       var messages = (data && data.conversation) || [];
       var conv = conversations.get(id) || {};
       var title = (data && data.title) || conv.title || 'Conversation';
@@ -945,7 +1002,8 @@ import * as md from './markdown.js';
           created_at: conv.created_at || null,
           updated_at: conv.updated_at || null,
           exported_at: stamp.toISOString(),
-          messages: messages.map(function (m) { return { role: m.role, content: m.content }; })
+          messages: messages.map(function (m) { return { role: m.role, content: m.content }; }),
+          branches: pool || null
         }, null, 2) + '\n');
       } else {
         var names = { user: 'You', assistant: 'Assistant', system: 'System' };
@@ -1248,6 +1306,90 @@ import * as md from './markdown.js';
     els.input.focus();
   }
 
+  /** Shows the sibling at `position` of the message at `index`. */
+  function switchBranch(index, position) {
+    var id = currentId;
+    if (!id || streams.has(id) || !socket || !socket.connected) return;
+    clearError();
+    socket.emit('switch_branch', { conversation_id: id, index: index, position: position }, function (ack) {
+      if (ack && ack.ok) {
+        if (id === currentId) refreshHistory(id);
+      } else {
+        showError((ack && ack.message) || 'Could not show that version.');
+      }
+    });
+  }
+
+  /** Turns the user's message `el` into a box to edit it. */
+  function startEdit(el) {
+    if (!currentId || streams.has(currentId) || el.querySelector('.edit-box')) return;
+    var content = el.querySelector('.message-content');
+    var box = document.createElement('form');
+    box.className = 'edit-box';
+    var area = document.createElement('textarea');
+    area.value = rawText.get(el) || content.textContent;
+    area.setAttribute('aria-label', 'Edit message');
+    area.rows = Math.min(10, Math.max(2, area.value.split('\n').length));
+    var save = document.createElement('button');
+    save.type = 'submit';
+    save.className = 'edit-save';
+    save.textContent = 'Send';
+    var cancel = document.createElement('button');
+    cancel.type = 'button';
+    cancel.className = 'edit-cancel';
+    cancel.textContent = 'Cancel';
+    var buttons = document.createElement('div');
+    buttons.className = 'edit-buttons';
+    buttons.append(cancel, save);
+    box.append(area, buttons);
+    content.hidden = true;
+    content.after(box);
+    area.focus();
+    var close = function () { box.remove(); content.hidden = false; };
+    cancel.addEventListener('click', close);
+    area.addEventListener('keydown', function (e) {
+      if (e.key === 'Escape') { e.preventDefault(); close(); }
+    });
+    box.addEventListener('submit', function (e) {
+      e.preventDefault();
+      var text = area.value;
+      if (!text.trim()) { area.focus(); return; }
+      editMessage(el, Number(el.dataset.index), text);
+    });
+  }
+
+  /** Answers `text` in place of the stored user message `el` at `index`. */
+  function editMessage(el, index, text) {
+    if (!currentId || streams.has(currentId) || !Number.isInteger(index)) return;
+    if (rateLimitedUntil > Date.now()) return;
+    if (config.max_message_chars && codePoints(text) > config.max_message_chars) {
+      showError('Message too long (max ' + config.max_message_chars.toLocaleString('en-US') + ' characters).');
+      return;
+    }
+    if (!socket || !socket.connected) {
+      showError('Not connected to the server. Your message was not sent; reconnecting…');
+      return;
+    }
+    clearError();
+    // The message and what followed it leave the screen (the server keeps
+    // them as a branch); the new version streams in their place.
+    var after = [];
+    for (var node = el; node; node = node.nextElementSibling) {
+      if (node.classList.contains('message')) after.push(node);
+    }
+    after.forEach(function (e) { e.remove(); });
+    var s = newStream(currentId, text, 'send');
+    s.edit = true;
+    streams.set(currentId, s);
+    attachStream(s, true);
+    scrollToBottom();
+    if (!socket.emit('edit_message', { conversation_id: currentId, index: index, message: text })) {
+      failStream(s, 'Not connected to the server. Your message was not sent.', true);
+      return;
+    }
+    updateControls();
+  }
+
   function stopGeneration() {
     var s = currentId ? streams.get(currentId) : null;
     if (!s || !socket || !socket.connected) return;
@@ -1349,6 +1491,8 @@ import * as md from './markdown.js';
           var anchor = s.userEl;
           s.removed.forEach(function (e) { anchor.after(e); anchor = e; });
         }
+      } else if (s.edit) {
+        if (s.conversationId === currentId) refreshHistory(s.conversationId);
       } else if (s.kind === 'send') {
         if (s.userEl) s.userEl.remove();
         if (!els.input.value) els.input.value = s.userText;
@@ -1584,6 +1728,9 @@ import * as md from './markdown.js';
         message_count: data.message_count
       });
       if (data.conversation_id === currentId) setTitle(conv);
+      if (data.branched === true && data.conversation_id === currentId && !streams.has(currentId)) {
+        refreshHistory(currentId);
+      }
       if (!search) renderList();
       // A conversation started in another tab: fetch the list for its created_at.
       if (!known) refreshList().catch(function () { /* keep the local list */ });
@@ -2311,6 +2458,18 @@ import * as md from './markdown.js';
         var code = codeCopy.closest('.code-block').querySelector('pre code');
         copyText(code ? code.textContent : '').then(function () { flashCopied(codeCopy); },
           function () { showError('Could not copy to the clipboard.'); });
+        return;
+      }
+      var arrow = e.target.closest('.branch-prev, .branch-next');
+      if (arrow) {
+        var nav = arrow.closest('.branch-nav');
+        var step = arrow.classList.contains('branch-next') ? 1 : -1;
+        switchBranch(Number(nav.dataset.index), Number(nav.dataset.position) + step);
+        return;
+      }
+      var edit = e.target.closest('.edit-message');
+      if (edit) {
+        startEdit(edit.closest('.message'));
         return;
       }
       var msgCopy = e.target.closest('.copy-message');

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::domain::{ChatMessage, ConversationId, UserId};
 use crate::error::ErrorBody;
-use crate::store::{ConversationMeta, SearchHit};
+use crate::store::{BranchPool, ConversationMeta, SearchHit, Siblings};
 
 /// 404 for a path no route has, or a static file that does not exist.
 pub fn not_found() -> Response {
@@ -63,6 +63,18 @@ pub struct LoadedConversation {
     /// The history index of the first message in `conversation`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first: Option<u64>,
+    /// For each message returned that has siblings (an edit, a
+    /// regenerate): its history index, its position among them (from 1)
+    /// and their count. Absent for a conversation never forked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<Siblings>,
+}
+
+/// `GET /conversation/{id}/branches`.
+#[derive(Debug, Serialize)]
+pub struct ConversationBranches {
+    pub conversation_id: ConversationId,
+    pub branches: Option<BranchPool>,
 }
 
 /// `POST /save_history`: the file written.
@@ -83,6 +95,10 @@ pub struct SavedConversation<'a> {
     pub created_at: String,
     pub updated_at: String,
     pub title: Option<&'a str>,
+    /// Every branch set aside beside the history (edits, regenerates);
+    /// absent for a conversation never forked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branches: Option<&'a BranchPool>,
 }
 
 /// `GET /search_conversations`, best first.

@@ -10,8 +10,8 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::bodies::{
-    ConversationList, ConversationStarted, Done, HistorySaved, LoadedConversation,
-    SavedConversation, SearchResults,
+    ConversationBranches, ConversationList, ConversationStarted, Done, HistorySaved,
+    LoadedConversation, SavedConversation, SearchResults,
 };
 use super::extract::{ApiJson, IdPath, SessionUser};
 use crate::domain::{conversation_text, ConversationId, Role};
@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/list_conversations", get(list_conversations))
         .route("/load_conversation/{id}", get(load_conversation))
         .route("/conversation/{id}", delete(delete_conversation))
+        .route("/conversation/{id}/branches", get(conversation_branches))
         .route("/save_history", post(save_history))
         .route("/search_conversations", get(search_conversations))
         .route("/add_few_shot_example", post(add_few_shot_example))
@@ -144,6 +145,7 @@ async fn load_conversation(
             title: page.meta.title,
             total: Some(page.meta.message_count),
             first: Some(page.first),
+            branches: Vec::new(),
         }
     } else {
         let conversation = state.chat.store.load(&who.user, &id).await?;
@@ -153,11 +155,38 @@ async fn load_conversation(
             title: conversation.meta.title.clone(),
             total: None,
             first: None,
+            branches: Vec::new(),
         }
     };
+    let mut loaded = loaded;
+    let first = loaded.first.unwrap_or(0);
+    let end = first + loaded.conversation.len() as u64;
+    let pool = state.chat.store.branches(&who.user, &id).await?;
+    if !pool.is_empty() {
+        loaded.branches = pool
+            .siblings(loaded.total.unwrap_or(end))
+            .into_iter()
+            .filter(|s| (first..end).contains(&s.index))
+            .collect();
+    }
     who.keep(&state).await?;
     sessions::set_current_conversation(&who.session, &id).await?;
     Ok(Json(loaded))
+}
+
+/// `GET /conversation/{id}/branches`: every branch kept beside the
+/// history (the page's JSON export); `branches` is null for a conversation
+/// never forked.
+async fn conversation_branches(
+    State(state): State<AppState>,
+    who: SessionUser,
+    IdPath(id): IdPath,
+) -> Result<Json<ConversationBranches>, ApiError> {
+    let pool = state.chat.store.branches(&who.user, &id).await?;
+    Ok(Json(ConversationBranches {
+        conversation_id: id,
+        branches: (!pool.is_empty()).then_some(pool),
+    }))
 }
 
 async fn delete_conversation(
@@ -199,6 +228,7 @@ async fn save_history(
         .map_err(ApiError::RateLimited)?;
     let id = current(&who, "No active conversation to save.").await?;
     let conversation = state.chat.store.load(&who.user, &id).await?;
+    let pool = state.chat.store.branches(&who.user, &id).await?;
     let history = conversation.history();
     // The original's document shape, so tools that read its files read ours.
     let document = SavedConversation {
@@ -209,6 +239,7 @@ async fn save_history(
         created_at: rfc3339::format(&conversation.meta.created_at),
         updated_at: rfc3339::format(&conversation.meta.updated_at),
         title: conversation.meta.title.as_deref(),
+        branches: (!pool.is_empty()).then_some(&pool),
     };
     let bytes = serde_json::to_vec_pretty(&document).map_err(|e| ApiError::Internal(e.into()))?;
     let max = settings.save_history_max_bytes;

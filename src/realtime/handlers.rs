@@ -14,14 +14,16 @@ use super::socket::{settled, SocketUser};
 use crate::domain::{ConversationId, Role};
 use crate::error::ApiError;
 use crate::events::{
-    EventSink, Field, Inbound, Regenerate, SendMessage, StopGeneration, WatchAck, WatchConversation,
+    EditMessage, EventSink, Field, Inbound, Regenerate, SendMessage, StopGeneration, SwitchAck,
+    SwitchBranch, WatchAck, WatchConversation,
 };
 use crate::metrics::Metrics;
-use crate::notify::user_room;
+use crate::notify::{conversation_branched, user_room};
 use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
-use crate::turn::{check_message, stop_everywhere, Turn, TurnGuard};
+use crate::store::ConversationMeta;
+use crate::turn::{check_message, stop_everywhere, Branching, Turn, TurnGuard};
 
 /// Sends `err` as the `error` event.
 fn emit_error(sink: &dyn EventSink, err: &ApiError, id: Option<&ConversationId>) {
@@ -157,13 +159,14 @@ pub(super) async fn on_send_message<A: Adapter>(
     else {
         return;
     };
-    let result = run_turn(&state, &who, &id, &guard, &socket, message).await;
+    let result = run_turn(&state, &who, &id, &guard, &socket, message, None).await;
     if let Err(err) = result {
         emit_error(&sink, &err, Some(&id));
     }
 }
 
-/// Runs the turn for `message`, its events to `socket`.
+/// Runs the turn for `message`, its events to `socket`; on a new branch
+/// when `branching` says so.
 async fn run_turn<A: Adapter>(
     state: &AppState,
     who: &SocketUser,
@@ -171,6 +174,7 @@ async fn run_turn<A: Adapter>(
     guard: &TurnGuard,
     socket: &SocketRef<A>,
     message: String,
+    branching: Option<Branching>,
 ) -> Result<(), ApiError> {
     let turn = Turn {
         user: &who.user,
@@ -178,6 +182,7 @@ async fn run_turn<A: Adapter>(
         guard,
         sink: &SocketSink(socket.clone()),
         origin_socket: Some(socket.id.to_string()),
+        branching,
     };
     turn.run(&state.chat, message).await
 }
@@ -246,8 +251,8 @@ async fn follow<A: Adapter>(
     streaming
 }
 
-/// `regenerate {conversation_id?}`: drops the reply to the last user
-/// message (everything after it) and answers that message again.
+/// `regenerate {conversation_id?}`: answers the last user message again;
+/// the old reply (everything after that message) is kept as a branch.
 pub(super) async fn on_regenerate<A: Adapter>(
     socket: SocketRef<A>,
     TryData(data): TryData<Inbound<Regenerate>>,
@@ -263,7 +268,7 @@ pub(super) async fn on_regenerate<A: Adapter>(
     if !within_message_limit(&state, &who, &sink).await {
         return;
     }
-    // Before the old reply is removed: a refused regenerate changes nothing.
+    // Before anything changes: a refused regenerate changes nothing.
     if !within_quota(&state, &who, &sink).await {
         return;
     }
@@ -283,15 +288,149 @@ pub(super) async fn on_regenerate<A: Adapter>(
             ));
         };
         let message = conversation.messages[last_user].message.content.to_string();
-        // The turn stores the user's message again with its new reply.
-        for _ in last_user..conversation.messages.len() {
-            state.chat.store.delete_last_message(&who.user, &id).await?;
-        }
-        run_turn(&state, &who, &id, &guard, &socket, message).await
+        let branching = Branching {
+            prefix: last_user,
+            user_stored: true,
+        };
+        run_turn(&state, &who, &id, &guard, &socket, message, Some(branching)).await
     }
     .await;
+    // Free before the client hears of the refusal: its next event may
+    // be for the same conversation.
+    guard.release();
     if let Err(err) = result {
         emit_error(&sink, &err, Some(&id));
+    }
+}
+
+/// `edit_message {conversation_id?, index, message}`: answers `message` in
+/// place of the user's message at history `index`; that message and what
+/// followed it are kept as a branch. The same events as `send_message`.
+pub(super) async fn on_edit_message<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(data): TryData<Inbound<EditMessage>>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    settled(&socket).await;
+    if !still_allowed(&state, &who, &socket).await {
+        return;
+    }
+    let sink = SocketSink(socket.clone());
+    let Inbound(payload) = data.unwrap_or_default();
+    if !within_message_limit(&state, &who, &sink).await {
+        return;
+    }
+    let message = match check_message(payload.message, state.chat.settings.max_message_chars) {
+        Ok(message) => message,
+        Err(err) => return emit_error(&sink, &err, None),
+    };
+    let Field::Given(index) = payload.index else {
+        let err = ApiError::invalid("index must be the history index of one of your messages.");
+        return emit_error(&sink, &err, None);
+    };
+    if !within_quota(&state, &who, &sink).await {
+        return;
+    }
+    let Some((id, guard)) = begin_turn(&state, &who, &payload.conversation_id, &socket).await
+    else {
+        return;
+    };
+    let result = async {
+        let conversation = state.chat.store.load(&who.user, &id).await?;
+        let is_users = usize::try_from(index)
+            .ok()
+            .and_then(|i| conversation.messages.get(i))
+            .is_some_and(|m| m.message.role == Role::User);
+        if !is_users {
+            return Err(ApiError::invalid(
+                "index must be the history index of one of your messages.",
+            ));
+        }
+        let branching = Branching {
+            prefix: index as usize,
+            user_stored: false,
+        };
+        run_turn(&state, &who, &id, &guard, &socket, message, Some(branching)).await
+    }
+    .await;
+    // Free before the client hears of the refusal: its next event may
+    // be for the same conversation.
+    guard.release();
+    if let Err(err) = result {
+        emit_error(&sink, &err, Some(&id));
+    }
+}
+
+/// `switch_branch {conversation_id?, index, position}`: shows the sibling
+/// at `position` of the message at `index` (and below it the branch's
+/// messages shown last). Refused while a reply is being generated for the
+/// conversation. Every tab of the user gets `conversation_updated`; the ack,
+/// if asked for, is `{ok, conversation_id, message_count}` or the error body
+/// (a refusal is told only there).
+pub(super) async fn on_switch_branch<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(data): TryData<Inbound<SwitchBranch>>,
+    ack: AckSender<A>,
+    Extension(who): Extension<SocketUser>,
+    State(state): State<AppState>,
+) {
+    settled(&socket).await;
+    if !still_allowed(&state, &who, &socket).await {
+        return;
+    }
+    let Inbound(payload) = data.unwrap_or_default();
+    let result = switch_branch(&state, &who, payload).await;
+    match result {
+        Ok((id, meta)) => {
+            state
+                .chat
+                .notifier
+                .to_user(&who.user, conversation_branched(&meta))
+                .await;
+            let _ = ack.send(&SwitchAck {
+                ok: true,
+                conversation_id: id.to_string(),
+                message_count: meta.message_count,
+            });
+        }
+        // Only in the ack: an `error` event would read, to a page with a
+        // reply streaming, as the end of that reply.
+        Err((err, id)) => {
+            tracing::debug!(conversation = ?id.map(|id| id.to_string()), error = %err, "switch_branch refused");
+            let _ = ack.send(&err.body());
+        }
+    }
+}
+
+/// The switch itself, for [`on_switch_branch`].
+async fn switch_branch(
+    state: &AppState,
+    who: &SocketUser,
+    payload: SwitchBranch,
+) -> Result<(ConversationId, ConversationMeta), (ApiError, Option<ConversationId>)> {
+    let (Field::Given(index), Field::Given(position)) = (payload.index, payload.position) else {
+        let err = ApiError::invalid("index and position must be whole numbers (position from 1).");
+        return Err((err, None));
+    };
+    let id = target_conversation(&payload.conversation_id, who)
+        .await
+        .map_err(|err| (err, None))?;
+    // Not under a reply being written: it would be stored on the wrong path.
+    let Some(guard) = state.chat.turns.begin(&who.user, &id, None) else {
+        let err =
+            ApiError::Busy("A reply is already being generated for this conversation.".into());
+        return Err((err, Some(id)));
+    };
+    let switched = state
+        .chat
+        .store
+        .switch_branch(&who.user, &id, index, position)
+        .await;
+    guard.release();
+    match switched {
+        Ok(meta) => Ok((id, meta)),
+        Err(err) => Err((ApiError::from(err), Some(id))),
     }
 }
 

@@ -20,7 +20,8 @@ use socketioxide_core::adapter::DefinedAdapter;
 use tower_sessions::Session;
 
 use handlers::{
-    on_disconnect, on_regenerate, on_send_message, on_stop_generation, on_watch_conversation,
+    on_disconnect, on_edit_message, on_regenerate, on_send_message, on_stop_generation,
+    on_switch_branch, on_watch_conversation,
 };
 pub use sink::SocketNotifier;
 pub use socket::SocketUser;
@@ -250,6 +251,8 @@ fn accept<A: Adapter>(
     socket.on(events::STOP_GENERATION, on_stop_generation::<A>);
     socket.on(events::WATCH_CONVERSATION, on_watch_conversation::<A>);
     socket.on(events::REGENERATE, on_regenerate::<A>);
+    socket.on(events::EDIT_MESSAGE, on_edit_message::<A>);
+    socket.on(events::SWITCH_BRANCH, on_switch_branch::<A>);
     socket.on_disconnect(on_disconnect::<A>);
 }
 

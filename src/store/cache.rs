@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    Conversation, ConversationMeta, ConversationStore, NewMessage, SearchHit, StoreResult,
-    StoredMessage, Summary,
+    BranchPool, Conversation, ConversationMeta, ConversationStore, NewMessage, SearchHit,
+    StoreResult, StoredMessage, Summary,
 };
 use crate::domain::{ChatMessage, ConversationId, UserId};
 
@@ -308,6 +308,38 @@ impl ConversationStore for CachedStore {
         self.mutate(
             (user.clone(), id.clone()),
             self.inner.delete_last_message(user, id),
+        )
+        .await
+    }
+
+    async fn branches(&self, user: &UserId, id: &ConversationId) -> StoreResult<BranchPool> {
+        self.inner.branches(user, id).await
+    }
+
+    async fn fork(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        at: u64,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<ConversationMeta> {
+        self.mutate(
+            (user.clone(), id.clone()),
+            self.inner.fork(user, id, at, messages),
+        )
+        .await
+    }
+
+    async fn switch_branch(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        index: u64,
+        position: u64,
+    ) -> StoreResult<ConversationMeta> {
+        self.mutate(
+            (user.clone(), id.clone()),
+            self.inner.switch_branch(user, id, index, position),
         )
         .await
     }

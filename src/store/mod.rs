@@ -6,7 +6,9 @@
 //! MongoDB comes in its own issue and implements the same trait.
 
 pub mod accounts;
+pub mod branches;
 pub mod cache;
+mod message;
 pub mod mongo;
 pub mod shares;
 pub mod sqlite;
@@ -17,7 +19,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::{ChatMessage, ConversationId, Role, UserId};
+use crate::domain::{ChatMessage, ConversationId, UserId};
+pub use branches::{BranchPool, Siblings};
+pub use message::NewMessage;
 
 /// The conversation stores there are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +52,10 @@ pub enum StoreError {
     /// sentence (the cap's, the same everywhere) says so to the user.
     #[error("{0}")]
     TooLarge(String),
+    /// No branch at that index and position (`switch_branch`), or no
+    /// message at that index to fork from (`fork`).
+    #[error("no such branch")]
+    NoSuchBranch,
     /// The backend cannot be reached right now (retryable).
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -75,14 +83,6 @@ pub struct ConversationMeta {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMessage {
     pub message: ChatMessage,
-    pub tokens: Option<u32>,
-}
-
-/// A message about to be stored.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub role: Role,
-    pub content: String,
     pub tokens: Option<u32>,
 }
 
@@ -195,7 +195,34 @@ pub trait ConversationStore: Send + Sync + 'static {
         user: &UserId,
         id: &ConversationId,
     ) -> StoreResult<Option<ChatMessage>>;
-    /// Empties the history and drops the summary.
+    /// The branches set aside beside the active path (empty when the
+    /// conversation was never forked).
+    async fn branches(&self, user: &UserId, id: &ConversationId) -> StoreResult<BranchPool>;
+    /// Sets the history from index `at` aside as a branch and appends
+    /// `messages` in its place, atomically (an edit: the new user message and
+    /// its reply; a regenerate: the new reply). The conversation cap counts
+    /// what is stored, branches included. A summary covering more than `at`
+    /// messages is dropped. `NoSuchBranch` when `at` is past the end.
+    async fn fork(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        at: u64,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<ConversationMeta>;
+    /// Makes the sibling at `position` (from 1, oldest first) of the active
+    /// message at `index` active: the active suffix from `index` is set aside
+    /// and the sibling's branch, following the children shown last, takes its
+    /// place. The active one itself changes nothing. A summary covering more
+    /// than `index` messages is dropped. `NoSuchBranch` when there is none.
+    async fn switch_branch(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        index: u64,
+        position: u64,
+    ) -> StoreResult<ConversationMeta>;
+    /// Empties the history, drops the summary and the branches.
     async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta>;
     /// Removes the conversation.
     async fn delete(&self, user: &UserId, id: &ConversationId) -> StoreResult<()>;

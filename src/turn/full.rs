@@ -5,7 +5,7 @@
 //! lost.
 
 use super::chat::Chat;
-use crate::domain::{ConversationId, UserId};
+use crate::domain::{ConversationId, Role, UserId};
 use crate::error::ApiError;
 use crate::store::{Conversation, ConversationMeta, NewMessage, StoreError, StoreResult};
 
@@ -43,26 +43,57 @@ pub(super) async fn append_turn(
     messages: Vec<NewMessage>,
     room: u64,
 ) -> StoreResult<ConversationMeta> {
-    let retry = (messages.len() == 2).then(|| messages.clone());
-    match chat.store.append(user, id, messages).await {
+    store_turn(chat, user, id, None, messages, room).await
+}
+
+/// The same for a turn on a new branch: the history from `at` is set aside
+/// (`ConversationStore::fork`) and the turn's messages take its place.
+pub(super) async fn fork_turn(
+    chat: &Chat,
+    user: &UserId,
+    id: &ConversationId,
+    at: u64,
+    messages: Vec<NewMessage>,
+    room: u64,
+) -> StoreResult<ConversationMeta> {
+    store_turn(chat, user, id, Some(at), messages, room).await
+}
+
+async fn store_turn(
+    chat: &Chat,
+    user: &UserId,
+    id: &ConversationId,
+    at: Option<u64>,
+    messages: Vec<NewMessage>,
+    room: u64,
+) -> StoreResult<ConversationMeta> {
+    let write = |messages: Vec<NewMessage>| async move {
+        match at {
+            Some(at) => chat.store.fork(user, id, at, messages).await,
+            None => chat.store.append(user, id, messages).await,
+        }
+    };
+    let has_reply = messages.last().is_some_and(|m| m.role == Role::Assistant);
+    let retry = has_reply.then(|| messages.clone());
+    match write(messages).await {
         Err(StoreError::TooLarge(why)) => {
             let Some(mut messages) = retry else {
                 return Err(StoreError::TooLarge(why));
             };
-            let left = room.saturating_sub(messages[0].content.len() as u64) as usize;
-            let reply = &mut messages[1];
+            let mut reply = messages.pop().expect("a reply");
+            let before: u64 = messages.iter().map(|m| m.content.len() as u64).sum();
+            let left = room.saturating_sub(before) as usize;
             let mut cut = left.min(reply.content.len());
             while !reply.content.is_char_boundary(cut) {
                 cut -= 1;
             }
             reply.content.truncate(cut);
-            if reply.content.trim().is_empty() {
-                messages.pop();
-            } else {
+            if !reply.content.trim().is_empty() {
                 reply.tokens = Some(chat.tokens.count(&reply.content));
+                messages.push(reply);
             }
             tracing::warn!(conversation = %id, kept = cut, "the conversation is full: the reply is stored cut");
-            chat.store.append(user, id, messages).await
+            write(messages).await
         }
         other => other,
     }

@@ -39,7 +39,7 @@ use crate::error::ApiError;
 use crate::events::{EventSink, Field, ResponseChunk, ResponseEnd, ServerEvent, TokenUsage};
 use crate::llm::{ChatRequest, Delta, Messages, Usage};
 use crate::metrics::Metrics;
-use crate::notify::conversation_updated;
+use crate::notify::{conversation_branched, conversation_updated};
 use crate::replies::{Relay, ReplyEvent};
 use crate::store::usage::DayUsage;
 use crate::store::NewMessage;
@@ -84,6 +84,26 @@ impl Outcome {
     }
 }
 
+/// A turn that answers on a new branch: the history from `prefix` on is
+/// set aside (kept as a branch, `ConversationStore::fork`) and the prompt is
+/// the history before `prefix`, then the user's message.
+#[derive(Debug, Clone, Copy)]
+pub struct Branching {
+    /// How many messages of the history the prompt keeps before the user's.
+    pub prefix: usize,
+    /// The user's message is the stored one at `prefix` (a regenerate: only
+    /// the reply is new, a sibling of the old one); else it is new (an
+    /// edit: a sibling of the message at `prefix`).
+    pub user_stored: bool,
+}
+
+impl Branching {
+    /// Where the new messages go in the history.
+    fn at(&self) -> u64 {
+        (self.prefix + usize::from(self.user_stored)) as u64
+    }
+}
+
 /// One turn: whose, in which conversation, and where its events go.
 pub struct Turn<'a> {
     pub user: &'a UserId,
@@ -94,6 +114,8 @@ pub struct Turn<'a> {
     pub sink: &'a dyn EventSink,
     /// The sending socket's id: the hub does not send it the reply again.
     pub origin_socket: Option<String>,
+    /// Answer on a new branch (edit, regenerate); `None`: append.
+    pub branching: Option<Branching>,
 }
 
 /// What a turn has done so far; the finish path reads it.
@@ -181,11 +203,26 @@ impl Turn<'_> {
     async fn prepare(&self, chat: &Chat, progress: &mut Progress) -> Result<Prepared, ApiError> {
         let settings = &chat.settings;
         let budget = settings.prompt_budget();
-        let conversation = chat.store.load(self.user, self.conversation).await?;
+        let mut conversation = chat.store.load(self.user, self.conversation).await?;
         chat.metrics
             .store_latency
             .observe(progress.started.elapsed());
         progress.room = full::room_for_turn(chat, &conversation, &progress.text)?;
+        if let Some(branching) = self.branching {
+            // The prompt is the path up to the branch point, nothing after;
+            // a summary of more than that no longer stands for it.
+            let Some(kept) = conversation.messages.get(..branching.prefix) else {
+                return Err(crate::store::StoreError::NoSuchBranch.into());
+            };
+            conversation.messages = std::sync::Arc::new(kept.to_vec());
+            if conversation
+                .summary
+                .as_ref()
+                .is_some_and(|s| s.covers > branching.prefix)
+            {
+                conversation.summary = None;
+            }
+        }
 
         let new_tokens = progress.text_tokens;
         let new_cost = new_tokens + crate::context::MESSAGE_OVERHEAD;
@@ -347,11 +384,15 @@ impl Turn<'_> {
         } = progress;
         Metrics::add(&chat.metrics.reply_chunks, chunks as u64);
         let first_message = (chat.settings.llm_titles && first_turn).then(|| text.clone());
-        let mut to_store = vec![NewMessage {
-            role: Role::User,
-            content: text,
-            tokens: Some(text_tokens),
-        }];
+        let user_stored = self.branching.is_some_and(|b| b.user_stored);
+        let mut to_store = Vec::new();
+        if !user_stored {
+            to_store.push(NewMessage {
+                role: Role::User,
+                content: text,
+                tokens: Some(text_tokens),
+            });
+        }
         let keep_reply =
             matches!(outcome, Outcome::Finished | Outcome::Stopped) && !reply.is_empty();
         if keep_reply {
@@ -365,7 +406,12 @@ impl Turn<'_> {
         }
         // Another instance took this reply for a dead one (its lease lapsed
         // while this instance was cut off from Redis) and stored the message.
-        if let Some(relay) = relay.as_ref().filter(|_| chat.redis.is_some()) {
+        // (A branch turn's message has its place in the history: it is
+        // stored by the fork, never by the instance that took the reply.)
+        if let Some(relay) = relay
+            .as_ref()
+            .filter(|_| chat.redis.is_some() && self.branching.is_none())
+        {
             if !relay.stores_user_message().await {
                 to_store.remove(0);
             }
@@ -374,10 +420,12 @@ impl Turn<'_> {
         // Counted before the reply's end is announced, so a client that
         // asks `GET /usage` after `response_end` sees this turn.
         let store = async {
-            if to_store.is_empty() {
-                chat.store.meta(self.user, id).await
-            } else {
-                full::append_turn(chat, self.user, id, to_store, room).await
+            match self.branching {
+                Some(branching) => {
+                    full::fork_turn(chat, self.user, id, branching.at(), to_store, room).await
+                }
+                None if to_store.is_empty() => chat.store.meta(self.user, id).await,
+                None => full::append_turn(chat, self.user, id, to_store, room).await,
             }
         };
         let (stored, ()) = tokio::join!(store, chat.record_usage(self.user, spent));
@@ -434,9 +482,11 @@ impl Turn<'_> {
                 }));
             }
         }
-        chat.notifier
-            .to_user(self.user, conversation_updated(&meta))
-            .await;
+        let updated = match self.branching {
+            Some(_) => conversation_branched(&meta),
+            None => conversation_updated(&meta),
+        };
+        chat.notifier.to_user(self.user, updated).await;
         if let Some(first_message) = first_message.filter(|_| keep_reply) {
             tokio::spawn(title::make_title(
                 chat.clone(),

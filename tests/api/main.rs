@@ -11,6 +11,7 @@ mod abuse;
 mod accounts;
 mod azure;
 mod bad_input;
+mod branches;
 mod caching_and_compression;
 mod capacity;
 mod chat_turn;

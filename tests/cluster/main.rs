@@ -7,6 +7,7 @@
 //! Needs `/usr/bin/redis-server` and `/usr/sbin/nginx` (Debian packages `redis-server`,
 //! `nginx`). `TEST_LOG=1` prints the instances' output as it comes.
 
+mod branches;
 mod harness;
 mod proxy_auth;
 mod replies;

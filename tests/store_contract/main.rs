@@ -17,6 +17,7 @@
 //! ```
 
 mod accounts;
+mod branches;
 mod checks;
 mod faults;
 mod fixture;
@@ -74,6 +75,11 @@ contract!(
         a_page_of_the_history_is_read_from_the_end_backwards,
         export_import_round_trip,
         delete_last_message_removes_only_the_last,
+    ],
+    branches: [
+        forks_set_the_suffix_aside_and_switches_bring_siblings_back,
+        a_summary_before_the_branch_point_is_kept,
+        the_cap_counts_the_branches_set_aside,
     ],
     accounts: [
         the_first_account_is_the_admin_and_later_ones_are_not,

@@ -879,3 +879,89 @@ async fn a_lost_server_makes_the_store_unavailable() {
     let load = store.load(&user, &id).await;
     assert!(matches!(load, Err(StoreError::Unavailable(_))), "{load:?}");
 }
+
+/// A document the original app wrote, under its validator, takes branches:
+/// `conversation_history` stays a plain list of `{role, content}` items (plus
+/// the token count this port adds to new ones), `conversation_text` follows
+/// the path shown, and the branches sit in the optional `branches` field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branches_of_an_original_document_leave_its_history_in_the_original_shape() {
+    let client = raw_client().await;
+    let name = database_name();
+    let database = client.database(&name);
+    initialize_db_like_the_original(&database).await;
+    let raw = database.collection::<Document>("conversations");
+    let id = ConversationId::new();
+    let t0: DateTime<Utc> = "2024-03-01T09:30:00.250Z".parse().unwrap();
+    raw.insert_one(original_doc(
+        "anonymous",
+        id.as_ref(),
+        &[("user", "Which bird?"), ("assistant", "A heron.")],
+        t0,
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::mongo(&name).await;
+    let store = f.store.clone();
+    let anonymous = UserId::from_stored("anonymous".into());
+
+    store
+        .fork(&anonymous, &id, 1, vec![msg(Role::Assistant, "A stork.")])
+        .await
+        .unwrap();
+
+    let stored = raw
+        .find_one(doc! {"conversation_id": id.as_ref()})
+        .await
+        .unwrap()
+        .unwrap();
+    let items = stored.get_array("conversation_history").unwrap();
+    assert_eq!(
+        items[0].as_document().unwrap(),
+        &doc! {"role": "user", "content": "Which bird?"},
+        "an untouched item keeps its exact shape"
+    );
+    assert_eq!(
+        items[1].as_document().unwrap(),
+        &doc! {"role": "assistant", "content": "A stork.", "tokens": 3_i64}
+    );
+    assert_eq!(
+        stored.get_str("conversation_text").unwrap(),
+        "User: Which bird?\nAssistant: A stork."
+    );
+    let nodes = stored
+        .get_document("branches")
+        .unwrap()
+        .get_array("nodes")
+        .unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(
+        nodes[0].as_document().unwrap().get_str("content").unwrap(),
+        "A heron."
+    );
+    assert_eq!(stored.get_i64("branch_messages").unwrap(), 1);
+
+    store.switch_branch(&anonymous, &id, 1, 1).await.unwrap();
+    let stored = raw
+        .find_one(doc! {"conversation_id": id.as_ref()})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.get_str("conversation_text").unwrap(),
+        "User: Which bird?\nAssistant: A heron."
+    );
+    assert_eq!(
+        contents(&store.load(&anonymous, &id).await.unwrap()),
+        ["Which bird?", "A heron."]
+    );
+    // Reset: no trace of the branches is left.
+    store.reset(&anonymous, &id).await.unwrap();
+    let stored = raw
+        .find_one(doc! {"conversation_id": id.as_ref()})
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.get("branches").is_none() && stored.get("branch_messages").is_none());
+    f.finish().await;
+}

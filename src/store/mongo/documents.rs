@@ -25,7 +25,7 @@ pub(super) fn now() -> (bson::DateTime, DateTime<Utc>) {
     (at, from_bson_time(at))
 }
 
-fn as_u64(value: Option<&Bson>) -> Option<u64> {
+pub(super) fn as_u64(value: Option<&Bson>) -> Option<u64> {
     match value? {
         Bson::Int32(n) => u64::try_from(*n).ok(),
         Bson::Int64(n) => u64::try_from(*n).ok(),
@@ -115,7 +115,7 @@ pub(super) fn hit_from_doc(d: &Document) -> anyhow::Result<SearchHit> {
 
 /// One history item as a message (a missing or unknown role reads as the
 /// user's, missing content as empty, as the original app's documents may).
-fn message_from_item(item: &Document) -> ChatMessage {
+pub(super) fn message_from_item(item: &Document) -> ChatMessage {
     ChatMessage::new(
         item.get_str("role")
             .ok()

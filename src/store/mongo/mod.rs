@@ -41,6 +41,7 @@
 
 mod accounts;
 mod base;
+mod branches;
 mod documents;
 mod pipelines;
 mod schema;
@@ -73,8 +74,8 @@ use self::documents::{
 use self::pipelines::{append_filter, append_update, encoded_len, estimate_added, text_added};
 pub use self::schema::validation_schema;
 use super::{
-    page_range, search_terms, title_from, Conversation, ConversationMeta, ConversationStore,
-    HistoryPage, NewMessage, SearchHit, StoreError, StoreResult, Summary,
+    page_range, search_terms, title_from, BranchPool, Conversation, ConversationMeta,
+    ConversationStore, HistoryPage, NewMessage, SearchHit, StoreError, StoreResult, Summary,
 };
 use crate::config::ConversationLimits;
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
@@ -234,7 +235,7 @@ impl ConversationStore for MongoStore {
         let found = self
             .conversations
             .find_one(Self::key(user, id))
-            .projection(doc! {"_id": 0, "conversation_text": 0})
+            .projection(doc! {"_id": 0, "conversation_text": 0, "branches": 0})
             .await
             .map_err(|e| self.err(e))?
             .ok_or(StoreError::NotFound)?;
@@ -410,6 +411,32 @@ impl ConversationStore for MongoStore {
         ))
     }
 
+    async fn branches(&self, user: &UserId, id: &ConversationId) -> StoreResult<BranchPool> {
+        self.read_branches(user, id).await
+    }
+
+    async fn fork(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        at: u64,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<ConversationMeta> {
+        self.change_branches(user, id, branches::Change::Fork { at, messages })
+            .await
+    }
+
+    async fn switch_branch(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        index: u64,
+        position: u64,
+    ) -> StoreResult<ConversationMeta> {
+        self.change_branches(user, id, branches::Change::Switch { index, position })
+            .await
+    }
+
     async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
         let (at, _) = now();
         let update = doc! {
@@ -421,7 +448,7 @@ impl ConversationStore for MongoStore {
                 "text_bytes": 0_i64,
                 "size_bytes": BASE_BYTES,
             },
-            "$unset": {"title": "", "summary": ""},
+            "$unset": {"title": "", "summary": "", "branches": "", "branch_messages": "", "branch_bytes": ""},
         };
         self.update_meta(Self::key(user, id), update)
             .await?

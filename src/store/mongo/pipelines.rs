@@ -61,13 +61,18 @@ pub(super) fn append_filter(
 ) -> Document {
     let mut filter = MongoStore::key(user, id);
     if !messages.is_empty() {
-        let count = doc! {"$size": {"$ifNull": ["$conversation_history", []]}};
+        // The cap counts everything stored, branches set aside too.
+        let count = doc! {"$add": [
+            {"$size": {"$ifNull": ["$conversation_history", []]}},
+            {"$ifNull": ["$branch_messages", 0]},
+        ]};
+        let text = doc! {"$add": [text_bytes_expr(), {"$ifNull": ["$branch_bytes", 0]}]};
         filter.insert(
             "$expr",
             doc! {"$and": [
                 {"$lte": [{"$add": [size_expr(), estimate_added(messages)]}, SIZE_LIMIT_BYTES]},
                 {"$lte": [{"$add": [count, messages.len() as i64]}, limits.max_messages as i64]},
-                {"$lte": [{"$add": [text_bytes_expr(), text_added(messages)]}, limits.max_bytes as i64]},
+                {"$lte": [{"$add": [text, text_added(messages)]}, limits.max_bytes as i64]},
             ]},
         );
     }

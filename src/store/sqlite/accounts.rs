@@ -356,6 +356,13 @@ impl AccountStore for SqliteStore {
                      AND conversation_id NOT IN (SELECT conversation_id FROM conversations WHERE user_id = ?2)",
                     params![from, to],
                 )?;
+                // Their branches go with them (`to` never has the same id).
+                exec(
+                    &tx,
+                    "UPDATE OR IGNORE branches SET user_id = ?2 WHERE user_id = ?1 \
+                     AND conversation_id IN (SELECT conversation_id FROM conversations WHERE user_id = ?1)",
+                    params![from, to],
+                )?;
                 let moved = exec(
                     &tx,
                     "UPDATE OR IGNORE conversations SET user_id = ?2 WHERE user_id = ?1",

@@ -19,6 +19,7 @@
 //! [`SqliteStore`].
 
 mod accounts;
+mod branches;
 mod db;
 mod exec;
 mod import;
@@ -40,8 +41,8 @@ pub use self::db::SqliteDb;
 use self::exec::{backend, exec};
 use self::rows::{meta_from_row, read_conversation, read_meta, read_page, META_COLUMNS};
 use super::{
-    rfc3339, title_from, Conversation, ConversationMeta, ConversationStore, HistoryPage,
-    NewMessage, SearchHit, StoreError, StoreResult, Summary,
+    rfc3339, title_from, BranchPool, Conversation, ConversationMeta, ConversationStore,
+    HistoryPage, NewMessage, SearchHit, StoreError, StoreResult, Summary,
 };
 use crate::config::ConversationLimits;
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
@@ -154,9 +155,11 @@ impl ConversationStore for SqliteStore {
                 let meta = read_meta(&tx, &user, id.as_ref())?;
                 let bytes = limits::text_bytes(&tx, &user, id.as_ref())?;
                 let added: u64 = messages.iter().map(|m| m.content.len() as u64).sum();
+                // The cap counts everything stored, branches set aside too.
+                let (nodes, pool_bytes) = branches::pool_size(&tx, &user, id.as_ref())?;
                 limits::check_room(
                     &limits,
-                    (meta.message_count, bytes),
+                    (meta.message_count + nodes, bytes + pool_bytes),
                     (messages.len() as u64, added),
                 )?;
                 let now = rfc3339::format(&Utc::now());
@@ -240,6 +243,43 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
+    async fn branches(&self, user: &UserId, id: &ConversationId) -> StoreResult<BranchPool> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                read_meta(&tx, &user, id.as_ref())?;
+                branches::read_pool(&tx, &user, id.as_ref())
+            })
+            .await
+    }
+
+    async fn fork(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        at: u64,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<ConversationMeta> {
+        let (user, id, limits) = (user.to_string(), id.clone(), self.limits);
+        self.db
+            .call(move |conn| branches::fork(conn, &limits, &user, id.as_ref(), at, messages))
+            .await
+    }
+
+    async fn switch_branch(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        index: u64,
+        position: u64,
+    ) -> StoreResult<ConversationMeta> {
+        let (user, id, limits) = (user.to_string(), id.clone(), self.limits);
+        self.db
+            .call(move |conn| branches::switch(conn, &limits, &user, id.as_ref(), index, position))
+            .await
+    }
+
     async fn reset(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
         let (user, id) = (user.to_string(), id.clone());
         self.db
@@ -251,6 +291,7 @@ impl ConversationStore for SqliteStore {
                     params![user, id.as_ref()],
                 )
                 .map_err(backend)?;
+                branches::drop_pool(&tx, &user, id.as_ref())?;
                 tx.execute(
                     "UPDATE conversations SET message_count = 0, title = NULL, summary = NULL, \
                      summary_covers = 0, summary_tokens = 0, text_bytes = 0, updated_at = ?3 \
@@ -284,6 +325,7 @@ impl ConversationStore for SqliteStore {
                     params![user, id.as_ref()],
                 )
                 .map_err(backend)?;
+                branches::drop_pool(&tx, &user, id.as_ref())?;
                 tx.commit().map_err(backend)
             })
             .await

@@ -222,6 +222,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.execute_batch(SHARES_SCHEMA)?;
     tx.execute_batch(IDENTITIES_SCHEMA)?;
     tx.execute_batch(USAGE_SCHEMA)?;
+    super::branches::migrate(&tx)?;
     tx.commit()
 }
 
