@@ -91,6 +91,9 @@ impl<'de, T: DeserializeOwned + Default> Deserialize<'de> for Inbound<T> {
 pub struct SendMessage {
     pub message: Field<String>,
     pub conversation_id: Field<String>,
+    /// A model id of the catalogue: the conversation switches to it
+    /// (absent: it keeps its own).
+    pub model: Field<String>,
 }
 
 /// `regenerate`: answer the conversation's last user message again.
@@ -98,6 +101,8 @@ pub struct SendMessage {
 #[serde(default)]
 pub struct Regenerate {
     pub conversation_id: Field<String>,
+    /// As `send_message`'s.
+    pub model: Field<String>,
 }
 
 /// `watch_conversation`: follow a conversation, replaying the reply in

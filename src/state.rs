@@ -28,6 +28,8 @@ pub struct AppState {
     pub accounts: Arc<dyn AccountStore>,
     /// Their personal access tokens.
     pub access_tokens: Arc<dyn TokenStore>,
+    /// Users' presets (name, model, system prompt, temperature).
+    pub presets: Arc<dyn crate::store::presets::PresetStore>,
     /// Which accounts may act now (not disabled), remembered briefly.
     pub active_accounts: Arc<ActiveAccounts>,
     /// The session store the session layer uses, for ending all of an

@@ -7,6 +7,7 @@
 mod auth;
 mod http;
 mod limits;
+pub mod models;
 mod oidc;
 mod reader;
 pub mod redis_url;
@@ -15,6 +16,7 @@ mod secret;
 pub use auth::{AuthMethods, AuthSettings, ProxyAuth, SignupPolicy};
 pub use http::HttpLimits;
 pub use limits::ConversationLimits;
+pub use models::{ModelCatalog, ModelSpec};
 pub use oidc::{OidcProvider, OidcSettings};
 use reader::Reader;
 pub use secret::Secret;
@@ -106,7 +108,12 @@ pub struct Settings {
     pub redis_pubsub_buffer: usize,
     pub disconnect_grace: Duration,
     pub shutdown_grace: Duration,
+    /// The single-model variables' provider; the default model of the
+    /// catalogue when `MODELS_FILE` is not set (use `models`).
     pub llm: LlmProvider,
+    /// The models people can pick (`MODELS_FILE`, or one made of the
+    /// single-model variables); the first is the default.
+    pub models: ModelCatalog,
     pub temperature: f32,
     pub top_p: f32,
     pub connect_timeout: Duration,
@@ -353,6 +360,16 @@ impl Settings {
                 Tokenizer::Cl100kBase
             }
         };
+        let models = models::read(
+            &mut r,
+            models::Fallback {
+                provider: llm.clone(),
+                max_tokens,
+                reply_tokens,
+                tokenizer,
+                temperature,
+            },
+        );
         let chunk_size_tokens = r.positive("CHUNK_SIZE_TOKENS", 1000).min(1_000_000) as u32;
 
         // The original accepted values like "5m"; keep that, and "5MB".
@@ -466,6 +483,7 @@ impl Settings {
             disconnect_grace,
             shutdown_grace,
             llm,
+            models,
             temperature,
             top_p,
             connect_timeout,

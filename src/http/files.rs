@@ -137,6 +137,7 @@ async fn upload_file(
                     )]
                     .into(),
                     max_tokens: 500,
+                    temperature: None,
                 };
                 (index, chat.complete_metered(user, request).await)
             }

@@ -9,6 +9,7 @@ pub mod files;
 pub mod health;
 pub mod oidc;
 pub mod page;
+pub mod presets;
 pub mod tokens;
 pub mod usage;
 
@@ -33,6 +34,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(auth::router())
         .merge(oidc::router())
         .merge(tokens::router())
+        .merge(presets::router())
         .merge(usage::router())
         .merge(admin::router())
         .merge(health::router())

@@ -102,6 +102,7 @@ mod tests {
         let request = ChatRequest {
             messages: vec![ChatMessage::new(Role::User, "hello there")].into(),
             max_tokens: 100,
+            temperature: None,
         };
 
         let chunks: Vec<String> = model

@@ -35,6 +35,8 @@ pub enum LlmError {
 pub struct ChatRequest {
     pub messages: Messages,
     pub max_tokens: u32,
+    /// The conversation's own temperature; `None`: the model's.
+    pub temperature: Option<f32>,
 }
 
 /// A prompt's messages: owned ones around an optional slice of a stored

@@ -21,7 +21,7 @@ use crate::notify::user_room;
 use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
-use crate::turn::{check_message, stop_everywhere, Turn, TurnGuard};
+use crate::turn::{check_message, stop_everywhere, Model, Turn, TurnGuard};
 
 /// Sends `err` as the `error` event.
 fn emit_error(sink: &dyn EventSink, err: &ApiError, id: Option<&ConversationId>) {
@@ -55,6 +55,17 @@ async fn target_conversation(
     sessions::current_conversation(session)
         .await?
         .ok_or(no_conversation)
+}
+
+/// The model an event asks for: `None` when absent (or empty), the
+/// catalogue's model, or `unknown_model`.
+fn requested_model(state: &AppState, raw: &Field<String>) -> Result<Option<Arc<Model>>, ApiError> {
+    match raw {
+        Field::Absent => Ok(None),
+        Field::Given(id) if id.is_empty() => Ok(None),
+        Field::Given(id) => Ok(state.chat.models.check(Some(id))?.cloned()),
+        Field::Wrong => Err(ApiError::invalid("model must be a model id (a string).")),
+    }
 }
 
 /// Refuses the event when the user has used up today's token quota
@@ -150,6 +161,11 @@ pub(super) async fn on_send_message<A: Adapter>(
         Ok(message) => message,
         Err(err) => return emit_error(&sink, &err, None),
     };
+    // An unknown model is refused before anything is stored or sent.
+    let model = match requested_model(&state, &payload.model) {
+        Ok(model) => model,
+        Err(err) => return emit_error(&sink, &err, None),
+    };
     if !within_quota(&state, &who, &sink).await {
         return;
     }
@@ -157,7 +173,16 @@ pub(super) async fn on_send_message<A: Adapter>(
     else {
         return;
     };
-    let result = run_turn(&state, &who, &id, &guard, &socket, message).await;
+    let result = run_turn(
+        &state,
+        &who,
+        &id,
+        &guard,
+        &socket,
+        message,
+        model.as_deref(),
+    )
+    .await;
     if let Err(err) = result {
         emit_error(&sink, &err, Some(&id));
     }
@@ -171,6 +196,7 @@ async fn run_turn<A: Adapter>(
     guard: &TurnGuard,
     socket: &SocketRef<A>,
     message: String,
+    switch_model: Option<&Model>,
 ) -> Result<(), ApiError> {
     let turn = Turn {
         user: &who.user,
@@ -178,6 +204,7 @@ async fn run_turn<A: Adapter>(
         guard,
         sink: &SocketSink(socket.clone()),
         origin_socket: Some(socket.id.to_string()),
+        switch_model,
     };
     turn.run(&state.chat, message).await
 }
@@ -263,6 +290,10 @@ pub(super) async fn on_regenerate<A: Adapter>(
     if !within_message_limit(&state, &who, &sink).await {
         return;
     }
+    let model = match requested_model(&state, &payload.model) {
+        Ok(model) => model,
+        Err(err) => return emit_error(&sink, &err, None),
+    };
     // Before the old reply is removed: a refused regenerate changes nothing.
     if !within_quota(&state, &who, &sink).await {
         return;
@@ -287,7 +318,16 @@ pub(super) async fn on_regenerate<A: Adapter>(
         for _ in last_user..conversation.messages.len() {
             state.chat.store.delete_last_message(&who.user, &id).await?;
         }
-        run_turn(&state, &who, &id, &guard, &socket, message).await
+        run_turn(
+            &state,
+            &who,
+            &id,
+            &guard,
+            &socket,
+            message,
+            model.as_deref(),
+        )
+        .await
     }
     .await;
     if let Err(err) = result {

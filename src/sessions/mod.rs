@@ -151,6 +151,8 @@ pub struct Backends {
     pub conversations: Arc<dyn ConversationStore>,
     pub accounts: Arc<dyn AccountStore>,
     pub tokens: Arc<dyn TokenStore>,
+    /// Users' presets.
+    pub presets: Arc<dyn crate::store::presets::PresetStore>,
     /// Token usage and quotas.
     pub usage: Arc<dyn UsageStore>,
     pub sessions: Sessions,
@@ -175,6 +177,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
                 conversations: store.clone(),
                 accounts: store.clone(),
                 usage: store.clone(),
+                presets: store.clone(),
                 tokens: store,
             })
         }
@@ -188,6 +191,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
                 conversations: store.clone(),
                 accounts: store.clone(),
                 usage: store.clone(),
+                presets: store.clone(),
                 tokens: store,
                 sessions: Sessions::Sqlite(SqliteSessionStore::new(db)),
             })

@@ -112,8 +112,20 @@ impl Chat {
         user: &UserId,
         request: ChatRequest,
     ) -> Result<String, LlmError> {
+        self.complete_metered_with(self.llm.as_ref(), user, request)
+            .await
+    }
+
+    /// [`complete_metered`](Self::complete_metered) with a given model (a
+    /// conversation's own, for its summaries).
+    pub async fn complete_metered_with(
+        &self,
+        llm: &dyn crate::llm::ChatModel,
+        user: &UserId,
+        request: ChatRequest,
+    ) -> Result<String, LlmError> {
         let counted_prompt = self.prompt_cost(&request.messages);
-        let completion = self.llm.complete(request).await?;
+        let completion = llm.complete(request).await?;
         let spent = match completion.usage {
             Some(usage) => usage.into(),
             None => DayUsage {

@@ -25,6 +25,7 @@ pub(super) async fn make_title(
         ]
         .into(),
         max_tokens: 20,
+        temperature: None,
     };
     let title = match chat.complete_metered(&user, request).await {
         Ok(text) => text,

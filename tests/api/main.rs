@@ -24,6 +24,7 @@ mod hostile;
 mod isolation;
 mod live_sync;
 mod llm_failures;
+mod models;
 mod oidc;
 mod proxy_auth;
 mod quotas;

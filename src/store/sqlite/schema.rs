@@ -202,6 +202,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.execute_batch(TOKENS_SCHEMA)?;
     tx.execute_batch(IDENTITIES_SCHEMA)?;
     tx.execute_batch(USAGE_SCHEMA)?;
+    super::presets::migrate(&tx)?;
     tx.commit()
 }
 

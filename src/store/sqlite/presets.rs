@@ -1,0 +1,212 @@
+//! A conversation's settings (model, system prompt, temperature: three
+//! nullable columns of `conversations`) and users' presets (the `presets`
+//! table): [`PresetStore`] for [`SqliteStore`], and the migration that adds
+//! both to a file written by an older version.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::exec::{backend, exec};
+use super::rows::parse_time;
+use super::SqliteStore;
+use crate::domain::UserId;
+use crate::store::presets::{NewPreset, Preset, PresetStore};
+use crate::store::{rfc3339, ConversationSettings, StoreError, StoreResult};
+
+/// Presets, one row each, listed per user in the order they were made.
+const PRESETS_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS presets (
+    id            TEXT PRIMARY KEY,
+    user_id       TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    model         TEXT,
+    system_prompt TEXT,
+    temperature   REAL,
+    created_at    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS presets_by_user ON presets (user_id, created_at);
+"#;
+
+/// Adds the conversation settings' columns (NULL: the defaults, which is
+/// what every conversation written before them had) and the presets table;
+/// idempotent, run on every open inside the schema's transaction.
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (column, kind) in [
+        ("model", "TEXT"),
+        ("system_prompt", "TEXT"),
+        ("temperature", "REAL"),
+    ] {
+        let present = conn
+            .prepare("SELECT 1 FROM pragma_table_info('conversations') WHERE name = ?1")?
+            .exists([column])?;
+        if !present {
+            conn.execute_batch(&format!(
+                "ALTER TABLE conversations ADD COLUMN {column} {kind};"
+            ))?;
+        }
+    }
+    conn.execute_batch(PRESETS_SCHEMA)
+}
+
+/// The conversation's settings; `NotFound` when the user has no such
+/// conversation.
+pub(super) fn read_settings(
+    conn: &Connection,
+    user: &str,
+    id: &str,
+) -> StoreResult<ConversationSettings> {
+    conn.prepare_cached(
+        "SELECT model, system_prompt, temperature FROM conversations \
+         WHERE user_id = ?1 AND conversation_id = ?2",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row(params![user, id], |row| {
+            Ok(ConversationSettings {
+                model: row.get(0)?,
+                system_prompt: row.get(1)?,
+                temperature: row.get::<_, Option<f64>>(2)?.map(|t| t as f32),
+            })
+        })
+        .optional()
+    })
+    .map_err(backend)?
+    .ok_or(StoreError::NotFound)
+}
+
+/// Replaces the conversation's settings; `NotFound` when the user has no
+/// such conversation.
+pub(super) fn write_settings(
+    conn: &Connection,
+    user: &str,
+    id: &str,
+    settings: &ConversationSettings,
+) -> StoreResult<()> {
+    let changed = exec(
+        conn,
+        "UPDATE conversations SET model = ?3, system_prompt = ?4, temperature = ?5 \
+         WHERE user_id = ?1 AND conversation_id = ?2",
+        params![
+            user,
+            id,
+            settings.model,
+            settings.system_prompt,
+            settings.temperature.map(f64::from)
+        ],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+const PRESET_COLUMNS: &str = "id, name, model, system_prompt, temperature, created_at";
+
+fn preset_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Preset> {
+    Ok(Preset {
+        preset_id: row.get(0)?,
+        name: row.get(1)?,
+        model: row.get(2)?,
+        system_prompt: row.get(3)?,
+        temperature: row.get::<_, Option<f64>>(4)?.map(|t| t as f32),
+        created_at: parse_time(row.get_ref(5)?.as_str()?)?,
+    })
+}
+
+#[async_trait]
+impl PresetStore for SqliteStore {
+    async fn create_preset(
+        &self,
+        user: &UserId,
+        id: &str,
+        preset: &NewPreset,
+        max_per_user: u32,
+    ) -> StoreResult<Option<Preset>> {
+        let (user, id, preset) = (user.clone(), id.to_string(), preset.clone());
+        self.db
+            .call(move |conn| {
+                // The count and the insert are one transaction.
+                let tx = conn.savepoint().map_err(backend)?;
+                let count: i64 = tx
+                    .prepare_cached("SELECT COUNT(*) FROM presets WHERE user_id = ?1")
+                    .and_then(|mut stmt| stmt.query_row(params![user.as_ref()], |row| row.get(0)))
+                    .map_err(backend)?;
+                if count >= i64::from(max_per_user) {
+                    return Ok(None);
+                }
+                let created_at = rfc3339::format(&Utc::now());
+                exec(
+                    &tx,
+                    "INSERT INTO presets (id, user_id, name, model, system_prompt, temperature, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        id,
+                        user.as_ref(),
+                        preset.name,
+                        preset.model,
+                        preset.system_prompt,
+                        preset.temperature.map(f64::from),
+                        created_at
+                    ],
+                )?;
+                tx.commit().map_err(backend)?;
+                Ok(Some(Preset {
+                    preset_id: id,
+                    name: preset.name,
+                    model: preset.model,
+                    system_prompt: preset.system_prompt,
+                    temperature: preset.temperature,
+                    created_at: parse_time(&created_at).map_err(backend)?,
+                }))
+            })
+            .await
+    }
+
+    async fn presets(&self, user: &UserId) -> StoreResult<Vec<Preset>> {
+        let user = user.to_string();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {PRESET_COLUMNS} FROM presets WHERE user_id = ?1 \
+                         ORDER BY created_at, rowid"
+                    ))
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![user], preset_from_row)
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn preset(&self, user: &UserId, id: &str) -> StoreResult<Option<Preset>> {
+        let (user, id) = (user.to_string(), id.to_string());
+        self.db
+            .call(move |conn| {
+                conn.prepare_cached(&format!(
+                    "SELECT {PRESET_COLUMNS} FROM presets WHERE user_id = ?1 AND id = ?2"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![user, id], preset_from_row)
+                        .optional()
+                })
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn delete_preset(&self, user: &UserId, id: &str) -> StoreResult<bool> {
+        let (user, id) = (user.to_string(), id.to_string());
+        self.db
+            .call(move |conn| {
+                exec(
+                    conn,
+                    "DELETE FROM presets WHERE user_id = ?1 AND id = ?2",
+                    params![user, id],
+                )
+                .map(|deleted| deleted > 0)
+            })
+            .await
+    }
+}
