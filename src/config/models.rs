@@ -360,7 +360,7 @@ fn model_from(
     if name.trim().is_empty() || name.chars().count() > 100 {
         r.errors.push(format!("{at}.name must be 1-100 characters"));
     }
-    (r.errors.len() == errors_before).then(|| ModelSpec {
+    (r.errors.len() == errors_before).then_some(ModelSpec {
         id: entry.id,
         name,
         provider,
