@@ -39,6 +39,8 @@ pub struct Report {
     /// Days of a user's token usage, and per-user quotas.
     pub usage_days: u64,
     pub quotas: u64,
+    /// Users' presets.
+    pub presets: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -47,7 +49,7 @@ impl std::fmt::Display for Report {
             f,
             "{} conversations read: {} copied, {} already there, {} too large for the target (left out); \
              {} sessions copied; {} accounts copied, {} already there; {} access tokens copied, {} already there; \
-             {} sign-in identities, {} days of usage and {} quotas copied",
+             {} sign-in identities, {} days of usage and {} quotas copied; {} presets copied",
             self.conversations,
             self.inserted,
             self.already_there,
@@ -59,7 +61,8 @@ impl std::fmt::Display for Report {
             self.tokens_already_there,
             self.identities,
             self.usage_days,
-            self.quotas
+            self.quotas,
+            self.presets
         )
     }
 }
@@ -199,6 +202,30 @@ pub async fn copy_accounts(
     Ok(())
 }
 
+/// Copies every user's presets (each left as it is when the target has it).
+pub async fn copy_presets(
+    from: &Backends,
+    to: &Backends,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    for (user, preset) in from
+        .presets
+        .presets_for_copy()
+        .await
+        .context("reading presets")?
+    {
+        if to
+            .presets
+            .import_preset(&user, &preset)
+            .await
+            .with_context(|| format!("writing a preset of user {user}"))?
+        {
+            report.presets += 1;
+        }
+    }
+    Ok(())
+}
+
 /// The subcommand: opens both stores from the settings and copies.
 pub async fn run(settings: &Settings, from: Backend, to: Backend) -> anyhow::Result<Report> {
     if from == to {
@@ -219,6 +246,7 @@ pub async fn run(settings: &Settings, from: Backend, to: Backend) -> anyhow::Res
     .await?;
     eprintln!();
     copy_accounts(&source, &target, &mut report).await?;
+    copy_presets(&source, &target, &mut report).await?;
     for record in &source.sessions.live_records().await? {
         target.sessions.save(record).await?;
         report.sessions += 1;

@@ -51,4 +51,11 @@ pub trait PresetStore: Send + Sync + 'static {
     async fn preset(&self, user: &UserId, id: &str) -> StoreResult<Option<Preset>>;
     /// Deletes the user's preset `id`; `false` when the user has no such preset.
     async fn delete_preset(&self, user: &UserId, id: &str) -> StoreResult<bool>;
+
+    /// Every preset with its owner, oldest first, for `migrate`.
+    async fn presets_for_copy(&self) -> StoreResult<Vec<(UserId, Preset)>>;
+    /// Writes a preset as it is (id, owner, fields, date), for `migrate`:
+    /// `false` when its id is already there (left as it is). The per-user
+    /// limit is not applied: the source held it.
+    async fn import_preset(&self, user: &UserId, preset: &Preset) -> StoreResult<bool>;
 }

@@ -103,6 +103,7 @@ contract!(
         settings_survive_export_and_import,
         presets_are_made_listed_found_and_deleted_per_user,
         presets_stop_at_the_per_user_limit,
+        presets_are_copied_once_with_every_field,
     ],
     sessions: [
         an_accounts_sessions_end_together_and_stay_ended,

@@ -242,3 +242,45 @@ pub async fn presets_stop_at_the_per_user_limit(f: &Fixture) {
         .await;
     assert!(matches!(bobs, Ok(Some(_))), "{bobs:?}");
 }
+
+pub async fn presets_are_copied_once_with_every_field(f: &Fixture) {
+    let target = f.another().await;
+    let (alice, bob) = (UserId::new(), UserId::new());
+    for (user, name) in [(&alice, "Pirate"), (&bob, "Bob's"), (&alice, "Second")] {
+        f.presets
+            .create_preset(user, &uuid::Uuid::new_v4().to_string(), &preset(name), 10)
+            .await
+            .unwrap()
+            .expect("created");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    let all = f.presets.presets_for_copy().await.unwrap();
+    let mut copied = 0;
+    for (user, preset) in &all {
+        copied += usize::from(target.presets.import_preset(user, preset).await.unwrap());
+    }
+    let mut again = 0;
+    for (user, preset) in &all {
+        again += usize::from(target.presets.import_preset(user, preset).await.unwrap());
+    }
+
+    assert_eq!(
+        all.iter()
+            .map(|(user, p)| (user.clone(), p.name.clone()))
+            .collect::<Vec<_>>(),
+        [
+            (alice.clone(), "Pirate".to_string()),
+            (bob.clone(), "Bob's".to_string()),
+            (alice.clone(), "Second".to_string()),
+        ]
+    );
+    assert_eq!((copied, again), (3, 0));
+    for user in [&alice, &bob] {
+        assert_eq!(
+            target.presets.presets(user).await.unwrap(),
+            f.presets.presets(user).await.unwrap()
+        );
+    }
+    target.finish().await;
+}

@@ -12,8 +12,8 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Collection;
 
-use super::base::MongoStore;
-use super::documents::{from_bson_time, now};
+use super::base::{code, command_code, MongoStore};
+use super::documents::{from_bson_time, now, to_bson_time};
 use crate::domain::UserId;
 use crate::store::presets::{NewPreset, Preset, PresetStore};
 use crate::store::{StoreError, StoreResult};
@@ -136,6 +136,50 @@ impl PresetStore for MongoStore {
             .map(preset_from_doc)
             .transpose()
             .map_err(StoreError::Backend)
+    }
+
+    async fn presets_for_copy(&self) -> StoreResult<Vec<(UserId, Preset)>> {
+        let docs: Vec<Document> = self
+            .presets_collection()
+            .find(doc! {})
+            .sort(doc! {"created_at": 1, "_id": 1})
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        docs.iter()
+            .map(|d| {
+                let user = d
+                    .get_str("user_id")
+                    .map_err(|_| anyhow!("a preset without a string user_id"))?;
+                Ok((UserId::from_stored(user.to_string()), preset_from_doc(d)?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(StoreError::Backend)
+    }
+
+    async fn import_preset(&self, user: &UserId, preset: &Preset) -> StoreResult<bool> {
+        let mut d = doc! {
+            "_id": preset.preset_id.as_str(),
+            "user_id": user.as_ref(),
+            "name": preset.name.as_str(),
+            "created_at": to_bson_time(&preset.created_at),
+        };
+        if let Some(model) = &preset.model {
+            d.insert("model", model.as_str());
+        }
+        if let Some(prompt) = &preset.system_prompt {
+            d.insert("system_prompt", prompt.as_str());
+        }
+        if let Some(temperature) = preset.temperature {
+            d.insert("temperature", f64::from(temperature));
+        }
+        match self.presets_collection().insert_one(d).await {
+            Ok(_) => Ok(true),
+            Err(e) if command_code(&e) == Some(code::DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     async fn delete_preset(&self, user: &UserId, id: &str) -> StoreResult<bool> {

@@ -196,6 +196,47 @@ impl PresetStore for SqliteStore {
             .await
     }
 
+    async fn presets_for_copy(&self) -> StoreResult<Vec<(UserId, Preset)>> {
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {PRESET_COLUMNS}, user_id FROM presets ORDER BY created_at, rowid"
+                    ))
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok((UserId::from_stored(row.get(6)?), preset_from_row(row)?))
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn import_preset(&self, user: &UserId, preset: &Preset) -> StoreResult<bool> {
+        let (user, preset) = (user.to_string(), preset.clone());
+        self.db
+            .call(move |conn| {
+                exec(
+                    conn,
+                    "INSERT OR IGNORE INTO presets (id, user_id, name, model, system_prompt, temperature, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        preset.preset_id,
+                        user,
+                        preset.name,
+                        preset.model,
+                        preset.system_prompt,
+                        preset.temperature.map(f64::from),
+                        rfc3339::format(&preset.created_at)
+                    ],
+                )
+                .map(|inserted| inserted > 0)
+            })
+            .await
+    }
+
     async fn delete_preset(&self, user: &UserId, id: &str) -> StoreResult<bool> {
         let (user, id) = (user.to_string(), id.to_string());
         self.db
