@@ -57,10 +57,16 @@ struct StartRequest {
 async fn start_conversation(
     State(state): State<AppState>,
     mut who: SessionUser,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ConversationStarted>, ApiError> {
-    // No body at all is the original app's call; anything else is JSON.
-    let request: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    // The original app's call has no body (and read none): an empty body,
+    // or one not sent as JSON, starts a default conversation as before.
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"));
+    let request: StartRequest = if !json || body.iter().all(u8::is_ascii_whitespace) {
         StartRequest::default()
     } else {
         serde_json::from_slice::<Inbound<StartRequest>>(&body)

@@ -30,7 +30,7 @@ pub(super) struct Whose<'a> {
     pub conversation: &'a ConversationId,
     pub cancel: &'a CancellationToken,
     /// The conversation's model: its window bounds a fold, it writes it.
-    pub model: &'a super::Model,
+    pub model: &'a super::models::Model,
 }
 
 impl Whose<'_> {

@@ -343,6 +343,16 @@ async fn bad_settings_are_refused_with_what_is_wrong() {
     );
     not_json.assert_error(400, "invalid", "The request body is not valid JSON.");
     assert!(user.list().await.is_empty());
+    // A body not sent as JSON is ignored, as the original app ignored it.
+    let form = user
+        .post_raw(
+            "/start_conversation",
+            "application/x-www-form-urlencoded",
+            "a=b",
+        )
+        .await;
+    form.assert_status(200);
+    assert_eq!(form.json["model"], "big");
 }
 
 #[tokio::test]

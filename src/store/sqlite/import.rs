@@ -40,7 +40,7 @@ pub(super) fn insert(
     if inserted == 0 {
         return Ok(false);
     }
-    super::presets::write_settings(
+    super::settings::write_settings(
         &tx,
         user,
         meta.conversation_id.as_ref(),

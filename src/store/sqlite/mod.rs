@@ -28,6 +28,7 @@ mod read;
 mod rows;
 mod schema;
 mod search;
+mod settings;
 mod tokens;
 mod usage;
 
@@ -86,7 +87,7 @@ impl ConversationStore for SqliteStore {
                     params![user, id.as_ref(), now],
                 )?;
                 if !settings.is_default() {
-                    presets::write_settings(&tx, &user, id.as_ref(), &settings)?;
+                    settings::write_settings(&tx, &user, id.as_ref(), &settings)?;
                 }
                 let meta = read_meta(&tx, &user, id.as_ref())?;
                 tx.commit().map_err(backend)?;
@@ -103,7 +104,7 @@ impl ConversationStore for SqliteStore {
     ) -> StoreResult<()> {
         let (user, id, settings) = (user.to_string(), id.clone(), settings.clone());
         self.db
-            .call(move |conn| presets::write_settings(conn, &user, id.as_ref(), &settings))
+            .call(move |conn| settings::write_settings(conn, &user, id.as_ref(), &settings))
             .await
     }
 
