@@ -287,7 +287,7 @@ mod tests {
             temperature: None,
         };
         assert!(store
-            .create_preset(&user, &ConversationId::new().to_string(), &preset, 5)
+            .create_preset(&user, ConversationId::new().as_ref(), &preset, 5)
             .await
             .unwrap()
             .is_some());
