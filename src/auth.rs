@@ -82,6 +82,19 @@ pub fn new_token() -> String {
     token
 }
 
+/// A new share link token (the last part of `/share/<token>`): 192
+/// random bits in hex, 48 digits.
+pub fn new_share_token() -> String {
+    let bytes: [u8; 24] = rand::random();
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Whether `raw` could be a share link token (48 lowercase hex digits), so
+/// anything else is refused before a look-up.
+pub fn is_share_token(raw: &str) -> bool {
+    raw.len() == 48 && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The stored form of a token: its SHA-256 in hex. (A token is random and
 /// long, so a fast hash is enough; nothing can be guessed from it.)
 pub fn token_hash(token: &str) -> String {
@@ -196,6 +209,19 @@ mod tests {
         assert_eq!(token_hash(&one).len(), 64);
         assert_ne!(token_hash(&one), token_hash(&two));
         assert_eq!(bearer_token(&headers), Some(one.as_str()));
+    }
+
+    #[test]
+    fn share_tokens_are_48_hex_digits_and_nothing_else_passes() {
+        let (one, two) = (new_share_token(), new_share_token());
+
+        assert!(is_share_token(&one) && is_share_token(&two));
+        assert_ne!(one, two);
+        assert!(!is_share_token(&one[..47]));
+        assert!(!is_share_token(&format!("{one}0")));
+        assert!(!is_share_token(&one.to_uppercase()));
+        assert!(!is_share_token(&format!("{}g", &one[..47])));
+        assert!(!is_share_token(""));
     }
 
     #[test]

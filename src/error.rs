@@ -39,6 +39,8 @@ pub enum ApiError {
     /// repeated in the sentence).
     #[error("{}", unknown_model_message(.0))]
     UnknownModel(String),
+    #[error("Share link not found.")]
+    ShareNotFound,
     #[error("User not found.")]
     UserNotFound,
     #[error("This account is disabled.")]
@@ -143,6 +145,7 @@ impl ApiError {
             | ApiError::AccountsDisabled
             | ApiError::PasswordsDisabled
             | ApiError::TokenNotFound
+            | ApiError::ShareNotFound
             | ApiError::UserNotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthenticated | ApiError::InvalidCredentials(_) => StatusCode::UNAUTHORIZED,
             ApiError::Disabled | ApiError::SignupClosed => StatusCode::FORBIDDEN,
@@ -169,6 +172,7 @@ impl ApiError {
             | ApiError::AccountsDisabled
             | ApiError::PasswordsDisabled
             | ApiError::TokenNotFound
+            | ApiError::ShareNotFound
             | ApiError::UserNotFound => "not_found",
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::InvalidCredentials(_) => "invalid_credentials",

@@ -1,6 +1,6 @@
 //! `llm-chat-server migrate --from sqlite --to mongodb` (or back): copies
 //! every conversation, every account with its access tokens, sign-in
-//! identities, token usage and quota, and every live session between the
+//! identities, token usage and quota, share links, and every live session between the
 //! two stores (conversations page by page, with a
 //! progress bar on stderr) and prints a count at the end.
 //!
@@ -39,6 +39,9 @@ pub struct Report {
     /// Days of a user's token usage, and per-user quotas.
     pub usage_days: u64,
     pub quotas: u64,
+    /// Share links (with their snapshots).
+    pub shares: u64,
+    pub shares_already_there: u64,
     /// Users' presets.
     pub presets: u64,
 }
@@ -49,7 +52,8 @@ impl std::fmt::Display for Report {
             f,
             "{} conversations read: {} copied, {} already there, {} too large for the target (left out); \
              {} sessions copied; {} accounts copied, {} already there; {} access tokens copied, {} already there; \
-             {} sign-in identities, {} days of usage and {} quotas copied; {} presets copied",
+             {} sign-in identities, {} days of usage and {} quotas copied; \
+             {} share links copied, {} already there; {} presets copied",
             self.conversations,
             self.inserted,
             self.already_there,
@@ -62,6 +66,8 @@ impl std::fmt::Display for Report {
             self.identities,
             self.usage_days,
             self.quotas,
+            self.shares,
+            self.shares_already_there,
             self.presets
         )
     }
@@ -112,9 +118,9 @@ pub async fn copy(
     Ok(report)
 }
 
-/// Copies every account, then what belongs to them: access tokens, links
-/// to sign-in identities, days of token usage and quotas (each left as it
-/// is when the target has it).
+/// Copies every account, then what belongs to users: access tokens, links
+/// to sign-in identities, days of token usage, quotas and share links
+/// (each left as it is when the target has it).
 pub async fn copy_accounts(
     from: &Backends,
     to: &Backends,
@@ -197,6 +203,29 @@ pub async fn copy_accounts(
             .with_context(|| format!("writing the quota of user {user}"))?
         {
             report.quotas += 1;
+        }
+    }
+    // Share links hold whole snapshots: a page at a time.
+    let mut after: Option<String> = None;
+    loop {
+        let page = from
+            .shares
+            .shares_for_copy(after.as_deref(), 50)
+            .await
+            .context("reading share links")?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.share.id.clone());
+        for share in &page {
+            let inserted = to
+                .shares
+                .import_share(share)
+                .await
+                .with_context(|| format!("writing share link {}", share.share.id))?;
+            if inserted {
+                report.shares += 1;
+            } else {
+                report.shares_already_there += 1;
+            }
         }
     }
     Ok(())

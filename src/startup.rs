@@ -148,6 +148,7 @@ impl Application {
             accounts,
             tokens: access_tokens,
             presets,
+            shares,
             usage,
             sessions,
         } = sessions::open(&settings, redis.as_ref()).await?;
@@ -205,6 +206,7 @@ impl Application {
             accounts: accounts.clone(),
             access_tokens: access_tokens.clone(),
             presets: presets.clone(),
+            shares: shares.clone(),
             active_accounts: active_accounts.clone(),
             sessions: sessions.clone(),
             oidc: oidc.clone(),

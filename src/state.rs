@@ -14,6 +14,7 @@ use crate::oidc::Providers;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::{self, Sessions};
 use crate::store::accounts::{Account, AccountStore, ActiveAccounts, External, ExternalIdentity};
+use crate::store::shares::ShareStore;
 use crate::store::tokens::TokenStore;
 use crate::turn::Chat;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub access_tokens: Arc<dyn TokenStore>,
     /// Users' presets (name, model, system prompt, temperature).
     pub presets: Arc<dyn crate::store::presets::PresetStore>,
+    /// Share links: read-only snapshots of conversations.
+    pub shares: Arc<dyn ShareStore>,
     /// Which accounts may act now (not disabled), remembered briefly.
     pub active_accounts: Arc<ActiveAccounts>,
     /// The session store the session layer uses, for ending all of an
@@ -89,6 +92,10 @@ impl AppState {
                 .await?;
             // The conversation cache must not serve them under the old id.
             self.chat.store.forget_user(&anonymous);
+            // Their share links go with them, so the account lists them.
+            self.shares
+                .transfer_shares(&anonymous, &account.user_id)
+                .await?;
             if moved > 0 {
                 tracing::info!(moved, "anonymous conversations moved to the account");
             }

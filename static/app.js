@@ -58,6 +58,7 @@ import * as md from './markdown.js';
     chat: byId('chat'),
     menu: byId('conversation-menu'),
     menuButton: byId('conversation-menu-button'),
+    share: byId('share-button'),
     save: byId('save-button'),
     exportMd: byId('export-md-button'),
     exportJson: byId('export-json-button'),
@@ -134,7 +135,17 @@ import * as md from './markdown.js';
     tokenValue: byId('token-value'),
     tokenCopy: byId('token-copy'),
     tokenName: byId('token-name'),
-    tokenCreate: byId('token-create')
+    tokenCreate: byId('token-create'),
+    sharesDialog: byId('shares-dialog'),
+    sharesForm: byId('shares-form'),
+    sharesList: byId('shares-list'),
+    sharesEmpty: byId('shares-empty'),
+    sharesError: byId('shares-error'),
+    sharesClose: byId('shares-close'),
+    shareCreated: byId('share-created'),
+    shareUrl: byId('share-url'),
+    shareCopy: byId('share-copy'),
+    shareCreate: byId('share-create')
   };
 
   var config = {
@@ -1178,6 +1189,7 @@ import * as md from './markdown.js';
     els.del.disabled = !idle;
     els.fewShot.disabled = !idle;
     els.save.disabled = !currentId;
+    els.share.disabled = !currentId;
     els.exportMd.disabled = !currentId;
     els.exportJson.disabled = !currentId;
     els.attach.disabled = !!upload;
@@ -1694,7 +1706,7 @@ import * as md from './markdown.js';
     els.status.textContent = 'Signed out';
     updateControls();
     if (els.confirmDialog.open) closeConfirm(false);
-    [els.fewShotDialog, els.passwordDialog, els.tokensDialog].forEach(function (d) { if (d.open) d.close(); });
+    [els.fewShotDialog, els.passwordDialog, els.tokensDialog, els.sharesDialog].forEach(function (d) { if (d.open) d.close(); });
     openAuthDialog(false);
     if (message) setAuthError(message);
   }
@@ -2011,8 +2023,118 @@ import * as md from './markdown.js';
     });
   }
 
+  // Share links: GET/POST/DELETE /api/shares. A new link is shown once,
+  // in a read-only field with a Copy button (only its hash is kept); the
+  // list names each link by its conversation's title.
+
+  function shareRow(share) {
+    var li = document.createElement('li');
+    li.className = 'token-item share-item';
+    var text = document.createElement('span');
+    text.className = 'token-item-text';
+    var name = document.createElement('span');
+    name.className = 'token-item-name';
+    var title = String(share.title || 'Untitled conversation');
+    name.textContent = title;
+    var date = document.createElement('span');
+    date.className = 'token-item-date';
+    var count = Number(share.message_count) || 0;
+    date.textContent = 'Shared ' + formatDate(share.created_at) + ' · ' + count + (count === 1 ? ' message' : ' messages');
+    text.appendChild(name);
+    text.appendChild(date);
+    var revoke = document.createElement('button');
+    revoke.type = 'button';
+    revoke.className = 'button button-quiet token-revoke';
+    revoke.textContent = 'Revoke';
+    revoke.setAttribute('aria-label', 'Revoke the link to ' + title);
+    revoke.addEventListener('click', function () { revokeShare(share, revoke); });
+    li.appendChild(text);
+    li.appendChild(revoke);
+    return li;
+  }
+
+  function loadShares() {
+    return sendJson('GET', '/api/shares').then(function (data) {
+      var shares = (data && Array.isArray(data.shares)) ? data.shares : [];
+      els.sharesList.textContent = '';
+      shares.forEach(function (share) { els.sharesList.appendChild(shareRow(share)); });
+      els.sharesEmpty.hidden = shares.length > 0;
+    }, function (err) {
+      setDialogError(els.sharesError, 'Could not list your links: ' + err.message);
+    });
+  }
+
+  function forgetNewShare() {
+    els.shareUrl.value = '';
+    els.shareCreated.hidden = true;
+  }
+
+  function openSharesDialog() {
+    forgetNewShare();
+    setDialogError(els.sharesError, '');
+    els.sharesList.textContent = '';
+    els.sharesEmpty.hidden = true;
+    els.shareCreate.disabled = !currentId;
+    els.sharesDialog.showModal();
+    els.shareCreate.focus();
+    loadShares();
+  }
+
+  function createShare() {
+    if (els.shareCreate.disabled || !currentId) return;
+    els.shareCreate.disabled = true;
+    setDialogError(els.sharesError, '');
+    sendJson('POST', '/api/shares', { conversation_id: currentId }).then(function (data) {
+      els.shareUrl.value = new URL(String((data && data.url) || ''), window.location.href).href;
+      els.shareCreated.hidden = false;
+      els.shareUrl.focus();
+      els.shareUrl.select();
+      return loadShares();
+    }, function (err) {
+      setDialogError(els.sharesError, err.message);
+    }).then(function () {
+      els.shareCreate.disabled = !currentId;
+    });
+  }
+
+  function revokeShare(share, button) {
+    var title = String(share.title || 'Untitled conversation');
+    confirmAction('Revoke this link?', 'Whoever has the link to “' + title + '” will no longer see it.', 'Revoke').then(function (ok) {
+      if (!ok) { button.focus(); return; }
+      button.disabled = true;
+      sendJson('DELETE', '/api/shares/' + encodeURIComponent(String(share.id))).then(function () {
+        showNotice('Link to “' + title + '” revoked.');
+        return loadShares();
+      }, function (err) {
+        button.disabled = false;
+        setDialogError(els.sharesError, 'Could not revoke the link: ' + err.message);
+      }).then(function () {
+        els.shareCreate.focus();
+      });
+    });
+  }
+
+  function bindSharesUi() {
+    els.sharesForm.addEventListener('submit', function (e) { e.preventDefault(); createShare(); });
+    els.sharesClose.addEventListener('click', function () { els.sharesDialog.close(); });
+    els.sharesDialog.addEventListener('close', function () {
+      forgetNewShare();
+      els.input.focus();
+    });
+    els.shareCopy.addEventListener('click', function () {
+      copyText(els.shareUrl.value).then(function () {
+        els.shareCopy.textContent = 'Copied';
+        setTimeout(function () { els.shareCopy.textContent = 'Copy'; }, 1500);
+      }, function () {
+        els.shareUrl.select();
+        setDialogError(els.sharesError, 'Could not copy: select the link and copy it yourself.');
+      });
+    });
+  }
+
   function bindAccountUi() {
     bindTokensUi();
+    bindSharesUi();
     els.signIn.addEventListener('click', function () { openAuthDialog(true); });
     els.authForm.addEventListener('submit', function (e) { e.preventDefault(); submitAuth(); });
     els.authCancel.addEventListener('click', closeAuthDialog);
@@ -2253,6 +2375,7 @@ import * as md from './markdown.js';
 
     // Conversation actions menu.
     var actions = [
+      [els.share, openSharesDialog],
       [els.save, saveOnServer],
       [els.exportMd, function () { exportConversation('md'); }],
       [els.exportJson, function () { exportConversation('json'); }],
@@ -2265,7 +2388,7 @@ import * as md from './markdown.js';
         closeMenu();
         pair[1]();
         // Back to the message box, unless the action opened a dialog.
-        if (!els.confirmDialog.open && !els.fewShotDialog.open) els.input.focus();
+        if (!els.confirmDialog.open && !els.fewShotDialog.open && !els.sharesDialog.open) els.input.focus();
       });
     });
     bindMenuKeys(els.menu, els.menuButton);

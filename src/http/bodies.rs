@@ -228,3 +228,36 @@ pub struct ReadinessChecks {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adapter: Option<&'static str>,
 }
+
+/// A share link as its owner lists it (`GET /api/shares`).
+#[derive(Debug, Serialize)]
+pub struct ShareView {
+    pub id: String,
+    pub conversation_id: String,
+    pub title: Option<String>,
+    pub message_count: u64,
+    pub created_at: String,
+}
+
+/// `GET /api/shares`.
+#[derive(Debug, Serialize)]
+pub struct ShareList {
+    pub shares: Vec<ShareView>,
+}
+
+/// `POST /api/shares`: the only time the link itself is shown.
+#[derive(Debug, Serialize)]
+pub struct NewShareLink {
+    #[serde(flatten)]
+    pub share: ShareView,
+    /// `/share/<token>`, on this server.
+    pub url: String,
+}
+
+/// `GET /api/share/{token}`: the snapshot, and nothing about its owner.
+#[derive(Debug, Serialize)]
+pub struct SharedView {
+    pub title: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    pub created_at: String,
+}

@@ -239,6 +239,14 @@ async fn delete_conversation(
     IdPath(id): IdPath,
 ) -> Result<Json<Done>, ApiError> {
     state.chat.store.delete(&who.user, &id).await?;
+    // Its share links go with it (after it: see `shares::create_share`).
+    let revoked = state
+        .shares
+        .delete_conversation_shares(&who.user, &id)
+        .await?;
+    if revoked > 0 {
+        tracing::info!(conversation = %id, revoked, "share links of a deleted conversation revoked");
+    }
     if sessions::current_conversation(&who.session).await?.as_ref() == Some(&id) {
         sessions::clear_current_conversation(&who.session).await?;
     }

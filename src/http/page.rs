@@ -154,6 +154,11 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/socket.js"),
     ),
     (
+        "share.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/share.js"),
+    ),
+    (
         "markdown.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/markdown.js"),

@@ -33,6 +33,7 @@ use crate::oidc::PendingLogin;
 use crate::store::accounts::AccountStore;
 use crate::store::cache::CachedStore;
 use crate::store::mongo::MongoStore;
+use crate::store::shares::ShareStore;
 use crate::store::sqlite::{SqliteDb, SqliteStore};
 use crate::store::tokens::TokenStore;
 use crate::store::usage::UsageStore;
@@ -145,14 +146,16 @@ impl Sessions {
     }
 }
 
-/// What one backend holds: conversations, accounts, tokens, usage and
-/// sessions.
+/// What one backend holds: conversations, accounts, tokens, share links,
+/// usage and sessions.
 pub struct Backends {
     pub conversations: Arc<dyn ConversationStore>,
     pub accounts: Arc<dyn AccountStore>,
     pub tokens: Arc<dyn TokenStore>,
     /// Users' presets.
     pub presets: Arc<dyn crate::store::presets::PresetStore>,
+    /// Share links and their snapshots.
+    pub shares: Arc<dyn ShareStore>,
     /// Token usage and quotas.
     pub usage: Arc<dyn UsageStore>,
     pub sessions: Sessions,
@@ -178,6 +181,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
                 accounts: store.clone(),
                 usage: store.clone(),
                 presets: store.clone(),
+                shares: store.clone(),
                 tokens: store,
             })
         }
@@ -192,6 +196,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
                 accounts: store.clone(),
                 usage: store.clone(),
                 presets: store.clone(),
+                shares: store.clone(),
                 tokens: store,
                 sessions: Sessions::Sqlite(SqliteSessionStore::new(db)),
             })

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod cache;
 pub mod mongo;
 pub mod presets;
+pub mod shares;
 pub mod sqlite;
 pub mod tokens;
 pub mod usage;

@@ -33,6 +33,7 @@ mod regenerate;
 mod save_history;
 mod search;
 mod sessions;
+mod shares;
 mod shutdown;
 mod signout_everywhere;
 mod slow_clients;

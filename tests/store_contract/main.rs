@@ -1,6 +1,6 @@
 //! The `ConversationStore` contract (`checks`), the `AccountStore`
 //! contract (`accounts`), the `TokenStore` (`tokens`) and `UsageStore`
-//! (`usage`) contracts, the session stores' signing out everywhere
+//! (`usage`) contracts, the `ShareStore` contract (`shares`), the session stores' signing out everywhere
 //! (`sessions`), each written once and run against every backend:
 //! SQLite on a temporary file, and MongoDB on a real SecantusDB server (a
 //! MongoDB wire-protocol server; `SECANTUSD_BIN` names its binary,
@@ -26,6 +26,7 @@ mod models;
 mod mongo_only;
 mod server;
 mod sessions;
+mod shares;
 mod tokens;
 mod usage;
 

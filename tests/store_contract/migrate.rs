@@ -2,7 +2,7 @@
 //! MongoDB (SecantusDB), a second run copies nothing, and a user who comes
 //! back with their old cookie to a server on MongoDB sees their
 //! conversations; accounts, access tokens, sign-in identities, token usage and
-//! quotas go both ways, once.
+//! quotas and share links go both ways, once.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use llm_chat_server::store::accounts::{
 };
 use llm_chat_server::store::mongo::MongoStore;
 use llm_chat_server::store::presets::{NewPreset, PresetStore};
+use llm_chat_server::store::shares::{NewShare, ShareStore};
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
 use llm_chat_server::store::tokens::TokenStore;
 use llm_chat_server::store::usage::{DayUsage, UsageStore};
@@ -541,5 +542,80 @@ async fn migrate_copies_sign_in_identities_usage_and_quotas_both_ways_once() {
             subject: "dee".into(),
             user_id: dee.user_id.clone(),
         }]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_share_links_both_ways_once_and_they_keep_working() {
+    let server = shared_server().await;
+    let (uri, database) = (server.uri(), database_name());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::new(SqliteDb::open(&dir.path().join("chat.db")).unwrap());
+    let (user, conversation) = (UserId::new(), ConversationId::new());
+    let messages = vec![
+        llm_chat_server::domain::ChatMessage::new(Role::User, "shared question"),
+        llm_chat_server::domain::ChatMessage::new(Role::Assistant, "shared answer"),
+    ];
+    let token = llm_chat_server::auth::new_share_token();
+    let made = sqlite
+        .create_share(
+            &user,
+            NewShare {
+                id: uuid::Uuid::new_v4().to_string(),
+                token_hash: token_hash(&token),
+                conversation_id: conversation,
+                title: Some("shared question".into()),
+                messages: messages.clone(),
+            },
+            50,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+
+    let first = migrate_between(dir.path(), &uri, &database, "sqlite", "mongodb").await;
+    let second = migrate_between(dir.path(), &uri, &database, "sqlite", "mongodb").await;
+
+    assert!(
+        first.contains("1 share links copied, 0 already there"),
+        "{first}"
+    );
+    assert!(
+        second.contains("0 share links copied, 1 already there"),
+        "{second}"
+    );
+    let mongo = MongoStore::connect(&uri, &database).await.unwrap();
+    let shared = mongo.shared(&token_hash(&token)).await.unwrap().unwrap();
+    assert_eq!(shared.owner, user);
+    assert_eq!(shared.messages, messages);
+    // MongoDB keeps milliseconds, SQLite microseconds: the rest is equal.
+    let at_millis = |share: &llm_chat_server::store::shares::Share| {
+        let mut share = share.clone();
+        share.created_at =
+            chrono::DateTime::from_timestamp_millis(share.created_at.timestamp_millis()).unwrap();
+        share
+    };
+    let on_mongo = mongo.shares(&user).await.unwrap();
+    assert_eq!(
+        on_mongo.iter().map(at_millis).collect::<Vec<_>>(),
+        vec![at_millis(&made)]
+    );
+
+    let back = tempfile::tempdir().unwrap();
+    let there = migrate_between(back.path(), &uri, &database, "mongodb", "sqlite").await;
+    assert!(
+        there.contains("1 share links copied, 0 already there"),
+        "{there}"
+    );
+    let returned = SqliteStore::new(SqliteDb::open(&back.path().join("chat.db")).unwrap());
+    assert_eq!(returned.shares(&user).await.unwrap(), on_mongo);
+    assert_eq!(
+        returned
+            .shared(&token_hash(&token))
+            .await
+            .unwrap()
+            .unwrap()
+            .messages,
+        messages
     );
 }

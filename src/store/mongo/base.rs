@@ -24,6 +24,8 @@ pub const SESSIONS: &str = "sessions";
 pub const USERS: &str = "users";
 /// Collection holding personal access tokens (`super::tokens`).
 pub const TOKENS: &str = "tokens";
+/// Collection holding share links and their snapshots (`super::shares`).
+pub const SHARES: &str = "shares";
 /// Collection holding identities from providers linked to accounts.
 pub const IDENTITIES: &str = "identities";
 /// Collection holding token usage per user and day (`super::usage`).
@@ -76,6 +78,8 @@ pub struct MongoStore {
     pub(super) meta: Collection<Document>,
     /// Personal access tokens, one document each.
     pub(super) tokens: Collection<Document>,
+    /// Share links, one document each with its snapshot.
+    pub(super) shares: Collection<Document>,
     /// External identities (`{_id: "<provider>\n<subject>", user_id,
     /// created_at}`), linked to accounts.
     pub(super) identities: Collection<Document>,

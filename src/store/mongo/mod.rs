@@ -35,7 +35,7 @@
 //! shapes and their conversions), `pipelines` (appends and the size guard),
 //! `search` (`$text` and the scan), `accounts` (local accounts in `users`:
 //! `AccountStore`), `tokens` (personal access tokens in `tokens`:
-//! `TokenStore`), `usage` (token usage in `usage`, quotas in `quotas`:
+//! `TokenStore`), `shares` (share links in `shares`: `ShareStore`), `usage` (token usage in `usage`, quotas in `quotas`:
 //! `UsageStore`); the session store in the same database is
 //! `crate::sessions::mongo`.
 
@@ -46,6 +46,7 @@ mod pipelines;
 mod presets;
 mod schema;
 mod search;
+mod shares;
 mod tokens;
 mod usage;
 
@@ -62,8 +63,8 @@ use mongodb::{Client, Database};
 
 pub(crate) use self::base::{code, command_code, map_error};
 pub use self::base::{
-    MongoStore, CONVERSATIONS, IDENTITIES, META, QUOTAS, SESSIONS, SIZE_LIMIT_BYTES, TOKENS,
-    TOO_LARGE_MESSAGE, USAGE, USERS,
+    MongoStore, CONVERSATIONS, IDENTITIES, META, QUOTAS, SESSIONS, SHARES, SIZE_LIMIT_BYTES,
+    TOKENS, TOO_LARGE_MESSAGE, USAGE, USERS,
 };
 use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
@@ -152,6 +153,7 @@ impl MongoStore {
             users: db.collection(USERS),
             meta: db.collection(META),
             tokens: db.collection(TOKENS),
+            shares: db.collection(SHARES),
             identities: db.collection(IDENTITIES),
             usage: db.collection(USAGE),
             quotas: db.collection(QUOTAS),

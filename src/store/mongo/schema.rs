@@ -1,7 +1,7 @@
 //! What the server is told about the collections at start: the original
 //! app's `$jsonSchema` validator on `conversations`, and the indexes (the
 //! unique key, list and export order, the sessions' TTL and account, the accounts'
-//! unique email and user id, the access tokens' unique hash and per-user
+//! unique email and user id, the access tokens' and share links' unique hash and per-user
 //! order, the per-user text index that decides between `$text` search and
 //! the scan).
 
@@ -13,7 +13,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 
-use super::base::{code, command_code, MongoStore, CONVERSATIONS, TOKENS, USERS};
+use super::base::{code, command_code, MongoStore, CONVERSATIONS, SHARES, TOKENS, USERS};
 
 /// The original app's `validation_schema`, verbatim.
 pub fn validation_schema() -> Document {
@@ -154,6 +154,38 @@ impl MongoStore {
             .await
         {
             tracing::warn!(index = "presets_user_created_idx", error = %self.redactor.clean(&e.kind.to_string()), "could not create an index");
+        }
+
+        // Required: a share link is found by its token's hash, which must
+        // name one share.
+        let unique = IndexOptions::builder()
+            .name("shares_token_hash_idx".to_string())
+            .unique(true)
+            .build();
+        self.shares
+            .create_index(index(doc! {"token_hash": 1}, unique))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "creating the unique index shares_token_hash_idx on '{SHARES}': {}",
+                    self.redactor.clean(&e.kind.to_string())
+                )
+            })?;
+        // A user's shares: counted on every create, listed newest first;
+        // and those of one conversation, deleted with it.
+        for (name, keys) in [
+            (
+                "shares_user_created_idx",
+                doc! {"user_id": 1, "created_at": -1},
+            ),
+            (
+                "shares_user_conversation_idx",
+                doc! {"user_id": 1, "conversation_id": 1},
+            ),
+        ] {
+            if let Err(e) = self.shares.create_index(index(keys, named(name))).await {
+                tracing::warn!(index = name, error = %self.redactor.clean(&e.kind.to_string()), "could not create an index");
+            }
         }
 
         // The admin's view of a day: most tokens first.

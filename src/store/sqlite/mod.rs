@@ -13,7 +13,8 @@
 //! `index` (the deferred full-text indexing), `read` (the read-only
 //! connections), `search` (per-user FTS5 queries),
 //! `rows` (reading conversations back), `accounts` (the `users` table:
-//! `AccountStore`), `tokens` (the `tokens` table: `TokenStore`), `usage`
+//! `AccountStore`), `tokens` (the `tokens` table: `TokenStore`), `shares` (the `shares`
+//! table: `ShareStore`), `usage`
 //! (the `usage` and `quotas` tables: `UsageStore`); here,
 //! [`SqliteStore`].
 
@@ -29,6 +30,7 @@ mod rows;
 mod schema;
 mod search;
 mod settings;
+mod shares;
 mod tokens;
 mod usage;
 

@@ -85,6 +85,25 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (user_id, created_at DESC);
 "#;
 
+/// Share links (`super::shares`): only the link token's SHA-256 is kept,
+/// unique, and found by it; the snapshot's messages are a JSON array of
+/// `{role, content}`. A user's are listed (and counted) through the index.
+/// Created by [`migrate`] on every open, like `tokens`.
+const SHARES_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS shares (
+    id              TEXT PRIMARY KEY,
+    user_id         TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    token_hash      TEXT NOT NULL UNIQUE,
+    title           TEXT,
+    messages        TEXT NOT NULL,
+    message_count   INTEGER NOT NULL,
+    created_at      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shares_by_user ON shares (user_id, created_at DESC);
+CREATE INDEX IF NOT EXISTS shares_by_conversation ON shares (user_id, conversation_id);
+"#;
+
 /// Token metering (`super::usage`): one row per user and UTC day, grown by
 /// `INSERT .. ON CONFLICT DO UPDATE` (atomic), and the per-user daily quotas
 /// an admin set. Created by [`migrate`] on every open, like `users`.
@@ -200,6 +219,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.execute_batch(SEARCH_SCHEMA)?;
     tx.execute_batch(USERS_SCHEMA)?;
     tx.execute_batch(TOKENS_SCHEMA)?;
+    tx.execute_batch(SHARES_SCHEMA)?;
     tx.execute_batch(IDENTITIES_SCHEMA)?;
     tx.execute_batch(USAGE_SCHEMA)?;
     super::settings::migrate(&tx)?;
