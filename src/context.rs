@@ -142,13 +142,15 @@ pub fn fold_end(costs: &[u32], from: usize, first_kept: usize, limit: u32) -> us
 /// messages if it still does not fit (a summary that came out longer than
 /// asked, or no summary because summarising failed). `costs` are the
 /// history's costs as [`plan`] got them (counted once per turn). Returns
-/// the messages and their token count.
+/// the messages and their token count. The conversation's system prompt
+/// (`system`, with its cost) is sent first and never left out.
 #[allow(clippy::too_many_arguments)]
 pub fn assemble(
     counter: &TokenCounter,
     history: &Arc<Vec<StoredMessage>>,
     costs: &[u32],
     first_kept: usize,
+    system: Option<(ChatMessage, u32)>,
     summary: Option<&str>,
     new_message: &ChatMessage,
     new_cost: u32,
@@ -158,9 +160,11 @@ pub fn assemble(
     let summary_cost = summary_msg
         .as_ref()
         .map_or(0, |m| counter.message_cost(&m.content));
+    let system_cost = system.as_ref().map_or(0, |(_, cost)| *cost);
     let kept = &history[first_kept.min(history.len())..];
     let costs = &costs[first_kept.min(costs.len())..];
-    let mut total = summary_cost + costs.iter().sum::<u32>() + new_cost + REPLY_PRIMING;
+    let mut total =
+        system_cost + summary_cost + costs.iter().sum::<u32>() + new_cost + REPLY_PRIMING;
     let mut skip = 0;
     while total > budget && skip < kept.len() {
         total -= costs[skip];
@@ -171,8 +175,14 @@ pub fn assemble(
         total -= summary_cost;
     }
     let start = first_kept.min(history.len()) + skip;
+    // The conversation's system prompt comes first, always kept.
+    let head = system
+        .map(|(message, _)| message)
+        .into_iter()
+        .chain(summary_msg)
+        .collect();
     let messages = Messages::around(
-        summary_msg.into_iter().collect(),
+        head,
         history.clone(),
         start..history.len(),
         vec![new_message.clone()],
@@ -412,6 +422,7 @@ mod tests {
             &history,
             &costs,
             0,
+            None,
             Some("a summary"),
             &new,
             new_cost,
@@ -429,6 +440,47 @@ mod tests {
         assert!(messages
             .iter()
             .any(|m| m.content.contains("message number 19")));
+        assert!(!messages
+            .iter()
+            .any(|m| m.content.contains("message number 0 ")));
+    }
+
+    #[test]
+    fn the_system_prompt_comes_first_and_stays_while_older_messages_go() {
+        let c = counter();
+        let history: Arc<Vec<_>> = Arc::new(
+            (0..20)
+                .map(|i| stored(Role::User, &format!("message number {i} with some words")))
+                .collect(),
+        );
+        let new = ChatMessage::new(Role::User, "the new question");
+        let new_cost = c.message_cost(&new.content);
+        let system = ChatMessage::new(Role::System, "You answer in French.");
+        let system_cost = c.message_cost(&system.content);
+        let costs: Vec<u32> = history.iter().map(|m| cost(&c, m)).collect();
+
+        let (messages, total) = assemble(
+            &c,
+            &history,
+            &costs,
+            0,
+            Some((system.clone(), system_cost)),
+            Some("a summary"),
+            &new,
+            new_cost,
+            70,
+        );
+
+        assert!(total <= 70, "{total}");
+        let all: Vec<&ChatMessage> = messages.iter().collect();
+        assert_eq!(all[0], &system);
+        assert_eq!(messages.last(), Some(&new));
+        let counted: u32 = messages
+            .iter()
+            .map(|m| c.message_cost(&m.content))
+            .sum::<u32>()
+            + REPLY_PRIMING;
+        assert_eq!(counted, total);
         assert!(!messages
             .iter()
             .any(|m| m.content.contains("message number 0 ")));

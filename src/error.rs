@@ -33,6 +33,12 @@ pub enum ApiError {
     InvalidCredentials(&'static str),
     #[error("Token not found.")]
     TokenNotFound,
+    #[error("Preset not found.")]
+    PresetNotFound,
+    /// A model id the catalogue does not have (only a well-formed id is
+    /// repeated in the sentence).
+    #[error("{}", unknown_model_message(.0))]
+    UnknownModel(String),
     #[error("Share link not found.")]
     ShareNotFound,
     #[error("User not found.")]
@@ -91,6 +97,14 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+fn unknown_model_message(id: &str) -> String {
+    if crate::config::models::valid_model_id(id) {
+        format!("Unknown model \"{id}\": choose one of the models GET /get_config lists.")
+    } else {
+        "Unknown model: choose one of the models GET /get_config lists.".to_string()
+    }
+}
+
 /// The JSON body of every error: `{"message", "error"}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorBody {
@@ -122,10 +136,12 @@ impl ErrorBody {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Invalid(_) | ApiError::NoConversation(_) | ApiError::Unsupported(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::Invalid(_)
+            | ApiError::NoConversation(_)
+            | ApiError::Unsupported(_)
+            | ApiError::UnknownModel(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound
+            | ApiError::PresetNotFound
             | ApiError::AccountsDisabled
             | ApiError::PasswordsDisabled
             | ApiError::TokenNotFound
@@ -150,7 +166,9 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => "invalid",
             ApiError::NoConversation(_) => "no_conversation",
+            ApiError::UnknownModel(_) => "unknown_model",
             ApiError::NotFound
+            | ApiError::PresetNotFound
             | ApiError::AccountsDisabled
             | ApiError::PasswordsDisabled
             | ApiError::TokenNotFound

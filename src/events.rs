@@ -95,6 +95,9 @@ impl<'de, T: DeserializeOwned + Default> Deserialize<'de> for Inbound<T> {
 pub struct SendMessage {
     pub message: Field<String>,
     pub conversation_id: Field<String>,
+    /// A model id of the catalogue: the conversation switches to it
+    /// (absent: it keeps its own).
+    pub model: Field<String>,
 }
 
 /// `regenerate`: answer the conversation's last user message again.
@@ -102,6 +105,8 @@ pub struct SendMessage {
 #[serde(default)]
 pub struct Regenerate {
     pub conversation_id: Field<String>,
+    /// As `send_message`'s.
+    pub model: Field<String>,
 }
 
 /// `edit_message`: answer the user's message at history `index` again,
@@ -112,6 +117,8 @@ pub struct EditMessage {
     pub conversation_id: Field<String>,
     pub index: Field<u64>,
     pub message: Field<String>,
+    /// As `send_message`'s.
+    pub model: Field<String>,
 }
 
 /// `switch_branch`: show the sibling at `position` (from 1) of the message

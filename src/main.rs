@@ -102,7 +102,10 @@ async fn main() -> ExitCode {
     }
 
     let hard_stop = settings.shutdown_grace + Duration::from_secs(15);
-    let demo = matches!(settings.llm, llm_chat_server::config::LlmProvider::Demo);
+    let demo = matches!(
+        settings.models.default_model().provider,
+        llm_chat_server::config::LlmProvider::Demo
+    );
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(err) => {

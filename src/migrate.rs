@@ -42,6 +42,8 @@ pub struct Report {
     /// Share links (with their snapshots).
     pub shares: u64,
     pub shares_already_there: u64,
+    /// Users' presets.
+    pub presets: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -51,7 +53,7 @@ impl std::fmt::Display for Report {
             "{} conversations read: {} copied, {} already there, {} too large for the target (left out); \
              {} sessions copied; {} accounts copied, {} already there; {} access tokens copied, {} already there; \
              {} sign-in identities, {} days of usage and {} quotas copied; \
-             {} share links copied, {} already there",
+             {} share links copied, {} already there; {} presets copied",
             self.conversations,
             self.inserted,
             self.already_there,
@@ -65,7 +67,8 @@ impl std::fmt::Display for Report {
             self.usage_days,
             self.quotas,
             self.shares,
-            self.shares_already_there
+            self.shares_already_there,
+            self.presets
         )
     }
 }
@@ -228,6 +231,30 @@ pub async fn copy_accounts(
     Ok(())
 }
 
+/// Copies every user's presets (each left as it is when the target has it).
+pub async fn copy_presets(
+    from: &Backends,
+    to: &Backends,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    for (user, preset) in from
+        .presets
+        .presets_for_copy()
+        .await
+        .context("reading presets")?
+    {
+        if to
+            .presets
+            .import_preset(&user, &preset)
+            .await
+            .with_context(|| format!("writing a preset of user {user}"))?
+        {
+            report.presets += 1;
+        }
+    }
+    Ok(())
+}
+
 /// The subcommand: opens both stores from the settings and copies.
 pub async fn run(settings: &Settings, from: Backend, to: Backend) -> anyhow::Result<Report> {
     if from == to {
@@ -248,6 +275,7 @@ pub async fn run(settings: &Settings, from: Backend, to: Backend) -> anyhow::Res
     .await?;
     eprintln!();
     copy_accounts(&source, &target, &mut report).await?;
+    copy_presets(&source, &target, &mut report).await?;
     for record in &source.sessions.live_records().await? {
         target.sessions.save(record).await?;
         report.sessions += 1;

@@ -33,7 +33,7 @@ use crate::replies::ReplyHub;
 use crate::state::AppState;
 use crate::store::accounts::ActiveAccounts;
 use crate::turn::{apply_remote_stop, end_lapsed_replies, Chat, TurnRegistry};
-use crate::{cluster, drain, http, llm, sessions};
+use crate::{cluster, drain, http, sessions};
 
 /// Largest Socket.IO message accepted (a chat message is at most
 /// `MAX_MESSAGE_CHARS` characters, up to 4 bytes each, plus JSON).
@@ -147,6 +147,7 @@ impl Application {
             conversations: store,
             accounts,
             tokens: access_tokens,
+            presets,
             shares,
             usage,
             sessions,
@@ -155,11 +156,17 @@ impl Application {
             Some(oidc) => Some(Arc::new(Providers::discover(oidc).await?)),
             None => None,
         };
-        let llm = llm::from_settings(&settings, metrics.clone())
-            .context("configuring the language model")?;
+        let models = Arc::new(
+            crate::turn::Models::build(&settings, &metrics)
+                .context("configuring the language models")?,
+        );
+        let llm = models.default_model().llm.clone();
         let tokens = TokenCounter::new(settings.tokenizer);
-        // Load the tokenizer now, not during the first user's turn.
+        // Load the tokenizers now, not during the first user's turn.
         tokens.count("warm up");
+        for model in models.all() {
+            model.tokens.count("warm up");
+        }
         let turns = Arc::new(TurnRegistry::default());
         let llm_slots = (settings.llm_max_concurrency > 0).then(|| {
             Arc::new(tokio::sync::Semaphore::new(
@@ -186,6 +193,7 @@ impl Application {
                 usage: usage.clone(),
                 llm: llm.clone(),
                 tokens,
+                models: models.clone(),
                 notifier,
                 metrics: metrics.clone(),
                 replies: replies.clone(),
@@ -197,6 +205,7 @@ impl Application {
             limiter: limiter.clone(),
             accounts: accounts.clone(),
             access_tokens: access_tokens.clone(),
+            presets: presets.clone(),
             shares: shares.clone(),
             active_accounts: active_accounts.clone(),
             sessions: sessions.clone(),

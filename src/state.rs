@@ -29,6 +29,8 @@ pub struct AppState {
     pub accounts: Arc<dyn AccountStore>,
     /// Their personal access tokens.
     pub access_tokens: Arc<dyn TokenStore>,
+    /// Users' presets (name, model, system prompt, temperature).
+    pub presets: Arc<dyn crate::store::presets::PresetStore>,
     /// Share links: read-only snapshots of conversations.
     pub shares: Arc<dyn ShareStore>,
     /// Which accounts may act now (not disabled), remembered briefly.

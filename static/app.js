@@ -35,6 +35,7 @@ import * as md from './markdown.js';
     input: byId('message-input'),
     form: byId('composer'),
     send: byId('send-button'),
+    modelPicker: byId('model-picker'),
     stop: byId('stop-button'),
     newChat: byId('new-chat-button'),
     shortcutsButton: byId('shortcuts-button'),
@@ -164,6 +165,8 @@ import * as md from './markdown.js';
   var searchSeq = 0;
   var searchTimer = null;
   var currentId = null;
+  // conversation_id -> the model id it uses (from the server, or picked)
+  var conversationModels = new Map();
   // conversation_id -> stream (see newStream)
   var streams = new Map();
   var socket = null;
@@ -832,7 +835,9 @@ import * as md from './markdown.js';
     clearError();
     return api('GET', '/load_conversation/' + encodeURIComponent(id)).then(function (data) {
       if (seq !== loadSeq) return;
+      if (data && typeof data.model === 'string') conversationModels.set(id, data.model);
       selectConversation(id, (data && data.conversation) || [], data && data.title, data && data.branches);
+      showModel(id);
     }, function (err) {
       if (seq !== loadSeq) return;
       if (err.status === 404) {
@@ -860,10 +865,11 @@ import * as md from './markdown.js';
     clearError();
     return api('POST', '/start_conversation').then(function (data) {
       var id = data.conversation_id;
+      if (typeof data.model === 'string') conversationModels.set(id, data.model);
       var now = new Date().toISOString();
       rememberConversation({ conversation_id: id, title: null, message_count: 0, created_at: now, updated_at: now });
       listLoaded++;
-      if (seq === loadSeq) selectConversation(id, []);
+      if (seq === loadSeq) { selectConversation(id, []); showModel(id); }
       else renderList();
       els.input.focus();
       return id;
@@ -1271,7 +1277,13 @@ import * as md from './markdown.js';
     streams.set(currentId, s);
     attachStream(s, true);
     scrollToBottom();
-    if (!socket.emit('send_message', { message: text, conversation_id: currentId })) {
+    var payload = { message: text, conversation_id: currentId };
+    var model = pickedModel();
+    if (model) {
+      payload.model = model;
+      conversationModels.set(currentId, model);
+    }
+    if (!socket.emit('send_message', payload)) {
       failStream(s, 'Not connected to the server. Your message was not sent.', true);
       return;
     }
@@ -2330,8 +2342,47 @@ import * as md from './markdown.js';
     if (Array.isArray(data.allowed_extensions)) {
       config.allowed_extensions = data.allowed_extensions.map(String).filter(Boolean);
     }
+    applyModels(data.models, data.default_model);
     describeLimits();
     showUsage(currentId);
+  }
+
+  // ------------------------------------------------------------------ models
+
+  /**
+   * The model picker: shown when GET /get_config lists more than one model.
+   * Each conversation's model (from load/start) is remembered; a pick is
+   * sent with the next message (`send_message {model}`), which switches
+   * the conversation to it on the server.
+   */
+  function applyModels(models, defaultModel) {
+    var picker = els.modelPicker;
+    if (!picker || !Array.isArray(models)) return;
+    config.default_model = typeof defaultModel === 'string' ? defaultModel : null;
+    while (picker.firstChild) picker.removeChild(picker.firstChild);
+    models.forEach(function (model) {
+      if (!model || typeof model.id !== 'string') return;
+      var option = document.createElement('option');
+      option.value = model.id;
+      option.textContent = typeof model.name === 'string' && model.name ? model.name : model.id;
+      picker.appendChild(option);
+    });
+    picker.hidden = picker.options.length < 2;
+    showModel(currentId);
+  }
+
+  /** Shows the model of conversation `id` (its own, else the default) in the picker. */
+  function showModel(id) {
+    var picker = els.modelPicker;
+    if (!picker || picker.hidden) return;
+    var model = (id && conversationModels.get(id)) || config.default_model;
+    if (model) picker.value = model;
+  }
+
+  /** The model to send with a message: the picker's, when it is shown. */
+  function pickedModel() {
+    var picker = els.modelPicker;
+    return picker && !picker.hidden && picker.value ? picker.value : null;
   }
 
   function chooseConversation() {

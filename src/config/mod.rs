@@ -7,7 +7,9 @@
 mod auth;
 mod http;
 mod limits;
+pub mod models;
 mod oidc;
+mod provider;
 mod reader;
 pub mod redis_url;
 mod secret;
@@ -15,7 +17,9 @@ mod secret;
 pub use auth::{AuthMethods, AuthSettings, ProxyAuth, SignupPolicy};
 pub use http::HttpLimits;
 pub use limits::ConversationLimits;
+pub use models::{ModelCatalog, ModelSpec};
 pub use oidc::{OidcProvider, OidcSettings};
+pub use provider::{AzureAuth, LlmProvider, Tokenizer};
 use reader::Reader;
 pub use secret::Secret;
 
@@ -28,41 +32,6 @@ use std::time::Duration;
 /// an admin): a million million, far above any real day and exact in a
 /// JavaScript number.
 pub const MAX_QUOTA_TOKENS_PER_DAY: u64 = 1_000_000_000_000;
-
-/// Which upstream answers chat requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LlmProvider {
-    /// Azure OpenAI: `AZURE_API_URL` is the full chat-completions URL.
-    Azure {
-        url: String,
-        key: Secret,
-        auth: AzureAuth,
-    },
-    /// Any OpenAI-compatible endpoint: `{base_url}/chat/completions`.
-    OpenAi {
-        base_url: String,
-        key: Secret,
-        model: String,
-    },
-    /// Local replies, no network: the default when nothing is configured.
-    Demo,
-}
-
-/// How the Azure key is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AzureAuth {
-    /// `Authorization: Bearer KEY`, as the original app does.
-    Bearer,
-    /// `api-key: KEY`, Azure's own header.
-    ApiKey,
-}
-
-/// Tokenizer used for budgets and chunking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tokenizer {
-    Cl100kBase,
-    O200kBase,
-}
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +75,12 @@ pub struct Settings {
     pub redis_pubsub_buffer: usize,
     pub disconnect_grace: Duration,
     pub shutdown_grace: Duration,
+    /// The single-model variables' provider; the default model of the
+    /// catalogue when `MODELS_FILE` is not set (use `models`).
     pub llm: LlmProvider,
+    /// The models people can pick (`MODELS_FILE`, or one made of the
+    /// single-model variables); the first is the default.
+    pub models: ModelCatalog,
     pub temperature: f32,
     pub top_p: f32,
     pub connect_timeout: Duration,
@@ -353,6 +327,16 @@ impl Settings {
                 Tokenizer::Cl100kBase
             }
         };
+        let models = models::read(
+            &mut r,
+            models::Fallback {
+                provider: llm.clone(),
+                max_tokens,
+                reply_tokens,
+                tokenizer,
+                temperature,
+            },
+        );
         let chunk_size_tokens = r.positive("CHUNK_SIZE_TOKENS", 1000).min(1_000_000) as u32;
 
         // The original accepted values like "5m"; keep that, and "5MB".
@@ -466,6 +450,7 @@ impl Settings {
             disconnect_grace,
             shutdown_grace,
             llm,
+            models,
             temperature,
             top_p,
             connect_timeout,
@@ -694,5 +679,129 @@ mod tests {
     fn secrets_are_not_printed_by_debug() {
         let s = settings(&[("AZURE_API_URL", "https://x/chat"), ("API_KEY", "hunter2")]).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
+
+#[cfg(test)]
+mod model_catalogue_tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(path: &str, extra: &[(&str, &str)]) -> Result<Settings, String> {
+        let mut vars: HashMap<String, String> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        vars.insert("MODELS_FILE".into(), path.into());
+        Settings::from_lookup(&|name| vars.get(name).cloned()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_committed_example_loads_with_its_keys_from_the_environment() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/models.example.toml");
+        let settings = load(
+            path,
+            &[
+                ("AZURE_KEY_GPT4O", "azure-secret"),
+                ("OPENAI_KEY", "openai-secret"),
+                ("MAX_TOKENS", "64000"),
+            ],
+        )
+        .unwrap();
+
+        let ids: Vec<&str> = settings
+            .models
+            .models
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect();
+        assert_eq!(ids, ["gpt-4o", "gpt-4o-mini", "llama3.1"]);
+        let azure = settings.models.default_model();
+        assert!(matches!(
+            &azure.provider,
+            LlmProvider::Azure { key, auth: AzureAuth::ApiKey, .. } if key.expose() == "azure-secret"
+        ));
+        assert_eq!((azure.max_tokens, azure.reply_tokens), (128_000, 1000));
+        let local = settings.models.get("llama3.1").unwrap();
+        assert!(matches!(
+            &local.provider,
+            LlmProvider::OpenAi { model, key, .. } if model == "llama3.1" && key.expose().is_empty()
+        ));
+        // Left out: the single-model variables' values.
+        assert_eq!(local.tokenizer, Tokenizer::Cl100kBase);
+        assert_eq!(settings.models.get("gpt-4o-mini").unwrap().temperature, 0.7);
+        assert!(!format!("{settings:?}").contains("azure-secret"));
+    }
+
+    #[test]
+    fn without_a_file_the_single_model_variables_are_the_one_default_model() {
+        let settings = Settings::from_lookup(&|name| match name {
+            "LLM_PROVIDER" => Some("openai".into()),
+            "OPENAI_BASE_URL" => Some("http://127.0.0.1:9/v1".into()),
+            "LLM_MODEL" => Some("llama3".into()),
+            "MAX_TOKENS" => Some("9000".into()),
+            "TOKENIZER" => Some("o200k_base".into()),
+            _ => None,
+        })
+        .unwrap();
+
+        assert_eq!(settings.models.models.len(), 1);
+        let model = settings.models.default_model();
+        assert_eq!(
+            (model.id.as_str(), model.name.as_str()),
+            ("default", "llama3")
+        );
+        assert_eq!(model.provider, settings.llm);
+        assert_eq!((model.max_tokens, model.reply_tokens), (9000, 800));
+        assert_eq!(model.tokenizer, Tokenizer::O200kBase);
+    }
+
+    #[test]
+    fn every_problem_names_the_file_the_model_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("models.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[models]]
+id = "a"
+provider = "openai"
+base_url = "http://127.0.0.1:1/v1"
+tokenizer = "gpt2"
+temperature = 9
+
+[[models]]
+id = "a"
+provider = "demo"
+
+[[models]]
+id = "bad id!"
+provider = "demo"
+
+[[models]]
+id = "c"
+provider = "bedrock"
+"#,
+        )
+        .unwrap();
+        let at = path.display().to_string();
+
+        let err = load(&at, &[]).unwrap_err();
+
+        for expected in [
+            format!("MODELS_FILE {at}: models[0] (id \"a\").tokenizer=\"gpt2\" is not one of cl100k_base, o200k_base"),
+            format!("MODELS_FILE {at}: models[0] (id \"a\").temperature must be between 0 and 2"),
+            format!("MODELS_FILE {at}: models[1] (id \"a\").id: another model has this id"),
+            format!("MODELS_FILE {at}: models[2].id=\"bad id!\" must be"),
+            format!("MODELS_FILE {at}: models[3] (id \"c\").provider=\"bedrock\" is not one of azure, openai, demo"),
+        ] {
+            assert!(err.contains(&expected), "{expected:?} not in {err}");
+        }
+        let missing = load("/nonexistent/models.toml", &[]).unwrap_err();
+        assert!(
+            missing.contains("MODELS_FILE=\"/nonexistent/models.toml\" could not be read"),
+            "{missing}"
+        );
     }
 }

@@ -41,6 +41,8 @@ pub struct SignedOut {
 pub struct ConversationStarted {
     pub message: &'static str,
     pub conversation_id: ConversationId,
+    /// The model id the conversation uses.
+    pub model: String,
 }
 
 /// `GET /list_conversations`, newest first.
@@ -68,6 +70,14 @@ pub struct LoadedConversation {
     /// and their count. Absent for a conversation never forked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub branches: Vec<Siblings>,
+    /// The model id the conversation uses (its own, or the default).
+    pub model: String,
+    /// The conversation's system prompt, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    /// The conversation's own temperature, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
 }
 
 /// `GET /conversation/{id}/branches`.
@@ -128,6 +138,24 @@ pub struct ClientConfig<'a> {
     pub allowed_extensions: &'a [String],
     pub max_message_chars: usize,
     pub auth: AuthConfig,
+    /// The models people can pick, the default first.
+    pub models: Vec<ModelView<'a>>,
+    /// The id of the model a conversation gets when none is named.
+    pub default_model: &'a str,
+}
+
+/// One model of the catalogue, as `/get_config` lists it (never its
+/// endpoint or key).
+#[derive(Debug, Serialize)]
+pub struct ModelView<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub provider: &'static str,
+    /// The context window.
+    pub max_tokens: u32,
+    pub reply_tokens: u32,
+    pub tokenizer: &'static str,
+    pub temperature: f32,
 }
 
 /// `GET /auth/me`, and the answer to a sign-in or sign-up.

@@ -14,6 +14,7 @@ use super::bodies::{
     LoadedConversation, SavedConversation, SearchResults,
 };
 use super::extract::{ApiJson, IdPath, SessionUser};
+use super::presets::{self, SettingsFields};
 use crate::domain::{conversation_text, ConversationId, Role};
 use crate::error::ApiError;
 use crate::events::{Field, Inbound};
@@ -21,7 +22,7 @@ use crate::notify::conversation_updated;
 use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
-use crate::store::{rfc3339, NewMessage};
+use crate::store::{rfc3339, ConversationSettings, NewMessage};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -42,18 +43,72 @@ async fn current(who: &SessionUser, missing: &'static str) -> Result<Conversatio
         .ok_or(ApiError::NoConversation(missing))
 }
 
+/// `POST /start_conversation`, with no body (the original app's call: the
+/// default model, no system prompt) or `{model?, system_prompt?,
+/// temperature?, preset_id?}`: a preset's settings, then the fields given
+/// over them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StartRequest {
+    preset_id: Field<String>,
+    #[serde(flatten)]
+    settings: SettingsFields,
+}
+
 async fn start_conversation(
     State(state): State<AppState>,
     mut who: SessionUser,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Json<ConversationStarted>, ApiError> {
+    // The original app's call has no body (and read none): an empty body,
+    // or one not sent as JSON, starts a default conversation as before.
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"));
+    let request: StartRequest = if !json || body.iter().all(u8::is_ascii_whitespace) {
+        StartRequest::default()
+    } else {
+        serde_json::from_slice::<Inbound<StartRequest>>(&body)
+            .map_err(|_| ApiError::invalid("The request body is not valid JSON."))?
+            .0
+    };
+    let base = match &request.preset_id {
+        Field::Absent => ConversationSettings::default(),
+        Field::Given(raw) => {
+            let id = presets::preset_id(raw)?;
+            let preset = state
+                .presets
+                .preset(&who.user, &id)
+                .await?
+                .ok_or(ApiError::PresetNotFound)?;
+            presets::settings_of(&preset)
+        }
+        Field::Wrong => return Err(ApiError::PresetNotFound),
+    };
+    let settings = request.settings.over(&state, base)?;
+    // A preset naming a model that left the catalogue is refused too.
+    state.chat.models.check(settings.model.as_deref())?;
     who.keep(&state).await?;
     let id = ConversationId::new();
-    state.chat.store.create(&who.user, &id).await?;
+    state
+        .chat
+        .store
+        .create_with(&who.user, &id, &settings)
+        .await?;
     sessions::set_current_conversation(&who.session, &id).await?;
     tracing::info!(conversation = %id, "conversation started");
     Ok(Json(ConversationStarted {
         message: "New conversation started.",
         conversation_id: id,
+        model: state
+            .chat
+            .models
+            .for_conversation(&settings)
+            .spec
+            .id
+            .clone(),
     }))
 }
 
@@ -146,6 +201,15 @@ async fn load_conversation(
             total: Some(page.meta.message_count),
             first: Some(page.first),
             branches: Vec::new(),
+            model: state
+                .chat
+                .models
+                .for_conversation(&page.settings)
+                .spec
+                .id
+                .clone(),
+            system_prompt: page.settings.system_prompt,
+            temperature: page.settings.temperature,
         }
     } else {
         let conversation = state.chat.store.load(&who.user, &id).await?;
@@ -156,6 +220,15 @@ async fn load_conversation(
             total: None,
             first: None,
             branches: Vec::new(),
+            model: state
+                .chat
+                .models
+                .for_conversation(&conversation.settings)
+                .spec
+                .id
+                .clone(),
+            system_prompt: conversation.settings.system_prompt.clone(),
+            temperature: conversation.settings.temperature,
         }
     };
     let mut loaded = loaded;

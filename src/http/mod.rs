@@ -10,6 +10,7 @@ pub mod health;
 pub mod oidc;
 pub mod openai_api;
 pub mod page;
+pub mod presets;
 pub mod shares;
 pub mod tokens;
 pub mod usage;
@@ -35,6 +36,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(auth::router())
         .merge(oidc::router())
         .merge(tokens::router())
+        .merge(presets::router())
         .merge(shares::router())
         .merge(usage::router())
         .merge(admin::router())

@@ -19,6 +19,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -44,7 +45,7 @@ use crate::ratelimit::{Bucket, Limit};
 use crate::state::AppState;
 use crate::store::usage::DayUsage;
 use crate::store::NewMessage;
-use crate::turn::Chat;
+use crate::turn::{Chat, Model};
 
 /// The header that asks to keep the exchange as a conversation.
 pub const KEEP_HEADER: &str = "x-keep-conversation";
@@ -223,19 +224,38 @@ pub struct ModelEntry {
     pub context_window: u32,
 }
 
-/// The models the API offers: today the one configured model (the demo
-/// model when none is). Azure's is named by its deployment.
+/// The models the API offers: the catalogue's (`MODELS_FILE`), each by
+/// its id. Without a catalogue file the one model is named as its upstream
+/// names it (Azure's by its deployment), as SDK users expect.
 pub fn models(chat: &Chat) -> Vec<ModelEntry> {
-    let info = chat.llm.info();
-    let id = match &chat.settings.llm {
-        LlmProvider::Azure { url, .. } => azure_deployment(url).unwrap_or("azure").to_owned(),
-        _ => info.model,
-    };
-    vec![ModelEntry {
-        id,
-        owned_by: info.provider.to_owned(),
-        context_window: chat.settings.max_tokens,
-    }]
+    offered(chat).into_iter().map(|(entry, _)| entry).collect()
+}
+
+/// [`models`] with the model each entry stands for.
+fn offered(chat: &Chat) -> Vec<(ModelEntry, Arc<Model>)> {
+    let all = chat.models.all();
+    let implicit = all.len() == 1 && all[0].spec.id == "default";
+    all.iter()
+        .map(|model| {
+            let info = model.llm.info();
+            let id = if implicit {
+                match &model.spec.provider {
+                    LlmProvider::Azure { url, .. } => {
+                        azure_deployment(url).unwrap_or("azure").to_owned()
+                    }
+                    _ => info.model,
+                }
+            } else {
+                model.spec.id.clone()
+            };
+            let entry = ModelEntry {
+                id,
+                owned_by: info.provider.to_owned(),
+                context_window: model.spec.max_tokens,
+            };
+            (entry, model.clone())
+        })
+        .collect()
 }
 
 /// `name` in an Azure URL's `/openai/deployments/{name}/`.
@@ -624,24 +644,28 @@ async fn chat_completions(
     })?;
     let chat = &state.chat;
     let request = parse_request(chat, &body)?;
-    let Some(model) = models(chat)
+    let Some((model, serves)) = offered(chat)
         .into_iter()
-        .find(|entry| entry.id == request.model)
+        .find(|(entry, _)| entry.id == request.model)
     else {
         return Err(OpenAiError::model_not_found(&request.model));
     };
+    // Each model's own reply tokens and context window.
+    let mut request = request;
+    request.max_tokens = request.max_tokens.min(serves.spec.reply_tokens);
+    let window = serves.spec.max_tokens;
     let keep = match keep_asked(&headers)? {
         true => Some(Keep::of(chat, &request.messages)?),
         false => None,
     };
     let messages = Messages::from(request.messages);
     let prompt_tokens = chat.prompt_cost(&messages);
-    let room = u64::from(chat.settings.max_tokens.saturating_sub(request.max_tokens));
+    let room = u64::from(window.saturating_sub(request.max_tokens));
     if prompt_tokens > room {
         return Err(OpenAiError::invalid(
             format!(
                 "This model's context window is {} tokens; the messages take {prompt_tokens} and the reply up to {}. Shorten the messages or lower max_tokens.",
-                chat.settings.max_tokens, request.max_tokens
+                window, request.max_tokens
             ),
             "context_length_exceeded",
             Some("messages"),
@@ -677,7 +701,7 @@ async fn chat_completions(
     Metrics::add(&chat.metrics.tokens_in, prompt_tokens);
     let kept = keep.as_ref().map(|keep| keep.id.clone());
     let mut response = if request.stream {
-        let stream = chat.llm.stream(upstream).await.map_err(ApiError::from)?;
+        let stream = serves.llm.stream(upstream).await.map_err(ApiError::from)?;
         let (events, receiver) = mpsc::channel(32);
         let job = Streamed {
             chat: chat.clone(),
@@ -700,7 +724,7 @@ async fn chat_completions(
             .into_response()
     } else {
         let (text, spent) = chat
-            .complete_spent(&user, upstream)
+            .complete_spent_with(serves.llm.as_ref(), &user, upstream)
             .await
             .map_err(ApiError::from)?;
         drop(slot);

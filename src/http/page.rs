@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::bodies::{AuthConfig, ClientConfig, ProviderView};
+use super::bodies::{AuthConfig, ClientConfig, ModelView, ProviderView};
 use super::extract::SessionUser;
-use crate::config::SignupPolicy;
+use crate::config::{SignupPolicy, Tokenizer};
 use crate::error::ApiError;
 use crate::sessions;
 use crate::state::AppState;
@@ -49,7 +49,7 @@ async fn index(
     Ok(IndexTemplate {
         demo_mode: info.demo,
         model_label: info.model,
-        max_tokens: state.chat.settings.max_tokens,
+        max_tokens: state.chat.models.default_model().spec.max_tokens,
         asset_version: state.asset_version.to_string(),
     })
 }
@@ -57,6 +57,8 @@ async fn index(
 async fn get_config(State(state): State<AppState>) -> Response {
     let settings = &state.chat.settings;
     let info = state.chat.llm.info();
+    let models = state.chat.models.all();
+    let default = &state.chat.models.default_model().spec;
     let auth = &settings.auth;
     let signup_open = match auth.signup {
         _ if !auth.local() => false,
@@ -66,14 +68,30 @@ async fn get_config(State(state): State<AppState>) -> Response {
         SignupPolicy::FirstOnly => !state.accounts.has_accounts().await.unwrap_or(false),
     };
     Json(ClientConfig {
-        max_tokens: settings.max_tokens,
-        reply_tokens: settings.reply_tokens,
+        max_tokens: default.max_tokens,
+        reply_tokens: default.reply_tokens,
         demo_mode: info.demo,
         provider: info.provider,
         model: &info.model,
         max_file_size_mb: settings.max_file_size_mb,
         allowed_extensions: &settings.allowed_extensions,
         max_message_chars: settings.max_message_chars,
+        models: models
+            .iter()
+            .map(|model| ModelView {
+                id: &model.spec.id,
+                name: &model.spec.name,
+                provider: model.spec.provider_name(),
+                max_tokens: model.spec.max_tokens,
+                reply_tokens: model.spec.reply_tokens,
+                tokenizer: match model.spec.tokenizer {
+                    Tokenizer::Cl100kBase => "cl100k_base",
+                    Tokenizer::O200kBase => "o200k_base",
+                },
+                temperature: model.spec.temperature,
+            })
+            .collect(),
+        default_model: &default.id,
         auth: AuthConfig {
             mode: auth.methods.name(),
             signup_open,

@@ -17,15 +17,17 @@ pub use model::{
 
 use std::sync::Arc;
 
-use crate::config::{LlmProvider, Settings};
+use crate::config::{LlmProvider, ModelSpec, Settings};
 
-/// The model the settings ask for.
-pub fn from_settings(
+/// The client of one model of the catalogue (`settings.models`); the
+/// timeouts and retries are the settings' (shared by every model).
+pub fn for_model(
     settings: &Settings,
+    spec: &ModelSpec,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<Arc<dyn ChatModel>> {
-    Ok(match &settings.llm {
+    Ok(match &spec.provider {
         LlmProvider::Demo => Arc::new(demo::DemoModel::default()),
-        _ => Arc::new(openai::OpenAiClient::new(settings, metrics)?),
+        _ => Arc::new(openai::OpenAiClient::new(settings, spec, metrics)?),
     })
 }

@@ -35,7 +35,7 @@ pub enum LlmError {
 pub struct ChatRequest {
     pub messages: Messages,
     pub max_tokens: u32,
-    /// The sampling temperature; `None`: the server's (`LLM_TEMPERATURE`).
+    /// The sampling temperature: the conversation's own or the API request's; `None`: the model's.
     pub temperature: Option<f32>,
 }
 

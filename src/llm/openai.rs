@@ -16,7 +16,7 @@ use super::model::{
     ChatModel, ChatRequest, ChunkStream, Completion, Delta, LlmError, Messages, ModelInfo,
 };
 use super::sse::{completion, parse_line, take_lines, SseItem};
-use crate::config::{AzureAuth, LlmProvider, Settings};
+use crate::config::{AzureAuth, LlmProvider, ModelSpec, Settings};
 
 /// The chat completions request body, written by hand around the
 /// messages' cached JSON forms ([`ChatMessage::wire`]): a turn copies the
@@ -107,9 +107,10 @@ pub struct OpenAiClient {
 }
 
 impl OpenAiClient {
-    /// Builds the client for an `Azure` or `OpenAi` provider.
+    /// Builds the client for a model of an `Azure` or `OpenAi` provider.
     pub fn new(
         settings: &Settings,
+        spec: &ModelSpec,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Self> {
         let mut headers = HeaderMap::new();
@@ -121,7 +122,7 @@ impl OpenAiClient {
             value.set_sensitive(true);
             Ok(value)
         };
-        let (url, model, provider) = match &settings.llm {
+        let (url, model, provider) = match &spec.provider {
             LlmProvider::Azure { url, key, auth } => {
                 match auth {
                     AzureAuth::Bearer => {
@@ -168,7 +169,7 @@ impl OpenAiClient {
             headers,
             model,
             provider,
-            temperature: settings.temperature,
+            temperature: spec.temperature,
             top_p: settings.top_p,
             first_byte_timeout: settings.first_byte_timeout,
             idle_timeout: settings.idle_timeout,
@@ -177,7 +178,7 @@ impl OpenAiClient {
             stream_usage: AtomicBool::new(
                 settings
                     .llm_stream_usage
-                    .unwrap_or_else(|| stream_usage_by_default(&settings.llm)),
+                    .unwrap_or_else(|| stream_usage_by_default(&spec.provider)),
             ),
             metrics,
         })

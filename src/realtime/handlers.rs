@@ -23,7 +23,7 @@ use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
 use crate::store::ConversationMeta;
-use crate::turn::{check_message, stop_everywhere, Branching, Turn, TurnGuard};
+use crate::turn::{check_message, stop_everywhere, Branching, Model, Turn, TurnGuard};
 
 /// Sends `err` as the `error` event.
 fn emit_error(sink: &dyn EventSink, err: &ApiError, id: Option<&ConversationId>) {
@@ -57,6 +57,17 @@ async fn target_conversation(
     sessions::current_conversation(session)
         .await?
         .ok_or(no_conversation)
+}
+
+/// The model an event asks for: `None` when absent (or empty), the
+/// catalogue's model, or `unknown_model`.
+fn requested_model(state: &AppState, raw: &Field<String>) -> Result<Option<Arc<Model>>, ApiError> {
+    match raw {
+        Field::Absent => Ok(None),
+        Field::Given(id) if id.is_empty() => Ok(None),
+        Field::Given(id) => Ok(state.chat.models.check(Some(id))?.cloned()),
+        Field::Wrong => Err(ApiError::invalid("model must be a model id (a string).")),
+    }
 }
 
 /// Refuses the event when the user has used up today's token quota
@@ -152,6 +163,11 @@ pub(super) async fn on_send_message<A: Adapter>(
         Ok(message) => message,
         Err(err) => return emit_error(&sink, &err, None),
     };
+    // An unknown model is refused before anything is stored or sent.
+    let model = match requested_model(&state, &payload.model) {
+        Ok(model) => model,
+        Err(err) => return emit_error(&sink, &err, None),
+    };
     if !within_quota(&state, &who, &sink).await {
         return;
     }
@@ -159,7 +175,17 @@ pub(super) async fn on_send_message<A: Adapter>(
     else {
         return;
     };
-    let result = run_turn(&state, &who, &id, &guard, &socket, message, None).await;
+    let result = run_turn(
+        &state,
+        &who,
+        &id,
+        &guard,
+        &socket,
+        message,
+        None,
+        model.as_deref(),
+    )
+    .await;
     if let Err(err) = result {
         emit_error(&sink, &err, Some(&id));
     }
@@ -175,6 +201,7 @@ async fn run_turn<A: Adapter>(
     socket: &SocketRef<A>,
     message: String,
     branching: Option<Branching>,
+    switch_model: Option<&Model>,
 ) -> Result<(), ApiError> {
     let turn = Turn {
         user: &who.user,
@@ -183,6 +210,7 @@ async fn run_turn<A: Adapter>(
         sink: &SocketSink(socket.clone()),
         origin_socket: Some(socket.id.to_string()),
         branching,
+        switch_model,
     };
     turn.run(&state.chat, message).await
 }
@@ -268,6 +296,10 @@ pub(super) async fn on_regenerate<A: Adapter>(
     if !within_message_limit(&state, &who, &sink).await {
         return;
     }
+    let model = match requested_model(&state, &payload.model) {
+        Ok(model) => model,
+        Err(err) => return emit_error(&sink, &err, None),
+    };
     // Before anything changes: a refused regenerate changes nothing.
     if !within_quota(&state, &who, &sink).await {
         return;
@@ -292,7 +324,17 @@ pub(super) async fn on_regenerate<A: Adapter>(
             prefix: last_user,
             user_stored: true,
         };
-        run_turn(&state, &who, &id, &guard, &socket, message, Some(branching)).await
+        run_turn(
+            &state,
+            &who,
+            &id,
+            &guard,
+            &socket,
+            message,
+            Some(branching),
+            model.as_deref(),
+        )
+        .await
     }
     .await;
     // Free before the client hears of the refusal: its next event may
@@ -329,6 +371,10 @@ pub(super) async fn on_edit_message<A: Adapter>(
         let err = ApiError::invalid("index must be the history index of one of your messages.");
         return emit_error(&sink, &err, None);
     };
+    let model = match requested_model(&state, &payload.model) {
+        Ok(model) => model,
+        Err(err) => return emit_error(&sink, &err, None),
+    };
     if !within_quota(&state, &who, &sink).await {
         return;
     }
@@ -351,7 +397,17 @@ pub(super) async fn on_edit_message<A: Adapter>(
             prefix: index as usize,
             user_stored: false,
         };
-        run_turn(&state, &who, &id, &guard, &socket, message, Some(branching)).await
+        run_turn(
+            &state,
+            &who,
+            &id,
+            &guard,
+            &socket,
+            message,
+            Some(branching),
+            model.as_deref(),
+        )
+        .await
     }
     .await;
     // Free before the client hears of the refusal: its next event may

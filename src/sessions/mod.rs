@@ -152,6 +152,8 @@ pub struct Backends {
     pub conversations: Arc<dyn ConversationStore>,
     pub accounts: Arc<dyn AccountStore>,
     pub tokens: Arc<dyn TokenStore>,
+    /// Users' presets.
+    pub presets: Arc<dyn crate::store::presets::PresetStore>,
     /// Share links and their snapshots.
     pub shares: Arc<dyn ShareStore>,
     /// Token usage and quotas.
@@ -178,6 +180,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
                 conversations: store.clone(),
                 accounts: store.clone(),
                 usage: store.clone(),
+                presets: store.clone(),
                 shares: store.clone(),
                 tokens: store,
             })
@@ -192,6 +195,7 @@ pub async fn open_backend(backend: Backend, settings: &Settings) -> anyhow::Resu
                 conversations: store.clone(),
                 accounts: store.clone(),
                 usage: store.clone(),
+                presets: store.clone(),
                 shares: store.clone(),
                 tokens: store,
                 sessions: Sessions::Sqlite(SqliteSessionStore::new(db)),

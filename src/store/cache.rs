@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    BranchPool, Conversation, ConversationMeta, ConversationStore, NewMessage, SearchHit,
-    StoreResult, StoredMessage, Summary,
+    BranchPool, Conversation, ConversationMeta, ConversationSettings, ConversationStore,
+    NewMessage, SearchHit, StoreResult, StoredMessage, Summary,
 };
 use crate::domain::{ChatMessage, ConversationId, UserId};
 
@@ -164,9 +164,14 @@ const MAX_SLOTS: usize = 100_000;
 
 #[async_trait]
 impl ConversationStore for CachedStore {
-    async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+    async fn create_with(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        settings: &ConversationSettings,
+    ) -> StoreResult<ConversationMeta> {
         let key = (user.clone(), id.clone());
-        let meta = self.inner.create(user, id).await?;
+        let meta = self.inner.create_with(user, id, settings).await?;
         let mut state = self.lock();
         let generation = match state.slots.get_mut(&key) {
             Some(slot) => {
@@ -184,6 +189,7 @@ impl ConversationStore for CachedStore {
                 meta: meta.clone(),
                 messages: Default::default(),
                 summary: None,
+                settings: settings.clone(),
             },
         );
         self.evict(&mut state);
@@ -363,6 +369,19 @@ impl ConversationStore for CachedStore {
         self.mutate(
             (user.clone(), id.clone()),
             self.inner.set_summary(user, id, summary),
+        )
+        .await
+    }
+
+    async fn set_settings(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        settings: &ConversationSettings,
+    ) -> StoreResult<()> {
+        self.mutate(
+            (user.clone(), id.clone()),
+            self.inner.set_settings(user, id, settings),
         )
         .await
     }

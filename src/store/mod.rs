@@ -10,6 +10,7 @@ pub mod branches;
 pub mod cache;
 mod message;
 pub mod mongo;
+pub mod presets;
 pub mod shares;
 pub mod sqlite;
 pub mod tokens;
@@ -96,12 +97,33 @@ pub struct Summary {
     pub tokens: u32,
 }
 
+/// A conversation's own model, system prompt and temperature; each absent
+/// one is the default (the catalogue's default model, no system prompt, the
+/// model's temperature). Stored beside the history as optional fields: the
+/// history itself holds only `user` and `assistant` messages.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ConversationSettings {
+    /// A model id of the catalogue (`MODELS_FILE`).
+    pub model: Option<String>,
+    /// Sent first in every prompt, as a `system` message.
+    pub system_prompt: Option<String>,
+    pub temperature: Option<f32>,
+}
+
+impl ConversationSettings {
+    /// Whether nothing differs from the defaults.
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
 /// A whole conversation.
 #[derive(Debug, Clone)]
 pub struct Conversation {
     pub meta: ConversationMeta,
     pub messages: std::sync::Arc<Vec<StoredMessage>>,
     pub summary: Option<Summary>,
+    pub settings: ConversationSettings,
 }
 
 impl Conversation {
@@ -119,6 +141,7 @@ pub struct HistoryPage {
     /// The index in the history of the first message returned.
     pub first: u64,
     pub messages: Vec<ChatMessage>,
+    pub settings: ConversationSettings,
 }
 
 /// The range of the page before `before` (the end when absent or past
@@ -139,6 +162,7 @@ impl HistoryPage {
                 .iter()
                 .map(|m| m.message.clone())
                 .collect(),
+            settings: conversation.settings.clone(),
         }
     }
 }
@@ -154,8 +178,27 @@ pub struct SearchHit {
 /// Storage of conversations, scoped by user.
 #[async_trait]
 pub trait ConversationStore: Send + Sync + 'static {
-    /// Creates an empty conversation.
-    async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta>;
+    /// Creates an empty conversation with the default settings.
+    async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        self.create_with(user, id, &ConversationSettings::default())
+            .await
+    }
+    /// Creates an empty conversation with its own settings (model, system
+    /// prompt, temperature), in one write.
+    async fn create_with(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        settings: &ConversationSettings,
+    ) -> StoreResult<ConversationMeta>;
+    /// Replaces the conversation's settings (model, system prompt,
+    /// temperature); its history, title and times are left as they are.
+    async fn set_settings(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        settings: &ConversationSettings,
+    ) -> StoreResult<()>;
     /// The conversation with its messages and summary.
     async fn load(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation>;
     /// At most `limit` messages before index `before` (the end when

@@ -21,8 +21,12 @@ pub struct Chat {
     pub store: Arc<dyn ConversationStore>,
     /// Tokens spent per user and day, and their quotas (`quota.rs`).
     pub usage: Arc<dyn UsageStore>,
+    /// The default model's client (titles, uploads, summaries).
     pub llm: Arc<dyn ChatModel>,
+    /// The default model's tokenizer (the cached counts of stored messages).
     pub tokens: TokenCounter,
+    /// Every model of the catalogue; a conversation's turns use its own.
+    pub models: Arc<super::models::Models>,
     /// Events for all of a user's sockets.
     pub notifier: Arc<dyn Notifier>,
     pub metrics: Arc<Metrics>,

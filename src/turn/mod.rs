@@ -15,6 +15,7 @@ mod backoff;
 mod chat;
 mod full;
 mod lapsed;
+mod models;
 mod quota;
 mod registry;
 mod stop;
@@ -29,6 +30,7 @@ use serde_json::Value;
 pub use backoff::SummaryBackoff;
 pub use chat::Chat;
 pub use lapsed::end_lapsed_replies;
+pub use models::{Model, Models};
 pub use quota::{effective_quota, resets_at, today, UsageToday};
 pub use registry::{TurnGuard, TurnRegistry};
 pub use stop::{apply_remote_stop, stop_everywhere};
@@ -116,6 +118,9 @@ pub struct Turn<'a> {
     pub origin_socket: Option<String>,
     /// Answer on a new branch (edit, regenerate); `None`: append.
     pub branching: Option<Branching>,
+    /// A model the message asked for (already checked against the
+    /// catalogue): the conversation switches to it before the turn.
+    pub switch_model: Option<&'a Model>,
 }
 
 /// What a turn has done so far; the finish path reads it.
@@ -138,6 +143,8 @@ struct Progress {
     /// Other tabs follow the reply through it (none before streaming).
     relay: Option<Relay>,
     started: Instant,
+    /// The conversation's temperature, when it has its own.
+    temperature: Option<f32>,
 }
 
 impl Progress {
@@ -158,7 +165,8 @@ impl Progress {
 
 /// What [`Turn::prepare`] leaves for the stream.
 enum Prepared {
-    Prompt(Messages),
+    /// The prompt, for the conversation's model.
+    Prompt(Messages, std::sync::Arc<Model>),
     /// Stopped while summarising, before any reply.
     Stopped,
 }
@@ -190,10 +198,13 @@ impl Turn<'_> {
             room: 0,
             relay: None,
             started: Instant::now(),
+            temperature: None,
         };
         let outcome = match self.prepare(chat, &mut progress).await? {
             Prepared::Stopped => Outcome::Stopped,
-            Prepared::Prompt(messages) => self.stream(chat, &mut progress, messages).await,
+            Prepared::Prompt(messages, model) => {
+                self.stream(chat, &mut progress, messages, &model).await
+            }
         };
         self.finish(chat, progress, outcome).await
     }
@@ -202,7 +213,6 @@ impl Turn<'_> {
     /// turns when they no longer fit.
     async fn prepare(&self, chat: &Chat, progress: &mut Progress) -> Result<Prepared, ApiError> {
         let settings = &chat.settings;
-        let budget = settings.prompt_budget();
         let mut conversation = chat.store.load(self.user, self.conversation).await?;
         chat.metrics
             .store_latency
@@ -223,16 +233,49 @@ impl Turn<'_> {
                 conversation.summary = None;
             }
         }
+        if let Some(model) = self
+            .switch_model
+            .filter(|m| conversation.settings.model.as_deref() != Some(m.spec.id.as_str()))
+        {
+            conversation.settings.model = Some(model.spec.id.clone());
+            chat.store
+                .set_settings(self.user, self.conversation, &conversation.settings)
+                .await?;
+        }
+        let model = chat.models.for_conversation(&conversation.settings).clone();
+        progress.temperature = conversation.settings.temperature;
+        let budget = model.spec.prompt_budget();
+        // Stored messages cache their count with the server's tokenizer
+        // (`TOKENIZER`); a model with another one counts them itself.
+        let own_tokenizer = model.spec.tokenizer != settings.tokenizer;
 
-        let new_tokens = progress.text_tokens;
+        let new_tokens = if own_tokenizer {
+            model.tokens.count(&progress.text)
+        } else {
+            progress.text_tokens
+        };
         let new_cost = new_tokens + crate::context::MESSAGE_OVERHEAD;
-        if new_cost + crate::context::REPLY_PRIMING > budget {
-            return Err(ApiError::TooLarge(format!(
-                "Message too long for the context window ({new_tokens} tokens; at most {} fit).",
-                budget.saturating_sub(
-                    crate::context::MESSAGE_OVERHEAD + crate::context::REPLY_PRIMING
+        let system = conversation
+            .settings
+            .system_prompt
+            .as_deref()
+            .map(|prompt| ChatMessage::new(Role::System, prompt));
+        let system_cost = system
+            .as_ref()
+            .map_or(0, |m| model.tokens.message_cost(&m.content));
+        if new_cost + system_cost + crate::context::REPLY_PRIMING > budget {
+            let room = budget.saturating_sub(
+                system_cost + crate::context::MESSAGE_OVERHEAD + crate::context::REPLY_PRIMING,
+            );
+            return Err(ApiError::TooLarge(if system_cost > 0 {
+                format!(
+                    "Message too long for the context window with this conversation's system prompt ({new_tokens} tokens; at most {room} fit)."
                 )
-            )));
+            } else {
+                format!(
+                    "Message too long for the context window ({new_tokens} tokens; at most {room} fit)."
+                )
+            }));
         }
         Metrics::inc(&chat.metrics.turns_started);
 
@@ -241,13 +284,21 @@ impl Turn<'_> {
         let costs: Vec<u32> = conversation
             .messages
             .iter()
-            .map(|m| crate::context::cost(&chat.tokens, m))
+            .map(|m| {
+                if own_tokenizer {
+                    model.tokens.message_cost(&m.message.content)
+                } else {
+                    crate::context::cost(&chat.tokens, m)
+                }
+            })
             .collect();
         let summary_cap = settings.summary_tokens.min(budget / 3).max(16);
+        // The system prompt is in every prompt: it is planned as part of
+        // the new message's cost.
         let prompt_plan = plan(
             &costs,
             conversation.summary.as_ref(),
-            new_cost,
+            new_cost + system_cost,
             budget,
             summary_cap,
         );
@@ -258,6 +309,7 @@ impl Turn<'_> {
                 user: self.user,
                 conversation: self.conversation,
                 cancel: &self.guard.cancel,
+                model: &model,
             };
             match whose
                 .summarise(chat, &conversation, &costs, from, first_kept, summary_cap)
@@ -274,10 +326,11 @@ impl Turn<'_> {
 
         let user_message = ChatMessage::new(Role::User, progress.text.clone());
         let (messages, prompt_tokens) = assemble(
-            &chat.tokens,
+            &model.tokens,
             &conversation.messages,
             &costs,
             prompt_plan.first_kept,
+            system.map(|m| (m, system_cost)),
             summary_text.as_deref(),
             &user_message,
             new_cost,
@@ -285,16 +338,22 @@ impl Turn<'_> {
         );
         progress.prompt_tokens = prompt_tokens;
         progress.first_turn = conversation.messages.is_empty();
-        Ok(Prepared::Prompt(messages))
+        Ok(Prepared::Prompt(messages, model))
     }
 
     /// Streams the reply to the sending socket and to the hub (other tabs,
     /// any instance) until it ends, is stopped or fails.
-    async fn stream(&self, chat: &Chat, progress: &mut Progress, messages: Messages) -> Outcome {
+    async fn stream(
+        &self,
+        chat: &Chat,
+        progress: &mut Progress,
+        messages: Messages,
+        model: &Model,
+    ) -> Outcome {
         let id = self.conversation;
         self.sink.emit(ServerEvent::TokenUsage(TokenUsage {
             total_tokens_used: progress.prompt_tokens,
-            max_tokens: chat.settings.max_tokens,
+            max_tokens: model.spec.max_tokens,
             conversation_id: id.as_ref(),
             summarised: progress.summarised,
         }));
@@ -310,13 +369,13 @@ impl Turn<'_> {
         Metrics::add(&chat.metrics.tokens_in, progress.prompt_tokens as u64);
         let request = ChatRequest {
             messages,
-            max_tokens: chat.settings.reply_tokens,
-            temperature: None,
+            max_tokens: model.spec.reply_tokens,
+            temperature: progress.temperature,
         };
         let cancel = &self.guard.cancel;
         let mut stream = tokio::select! {
             _ = cancel.cancelled() => return Outcome::Stopped,
-            started = chat.llm.stream(request) => match started {
+            started = model.llm.stream(request) => match started {
                 Err(err) => return Outcome::Failed(err.into()),
                 Ok(stream) => stream,
             },

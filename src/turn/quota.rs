@@ -125,7 +125,7 @@ impl Chat {
         user: &UserId,
         request: ChatRequest,
     ) -> Result<String, LlmError> {
-        self.complete_spent(user, request)
+        self.complete_spent_with(self.llm.as_ref(), user, request)
             .await
             .map(|(text, _)| text)
     }
@@ -137,8 +137,32 @@ impl Chat {
         user: &UserId,
         request: ChatRequest,
     ) -> Result<(String, DayUsage), LlmError> {
+        self.complete_spent_with(self.llm.as_ref(), user, request)
+            .await
+    }
+
+    /// [`complete_metered`](Self::complete_metered) with a given model (a
+    /// conversation's own, for its summaries).
+    pub async fn complete_metered_with(
+        &self,
+        llm: &dyn crate::llm::ChatModel,
+        user: &UserId,
+        request: ChatRequest,
+    ) -> Result<String, LlmError> {
+        self.complete_spent_with(llm, user, request)
+            .await
+            .map(|(text, _)| text)
+    }
+
+    /// [`complete_spent`](Self::complete_spent) with a given model.
+    pub async fn complete_spent_with(
+        &self,
+        llm: &dyn crate::llm::ChatModel,
+        user: &UserId,
+        request: ChatRequest,
+    ) -> Result<(String, DayUsage), LlmError> {
         let counted_prompt = self.prompt_cost(&request.messages);
-        let completion = self.llm.complete(request).await?;
+        let completion = llm.complete(request).await?;
         let spent = self.spent(completion.usage, counted_prompt, &completion.text);
         self.record_usage(user, spent).await;
         Ok((completion.text, spent))

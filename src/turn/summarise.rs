@@ -29,6 +29,8 @@ pub(super) struct Whose<'a> {
     pub user: &'a UserId,
     pub conversation: &'a ConversationId,
     pub cancel: &'a CancellationToken,
+    /// The conversation's model: its window bounds a fold, it writes it.
+    pub model: &'a super::models::Model,
 }
 
 impl Whose<'_> {
@@ -48,7 +50,7 @@ impl Whose<'_> {
         }
         let previous = conversation.summary.as_ref();
         let limit = fold_limit(
-            chat.settings.prompt_budget(),
+            self.model.spec.prompt_budget(),
             summary_cap,
             previous.map_or(0, |s| s.tokens),
         );
@@ -64,7 +66,7 @@ impl Whose<'_> {
         };
         let outcome = tokio::select! {
             _ = self.cancel.cancelled() => return Folded::Stopped,
-            result = chat.complete_metered(self.user, request) => result,
+            result = chat.complete_metered_with(self.model.llm.as_ref(), self.user, request) => result,
         };
         match outcome {
             Ok(text) => {

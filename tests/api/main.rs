@@ -25,6 +25,7 @@ mod hostile;
 mod isolation;
 mod live_sync;
 mod llm_failures;
+mod models;
 mod oidc;
 mod openai_api;
 mod proxy_auth;

@@ -819,6 +819,7 @@ pub fn conversation(
         },
         messages: messages.into(),
         summary: None,
+        settings: Default::default(),
     }
 }
 

@@ -11,6 +11,7 @@ use llm_chat_server::domain::{ConversationId, UserId};
 use llm_chat_server::sessions::{Sessions, SqliteSessionStore};
 use llm_chat_server::store::accounts::AccountStore;
 use llm_chat_server::store::mongo::{MongoStore, META, USERS};
+use llm_chat_server::store::presets::PresetStore;
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
 use llm_chat_server::store::ConversationStore;
 use mongodb::bson::{doc, Document};
@@ -29,6 +30,8 @@ pub struct Fixture {
     pub store: Arc<dyn ConversationStore>,
     /// The same store, as an `AccountStore`.
     pub accounts: Arc<dyn AccountStore>,
+    /// The same store, as a `PresetStore`.
+    pub presets: Arc<dyn PresetStore>,
     pub mongo: Option<MongoFixture>,
     /// The SQLite file (in `_dir`).
     sqlite_path: Option<PathBuf>,
@@ -98,6 +101,7 @@ impl Fixture {
         Fixture {
             kind: Kind::Sqlite,
             store: store.clone(),
+            presets: store.clone(),
             accounts: store,
             mongo: None,
             sqlite_path: Some(path),
@@ -118,6 +122,7 @@ impl Fixture {
             kind: Kind::Mongo,
             store: Arc::new(store.clone()),
             accounts: Arc::new(store.clone()),
+            presets: Arc::new(store.clone()),
             mongo: Some(MongoFixture {
                 store,
                 client,

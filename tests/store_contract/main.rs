@@ -23,6 +23,7 @@ mod faults;
 mod fixture;
 mod identities;
 mod migrate;
+mod models;
 mod mongo_only;
 mod server;
 mod sessions;
@@ -102,6 +103,14 @@ contract!(
         a_verified_email_links_the_existing_account_an_unverified_one_does_not,
         admin_is_set_when_asked_and_kept_otherwise,
         an_identity_signing_in_at_once_on_two_stores_gets_one_account,
+    ],
+    models: [
+        a_conversation_keeps_its_settings_apart_from_its_history,
+        settings_are_replaced_for_the_owner_only,
+        settings_survive_export_and_import,
+        presets_are_made_listed_found_and_deleted_per_user,
+        presets_stop_at_the_per_user_limit,
+        presets_are_copied_once_with_every_field,
     ],
     sessions: [
         an_accounts_sessions_end_together_and_stay_ended,

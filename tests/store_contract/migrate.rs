@@ -16,6 +16,7 @@ use llm_chat_server::store::accounts::{
     Account, AccountStore, Created, External, ExternalIdentity, LinkedIdentity, NewAccount, Signup,
 };
 use llm_chat_server::store::mongo::MongoStore;
+use llm_chat_server::store::presets::{NewPreset, PresetStore};
 use llm_chat_server::store::shares::{NewShare, ShareStore};
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
 use llm_chat_server::store::tokens::TokenStore;
@@ -447,6 +448,21 @@ async fn migrate_copies_sign_in_identities_usage_and_quotas_both_ways_once() {
         .await
         .unwrap();
     sqlite.set_quota(&dee.user_id, Some(4321)).await.unwrap();
+    let preset = sqlite
+        .create_preset(
+            &dee.user_id,
+            &uuid::Uuid::new_v4().to_string(),
+            &NewPreset {
+                name: "Terse".into(),
+                model: Some("small".into()),
+                system_prompt: Some("Answer in one word.".into()),
+                temperature: Some(0.5),
+            },
+            10,
+        )
+        .await
+        .unwrap()
+        .expect("a preset");
 
     let first = migrate_between(dir.path(), &uri, &database, "sqlite", "mongodb").await;
     let second = migrate_between(dir.path(), &uri, &database, "sqlite", "mongodb").await;
@@ -459,7 +475,27 @@ async fn migrate_copies_sign_in_identities_usage_and_quotas_both_ways_once() {
         second.contains("0 sign-in identities, 0 days of usage and 0 quotas copied"),
         "{second}"
     );
+    assert!(first.contains("; 1 presets copied"), "{first}");
+    assert!(second.contains("; 0 presets copied"), "{second}");
     let mongo = MongoStore::connect(&uri, &database).await.unwrap();
+    let copied = mongo.presets(&dee.user_id).await.unwrap();
+    assert_eq!(copied.len(), 1);
+    assert_eq!(
+        (
+            &copied[0].preset_id,
+            &copied[0].name,
+            &copied[0].model,
+            &copied[0].system_prompt,
+            copied[0].temperature
+        ),
+        (
+            &preset.preset_id,
+            &preset.name,
+            &preset.model,
+            &preset.system_prompt,
+            preset.temperature
+        )
+    );
     let External::Account(again) = mongo
         .external_account(unverified("dee"), None)
         .await

@@ -9,7 +9,10 @@ use mongodb::bson::{self, doc, Bson, Document};
 
 use super::base::{BASE_BYTES, PER_MESSAGE_BYTES};
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
-use crate::store::{title_from, Conversation, ConversationMeta, SearchHit, StoredMessage, Summary};
+use crate::store::{
+    title_from, Conversation, ConversationMeta, ConversationSettings, SearchHit, StoredMessage,
+    Summary,
+};
 
 pub(super) fn to_bson_time(at: &DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_millis(at.timestamp_millis())
@@ -175,7 +178,62 @@ pub(super) fn conversation_from_doc(d: &Document) -> anyhow::Result<Conversation
         meta,
         messages: messages.into(),
         summary,
+        settings: settings_from_doc(d),
     })
+}
+
+/// The fields of a conversation's settings, in a projection.
+pub(super) const SETTINGS_FIELDS: [&str; 3] = ["model", "system_prompt", "temperature"];
+
+/// A conversation's settings: optional fields beside the original app's
+/// (absent, or of another type: the default).
+pub(super) fn settings_from_doc(d: &Document) -> ConversationSettings {
+    ConversationSettings {
+        model: d.get_str("model").ok().map(str::to_string),
+        system_prompt: d.get_str("system_prompt").ok().map(str::to_string),
+        temperature: as_f64(d.get("temperature")).map(|t| t as f32),
+    }
+}
+
+/// The update that writes `settings`: `$set` for each one given, `$unset`
+/// for each default (so a default leaves no field, as the original's
+/// documents have none).
+pub(super) fn settings_update(settings: &ConversationSettings) -> Document {
+    let mut set = Document::new();
+    let mut unset = Document::new();
+    match &settings.model {
+        Some(model) => set.insert("model", model.as_str()),
+        None => unset.insert("model", ""),
+    };
+    match &settings.system_prompt {
+        Some(prompt) => set.insert("system_prompt", prompt.as_str()),
+        None => unset.insert("system_prompt", ""),
+    };
+    match settings.temperature {
+        Some(temperature) => set.insert("temperature", f64::from(temperature)),
+        None => unset.insert("temperature", ""),
+    };
+    let mut update = Document::new();
+    if !set.is_empty() {
+        update.insert("$set", set);
+    }
+    if !unset.is_empty() {
+        update.insert("$unset", unset);
+    }
+    update
+}
+
+/// Adds the settings that differ from the defaults to a new document.
+pub(super) fn insert_settings(d: &mut Document, settings: &ConversationSettings) {
+    if let Some(model) = &settings.model {
+        d.insert("model", model.as_str());
+    }
+    if let Some(prompt) = &settings.system_prompt {
+        d.insert("system_prompt", prompt.as_str());
+    }
+    if let Some(temperature) = settings.temperature {
+        d.insert("temperature", f64::from(temperature));
+    }
 }
 
 pub(super) fn summary_doc(summary: &Summary) -> Document {
@@ -238,6 +296,7 @@ pub(super) fn import_doc(user: &UserId, conversation: &Conversation) -> Document
     if let Some(summary) = &conversation.summary {
         d.insert("summary", summary_doc(summary));
     }
+    insert_settings(&mut d, &conversation.settings);
     d
 }
 

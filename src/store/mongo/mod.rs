@@ -44,6 +44,7 @@ mod base;
 mod branches;
 mod documents;
 mod pipelines;
+mod presets;
 mod schema;
 mod search;
 mod shares;
@@ -68,14 +69,17 @@ pub use self::base::{
 };
 use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
-    conversation_from_doc, export_filter, history_items, import_doc, meta_from_doc,
-    meta_projection, now, summary_doc,
+    conversation_from_doc, export_filter, history_items, import_doc, insert_settings,
+    meta_from_doc, meta_projection, now, settings_from_doc, settings_update, summary_doc,
+    SETTINGS_FIELDS,
 };
 use self::pipelines::{append_filter, append_update, encoded_len, estimate_added, text_added};
+pub use self::presets::PRESETS;
 pub use self::schema::validation_schema;
 use super::{
     page_range, search_terms, title_from, BranchPool, Conversation, ConversationMeta,
-    ConversationStore, HistoryPage, NewMessage, SearchHit, StoreError, StoreResult, Summary,
+    ConversationSettings, ConversationStore, HistoryPage, NewMessage, SearchHit, StoreError,
+    StoreResult, Summary,
 };
 use crate::config::ConversationLimits;
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
@@ -205,7 +209,12 @@ impl MongoStore {
 
 #[async_trait]
 impl ConversationStore for MongoStore {
-    async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+    async fn create_with(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        settings: &ConversationSettings,
+    ) -> StoreResult<ConversationMeta> {
         let (at, created_at) = now();
         let mut d = doc! {
             "conversation_id": id.as_ref(),
@@ -217,6 +226,7 @@ impl ConversationStore for MongoStore {
             "message_count": 0_i64,
             "text_bytes": 0_i64,
         };
+        insert_settings(&mut d, settings);
         d.insert("size_bytes", BASE_BYTES.max(encoded_len(&d) as i64));
         self.conversations
             .insert_one(d)
@@ -251,26 +261,35 @@ impl ConversationStore for MongoStore {
     ) -> StoreResult<HistoryPage> {
         let meta = self.meta(user, id).await?;
         let range = page_range(meta.message_count, before, limit);
-        let mut messages = Vec::new();
-        if !range.is_empty() {
-            // Only the page's items leave the server.
-            let found = self
-                .conversations
-                .find_one(Self::key(user, id))
-                .projection(doc! {
-                    "_id": 0,
-                    "conversation_id": 1,
-                    "conversation_history": {"$slice": [range.start as i64, (range.end - range.start) as i64]},
-                })
-                .await
-                .map_err(|e| self.err(e))?
-                .ok_or(StoreError::NotFound)?;
-            messages = history_items(&found);
+        // Only the page's items (none for an empty page) and the settings
+        // leave the server.
+        let mut projection = doc! {"_id": 0, "conversation_id": 1};
+        for field in SETTINGS_FIELDS {
+            projection.insert(field, 1);
         }
+        if !range.is_empty() {
+            projection.insert(
+                "conversation_history",
+                doc! {"$slice": [range.start as i64, (range.end - range.start) as i64]},
+            );
+        }
+        let found = self
+            .conversations
+            .find_one(Self::key(user, id))
+            .projection(projection)
+            .await
+            .map_err(|e| self.err(e))?
+            .ok_or(StoreError::NotFound)?;
+        let messages = if range.is_empty() {
+            Vec::new()
+        } else {
+            history_items(&found)
+        };
         Ok(HistoryPage {
             meta,
             first: range.start,
             messages,
+            settings: settings_from_doc(&found),
         })
     }
 
@@ -479,6 +498,23 @@ impl ConversationStore for MongoStore {
                 Self::key(user, id),
                 doc! {"$set": {"summary": summary_doc(&summary)}},
             )
+            .await
+            .map_err(|e| self.err(e))?;
+        if result.matched_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn set_settings(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        settings: &ConversationSettings,
+    ) -> StoreResult<()> {
+        let result = self
+            .conversations
+            .update_one(Self::key(user, id), settings_update(settings))
             .await
             .map_err(|e| self.err(e))?;
         if result.matched_count == 0 {

@@ -144,6 +144,18 @@ impl MongoStore {
             tracing::warn!(index = "tokens_user_created_idx", error = %self.redactor.clean(&e.kind.to_string()), "could not create an index");
         }
 
+        // A user's presets, oldest first.
+        if let Err(e) = self
+            .presets_collection()
+            .create_index(index(
+                doc! {"user_id": 1, "created_at": 1},
+                named("presets_user_created_idx"),
+            ))
+            .await
+        {
+            tracing::warn!(index = "presets_user_created_idx", error = %self.redactor.clean(&e.kind.to_string()), "could not create an index");
+        }
+
         // Required: a share link is found by its token's hash, which must
         // name one share.
         let unique = IndexOptions::builder()

@@ -40,6 +40,12 @@ pub(super) fn insert(
     if inserted == 0 {
         return Ok(false);
     }
+    super::settings::write_settings(
+        &tx,
+        user,
+        meta.conversation_id.as_ref(),
+        &conversation.settings,
+    )?;
     {
         let mut insert = tx
             .prepare_cached(

@@ -25,10 +25,12 @@ mod exec;
 mod import;
 mod index;
 mod limits;
+mod presets;
 mod read;
 mod rows;
 mod schema;
 mod search;
+mod settings;
 mod shares;
 mod tokens;
 mod usage;
@@ -41,8 +43,8 @@ pub use self::db::SqliteDb;
 use self::exec::{backend, exec};
 use self::rows::{meta_from_row, read_conversation, read_meta, read_page, META_COLUMNS};
 use super::{
-    rfc3339, title_from, BranchPool, Conversation, ConversationMeta, ConversationStore,
-    HistoryPage, NewMessage, SearchHit, StoreError, StoreResult, Summary,
+    rfc3339, title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings,
+    ConversationStore, HistoryPage, NewMessage, SearchHit, StoreError, StoreResult, Summary,
 };
 use crate::config::ConversationLimits;
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
@@ -71,18 +73,41 @@ impl SqliteStore {
 
 #[async_trait]
 impl ConversationStore for SqliteStore {
-    async fn create(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
-        let (user, id) = (user.to_string(), id.clone());
+    async fn create_with(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        settings: &ConversationSettings,
+    ) -> StoreResult<ConversationMeta> {
+        let (user, id, settings) = (user.to_string(), id.clone(), settings.clone());
         self.db
             .call(move |conn| {
                 let now = rfc3339::format(&Utc::now());
+                let tx = conn.savepoint().map_err(backend)?;
                 exec(
-                    conn,
+                    &tx,
                     "INSERT INTO conversations (user_id, conversation_id, created_at, updated_at, text_bytes) VALUES (?1, ?2, ?3, ?3, 0)",
                     params![user, id.as_ref(), now],
                 )?;
-                read_meta(conn, &user, id.as_ref())
+                if !settings.is_default() {
+                    settings::write_settings(&tx, &user, id.as_ref(), &settings)?;
+                }
+                let meta = read_meta(&tx, &user, id.as_ref())?;
+                tx.commit().map_err(backend)?;
+                Ok(meta)
             })
+            .await
+    }
+
+    async fn set_settings(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        settings: &ConversationSettings,
+    ) -> StoreResult<()> {
+        let (user, id, settings) = (user.to_string(), id.clone(), settings.clone());
+        self.db
+            .call(move |conn| settings::write_settings(conn, &user, id.as_ref(), &settings))
             .await
     }
 

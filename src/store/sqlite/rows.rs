@@ -70,6 +70,7 @@ pub(super) fn read_conversation(
             },
         ))
         .map_err(backend)?;
+    let settings = super::settings::read_settings(conn, user, id.as_ref())?;
     let mut stmt = conn
         .prepare_cached(
             "SELECT role, content, tokens FROM messages WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY seq",
@@ -92,6 +93,7 @@ pub(super) fn read_conversation(
         meta,
         messages: messages.into(),
         summary,
+        settings,
     })
 }
 
@@ -124,9 +126,11 @@ pub(super) fn read_page(
         )
         .map_err(backend)?;
     let messages = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+    let settings = super::settings::read_settings(conn, user, id.as_ref())?;
     Ok(HistoryPage {
         meta,
         first: range.start,
         messages,
+        settings,
     })
 }

@@ -223,6 +223,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.execute_batch(IDENTITIES_SCHEMA)?;
     tx.execute_batch(USAGE_SCHEMA)?;
     super::branches::migrate(&tx)?;
+    super::settings::migrate(&tx)?;
     tx.commit()
 }
 
@@ -258,6 +259,65 @@ mod tests {
     }
     use crate::domain::{ConversationId, Role, UserId};
     use crate::store::ConversationStore;
+
+    /// A file written before conversations had settings (no `model`,
+    /// `system_prompt`, `temperature` columns, no `presets` table) is
+    /// brought up to date on open: its conversations load with the
+    /// defaults and take settings; presets can be made.
+    #[tokio::test]
+    async fn a_database_from_before_conversation_settings_gets_them_on_open() {
+        use crate::store::presets::{NewPreset, PresetStore};
+        use crate::store::ConversationSettings;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("before-settings.db");
+        let (user, id) = (UserId::new(), ConversationId::new());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO conversations (user_id, conversation_id, message_count, created_at, updated_at) \
+                 VALUES (?1, ?2, 1, '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')",
+                params![user.as_ref(), id.as_ref()],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO messages (user_id, conversation_id, seq, role, content, created_at) \
+                 VALUES (?1, ?2, 0, 'user', 'old text', '2026-01-01T00:00:00.000000Z')",
+                params![user.as_ref(), id.as_ref()],
+            )
+            .unwrap();
+        }
+
+        let store = SqliteStore::new(SqliteDb::open(&path).unwrap());
+
+        let loaded = store.load(&user, &id).await.unwrap();
+        assert_eq!(loaded.settings, ConversationSettings::default());
+        assert_eq!(loaded.messages[0].message.content.as_ref(), "old text");
+        let settings = ConversationSettings {
+            model: Some("small".into()),
+            system_prompt: Some("Be brief.".into()),
+            temperature: Some(0.5),
+        };
+        store.set_settings(&user, &id, &settings).await.unwrap();
+        assert_eq!(store.load(&user, &id).await.unwrap().settings, settings);
+        let preset = NewPreset {
+            name: "p".into(),
+            model: None,
+            system_prompt: None,
+            temperature: None,
+        };
+        assert!(store
+            .create_preset(&user, ConversationId::new().as_ref(), &preset, 5)
+            .await
+            .unwrap()
+            .is_some());
+        // Opening again changes nothing.
+        drop(store);
+        let again = SqliteStore::new(SqliteDb::open(&path).unwrap());
+        assert_eq!(again.load(&user, &id).await.unwrap().settings, settings);
+        assert_eq!(again.presets(&user).await.unwrap().len(), 1);
+    }
 
     /// The version before the per-user index: `messages_fts` over every
     /// user's text, fed in bulk (`indexed` = 1 once in it). Its messages,

@@ -1,0 +1,538 @@
+//! Models, system prompts and presets: a catalogue of two models (`MODELS_FILE`), each
+//! served by its own fake upstream; every conversation's requests go to its own model with
+//! that model's context window, key and reply tokens; its system prompt goes first; presets
+//! are per user. The assertions are on what each upstream received.
+
+use serde_json::{json, Value};
+use testkit::browser::msg;
+use testkit::fake_llm::FakeLlm;
+
+use crate::helpers::{
+    base_env, run_expecting_startup_failure, spawn_app_in, TestApp, EVENT_TIMEOUT, TURN_TIMEOUT,
+};
+
+/// The default model (`big`, on the app's own fake) and a small one on `small`.
+struct TwoModels {
+    app: TestApp,
+    small: FakeLlm,
+}
+
+impl TwoModels {
+    fn big(&self) -> &FakeLlm {
+        &self.app.llm
+    }
+}
+
+fn catalogue(big: &FakeLlm, small: &FakeLlm) -> String {
+    format!(
+        r#"
+default = "big"
+
+[[models]]
+id = "small"
+name = "Small model"
+provider = "openai"
+base_url = "{small}"
+model = "small-upstream"
+key_env = "KEY_SMALL"
+max_tokens = 300
+reply_tokens = 100
+tokenizer = "o200k_base"
+temperature = 0.5
+
+[[models]]
+id = "big"
+name = "Big model"
+provider = "openai"
+base_url = "{big}"
+model = "big-upstream"
+key_env = "KEY_BIG"
+max_tokens = 128000
+reply_tokens = 700
+"#,
+        small = small.base_url(),
+        big = big.base_url(),
+    )
+}
+
+async fn two_models() -> TwoModels {
+    let (big, small) = (FakeLlm::start().await, FakeLlm::start().await);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("models.toml");
+    std::fs::write(&path, catalogue(&big, &small)).expect("writing the catalogue");
+    let mut env = base_env(&big, &dir);
+    env.insert("MODELS_FILE".into(), path.display().to_string());
+    env.insert("KEY_SMALL".into(), "key-of-small".into());
+    env.insert("KEY_BIG".into(), "key-of-big".into());
+    let app = spawn_app_in(big, dir, env).await;
+    TwoModels { app, small }
+}
+
+/// `POST /start_conversation` with this JSON body, returning the new id.
+async fn start_with(user: &crate::helpers::User, body: Value) -> String {
+    let response = user.post_json("/start_conversation", body).await;
+    response.assert_status(200);
+    response.str_field("conversation_id")
+}
+
+fn upstream_messages(request: &testkit::fake_llm::RecordedRequest) -> Vec<(String, String)> {
+    request
+        .messages()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or_default().to_string(),
+                m["content"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn get_config_lists_the_models_without_their_endpoints_or_keys() {
+    let models = two_models().await;
+    let user = models.app.new_user().await;
+
+    let config = user.get("/get_config").await;
+
+    config.assert_status(200);
+    assert_eq!(config.json["default_model"], "big");
+    assert_eq!(
+        config.json["models"],
+        json!([
+            {"id": "big", "name": "Big model", "provider": "openai", "max_tokens": 128000,
+             "reply_tokens": 700, "tokenizer": "cl100k_base", "temperature": 0.7},
+            {"id": "small", "name": "Small model", "provider": "openai", "max_tokens": 300,
+             "reply_tokens": 100, "tokenizer": "o200k_base", "temperature": 0.5},
+        ])
+    );
+    assert_eq!(config.json["max_tokens"], 128000);
+    for secret in [
+        "key-of-small",
+        "key-of-big",
+        "KEY_SMALL",
+        &models.small.base_url(),
+    ] {
+        assert!(!config.text.contains(secret), "{secret} in {}", config.text);
+    }
+}
+
+#[tokio::test]
+async fn each_conversation_goes_to_its_own_model_with_its_own_window_and_key() {
+    let models = two_models().await;
+    models.small.streams(&["small", " answer"]);
+    models.big().streams(&["big", " answer"]);
+    let user = models.app.new_user().await;
+    let on_small = start_with(&user, json!({"model": "small"})).await;
+    // The original app's call, no body: the default model.
+    let on_big = user.start_conversation().await;
+    let mut socket = user.socket().await;
+
+    socket.send_message("question for small", Some(&on_small));
+    let small_turn = socket.collect_turn(TURN_TIMEOUT).await;
+    socket.send_message("question for big", Some(&on_big));
+    let big_turn = socket.collect_turn(TURN_TIMEOUT).await;
+
+    assert_eq!(small_turn.text(), "small answer", "{:?}", small_turn.events);
+    assert_eq!(big_turn.text(), "big answer", "{:?}", big_turn.events);
+    assert_eq!(small_turn.token_usage.as_ref().unwrap()["max_tokens"], 300);
+    assert_eq!(big_turn.token_usage.as_ref().unwrap()["max_tokens"], 128000);
+    let (to_small, to_big) = (models.small.requests(), models.big().requests());
+    assert_eq!(to_small.len(), 1, "small got {to_small:?}");
+    assert_eq!(to_big.len(), 1, "big got {to_big:?}");
+    assert_eq!(to_small[0].body["model"], "small-upstream");
+    assert_eq!(to_small[0].body["max_tokens"], 100);
+    assert_eq!(to_small[0].body["temperature"], 0.5);
+    assert_eq!(
+        to_small[0].header("authorization").as_deref(),
+        Some("Bearer key-of-small")
+    );
+    assert_eq!(to_small[0].last_user_message(), "question for small");
+    assert_eq!(to_big[0].body["model"], "big-upstream");
+    assert_eq!(to_big[0].body["max_tokens"], 700);
+    assert_eq!(
+        to_big[0].header("authorization").as_deref(),
+        Some("Bearer key-of-big")
+    );
+    assert_eq!(to_big[0].last_user_message(), "question for big");
+    let loaded = user.get(&format!("/load_conversation/{on_small}")).await;
+    assert_eq!(loaded.json["model"], "small");
+    assert_eq!(
+        user.get(&format!("/load_conversation/{on_big}")).await.json["model"],
+        "big"
+    );
+}
+
+#[tokio::test]
+async fn the_context_window_is_the_conversations_models() {
+    let models = two_models().await;
+    models.big().streams(&["fits"]);
+    let user = models.app.new_user().await;
+    let on_small = start_with(&user, json!({"model": "small"})).await;
+    let on_big = start_with(&user, json!({"model": "big"})).await;
+    // About 250 tokens: over the small model's 200-token prompt budget, far under the big one's.
+    let long = "the cat sat on the mat and the dog ran in the sun ".repeat(20);
+    let mut socket = user.socket().await;
+
+    socket.send_message(&long, Some(&on_small));
+    let refused = socket.collect_turn(TURN_TIMEOUT).await;
+    socket.send_message(&long, Some(&on_big));
+    let answered = socket.collect_turn(TURN_TIMEOUT).await;
+
+    let error = refused.expect_error();
+    assert_eq!(error["error"], "too_large", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Message too long for the context window"),
+        "{error}"
+    );
+    assert_eq!(models.small.call_count(), 0);
+    assert!(user.history(&on_small).await.is_empty());
+    assert_eq!(answered.text(), "fits", "{:?}", answered.events);
+    assert_eq!(models.big().call_count(), 1);
+}
+
+#[tokio::test]
+async fn a_model_picked_with_a_message_is_remembered_by_the_conversation() {
+    let models = two_models().await;
+    models.small.streams(&["one"]).streams(&["two"]);
+    let user = models.app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut socket = user.socket().await;
+
+    socket.emit(
+        "send_message",
+        json!({"message": "switch me", "conversation_id": id, "model": "small"}),
+    );
+    let first = socket.collect_turn(TURN_TIMEOUT).await;
+    // No model now: the conversation keeps the one it was switched to.
+    socket.send_message("and again", Some(&id));
+    let second = socket.collect_turn(TURN_TIMEOUT).await;
+
+    assert_eq!(first.text(), "one", "{:?}", first.events);
+    assert_eq!(second.text(), "two", "{:?}", second.events);
+    assert_eq!(models.big().call_count(), 0);
+    let to_small = models.small.requests();
+    assert_eq!(to_small.len(), 2);
+    assert_eq!(
+        upstream_messages(&to_small[1]),
+        [
+            msg("user", "switch me"),
+            msg("assistant", "one"),
+            msg("user", "and again")
+        ]
+    );
+    assert_eq!(
+        user.get(&format!("/load_conversation/{id}")).await.json["model"],
+        "small"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_refused_with_400_or_an_error_event_and_nothing_happens() {
+    let models = two_models().await;
+    let user = models.app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut socket = user.socket().await;
+
+    let started = user
+        .post_json("/start_conversation", json!({"model": "gpt-9"}))
+        .await;
+    socket.emit(
+        "send_message",
+        json!({"message": "hello", "conversation_id": id, "model": "gpt-9"}),
+    );
+    let refused = socket.wait_for("error", EVENT_TIMEOUT).await;
+    socket.emit(
+        "send_message",
+        json!({"message": "hello", "conversation_id": id, "model": "<script>"}),
+    );
+    let hostile = socket.wait_for("error", EVENT_TIMEOUT).await;
+
+    started.assert_error(
+        400,
+        "unknown_model",
+        "Unknown model \"gpt-9\": choose one of the models GET /get_config lists.",
+    );
+    assert_eq!(refused.data["error"], "unknown_model", "{:?}", refused.data);
+    assert_eq!(
+        refused.data["message"],
+        "Unknown model \"gpt-9\": choose one of the models GET /get_config lists."
+    );
+    assert_eq!(
+        hostile.data["message"],
+        "Unknown model: choose one of the models GET /get_config lists."
+    );
+    assert_eq!(models.small.call_count() + models.big().call_count(), 0);
+    assert!(user.history(&id).await.is_empty());
+    assert_eq!(user.list().await.len(), 1, "no conversation was started");
+}
+
+#[tokio::test]
+async fn the_system_prompt_reaches_upstream_first_and_is_not_stored_in_the_history() {
+    let models = two_models().await;
+    models.big().streams(&["Arr", "!"]).streams(&["Aye"]);
+    let user = models.app.new_user().await;
+    let id = start_with(
+        &user,
+        json!({"system_prompt": "You are a pirate.", "temperature": 1.25}),
+    )
+    .await;
+    let mut socket = user.socket().await;
+
+    socket.send_message("hello", Some(&id));
+    let first = socket.collect_turn(TURN_TIMEOUT).await;
+    socket.send_message("again", Some(&id));
+    socket.collect_turn(TURN_TIMEOUT).await;
+
+    assert_eq!(first.text(), "Arr!", "{:?}", first.events);
+    let requests = models.big().requests();
+    assert_eq!(
+        upstream_messages(&requests[0]),
+        [msg("system", "You are a pirate."), msg("user", "hello")]
+    );
+    assert_eq!(
+        upstream_messages(&requests[1]),
+        [
+            msg("system", "You are a pirate."),
+            msg("user", "hello"),
+            msg("assistant", "Arr!"),
+            msg("user", "again"),
+        ]
+    );
+    assert_eq!(requests[0].body["temperature"], 1.25);
+    assert_eq!(
+        user.history(&id).await,
+        [
+            msg("user", "hello"),
+            msg("assistant", "Arr!"),
+            msg("user", "again"),
+            msg("assistant", "Aye"),
+        ]
+    );
+    let loaded = user.get(&format!("/load_conversation/{id}")).await;
+    assert_eq!(loaded.json["system_prompt"], "You are a pirate.");
+    assert_eq!(loaded.json["temperature"], 1.25);
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused_with_what_is_wrong() {
+    let models = two_models().await;
+    let user = models.app.new_user().await;
+
+    let hot = user
+        .post_json("/start_conversation", json!({"temperature": 3}))
+        .await;
+    let long = user
+        .post_json(
+            "/start_conversation",
+            json!({"system_prompt": "x".repeat(32_001)}),
+        )
+        .await;
+    let not_json = user
+        .post_raw("/start_conversation", "application/json", "{nope")
+        .await;
+
+    hot.assert_error(400, "invalid", "temperature must be a number from 0 to 2.");
+    long.assert_error(
+        413,
+        "too_large",
+        "System prompt too long (max 32000 characters).",
+    );
+    not_json.assert_error(400, "invalid", "The request body is not valid JSON.");
+    assert!(user.list().await.is_empty());
+    // A body not sent as JSON is ignored, as the original app ignored it.
+    let form = user
+        .post_raw(
+            "/start_conversation",
+            "application/x-www-form-urlencoded",
+            "a=b",
+        )
+        .await;
+    form.assert_status(200);
+    assert_eq!(form.json["model"], "big");
+}
+
+#[tokio::test]
+async fn presets_are_made_listed_started_from_and_deleted() {
+    let models = two_models().await;
+    models.small.streams(&["from", " the preset"]);
+    let user = models.app.new_user().await;
+
+    let created = user
+        .post_json(
+            "/presets",
+            json!({"name": "Terse", "model": "small", "system_prompt": "Answer in one word.",
+                   "temperature": 0.1}),
+        )
+        .await;
+    created.assert_status(201);
+    let preset_id = created.str_field("preset_id");
+    let listed = user.get("/presets").await;
+    let id = start_with(&user, json!({"preset_id": preset_id})).await;
+    let mut socket = user.socket().await;
+    socket.send_message("capital of France?", Some(&id));
+    let turn = socket.collect_turn(TURN_TIMEOUT).await;
+    let deleted = user.delete(&format!("/presets/{preset_id}")).await;
+    let again = user.delete(&format!("/presets/{preset_id}")).await;
+    let start_from_deleted = user
+        .post_json("/start_conversation", json!({"preset_id": preset_id}))
+        .await;
+
+    assert_eq!(created.json["name"], "Terse");
+    assert_eq!(created.json["model"], "small");
+    assert_eq!(listed.json["presets"].as_array().unwrap().len(), 1);
+    assert_eq!(listed.json["presets"][0]["preset_id"], preset_id.as_str());
+    assert_eq!(
+        listed.json["presets"][0]["system_prompt"],
+        "Answer in one word."
+    );
+    assert_eq!(turn.text(), "from the preset", "{:?}", turn.events);
+    let to_small = models.small.requests();
+    assert_eq!(to_small.len(), 1);
+    assert_eq!(
+        upstream_messages(&to_small[0]),
+        [
+            msg("system", "Answer in one word."),
+            msg("user", "capital of France?")
+        ]
+    );
+    assert_eq!(
+        to_small[0].body["temperature"].as_f64().unwrap() as f32,
+        0.1
+    );
+    assert_eq!(models.big().call_count(), 0);
+    deleted.assert_ok_message("Preset deleted.");
+    again.assert_error(404, "not_found", "Preset not found.");
+    start_from_deleted.assert_error(404, "not_found", "Preset not found.");
+    assert!(user.get("/presets").await.json["presets"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn another_user_can_neither_see_nor_use_nor_delete_a_preset() {
+    let models = two_models().await;
+    let (alice, mallory) = (models.app.new_user().await, models.app.new_user().await);
+    let created = alice
+        .post_json(
+            "/presets",
+            json!({"name": "Secret", "system_prompt": "alice's instructions"}),
+        )
+        .await;
+    created.assert_status(201);
+    let preset_id = created.str_field("preset_id");
+
+    let listed = mallory.get("/presets").await;
+    let started = mallory
+        .post_json("/start_conversation", json!({"preset_id": preset_id}))
+        .await;
+    let deleted = mallory.delete(&format!("/presets/{preset_id}")).await;
+
+    assert_eq!(listed.json, json!({"presets": []}));
+    started.assert_error(404, "not_found", "Preset not found.");
+    deleted.assert_error(404, "not_found", "Preset not found.");
+    assert!(mallory.list().await.is_empty());
+    assert_eq!(
+        alice.get("/presets").await.json["presets"][0]["name"],
+        "Secret"
+    );
+}
+
+#[tokio::test]
+async fn a_preset_is_checked_when_made() {
+    let models = two_models().await;
+    let user = models.app.new_user().await;
+
+    let unnamed = user.post_json("/presets", json!({"model": "small"})).await;
+    let unknown = user
+        .post_json("/presets", json!({"name": "x", "model": "gpt-9"}))
+        .await;
+    let bad_id = user.delete("/presets/not-a-uuid").await;
+
+    unnamed.assert_error(
+        400,
+        "invalid",
+        "Give the preset a name of 1 to 100 characters.",
+    );
+    unknown.assert_error(
+        400,
+        "unknown_model",
+        "Unknown model \"gpt-9\": choose one of the models GET /get_config lists.",
+    );
+    bad_id.assert_error(404, "not_found", "Preset not found.");
+    assert_eq!(user.get("/presets").await.json, json!({"presets": []}));
+}
+
+#[tokio::test]
+async fn without_a_catalogue_the_single_model_variables_are_the_default_model() {
+    let app = crate::helpers::spawn_app(&[("MAX_TOKENS", "5000"), ("REPLY_TOKENS", "300")]).await;
+    app.llm.streams(&["ok"]);
+    let user = app.new_user().await;
+
+    let config = user.get("/get_config").await;
+    let id = start_with(&user, json!({"model": "default"})).await;
+    let mut socket = user.socket().await;
+    socket.emit(
+        "send_message",
+        json!({"message": "hi", "conversation_id": id, "model": "default"}),
+    );
+    let turn = socket.collect_turn(TURN_TIMEOUT).await;
+
+    assert_eq!(config.json["default_model"], "default");
+    assert_eq!(
+        config.json["models"],
+        json!([{"id": "default", "name": "fake-model", "provider": "openai",
+                "max_tokens": 5000, "reply_tokens": 300, "tokenizer": "cl100k_base",
+                "temperature": 0.7}])
+    );
+    assert_eq!(turn.text(), "ok", "{:?}", turn.events);
+    assert_eq!(app.llm.requests()[0].body["model"], "fake-model");
+    assert_eq!(app.llm.requests()[0].body["max_tokens"], 300);
+}
+
+#[tokio::test]
+async fn a_bad_catalogue_stops_the_start_naming_the_file_and_the_field() {
+    let llm = FakeLlm::start().await;
+    let cases = [
+        (
+            "[[models]]\nid = \"a\"\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmax_token = 10\n",
+            "max_token",
+        ),
+        (
+            "[[models]]\nid = \"a\"\nprovider = \"azure\"\nurl = \"https://x.example/chat\"\nkey_env = \"NOT_SET_ANYWHERE\"\n",
+            "models[0] (id \"a\").key_env: the variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            "[[models]]\nid = \"a\"\nprovider = \"openai\"\nbase_url = \"ftp://x\"\n",
+            "models[0] (id \"a\").base_url=\"ftp://x\" is not an http(s) URL",
+        ),
+        (
+            "[[models]]\nid = \"a\"\nprovider = \"openai\"\nbase_url = \"http://x/v1\"\nmax_tokens = 100\nreply_tokens = 100\n",
+            "models[0] (id \"a\").reply_tokens (100) must leave at least 50 of max_tokens (100)",
+        ),
+        (
+            "default = \"b\"\n[[models]]\nid = \"a\"\nprovider = \"demo\"\n",
+            "default=\"b\" names no model of the file",
+        ),
+    ];
+    for (text, expected) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("models.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut env = base_env(&llm, &dir);
+        env.insert("MODELS_FILE".into(), path.display().to_string());
+
+        let (code, output) = run_expecting_startup_failure(&env, &dir).await;
+
+        assert_ne!(code, Some(0), "{output}");
+        assert!(
+            output.contains(&format!("MODELS_FILE {}", path.display())),
+            "{output}"
+        );
+        assert!(output.contains(expected), "{expected:?} not in {output}");
+    }
+}
