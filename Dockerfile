@@ -36,7 +36,7 @@ RUN touch src/main.rs src/lib.rs \
 
 # ---- run ----
 FROM debian:bookworm-slim
-# ca-certificates: TLS to the LLM provider and MongoDB Atlas; curl: the HEALTHCHECK.
+# ca-certificates: TLS to the LLM provider, MongoDB Atlas and a rediss:// Redis; curl: the HEALTHCHECK.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/*

@@ -135,6 +135,7 @@ impl Application {
             Some(url) => Some(
                 RedisConnections::connect_buffered(
                     url,
+                    &settings.redis_tls,
                     &settings.redis_prefix,
                     metrics.redis_latency.clone(),
                     settings.redis_pubsub_buffer,

@@ -17,6 +17,7 @@ use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::RespVersion;
 
 use super::subscriptions::{confirmed, keep_subscribed, Kind};
+use crate::config::redis_url::{check, without_tls_scheme, RedisTls};
 use crate::metrics::Histogram;
 use crate::redact;
 
@@ -86,25 +87,33 @@ fn builder(config: &Config, pubsub_buffer: usize) -> Builder {
 
 impl RedisConnections {
     /// Connects, retrying for about five seconds; the error names `REDIS_URL`.
+    /// A TLS `url` trusts the system's CA certificates only.
     pub async fn connect(url: &str, prefix: &str, latency: Arc<Histogram>) -> anyhow::Result<Self> {
-        Self::connect_buffered(url, prefix, latency, PUBSUB_BUFFER).await
+        Self::connect_buffered(url, &RedisTls::default(), prefix, latency, PUBSUB_BUFFER).await
     }
 
     /// [`connect`](Self::connect), buffering `pubsub_buffer` messages of
     /// the reply and control channels (the Socket.IO adapter keeps its own
-    /// buffer of [`PUBSUB_BUFFER`]).
+    /// buffer of [`PUBSUB_BUFFER`]), with `tls`'s files for a TLS `url`.
     pub async fn connect_buffered(
         url: &str,
+        tls: &RedisTls,
         prefix: &str,
         latency: Arc<Histogram>,
         pubsub_buffer: usize,
     ) -> anyhow::Result<Self> {
-        let mut config = Config::from_url(url).map_err(|e| {
+        let uses_tls = check(url).is_ok_and(|target| target.tls);
+        // The client is given our TLS configuration rather than building its own from the
+        // scheme (which would not read REDIS_TLS_CA_FILE).
+        let mut config = Config::from_url(&without_tls_scheme(url)).map_err(|e| {
             anyhow!(
                 "REDIS_URL={} is not a usable Redis URL: {e}",
                 redact::url(url)
             )
         })?;
+        if uses_tls {
+            config.tls = Some(super::tls::client_config(tls).map_err(|e| anyhow!(e))?);
+        }
         // The adapter needs RESP3 (sharded pub/sub, Redis 7+); fred does not
         // read `?protocol=` from the URL.
         config.version = RespVersion::RESP3;
@@ -121,12 +130,27 @@ impl RedisConnections {
                     last_error = None;
                     break;
                 }
-                Err(err) => last_error = Some(err),
+                Err(err) => {
+                    // A refused certificate is refused again: no point waiting.
+                    let refused =
+                        uses_tls && super::tls::explain_failure(&err.to_string()).is_some();
+                    last_error = Some(err);
+                    if refused {
+                        break;
+                    }
+                }
             }
         }
         if let Some(err) = last_error {
+            let details = err.to_string();
+            if let Some(tls_failure) = super::tls::explain_failure(&details).filter(|_| uses_tls) {
+                return Err(anyhow!(
+                    "could not connect to Redis at REDIS_URL={}: {tls_failure} ({details})",
+                    redact::url(url)
+                ));
+            }
             return Err(anyhow!(
-                "could not reach Redis at REDIS_URL={} after 5 s: {err}",
+                "could not reach Redis at REDIS_URL={} after 5 s: {details}",
                 redact::url(url)
             ));
         }

@@ -6,6 +6,7 @@
 mod connections;
 mod control;
 mod subscriptions;
+mod tls;
 
 pub use connections::{timed, RedisConnections, Topology};
 pub use control::{listen, Handlers};

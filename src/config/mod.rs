@@ -51,6 +51,8 @@ pub struct Settings {
     pub mongodb_uri: Option<String>,
     pub mongodb_db: String,
     pub redis_url: Option<String>,
+    /// CA and client certificate files for a `rediss://` `REDIS_URL`.
+    pub redis_tls: redis_url::RedisTls,
     pub redis_prefix: String,
     pub rate_limit_messages_per_minute: u32,
     pub rate_limit_uploads_per_hour: u32,
@@ -185,9 +187,15 @@ impl Settings {
                 "REDIS_PREFIX={redis_prefix:?} must be 1-64 letters, digits, '-', '_' or '.'"
             ));
         }
-        if let Some(Err(error)) = redis_url.as_deref().map(redis_url::check) {
-            r.errors.push(error);
-        }
+        let redis_target = match redis_url.as_deref().map(redis_url::check) {
+            Some(Err(error)) => {
+                r.errors.push(error);
+                None
+            }
+            Some(Ok(target)) => Some(target),
+            None => None,
+        };
+        let redis_tls = read_redis_tls(&mut r, redis_url.is_some(), redis_target);
         if redis_url.is_some() {
             match &secret_key {
                 None => r.errors.push(
@@ -435,6 +443,7 @@ impl Settings {
             mongodb_uri,
             mongodb_db,
             redis_url,
+            redis_tls,
             redis_prefix,
             rate_limit_messages_per_minute,
             rate_limit_uploads_per_hour,
@@ -579,6 +588,51 @@ impl Settings {
     }
 }
 
+/// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE` and `REDIS_TLS_KEY_FILE`: only with a TLS
+/// `REDIS_URL` (set with a plain one, they would be silently unused), and the certificate
+/// with its key. The files are read when the server connects.
+fn read_redis_tls(
+    r: &mut Reader<'_>,
+    url_set: bool,
+    target: Option<redis_url::RedisTarget>,
+) -> redis_url::RedisTls {
+    let ca_file = r.raw("REDIS_TLS_CA_FILE").map(PathBuf::from);
+    let cert_file = r.raw("REDIS_TLS_CERT_FILE").map(PathBuf::from);
+    let key_file = r.raw("REDIS_TLS_KEY_FILE").map(PathBuf::from);
+    let named: Vec<&str> = [
+        ("REDIS_TLS_CA_FILE", ca_file.is_some()),
+        ("REDIS_TLS_CERT_FILE", cert_file.is_some()),
+        ("REDIS_TLS_KEY_FILE", key_file.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if !named.is_empty() {
+        let named = named.join(" and ");
+        if !url_set {
+            r.errors.push(format!("{named} set but REDIS_URL is not"));
+        } else if target.is_some_and(|t| !t.tls) {
+            r.errors.push(format!(
+                "{named} set but REDIS_URL does not use TLS: use rediss:// (rediss-cluster://, \
+                 rediss-sentinel://) for TLS to Redis"
+            ));
+        }
+    }
+    let client = match (cert_file, key_file) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            r.errors.push(
+                "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together (a client certificate \
+                 and its private key)"
+                    .to_string(),
+            );
+            None
+        }
+    };
+    redis_url::RedisTls { ca_file, client }
+}
+
 fn check_http_url(r: &mut Reader<'_>, name: &str, url: &str) {
     if !(url.starts_with("http://") || url.starts_with("https://"))
         || reqwest::Url::parse(url).is_err()
@@ -679,6 +733,56 @@ mod tests {
     fn secrets_are_not_printed_by_debug() {
         let s = settings(&[("AZURE_API_URL", "https://x/chat"), ("API_KEY", "hunter2")]).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn redis_tls_files_need_a_tls_redis_url_and_go_in_pairs() {
+        let secret = "s".repeat(40);
+        let base = [
+            ("REDIS_URL", "rediss://redis.internal:6380/0"),
+            ("SECRET_KEY", secret.as_str()),
+        ];
+        let s = settings(&base).unwrap();
+        assert_eq!(s.redis_tls, redis_url::RedisTls::default());
+        let mut vars = base.to_vec();
+        vars.extend([
+            ("REDIS_TLS_CA_FILE", "/etc/redis/ca.pem"),
+            ("REDIS_TLS_CERT_FILE", "/etc/redis/client.pem"),
+            ("REDIS_TLS_KEY_FILE", "/etc/redis/client.key"),
+        ]);
+        let s = settings(&vars).unwrap();
+        assert_eq!(
+            s.redis_tls,
+            redis_url::RedisTls {
+                ca_file: Some(PathBuf::from("/etc/redis/ca.pem")),
+                client: Some((
+                    PathBuf::from("/etc/redis/client.pem"),
+                    PathBuf::from("/etc/redis/client.key")
+                )),
+            }
+        );
+
+        let errors = |vars: &[(&str, &str)]| settings(vars).unwrap_err().to_string();
+        let plain = errors(&[
+            ("REDIS_URL", "redis://redis.internal:6379/0"),
+            ("SECRET_KEY", &secret),
+            ("REDIS_TLS_CA_FILE", "/etc/redis/ca.pem"),
+        ]);
+        assert!(
+            plain.contains("REDIS_TLS_CA_FILE set but REDIS_URL does not use TLS"),
+            "{plain}"
+        );
+        let unset = errors(&[("REDIS_TLS_CA_FILE", "/etc/redis/ca.pem")]);
+        assert!(
+            unset.contains("REDIS_TLS_CA_FILE set but REDIS_URL is not"),
+            "{unset}"
+        );
+        let half = errors(&[
+            base[0],
+            base[1],
+            ("REDIS_TLS_CERT_FILE", "/etc/redis/client.pem"),
+        ]);
+        assert!(half.contains("go together"), "{half}");
     }
 }
 

@@ -7,9 +7,13 @@
 //! - `redis-sentinel://[:password@]host:port[/db]?sentinelServiceName=NAME&node=host:port`:
 //!   Sentinel, the sentinels' addresses and the monitored master's name.
 //!
-//! `valkey://`, `valkey-cluster://` and `valkey-sentinel://` are the same. TLS (`rediss://`)
-//! is refused: this build's Redis client has no TLS, and connecting in plain text to a URL
-//! that asks for TLS would be worse than not starting.
+//! `valkey://`, `valkey-cluster://` and `valkey-sentinel://` are the same. `rediss://`,
+//! `rediss-cluster://` and `rediss-sentinel://` (or `valkeys...`) are the same over TLS: every
+//! connection (to the server, each cluster node, the sentinels and the master they name) is
+//! TLS, the server's certificate checked against the system's CA certificates and
+//! `REDIS_TLS_CA_FILE`, and its name against the host it is reached by.
+
+use std::path::PathBuf;
 
 use reqwest::Url;
 
@@ -33,11 +37,30 @@ impl RedisMode {
 }
 
 const FORMS: &str = "redis://host:port/db, redis-cluster://host:port?node=host:port, or \
-                     redis-sentinel://host:port/db?sentinelServiceName=NAME&node=host:port";
+                     redis-sentinel://host:port/db?sentinelServiceName=NAME&node=host:port; \
+                     rediss:// for TLS";
 
-/// Checks `raw` (never echoed: it may hold a password); the mode it asks for, or a sentence
+/// What a valid `REDIS_URL` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisTarget {
+    pub mode: RedisMode,
+    /// `rediss://` and the like: every connection is TLS.
+    pub tls: bool,
+}
+
+/// The files TLS to Redis uses besides the system's CA certificates (all PEM).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// `REDIS_TLS_CA_FILE`: more CA certificates to trust (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// `REDIS_TLS_CERT_FILE` and `REDIS_TLS_KEY_FILE`: a client certificate (chain) and its
+    /// key, for a Redis that asks for one (`tls-auth-clients yes`).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Checks `raw` (never echoed: it may hold a password); what it asks for, or a sentence
 /// naming `REDIS_URL` and what is wrong.
-pub fn check(raw: &str) -> Result<RedisMode, String> {
+pub fn check(raw: &str) -> Result<RedisTarget, String> {
     let bad = |why: &str| Err(format!("REDIS_URL is not usable: {why} (use {FORMS})"));
     let Ok(url) = Url::parse(raw.trim()) else {
         return bad("it is not a URL");
@@ -52,16 +75,6 @@ pub fn check(raw: &str) -> Result<RedisMode, String> {
         "rediss-sentinel" | "valkeys-sentinel" => (true, RedisMode::Sentinel),
         other => return bad(&format!("the scheme {other:?} is not a Redis one")),
     };
-    if tls {
-        return Err(format!(
-            "REDIS_URL asks for TLS ({scheme}://), which this server's Redis client does not \
-             support: use {}:// on a private network, or a TLS tunnel (stunnel, a service mesh) \
-             to the Redis servers",
-            scheme
-                .replacen("rediss", "redis", 1)
-                .replacen("valkeys", "valkey", 1)
-        ));
-    }
     if url.host_str().is_none_or(str::is_empty) {
         return bad("it names no host");
     }
@@ -99,7 +112,22 @@ pub fn check(raw: &str) -> Result<RedisMode, String> {
     if mode == RedisMode::Sentinel && service.as_deref().is_none_or(str::is_empty) {
         return bad("a Sentinel URL needs sentinelServiceName=<the master's name>");
     }
-    Ok(mode)
+    Ok(RedisTarget { mode, tls })
+}
+
+/// `REDIS_URL` with its TLS scheme made the plain one (`rediss-cluster://` →
+/// `redis-cluster://`): the Redis client then parses it without building a TLS
+/// configuration of its own, and is given ours.
+pub fn without_tls_scheme(raw: &str) -> String {
+    let raw = raw.trim();
+    for (tls, plain) in [("rediss", "redis"), ("valkeys", "valkey")] {
+        if let Some(rest) = raw.strip_prefix(tls) {
+            if rest.starts_with("://") || rest.starts_with('-') {
+                return format!("{plain}{rest}");
+            }
+        }
+    }
+    raw.to_owned()
 }
 
 #[cfg(test)]
@@ -108,20 +136,21 @@ mod tests {
 
     #[test]
     fn the_three_deployments_are_recognised() {
-        assert_eq!(check("redis://127.0.0.1:6379/0"), Ok(RedisMode::Single));
+        let mode = |url| check(url).map(|target| target.mode);
+        assert_eq!(mode("redis://127.0.0.1:6379/0"), Ok(RedisMode::Single));
         assert_eq!(
-            check("redis://:p%40ss@redis.internal/3"),
+            mode("redis://:p%40ss@redis.internal/3"),
             Ok(RedisMode::Single)
         );
         assert_eq!(
-            check("redis-cluster://10.0.0.1:7000?node=10.0.0.2:7000&node=10.0.0.3:7000"),
+            mode("redis-cluster://10.0.0.1:7000?node=10.0.0.2:7000&node=10.0.0.3:7000"),
             Ok(RedisMode::Cluster)
         );
         assert_eq!(
-            check("redis-sentinel://10.0.0.1:26379/0?sentinelServiceName=mymaster&node=10.0.0.2:26379"),
+            mode("redis-sentinel://10.0.0.1:26379/0?sentinelServiceName=mymaster&node=10.0.0.2:26379"),
             Ok(RedisMode::Sentinel)
         );
-        assert_eq!(check("valkey://localhost"), Ok(RedisMode::Single));
+        assert_eq!(mode("valkey://localhost"), Ok(RedisMode::Single));
     }
 
     #[test]
@@ -152,13 +181,51 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_rather_than_used_in_plain_text() {
-        let error = check("rediss://:secret@redis.example:6380/0").unwrap_err();
-        assert!(
-            error.contains("TLS") && error.contains("redis://"),
-            "{error}"
-        );
+    fn tls_schemes_are_the_same_deployments_over_tls() {
+        let single = RedisTarget {
+            mode: RedisMode::Single,
+            tls: false,
+        };
+        assert_eq!(check("redis://127.0.0.1:6379/0"), Ok(single));
+        for (url, mode) in [
+            ("rediss://:secret@redis.example:6380/0", RedisMode::Single),
+            ("valkeys://redis.example", RedisMode::Single),
+            (
+                "rediss-cluster://10.0.0.1:7000?node=10.0.0.2:7000",
+                RedisMode::Cluster,
+            ),
+            (
+                "rediss-sentinel://10.0.0.1:26379/0?sentinelServiceName=m&node=10.0.0.2:26379",
+                RedisMode::Sentinel,
+            ),
+        ] {
+            assert_eq!(check(url), Ok(RedisTarget { mode, tls: true }), "{url}");
+        }
+        // The same checks as in plain text.
+        let error = check("rediss-cluster://:secret@127.0.0.1:7000?node=10.0.0.2").unwrap_err();
+        assert!(error.contains("not host:port"), "{error}");
         assert!(!error.contains("secret"), "{error}");
-        assert!(check("rediss-cluster://redis.example:7000").is_err());
+        assert!(check("rediss-sentinel://127.0.0.1:26379/0")
+            .unwrap_err()
+            .contains("sentinelServiceName"));
+    }
+
+    #[test]
+    fn the_client_parses_the_plain_form_of_a_tls_url() {
+        for (tls, plain) in [
+            ("rediss://:p@h:6380/0", "redis://:p@h:6380/0"),
+            (
+                "rediss-cluster://h:7000?node=g:7000",
+                "redis-cluster://h:7000?node=g:7000",
+            ),
+            (
+                "valkeys-sentinel://h:26379/0?sentinelServiceName=m",
+                "valkey-sentinel://h:26379/0?sentinelServiceName=m",
+            ),
+            ("redis://h:6379", "redis://h:6379"),
+            ("redis-cluster://h:7000", "redis-cluster://h:7000"),
+        ] {
+            assert_eq!(without_tls_scheme(tls), plain);
+        }
     }
 }

@@ -447,6 +447,8 @@ pub enum RedisSetup {
     Single(Redis),
     Cluster(crate::topology::RedisCluster),
     Sentinel(crate::topology::RedisSentinel),
+    /// One server that speaks only TLS.
+    Tls(crate::tls::TlsRedis),
 }
 
 impl RedisSetup {
@@ -456,6 +458,7 @@ impl RedisSetup {
             RedisSetup::Single(redis) => redis.url(),
             RedisSetup::Cluster(cluster) => cluster.url(),
             RedisSetup::Sentinel(sentinel) => sentinel.url(),
+            RedisSetup::Tls(redis) => redis.url(),
         }
     }
 
@@ -482,6 +485,7 @@ impl RedisSetup {
             RedisSetup::Single(redis) => redis.shard_channels(),
             RedisSetup::Cluster(cluster) => cluster.shard_channels(),
             RedisSetup::Sentinel(_) => "<not asked of a sentinel set>".to_owned(),
+            RedisSetup::Tls(_) => "<not asked over TLS>".to_owned(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod harness;
 mod proxy_auth;
 mod replies;
 mod signout;
+mod tls;
 mod topologies;
 mod topology;
 
