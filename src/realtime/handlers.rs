@@ -182,8 +182,10 @@ pub(super) async fn on_send_message<A: Adapter>(
         &guard,
         &socket,
         message,
-        None,
-        model.as_deref(),
+        TurnShape {
+            branching: None,
+            switch_model: model.as_deref(),
+        },
     )
     .await;
     if let Err(err) = result {
@@ -191,8 +193,16 @@ pub(super) async fn on_send_message<A: Adapter>(
     }
 }
 
+/// How a turn differs from a plain `send_message` one.
+struct TurnShape<'a> {
+    /// On a new branch (edit, regenerate).
+    branching: Option<Branching>,
+    /// The model the event asked for, already checked.
+    switch_model: Option<&'a Model>,
+}
+
 /// Runs the turn for `message`, its events to `socket`; on a new branch
-/// when `branching` says so.
+/// when `shape` says so.
 async fn run_turn<A: Adapter>(
     state: &AppState,
     who: &SocketUser,
@@ -200,8 +210,7 @@ async fn run_turn<A: Adapter>(
     guard: &TurnGuard,
     socket: &SocketRef<A>,
     message: String,
-    branching: Option<Branching>,
-    switch_model: Option<&Model>,
+    shape: TurnShape<'_>,
 ) -> Result<(), ApiError> {
     let turn = Turn {
         user: &who.user,
@@ -209,8 +218,8 @@ async fn run_turn<A: Adapter>(
         guard,
         sink: &SocketSink(socket.clone()),
         origin_socket: Some(socket.id.to_string()),
-        branching,
-        switch_model,
+        branching: shape.branching,
+        switch_model: shape.switch_model,
     };
     turn.run(&state.chat, message).await
 }
@@ -331,8 +340,10 @@ pub(super) async fn on_regenerate<A: Adapter>(
             &guard,
             &socket,
             message,
-            Some(branching),
-            model.as_deref(),
+            TurnShape {
+                branching: Some(branching),
+                switch_model: model.as_deref(),
+            },
         )
         .await
     }
@@ -404,8 +415,10 @@ pub(super) async fn on_edit_message<A: Adapter>(
             &guard,
             &socket,
             message,
-            Some(branching),
-            model.as_deref(),
+            TurnShape {
+                branching: Some(branching),
+                switch_model: model.as_deref(),
+            },
         )
         .await
     }
