@@ -56,6 +56,11 @@ reply_tokens = 700
 }
 
 async fn two_models() -> TwoModels {
+    two_models_with(&[]).await
+}
+
+/// [`two_models`] with more variables.
+async fn two_models_with(extra: &[(&str, &str)]) -> TwoModels {
     let (big, small) = (FakeLlm::start().await, FakeLlm::start().await);
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("models.toml");
@@ -64,6 +69,9 @@ async fn two_models() -> TwoModels {
     env.insert("MODELS_FILE".into(), path.display().to_string());
     env.insert("KEY_SMALL".into(), "key-of-small".into());
     env.insert("KEY_BIG".into(), "key-of-big".into());
+    for (name, value) in extra {
+        env.insert((*name).into(), (*value).into());
+    }
     let app = spawn_app_in(big, dir, env).await;
     TwoModels { app, small }
 }
@@ -535,4 +543,91 @@ async fn a_bad_catalogue_stops_the_start_naming_the_file_and_the_field() {
         );
         assert!(output.contains(expected), "{expected:?} not in {output}");
     }
+}
+
+#[tokio::test]
+async fn the_openai_api_offers_the_catalogue_and_sends_each_request_to_its_model() {
+    let models = two_models_with(&[("AUTH_MODE", "local")]).await;
+    models.small.streams(&["small", " answer"]);
+    let (browser, _) = models.app.signed_up("sdk@example.com").await;
+    let made = browser
+        .post_json("/api/tokens", json!({"name": "sdk"}))
+        .await;
+    made.assert_status(201);
+    let token = made.json["token"].as_str().unwrap().to_owned();
+    let client = reqwest::Client::new();
+
+    let list: Value = client
+        .get(format!("{}/v1/models", models.app.base_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("models JSON");
+    let mut ids: Vec<&str> = list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["big", "small"], "{list}");
+
+    let completion = |body: Value| {
+        client
+            .post(format!("{}/v1/chat/completions", models.app.base_url))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let answer = completion(json!({
+        "model": "small",
+        "max_tokens": 5000,
+        "messages": [{"role": "user", "content": "question for small"}],
+    }))
+    .await
+    .expect("completion");
+    assert_eq!(answer.status().as_u16(), 200);
+    let answer: Value = answer.json().await.expect("completion JSON");
+    assert_eq!(answer["model"], "small");
+    assert_eq!(answer["choices"][0]["message"]["content"], "small answer");
+    let to_small = models.small.requests();
+    assert_eq!(to_small.len(), 1, "small got {to_small:?}");
+    assert_eq!(to_small[0].body["model"], "small-upstream");
+    // The small model's reply tokens cap what the request asked for.
+    assert_eq!(to_small[0].body["max_tokens"], 100);
+    assert_eq!(
+        to_small[0].header("authorization").as_deref(),
+        Some("Bearer key-of-small")
+    );
+    assert!(models.big().requests().is_empty(), "big was asked");
+
+    // The small model's window (300 tokens) is the one a prompt must fit.
+    let long = "word ".repeat(400);
+    let refused = completion(json!({
+        "model": "small",
+        "messages": [{"role": "user", "content": long}],
+    }))
+    .await
+    .expect("completion");
+    assert_eq!(refused.status().as_u16(), 400);
+    let refused: Value = refused.json().await.expect("error JSON");
+    assert_eq!(
+        refused["error"]["code"], "context_length_exceeded",
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context window is 300 tokens"),
+        "{refused}"
+    );
+    assert_eq!(
+        models.small.requests().len(),
+        1,
+        "the refused prompt reached small"
+    );
 }
