@@ -41,8 +41,10 @@ pub struct SignedOut {
 pub struct ConversationStarted {
     pub message: &'static str,
     pub conversation_id: ConversationId,
-    /// The model id the conversation uses.
-    pub model: String,
+    /// The model id the conversation uses; absent where the original
+    /// contract holds (one model, none asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// `GET /list_conversations`, newest first.
@@ -70,8 +72,10 @@ pub struct LoadedConversation {
     /// and their count. Absent for a conversation never forked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub branches: Vec<Siblings>,
-    /// The model id the conversation uses (its own, or the default).
-    pub model: String,
+    /// The model id the conversation uses (its own, or the default); absent
+    /// where the original contract holds (one model, none asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// The conversation's system prompt, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,

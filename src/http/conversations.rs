@@ -102,13 +102,7 @@ async fn start_conversation(
     Ok(Json(ConversationStarted {
         message: "New conversation started.",
         conversation_id: id,
-        model: state
-            .chat
-            .models
-            .for_conversation(&settings)
-            .spec
-            .id
-            .clone(),
+        model: shown_model(&state, &settings),
     }))
 }
 
@@ -201,13 +195,7 @@ async fn load_conversation(
             total: Some(page.meta.message_count),
             first: Some(page.first),
             branches: Vec::new(),
-            model: state
-                .chat
-                .models
-                .for_conversation(&page.settings)
-                .spec
-                .id
-                .clone(),
+            model: shown_model(&state, &page.settings),
             system_prompt: page.settings.system_prompt,
             temperature: page.settings.temperature,
         }
@@ -220,13 +208,7 @@ async fn load_conversation(
             total: None,
             first: None,
             branches: Vec::new(),
-            model: state
-                .chat
-                .models
-                .for_conversation(&conversation.settings)
-                .spec
-                .id
-                .clone(),
+            model: shown_model(&state, &conversation.settings),
             system_prompt: conversation.settings.system_prompt.clone(),
             temperature: conversation.settings.temperature,
         }
@@ -482,4 +464,13 @@ async fn add_few_shot_example(
     Ok(Json(Done {
         message: "Few-shot example added successfully!",
     }))
+}
+
+/// The model id a conversation's answers name: shown when the server offers
+/// several models or the conversation asked for one; otherwise absent, so a
+/// client of the original app sees the original fields only.
+fn shown_model(state: &AppState, settings: &ConversationSettings) -> Option<String> {
+    let models = &state.chat.models;
+    (models.all().len() > 1 || settings.model.is_some())
+        .then(|| models.for_conversation(settings).spec.id.clone())
 }
