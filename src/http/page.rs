@@ -144,6 +144,16 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/search.js"),
     ),
     (
+        "format.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/format.js"),
+    ),
+    (
+        "limits.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/limits.js"),
+    ),
+    (
         "admin.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/admin.js"),
@@ -162,6 +172,86 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         "markdown.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/markdown.js"),
+    ),
+    (
+        "state.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/state.js"),
+    ),
+    (
+        "api.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/api.js"),
+    ),
+    (
+        "transcript.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/transcript.js"),
+    ),
+    (
+        "sidebar.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/sidebar.js"),
+    ),
+    (
+        "conversations.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/conversations.js"),
+    ),
+    (
+        "dialogs.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/dialogs.js"),
+    ),
+    (
+        "upload.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/upload.js"),
+    ),
+    (
+        "composer.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/composer.js"),
+    ),
+    (
+        "live.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/live.js"),
+    ),
+    (
+        "accounts.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/accounts.js"),
+    ),
+    (
+        "tokens.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/tokens.js"),
+    ),
+    (
+        "startup.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/startup.js"),
+    ),
+    (
+        "shortcuts.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/shortcuts.js"),
+    ),
+    (
+        "shares.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/shares.js"),
+    ),
+    (
+        "models.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/models.js"),
+    ),
+    (
+        "branches.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/branches.js"),
     ),
     (
         "style.css",

@@ -1,10 +1,17 @@
 // Unit checks of the page's pure ES modules (no browser, no server):
 // static/stream-events.js (chunks by index, held events, replay after a
-// watch) and static/search.js (query words, highlighted parts).
+// watch), static/search.js (query words, highlighted parts), static/format.js
+// and static/limits.js (numbers, sizes, file names, file checks); and the
+// page's module graph (every module served, none importing the entry).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { acceptChunk, replayAfterWatch, shouldHold } from '../../static/stream-events.js';
 import { highlightParts, searchTerms } from '../../static/search.js';
+import { codePoints, formatBytes, groupDigits, quotaMessage, slug } from '../../static/format.js';
+import { allowedList, fileProblem, promptBudget } from '../../static/limits.js';
 
 const stream = () => ({ lastIndex: -1, text: '', acknowledged: false });
 
@@ -86,4 +93,80 @@ test('search words and whole-word, case-insensitive highlighting', () => {
     { text: 'Café', mark: true }, { text: ' au ', mark: false }, { text: 'lait', mark: true }]);
   assert.deepEqual(highlightParts('plain', []), [{ text: 'plain', mark: false }]);
   assert.deepEqual(highlightParts('', ['x']), []);
+});
+
+test('every module app.js reaches is compiled into the binary, and none imports app.js', () => {
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+  const served = new Set([...fs.readFileSync(path.join(root, 'src/http/page.rs'), 'utf8')
+    .matchAll(/include_bytes!\("\.\.\/\.\.\/static\/([\w.-]+)"\)/g)].map((m) => m[1]));
+  const seen = new Set();
+  const queue = ['app.js'];
+  while (queue.length) {
+    const name = queue.shift();
+    if (seen.has(name)) continue;
+    seen.add(name);
+    assert.ok(served.has(name), `static/${name} is imported but not in STATIC_FILES (src/http/page.rs)`);
+    const source = fs.readFileSync(path.join(root, 'static', name), 'utf8');
+    for (const [, target] of source.matchAll(/^import\s[^;]*?from\s+'\.\/([\w.-]+)';/gms)) {
+      // The page loads app.js as /static/app.js?v=...: an import of ./app.js
+      // would be a second copy of the entry, run again.
+      assert.notEqual(target, 'app.js', `static/${name} imports app.js`);
+      queue.push(target);
+    }
+  }
+  for (const name of ['state.js', 'api.js', 'transcript.js', 'sidebar.js', 'conversations.js', 'composer.js',
+    'upload.js', 'dialogs.js', 'live.js', 'accounts.js', 'tokens.js', 'shortcuts.js', 'startup.js',
+    'shares.js', 'models.js', 'branches.js',
+    'socket.js', 'markdown.js', 'stream-events.js', 'search.js', 'format.js', 'limits.js']) {
+    assert.ok(seen.has(name), `app.js reaches ${name}`);
+  }
+});
+
+test('numbers, sizes, lengths and file-name parts as the page writes them', () => {
+  assert.equal(groupDigits(1234567), '1\u00a0234\u00a0567');
+  assert.equal(groupDigits(999), '999');
+  for (const odd of [-5, 'x', null, undefined]) assert.equal(groupDigits(odd), '0');
+  assert.equal(groupDigits(12.9), '12');
+  assert.equal(formatBytes(512), '512 bytes');
+  assert.equal(formatBytes(1536), '1.5 KB');
+  assert.equal(formatBytes(120 * 1024), '120 KB');
+  assert.equal(formatBytes(2 * 1024 * 1024), '2.0 MB');
+  // Code points, not UTF-16 units: an emoji counts once, as the server counts it.
+  assert.equal(codePoints('a😀é'), 3);
+  assert.equal(slug('  Café au lait: Rust & async/await!! '), 'cafe-au-lait-rust-async-await');
+  assert.equal(slug('***'), 'conversation');
+  assert.equal(slug(null), 'conversation');
+  const long = slug('word '.repeat(30));
+  assert.ok(long.length <= 48 && !long.endsWith('-'), long);
+});
+
+test('the quota sentence names the reset time in the reader\'s zone, or keeps the server\'s words', () => {
+  const at = '2026-03-02T00:00:00Z';
+  const when = new Date(at).toLocaleString([], { weekday: 'short', hour: '2-digit', minute: '2-digit' });
+  assert.equal(quotaMessage({ message: 'Daily quota reached. The quota resets at 00:00 UTC.', resets_at: at }),
+    `Daily quota reached. It resets on ${when} (your time).`);
+  assert.equal(quotaMessage({ message: 'Daily quota reached.' }), 'Daily quota reached.');
+  assert.equal(quotaMessage({ message: 'Daily quota reached.', resets_at: 'soon' }), 'Daily quota reached.');
+  assert.equal(quotaMessage(null), 'You have used your tokens for today.');
+});
+
+test('files are checked against the allowed types and the size limit before uploading', () => {
+  const config = { allowed_extensions: ['md', 'TXT'], max_file_size_mb: 1 };
+  assert.equal(allowedList(config), '.md, .TXT');
+  assert.equal(fileProblem({ name: 'notes.txt', size: 1024 * 1024 }, config), null);
+  assert.equal(fileProblem({ name: 'Notes.MD', size: 10 }, config), null);
+  assert.equal(fileProblem({ name: 'photo.png', size: 10 }, config),
+    '“photo.png” is not a supported file type. Allowed: .md, .TXT.');
+  assert.equal(fileProblem({ name: '.md', size: 10 }, config), '“.md” is not a supported file type. Allowed: .md, .TXT.');
+  assert.equal(fileProblem({ name: 'big.md', size: 1024 * 1024 + 1 }, config),
+    '“big.md” is too large (1.0 MB). The limit is 1 MB.');
+  // No list and no limit from the server: anything goes.
+  assert.equal(fileProblem({ name: 'x.bin', size: 1e9 }, { allowed_extensions: [], max_file_size_mb: 0 }), null);
+});
+
+test('the prompt budget leaves room for the reply only when that fits in the window', () => {
+  assert.equal(promptBudget({ max_tokens: 8000, reply_tokens: 1000 }), 7000);
+  assert.equal(promptBudget({ max_tokens: 8000, reply_tokens: 0 }), 8000);
+  assert.equal(promptBudget({ max_tokens: 8000, reply_tokens: 9000 }), 8000);
+  assert.equal(promptBudget({ max_tokens: 0, reply_tokens: 0 }), 0);
 });
