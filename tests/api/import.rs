@@ -361,3 +361,40 @@ async fn a_bad_export_is_refused_whole_with_a_sentence_and_stores_nothing() {
     assert_eq!(done.json["imported"], json!(2), "{}", done.text);
     assert_eq!(user.list().await.len(), 2);
 }
+
+/// Storing fails midway (MongoDB holds at most 16 MB per document, under a
+/// cap raised to 64 MiB): what this import stored before is deleted again.
+/// SQLite holds it, so there the whole file goes in.
+#[tokio::test]
+async fn a_store_refusing_midway_leaves_nothing_of_the_import() {
+    let app = spawn_app(&[
+        ("MAX_CONVERSATION_BYTES", "67108864"),
+        ("IMPORT_MAX_BYTES", "30000000"),
+    ])
+    .await;
+    let user = app.new_user().await;
+    let huge = "lorem ipsum ".repeat(800_000);
+    let big = conversation(
+        "chatgpt-big",
+        json!("Big one"),
+        "b",
+        vec![
+            node("b0", None, &["b"], Value::Null),
+            node("b", Some("b0"), &[], text("user", &huge)),
+        ],
+    );
+    let body = json!([export()[2], big]).to_string();
+
+    let answer = user
+        .post_raw("/import/chatgpt", "application/json", body)
+        .await;
+
+    if std::env::var("TEST_MONGODB_URI").is_ok() {
+        answer.assert_status(413);
+        assert_eq!(answer.json["error"], json!("too_large"), "{}", answer.text);
+        assert!(user.list().await.is_empty());
+    } else {
+        assert_eq!(answer.json["imported"], json!(2), "{}", answer.text);
+        assert_eq!(user.list().await.len(), 2);
+    }
+}
