@@ -144,6 +144,18 @@ async fn a_chatgpt_export_imports_message_by_message_with_its_branches_once() {
     let app = spawn_app(&[]).await;
     let user = app.new_user().await;
     let body = export().to_string();
+    // Another site cannot import into the user's conversations.
+    let forged = user
+        .send(
+            reqwest::Client::new()
+                .post(user.url("/import/chatgpt"))
+                .header("origin", "https://evil.example")
+                .header("content-type", "application/json")
+                .body(body.clone()),
+        )
+        .await;
+    forged.assert_error(403, "forbidden", "Cross-site request refused.");
+    assert!(user.list().await.is_empty());
 
     let done = user
         .post_raw("/import/chatgpt", "application/json", body.clone())
