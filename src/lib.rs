@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod files;
 pub mod http;
+pub mod import;
 pub mod llm;
 pub mod metrics;
 pub mod migrate;

@@ -122,6 +122,9 @@ pub struct Settings {
     pub http: HttpLimits,
     /// How large one conversation may grow (`MAX_CONVERSATION_*`).
     pub conversation_limits: ConversationLimits,
+    /// `IMPORT_MAX_BYTES`: the largest ChatGPT export `POST /import/chatgpt`
+    /// takes.
+    pub import_max_bytes: u64,
 }
 
 /// Every problem found in the environment, one line each.
@@ -430,6 +433,7 @@ impl Settings {
         let auth = auth::read(&mut r);
         let http = http::read(&mut r);
         let conversation_limits = limits::read(&mut r);
+        let import_max_bytes = r.positive("IMPORT_MAX_BYTES", 50 * 1024 * 1024);
 
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
@@ -489,6 +493,7 @@ impl Settings {
             auth,
             http,
             conversation_limits,
+            import_max_bytes,
         })
     }
 

@@ -7,6 +7,7 @@ pub mod conversations;
 pub mod extract;
 pub mod files;
 pub mod health;
+pub mod import;
 pub mod oidc;
 pub mod openai_api;
 pub mod page;
@@ -44,6 +45,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(openai_api::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files::router(state.chat.settings.max_file_size_bytes))
+        .merge(import::router(state.chat.settings.import_max_bytes))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -415,10 +415,15 @@ impl ConversationStore for CachedStore {
         self.inner.export_page(after, limit).await
     }
 
-    async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
+    async fn import_branched(
+        &self,
+        user: &UserId,
+        conversation: &Conversation,
+        pool: &BranchPool,
+    ) -> StoreResult<bool> {
         self.mutate(
             (user.clone(), conversation.meta.conversation_id.clone()),
-            self.inner.import(user, conversation),
+            self.inner.import_branched(user, conversation, pool),
         )
         .await
     }

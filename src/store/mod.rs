@@ -297,7 +297,19 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Stores a whole conversation (times, title, summary, messages with
     /// their token counts) unless one with that id already exists for that
     /// user; `true` when it was inserted. Copying twice changes nothing.
-    async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool>;
+    async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
+        self.import_branched(user, conversation, &BranchPool::default())
+            .await
+    }
+    /// [`import`](Self::import) with the branches kept beside the history
+    /// (a ChatGPT export's other branches), in the same write; the cap
+    /// counts them too.
+    async fn import_branched(
+        &self,
+        user: &UserId,
+        conversation: &Conversation,
+        pool: &BranchPool,
+    ) -> StoreResult<bool>;
     /// Drops what is kept in memory for `user`, whose conversations moved to
     /// another user (a sign-in); a store without a cache keeps nothing.
     fn forget_user(&self, _user: &UserId) {}

@@ -22,6 +22,7 @@ mod csrf;
 mod few_shot;
 mod health_and_config;
 mod hostile;
+mod import;
 mod isolation;
 mod live_sync;
 mod llm_failures;

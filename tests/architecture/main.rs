@@ -269,7 +269,9 @@ fn layers_point_one_way_and_events_is_a_leaf() {
         &["turn"],
         &["replies", "notify", "ratelimit", "session", "sessions"],
         &["cluster"],
-        &["store", "llm", "context", "error", "files", "auth", "oidc"],
+        &[
+            "store", "llm", "context", "error", "files", "auth", "oidc", "import",
+        ],
         &["metrics", "config", "redact"],
         &["events", "domain"],
     ];

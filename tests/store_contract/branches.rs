@@ -3,8 +3,11 @@
 //! history stays the active path for everything else (search, summary, cap).
 
 use llm_chat_server::config::ConversationLimits;
-use llm_chat_server::domain::{ConversationId, Role, UserId};
-use llm_chat_server::store::{ConversationStore, StoreError, Summary};
+use llm_chat_server::domain::{ChatMessage, ConversationId, Role, UserId};
+use llm_chat_server::store::branches::{BranchNode, Mark};
+use llm_chat_server::store::{
+    BranchPool, Conversation, ConversationStore, StoreError, StoredMessage, Summary,
+};
 
 use crate::checks::{assert_not_found, contents, msg};
 use crate::fixture::Fixture;
@@ -248,4 +251,72 @@ pub async fn the_cap_counts_the_branches_set_aside(f: &Fixture) {
     // A switch stores nothing new: always allowed.
     store.switch_branch(&user, &id, 1, 1).await.unwrap();
     assert_eq!(history(&*store, &user, &id).await, ["q", "a1"]);
+}
+
+/// A conversation to import with one reply set aside: history `q`, `a2`;
+/// the older reply `a1` its sibling.
+fn with_a_sibling(id: &ConversationId) -> (Conversation, BranchPool) {
+    let at = chrono::Utc::now();
+    let messages: Vec<StoredMessage> = ["q", "a2"]
+        .iter()
+        .enumerate()
+        .map(|(i, text)| StoredMessage {
+            message: ChatMessage::new(if i == 0 { Role::User } else { Role::Assistant }, *text),
+            tokens: None,
+        })
+        .collect();
+    let conversation = crate::checks::conversation(id, at, at, messages);
+    let pool = BranchPool {
+        next: 2,
+        nodes: vec![BranchNode {
+            id: 1,
+            parent: None,
+            depth: 1,
+            role: Role::Assistant,
+            content: "a1".into(),
+            tokens: None,
+            left: 0,
+        }],
+        marks: vec![Mark { index: 1, id: 2 }],
+    };
+    (conversation, pool)
+}
+
+pub async fn an_import_carries_its_branches_once_and_the_cap_counts_them(f: &Fixture) {
+    let store = &*f.store;
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let (conversation, pool) = with_a_sibling(&id);
+
+    assert!(store
+        .import_branched(&user, &conversation, &pool)
+        .await
+        .unwrap());
+
+    assert_eq!(store.branches(&user, &id).await.unwrap(), pool);
+    assert_eq!(history(store, &user, &id).await, ["q", "a2"]);
+    assert_eq!(siblings(store, &user, &id).await, [(1, 2, 2)]);
+    // Imported again (without branches): nothing changes.
+    assert!(!store.import(&user, &conversation).await.unwrap());
+    assert_eq!(store.branches(&user, &id).await.unwrap(), pool);
+    store.switch_branch(&user, &id, 1, 1).await.unwrap();
+    assert_eq!(history(store, &user, &id).await, ["q", "a1"]);
+    assert_eq!(siblings(store, &user, &id).await, [(1, 1, 2)]);
+    // Another user has none of it.
+    assert_not_found(store.branches(&UserId::new(), &id).await);
+
+    // Two on the path and one set aside: over a cap of two, nothing stored.
+    let small = f
+        .with_limits(ConversationLimits {
+            max_messages: 2,
+            max_bytes: 100,
+        })
+        .await;
+    let big = ConversationId::new();
+    let (conversation, pool) = with_a_sibling(&big);
+    match small.import_branched(&user, &conversation, &pool).await {
+        Err(StoreError::TooLarge(_)) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_not_found(small.load(&user, &big).await);
+    assert_not_found(small.branches(&user, &big).await);
 }

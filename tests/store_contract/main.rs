@@ -81,6 +81,7 @@ contract!(
         forks_set_the_suffix_aside_and_switches_bring_siblings_back,
         a_summary_before_the_branch_point_is_kept,
         the_cap_counts_the_branches_set_aside,
+        an_import_carries_its_branches_once_and_the_cap_counts_them,
     ],
     accounts: [
         the_first_account_is_the_admin_and_later_ones_are_not,

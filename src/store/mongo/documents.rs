@@ -10,8 +10,8 @@ use mongodb::bson::{self, doc, Bson, Document};
 use super::base::{BASE_BYTES, PER_MESSAGE_BYTES};
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
 use crate::store::{
-    title_from, Conversation, ConversationMeta, ConversationSettings, SearchHit, StoredMessage,
-    Summary,
+    title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings, SearchHit,
+    StoreError, StoreResult, StoredMessage, Summary,
 };
 
 pub(super) fn to_bson_time(at: &DateTime<Utc>) -> bson::DateTime {
@@ -265,7 +265,11 @@ pub(super) fn export_filter(after: Option<&(UserId, ConversationId)>) -> Documen
 
 /// The document of an imported conversation, in the original's shape plus
 /// the optional fields.
-pub(super) fn import_doc(user: &UserId, conversation: &Conversation) -> Document {
+pub(super) fn import_doc(
+    user: &UserId,
+    conversation: &Conversation,
+    pool: &BranchPool,
+) -> StoreResult<Document> {
     let meta = &conversation.meta;
     let history: Vec<Bson> = conversation
         .messages
@@ -278,6 +282,11 @@ pub(super) fn import_doc(user: &UserId, conversation: &Conversation) -> Document
             .messages
             .iter()
             .map(|m| 2 * m.message.content.len() as i64 + PER_MESSAGE_BYTES)
+            .sum::<i64>()
+        + pool
+            .nodes
+            .iter()
+            .map(|n| n.content.len() as i64 + PER_MESSAGE_BYTES)
             .sum::<i64>();
     let mut d = doc! {
         "conversation_id": meta.conversation_id.as_ref(),
@@ -297,7 +306,13 @@ pub(super) fn import_doc(user: &UserId, conversation: &Conversation) -> Document
         d.insert("summary", summary_doc(summary));
     }
     insert_settings(&mut d, &conversation.settings);
-    d
+    if !pool.is_empty() {
+        let raw = bson::to_bson(pool).map_err(|e| StoreError::Backend(e.into()))?;
+        d.insert("branches", raw);
+        d.insert("branch_messages", pool.nodes.len() as i64);
+        d.insert("branch_bytes", pool.bytes() as i64);
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

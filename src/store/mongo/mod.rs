@@ -578,19 +578,26 @@ impl ConversationStore for MongoStore {
         Ok(page)
     }
 
-    async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
+    async fn import_branched(
+        &self,
+        user: &UserId,
+        conversation: &Conversation,
+        pool: &BranchPool,
+    ) -> StoreResult<bool> {
         let text: u64 = conversation
             .messages
             .iter()
             .map(|m| m.message.content.len() as u64)
             .sum();
-        if !self
-            .limits
-            .has_room(0, 0, conversation.messages.len() as u64, text)
-        {
+        if !self.limits.has_room(
+            pool.nodes.len() as u64,
+            pool.bytes(),
+            conversation.messages.len() as u64,
+            text,
+        ) {
             return Err(self.too_large());
         }
-        let d = import_doc(user, conversation);
+        let d = import_doc(user, conversation, pool)?;
         if encoded_len(&d) > HARD_LIMIT_BYTES {
             return Err(self.too_large());
         }

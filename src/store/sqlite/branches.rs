@@ -63,7 +63,12 @@ pub(super) fn pool_size(conn: &Connection, user: &str, id: &str) -> StoreResult<
     .map_err(backend)
 }
 
-fn write_pool(conn: &Connection, user: &str, id: &str, pool: &BranchPool) -> StoreResult<()> {
+pub(super) fn write_pool(
+    conn: &Connection,
+    user: &str,
+    id: &str,
+    pool: &BranchPool,
+) -> StoreResult<()> {
     if pool.is_empty() {
         return drop_pool(conn, user, id);
     }

@@ -5,7 +5,7 @@
 use rusqlite::{params, Connection};
 
 use super::exec::backend;
-use crate::store::{rfc3339, Conversation, StoreResult};
+use crate::store::{rfc3339, BranchPool, Conversation, StoreResult};
 
 /// Inserts `conversation` for `user` (`bytes`: its text size); `false`
 /// when it was already there.
@@ -14,6 +14,7 @@ pub(super) fn insert(
     user: &str,
     conversation: &Conversation,
     bytes: u64,
+    pool: &BranchPool,
 ) -> StoreResult<bool> {
     let tx = conn.savepoint().map_err(backend)?;
     let meta = &conversation.meta;
@@ -67,6 +68,9 @@ pub(super) fn insert(
                 ])
                 .map_err(backend)?;
         }
+    }
+    if !pool.is_empty() {
+        super::branches::write_pool(&tx, user, meta.conversation_id.as_ref(), pool)?;
     }
     tx.commit().map_err(backend)?;
     Ok(true)

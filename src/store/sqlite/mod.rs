@@ -455,8 +455,13 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
-    async fn import(&self, user: &UserId, conversation: &Conversation) -> StoreResult<bool> {
-        let (user, conversation) = (user.to_string(), conversation.clone());
+    async fn import_branched(
+        &self,
+        user: &UserId,
+        conversation: &Conversation,
+        pool: &BranchPool,
+    ) -> StoreResult<bool> {
+        let (user, conversation, pool) = (user.to_string(), conversation.clone(), pool.clone());
         let bytes: u64 = conversation
             .messages
             .iter()
@@ -464,11 +469,11 @@ impl ConversationStore for SqliteStore {
             .sum();
         limits::check_room(
             &self.limits,
-            (0, 0),
+            (pool.nodes.len() as u64, pool.bytes()),
             (conversation.messages.len() as u64, bytes),
         )?;
         self.db
-            .call(move |conn| import::insert(conn, &user, &conversation, bytes))
+            .call(move |conn| import::insert(conn, &user, &conversation, bytes, &pool))
             .await
     }
 

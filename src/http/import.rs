@@ -1,0 +1,125 @@
+//! `POST /import/chatgpt`: a ChatGPT data export (`conversations.json`) as
+//! the request body, into the session user's conversations (see
+//! [`crate::import`]). The whole file is checked before anything is stored;
+//! if storing fails midway, what this import stored is deleted again.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::extract::SessionUser;
+use crate::domain::{ChatMessage, ConversationId};
+use crate::error::ApiError;
+use crate::import;
+use crate::notify::conversation_updated;
+use crate::state::AppState;
+use crate::store::{Conversation, ConversationMeta, ConversationSettings, StoredMessage};
+
+pub fn router(max_bytes: u64) -> Router<AppState> {
+    Router::new()
+        .route("/import/chatgpt", post(import_chatgpt))
+        .layer(DefaultBodyLimit::max(
+            max_bytes.min(usize::MAX as u64) as usize
+        ))
+}
+
+#[derive(Debug, Serialize)]
+struct ImportedOne {
+    conversation_id: ConversationId,
+    title: Option<String>,
+    messages: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ImportDone {
+    imported: u64,
+    skipped: u64,
+    conversations: Vec<ImportedOne>,
+}
+
+async fn import_chatgpt(
+    State(state): State<AppState>,
+    who: SessionUser,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ImportDone>, ApiError> {
+    let settings = &state.chat.settings;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!(
+                "The export is too large: at most {} bytes can be imported at once.",
+                settings.import_max_bytes
+            ))
+        } else {
+            ApiError::invalid("The export could not be read.")
+        }
+    })?;
+    let parsed = import::parse(&body, &settings.conversation_limits).map_err(ApiError::invalid)?;
+    let store = &state.chat.store;
+    let mut stored: Vec<(ConversationId, ConversationMeta)> = Vec::new();
+    let mut skipped = 0u64;
+    for one in parsed {
+        let id = import::conversation_id(&who.user, &one.source_id);
+        let meta = ConversationMeta {
+            conversation_id: id.clone(),
+            created_at: one.created_at,
+            updated_at: one.updated_at,
+            title: one.title,
+            message_count: one.history.len() as u64,
+        };
+        let conversation = Conversation {
+            meta: meta.clone(),
+            messages: Arc::new(
+                one.history
+                    .into_iter()
+                    .map(|m| StoredMessage {
+                        message: ChatMessage::new(m.role, m.content),
+                        tokens: None,
+                    })
+                    .collect(),
+            ),
+            summary: None,
+            settings: ConversationSettings::default(),
+        };
+        match store
+            .import_branched(&who.user, &conversation, &one.pool)
+            .await
+        {
+            Ok(true) => stored.push((id, meta)),
+            Ok(false) => skipped += 1,
+            Err(err) => {
+                // Nothing half-imported: take back what this import stored.
+                for (id, _) in &stored {
+                    if let Err(e) = store.delete(&who.user, id).await {
+                        tracing::warn!(conversation = %id, error = %e, "could not undo an import");
+                    }
+                }
+                return Err(err.into());
+            }
+        }
+    }
+    for (_, meta) in &stored {
+        state
+            .chat
+            .notifier
+            .to_user(&who.user, conversation_updated(meta))
+            .await;
+    }
+    tracing::info!(imported = stored.len(), skipped, "ChatGPT export imported");
+    Ok(Json(ImportDone {
+        imported: stored.len() as u64,
+        skipped,
+        conversations: stored
+            .into_iter()
+            .map(|(conversation_id, meta)| ImportedOne {
+                conversation_id,
+                title: meta.title,
+                messages: meta.message_count,
+            })
+            .collect(),
+    }))
+}
