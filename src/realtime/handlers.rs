@@ -144,33 +144,60 @@ async fn within_message_limit(state: &AppState, who: &SocketUser, sink: &dyn Eve
     }
 }
 
+/// What every event that answers a message first checks: the socket's
+/// connect handler has settled, the account may still act, and the
+/// per-minute message limit. `None` (the refusal already told) stops it.
+async fn admitted<A: Adapter>(
+    state: &AppState,
+    who: &SocketUser,
+    socket: &SocketRef<A>,
+) -> Option<SocketSink<A>> {
+    settled(socket).await;
+    if !still_allowed(state, who, socket).await {
+        return None;
+    }
+    let sink = SocketSink(socket.clone());
+    within_message_limit(state, who, &sink)
+        .await
+        .then_some(sink)
+}
+
+/// The model an event asked for (checked against the catalogue), once the
+/// user's quota allows a turn; `None` when either refused (told as `error`).
+async fn model_within_quota(
+    state: &AppState,
+    who: &SocketUser,
+    sink: &dyn EventSink,
+    raw: &Field<String>,
+) -> Option<Option<Arc<Model>>> {
+    let model = match requested_model(state, raw) {
+        Ok(model) => model,
+        Err(err) => {
+            emit_error(sink, &err, None);
+            return None;
+        }
+    };
+    within_quota(state, who, sink).await.then_some(model)
+}
+
 pub(super) async fn on_send_message<A: Adapter>(
     socket: SocketRef<A>,
     TryData(data): TryData<Inbound<SendMessage>>,
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
-    settled(&socket).await;
-    if !still_allowed(&state, &who, &socket).await {
+    let Some(sink) = admitted(&state, &who, &socket).await else {
         return;
-    }
-    let sink = SocketSink(socket.clone());
+    };
     let Inbound(payload) = data.unwrap_or_default();
-    if !within_message_limit(&state, &who, &sink).await {
-        return;
-    }
     let message = match check_message(payload.message, state.chat.settings.max_message_chars) {
         Ok(message) => message,
         Err(err) => return emit_error(&sink, &err, None),
     };
-    // An unknown model is refused before anything is stored or sent.
-    let model = match requested_model(&state, &payload.model) {
-        Ok(model) => model,
-        Err(err) => return emit_error(&sink, &err, None),
-    };
-    if !within_quota(&state, &who, &sink).await {
+    // Before anything is stored or sent: a refused event changes nothing.
+    let Some(model) = model_within_quota(&state, &who, &sink, &payload.model).await else {
         return;
-    }
+    };
     let Some((id, guard)) = begin_turn(&state, &who, &payload.conversation_id, &socket).await
     else {
         return;
@@ -296,23 +323,14 @@ pub(super) async fn on_regenerate<A: Adapter>(
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
-    settled(&socket).await;
-    if !still_allowed(&state, &who, &socket).await {
+    let Some(sink) = admitted(&state, &who, &socket).await else {
         return;
-    }
-    let sink = SocketSink(socket.clone());
-    let Inbound(payload) = data.unwrap_or_default();
-    if !within_message_limit(&state, &who, &sink).await {
-        return;
-    }
-    let model = match requested_model(&state, &payload.model) {
-        Ok(model) => model,
-        Err(err) => return emit_error(&sink, &err, None),
     };
-    // Before anything changes: a refused regenerate changes nothing.
-    if !within_quota(&state, &who, &sink).await {
+    let Inbound(payload) = data.unwrap_or_default();
+    // Before anything is stored or sent: a refused event changes nothing.
+    let Some(model) = model_within_quota(&state, &who, &sink, &payload.model).await else {
         return;
-    }
+    };
     let Some((id, guard)) = begin_turn(&state, &who, &payload.conversation_id, &socket).await
     else {
         return;
@@ -365,15 +383,10 @@ pub(super) async fn on_edit_message<A: Adapter>(
     Extension(who): Extension<SocketUser>,
     State(state): State<AppState>,
 ) {
-    settled(&socket).await;
-    if !still_allowed(&state, &who, &socket).await {
+    let Some(sink) = admitted(&state, &who, &socket).await else {
         return;
-    }
-    let sink = SocketSink(socket.clone());
+    };
     let Inbound(payload) = data.unwrap_or_default();
-    if !within_message_limit(&state, &who, &sink).await {
-        return;
-    }
     let message = match check_message(payload.message, state.chat.settings.max_message_chars) {
         Ok(message) => message,
         Err(err) => return emit_error(&sink, &err, None),
@@ -382,13 +395,10 @@ pub(super) async fn on_edit_message<A: Adapter>(
         let err = ApiError::invalid("index must be the history index of one of your messages.");
         return emit_error(&sink, &err, None);
     };
-    let model = match requested_model(&state, &payload.model) {
-        Ok(model) => model,
-        Err(err) => return emit_error(&sink, &err, None),
-    };
-    if !within_quota(&state, &who, &sink).await {
+    // Before anything is stored or sent: a refused event changes nothing.
+    let Some(model) = model_within_quota(&state, &who, &sink, &payload.model).await else {
         return;
-    }
+    };
     let Some((id, guard)) = begin_turn(&state, &who, &payload.conversation_id, &socket).await
     else {
         return;
