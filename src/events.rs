@@ -273,6 +273,20 @@ pub struct ConversationUpdated<'a> {
     /// Absent otherwise.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub branched: bool,
+    /// The conversation's settings, after a change of them
+    /// (`PATCH /conversation/{id}/settings`). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<SettingsShown>,
+}
+
+/// A conversation's settings as clients see them: the model id it uses
+/// (its own, else the default), and its system prompt and temperature
+/// (`null`: the default).
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingsShown {
+    pub model: String,
+    pub system_prompt: Option<String>,
+    pub temperature: Option<f32>,
 }
 
 /// `upload_progress`: chunks of an upload analysed so far.

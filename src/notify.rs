@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 
 use crate::domain::UserId;
-use crate::events::{ConversationUpdated, ServerEvent};
+use crate::events::{ConversationUpdated, ServerEvent, SettingsShown};
 use crate::store::{rfc3339, ConversationMeta};
 
 /// Sends an event to every socket of a user (all tabs; on all instances
@@ -34,6 +34,7 @@ pub fn conversation_updated(meta: &ConversationMeta) -> ServerEvent<'_> {
         updated_at: rfc3339::format(&meta.updated_at),
         message_count: meta.message_count,
         branched: false,
+        settings: None,
     })
 }
 
@@ -43,6 +44,16 @@ pub fn conversation_branched(meta: &ConversationMeta) -> ServerEvent<'_> {
     let mut event = conversation_updated(meta);
     if let ServerEvent::ConversationUpdated(updated) = &mut event {
         updated.branched = true;
+    }
+    event
+}
+
+/// `conversation_updated` after a change of the conversation's settings:
+/// with `settings`, so the user's other tabs show them.
+pub fn settings_changed(meta: &ConversationMeta, settings: SettingsShown) -> ServerEvent<'_> {
+    let mut event = conversation_updated(meta);
+    if let ServerEvent::ConversationUpdated(updated) = &mut event {
+        updated.settings = Some(settings);
     }
     event
 }

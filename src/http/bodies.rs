@@ -84,6 +84,14 @@ pub struct LoadedConversation {
     pub temperature: Option<f32>,
 }
 
+/// `PATCH /conversation/{id}/settings`: the conversation's settings now.
+#[derive(Debug, Serialize)]
+pub struct SettingsChanged {
+    pub conversation_id: ConversationId,
+    #[serde(flatten)]
+    pub settings: crate::events::SettingsShown,
+}
+
 /// `GET /conversation/{id}/branches`.
 #[derive(Debug, Serialize)]
 pub struct ConversationBranches {

@@ -4,25 +4,25 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use serde::Deserialize;
 
 use super::bodies::{
     ConversationBranches, ConversationList, ConversationStarted, Done, HistorySaved,
-    LoadedConversation, SavedConversation, SearchResults,
+    LoadedConversation, SavedConversation, SearchResults, SettingsChanged,
 };
 use super::extract::{ApiJson, IdPath, SessionUser};
 use super::presets::{self, SettingsFields};
 use crate::domain::{conversation_text, ConversationId, Role};
 use crate::error::ApiError;
-use crate::events::{Field, Inbound};
-use crate::notify::conversation_updated;
+use crate::events::{Field, Inbound, SettingsShown};
+use crate::notify::{conversation_updated, settings_changed};
 use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
-use crate::store::{rfc3339, ConversationSettings, NewMessage};
+use crate::store::{rfc3339, ConversationSettings, NewMessage, SettingsChange};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/load_conversation/{id}", get(load_conversation))
         .route("/conversation/{id}", delete(delete_conversation))
         .route("/conversation/{id}/branches", get(conversation_branches))
+        .route("/conversation/{id}/settings", patch(change_settings))
         .route("/save_history", post(save_history))
         .route("/search_conversations", get(search_conversations))
         .route("/add_few_shot_example", post(add_few_shot_example))
@@ -103,6 +104,66 @@ async fn start_conversation(
         message: "New conversation started.",
         conversation_id: id,
         model: shown_model(&state, &settings),
+    }))
+}
+
+/// `PATCH /conversation/{id}/settings {model?, system_prompt?, temperature?}`:
+/// each field given replaces the conversation's (checked as
+/// `start_conversation` checks it); `null` (or an empty `model` or
+/// `system_prompt`) sets it back to the default; a field left out is left
+/// as it is. Answers the settings now and tells the user's tabs.
+async fn change_settings(
+    State(state): State<AppState>,
+    who: SessionUser,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<SettingsChanged>, ApiError> {
+    let serde_json::Value::Object(fields) = body else {
+        return Err(ApiError::invalid(
+            "The request body must be a JSON object, such as {\"system_prompt\": \"Answer briefly.\"}.",
+        ));
+    };
+    fn read<T: serde::de::DeserializeOwned>(
+        fields: &serde_json::Map<String, serde_json::Value>,
+        name: &str,
+    ) -> (bool, Field<T>) {
+        (fields.contains_key(name), Field::from_json(fields.get(name)))
+    }
+    let (model_sent, model) = read(&fields, "model");
+    let (prompt_sent, system_prompt) = read(&fields, "system_prompt");
+    let (temperature_sent, temperature) = read(&fields, "temperature");
+    // Checked over the defaults: what each field given (not null) sets.
+    let checked = SettingsFields {
+        model,
+        system_prompt,
+        temperature,
+    }
+    .over(&state, ConversationSettings::default())?;
+    let change = SettingsChange {
+        model: model_sent.then_some(checked.model),
+        system_prompt: prompt_sent.then_some(checked.system_prompt),
+        temperature: temperature_sent.then_some(checked.temperature),
+    };
+    let settings = state
+        .chat
+        .store
+        .change_settings(&who.user, &id, &change)
+        .await?;
+    let shown = SettingsShown {
+        model: state.chat.models.for_conversation(&settings).spec.id.clone(),
+        system_prompt: settings.system_prompt,
+        temperature: settings.temperature,
+    };
+    let meta = state.chat.store.meta(&who.user, &id).await?;
+    state
+        .chat
+        .notifier
+        .to_user(&who.user, settings_changed(&meta, shown.clone()))
+        .await;
+    tracing::info!(conversation = %id, "conversation settings changed");
+    Ok(Json(SettingsChanged {
+        conversation_id: id,
+        settings: shown,
     }))
 }
 

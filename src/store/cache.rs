@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    BranchPool, Conversation, ConversationMeta, ConversationSettings, ConversationStore,
+    BranchPool, Conversation, ConversationMeta, ConversationSettings, ConversationStore, SettingsChange,
     NewMessage, SearchHit, StoreResult, StoredMessage, Summary,
 };
 use crate::domain::{ChatMessage, ConversationId, UserId};
@@ -382,6 +382,19 @@ impl ConversationStore for CachedStore {
         self.mutate(
             (user.clone(), id.clone()),
             self.inner.set_settings(user, id, settings),
+        )
+        .await
+    }
+
+    async fn change_settings(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        change: &SettingsChange,
+    ) -> StoreResult<ConversationSettings> {
+        self.mutate(
+            (user.clone(), id.clone()),
+            self.inner.change_settings(user, id, change),
         )
         .await
     }

@@ -117,6 +117,33 @@ impl ConversationSettings {
     }
 }
 
+/// A change of some of a conversation's settings
+/// (`PATCH /conversation/{id}/settings`, a message naming a model): for
+/// each field, `None` leaves it as it is, `Some(None)` sets it back to the
+/// default and `Some(Some(v))` sets it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SettingsChange {
+    pub model: Option<Option<String>>,
+    pub system_prompt: Option<Option<String>>,
+    pub temperature: Option<Option<f32>>,
+}
+
+impl SettingsChange {
+    /// `settings` with the change made.
+    pub fn apply(&self, mut settings: ConversationSettings) -> ConversationSettings {
+        if let Some(model) = &self.model {
+            settings.model = model.clone();
+        }
+        if let Some(prompt) = &self.system_prompt {
+            settings.system_prompt = prompt.clone();
+        }
+        if let Some(temperature) = self.temperature {
+            settings.temperature = temperature;
+        }
+        settings
+    }
+}
+
 /// A whole conversation.
 #[derive(Debug, Clone)]
 pub struct Conversation {
@@ -199,6 +226,16 @@ pub trait ConversationStore: Send + Sync + 'static {
         id: &ConversationId,
         settings: &ConversationSettings,
     ) -> StoreResult<()>;
+    /// Changes the settings `change` names, leaving the others as they are
+    /// (in one step: two changes at once each keep the other's fields), and
+    /// answers the settings now; `NotFound` unless the user has the
+    /// conversation. Its history, title and times are left as they are.
+    async fn change_settings(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        change: &SettingsChange,
+    ) -> StoreResult<ConversationSettings>;
     /// The conversation with its messages and summary.
     async fn load(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation>;
     /// At most `limit` messages before index `before` (the end when

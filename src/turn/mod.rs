@@ -237,9 +237,14 @@ impl Turn<'_> {
             .switch_model
             .filter(|m| conversation.settings.model.as_deref() != Some(m.spec.id.as_str()))
         {
-            conversation.settings.model = Some(model.spec.id.clone());
-            chat.store
-                .set_settings(self.user, self.conversation, &conversation.settings)
+            // Only the model: a settings change at the same time keeps its fields.
+            let change = crate::store::SettingsChange {
+                model: Some(Some(model.spec.id.clone())),
+                ..Default::default()
+            };
+            conversation.settings = chat
+                .store
+                .change_settings(self.user, self.conversation, &change)
                 .await?;
         }
         let model = chat.models.for_conversation(&conversation.settings).clone();

@@ -631,3 +631,188 @@ async fn the_openai_api_offers_the_catalogue_and_sends_each_request_to_its_model
         "the refused prompt reached small"
     );
 }
+
+// ------------------------------------------- changing a conversation's settings
+
+#[tokio::test]
+async fn changed_settings_are_used_by_the_next_turn_and_shown_by_load() {
+    let models = two_models().await;
+    models.big().streams(&["one"]).streams(&["two"]).streams(&["three"]);
+    models.small.streams(&["four"]);
+    let user = models.app.new_user().await;
+    let id = start_with(&user, json!({"system_prompt": "Be brief."})).await;
+    let mut socket = user.socket().await;
+    socket.send_message("first", Some(&id));
+    socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+
+    let changed = user
+        .patch_json(
+            &format!("/conversation/{id}/settings"),
+            json!({"system_prompt": "You are a pirate.", "temperature": 1.5}),
+        )
+        .await;
+    socket.send_message("second", Some(&id));
+    socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+    let loaded = user.get(&format!("/load_conversation/{id}")).await;
+
+    changed.assert_status(200);
+    assert_eq!(
+        changed.json,
+        json!({"conversation_id": id, "model": "big",
+               "system_prompt": "You are a pirate.", "temperature": 1.5})
+    );
+    let requests = models.big().requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        upstream_messages(&requests[1]),
+        [
+            msg("system", "You are a pirate."),
+            msg("user", "first"),
+            msg("assistant", "one"),
+            msg("user", "second"),
+        ]
+    );
+    assert_eq!(requests[1].body["temperature"], 1.5);
+    assert_eq!(loaded.json["system_prompt"], "You are a pirate.");
+    assert_eq!(loaded.json["temperature"], 1.5);
+
+    // null sets a field back to the default; a field left out stays.
+    let cleared = user
+        .patch_json(
+            &format!("/conversation/{id}/settings"),
+            json!({"system_prompt": null, "temperature": null}),
+        )
+        .await;
+    socket.send_message("third", Some(&id));
+    socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+    let moved = user
+        .patch_json(&format!("/conversation/{id}/settings"), json!({"model": "small"}))
+        .await;
+    socket.send_message("fourth", Some(&id));
+    socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+    let reloaded = user.get(&format!("/load_conversation/{id}")).await;
+
+    assert_eq!(
+        cleared.json,
+        json!({"conversation_id": id, "model": "big",
+               "system_prompt": null, "temperature": null})
+    );
+    let third = &models.big().requests()[2];
+    assert_eq!(upstream_messages(third)[0], msg("user", "first"));
+    assert_eq!(third.body["temperature"], 0.7, "the model's own");
+    moved.assert_status(200);
+    assert_eq!(moved.json["model"], "small");
+    assert_eq!(moved.json["system_prompt"], Value::Null);
+    assert_eq!(models.small.call_count(), 1);
+    assert_eq!(models.small.requests()[0].body["temperature"], 0.5);
+    assert_eq!(reloaded.json["model"], "small");
+    assert!(reloaded.json.get("system_prompt").is_none(), "{}", reloaded.text);
+    assert!(reloaded.json.get("temperature").is_none(), "{}", reloaded.text);
+}
+
+#[tokio::test]
+async fn bad_settings_changes_are_refused_and_change_nothing() {
+    let models = two_models().await;
+    let (alice, mallory) = (models.app.new_user().await, models.app.new_user().await);
+    let id = start_with(
+        &alice,
+        json!({"system_prompt": "Keep me.", "temperature": 0.25}),
+    )
+    .await;
+    let path = format!("/conversation/{id}/settings");
+
+    let unknown = alice.patch_json(&path, json!({"model": "gpt-9"})).await;
+    let hot = alice
+        .patch_json(&path, json!({"system_prompt": "new", "temperature": 3}))
+        .await;
+    let wrong = alice.patch_json(&path, json!({"temperature": "warm"})).await;
+    let long = alice
+        .patch_json(&path, json!({"system_prompt": "x".repeat(32_001)}))
+        .await;
+    let array = alice.patch_json(&path, json!(["system_prompt"])).await;
+    let not_json = alice.patch_raw(&path, "application/json", "{nope").await;
+    let stolen = mallory
+        .patch_json(&path, json!({"system_prompt": "Mallory's now."}))
+        .await;
+    let missing = alice
+        .patch_json(
+            &format!("/conversation/{}/settings", uuid::Uuid::new_v4()),
+            json!({"system_prompt": "x"}),
+        )
+        .await;
+    let forged = alice
+        .send(
+            reqwest::Client::new()
+                .patch(alice.url(&path))
+                .header("origin", "https://evil.example")
+                .header("content-type", "application/json")
+                .body(json!({"system_prompt": "forged"}).to_string()),
+        )
+        .await;
+
+    unknown.assert_error(
+        400,
+        "unknown_model",
+        "Unknown model \"gpt-9\": choose one of the models GET /get_config lists.",
+    );
+    hot.assert_error(400, "invalid", "temperature must be a number from 0 to 2.");
+    wrong.assert_error(400, "invalid", "temperature must be a number from 0 to 2.");
+    long.assert_error(
+        413,
+        "too_large",
+        "System prompt too long (max 32000 characters).",
+    );
+    assert_eq!(array.status, 400, "{}", array.text);
+    assert_eq!(array.json["error"], "invalid");
+    assert_eq!(not_json.status, 400, "{}", not_json.text);
+    stolen.assert_error(404, "not_found", "Conversation not found.");
+    missing.assert_error(404, "not_found", "Conversation not found.");
+    forged.assert_error(403, "forbidden", "Cross-site request refused.");
+    let loaded = alice.get(&format!("/load_conversation/{id}")).await;
+    assert_eq!(loaded.json["system_prompt"], "Keep me.");
+    assert_eq!(loaded.json["temperature"], 0.25);
+    assert_eq!(loaded.json["model"], "big");
+}
+
+#[tokio::test]
+async fn the_users_other_tabs_are_told_the_new_settings() {
+    let models = two_models().await;
+    let user = models.app.new_user().await;
+    let other = models.app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut tab = user.socket().await;
+    let mut strangers_tab = other.socket().await;
+
+    user.patch_json(
+        &format!("/conversation/{id}/settings"),
+        json!({"system_prompt": "Speak French.", "temperature": 0.2}),
+    )
+    .await
+    .assert_status(200);
+    let told = tab
+        .wait_for_matching("conversation_updated", EVENT_TIMEOUT, |data| {
+            data.get("settings").is_some()
+        })
+        .await;
+
+    assert_eq!(told["conversation_id"], json!(id));
+    assert_eq!(told["message_count"], 0);
+    assert_eq!(told["settings"]["system_prompt"], "Speak French.");
+    assert_eq!(told["settings"]["model"], "big");
+    let temperature = told["settings"]["temperature"].as_f64().unwrap();
+    assert!((temperature - 0.2).abs() < 1e-6, "{temperature}");
+    // The other user's own change reaches their tab, and nothing of the first user's did
+    // before it.
+    let theirs = other.start_conversation().await;
+    other
+        .patch_json(
+            &format!("/conversation/{theirs}/settings"),
+            json!({"temperature": 1}),
+        )
+        .await
+        .assert_status(200);
+    let seen = strangers_tab
+        .wait_for("conversation_updated", EVENT_TIMEOUT)
+        .await;
+    assert_eq!(seen.data["conversation_id"], json!(theirs));
+}

@@ -108,6 +108,7 @@ contract!(
     models: [
         a_conversation_keeps_its_settings_apart_from_its_history,
         settings_are_replaced_for_the_owner_only,
+        a_settings_change_changes_only_the_fields_it_names,
         settings_survive_export_and_import,
         presets_are_made_listed_found_and_deleted_per_user,
         presets_stop_at_the_per_user_limit,

@@ -5,7 +5,7 @@
 
 use llm_chat_server::domain::{ConversationId, Role, UserId};
 use llm_chat_server::store::presets::NewPreset;
-use llm_chat_server::store::ConversationSettings;
+use llm_chat_server::store::{ConversationSettings, SettingsChange};
 
 use crate::checks::{assert_not_found, contents, copy_all, msg};
 use crate::fixture::Fixture;
@@ -107,6 +107,86 @@ pub async fn settings_are_replaced_for_the_owner_only(f: &Fixture) {
         .unwrap();
     assert_eq!(
         f.store.load(&alice, &id).await.unwrap().settings,
+        ConversationSettings::default()
+    );
+}
+
+pub async fn a_settings_change_changes_only_the_fields_it_names(f: &Fixture) {
+    let (alice, mallory) = (UserId::new(), UserId::new());
+    let id = ConversationId::new();
+    f.store.create_with(&alice, &id, &pirate()).await.unwrap();
+    f.store
+        .append(&alice, &id, vec![msg(Role::User, "hello")])
+        .await
+        .unwrap();
+    let before = f.store.meta(&alice, &id).await.unwrap();
+    let new_prompt = SettingsChange {
+        system_prompt: Some(Some("Speak French.".into())),
+        ..Default::default()
+    };
+
+    assert_not_found(f.store.change_settings(&mallory, &id, &new_prompt).await);
+    assert_not_found(
+        f.store
+            .change_settings(&alice, &ConversationId::new(), &new_prompt)
+            .await,
+    );
+    assert_eq!(f.store.load(&alice, &id).await.unwrap().settings, pirate());
+
+    let now = f
+        .store
+        .change_settings(&alice, &id, &new_prompt)
+        .await
+        .unwrap();
+    let french = ConversationSettings {
+        system_prompt: Some("Speak French.".into()),
+        ..pirate()
+    };
+    assert_eq!(now, french);
+    let loaded = f.store.load(&alice, &id).await.unwrap();
+    assert_eq!(loaded.settings, french);
+    assert_eq!(contents(&loaded), ["hello"]);
+    assert_eq!(loaded.meta.title, before.title);
+    assert_eq!(loaded.meta.updated_at, before.updated_at);
+
+    // Cleared back to the default, set, and left: in one change.
+    let mixed = SettingsChange {
+        model: Some(Some("big".into())),
+        system_prompt: None,
+        temperature: Some(None),
+    };
+    let expected = ConversationSettings {
+        model: Some("big".into()),
+        system_prompt: Some("Speak French.".into()),
+        temperature: None,
+    };
+    assert_eq!(
+        f.store.change_settings(&alice, &id, &mixed).await.unwrap(),
+        expected
+    );
+    assert_eq!(f.store.load(&alice, &id).await.unwrap().settings, expected);
+    // Nothing named: the settings as they are.
+    assert_eq!(
+        f.store
+            .change_settings(&alice, &id, &SettingsChange::default())
+            .await
+            .unwrap(),
+        expected
+    );
+    let everything_cleared = SettingsChange {
+        model: Some(None),
+        system_prompt: Some(None),
+        temperature: Some(None),
+    };
+    assert_eq!(
+        f.store
+            .change_settings(&alice, &id, &everything_cleared)
+            .await
+            .unwrap(),
+        ConversationSettings::default()
+    );
+    assert_eq!(
+        f.store.load_page(&alice, &id, None, 5).await.unwrap().settings,
         ConversationSettings::default()
     );
 }

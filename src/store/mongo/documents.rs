@@ -10,7 +10,7 @@ use mongodb::bson::{self, doc, Bson, Document};
 use super::base::{BASE_BYTES, PER_MESSAGE_BYTES};
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
 use crate::store::{
-    title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings, SearchHit,
+    title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings, SearchHit, SettingsChange,
     StoreError, StoreResult, StoredMessage, Summary,
 };
 
@@ -212,6 +212,37 @@ pub(super) fn settings_update(settings: &ConversationSettings) -> Document {
     match settings.temperature {
         Some(temperature) => set.insert("temperature", f64::from(temperature)),
         None => unset.insert("temperature", ""),
+    };
+    let mut update = Document::new();
+    if !set.is_empty() {
+        update.insert("$set", set);
+    }
+    if !unset.is_empty() {
+        update.insert("$unset", unset);
+    }
+    update
+}
+
+/// The update that makes `change`: `$set` for each field it sets, `$unset`
+/// for each one it clears, nothing for the others (empty when it changes
+/// nothing).
+pub(super) fn settings_change_update(change: &SettingsChange) -> Document {
+    let mut set = Document::new();
+    let mut unset = Document::new();
+    match &change.model {
+        Some(Some(model)) => set.insert("model", model.as_str()),
+        Some(None) => unset.insert("model", ""),
+        None => None,
+    };
+    match &change.system_prompt {
+        Some(Some(prompt)) => set.insert("system_prompt", prompt.as_str()),
+        Some(None) => unset.insert("system_prompt", ""),
+        None => None,
+    };
+    match change.temperature {
+        Some(Some(temperature)) => set.insert("temperature", f64::from(temperature)),
+        Some(None) => unset.insert("temperature", ""),
+        None => None,
     };
     let mut update = Document::new();
     if !set.is_empty() {

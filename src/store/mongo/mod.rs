@@ -70,7 +70,7 @@ pub use self::base::{
 use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
     conversation_from_doc, export_filter, history_items, import_doc, insert_settings,
-    meta_from_doc, meta_projection, now, settings_from_doc, settings_update, summary_doc,
+    meta_from_doc, meta_projection, now, settings_change_update, settings_from_doc, settings_update, summary_doc,
     SETTINGS_FIELDS,
 };
 use self::pipelines::{append_filter, append_update, encoded_len, estimate_added, text_added};
@@ -78,7 +78,7 @@ pub use self::presets::PRESETS;
 pub use self::schema::validation_schema;
 use super::{
     page_range, search_terms, title_from, BranchPool, Conversation, ConversationMeta,
-    ConversationSettings, ConversationStore, HistoryPage, NewMessage, SearchHit, StoreError,
+    ConversationSettings, ConversationStore, HistoryPage, NewMessage, SearchHit, SettingsChange, StoreError,
     StoreResult, Summary,
 };
 use crate::config::ConversationLimits;
@@ -521,6 +521,34 @@ impl ConversationStore for MongoStore {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    async fn change_settings(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        change: &SettingsChange,
+    ) -> StoreResult<ConversationSettings> {
+        let mut projection = doc! {"_id": 0};
+        for field in SETTINGS_FIELDS {
+            projection.insert(field, 1);
+        }
+        let update = settings_change_update(change);
+        let found = if update.is_empty() {
+            self.conversations
+                .find_one(Self::key(user, id))
+                .projection(projection)
+                .await
+        } else {
+            self.conversations
+                .find_one_and_update(Self::key(user, id), update)
+                .projection(projection)
+                .return_document(ReturnDocument::After)
+                .await
+        }
+        .map_err(|e| self.err(e))?
+        .ok_or(StoreError::NotFound)?;
+        Ok(settings_from_doc(&found))
     }
 
     async fn set_title(

@@ -43,7 +43,7 @@ pub use self::db::SqliteDb;
 use self::exec::{backend, exec};
 use self::rows::{meta_from_row, read_conversation, read_meta, read_page, META_COLUMNS};
 use super::{
-    rfc3339, title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings,
+    rfc3339, title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings, SettingsChange,
     ConversationStore, HistoryPage, NewMessage, SearchHit, StoreError, StoreResult, Summary,
 };
 use crate::config::ConversationLimits;
@@ -108,6 +108,24 @@ impl ConversationStore for SqliteStore {
         let (user, id, settings) = (user.to_string(), id.clone(), settings.clone());
         self.db
             .call(move |conn| settings::write_settings(conn, &user, id.as_ref(), &settings))
+            .await
+    }
+
+    async fn change_settings(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        change: &SettingsChange,
+    ) -> StoreResult<ConversationSettings> {
+        let (user, id, change) = (user.to_string(), id.clone(), change.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                let settings = change.apply(settings::read_settings(&tx, &user, id.as_ref())?);
+                settings::write_settings(&tx, &user, id.as_ref(), &settings)?;
+                tx.commit().map_err(backend)?;
+                Ok(settings)
+            })
             .await
     }
 
