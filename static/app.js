@@ -8,7 +8,7 @@
  * replay), search.js, format.js and limits.js. Shared state: state.js; the rest by concern:
  * transcript.js, sidebar.js, conversations.js, composer.js, upload.js,
  * dialogs.js, accounts.js, tokens.js, shares.js, models.js, branches.js,
- * shortcuts.js, startup.js.
+ * shortcuts.js, settings.js, startup.js.
  */
 import { els, rawText, regenerateButton, state, streams } from './state.js';
 import { copyText, flashCopied, refreshUsage, showError } from './api.js';
@@ -23,6 +23,7 @@ import { regenerate, sendMessage, stopGeneration, updateControls } from './compo
 import { bindAccountUi } from './accounts.js';
 import { init } from './startup.js';
 import { onShortcut, openShortcuts } from './shortcuts.js';
+import { bindSettings } from './settings.js';
 
 function closeMenu() {
   if (els.menu.open) els.menu.open = false;
@@ -201,6 +202,7 @@ function bindUi() {
 
 bindUi();
 bindAccountUi();
+bindSettings();
 describeLimits();
 setUsage(null);
 updateControls();

@@ -66,9 +66,14 @@ export function refreshHistory(id) {
 }
 
 function startConversation() {
+  return startConversationWith(undefined);
+}
+
+/** Starts a conversation (`body`: its settings or preset_id, see settings.js) and opens it. */
+export function startConversationWith(body) {
   var seq = ++state.loadSeq;
   clearError();
-  return api('POST', '/start_conversation').then(function (data) {
+  return api('POST', '/start_conversation', body).then(function (data) {
     var id = data.conversation_id;
     if (typeof data.model === 'string') conversationModels.set(id, data.model);
     var now = new Date().toISOString();

@@ -15,6 +15,7 @@ import { setUploadStatus } from './upload.js';
 import { startRateLimit, updateControls } from './composer.js';
 import { accountsOn, recheckSession } from './accounts.js';
 import { init } from './startup.js';
+import { onSettingsChanged } from './settings.js';
 
 /**
  * Follows `id` on the server: replies from other tabs, and the rest of a
@@ -208,6 +209,7 @@ export function connectSocket() {
       message_count: data.message_count
     });
     if (data.conversation_id === state.currentId) setTitle(conv);
+    if (data.settings) onSettingsChanged(data.conversation_id, data.settings);
     if (data.branched === true && data.conversation_id === state.currentId && !streams.has(state.currentId)) {
       refreshHistory(state.currentId);
     }

@@ -164,6 +164,11 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/socket.js"),
     ),
     (
+        "settings.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/settings.js"),
+    ),
+    (
         "share.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/share.js"),
