@@ -127,7 +127,10 @@ async fn change_settings(
         fields: &serde_json::Map<String, serde_json::Value>,
         name: &str,
     ) -> (bool, Field<T>) {
-        (fields.contains_key(name), Field::from_json(fields.get(name)))
+        (
+            fields.contains_key(name),
+            Field::from_json(fields.get(name)),
+        )
     }
     let (model_sent, model) = read(&fields, "model");
     let (prompt_sent, system_prompt) = read(&fields, "system_prompt");
@@ -150,7 +153,13 @@ async fn change_settings(
         .change_settings(&who.user, &id, &change)
         .await?;
     let shown = SettingsShown {
-        model: state.chat.models.for_conversation(&settings).spec.id.clone(),
+        model: state
+            .chat
+            .models
+            .for_conversation(&settings)
+            .spec
+            .id
+            .clone(),
         system_prompt: settings.system_prompt,
         temperature: settings.temperature,
     };

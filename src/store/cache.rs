@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    BranchPool, Conversation, ConversationMeta, ConversationSettings, ConversationStore, SettingsChange,
-    NewMessage, SearchHit, StoreResult, StoredMessage, Summary,
+    BranchPool, Conversation, ConversationMeta, ConversationSettings, ConversationStore,
+    NewMessage, SearchHit, SettingsChange, StoreResult, StoredMessage, Summary,
 };
 use crate::domain::{ChatMessage, ConversationId, UserId};
 

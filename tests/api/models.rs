@@ -637,7 +637,11 @@ async fn the_openai_api_offers_the_catalogue_and_sends_each_request_to_its_model
 #[tokio::test]
 async fn changed_settings_are_used_by_the_next_turn_and_shown_by_load() {
     let models = two_models().await;
-    models.big().streams(&["one"]).streams(&["two"]).streams(&["three"]);
+    models
+        .big()
+        .streams(&["one"])
+        .streams(&["two"])
+        .streams(&["three"]);
     models.small.streams(&["four"]);
     let user = models.app.new_user().await;
     let id = start_with(&user, json!({"system_prompt": "Be brief."})).await;
@@ -686,7 +690,10 @@ async fn changed_settings_are_used_by_the_next_turn_and_shown_by_load() {
     socket.send_message("third", Some(&id));
     socket.collect_turn(TURN_TIMEOUT).await.expect_end();
     let moved = user
-        .patch_json(&format!("/conversation/{id}/settings"), json!({"model": "small"}))
+        .patch_json(
+            &format!("/conversation/{id}/settings"),
+            json!({"model": "small"}),
+        )
         .await;
     socket.send_message("fourth", Some(&id));
     socket.collect_turn(TURN_TIMEOUT).await.expect_end();
@@ -706,8 +713,16 @@ async fn changed_settings_are_used_by_the_next_turn_and_shown_by_load() {
     assert_eq!(models.small.call_count(), 1);
     assert_eq!(models.small.requests()[0].body["temperature"], 0.5);
     assert_eq!(reloaded.json["model"], "small");
-    assert!(reloaded.json.get("system_prompt").is_none(), "{}", reloaded.text);
-    assert!(reloaded.json.get("temperature").is_none(), "{}", reloaded.text);
+    assert!(
+        reloaded.json.get("system_prompt").is_none(),
+        "{}",
+        reloaded.text
+    );
+    assert!(
+        reloaded.json.get("temperature").is_none(),
+        "{}",
+        reloaded.text
+    );
 }
 
 #[tokio::test]
@@ -725,7 +740,9 @@ async fn bad_settings_changes_are_refused_and_change_nothing() {
     let hot = alice
         .patch_json(&path, json!({"system_prompt": "new", "temperature": 3}))
         .await;
-    let wrong = alice.patch_json(&path, json!({"temperature": "warm"})).await;
+    let wrong = alice
+        .patch_json(&path, json!({"temperature": "warm"}))
+        .await;
     let long = alice
         .patch_json(&path, json!({"system_prompt": "x".repeat(32_001)}))
         .await;

@@ -186,7 +186,11 @@ pub async fn a_settings_change_changes_only_the_fields_it_names(f: &Fixture) {
         ConversationSettings::default()
     );
     assert_eq!(
-        f.store.load_page(&alice, &id, None, 5).await.unwrap().settings,
+        f.store
+            .load_page(&alice, &id, None, 5)
+            .await
+            .unwrap()
+            .settings,
         ConversationSettings::default()
     );
 }

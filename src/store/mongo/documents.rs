@@ -10,8 +10,8 @@ use mongodb::bson::{self, doc, Bson, Document};
 use super::base::{BASE_BYTES, PER_MESSAGE_BYTES};
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
 use crate::store::{
-    title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings, SearchHit, SettingsChange,
-    StoreError, StoreResult, StoredMessage, Summary,
+    title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings, SearchHit,
+    SettingsChange, StoreError, StoreResult, StoredMessage, Summary,
 };
 
 pub(super) fn to_bson_time(at: &DateTime<Utc>) -> bson::DateTime {

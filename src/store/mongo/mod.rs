@@ -70,16 +70,16 @@ pub use self::base::{
 use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
     conversation_from_doc, export_filter, history_items, import_doc, insert_settings,
-    meta_from_doc, meta_projection, now, settings_change_update, settings_from_doc, settings_update, summary_doc,
-    SETTINGS_FIELDS,
+    meta_from_doc, meta_projection, now, settings_change_update, settings_from_doc,
+    settings_update, summary_doc, SETTINGS_FIELDS,
 };
 use self::pipelines::{append_filter, append_update, encoded_len, estimate_added, text_added};
 pub use self::presets::PRESETS;
 pub use self::schema::validation_schema;
 use super::{
     page_range, search_terms, title_from, BranchPool, Conversation, ConversationMeta,
-    ConversationSettings, ConversationStore, HistoryPage, NewMessage, SearchHit, SettingsChange, StoreError,
-    StoreResult, Summary,
+    ConversationSettings, ConversationStore, HistoryPage, NewMessage, SearchHit, SettingsChange,
+    StoreError, StoreResult, Summary,
 };
 use crate::config::ConversationLimits;
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};

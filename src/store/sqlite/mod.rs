@@ -43,8 +43,9 @@ pub use self::db::SqliteDb;
 use self::exec::{backend, exec};
 use self::rows::{meta_from_row, read_conversation, read_meta, read_page, META_COLUMNS};
 use super::{
-    rfc3339, title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings, SettingsChange,
-    ConversationStore, HistoryPage, NewMessage, SearchHit, StoreError, StoreResult, Summary,
+    rfc3339, title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings,
+    ConversationStore, HistoryPage, NewMessage, SearchHit, SettingsChange, StoreError, StoreResult,
+    Summary,
 };
 use crate::config::ConversationLimits;
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
