@@ -73,18 +73,18 @@ pub const TOKEN_PREFIX: &str = "lcs_";
 
 /// A new personal access token: the prefix and 192 random bits in hex.
 pub fn new_token() -> String {
-    let bytes: [u8; 24] = rand::random();
-    let mut token = String::with_capacity(TOKEN_PREFIX.len() + 48);
-    token.push_str(TOKEN_PREFIX);
-    for byte in bytes {
-        token.push_str(&format!("{byte:02x}"));
-    }
-    token
+    format!("{TOKEN_PREFIX}{}", random_hex_192())
 }
 
 /// A new share link token (the last part of `/share/<token>`): 192
 /// random bits in hex, 48 digits.
 pub fn new_share_token() -> String {
+    random_hex_192()
+}
+
+/// 192 random bits as 48 lowercase hex digits: the secret part of every
+/// token this module makes.
+fn random_hex_192() -> String {
     let bytes: [u8; 24] = rand::random();
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
