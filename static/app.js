@@ -23,6 +23,7 @@ import { regenerate, sendMessage, stopGeneration, updateControls } from './compo
 import { bindAccountUi } from './accounts.js';
 import { init } from './startup.js';
 import { onShortcut, openShortcuts } from './shortcuts.js';
+import { bindImportUi } from './import.js';
 
 function closeMenu() {
   if (els.menu.open) els.menu.open = false;
@@ -201,6 +202,7 @@ function bindUi() {
 
 bindUi();
 bindAccountUi();
+bindImportUi();
 describeLimits();
 setUsage(null);
 updateControls();
