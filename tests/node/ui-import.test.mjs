@@ -3,7 +3,8 @@
 // POST /import/chatgpt; the dialog says what was imported, the sidebar lists
 // the conversations, and the one whose question was edited opens with its
 // "2 / 2" arrows. A malformed file shows the server's sentence (as text) and
-// adds nothing; a file over IMPORT_MAX_BYTES shows the server's 413 sentence.
+// adds nothing; a file over IMPORT_MAX_BYTES shows the server's 413 sentence,
+// and a server out of reach a sentence of the page's own.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startFakeLlm, startServer, launchChromium, openChatPage, screenshot } from './harness.mjs';
@@ -81,7 +82,17 @@ test('a ChatGPT export imports through the dialog: result in words, sidebar, bra
   const context = await browser.newContext({ viewport: { width: 1100, height: 820 } });
   try {
     const { page, problems } = await openChatPage(context, server.url);
+    // The request waits until the page has been seen busy.
+    let release;
+    const held = new Promise((resolve) => { release = resolve; });
+    await page.route('**/import/chatgpt', async (route) => { await held; await route.continue(); });
     await pick(page, JSON.stringify(EXPORT));
+    await page.waitForFunction(() => !document.querySelector('#import-progress-row').hidden);
+    assert.match(await page.locator('#import-progress-label').textContent(), /^(Uploading conversations\.json…|Importing…)/);
+    assert.ok(await page.locator('#import-submit').isDisabled());
+    assert.ok(await page.locator('#import-file').isDisabled());
+    assert.equal(await page.locator('#import-form').getAttribute('aria-busy'), 'true');
+    release();
     await page.waitForFunction(() => document.querySelector('#import-result')?.textContent !== ''
       && document.querySelector('#import-submit') && !document.querySelector('#import-submit').disabled);
     assert.equal(await page.locator('#import-result').textContent(), 'Imported 2 conversations.');
@@ -158,6 +169,13 @@ test('a malformed or too large export shows the server\'s sentence, as text, and
     await page.locator('#import-submit').click();
     await errorIs(`The export is too large: at most ${MAX_BYTES} bytes can be imported at once.`);
     await screenshot(page, 'import-error.png');
+
+    // The server out of reach: a sentence of the page's own; the file stays picked, to try again.
+    await page.route('**/import/chatgpt', (route) => route.abort('connectionreset'));
+    await page.locator('#import-file').setInputFiles({ name: 'conversations.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(EXPORT)) });
+    await page.locator('#import-submit').click();
+    await errorIs('Could not import “conversations.json”: the server could not be reached. Importing the same file again does not add anything twice.');
+    assert.equal(await page.locator('#import-file').evaluate((input) => input.files.length), 1);
 
     // Nothing was added, on the page or on the server.
     await page.locator('#import-close').click();
