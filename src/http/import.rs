@@ -44,7 +44,7 @@ struct ImportDone {
 
 async fn import_chatgpt(
     State(state): State<AppState>,
-    who: SessionUser,
+    mut who: SessionUser,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImportDone>, ApiError> {
     let settings = &state.chat.settings;
@@ -59,6 +59,10 @@ async fn import_chatgpt(
         }
     })?;
     let parsed = import::parse(&body, &settings.conversation_limits).map_err(ApiError::invalid)?;
+    // The conversations go to the session's user: a session that has none
+    // stored yet (a first request without a cookie) is kept now, counted as a
+    // new anonymous session, so what is imported stays reachable.
+    who.keep(&state).await?;
     let store = &state.chat.store;
     let mut stored: Vec<(ConversationId, ConversationMeta)> = Vec::new();
     let mut skipped = 0u64;
