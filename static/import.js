@@ -155,6 +155,7 @@ function startImport() {
   var xhr = new XMLHttpRequest();
   running = { xhr: xhr, uploaded: false };
   setBusy(true);
+  ui.close.focus(); // Import is disabled now; Cancel is the one thing to do
   setProgress('Uploading ' + file.name + '…', 0, 1);
   xhr.open('POST', '/import/chatgpt');
   xhr.setRequestHeader('Accept', 'application/json');
