@@ -24,6 +24,7 @@ import { bindAccountUi } from './accounts.js';
 import { init } from './startup.js';
 import { onShortcut, openShortcuts } from './shortcuts.js';
 import { bindSettings } from './settings.js';
+import { bindImportUi } from './import.js';
 
 function closeMenu() {
   if (els.menu.open) els.menu.open = false;
@@ -203,6 +204,7 @@ function bindUi() {
 bindUi();
 bindAccountUi();
 bindSettings();
+bindImportUi();
 describeLimits();
 setUsage(null);
 updateControls();

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::extract::SessionUser;
-use crate::domain::{ChatMessage, ConversationId};
+use crate::domain::{ChatMessage, ConversationId, UserId};
 use crate::error::ApiError;
 use crate::import;
 use crate::notify::conversation_updated;
@@ -44,7 +44,7 @@ struct ImportDone {
 
 async fn import_chatgpt(
     State(state): State<AppState>,
-    who: SessionUser,
+    mut who: SessionUser,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImportDone>, ApiError> {
     let settings = &state.chat.settings;
@@ -59,11 +59,45 @@ async fn import_chatgpt(
         }
     })?;
     let parsed = import::parse(&body, &settings.conversation_limits).map_err(ApiError::invalid)?;
+    drop(body);
+    // The conversations go to the session's user: a session that has none
+    // stored yet (a first request without a cookie) is kept now, counted as a
+    // new anonymous session, so what is imported stays reachable.
+    who.keep(&state).await?;
+    // On a task of its own: a client that goes away while the conversations
+    // are stored (its request future dropped) does not stop the import
+    // halfway, before the undo below could run.
+    let (stored, skipped) = tokio::spawn(store_all(state.clone(), who.user.clone(), parsed))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the import task failed: {e}")))??;
+    tracing::info!(imported = stored.len(), skipped, "ChatGPT export imported");
+    Ok(Json(ImportDone {
+        imported: stored.len() as u64,
+        skipped,
+        conversations: stored
+            .into_iter()
+            .map(|(conversation_id, meta)| ImportedOne {
+                conversation_id,
+                title: meta.title,
+                messages: meta.message_count,
+            })
+            .collect(),
+    }))
+}
+
+/// Stores the parsed conversations for `user`: those stored and the number
+/// skipped (already there). On a store error, what this import stored is
+/// deleted again. Each stored one is announced to the user's sockets.
+async fn store_all(
+    state: AppState,
+    user: UserId,
+    parsed: Vec<import::Imported>,
+) -> Result<(Vec<(ConversationId, ConversationMeta)>, u64), ApiError> {
     let store = &state.chat.store;
     let mut stored: Vec<(ConversationId, ConversationMeta)> = Vec::new();
     let mut skipped = 0u64;
     for one in parsed {
-        let id = import::conversation_id(&who.user, &one.source_id);
+        let id = import::conversation_id(&user, &one.source_id);
         let meta = ConversationMeta {
             conversation_id: id.clone(),
             created_at: one.created_at,
@@ -85,16 +119,13 @@ async fn import_chatgpt(
             summary: None,
             settings: ConversationSettings::default(),
         };
-        match store
-            .import_branched(&who.user, &conversation, &one.pool)
-            .await
-        {
+        match store.import_branched(&user, &conversation, &one.pool).await {
             Ok(true) => stored.push((id, meta)),
             Ok(false) => skipped += 1,
             Err(err) => {
                 // Nothing half-imported: take back what this import stored.
                 for (id, _) in &stored {
-                    if let Err(e) = store.delete(&who.user, id).await {
+                    if let Err(e) = store.delete(&user, id).await {
                         tracing::warn!(conversation = %id, error = %e, "could not undo an import");
                     }
                 }
@@ -106,20 +137,8 @@ async fn import_chatgpt(
         state
             .chat
             .notifier
-            .to_user(&who.user, conversation_updated(meta))
+            .to_user(&user, conversation_updated(meta))
             .await;
     }
-    tracing::info!(imported = stored.len(), skipped, "ChatGPT export imported");
-    Ok(Json(ImportDone {
-        imported: stored.len() as u64,
-        skipped,
-        conversations: stored
-            .into_iter()
-            .map(|(conversation_id, meta)| ImportedOne {
-                conversation_id,
-                title: meta.title,
-                messages: meta.message_count,
-            })
-            .collect(),
-    }))
+    Ok((stored, skipped))
 }

@@ -249,6 +249,11 @@ pub const STATIC_FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/shares.js"),
     ),
     (
+        "import.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/import.js"),
+    ),
+    (
         "models.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/models.js"),

@@ -295,3 +295,45 @@ async fn a_socket_behind_a_trusted_proxy_is_counted_for_its_forwarded_address() 
         refused
     );
 }
+
+#[tokio::test]
+async fn an_import_without_a_cookie_keeps_its_session_counted_as_a_new_one() {
+    early_in_window(3600, 60).await;
+    let app = spawn_app(&[("RATE_LIMIT_NEW_SESSIONS_PER_IP_PER_HOUR", "1")]).await;
+    let message = |role: &str, text: &str| json!({"author": {"role": role}, "content": {"content_type": "text", "parts": [text]}});
+    let export = json!([{
+        "conversation_id": "chatgpt-kept",
+        "title": "Kept",
+        "create_time": 1_700_000_000.25,
+        "update_time": 1_700_000_100.75,
+        "current_node": "a",
+        "mapping": {
+            "q": {"id": "q", "parent": null, "children": ["a"], "message": message("user", "Hi")},
+            "a": {"id": "a", "parent": "q", "children": [], "message": message("assistant", "Hello")}
+        }
+    }])
+    .to_string();
+
+    let visitor = app.new_user_without_page();
+    let done = visitor
+        .post_raw("/import/chatgpt", "application/json", export.clone())
+        .await;
+    done.assert_status(200);
+    assert_eq!(done.json["imported"], json!(1), "{}", done.text);
+    assert!(
+        visitor.session_cookie().is_some(),
+        "the import gave no session"
+    );
+    assert_eq!(stored_sessions(&app).await, 1);
+    let listed = visitor.list().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["title"], json!("Kept"));
+
+    // Another import without a cookie is another new session: over the limit.
+    let second = app.new_user_without_page();
+    let refused = second
+        .post_raw("/import/chatgpt", "application/json", export)
+        .await;
+    assert_rate_limited(&refused, 3600);
+    assert_eq!(stored_sessions(&app).await, 1);
+}
