@@ -7,7 +7,7 @@
  * their own, with unit tests: stream-events.js (chunks, held events,
  * replay), search.js, format.js and limits.js. Shared state: state.js; the rest by concern:
  * transcript.js, sidebar.js, conversations.js, composer.js, upload.js,
- * dialogs.js, accounts.js, tokens.js, shares.js, models.js, branches.js,
+ * dialogs.js, accounts.js, tokens.js, shares.js, import.js, models.js, branches.js,
  * shortcuts.js, settings.js, startup.js.
  */
 import { els, rawText, regenerateButton, state, streams } from './state.js';
