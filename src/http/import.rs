@@ -58,8 +58,13 @@ async fn import_chatgpt(
             ApiError::invalid("The export could not be read.")
         }
     })?;
-    let parsed = import::parse(&body, &settings.conversation_limits).map_err(ApiError::invalid)?;
-    drop(body);
+    // Up to IMPORT_MAX_BYTES of JSON: parsed on a blocking thread, so the
+    // runtime's workers keep serving sockets meanwhile.
+    let limits = settings.conversation_limits;
+    let parsed = tokio::task::spawn_blocking(move || import::parse(&body, &limits))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the import parse failed: {e}")))?
+        .map_err(ApiError::invalid)?;
     // The conversations go to the session's user: a session that has none
     // stored yet (a first request without a cookie) is kept now, counted as a
     // new anonymous session, so what is imported stays reachable.
