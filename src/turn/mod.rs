@@ -9,7 +9,8 @@
 //! is stored is always consistent: success stores the user's message and
 //! the reply together; a stop or disconnect stores the partial reply; an
 //! upstream failure, including a reply that ends without any text (or with
-//! whitespace only), stores only the user's message.
+//! whitespace only), stores only the user's message (a failed regenerate
+//! stores nothing: the old reply stays shown).
 
 mod backoff;
 mod chat;
@@ -480,6 +481,9 @@ impl Turn<'_> {
         // asks `GET /usage` after `response_end` sees this turn.
         let store = async {
             match self.branching {
+                // A regenerate with no new reply (failed, or stopped before
+                // any text): the old reply stays where it was, shown.
+                Some(_) if to_store.is_empty() => chat.store.meta(self.user, id).await,
                 Some(branching) => {
                     full::fork_turn(chat, self.user, id, branching.at(), to_store, room).await
                 }
