@@ -1,5 +1,6 @@
 //! `llm-chat-server migrate --from sqlite --to mongodb` (or back): copies
-//! every conversation, every account with its access tokens, sign-in
+//! every conversation (with the branches its edits and regenerates set
+//! aside), every account with its access tokens, sign-in
 //! identities, token usage and quota, share links, and every live session between the
 //! two stores (conversations page by page, with a
 //! progress bar on stderr) and prints a count at the end.
@@ -89,13 +90,21 @@ pub async fn copy(
             .export_page(after.clone(), page_size)
             .await
             .context("reading conversations")?;
-        let Some((user, last)) = page.last() else {
+        let Some(last) = page.last() else {
             break;
         };
-        after = Some((user.clone(), last.meta.conversation_id.clone()));
-        for (user, conversation) in &page {
+        after = Some((
+            last.user.clone(),
+            last.conversation.meta.conversation_id.clone(),
+        ));
+        for exported in &page {
+            let conversation = &exported.conversation;
             report.conversations += 1;
-            match to.import(user, conversation).await {
+            // With its branches: an edited conversation keeps its siblings.
+            match to
+                .import_branched(&exported.user, conversation, &exported.branches)
+                .await
+            {
                 Ok(true) => report.inserted += 1,
                 Ok(false) => report.already_there += 1,
                 Err(StoreError::TooLarge(_)) => {

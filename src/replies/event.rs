@@ -12,9 +12,13 @@ use crate::events::{ErrorEvent, ReplyStarted, ResponseChunk, ResponseEnd, Server
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ReplyEvent {
-    /// A turn began; `message` is the user's message.
+    /// A turn began; `message` is the user's message, `branch` where it
+    /// goes when the turn answers on a new branch (absent in events logged
+    /// by older versions: an append).
     Started {
         message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<BranchPoint>,
     },
     Chunk {
         index: u64,
@@ -28,6 +32,18 @@ pub enum ReplyEvent {
         message: String,
         error: String,
     },
+}
+
+/// Where a branch turn (`edit_message`, `regenerate`) stores its messages,
+/// logged with its start: an instance that ends the reply for a dead one
+/// stores the user's message as the turn would have on failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchPoint {
+    /// How many messages of the history come before the user's.
+    pub prefix: u64,
+    /// The user's message is the stored one at `prefix` (a regenerate:
+    /// nothing of the user's is new); else it is new (an edit).
+    pub user_stored: bool,
 }
 
 impl ReplyEvent {
@@ -51,7 +67,7 @@ impl ReplyEvent {
     ) -> ServerEvent<'a> {
         let conversation_id = conversation.as_ref();
         match self {
-            ReplyEvent::Started { message } => ServerEvent::ReplyStarted(ReplyStarted {
+            ReplyEvent::Started { message, .. } => ServerEvent::ReplyStarted(ReplyStarted {
                 conversation_id,
                 message,
                 reply_id,
@@ -112,3 +128,35 @@ pub(super) fn interrupted() -> ReplyEvent {
 
 /// The message of an interrupted reply's `error`.
 pub const INTERRUPTED: &str = "The reply was interrupted. Please try again.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_logged_by_an_older_version_reads_as_an_append_and_a_branch_one_keeps_its_point() {
+        let older: ReplyEvent =
+            serde_json::from_str(r#"{"kind":"started","message":"hi"}"#).unwrap();
+        assert_eq!(
+            older,
+            ReplyEvent::Started {
+                message: "hi".into(),
+                branch: None
+            }
+        );
+        // A plain turn's start is logged as before.
+        assert_eq!(
+            serde_json::to_string(&older).unwrap(),
+            r#"{"kind":"started","message":"hi"}"#
+        );
+        let edit = ReplyEvent::Started {
+            message: "better".into(),
+            branch: Some(BranchPoint {
+                prefix: 2,
+                user_stored: false,
+            }),
+        };
+        let logged = serde_json::to_string(&edit).unwrap();
+        assert_eq!(serde_json::from_str::<ReplyEvent>(&logged).unwrap(), edit);
+    }
+}

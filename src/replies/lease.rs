@@ -1,12 +1,14 @@
 //! Replies whose instance died: each reply in flight has a lease its
 //! instance renews (`redis.rs`). Every instance looks, about once a second,
 //! for replies whose lease lapsed; one of them claims each such reply, the
-//! caller stores the user's message (as for any failed turn), and the
+//! caller stores the user's message (as for any failed turn, where that turn
+//! would have: at the end, on a new branch for an edit, nowhere for a
+//! regenerate), and the
 //! reply ends with `error` for every tab watching it, on any instance.
 
 use std::sync::Arc;
 
-use super::event::{interrupted, Logged, ReplyEvent};
+use super::event::{interrupted, BranchPoint, Logged, ReplyEvent};
 use super::log::Envelope;
 use super::ReplyHub;
 use crate::domain::{ConversationId, UserId};
@@ -18,6 +20,8 @@ pub struct LapsedReply {
     pub conversation: ConversationId,
     /// The user's message the reply answered.
     pub message: String,
+    /// Where it goes, for a branch turn (edit, regenerate); `None`: at the end.
+    pub branch: Option<BranchPoint>,
     reply: Arc<str>,
 }
 
@@ -55,7 +59,7 @@ impl ReplyHub {
             let current = logged.first().filter(|l| *l.reply == *in_flight.reply);
             let ended = logged.last().is_some_and(|l| l.event.is_final());
             let Some(Logged {
-                event: ReplyEvent::Started { message },
+                event: ReplyEvent::Started { message, branch },
                 ..
             }) = current.filter(|_| !ended)
             else {
@@ -66,6 +70,7 @@ impl ReplyHub {
                 user,
                 conversation,
                 message: message.clone(),
+                branch: *branch,
                 reply: Arc::from(in_flight.reply),
             });
         }

@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use event::{new_reply_id, Logged};
-pub use event::{ReplyEvent, INTERRUPTED};
+pub use event::{BranchPoint, ReplyEvent, INTERRUPTED};
 pub use lease::LapsedReply;
 use log::{Envelope, ReplyLog};
 use memory::{MemoryLog, MemoryReplies};

@@ -70,6 +70,7 @@ fn chunk(index: u64) -> ReplyEvent {
 fn started() -> ReplyEvent {
     ReplyEvent::Started {
         message: "hi".into(),
+        branch: None,
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    BranchPool, Conversation, ConversationMeta, ConversationSettings, ConversationStore,
+    BranchPool, Conversation, ConversationMeta, ConversationSettings, ConversationStore, Exported,
     NewMessage, SearchHit, SettingsChange, StoreResult, StoredMessage, Summary,
 };
 use crate::domain::{ChatMessage, ConversationId, UserId};
@@ -424,7 +424,7 @@ impl ConversationStore for CachedStore {
         &self,
         after: Option<(UserId, ConversationId)>,
         limit: u32,
-    ) -> StoreResult<Vec<(UserId, Conversation)>> {
+    ) -> StoreResult<Vec<Exported>> {
         self.inner.export_page(after, limit).await
     }
 

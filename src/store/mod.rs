@@ -160,6 +160,15 @@ impl Conversation {
     }
 }
 
+/// One conversation as [`ConversationStore::export_page`] reads it: its
+/// owner, the conversation and what its edits and regenerates set aside.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub user: UserId,
+    pub conversation: Conversation,
+    pub branches: BranchPool,
+}
+
 /// Part of a conversation's history (`GET /load_conversation/{id}?limit=&before=`).
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
@@ -324,13 +333,14 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn search(&self, user: &UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>>;
     /// How many conversations there are, over all users (for progress).
     async fn count_all(&self) -> StoreResult<u64>;
-    /// Every conversation of every user, ordered by (user id, conversation
-    /// id), `limit` at a time after `after`: for copying between backends.
+    /// Every conversation of every user with its branches, ordered by
+    /// (user id, conversation id), `limit` at a time after `after`: for
+    /// copying between backends ([`import_branched`](Self::import_branched)).
     async fn export_page(
         &self,
         after: Option<(UserId, ConversationId)>,
         limit: u32,
-    ) -> StoreResult<Vec<(UserId, Conversation)>>;
+    ) -> StoreResult<Vec<Exported>>;
     /// Stores a whole conversation (times, title, summary, messages with
     /// their token counts) unless one with that id already exists for that
     /// user; `true` when it was inserted. Copying twice changes nothing.

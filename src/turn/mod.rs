@@ -9,7 +9,8 @@
 //! is stored is always consistent: success stores the user's message and
 //! the reply together; a stop or disconnect stores the partial reply; an
 //! upstream failure, including a reply that ends without any text (or with
-//! whitespace only), stores only the user's message.
+//! whitespace only), stores only the user's message (a failed regenerate
+//! stores nothing: the old reply stays shown).
 
 mod backoff;
 mod chat;
@@ -42,7 +43,7 @@ use crate::events::{EventSink, Field, ResponseChunk, ResponseEnd, ServerEvent, T
 use crate::llm::{ChatRequest, Delta, Messages, Usage};
 use crate::metrics::Metrics;
 use crate::notify::{conversation_branched, conversation_updated};
-use crate::replies::{Relay, ReplyEvent};
+use crate::replies::{BranchPoint, Relay, ReplyEvent};
 use crate::store::usage::DayUsage;
 use crate::store::NewMessage;
 use summarise::{Folded, Whose};
@@ -103,6 +104,15 @@ impl Branching {
     /// Where the new messages go in the history.
     fn at(&self) -> u64 {
         (self.prefix + usize::from(self.user_stored)) as u64
+    }
+
+    /// The same turn once its user's message is stored (by the instance
+    /// that ended it for a dead one): only the reply is left, after it.
+    fn with_user_stored(self) -> Self {
+        Branching {
+            user_stored: true,
+            ..self
+        }
     }
 }
 
@@ -369,6 +379,10 @@ impl Turn<'_> {
         ));
         relay.send(ReplyEvent::Started {
             message: progress.text.clone(),
+            branch: self.branching.map(|b| BranchPoint {
+                prefix: b.prefix as u64,
+                user_stored: b.user_stored,
+            }),
         });
 
         Metrics::add(&chat.metrics.tokens_in, progress.prompt_tokens as u64);
@@ -469,22 +483,26 @@ impl Turn<'_> {
             });
         }
         // Another instance took this reply for a dead one (its lease lapsed
-        // while this instance was cut off from Redis) and stored the message.
-        // (A branch turn's message has its place in the history: it is
-        // stored by the fork, never by the instance that took the reply.)
+        // while this instance was cut off from Redis) and stored the message
+        // (an edit's on its new branch): the reply, if any, goes after it.
+        let mut branching = self.branching;
         if let Some(relay) = relay
             .as_ref()
-            .filter(|_| chat.redis.is_some() && self.branching.is_none())
+            .filter(|_| chat.redis.is_some() && !user_stored)
         {
             if !relay.stores_user_message().await {
                 to_store.remove(0);
+                branching = branching.map(|b| b.with_user_stored());
             }
         }
         let store_started = Instant::now();
         // Counted before the reply's end is announced, so a client that
         // asks `GET /usage` after `response_end` sees this turn.
         let store = async {
-            match self.branching {
+            match branching {
+                // A regenerate with no new reply (failed, or stopped before
+                // any text): the old reply stays where it was, shown.
+                Some(_) if to_store.is_empty() => chat.store.meta(self.user, id).await,
                 Some(branching) => {
                     full::fork_turn(chat, self.user, id, branching.at(), to_store, room).await
                 }

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 use testkit::browser::msg;
+use testkit::fake_llm::Behaviour;
 
 use crate::helpers::{spawn_app, EVENT_TIMEOUT, TURN_TIMEOUT};
 
@@ -377,4 +378,54 @@ async fn a_stopped_edit_keeps_its_partial_reply_on_the_new_branch_and_a_switch_w
         user.history(&id).await,
         [msg("user", "Old question"), msg("assistant", "Old reply")]
     );
+}
+
+#[tokio::test]
+async fn a_failed_regenerate_leaves_the_old_reply_shown_and_a_later_one_has_it_as_a_sibling() {
+    let app = spawn_app(&[]).await;
+    let user = app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut socket = user.socket().await;
+    let mut other_tab = user.socket().await;
+    app.llm.streams(&["Old answer"]);
+    socket.send_message("Which is best?", Some(&id));
+    socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+    other_tab
+        .wait_for("conversation_updated", EVENT_TIMEOUT)
+        .await;
+    // A client error: not retried, the regenerate fails at once.
+    app.llm.push(Behaviour::Fail(400));
+
+    socket.emit("regenerate", json!({"conversation_id": id}));
+    let failed = socket.collect_turn(TURN_TIMEOUT).await;
+
+    assert_eq!(failed.expect_error()["error"], "llm_unavailable");
+    // The old reply is back where it was, nothing set aside without arrows.
+    let shown = [
+        msg("user", "Which is best?"),
+        msg("assistant", "Old answer"),
+    ];
+    assert_eq!(user.history(&id).await, shown);
+    let loaded = user.get(&format!("/load_conversation/{id}")).await;
+    assert_eq!(siblings(&loaded.json), []);
+    // Other tabs (which may have cleared the old reply) are told to reload.
+    let updated = other_tab
+        .wait_for("conversation_updated", EVENT_TIMEOUT)
+        .await;
+    assert_eq!(updated["message_count"], 2);
+
+    app.llm.streams(&["New answer"]);
+    socket.emit("regenerate", json!({"conversation_id": id}));
+    socket.collect_turn(TURN_TIMEOUT).await.expect_end();
+    let loaded = user.get(&format!("/load_conversation/{id}")).await;
+    assert_eq!(siblings(&loaded.json), [(1, 2, 2)]);
+    let ack = socket
+        .emit_with_ack(
+            "switch_branch",
+            json!({"conversation_id": id, "index": 1, "position": 1}),
+            EVENT_TIMEOUT,
+        )
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(user.history(&id).await, shown);
 }

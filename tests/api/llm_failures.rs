@@ -297,7 +297,7 @@ async fn a_reply_of_whitespace_only_counts_as_empty() {
 }
 
 #[tokio::test]
-async fn an_empty_regenerated_reply_is_an_upstream_failure_and_keeps_the_message() {
+async fn an_empty_regenerated_reply_is_an_upstream_failure_and_keeps_the_old_reply() {
     let app = spawn_app(&[]).await;
     let (user, id, mut socket) = user_in_conversation(&app).await;
     app.llm.streams(&["First", " answer"]);
@@ -309,9 +309,13 @@ async fn an_empty_regenerated_reply_is_an_upstream_failure_and_keeps_the_message
     let turn = socket.collect_turn(TURN_TIMEOUT).await;
 
     assert_empty_reply_failure(&turn);
+    // Nothing new to keep: the old reply stays shown.
     assert_eq!(
         user.history(&id).await,
-        vec![msg("user", "Try again later")]
+        vec![
+            msg("user", "Try again later"),
+            msg("assistant", "First answer")
+        ]
     );
 }
 

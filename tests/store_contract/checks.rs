@@ -836,10 +836,11 @@ pub async fn copy_all(
     loop {
         let page = source.export_page(after.clone(), page_size).await.unwrap();
         assert!(page.len() <= page_size as usize);
-        let Some((user, last)) = page.last() else {
+        let Some(last) = page.last() else {
             break;
         };
-        for (user, conversation) in &page {
+        for item in &page {
+            let (user, conversation) = (&item.user, &item.conversation);
             let key = (
                 user.to_string(),
                 conversation.meta.conversation_id.to_string(),
@@ -851,7 +852,10 @@ pub async fn copy_all(
             exported += 1;
             inserted += target.import(user, conversation).await.unwrap() as usize;
         }
-        after = Some((user.clone(), last.meta.conversation_id.clone()));
+        after = Some((
+            last.user.clone(),
+            last.conversation.meta.conversation_id.clone(),
+        ));
     }
     (inserted, exported)
 }

@@ -21,7 +21,7 @@ use llm_chat_server::store::shares::{NewShare, ShareStore};
 use llm_chat_server::store::sqlite::{SqliteDb, SqliteStore};
 use llm_chat_server::store::tokens::TokenStore;
 use llm_chat_server::store::usage::{DayUsage, UsageStore};
-use llm_chat_server::store::{ConversationStore, NewMessage};
+use llm_chat_server::store::{ConversationStore, NewMessage, Siblings};
 use testkit::server::{env_with_path, Env, ServerProcess};
 use tower_sessions::session::{Id, Record};
 
@@ -618,4 +618,91 @@ async fn migrate_copies_share_links_both_ways_once_and_they_keep_working() {
             .messages,
         messages
     );
+}
+
+fn said(role: Role, content: &str) -> NewMessage {
+    NewMessage {
+        role,
+        content: content.to_owned(),
+        tokens: Some(2),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_an_edited_conversation_with_its_branches_both_ways() {
+    let server = shared_server().await;
+    let (uri, database) = (server.uri(), database_name());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::new(SqliteDb::open(&dir.path().join("chat.db")).unwrap());
+    let (user, id) = (UserId::new(), ConversationId::new());
+    sqlite.create(&user, &id).await.unwrap();
+    sqlite
+        .append(
+            &user,
+            &id,
+            vec![
+                said(Role::User, "first words"),
+                said(Role::Assistant, "first reply"),
+            ],
+        )
+        .await
+        .unwrap();
+    // An edit of the first message: the old pair is set aside as a sibling.
+    sqlite
+        .fork(
+            &user,
+            &id,
+            0,
+            vec![
+                said(Role::User, "better words"),
+                said(Role::Assistant, "better reply"),
+            ],
+        )
+        .await
+        .unwrap();
+    let pool = sqlite.branches(&user, &id).await.unwrap();
+    let edited = sqlite.load(&user, &id).await.unwrap().history();
+    assert_eq!(pool.siblings(2).len(), 1, "{pool:?}");
+
+    let first = migrate_between(dir.path(), &uri, &database, "sqlite", "mongodb").await;
+
+    assert!(first.contains("1 conversations read: 1 copied"), "{first}");
+    let mongo = MongoStore::connect(&uri, &database).await.unwrap();
+    assert_eq!(mongo.load(&user, &id).await.unwrap().history(), edited);
+    let copied = mongo.branches(&user, &id).await.unwrap();
+    assert_eq!(copied, pool);
+    assert_eq!(
+        copied.siblings(2),
+        vec![Siblings {
+            index: 0,
+            position: 2,
+            count: 2
+        }]
+    );
+    // The old words are there to switch back to on the target.
+    mongo.switch_branch(&user, &id, 0, 1).await.unwrap();
+    let switched: Vec<String> = mongo
+        .load(&user, &id)
+        .await
+        .unwrap()
+        .history()
+        .into_iter()
+        .map(|m| m.content.to_string())
+        .collect();
+    assert_eq!(switched, ["first words", "first reply"]);
+
+    // And back to a new SQLite file: the switched path and its sibling.
+    let back = tempfile::tempdir().unwrap();
+    migrate_between(back.path(), &uri, &database, "mongodb", "sqlite").await;
+    let returned = SqliteStore::new(SqliteDb::open(&back.path().join("chat.db")).unwrap());
+    assert_eq!(
+        returned.branches(&user, &id).await.unwrap(),
+        mongo.branches(&user, &id).await.unwrap()
+    );
+    assert_eq!(
+        returned.load(&user, &id).await.unwrap().history(),
+        mongo.load(&user, &id).await.unwrap().history()
+    );
+    returned.switch_branch(&user, &id, 0, 2).await.unwrap();
+    assert_eq!(returned.load(&user, &id).await.unwrap().history(), edited);
 }

@@ -78,8 +78,8 @@ pub use self::presets::PRESETS;
 pub use self::schema::validation_schema;
 use super::{
     page_range, search_terms, title_from, BranchPool, Conversation, ConversationMeta,
-    ConversationSettings, ConversationStore, HistoryPage, NewMessage, SearchHit, SettingsChange,
-    StoreError, StoreResult, Summary,
+    ConversationSettings, ConversationStore, Exported, HistoryPage, NewMessage, SearchHit,
+    SettingsChange, StoreError, StoreResult, Summary,
 };
 use crate::config::ConversationLimits;
 use crate::domain::{self, ChatMessage, ConversationId, Role, UserId};
@@ -578,7 +578,7 @@ impl ConversationStore for MongoStore {
         &self,
         after: Option<(UserId, ConversationId)>,
         limit: u32,
-    ) -> StoreResult<Vec<(UserId, Conversation)>> {
+    ) -> StoreResult<Vec<Exported>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -596,10 +596,12 @@ impl ConversationStore for MongoStore {
                 tracing::warn!("skipping a conversation without a string user_id");
                 continue;
             };
-            match conversation_from_doc(&d) {
-                Ok(conversation) => {
-                    page.push((UserId::from_stored(user.to_string()), conversation))
-                }
+            match conversation_from_doc(&d).and_then(|c| Ok((c, branches::pool_from_doc(&d)?))) {
+                Ok((conversation, branches)) => page.push(Exported {
+                    user: UserId::from_stored(user.to_string()),
+                    conversation,
+                    branches,
+                }),
                 Err(e) => tracing::warn!(error = %e, "skipping a malformed conversation"),
             }
         }

@@ -44,8 +44,8 @@ use self::exec::{backend, exec};
 use self::rows::{meta_from_row, read_conversation, read_meta, read_page, META_COLUMNS};
 use super::{
     rfc3339, title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings,
-    ConversationStore, HistoryPage, NewMessage, SearchHit, SettingsChange, StoreError, StoreResult,
-    Summary,
+    ConversationStore, Exported, HistoryPage, NewMessage, SearchHit, SettingsChange, StoreError,
+    StoreResult, Summary,
 };
 use crate::config::ConversationLimits;
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
@@ -438,7 +438,7 @@ impl ConversationStore for SqliteStore {
         &self,
         after: Option<(UserId, ConversationId)>,
         limit: u32,
-    ) -> StoreResult<Vec<(UserId, Conversation)>> {
+    ) -> StoreResult<Vec<Exported>> {
         let (after_user, after_id) = after
             .map(|(u, c)| (u.to_string(), c.to_string()))
             .unwrap_or_default();
@@ -467,7 +467,12 @@ impl ConversationStore for SqliteStore {
                         continue;
                     };
                     let conversation = read_conversation(&tx, &user, &id)?;
-                    page.push((UserId::from_stored(user), conversation));
+                    let branches = branches::read_pool(&tx, &user, id.as_ref())?;
+                    page.push(Exported {
+                        user: UserId::from_stored(user),
+                        conversation,
+                        branches,
+                    });
                 }
                 Ok(page)
             })
@@ -640,12 +645,18 @@ mod tests {
             let mut after = None;
             loop {
                 let page = source.export_page(after.clone(), 4).await.unwrap();
-                let Some((user, last)) = page.last() else {
+                let Some(last) = page.last() else {
                     break;
                 };
-                after = Some((user.clone(), last.meta.conversation_id.clone()));
-                for (user, conversation) in &page {
-                    inserted += target.import(user, conversation).await.unwrap() as usize;
+                after = Some((
+                    last.user.clone(),
+                    last.conversation.meta.conversation_id.clone(),
+                ));
+                for exported in &page {
+                    inserted += target
+                        .import(&exported.user, &exported.conversation)
+                        .await
+                        .unwrap() as usize;
                 }
             }
         }
