@@ -199,28 +199,11 @@ pub(super) fn settings_from_doc(d: &Document) -> ConversationSettings {
 /// for each default (so a default leaves no field, as the original's
 /// documents have none).
 pub(super) fn settings_update(settings: &ConversationSettings) -> Document {
-    let mut set = Document::new();
-    let mut unset = Document::new();
-    match &settings.model {
-        Some(model) => set.insert("model", model.as_str()),
-        None => unset.insert("model", ""),
-    };
-    match &settings.system_prompt {
-        Some(prompt) => set.insert("system_prompt", prompt.as_str()),
-        None => unset.insert("system_prompt", ""),
-    };
-    match settings.temperature {
-        Some(temperature) => set.insert("temperature", f64::from(temperature)),
-        None => unset.insert("temperature", ""),
-    };
-    let mut update = Document::new();
-    if !set.is_empty() {
-        update.insert("$set", set);
-    }
-    if !unset.is_empty() {
-        update.insert("$unset", unset);
-    }
-    update
+    settings_change_update(&SettingsChange {
+        model: Some(settings.model.clone()),
+        system_prompt: Some(settings.system_prompt.clone()),
+        temperature: Some(settings.temperature),
+    })
 }
 
 /// The update that makes `change`: `$set` for each field it sets, `$unset`
