@@ -258,7 +258,7 @@ impl Settings {
                 .push("REPLY_LEASE_SECONDS must be at least 2".to_string());
         }
         let linger_ms =
-            r.parse::<u64>("REPLY_RELAY_LINGER_MS", 2, "a whole number of milliseconds");
+            r.parse::<u64>("REPLY_RELAY_LINGER_MS", 0, "a whole number of milliseconds");
         if linger_ms > 100 {
             r.errors
                 .push("REPLY_RELAY_LINGER_MS must be at most 100".to_string());
@@ -716,12 +716,9 @@ mod tests {
 
     #[test]
     fn the_relay_linger_is_read_in_milliseconds_and_bounded() {
-        assert_eq!(
-            settings(&[]).unwrap().reply_relay_linger,
-            Duration::from_millis(2)
-        );
-        let off = settings(&[("REPLY_RELAY_LINGER_MS", "0")]).unwrap();
-        assert_eq!(off.reply_relay_linger, Duration::ZERO);
+        assert_eq!(settings(&[]).unwrap().reply_relay_linger, Duration::ZERO);
+        let on = settings(&[("REPLY_RELAY_LINGER_MS", "2")]).unwrap();
+        assert_eq!(on.reply_relay_linger, Duration::from_millis(2));
         let err = settings(&[("REPLY_RELAY_LINGER_MS", "500")])
             .unwrap_err()
             .to_string();
