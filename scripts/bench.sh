@@ -283,21 +283,28 @@ fi
 
 if want redis; then
   # The turns mode against a server on Redis (sessions, fan-out, reply logs) and the
-  # MongoDB protocol (SecantusDB) instead of SQLite.
+  # MongoDB protocol (SecantusDB) instead of SQLite; REDIS_STORE=sqlite keeps the
+  # embedded store (Redis's own cost, without SecantusDB's).
   start_redis
-  start_store
-  start_server redis-mongo REDIS_URL="$redis_url" REDIS_PREFIX=bencht SECRET_KEY="$secret" \
-    MONGODB_URI="$store_uri" MONGODB_DB=bench_turns
+  if [ "${REDIS_STORE:-mongo}" = sqlite ]; then
+    store_pid="" kind=redis-sqlite
+    start_server redis-sqlite REDIS_URL="$redis_url" REDIS_PREFIX=bencht SECRET_KEY="$secret"
+  else
+    start_store
+    kind=redis-mongo
+    start_server redis-mongo REDIS_URL="$redis_url" REDIS_PREFIX=bencht SECRET_KEY="$secret" \
+      MONGODB_URI="$store_uri" MONGODB_DB=bench_turns
+  fi
   wait_ready "$server_url"
-  echo "==> redis + mongo: server $server_url (pid $server_pid), redis pid $redis_pid, store pid $store_pid" >&2
+  echo "==> $kind: server $server_url (pid $server_pid), redis pid $redis_pid, store pid ${store_pid:-none}" >&2
   for fresh in 0 10; do
-    label=$([ "$fresh" = 0 ] && echo server-redis-mongo || echo server-redis-mongo-short-conversations)
-    r0=$(cpu_secs "$redis_pid") s0=$(cpu_secs "$store_pid")
+    label=$([ "$fresh" = 0 ] && echo "server-$kind" || echo "server-$kind-short-conversations")
+    r0=$(cpu_secs "$redis_pid") s0=$([ -n "$store_pid" ] && cpu_secs "$store_pid" || echo -)
     emit "$(bounded $((measured + 240)) "$bin/chat-bench" turns --warmup-secs "$WARMUP" \
       --duration-secs "$DURATION" --llm-delay-ms "$LLM_DELAY_MS" --label "$label" \
       --url "$server_url" --users "$USERS" --fresh-every "$fresh" --server-pid "$server_pid")"
-    echo "==> $label: CPU seconds during the run (warm-up included): redis $r0 -> $(cpu_secs "$redis_pid"), store $s0 -> $(cpu_secs "$store_pid")" >&2
+    echo "==> $label: CPU seconds during the run (warm-up included): redis $r0 -> $(cpu_secs "$redis_pid"), store $s0 -> $([ -n "$store_pid" ] && cpu_secs "$store_pid" || echo -)" >&2
   done
-  kill_and_wait "$server_pid" "$redis_pid" "$store_pid"
+  kill_and_wait "$server_pid" "$redis_pid" ${store_pid:+"$store_pid"}
 fi
 echo "==> done, load: $(uptime)" >&2

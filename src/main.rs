@@ -11,6 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc: a turn makes many small, short-lived allocations (frames,
 /// chunks, JSON), which glibc's malloc served at about 13 % of the CPU.
+/// `--features system-alloc` builds with the system allocator instead
+/// (smaller idle sockets, fewer turns/s: BENCHMARKS.md "The allocator trade").
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -177,7 +177,12 @@ impl Application {
         let draining = Arc::new(AtomicBool::new(false));
         let (replies, limiter): (Arc<ReplyHub>, Arc<dyn RateLimiter>) = match &redis {
             Some(redis) => (
-                ReplyHub::with_redis(redis, settings.reply_resume_ttl, settings.reply_lease),
+                ReplyHub::with_redis(
+                    redis,
+                    settings.reply_resume_ttl,
+                    settings.reply_lease,
+                    settings.reply_relay_linger,
+                ),
                 Arc::new(RedisLimiter::new(redis)),
             ),
             None => (

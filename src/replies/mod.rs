@@ -62,6 +62,10 @@ pub struct ReplyHub {
     memory: Option<Arc<MemoryLog>>,
     /// The same log when it is the Redis one (leases).
     redis: Option<Arc<RedisLog>>,
+    /// How long a Redis relay waits for more events of its reply before
+    /// logging what it has (0: not at all), so a fast reply's events share
+    /// a round trip; a reply's last event goes at once.
+    linger: Duration,
     /// Who follows what, both ways under one lock: registering a socket
     /// (dropping what it followed before) and forgetting it are each one
     /// step, so concurrent calls for a socket cannot leave a stray watcher.
@@ -116,7 +120,14 @@ impl ReplyHub {
     /// A hub shared through Redis; `cluster::listen` hands it the
     /// other instances' events (`deliver_remote`). A reply whose instance
     /// stops renewing its lease for `lease` is ended by another instance.
-    pub fn with_redis(redis: &RedisConnections, ttl: Duration, lease: Duration) -> Arc<Self> {
+    /// A relay waits up to `linger` for more events of its reply before it
+    /// logs and publishes them (see [`ReplyHub::relay`]).
+    pub fn with_redis(
+        redis: &RedisConnections,
+        ttl: Duration,
+        lease: Duration,
+        linger: Duration,
+    ) -> Arc<Self> {
         let log = Arc::new(RedisLog {
             channel: redis.key("replies"),
             redis: redis.clone(),
@@ -126,6 +137,7 @@ impl ReplyHub {
         });
         Arc::new(Self {
             redis: Some(log.clone()),
+            linger,
             ..Self::new(log)
         })
     }
@@ -136,6 +148,7 @@ impl ReplyHub {
             log,
             memory: None,
             redis: None,
+            linger: Duration::ZERO,
             registry: Mutex::new(Registry::default()),
         }
     }
@@ -310,7 +323,11 @@ impl ReplyHub {
     /// logged and delivered to this instance's watchers as it is sent.
     /// With Redis, events are logged, delivered and published in order by
     /// a task of their own, so the turn never waits on Redis; the task also
-    /// renews the reply's lease until its last event.
+    /// renews the reply's lease until its last event. The task gathers the
+    /// events that come within the hub's linger of the first one into one
+    /// Redis round trip (one pipeline, one published message), and sends
+    /// a batch holding the reply's last event (`response_end`, `error`) at
+    /// once, so a turn's end is never delayed.
     pub fn relay(
         self: &Arc<Self>,
         user: &UserId,
@@ -411,6 +428,7 @@ impl ReplyHub {
                 give_up_at = Some(tokio::time::Instant::now() + BACKLOG_PATIENCE);
                 continue;
             }
+            self.linger_for_more(&mut rx, &mut events).await;
             let envelopes: Vec<Envelope> = events
                 .drain(..)
                 .map(|event| Envelope {
@@ -446,6 +464,30 @@ impl ReplyHub {
             }
             if !logged {
                 backlog.extend(envelopes);
+            }
+        }
+    }
+
+    /// Waits up to the hub's linger for more events after `events` (a
+    /// batch just received), so they share one round trip: stops at a
+    /// reply's last event, at [`RELAY_BATCH`] events, or when the turn is
+    /// gone. Order is the channel's; a `recv_many` cut short by the
+    /// deadline loses nothing (it is cancel safe).
+    async fn linger_for_more(
+        &self,
+        rx: &mut mpsc::Receiver<ReplyEvent>,
+        events: &mut Vec<ReplyEvent>,
+    ) {
+        if self.linger.is_zero() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + self.linger;
+        while events.len() < RELAY_BATCH && !events.last().is_some_and(ReplyEvent::is_final) {
+            let more =
+                tokio::time::timeout_at(until, rx.recv_many(events, RELAY_BATCH - events.len()));
+            match more.await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             }
         }
     }

@@ -471,3 +471,126 @@ async fn a_watch_that_registers_after_its_socket_closed_leaves_no_watcher() {
         .await;
     assert_eq!(hub.watcher_count(), 1);
 }
+
+/// The in-memory log, telling the test each batch a relay records.
+struct BatchLog {
+    inner: Arc<MemoryLog>,
+    batches: Mutex<Vec<Vec<String>>>,
+    recorded: Notify,
+}
+
+#[async_trait]
+impl ReplyLog for BatchLog {
+    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
+        let names = envelopes
+            .iter()
+            .map(|e| match &e.logged.event {
+                ReplyEvent::Started { .. } => "started".to_string(),
+                ReplyEvent::Chunk { index, .. } => format!("chunk {index}"),
+                ReplyEvent::End { .. } => "end".to_string(),
+                ReplyEvent::Error { .. } => "error".to_string(),
+            })
+            .collect();
+        self.batches.lock().unwrap().push(names);
+        self.inner.record(envelopes).await?;
+        self.recorded.notify_one();
+        Ok(())
+    }
+    async fn read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<Vec<Logged>, String> {
+        self.inner.read(user, conversation).await
+    }
+}
+
+/// A relay task (the Redis mode's) that lingers gathers the events that
+/// follow the first into one batch, each once and in order, and logs the
+/// batch as soon as the reply's last event is in it (not at the end of
+/// its linger, here an hour).
+#[tokio::test]
+async fn a_lingering_relay_logs_a_reply_in_one_batch_once_in_order_and_ends_at_once() {
+    let log = Arc::new(BatchLog {
+        inner: Arc::new(MemoryLog {
+            replies: Mutex::new(MemoryReplies::default()),
+            ttl: Duration::from_secs(60),
+        }),
+        batches: Mutex::new(Vec::new()),
+        recorded: Notify::new(),
+    });
+    let hub = Arc::new(ReplyHub {
+        linger: Duration::from_secs(3600),
+        ..ReplyHub::new(log.clone())
+    });
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let tab = Arc::new(Recorder::default());
+    assert!(!hub.watch(&user, &id, "tab", tab.clone(), None).await);
+    let relay = hub.relay(&user, &id, Some("origin".into()));
+    relay.send(started());
+    // The relay task runs between the sends: without a linger each event
+    // would be a batch of its own.
+    for index in 0..3 {
+        flush().await;
+        relay.send(chunk(index));
+    }
+    flush().await;
+    assert!(log.batches.lock().unwrap().is_empty(), "still lingering");
+    relay.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 3,
+    });
+    tokio::time::timeout(Duration::from_secs(30), log.recorded.notified())
+        .await
+        .expect("the batch with the reply's end is logged without waiting the linger");
+    flush().await;
+
+    assert_eq!(
+        *log.batches.lock().unwrap(),
+        vec![vec!["started", "chunk 0", "chunk 1", "chunk 2", "end"]]
+    );
+    assert_eq!(
+        tab.names(),
+        [
+            "reply_started",
+            "response_chunk",
+            "response_chunk",
+            "response_chunk",
+            "response_end"
+        ]
+    );
+    assert_eq!(tab.chunks(), vec![0, 1, 2]);
+    let logged = log.read(&user, &id).await.unwrap();
+    assert_eq!(logged.len(), 5);
+    assert!(logged.iter().all(|l| *l.reply == *relay.reply_id()));
+}
+
+/// Without a linger (`REPLY_RELAY_LINGER_MS=0`) the relay logs what has
+/// queued as soon as it runs: events sent apart are batches apart.
+#[tokio::test]
+async fn a_relay_without_linger_logs_each_event_as_it_comes() {
+    let log = Arc::new(BatchLog {
+        inner: Arc::new(MemoryLog {
+            replies: Mutex::new(MemoryReplies::default()),
+            ttl: Duration::from_secs(60),
+        }),
+        batches: Mutex::new(Vec::new()),
+        recorded: Notify::new(),
+    });
+    let hub = Arc::new(ReplyHub::new(log.clone()));
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let relay = hub.relay(&user, &id, Some("origin".into()));
+    relay.send(started());
+    flush().await;
+    relay.send(chunk(0));
+    flush().await;
+    relay.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 1,
+    });
+    flush().await;
+    assert_eq!(
+        *log.batches.lock().unwrap(),
+        vec![vec!["started"], vec!["chunk 0"], vec!["end"]]
+    );
+}
