@@ -29,6 +29,11 @@
 #      `chunking_secs` of each, and their ratio (one line / newlines; target within 2)
 #   9. redis (ONLY=redis): turns (USERS users, then short conversations) against a server
 #      with REDIS_URL and MONGODB_URI (its own redis-server and SecantusDB)
+#  10. scale (ONLY=scale): for each N in SCALE_INSTANCES, N instances sharing a fresh
+#      redis-server and one SQLite file, behind Debian's nginx with deploy/nginx.conf
+#      (upstream servers and listen replaced, NGINX_WORKERS worker processes); turns with
+#      USERS users through nginx, spread over SCALE_SOURCE_NETS loopback /24s (ip_hash
+#      keys on the first three octets), CPU of each instance, nginx and Redis
 # One JSON line per run on stdout (also appended to $RESULTS if set); everything
 # it started is killed on exit. SecantusDB comes from the virtualenv scripts/test.sh
 # makes ($HOME/.cache/llm-chat-server/venv, created here from
@@ -54,7 +59,10 @@ CROSS_LLM_DELAY_MS=${CROSS_LLM_DELAY_MS:-10}
 CROSS_STORE=${CROSS_STORE:-mongo}   # mongo (SecantusDB) | sqlite (one file shared by A and B)
 UPLOAD_BYTES=${UPLOAD_BYTES:-5000000}
 UPLOAD_LLM_DELAY_MS=${UPLOAD_LLM_DELAY_MS:-50}
-ONLY=${ONLY:-all}   # all | turns | idle | fanout | cross | upload | chunking | redis
+SCALE_INSTANCES=${SCALE_INSTANCES:-1 2 4}
+SCALE_SOURCE_NETS=${SCALE_SOURCE_NETS:-16}
+NGINX_WORKERS=${NGINX_WORKERS:-auto}
+ONLY=${ONLY:-all}   # all | turns | idle | fanout | cross | upload | chunking | redis | scale
 # KEEP_LOGS=1 keeps the temp dir with every process's output (its path is printed).
 # BENCH_BIN=DIR uses the binaries in DIR instead of building (A/B against a kept build).
 
@@ -306,5 +314,108 @@ if want redis; then
     echo "==> $label: CPU seconds during the run (warm-up included): redis $r0 -> $(cpu_secs "$redis_pid"), store $s0 -> $([ -n "$store_pid" ] && cpu_secs "$store_pid" || echo -)" >&2
   done
   kill_and_wait "$server_pid" "$redis_pid" ${store_pid:+"$store_pid"}
+fi
+# start_nginx NAME UPSTREAM...: Debian's nginx in front of UPSTREAM (host:port each) with
+# deploy/nginx.conf, adapted as the tests do (tests/node/services.mjs startNginx): its
+# upstream servers replaced, its listen address a free loopback port, a temp dir for pid,
+# logs and temp files, no daemon; plus an access log naming the upstream of each request.
+# Sets nginx_url, nginx_pid, nginx_dir.
+start_nginx() {
+  local name=$1 port
+  shift
+  port=$(free_port)
+  nginx_dir="$tmp/$name"
+  mkdir -p "$nginx_dir"
+  chmod 755 "$nginx_dir" # the workers (nobody, when started as root) write temp files here
+  {
+    echo "daemon off;"
+    echo "master_process on;"
+    echo "worker_processes $NGINX_WORKERS;"
+    echo "pid $nginx_dir/nginx.pid;"
+    echo "error_log $nginx_dir/error.log warn;"
+    echo "events { worker_connections 16384; }"
+    echo "http {"
+    echo "log_format upstreams '\$remote_addr \$upstream_addr \$status \$request_uri';"
+    echo "access_log $nginx_dir/access.log upstreams;"
+    for temp in client_body proxy fastcgi uwsgi scgi; do
+      echo "${temp}_temp_path $nginx_dir/$temp;"
+    done
+    awk -v upstreams="$*" -v listen="127.0.0.1:$port" '
+      { code = $0; sub(/#.*/, "", code); gsub(/^[ \t]+|[ \t]+$/, "", code) }
+      code ~ /^upstream .*\{$/ { inside = 1; blocks++; print; next }
+      inside && code == "}" {
+        n = split(upstreams, list, " ")
+        for (i = 1; i <= n; i++) print "    server " list[i] ";"
+        inside = 0; print; next
+      }
+      inside && code ~ /^server / { next }
+      inside && code == "ip_hash;" { hashed = 1 }
+      code ~ /^listen / { if (!listens++) print "    listen " listen ";"; next }
+      { print }
+      END {
+        if (blocks != 1) { print "deploy/nginx.conf: " blocks " upstream blocks, want 1" > "/dev/stderr"; exit 1 }
+        if (!hashed) { print "deploy/nginx.conf: no ip_hash in its upstream" > "/dev/stderr"; exit 1 }
+      }' deploy/nginx.conf
+    echo "}"
+  } >"$nginx_dir/nginx.conf"
+  /usr/sbin/nginx -p "$nginx_dir" -e "$nginx_dir/error.log" -c "$nginx_dir/nginx.conf" \
+    >"$nginx_dir/nginx.out" 2>&1 &
+  nginx_pid=$!
+  pids+=("$nginx_pid")
+  wait_port "$port" "$nginx_pid" "$nginx_dir/error.log"
+  nginx_url="http://127.0.0.1:$port"
+}
+
+# nginx_workers PID: the worker processes of the nginx master PID, one per line.
+nginx_workers() {
+  tr -s ' ' '\n' <"/proc/$1/task/$1/children" | grep -v '^$' || true
+}
+
+if want scale; then
+  # Issue 16's scaling table: N instances behind nginx, sharing Redis and one SQLite file.
+  [ -x /usr/sbin/nginx ] || { echo "/usr/sbin/nginx is missing: apt-get install nginx" >&2; exit 1; }
+  for instances in $SCALE_INSTANCES; do
+    start_redis
+    mkdir -p "$tmp/scale-shared-$instances"
+    cluster=(REDIS_URL="$redis_url" REDIS_PREFIX="bench-scale-$instances" SECRET_KEY="$secret"
+      DATABASE_PATH="$tmp/scale-shared-$instances/chat.db")
+    upstreams=() app_pids=() cpu_pids="" names=()
+    for i in $(seq 1 "$instances"); do
+      start_server "scale-$instances-app$i" "${cluster[@]}"
+      wait_ready "$server_url"
+      upstreams+=("${server_url#http://}")
+      app_pids+=("$server_pid")
+      names+=("app$i=${server_url#http://}")
+      cpu_pids="$cpu_pids${cpu_pids:+,}app$i=$server_pid"
+    done
+    start_nginx "scale-$instances-nginx" "${upstreams[@]}"
+    # Workers are forked before the port is bound; give them a moment to show up.
+    workers=()
+    for _ in $(seq 1 50); do
+      mapfile -t workers < <(nginx_workers "$nginx_pid")
+      [ "${#workers[@]}" -gt 0 ] && break
+      sleep 0.1
+    done
+    cpu_pids="$cpu_pids,nginx=$nginx_pid"
+    for w in "${workers[@]}"; do cpu_pids="$cpu_pids,nginx=$w"; done
+    cpu_pids="$cpu_pids,redis=$redis_pid"
+    echo "==> scale: $instances instance(s) (${names[*]}, pids ${app_pids[*]}), nginx $nginx_url (pid $nginx_pid, ${#workers[@]} workers), redis pid $redis_pid, $USERS users from $SCALE_SOURCE_NETS /24s, load: $(uptime)" >&2
+    line=$(bounded $((measured + 240)) "$bin/chat-bench" turns --warmup-secs "$WARMUP" \
+      --duration-secs "$DURATION" --llm-delay-ms "$LLM_DELAY_MS" --label "scale-$instances" \
+      --url "$nginx_url" --users "$USERS" --source-nets "$SCALE_SOURCE_NETS" \
+      --cpu-pids "$cpu_pids")
+    # Where the users' sockets landed: nginx logs each WebSocket (status 101) when it ends,
+    # with the upstream that served it.
+    sleep 1
+    landed=""
+    for pair in "${names[@]}"; do
+      n=$(awk -v up="${pair#*=}" '$2 == up && $3 == 101 && $4 ~ /^\/socket\.io\// { n++ } END { print n + 0 }' "$nginx_dir/access.log")
+      landed="$landed${landed:+,}\"${pair%%=*}\":$n"
+    done
+    emit "${line%\}},\"instances\":$instances,\"nginx_workers\":${#workers[@]},\"sockets_per_instance\":{$landed}}"
+    echo "==> scale-$instances: sockets per instance {$landed}, load: $(uptime)" >&2
+    kill_and_wait "${app_pids[@]}" "$redis_pid"
+    kill_and_wait "$nginx_pid"
+  done
 fi
 echo "==> done, load: $(uptime)" >&2

@@ -33,6 +33,9 @@ const USAGE: &str = "usage:
                    [--warmup-secs W=3] [--history N=0] [--server-pid PID] [--label L]
                    [--turn-timeout-secs T=30] [--source-addrs K=1] [--llm-delay-ms D=0]
                    [--fresh-every K=0 (new conversation with N messages every K turns)]
+                   [--source-nets K (user i from 127.0.(i%K+1).1, one /24 each: spreads
+                    over nginx's ip_hash; instead of --source-addrs)]
+                   [--cpu-pids name=pid,.. (CPU over the window, summed per name)]
   chat-bench idle  --url http://127.0.0.1:PORT --sockets N [--server-pid PID]
                    [--settle-secs S=3] [--source-addrs K=8] [--label L]
   chat-bench soak  --urls http://A,http://B [--users C=100] [--duration-secs S=180]

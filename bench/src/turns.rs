@@ -31,7 +31,8 @@ struct UserResult {
 }
 
 struct Plan {
-    http: reqwest::Client,
+    /// One client per source address (user i uses `http[i % len]`, as its socket does).
+    http: Vec<reqwest::Client>,
     base: String,
     addr: SocketAddr,
     history: u64,
@@ -44,6 +45,12 @@ struct Plan {
     /// Start a new conversation (with `history` messages) every this many turns; 0 = never.
     fresh_every: u64,
     start: std::sync::OnceLock<Instant>,
+}
+
+impl Plan {
+    fn http_of(&self, user: usize) -> &reqwest::Client {
+        &self.http[user % self.http.len()]
+    }
 }
 
 pub fn parse_url(url: &str) -> Result<(String, SocketAddr)> {
@@ -61,6 +68,24 @@ pub fn source_addrs(count: u64) -> Vec<IpAddr> {
     (0..count.max(1))
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8)))
         .collect()
+}
+
+/// `--source-nets K`: 127.0.1.1, 127.0.2.1, .. 127.0.K.1, one loopback address in each
+/// of K different /24 networks (all loopback on Linux). nginx's `ip_hash` hashes only the
+/// first three octets of an IPv4 client, so addresses of one /24 (`--source-addrs`) all
+/// land on one instance; these spread over the upstream servers.
+pub fn source_nets(count: u64) -> Result<Vec<IpAddr>> {
+    if !(1..=254).contains(&count) {
+        bail!("--source-nets wants 1..=254, got {count}");
+    }
+    Ok((1..=count)
+        .map(|net| IpAddr::V4(Ipv4Addr::new(127, 0, net as u8, 1)))
+        .collect())
+}
+
+/// The source address of user `index` (none: the system's choice, 127.0.0.1).
+fn source_of(sources: &[IpAddr], index: usize) -> Option<IpAddr> {
+    (sources.len() > 1).then(|| sources[index % sources.len()])
 }
 
 /// Merges `Set-Cookie` name=value pairs into `jar` (a `Cookie` header value).
@@ -110,10 +135,9 @@ pub async fn new_session(http: &reqwest::Client, base: &str) -> Result<(String, 
 }
 
 /// `POST /add_few_shot_example` `history / 2` times: `history` earlier messages.
-async fn add_history(plan: &Plan, cookie: &str) -> Result<()> {
+async fn add_history(plan: &Plan, http: &reqwest::Client, cookie: &str) -> Result<()> {
     for i in 0..plan.history / 2 {
-        let response = plan
-            .http
+        let response = http
             .post(format!("{}/add_few_shot_example", plan.base))
             .header(reqwest::header::COOKIE, cookie)
             .json(&json!({
@@ -130,9 +154,9 @@ async fn add_history(plan: &Plan, cookie: &str) -> Result<()> {
 }
 
 /// A fresh conversation (made current) with the planned history; returns its id.
-async fn fresh_conversation(plan: &Plan, cookie: &str) -> Result<String> {
-    let started = plan
-        .http
+async fn fresh_conversation(plan: &Plan, user: usize, cookie: &str) -> Result<String> {
+    let http = plan.http_of(user);
+    let started = http
         .post(format!("{}/start_conversation", plan.base))
         .header(reqwest::header::COOKIE, cookie)
         .send()
@@ -145,17 +169,16 @@ async fn fresh_conversation(plan: &Plan, cookie: &str) -> Result<String> {
         .as_str()
         .ok_or_else(|| anyhow!("no conversation_id in {body}"))?
         .to_string();
-    add_history(plan, cookie).await?;
+    add_history(plan, http, cookie).await?;
     Ok(id)
 }
 
 async fn setup(plan: &Plan, user: usize) -> Result<(Ws, String, String)> {
     let _permit = plan.setup_gate.acquire().await?;
-    let (cookie, conversation_id) = new_session(&plan.http, &plan.base).await?;
-    add_history(plan, &cookie).await?;
-    let source = plan.sources[user % plan.sources.len()];
-    let source = (plan.sources.len() > 1).then_some(source);
-    let ws = sio::connect(plan.addr, source, Some(&cookie)).await?;
+    let http = plan.http_of(user);
+    let (cookie, conversation_id) = new_session(http, &plan.base).await?;
+    add_history(plan, http, &cookie).await?;
+    let ws = sio::connect(plan.addr, source_of(&plan.sources, user), Some(&cookie)).await?;
     Ok((ws, cookie, conversation_id))
 }
 
@@ -223,7 +246,7 @@ async fn user(plan: Arc<Plan>, index: usize) -> UserResult {
     while Instant::now() < end {
         if plan.fresh_every > 0 && on_this_conversation >= plan.fresh_every {
             // Not timed: a new conversation with the same history length.
-            match fresh_conversation(&plan, &cookie).await {
+            match fresh_conversation(&plan, index, &cookie).await {
                 Ok(id) => conversation_id = id,
                 Err(err) => {
                     result.errors += 1;
@@ -275,6 +298,14 @@ async fn user(plan: Arc<Plan>, index: usize) -> UserResult {
     result
 }
 
+fn http_client(source: Option<IpAddr>) -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(64)
+        .local_address(source)
+        .build()?)
+}
+
 pub async fn run(args: &Args) -> Result<()> {
     let (base, addr) = parse_url(args.str("url")?)?;
     let users = args.u64("users")? as usize;
@@ -282,17 +313,29 @@ pub async fn run(args: &Args) -> Result<()> {
     let warmup = Duration::from_secs(args.u64_or("warmup-secs", 3)?);
     let history = args.u64_or("history", 0)?;
     let server_pid = args.opt_str("server-pid").map(str::to_string);
+    let cpu_pids = procstat::parse_pids(args.opt_str("cpu-pids"))?;
+    let sources = match (args.opt_u64("source-nets")?, args.opt_u64("source-addrs")?) {
+        (Some(_), Some(_)) => bail!("--source-nets and --source-addrs exclude each other"),
+        (Some(nets), None) => source_nets(nets)?,
+        (None, addrs) => source_addrs(addrs.unwrap_or(1)),
+    };
+    // The HTTP setup comes from the user's source address too, so behind nginx's
+    // ip_hash a user's requests and socket reach the same instance.
+    let http = match sources.len() {
+        1 => vec![http_client(None)?],
+        _ => sources
+            .iter()
+            .map(|&source| http_client(Some(source)))
+            .collect::<Result<_>>()?,
+    };
     let label = args.opt_str("label").unwrap_or("").to_string();
     let llm_delay_ms = args.u64_or("llm-delay-ms", 0)? as f64;
     let plan = Arc::new(Plan {
-        http: reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(64)
-            .build()?,
+        http,
         base,
         addr,
         history,
-        sources: source_addrs(args.u64_or("source-addrs", 1)?),
+        sources,
         setup_gate: Semaphore::new(64),
         barrier: Barrier::new(users),
         warmup,
@@ -318,12 +361,29 @@ pub async fn run(args: &Args) -> Result<()> {
             tokio::time::sleep_until((start + plan.warmup).into()).await;
             let server0 = server_pid.as_deref().and_then(procstat::cpu_secs);
             let self0 = procstat::cpu_secs("self");
+            let others0: Vec<Option<f64>> = cpu_pids
+                .iter()
+                .map(|(_, p)| procstat::cpu_secs(p))
+                .collect();
+            let machine0 = procstat::machine_busy_secs();
             tokio::time::sleep_until((start + plan.warmup + plan.duration).into()).await;
             let server1 = server_pid.as_deref().and_then(procstat::cpu_secs);
             let self1 = procstat::cpu_secs("self");
+            let machine1 = procstat::machine_busy_secs();
+            // Summed by name (a name may stand for several processes).
+            let mut others: Vec<(String, Option<f64>)> = Vec::new();
+            for ((name, pid), before) in cpu_pids.iter().zip(others0) {
+                let used = before.zip(procstat::cpu_secs(pid)).map(|(b, a)| a - b);
+                match others.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, sum)) => *sum = sum.zip(used).map(|(s, u)| s + u),
+                    None => others.push((name.clone(), used)),
+                }
+            }
             (
                 server0.zip(server1).map(|(a, b)| b - a),
                 self0.zip(self1).map(|(a, b)| b - a),
+                others,
+                machine0.zip(machine1).map(|(a, b)| b - a),
             )
         })
     };
@@ -349,7 +409,11 @@ pub async fn run(args: &Args) -> Result<()> {
         .get()
         .map(|s| (*s - setup_started).as_secs_f64())
         .unwrap_or_default();
-    let (server_cpu, client_cpu) = sampler.await?;
+    let (server_cpu, client_cpu, others, machine_busy) = sampler.await?;
+    let others: serde_json::Map<String, Value> = others
+        .into_iter()
+        .map(|(n, c)| (n, json!(c.map(round3))))
+        .collect();
     let secs = duration.as_secs_f64();
     let turns_per_sec = total.turns as f64 / secs;
     let mut overhead: Vec<u64> = total
@@ -377,8 +441,63 @@ pub async fn run(args: &Args) -> Result<()> {
         "server_cpu_ms_per_turn": server_cpu.filter(|_| total.turns > 0).map(|c| round3(c * 1000.0 / total.turns as f64)),
         "server_peak_rss_kib": server_pid.as_deref().and_then(|p| procstat::status_kib(p, "VmHWM")),
         "client_cpu_secs": client_cpu.map(round3),
+        "other_cpu_secs": others,
+        "machine_busy_cpu_secs": machine_busy.map(round3),
+        "source_addrs": plan.sources.len(),
         "setup_secs": round3(setup_secs),
     });
     println!("{report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_nets_put_each_user_in_its_own_slash_24_round_robin() {
+        let nets = source_nets(4).unwrap();
+        let users: Vec<String> = (0..6)
+            .map(|i| source_of(&nets, i).unwrap().to_string())
+            .collect();
+        assert_eq!(
+            users,
+            [
+                "127.0.1.1",
+                "127.0.2.1",
+                "127.0.3.1",
+                "127.0.4.1",
+                "127.0.1.1",
+                "127.0.2.1"
+            ]
+        );
+        // Every address is loopback and the /24s (what ip_hash keys on) differ.
+        let prefixes: std::collections::HashSet<[u8; 3]> = nets
+            .iter()
+            .map(|ip| match ip {
+                IpAddr::V4(v4) => {
+                    assert!(v4.is_loopback());
+                    let [a, b, c, _] = v4.octets();
+                    [a, b, c]
+                }
+                IpAddr::V6(_) => panic!("IPv6 source {ip}"),
+            })
+            .collect();
+        assert_eq!(prefixes.len(), 4);
+        assert_eq!(
+            source_nets(254).unwrap().last().unwrap().to_string(),
+            "127.0.254.1"
+        );
+        assert!(source_nets(0).is_err());
+        assert!(source_nets(255).is_err());
+    }
+
+    #[test]
+    fn one_source_means_the_systems_choice() {
+        assert_eq!(source_of(&source_addrs(1), 7), None);
+        assert_eq!(
+            source_of(&source_addrs(8), 9).unwrap().to_string(),
+            "127.0.0.2"
+        );
+    }
 }

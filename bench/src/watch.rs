@@ -580,22 +580,6 @@ async fn group(plan: Arc<Plan>, index: usize) -> GroupResult {
     result
 }
 
-/// `name=pid,name=pid` → [(name, pid)].
-fn parse_pids(raw: Option<&str>) -> Result<Vec<(String, String)>> {
-    let Some(raw) = raw else {
-        return Ok(Vec::new());
-    };
-    raw.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|pair| {
-            let (name, pid) = pair
-                .split_once('=')
-                .ok_or_else(|| anyhow!("--cpu-pids wants name=pid,...; got {pair:?}"))?;
-            Ok((name.to_string(), pid.to_string()))
-        })
-        .collect()
-}
-
 struct Options {
     mode: &'static str,
     label: String,
@@ -791,7 +775,7 @@ async fn measure_and_print(
         groups: conversations,
         plan,
         server_pid: args.opt_str("server-pid").map(str::to_string),
-        cpu_pids: parse_pids(args.opt_str("cpu-pids"))?,
+        cpu_pids: procstat::parse_pids(args.opt_str("cpu-pids"))?,
         llm_delay_ms: args.u64_or("llm-delay-ms", 0)?,
     })
     .await?;
