@@ -62,6 +62,10 @@ UPLOAD_LLM_DELAY_MS=${UPLOAD_LLM_DELAY_MS:-50}
 SCALE_INSTANCES=${SCALE_INSTANCES:-1 2 4}
 SCALE_SOURCE_NETS=${SCALE_SOURCE_NETS:-16}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
+# SCALE_SQLITE=separate gives each scale instance a SQLite file of its own (a diagnosis of
+# the shared file's write lock, not a deployment: it works only because ip_hash pins each
+# user's requests and socket to one instance).
+SCALE_SQLITE=${SCALE_SQLITE:-shared}
 ONLY=${ONLY:-all}   # all | turns | idle | fanout | cross | upload | chunking | redis | scale
 # KEEP_LOGS=1 keeps the temp dir with every process's output (its path is printed).
 # BENCH_BIN=DIR uses the binaries in DIR instead of building (A/B against a kept build).
@@ -381,7 +385,12 @@ if want scale; then
       DATABASE_PATH="$tmp/scale-shared-$instances/chat.db")
     upstreams=() app_pids=() cpu_pids="" names=()
     for i in $(seq 1 "$instances"); do
-      start_server "scale-$instances-app$i" "${cluster[@]}"
+      if [ "$SCALE_SQLITE" = separate ]; then
+        # start_server's own DATABASE_PATH (one per instance) stays.
+        start_server "scale-$instances-app$i" "${cluster[@]:0:3}"
+      else
+        start_server "scale-$instances-app$i" "${cluster[@]}"
+      fi
       wait_ready "$server_url"
       upstreams+=("${server_url#http://}")
       app_pids+=("$server_pid")
@@ -401,7 +410,7 @@ if want scale; then
     cpu_pids="$cpu_pids,redis=$redis_pid"
     echo "==> scale: $instances instance(s) (${names[*]}, pids ${app_pids[*]}), nginx $nginx_url (pid $nginx_pid, ${#workers[@]} workers), redis pid $redis_pid, $USERS users from $SCALE_SOURCE_NETS /24s, load: $(uptime)" >&2
     line=$(bounded $((measured + 240)) "$bin/chat-bench" turns --warmup-secs "$WARMUP" \
-      --duration-secs "$DURATION" --llm-delay-ms "$LLM_DELAY_MS" --label "scale-$instances" \
+      --duration-secs "$DURATION" --llm-delay-ms "$LLM_DELAY_MS" --label "scale-$instances$([ "$SCALE_SQLITE" = shared ] || echo "-sqlite-$SCALE_SQLITE")" \
       --url "$nginx_url" --users "$USERS" --source-nets "$SCALE_SOURCE_NETS" \
       --cpu-pids "$cpu_pids")
     # Where the users' sockets landed: nginx logs each WebSocket (status 101) when it ends,
