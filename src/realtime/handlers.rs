@@ -22,7 +22,7 @@ use crate::notify::{conversation_branched, user_room};
 use crate::ratelimit::{Bucket, Limit};
 use crate::sessions;
 use crate::state::AppState;
-use crate::store::ConversationMeta;
+use crate::store::{Conversation, ConversationMeta};
 use crate::turn::{check_message, stop_everywhere, Branching, Model, Turn, TurnGuard};
 
 /// Sends `err` as the `error` event.
@@ -335,43 +335,33 @@ pub(super) async fn on_regenerate<A: Adapter>(
     else {
         return;
     };
-    let result = async {
-        let conversation = state.chat.store.load(&who.user, &id).await?;
-        let Some(last_user) = conversation
-            .messages
-            .iter()
-            .rposition(|m| m.message.role == Role::User)
-        else {
-            return Err(ApiError::invalid(
-                "There is no message to regenerate a reply for.",
-            ));
-        };
-        let message = conversation.messages[last_user].message.content.to_string();
-        let branching = Branching {
-            prefix: last_user,
-            user_stored: true,
-        };
-        run_turn(
-            &state,
-            &who,
-            &id,
-            &guard,
-            &socket,
-            message,
-            TurnShape {
-                branching: Some(branching),
-                switch_model: model.as_deref(),
-            },
-        )
-        .await
-    }
+    run_branch_turn(
+        &state,
+        &who,
+        id,
+        guard,
+        &socket,
+        &sink,
+        model.as_deref(),
+        |conversation| {
+            let Some(last_user) = conversation
+                .messages
+                .iter()
+                .rposition(|m| m.message.role == Role::User)
+            else {
+                return Err(ApiError::invalid(
+                    "There is no message to regenerate a reply for.",
+                ));
+            };
+            let message = conversation.messages[last_user].message.content.to_string();
+            let branching = Branching {
+                prefix: last_user,
+                user_stored: true,
+            };
+            Ok((message, branching))
+        },
+    )
     .await;
-    // Free before the client hears of the refusal: its next event may
-    // be for the same conversation.
-    guard.release();
-    if let Err(err) = result {
-        emit_error(&sink, &err, Some(&id));
-    }
 }
 
 /// `edit_message {conversation_id?, index, message}`: answers `message` in
@@ -403,41 +393,71 @@ pub(super) async fn on_edit_message<A: Adapter>(
     else {
         return;
     };
+    run_branch_turn(
+        &state,
+        &who,
+        id,
+        guard,
+        &socket,
+        &sink,
+        model.as_deref(),
+        |conversation| {
+            let is_users = usize::try_from(index)
+                .ok()
+                .and_then(|i| conversation.messages.get(i))
+                .is_some_and(|m| m.message.role == Role::User);
+            if !is_users {
+                return Err(ApiError::invalid(
+                    "index must be the history index of one of your messages.",
+                ));
+            }
+            let branching = Branching {
+                prefix: index as usize,
+                user_stored: false,
+            };
+            Ok((message, branching))
+        },
+    )
+    .await;
+}
+
+/// The rest of a `regenerate` or an `edit_message` once its conversation is
+/// claimed: `pick` reads the stored conversation for the message to answer
+/// and where its branch starts (or refuses), the turn runs, and the
+/// conversation is freed before a refusal or failure is told to the client
+/// (its next event may be for the same conversation).
+#[allow(clippy::too_many_arguments)]
+async fn run_branch_turn<A: Adapter>(
+    state: &AppState,
+    who: &SocketUser,
+    id: ConversationId,
+    guard: TurnGuard,
+    socket: &SocketRef<A>,
+    sink: &SocketSink<A>,
+    model: Option<&Model>,
+    pick: impl FnOnce(&Conversation) -> Result<(String, Branching), ApiError>,
+) {
     let result = async {
         let conversation = state.chat.store.load(&who.user, &id).await?;
-        let is_users = usize::try_from(index)
-            .ok()
-            .and_then(|i| conversation.messages.get(i))
-            .is_some_and(|m| m.message.role == Role::User);
-        if !is_users {
-            return Err(ApiError::invalid(
-                "index must be the history index of one of your messages.",
-            ));
-        }
-        let branching = Branching {
-            prefix: index as usize,
-            user_stored: false,
-        };
+        let (message, branching) = pick(&conversation)?;
         run_turn(
-            &state,
-            &who,
+            state,
+            who,
             &id,
             &guard,
-            &socket,
+            socket,
             message,
             TurnShape {
                 branching: Some(branching),
-                switch_model: model.as_deref(),
+                switch_model: model,
             },
         )
         .await
     }
     .await;
-    // Free before the client hears of the refusal: its next event may
-    // be for the same conversation.
     guard.release();
     if let Err(err) = result {
-        emit_error(&sink, &err, Some(&id));
+        emit_error(sink, &err, Some(&id));
     }
 }
 
