@@ -216,13 +216,17 @@ pub async fn open(
         Backend::Sqlite
     };
     let mut opened = open_backend(backend, settings).await?;
-    // The cache is right only while this process is the store's one
-    // writer: the embedded file without Redis (no other instances).
-    if backend == Backend::Sqlite && redis.is_none() && settings.conversation_cache_bytes > 0 {
-        opened.conversations = Arc::new(CachedStore::new(
-            opened.conversations,
-            settings.conversation_cache_bytes,
-        ));
+    // Without Redis this process is the file's one writer: the cache
+    // trusts its copies. With Redis other instances write the file too:
+    // each copy is checked against the conversation's revision first (one
+    // small read instead of the whole history). MongoDB keeps no revision.
+    if backend == Backend::Sqlite && settings.conversation_cache_bytes > 0 {
+        let cache = if redis.is_none() {
+            CachedStore::new(opened.conversations, settings.conversation_cache_bytes)
+        } else {
+            CachedStore::shared(opened.conversations, settings.conversation_cache_bytes)
+        };
+        opened.conversations = Arc::new(cache);
     }
     if let Some(redis) = redis {
         opened.sessions = Sessions::Redis(RedisSessionStore::new(redis));

@@ -2,12 +2,21 @@
 //! turn does not read its history back from the store: the turn that wrote
 //! the last two messages left them here.
 //!
-//! Only for a store this process writes alone (the embedded SQLite file, one
-//! instance): another writer's changes would not be seen. Every mutation
-//! goes through here; `append` updates the cached copy when the store's
-//! answer shows it was current, every other mutation drops it. A load that
-//! raced a mutation does not fill the cache (a per-conversation generation
-//! tells), so a stale copy is never kept.
+//! Two modes. [`CachedStore::new`] is for a store this process writes alone
+//! (the embedded SQLite file, one instance): every mutation goes through
+//! here; `append` updates the cached copy when the store's answer shows it
+//! was current, every other mutation drops it. A load that raced a mutation
+//! does not fill the cache (a per-conversation generation tells), so a
+//! stale copy is never kept.
+//!
+//! [`CachedStore::shared`] is for a store other instances write too (Redis
+//! mode): each copy is labelled with the store's revision of the
+//! conversation ([`ConversationStore::revision`], moved on by every write in
+//! its own transaction, whoever makes it). A load asks the store for the
+//! revision (one small read) and uses the copy only when it is the same;
+//! an append updates the copy only when the store says the revision just
+//! before it was the copy's. Another instance's write is thus seen by the
+//! next load here, as without a cache.
 //!
 //! Bounded by the approximate bytes of message text it holds; the least
 //! recently used conversations go first.
@@ -40,6 +49,9 @@ struct Slot {
     /// not store what it read.
     generation: u64,
     conversation: Option<Conversation>,
+    /// The store's revision of `conversation` (shared mode; `None`: not
+    /// known, so the copy is not used there).
+    revision: Option<u64>,
     bytes: usize,
     last_used: u64,
 }
@@ -48,6 +60,7 @@ impl Slot {
     /// Drops the cached copy; returns the bytes it counted.
     fn forget(&mut self) -> usize {
         self.conversation = None;
+        self.revision = None;
         std::mem::take(&mut self.bytes)
     }
 }
@@ -65,6 +78,9 @@ pub struct CachedStore {
     inner: Arc<dyn ConversationStore>,
     state: Mutex<Inner>,
     capacity_bytes: usize,
+    /// Other processes write the store too: copies are checked against
+    /// the store's revision before use.
+    shared: bool,
 }
 
 fn conversation_bytes(conversation: &Conversation) -> usize {
@@ -78,8 +94,21 @@ fn conversation_bytes(conversation: &Conversation) -> usize {
 }
 
 impl CachedStore {
-    /// Caches `inner`'s conversations, up to about `capacity_bytes` of text.
+    /// Caches `inner`'s conversations, up to about `capacity_bytes` of text,
+    /// for a store only this process writes.
     pub fn new(inner: Arc<dyn ConversationStore>, capacity_bytes: usize) -> Self {
+        Self::with_mode(inner, capacity_bytes, false)
+    }
+
+    /// Caches `inner`'s conversations for a store other processes write
+    /// too, checking each copy against the store's revision before use;
+    /// `inner` must keep revisions ([`ConversationStore::revision`]), or
+    /// nothing is ever served from memory.
+    pub fn shared(inner: Arc<dyn ConversationStore>, capacity_bytes: usize) -> Self {
+        Self::with_mode(inner, capacity_bytes, true)
+    }
+
+    fn with_mode(inner: Arc<dyn ConversationStore>, capacity_bytes: usize, shared: bool) -> Self {
         Self {
             inner,
             state: Mutex::new(Inner {
@@ -90,6 +119,7 @@ impl CachedStore {
                 misses: 0,
             }),
             capacity_bytes,
+            shared,
         }
     }
 
@@ -117,20 +147,29 @@ impl CachedStore {
         result
     }
 
-    /// Stores `conversation` as the cached copy of `key`.
-    fn put(state: &mut Inner, key: &Key, slot_generation: u64, conversation: Conversation) {
+    /// Stores `conversation`, of the store's `revision`, as the cached copy
+    /// of `key`.
+    fn put(
+        state: &mut Inner,
+        key: &Key,
+        slot_generation: u64,
+        conversation: Conversation,
+        revision: Option<u64>,
+    ) {
         let bytes = conversation_bytes(&conversation);
         state.tick += 1;
         let tick = state.tick;
         let slot = state.slots.entry(key.clone()).or_insert(Slot {
             generation: slot_generation,
             conversation: None,
+            revision: None,
             bytes: 0,
             last_used: tick,
         });
         state.bytes = state.bytes - slot.bytes + bytes;
         slot.bytes = bytes;
         slot.conversation = Some(conversation);
+        slot.revision = revision;
         slot.last_used = tick;
     }
 
@@ -156,6 +195,85 @@ impl CachedStore {
                 state.bytes -= slot.bytes;
             }
         }
+    }
+}
+
+impl CachedStore {
+    /// Counts a miss and answers the generation a load starting now must
+    /// still find to keep what it read (making the slot if there is none).
+    fn slot_for_load(state: &mut Inner, key: &Key, tick: u64) -> u64 {
+        state.misses += 1;
+        let slot = state.slots.entry(key.clone()).or_insert(Slot {
+            generation: 0,
+            conversation: None,
+            revision: None,
+            bytes: 0,
+            last_used: tick,
+        });
+        slot.generation
+    }
+
+    /// `load` in shared mode: the copy if the store's revision is still
+    /// the copy's, else the store's conversation with its revision.
+    async fn load_shared(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation> {
+        let key = (user.clone(), id.clone());
+        let known = self.lock().slots.get(&key).and_then(|slot| {
+            slot.conversation.as_ref()?;
+            slot.revision
+        });
+        if let Some(known) = known {
+            match self.inner.revision(user, id).await {
+                Ok(Some(now)) if now == known => {
+                    let mut state = self.lock();
+                    state.tick += 1;
+                    let tick = state.tick;
+                    if let Some(slot) = state.slots.get_mut(&key) {
+                        if let (Some(conversation), Some(revision)) =
+                            (&slot.conversation, slot.revision)
+                        {
+                            // Still the copy that was checked (a local
+                            // mutation since would have dropped it or
+                            // moved its revision on).
+                            if revision == known {
+                                slot.last_used = tick;
+                                let copy = conversation.clone();
+                                state.hits += 1;
+                                return Ok(copy);
+                            }
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    // Gone (deleted or moved by another instance), or the
+                    // store failed: the copy is of no use either way.
+                    let mut state = self.lock();
+                    let state = &mut *state;
+                    if let Some(slot) = state.slots.get_mut(&key) {
+                        slot.generation += 1;
+                        state.bytes -= slot.forget();
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let generation = {
+            let mut state = self.lock();
+            state.tick += 1;
+            let tick = state.tick;
+            Self::slot_for_load(&mut state, &key, tick)
+        };
+        let (conversation, revision) = self.inner.load_revised(user, id).await?;
+        let mut state = self.lock();
+        if state
+            .slots
+            .get(&key)
+            .is_some_and(|slot| slot.generation == generation)
+        {
+            Self::put(&mut state, &key, generation, conversation.clone(), revision);
+            self.evict(&mut state);
+        }
+        Ok(conversation)
     }
 }
 
@@ -191,12 +309,17 @@ impl ConversationStore for CachedStore {
                 summary: None,
                 settings: settings.clone(),
             },
+            // Shared: not known; the first load reads it (small).
+            None,
         );
         self.evict(&mut state);
         Ok(meta)
     }
 
     async fn load(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation> {
+        if self.shared {
+            return self.load_shared(user, id).await;
+        }
         let key = (user.clone(), id.clone());
         let generation = {
             let mut state = self.lock();
@@ -210,14 +333,7 @@ impl ConversationStore for CachedStore {
                     return Ok(copy);
                 }
             }
-            state.misses += 1;
-            let slot = state.slots.entry(key.clone()).or_insert(Slot {
-                generation: 0,
-                conversation: None,
-                bytes: 0,
-                last_used: tick,
-            });
-            slot.generation
+            Self::slot_for_load(&mut state, &key, tick)
         };
         let conversation = self.inner.load(user, id).await?;
         let mut state = self.lock();
@@ -226,13 +342,17 @@ impl ConversationStore for CachedStore {
             .get(&key)
             .is_some_and(|slot| slot.generation == generation)
         {
-            Self::put(&mut state, &key, generation, conversation.clone());
+            Self::put(&mut state, &key, generation, conversation.clone(), None);
             self.evict(&mut state);
         }
         Ok(conversation)
     }
 
     async fn meta(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta> {
+        if self.shared {
+            // Another instance may have changed it: only the store knows.
+            return self.inner.meta(user, id).await;
+        }
         let key = (user.clone(), id.clone());
         if let Some(meta) = self
             .lock()
@@ -270,29 +390,39 @@ impl ConversationStore for CachedStore {
                 tokens: m.tokens,
             })
             .collect();
-        let result = self.inner.append(user, id, messages).await;
+        let result = if self.shared {
+            self.inner.append_revised(user, id, messages).await
+        } else {
+            self.inner
+                .append(user, id, messages)
+                .await
+                .map(|m| (m, None))
+        };
         let mut state = self.lock();
         let state = &mut *state;
         let Some(slot) = state.slots.get_mut(&key) else {
-            return result;
+            return result.map(|(meta, _)| meta);
         };
         slot.generation += 1;
-        let meta = match &result {
-            Ok(meta) => meta,
-            Err(_) => {
+        let (meta, revisions) = match result {
+            Ok(answer) => answer,
+            Err(err) => {
                 // Unknown outcome: read it again next time.
                 state.bytes -= slot.forget();
-                return result;
+                return Err(err);
             }
         };
         let current = slot.conversation.as_ref().is_some_and(|c| {
             c.messages.len() + added.len() == meta.message_count as usize
                 && c.meta.message_count as usize == c.messages.len()
-        });
+        }) && (!self.shared
+            // Nobody else wrote between the copy and this append.
+            || revisions.is_some_and(|(before, _)| slot.revision == Some(before)));
         if !current {
             state.bytes -= slot.forget();
-            return result;
+            return Ok(meta);
         }
+        slot.revision = revisions.map(|(_, after)| after);
         let conversation = slot.conversation.as_mut().expect("checked above");
         let grown: usize = added.iter().map(message_bytes).sum();
         // In place unless a turn still holds the previous history.
@@ -303,7 +433,7 @@ impl ConversationStore for CachedStore {
         state.tick += 1;
         slot.last_used = state.tick;
         self.evict(state);
-        result
+        Ok(meta)
     }
 
     async fn delete_last_message(
@@ -616,6 +746,107 @@ mod tests {
             texts(&cache.load(&user, &id).await.unwrap()),
             ["elsewhere", "here"]
         );
+    }
+
+    /// Two instances (each its own connection to one file, each its own
+    /// cache): turns on one instance are served from memory; what the
+    /// other writes meanwhile (a turn, a title, settings, an edit, a
+    /// delete) is what the next load reads.
+    #[tokio::test]
+    async fn shared_copies_are_used_while_the_stored_revision_is_theirs_and_no_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let a = CachedStore::shared(
+            Arc::new(SqliteStore::new(SqliteDb::open(&path).unwrap())),
+            1 << 20,
+        );
+        let b = CachedStore::shared(
+            Arc::new(SqliteStore::new(SqliteDb::open(&path).unwrap())),
+            1 << 20,
+        );
+        let (user, id) = (UserId::new(), ConversationId::new());
+        a.create(&user, &id).await.unwrap();
+        for turn in 0..3 {
+            a.load(&user, &id).await.unwrap();
+            a.append(
+                &user,
+                &id,
+                vec![
+                    msg(Role::User, &format!("q{turn}")),
+                    msg(Role::Assistant, &format!("a{turn}")),
+                ],
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(
+            texts(&a.load(&user, &id).await.unwrap()),
+            ["q0", "a0", "q1", "a1", "q2", "a2"]
+        );
+        // The first load read the new conversation; the others were copies.
+        assert_eq!(a.stats(), (3, 1));
+
+        b.append(&user, &id, vec![msg(Role::User, "from b")])
+            .await
+            .unwrap();
+        let seen = a.load(&user, &id).await.unwrap();
+        assert_eq!(texts(&seen)[6..], ["from b"]);
+        assert_eq!(a.stats(), (3, 2), "B's append made A read the store");
+        // A appends after B's write: its copy (read after it) stays in use.
+        a.append(&user, &id, vec![msg(Role::Assistant, "to b")])
+            .await
+            .unwrap();
+        assert_eq!(
+            texts(&a.load(&user, &id).await.unwrap())[6..],
+            ["from b", "to b"]
+        );
+        assert_eq!(a.stats(), (4, 2));
+
+        b.set_title(&user, &id, "named by b").await.unwrap();
+        assert_eq!(
+            a.meta(&user, &id).await.unwrap().title.as_deref(),
+            Some("named by b")
+        );
+        let loaded = a.load(&user, &id).await.unwrap();
+        assert_eq!(loaded.meta.title.as_deref(), Some("named by b"));
+        let settings = ConversationSettings {
+            system_prompt: Some("Set on b.".into()),
+            ..Default::default()
+        };
+        b.set_settings(&user, &id, &settings).await.unwrap();
+        assert_eq!(a.load(&user, &id).await.unwrap().settings, settings);
+        b.fork(&user, &id, 1, vec![msg(Role::Assistant, "a0 again")])
+            .await
+            .unwrap();
+        assert_eq!(
+            texts(&a.load(&user, &id).await.unwrap()),
+            ["q0", "a0 again"]
+        );
+        // B's copy, made before A's appends, is not used either.
+        assert_eq!(
+            texts(&b.load(&user, &id).await.unwrap()),
+            ["q0", "a0 again"]
+        );
+
+        // An append of A's that follows a write of B's it has not read:
+        // the copy is dropped, and the next load reads everything.
+        b.append(&user, &id, vec![msg(Role::User, "b again")])
+            .await
+            .unwrap();
+        a.append(&user, &id, vec![msg(Role::Assistant, "a again")])
+            .await
+            .unwrap();
+        assert_eq!(
+            texts(&a.load(&user, &id).await.unwrap()),
+            ["q0", "a0 again", "b again", "a again"]
+        );
+
+        b.delete(&user, &id).await.unwrap();
+        assert!(matches!(
+            a.load(&user, &id).await,
+            Err(crate::store::StoreError::NotFound)
+        ));
+        assert_eq!(a.lock().bytes, 0, "the deleted conversation's copy is gone");
     }
 
     #[tokio::test]

@@ -260,6 +260,35 @@ pub trait ConversationStore: Send + Sync + 'static {
         let conversation = self.load(user, id).await?;
         Ok(HistoryPage::of(&conversation, before, limit))
     }
+    /// The conversation's revision: a number the store changes with every
+    /// write to the conversation (its messages, summary, settings, title,
+    /// owner), whichever process makes it, in the write's own transaction.
+    /// `None` where the store keeps none: then no process can tell whether
+    /// a copy it kept is still the stored one (see `cache`).
+    async fn revision(&self, user: &UserId, id: &ConversationId) -> StoreResult<Option<u64>> {
+        self.meta(user, id).await?;
+        Ok(None)
+    }
+    /// [`load`](Self::load) with the [`revision`](Self::revision) of what
+    /// it read, in one read.
+    async fn load_revised(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+    ) -> StoreResult<(Conversation, Option<u64>)> {
+        Ok((self.load(user, id).await?, None))
+    }
+    /// [`append`](Self::append), also answering the conversation's
+    /// revisions just before and just after the append, from its own
+    /// transaction (`None` where the store keeps none).
+    async fn append_revised(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<(ConversationMeta, Option<(u64, u64)>)> {
+        Ok((self.append(user, id, messages).await?, None))
+    }
     /// The conversation's metadata only (an existence check).
     async fn meta(&self, user: &UserId, id: &ConversationId) -> StoreResult<ConversationMeta>;
     /// The user's conversations, newest `created_at` first.

@@ -197,6 +197,17 @@ impl Browser {
             .await
     }
 
+    /// PATCH with a JSON body.
+    pub async fn patch_json(&self, at: &impl Endpoint, path: &str, body: Value) -> ApiResponse {
+        self.send(
+            self.http
+                .patch(format!("{}{path}", at.base_url()))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
     /// POST without a body.
     pub async fn post(&self, at: &impl Endpoint, path: &str) -> ApiResponse {
         self.send(self.http.post(format!("{}{path}", at.base_url())))

@@ -229,6 +229,70 @@ async fn a_conversation_started_on_a_continues_on_b() {
     assert_eq!(user.history(&cluster.b, &conversation).await, expected);
 }
 
+/// Each instance keeps the conversations it served in memory (SQLite with Redis), checked
+/// against the stored revision before use: what B writes (a turn, new settings, a delete)
+/// is what A's next turn and reads see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_b_writes_is_seen_by_a_which_served_the_conversation_before() {
+    let cluster = Cluster::start().await;
+    let user = cluster.new_user();
+    user.get(&cluster.a, "/").await.assert_status(200);
+    let conversation = user.start_conversation(&cluster.a).await;
+    // One socket at a time: a tab open on A would also get B's reply live.
+    let mut on_a = user.socket(&cluster.a).await;
+    on_a.send_message("first on A", Some(&conversation));
+    on_a.collect_reply(TURN_TIMEOUT).await;
+    drop(on_a);
+    // A has it in memory now (it wrote that turn); B writes twice.
+    let mut on_b = user.socket(&cluster.b).await;
+    on_b.send_message("second on B", Some(&conversation));
+    on_b.collect_reply(TURN_TIMEOUT).await;
+    drop(on_b);
+    user.patch_json(
+        &cluster.b,
+        &format!("/conversation/{conversation}/settings"),
+        json!({"system_prompt": "Answer as B set it."}),
+    )
+    .await
+    .assert_status(200);
+
+    let mut on_a = user.socket(&cluster.a).await;
+    on_a.send_message("third on A", Some(&conversation));
+    let turn = on_a.collect_reply(TURN_TIMEOUT).await;
+    assert_sender_turn(&turn, &conversation, &echo_pieces("third on A"));
+
+    let sent = cluster.llm.requests().last().expect("requests").contents();
+    assert_eq!(
+        sent,
+        [
+            "Answer as B set it.",
+            "first on A",
+            "You said: first on A",
+            "second on B",
+            "You said: second on B",
+            "third on A",
+        ],
+        "A's prompt is the stored conversation, B's writes included"
+    );
+    let expected = vec![
+        msg("user", "first on A"),
+        msg("assistant", "You said: first on A"),
+        msg("user", "second on B"),
+        msg("assistant", "You said: second on B"),
+        msg("user", "third on A"),
+        msg("assistant", "You said: third on A"),
+    ];
+    assert_eq!(user.history(&cluster.b, &conversation).await, expected);
+    assert_eq!(user.history(&cluster.a, &conversation).await, expected);
+
+    user.delete(&cluster.b, &format!("/conversation/{conversation}"))
+        .await
+        .assert_status(200);
+    user.get(&cluster.a, &format!("/load_conversation/{conversation}"))
+        .await
+        .assert_status(404);
+}
+
 // ------------------------------------------------------------------ live sync
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

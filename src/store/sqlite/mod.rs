@@ -27,6 +27,7 @@ mod index;
 mod limits;
 mod presets;
 mod read;
+mod revision;
 mod rows;
 mod schema;
 mod search;
@@ -69,6 +70,82 @@ impl SqliteStore {
     /// The same store with this conversation cap.
     pub fn with_limits(self, limits: ConversationLimits) -> Self {
         Self { limits, ..self }
+    }
+}
+
+impl SqliteStore {
+    /// `append`, with the revisions around it when `revised`.
+    async fn append_to(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        messages: Vec<NewMessage>,
+        revised: bool,
+    ) -> StoreResult<(ConversationMeta, Option<(u64, u64)>)> {
+        let (user, id, limits) = (user.to_string(), id.clone(), self.limits);
+        self.db
+            .call(move |conn| {
+                let tx = conn.savepoint().map_err(backend)?;
+                let meta = read_meta(&tx, &user, id.as_ref())?;
+                let before = revised
+                    .then(|| revision::read_revision(&tx, &user, id.as_ref()))
+                    .transpose()?;
+                let bytes = limits::text_bytes(&tx, &user, id.as_ref())?;
+                let added: u64 = messages.iter().map(|m| m.content.len() as u64).sum();
+                // The cap counts everything stored, branches set aside too.
+                let (nodes, pool_bytes) = branches::pool_size(&tx, &user, id.as_ref())?;
+                limits::check_room(
+                    &limits,
+                    (meta.message_count + nodes, bytes + pool_bytes),
+                    (messages.len() as u64, added),
+                )?;
+                let now = rfc3339::format(&Utc::now());
+                let mut seq = meta.message_count as i64;
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                        )
+                        .map_err(backend)?;
+                    for message in &messages {
+                        insert
+                            .execute(params![
+                                user,
+                                id.as_ref(),
+                                seq,
+                                message.role.as_str(),
+                                message.content,
+                                message.tokens,
+                                now
+                            ])
+                            .map_err(backend)?;
+                        seq += 1;
+                    }
+                }
+                let title = if meta.title.is_none() {
+                    messages
+                        .iter()
+                        .find(|m| m.role == Role::User)
+                        .and_then(|m| title_from(&m.content))
+                } else {
+                    None
+                };
+                exec(
+                    &tx,
+                    "UPDATE conversations SET message_count = ?3, updated_at = ?4, title = COALESCE(title, ?5), \
+                     text_bytes = ?6 WHERE user_id = ?1 AND conversation_id = ?2",
+                    params![user, id.as_ref(), seq, now, title, (bytes + added) as i64],
+                )?;
+                let meta = read_meta(&tx, &user, id.as_ref())?;
+                let revisions = match before {
+                    Some(before) => Some((before, revision::read_revision(&tx, &user, id.as_ref())?)),
+                    None => None,
+                };
+                tx.commit().map_err(backend)?;
+                Ok((meta, revisions))
+            })
+            .await
     }
 }
 
@@ -140,6 +217,29 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
+    async fn revision(&self, user: &UserId, id: &ConversationId) -> StoreResult<Option<u64>> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| revision::read_revision(conn, &user, id.as_ref()).map(Some))
+            .await
+    }
+
+    async fn load_revised(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+    ) -> StoreResult<(Conversation, Option<u64>)> {
+        let (user, id) = (user.to_string(), id.clone());
+        self.db
+            .call(move |conn| {
+                // One read transaction: the revision is the one of what was read.
+                let tx = conn.savepoint().map_err(backend)?;
+                let revision = revision::read_revision(&tx, &user, id.as_ref())?;
+                Ok((read_conversation(&tx, &user, &id)?, Some(revision)))
+            })
+            .await
+    }
+
     async fn load_page(
         &self,
         user: &UserId,
@@ -192,63 +292,16 @@ impl ConversationStore for SqliteStore {
         id: &ConversationId,
         messages: Vec<NewMessage>,
     ) -> StoreResult<ConversationMeta> {
-        let (user, id, limits) = (user.to_string(), id.clone(), self.limits);
-        self.db
-            .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
-                let meta = read_meta(&tx, &user, id.as_ref())?;
-                let bytes = limits::text_bytes(&tx, &user, id.as_ref())?;
-                let added: u64 = messages.iter().map(|m| m.content.len() as u64).sum();
-                // The cap counts everything stored, branches set aside too.
-                let (nodes, pool_bytes) = branches::pool_size(&tx, &user, id.as_ref())?;
-                limits::check_room(
-                    &limits,
-                    (meta.message_count + nodes, bytes + pool_bytes),
-                    (messages.len() as u64, added),
-                )?;
-                let now = rfc3339::format(&Utc::now());
-                let mut seq = meta.message_count as i64;
-                {
-                    let mut insert = tx
-                        .prepare_cached(
-                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-                        )
-                        .map_err(backend)?;
-                    for message in &messages {
-                        insert
-                            .execute(params![
-                                user,
-                                id.as_ref(),
-                                seq,
-                                message.role.as_str(),
-                                message.content,
-                                message.tokens,
-                                now
-                            ])
-                            .map_err(backend)?;
-                        seq += 1;
-                    }
-                }
-                let title = if meta.title.is_none() {
-                    messages
-                        .iter()
-                        .find(|m| m.role == Role::User)
-                        .and_then(|m| title_from(&m.content))
-                } else {
-                    None
-                };
-                exec(
-                    &tx,
-                    "UPDATE conversations SET message_count = ?3, updated_at = ?4, title = COALESCE(title, ?5), \
-                     text_bytes = ?6 WHERE user_id = ?1 AND conversation_id = ?2",
-                    params![user, id.as_ref(), seq, now, title, (bytes + added) as i64],
-                )?;
-                let meta = read_meta(&tx, &user, id.as_ref())?;
-                tx.commit().map_err(backend)?;
-                Ok(meta)
-            })
-            .await
+        Ok(self.append_to(user, id, messages, false).await?.0)
+    }
+
+    async fn append_revised(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<(ConversationMeta, Option<(u64, u64)>)> {
+        self.append_to(user, id, messages, true).await
     }
 
     async fn delete_last_message(

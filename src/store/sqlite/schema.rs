@@ -224,6 +224,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.execute_batch(USAGE_SCHEMA)?;
     super::branches::migrate(&tx)?;
     super::settings::migrate(&tx)?;
+    super::revision::migrate(&tx)?;
     tx.commit()
 }
 

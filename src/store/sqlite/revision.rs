@@ -1,0 +1,177 @@
+//! A conversation's revision (`conversations.revision`): triggers move it
+//! on with every write to the conversation's row or to one of its
+//! messages, whichever process (instance) writes, in the write's own
+//! transaction, so a copy of the conversation kept in memory can be checked
+//! against the file with one small read (`crate::store::cache`, Redis mode,
+//! where several instances write one file). Writes that change nothing a
+//! conversation is read as (the search indexer marking rows indexed) leave
+//! it. A leaf of the store's files: it imports only `exec`.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::exec::backend;
+use crate::store::{StoreError, StoreResult};
+
+/// The triggers. `conversations_revised` moves the revision on when an
+/// update of the row did not (an update that did is one of the others, or
+/// already counted); SQLite does not run a trigger again from its own
+/// update (`recursive_triggers` is off), and its `WHEN` would stop it.
+const TRIGGERS: &str = r#"
+CREATE TRIGGER IF NOT EXISTS conversations_revised AFTER UPDATE ON conversations
+    WHEN new.revision IS old.revision BEGIN
+    UPDATE conversations SET revision = old.revision + 1
+        WHERE user_id = new.user_id AND conversation_id = new.conversation_id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_added_revise AFTER INSERT ON messages BEGIN
+    UPDATE conversations SET revision = revision + 1
+        WHERE user_id = new.user_id AND conversation_id = new.conversation_id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_removed_revise AFTER DELETE ON messages BEGIN
+    UPDATE conversations SET revision = revision + 1
+        WHERE user_id = old.user_id AND conversation_id = old.conversation_id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_changed_revise
+    AFTER UPDATE OF user_id, conversation_id, seq, role, content, tokens ON messages BEGIN
+    UPDATE conversations SET revision = revision + 1
+        WHERE (user_id = old.user_id AND conversation_id = old.conversation_id)
+           OR (user_id = new.user_id AND conversation_id = new.conversation_id);
+END;
+"#;
+
+/// Adds the column (0 for conversations written before it) and the
+/// triggers; idempotent, run on every open inside the schema's transaction.
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let present = conn
+        .prepare("SELECT 1 FROM pragma_table_info('conversations') WHERE name = 'revision'")?
+        .exists([])?;
+    if !present {
+        conn.execute_batch(
+            "ALTER TABLE conversations ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    conn.execute_batch(TRIGGERS)
+}
+
+/// The conversation's revision; `NotFound` when the user has no such
+/// conversation.
+pub(super) fn read_revision(conn: &Connection, user: &str, id: &str) -> StoreResult<u64> {
+    conn.prepare_cached(
+        "SELECT revision FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row(params![user, id], |row| row.get::<_, i64>(0))
+            .optional()
+    })
+    .map_err(backend)?
+    .map(|revision| revision as u64)
+    .ok_or(StoreError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::exec::backend;
+    use super::super::tests::{msg, store};
+    use super::super::SqliteStore;
+    use crate::domain::{ConversationId, Role, UserId};
+    use crate::store::accounts::AccountStore;
+    use crate::store::{ConversationStore, SettingsChange, StoreError, Summary};
+
+    async fn rev(store: &SqliteStore, user: &UserId, id: &ConversationId) -> u64 {
+        store
+            .revision(user, id)
+            .await
+            .unwrap()
+            .expect("SQLite keeps revisions")
+    }
+
+    /// Every write a conversation is read as moves its revision on, and
+    /// `append_revised` and `load_revised` tell the revisions they saw;
+    /// the search indexer marking its messages indexed does not.
+    #[tokio::test]
+    async fn every_write_to_a_conversation_moves_its_revision_on_and_indexing_does_not() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        let mut seen = vec![rev(&store, &user, &id).await];
+
+        let (meta, around) = store
+            .append_revised(
+                &user,
+                &id,
+                vec![msg(Role::User, "q1"), msg(Role::Assistant, "a1")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(meta.message_count, 2);
+        let (before, after) = around.expect("SQLite keeps revisions");
+        assert_eq!(before, seen[0], "the revision before the append");
+        assert!(after > before);
+        assert_eq!(rev(&store, &user, &id).await, after);
+        let (loaded, at) = store.load_revised(&user, &id).await.unwrap();
+        assert_eq!((loaded.messages.len(), at), (2, Some(after)));
+        seen.push(after);
+
+        // The indexer marks the new messages indexed: nothing to reread.
+        let indexed = store
+            .db
+            .call(|conn| super::super::index::index_pending(conn).map_err(backend))
+            .await
+            .unwrap();
+        assert_eq!(indexed, 2);
+        assert_eq!(
+            rev(&store, &user, &id).await,
+            after,
+            "indexing is not a change"
+        );
+
+        store
+            .append(&user, &id, vec![msg(Role::User, "q2")])
+            .await
+            .unwrap();
+        seen.push(rev(&store, &user, &id).await);
+        store.set_title(&user, &id, "named").await.unwrap();
+        seen.push(rev(&store, &user, &id).await);
+        store
+            .set_summary(
+                &user,
+                &id,
+                Summary {
+                    text: "s".into(),
+                    covers: 1,
+                    tokens: 1,
+                },
+            )
+            .await
+            .unwrap();
+        seen.push(rev(&store, &user, &id).await);
+        let change = SettingsChange {
+            system_prompt: Some(Some("Be brief.".into())),
+            ..Default::default()
+        };
+        store.change_settings(&user, &id, &change).await.unwrap();
+        seen.push(rev(&store, &user, &id).await);
+        store
+            .fork(&user, &id, 2, vec![msg(Role::User, "q2 edited")])
+            .await
+            .unwrap();
+        seen.push(rev(&store, &user, &id).await);
+        store.switch_branch(&user, &id, 2, 1).await.unwrap();
+        seen.push(rev(&store, &user, &id).await);
+        store.delete_last_message(&user, &id).await.unwrap();
+        seen.push(rev(&store, &user, &id).await);
+        store.reset(&user, &id).await.unwrap();
+        seen.push(rev(&store, &user, &id).await);
+        for pair in seen.windows(2) {
+            assert!(pair[1] > pair[0], "every write moves it on: {seen:?}");
+        }
+
+        // Moved to another user (a sign-in): gone under the old one.
+        let account = UserId::new();
+        store.transfer_conversations(&user, &account).await.unwrap();
+        assert!(matches!(
+            store.revision(&user, &id).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(store.revision(&account, &id).await.unwrap().unwrap() > *seen.last().unwrap());
+    }
+}
