@@ -216,12 +216,13 @@ pub async fn open(
         Backend::Sqlite
     };
     let mut opened = open_backend(backend, settings).await?;
-    // Without Redis this process is the file's one writer: the cache
-    // trusts its copies. With Redis other instances write the file too:
-    // each copy is checked against the conversation's revision first (one
-    // small read instead of the whole history). MongoDB keeps no revision.
-    if backend == Backend::Sqlite && settings.conversation_cache_bytes > 0 {
-        let cache = if redis.is_none() {
+    // The embedded file without Redis has this process as its one writer:
+    // the cache trusts its copies. Otherwise other instances (or the
+    // original app, on MongoDB) write too: each copy is checked against the
+    // conversation's revision first (one small read instead of the whole
+    // history).
+    if settings.conversation_cache_bytes > 0 {
+        let cache = if backend == Backend::Sqlite && redis.is_none() {
             CachedStore::new(opened.conversations, settings.conversation_cache_bytes)
         } else {
             CachedStore::shared(opened.conversations, settings.conversation_cache_bytes)

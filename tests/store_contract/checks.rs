@@ -1011,3 +1011,89 @@ pub async fn delete_last_message_removes_only_the_last(f: &Fixture) {
         assert_eq!(raw.get_str("conversation_text").unwrap(), "User: fresh");
     }
 }
+
+/// A conversation's revision moves on with every write it is read as,
+/// `append_revised` tells the revisions just around the append and
+/// `load_revised` the one of what it read (what a conversation kept in
+/// memory by one instance is checked against when others write too).
+pub async fn every_write_moves_the_revision_on(f: &Fixture) {
+    use llm_chat_server::store::SettingsChange;
+    let store = f.store.clone();
+    let (user, id) = (UserId::new(), ConversationId::new());
+    store.create(&user, &id).await.unwrap();
+    let revision = || async {
+        store
+            .revision(&user, &id)
+            .await
+            .unwrap()
+            .expect("the store keeps revisions")
+    };
+    let first = revision().await;
+    let (meta, around) = store
+        .append_revised(
+            &user,
+            &id,
+            vec![msg(Role::User, "q1"), msg(Role::Assistant, "a1")],
+        )
+        .await
+        .unwrap();
+    let (before, after) = around.expect("the store keeps revisions");
+    assert_eq!(meta.message_count, 2);
+    assert_eq!(before, first, "the revision just before the append");
+    assert_ne!(after, before);
+    assert_eq!(revision().await, after);
+    let (loaded, at) = store.load_revised(&user, &id).await.unwrap();
+    assert_eq!(
+        (contents(&loaded), at),
+        (vec!["q1".to_owned(), "a1".to_owned()], Some(after))
+    );
+
+    let mut seen = vec![first, after];
+    store
+        .append(&user, &id, vec![msg(Role::User, "q2")])
+        .await
+        .unwrap();
+    seen.push(revision().await);
+    store.set_title(&user, &id, "named").await.unwrap();
+    seen.push(revision().await);
+    let summary = Summary {
+        text: "s".into(),
+        covers: 1,
+        tokens: 1,
+    };
+    store.set_summary(&user, &id, summary).await.unwrap();
+    seen.push(revision().await);
+    let change = SettingsChange {
+        system_prompt: Some(Some("Be brief.".into())),
+        ..Default::default()
+    };
+    store.change_settings(&user, &id, &change).await.unwrap();
+    seen.push(revision().await);
+    store
+        .set_settings(&user, &id, &Default::default())
+        .await
+        .unwrap();
+    seen.push(revision().await);
+    store
+        .fork(&user, &id, 2, vec![msg(Role::User, "q2 edited")])
+        .await
+        .unwrap();
+    seen.push(revision().await);
+    store.switch_branch(&user, &id, 2, 1).await.unwrap();
+    seen.push(revision().await);
+    store.delete_last_message(&user, &id).await.unwrap();
+    seen.push(revision().await);
+    store.reset(&user, &id).await.unwrap();
+    seen.push(revision().await);
+    let distinct: HashSet<u64> = seen.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        seen.len(),
+        "each write a new revision: {seen:?}"
+    );
+
+    // Another user's view: nothing there.
+    assert_not_found(store.revision(&UserId::new(), &id).await);
+    store.delete(&user, &id).await.unwrap();
+    assert_not_found(store.revision(&user, &id).await);
+}

@@ -76,6 +76,7 @@ contract!(
         a_page_of_the_history_is_read_from_the_end_backwards,
         export_import_round_trip,
         delete_last_message_removes_only_the_last,
+        every_write_moves_the_revision_on,
     ],
     branches: [
         forks_set_the_suffix_aside_and_switches_bring_siblings_back,

@@ -965,3 +965,56 @@ async fn branches_of_an_original_document_leave_its_history_in_the_original_shap
     assert!(stored.get("branches").is_none() && stored.get("branch_messages").is_none());
     f.finish().await;
 }
+
+/// The original app knows no revision, but each of its writes changes the
+/// history's length, which the revision is read with: an instance keeping
+/// the conversation in memory sees it changed, and an append of ours after
+/// it does not look like the next write after the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_of_the_original_app_changes_the_revision_too() {
+    let name = database_name();
+    let f = Fixture::mongo(&name).await;
+    let store = f.store.clone();
+    let (user, id) = (UserId::new(), ConversationId::new());
+    store.create(&user, &id).await.unwrap();
+    let (_, around) = store
+        .append_revised(&user, &id, vec![msg(Role::User, "ours")])
+        .await
+        .unwrap();
+    let (_, kept) = around.unwrap();
+
+    // What the original's send_message does: push the turn, set the text and time.
+    f.mongo
+        .as_ref()
+        .unwrap()
+        .conversations()
+        .update_one(
+            doc! {"user_id": user.as_ref(), "conversation_id": id.as_ref()},
+            doc! {
+                "$push": {"conversation_history": {"$each": [
+                    {"role": "user", "content": "theirs"},
+                    {"role": "assistant", "content": "reply"},
+                ]}},
+                "$set": {"updated_at": bson::DateTime::now()},
+            },
+        )
+        .await
+        .unwrap();
+
+    let now = store.revision(&user, &id).await.unwrap().unwrap();
+    assert_ne!(now, kept, "the original's write is a new revision");
+    let (_, around) = store
+        .append_revised(&user, &id, vec![msg(Role::User, "ours again")])
+        .await
+        .unwrap();
+    let (before, after) = around.unwrap();
+    assert_ne!(
+        before, kept,
+        "the copy before their write is not the one just before ours"
+    );
+    assert_eq!(before, now);
+    let (loaded, at) = store.load_revised(&user, &id).await.unwrap();
+    assert_eq!(contents(&loaded), ["ours", "theirs", "reply", "ours again"]);
+    assert_eq!(at, Some(after));
+    f.finish().await;
+}

@@ -423,7 +423,7 @@ impl AccountStore for MongoStore {
             .conversations
             .update_many(
                 doc! {"user_id": from.as_ref()},
-                doc! {"$set": {"user_id": to.as_ref()}},
+                super::documents::revised(doc! {"$set": {"user_id": to.as_ref()}}),
             )
             .await
             .map_err(|e| self.err(e))?;

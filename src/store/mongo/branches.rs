@@ -16,7 +16,7 @@ use mongodb::options::ReturnDocument;
 
 use super::base::{MongoStore, BASE_BYTES, PER_MESSAGE_BYTES, SIZE_LIMIT_BYTES};
 use super::documents::{
-    as_u64, history_item, message_from_item, meta_from_doc, meta_projection, now,
+    as_u64, history_item, message_from_item, meta_from_doc, meta_projection, now, revised,
 };
 use crate::domain::{self, ChatMessage, ConversationId, UserId};
 use crate::store::branches::BranchError;
@@ -194,7 +194,7 @@ impl MongoStore {
             };
             let written = self
                 .conversations
-                .find_one_and_update(filter, update)
+                .find_one_and_update(filter, revised(update))
                 .projection(meta_projection())
                 .return_document(ReturnDocument::After)
                 .await

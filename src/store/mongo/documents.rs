@@ -329,6 +329,68 @@ pub(super) fn import_doc(
     Ok(d)
 }
 
+/// The field a conversation's revision is kept in: every write of ours
+/// adds one to it ([`revised`]).
+pub(super) const REVISION: &str = "revision";
+
+/// `update` that also moves the conversation's revision on by one (an
+/// operator update gets `$inc`, a pipeline a last `$set` stage).
+pub(super) fn revised(
+    update: impl Into<mongodb::options::UpdateModifications>,
+) -> mongodb::options::UpdateModifications {
+    use mongodb::options::UpdateModifications;
+    match update.into() {
+        UpdateModifications::Document(mut update) => {
+            match update.get_document_mut("$inc") {
+                Ok(inc) => {
+                    inc.insert(REVISION, 1_i64);
+                }
+                Err(_) => {
+                    update.insert("$inc", doc! {REVISION: 1_i64});
+                }
+            }
+            UpdateModifications::Document(update)
+        }
+        UpdateModifications::Pipeline(mut stages) => {
+            stages.push(doc! {"$set": {
+                REVISION: {"$add": [{"$ifNull": [format!("${REVISION}"), 0_i64]}, 1_i64]},
+            }});
+            UpdateModifications::Pipeline(stages)
+        }
+        other => other,
+    }
+}
+
+/// How many bits of a revision token hold the history's length.
+const LENGTH_BITS: u32 = 24;
+
+/// The revision a document is read as: the count our writes move on, with
+/// the history's length beside it, so a write of the original app (which
+/// knows no revision, and always changes the history's length) is told
+/// too.
+pub(super) fn revision_token(revision: u64, history_length: u64) -> u64 {
+    (revision << LENGTH_BITS) | (history_length & ((1 << LENGTH_BITS) - 1))
+}
+
+/// The revision token of a document read with its whole history or with
+/// [`revision_projection`].
+pub(super) fn revision_of(d: &Document) -> u64 {
+    let length = as_u64(d.get("history_length")).unwrap_or_else(|| {
+        d.get_array("conversation_history")
+            .map_or(0, |items| items.len() as u64)
+    });
+    revision_token(as_u64(d.get(REVISION)).unwrap_or(0), length)
+}
+
+/// What a revision read asks for.
+pub(super) fn revision_projection() -> Document {
+    doc! {
+        "_id": 0,
+        REVISION: 1,
+        "history_length": {"$size": {"$ifNull": ["$conversation_history", []]}},
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

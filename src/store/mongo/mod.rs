@@ -69,9 +69,10 @@ pub use self::base::{
 };
 use self::base::{BASE_BYTES, HARD_LIMIT_BYTES, PER_MESSAGE_BYTES};
 use self::documents::{
-    conversation_from_doc, export_filter, history_items, import_doc, insert_settings,
-    meta_from_doc, meta_projection, now, settings_change_update, settings_from_doc,
-    settings_update, summary_doc, SETTINGS_FIELDS,
+    as_u64, conversation_from_doc, export_filter, history_items, import_doc, insert_settings,
+    meta_from_doc, meta_projection, now, revised, revision_of, revision_projection, revision_token,
+    settings_change_update, settings_from_doc, settings_update, summary_doc, REVISION,
+    SETTINGS_FIELDS,
 };
 use self::pipelines::{append_filter, append_update, encoded_len, estimate_added, text_added};
 pub use self::presets::PRESETS;
@@ -188,22 +189,77 @@ impl MongoStore {
         &self.db
     }
 
-    /// `find_one_and_update` returning the updated metadata.
+    /// `find_one_and_update` (moving the revision on) returning the updated
+    /// metadata.
     async fn update_meta(
         &self,
         filter: Document,
         update: impl Into<mongodb::options::UpdateModifications>,
     ) -> StoreResult<Option<ConversationMeta>> {
+        Ok(self
+            .update_meta_revised(filter, update)
+            .await?
+            .map(|(meta, _)| meta))
+    }
+
+    /// [`update_meta`](Self::update_meta), with the revision counter after
+    /// the update.
+    async fn update_meta_revised(
+        &self,
+        filter: Document,
+        update: impl Into<mongodb::options::UpdateModifications>,
+    ) -> StoreResult<Option<(ConversationMeta, u64)>> {
+        let mut projection = meta_projection();
+        projection.insert(REVISION, 1);
         let found = self
             .conversations
-            .find_one_and_update(filter, update)
-            .projection(meta_projection())
+            .find_one_and_update(filter, revised(update))
+            .projection(projection)
             .return_document(ReturnDocument::After)
             .await
             .map_err(|e| self.err(e))?;
         found
-            .map(|d| meta_from_doc(&d).map_err(StoreError::Backend))
+            .map(|d| {
+                let meta = meta_from_doc(&d).map_err(StoreError::Backend)?;
+                Ok((meta, as_u64(d.get(REVISION)).unwrap_or(0)))
+            })
             .transpose()
+    }
+
+    /// `append`, with the revision counter after it.
+    async fn append_counted(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<(ConversationMeta, u64)> {
+        let room = self
+            .limits
+            .has_room(0, 0, messages.len() as u64, text_added(&messages) as u64);
+        if !room || estimate_added(&messages) > SIZE_LIMIT_BYTES {
+            self.meta(user, id).await?;
+            return Err(self.too_large());
+        }
+        // Applied by the server only when the document has no title yet.
+        let title = messages
+            .iter()
+            .find(|m| m.role == Role::User)
+            .and_then(|m| title_from(&m.content));
+        let (at, _) = now();
+        let updated = self
+            .update_meta_revised(
+                append_filter(user, id, &messages, &self.limits),
+                append_update(&messages, title.as_deref(), at),
+            )
+            .await?;
+        match updated {
+            Some(answer) => Ok(answer),
+            // No match: either no such conversation, or no room in it.
+            None => {
+                self.meta(user, id).await?;
+                Err(self.too_large())
+            }
+        }
     }
 }
 
@@ -242,6 +298,14 @@ impl ConversationStore for MongoStore {
     }
 
     async fn load(&self, user: &UserId, id: &ConversationId) -> StoreResult<Conversation> {
+        Ok(self.load_revised(user, id).await?.0)
+    }
+
+    async fn load_revised(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+    ) -> StoreResult<(Conversation, Option<u64>)> {
         let found = self
             .conversations
             .find_one(Self::key(user, id))
@@ -249,7 +313,19 @@ impl ConversationStore for MongoStore {
             .await
             .map_err(|e| self.err(e))?
             .ok_or(StoreError::NotFound)?;
-        conversation_from_doc(&found).map_err(StoreError::Backend)
+        let conversation = conversation_from_doc(&found).map_err(StoreError::Backend)?;
+        Ok((conversation, Some(revision_of(&found))))
+    }
+
+    async fn revision(&self, user: &UserId, id: &ConversationId) -> StoreResult<Option<u64>> {
+        let found = self
+            .conversations
+            .find_one(Self::key(user, id))
+            .projection(revision_projection())
+            .await
+            .map_err(|e| self.err(e))?
+            .ok_or(StoreError::NotFound)?;
+        Ok(Some(revision_of(&found)))
     }
 
     async fn load_page(
@@ -339,33 +415,26 @@ impl ConversationStore for MongoStore {
         id: &ConversationId,
         messages: Vec<NewMessage>,
     ) -> StoreResult<ConversationMeta> {
-        let room = self
-            .limits
-            .has_room(0, 0, messages.len() as u64, text_added(&messages) as u64);
-        if !room || estimate_added(&messages) > SIZE_LIMIT_BYTES {
-            self.meta(user, id).await?;
-            return Err(self.too_large());
-        }
-        // Applied by the server only when the document has no title yet.
-        let title = messages
-            .iter()
-            .find(|m| m.role == Role::User)
-            .and_then(|m| title_from(&m.content));
-        let (at, _) = now();
-        let updated = self
-            .update_meta(
-                append_filter(user, id, &messages, &self.limits),
-                append_update(&messages, title.as_deref(), at),
-            )
-            .await?;
-        match updated {
-            Some(meta) => Ok(meta),
-            // No match: either no such conversation, or no room in it.
-            None => {
-                self.meta(user, id).await?;
-                Err(self.too_large())
-            }
-        }
+        Ok(self.append_counted(user, id, messages).await?.0)
+    }
+
+    async fn append_revised(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<(ConversationMeta, Option<(u64, u64)>)> {
+        let added = messages.len() as u64;
+        let (meta, counter) = self.append_counted(user, id, messages).await?;
+        // One update of ours: the counter moved on by one and the history
+        // grew by `added`; anything else in between shows as another
+        // revision before.
+        let after = revision_token(counter, meta.message_count);
+        let before = revision_token(
+            counter.saturating_sub(1),
+            meta.message_count.saturating_sub(added),
+        );
+        Ok((meta, Some((before, after))))
     }
 
     async fn delete_last_message(
@@ -418,7 +487,7 @@ impl ConversationStore for MongoStore {
             };
             let result = self
                 .conversations
-                .update_one(filter, update)
+                .update_one(filter, revised(update))
                 .await
                 .map_err(|e| self.err(e))?;
             if result.matched_count == 1 {
@@ -496,7 +565,7 @@ impl ConversationStore for MongoStore {
             .conversations
             .update_one(
                 Self::key(user, id),
-                doc! {"$set": {"summary": summary_doc(&summary)}},
+                revised(doc! {"$set": {"summary": summary_doc(&summary)}}),
             )
             .await
             .map_err(|e| self.err(e))?;
@@ -514,7 +583,7 @@ impl ConversationStore for MongoStore {
     ) -> StoreResult<()> {
         let result = self
             .conversations
-            .update_one(Self::key(user, id), settings_update(settings))
+            .update_one(Self::key(user, id), revised(settings_update(settings)))
             .await
             .map_err(|e| self.err(e))?;
         if result.matched_count == 0 {
@@ -541,7 +610,7 @@ impl ConversationStore for MongoStore {
                 .await
         } else {
             self.conversations
-                .find_one_and_update(Self::key(user, id), update)
+                .find_one_and_update(Self::key(user, id), revised(update))
                 .projection(projection)
                 .return_document(ReturnDocument::After)
                 .await
