@@ -14,6 +14,7 @@ use anyhow::{anyhow, Context};
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
+use fred::types::config::ServerConfig;
 use fred::types::RespVersion;
 
 use super::subscriptions::{confirmed, keep_subscribed, Kind};
@@ -85,6 +86,24 @@ fn builder(config: &Config, pubsub_buffer: usize) -> Builder {
     builder
 }
 
+/// What a failed connection under `config` (TLS) says about TLS, in a sentence; for
+/// Sentinel, whose client names no sentinel's error, found by a handshake with each
+/// sentinel in turn.
+async fn tls_failure(config: &Config, details: &str) -> Option<String> {
+    if let Some(sentence) = super::tls::explain_failure(details) {
+        return Some(sentence);
+    }
+    let (ServerConfig::Sentinel { hosts, .. }, Some(tls)) = (&config.server, &config.tls) else {
+        return None;
+    };
+    for sentinel in hosts {
+        if let Some(sentence) = super::tls::probe(tls, &sentinel.host, sentinel.port).await {
+            return Some(sentence);
+        }
+    }
+    None
+}
+
 impl RedisConnections {
     /// Connects, retrying for about five seconds; the error names `REDIS_URL`.
     /// A TLS `url` trusts the system's CA certificates only.
@@ -131,19 +150,23 @@ impl RedisConnections {
                     break;
                 }
                 Err(err) => {
+                    let details = err.to_string();
+                    let tls_failure = if uses_tls {
+                        tls_failure(&config, &details).await
+                    } else {
+                        None
+                    };
                     // A refused certificate is refused again: no point waiting.
-                    let refused =
-                        uses_tls && super::tls::explain_failure(&err.to_string()).is_some();
-                    last_error = Some(err);
+                    let refused = tls_failure.is_some();
+                    last_error = Some((details, tls_failure));
                     if refused {
                         break;
                     }
                 }
             }
         }
-        if let Some(err) = last_error {
-            let details = err.to_string();
-            if let Some(tls_failure) = super::tls::explain_failure(&details).filter(|_| uses_tls) {
+        if let Some((details, tls_failure)) = last_error {
+            if let Some(tls_failure) = tls_failure {
                 return Err(anyhow!(
                     "could not connect to Redis at REDIS_URL={}: {tls_failure} ({details})",
                     redact::url(url)

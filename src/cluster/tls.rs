@@ -9,11 +9,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fred::rustls::pki_types::pem::PemObject;
-use fred::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use fred::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use fred::rustls::{self, ClientConfig, RootCertStore};
-use fred::types::config::TlsConfig;
+use fred::types::config::{TlsConfig, TlsConnector};
+use tokio::net::TcpStream;
 
 use crate::config::redis_url::RedisTls;
 
@@ -87,6 +89,32 @@ fn read_certificates(path: &Path, variable: &str) -> Result<Vec<CertificateDer<'
         return Err(fail("it holds no PEM certificate".to_string()));
     }
     Ok(certs)
+}
+
+/// Why a TLS handshake with `host:port` under `tls` fails, as [`explain_failure`] says it;
+/// `None` when it succeeds, or fails some other way (nothing listens, it takes over 2 s).
+///
+/// The Redis client drops the error of each sentinel it cannot reach and reports only
+/// "Failed to connect to all sentinel nodes", so for Sentinel the server repeats one
+/// handshake itself to tell an untrusted or misnamed certificate from a sentinel that is
+/// down.
+pub async fn probe(tls: &TlsConfig, host: &str, port: u16) -> Option<String> {
+    #[allow(unreachable_patterns)] // another variant exists only with other fred features
+    let connector = match &tls.connector {
+        TlsConnector::Rustls(connector) => connector,
+        _ => return None,
+    };
+    let name = ServerName::try_from(host.to_owned()).ok()?;
+    let limit = Duration::from_secs(2);
+    let tcp = tokio::time::timeout(limit, TcpStream::connect((host, port)))
+        .await
+        .ok()?
+        .ok()?;
+    match tokio::time::timeout(limit, connector.connect(name, tcp)).await {
+        // The debug form, as the client reports it.
+        Ok(Err(error)) => explain_failure(&format!("{error:?}")),
+        _ => None,
+    }
 }
 
 /// What a failed connection's error says about TLS, in a sentence for the operator; `None`

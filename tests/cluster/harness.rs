@@ -18,6 +18,8 @@ use testkit::fake_llm::{echo_pieces, Behaviour, FakeLlm};
 use testkit::free_port;
 use testkit::server::{test_env, Env, ServerProcess};
 
+use crate::tls::ServerTls;
+
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 pub const NGINX: &str = "/usr/sbin/nginx";
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,8 +37,14 @@ pub fn tail_of(path: &Path, lines: usize) -> String {
 
 /// Starts `redis-server` on 127.0.0.1:`port` without persistence, working in `dir`, with
 /// `extra` arguments (a config file first, when given), and waits until it answers PING.
-/// Its output goes to `log`.
-pub fn spawn_redis_server(port: u16, dir: &Path, extra: &[String], log: &Path) -> Child {
+/// With `tls` it speaks only TLS on `port`. Its output goes to `log`.
+pub fn spawn_redis_server(
+    port: u16,
+    dir: &Path,
+    extra: &[String],
+    tls: Option<&ServerTls>,
+    log: &Path,
+) -> Child {
     assert!(
         Path::new(REDIS_SERVER).exists(),
         "{REDIS_SERVER} is missing: install Debian's redis-server package (apt-get install redis-server)"
@@ -46,9 +54,13 @@ pub fn spawn_redis_server(port: u16, dir: &Path, extra: &[String], log: &Path) -
         .append(true)
         .open(log)
         .expect("redis log file");
+    let listen = match tls {
+        Some(tls) => tls.server_args(port),
+        None => vec!["--port".to_owned(), port.to_string()],
+    };
     let mut child = Command::new(REDIS_SERVER)
         .args(extra)
-        .args(["--port", &port.to_string()])
+        .args(listen)
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
@@ -68,7 +80,7 @@ pub fn spawn_redis_server(port: u16, dir: &Path, extra: &[String], log: &Path) -
                 tail_of(log, 20)
             );
         }
-        if redis_ping(port) {
+        if redis_ping(tls, port) {
             return child;
         }
         if Instant::now() > deadline {
@@ -83,26 +95,49 @@ pub fn spawn_redis_server(port: u16, dir: &Path, extra: &[String], log: &Path) -
     }
 }
 
-/// A `redis-server` of this test on 127.0.0.1, without persistence. Killed on drop.
+/// A `redis-server` of this test on 127.0.0.1, without persistence, in plain text or only
+/// TLS. Killed on drop.
 pub struct Redis {
     pub port: u16,
     dir: TempDir,
     child: Option<Child>,
+    tls: Option<ServerTls>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::launch(None)
+    }
+
+    /// One that speaks only TLS, with `tls`'s files.
+    pub fn start_tls(tls: ServerTls) -> Redis {
+        Redis::launch(Some(tls))
+    }
+
+    fn launch(tls: Option<ServerTls>) -> Redis {
         let mut redis = Redis {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir for redis"),
             child: None,
+            tls,
         };
         redis.spawn();
         redis
     }
 
+    /// `redis://`, or `rediss://` for one on TLS, by address.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Its TLS files (panics for a plain-text one).
+    pub fn tls(&self) -> &ServerTls {
+        self.tls.as_ref().expect("a redis-server on TLS")
     }
 
     fn log_path(&self) -> PathBuf {
@@ -110,7 +145,13 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
-        let child = spawn_redis_server(self.port, self.dir.path(), &[], &self.log_path());
+        let child = spawn_redis_server(
+            self.port,
+            self.dir.path(),
+            &[],
+            self.tls.as_ref(),
+            &self.log_path(),
+        );
         self.child = Some(child);
     }
 
@@ -127,6 +168,12 @@ impl Redis {
         self.kill();
         self.spawn();
     }
+
+    /// The shard channels Redis has subscribers for (`PUBSUB SHARDCHANNELS`), for failure
+    /// reports.
+    pub fn shard_channels(&self) -> String {
+        resp_values(&ask(self.tls.as_ref(), self.port, "PUBSUB SHARDCHANNELS")).join(" ")
+    }
 }
 
 impl Drop for Redis {
@@ -141,49 +188,79 @@ impl Drop for Redis {
     }
 }
 
-impl Redis {
-    /// The shard channels Redis has subscribers for (`PUBSUB SHARDCHANNELS`), raw, for
-    /// failure reports.
-    pub fn shard_channels(&self) -> String {
-        let Ok(mut stream) = TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_millis(500),
-        ) else {
-            return "<redis unreachable>".to_owned();
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
-        if stream.write_all(b"PUBSUB SHARDCHANNELS\r\n").is_err() {
-            return "<cannot ask redis>".to_owned();
+/// A byte stream to a server: TCP, or TLS over TCP.
+pub trait Duplex: Read + Write {}
+
+impl<T: Read + Write> Duplex for T {}
+
+/// A connection to a server on 127.0.0.1:`port`, over TLS with `tls`'s client certificate
+/// when given, whose reads give up after `quiet` without a byte; `None` if it cannot be
+/// made.
+fn connect(tls: Option<&ServerTls>, port: u16, quiet: Duration) -> Option<Box<dyn Duplex>> {
+    let tcp = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    let _ = tcp.set_write_timeout(Some(Duration::from_secs(2)));
+    match tls {
+        Some(tls) => tls.wrap(tcp, quiet),
+        None => {
+            let _ = tcp.set_read_timeout(Some(quiet));
+            Some(Box::new(tcp))
         }
-        let mut answer = Vec::new();
-        let mut buffer = [0u8; 4096];
-        while let Ok(read) = stream.read(&mut buffer) {
-            if read == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buffer[..read]);
-        }
-        String::from_utf8_lossy(&answer)
-            .lines()
-            .filter(|line| !line.starts_with('*') && !line.starts_with('$'))
-            .collect::<Vec<_>>()
-            .join(" ")
     }
 }
 
-pub fn redis_ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    ) else {
-        return false;
+/// Sends one command (inline protocol) and reads the raw answer until `complete(answer)`
+/// or no byte has come for `quiet`; empty if the server cannot be reached.
+fn exchange(
+    tls: Option<&ServerTls>,
+    port: u16,
+    command: &str,
+    quiet: Duration,
+    complete: impl Fn(&[u8]) -> bool,
+) -> String {
+    let Some(mut stream) = connect(tls, port, quiet) else {
+        return String::new();
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
+    if stream
+        .write_all(format!("{command}\r\n").as_bytes())
+        .and_then(|()| stream.flush())
+        .is_err()
+    {
+        return String::new();
     }
-    let mut answer = [0u8; 7];
-    stream.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 8192];
+    while !complete(&answer) {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => answer.extend_from_slice(&buffer[..read]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// One command to a server on 127.0.0.1:`port` (over TLS with `tls`), in the inline
+/// protocol; the raw answer (what arrived until 300 ms passed without a byte).
+pub fn ask(tls: Option<&ServerTls>, port: u16, command: &str) -> String {
+    exchange(tls, port, command, Duration::from_millis(300), |_| false)
+}
+
+/// The values of a raw RESP answer (its type and length lines dropped).
+pub fn resp_values(answer: &str) -> Vec<&str> {
+    answer
+        .lines()
+        .filter(|line| !line.starts_with('*') && !line.starts_with('$'))
+        .collect()
+}
+
+/// Whether the server on 127.0.0.1:`port` answers PING (over TLS with `tls`).
+pub fn redis_ping(tls: Option<&ServerTls>, port: u16) -> bool {
+    exchange(tls, port, "PING", Duration::from_millis(500), |answer| {
+        answer.ends_with(b"\r\n")
+    }) == "+PONG\r\n"
 }
 
 // -------------------------------------------------------------- instances
@@ -447,8 +524,6 @@ pub enum RedisSetup {
     Single(Redis),
     Cluster(crate::topology::RedisCluster),
     Sentinel(crate::topology::RedisSentinel),
-    /// One server that speaks only TLS.
-    Tls(crate::tls::TlsRedis),
 }
 
 impl RedisSetup {
@@ -458,7 +533,15 @@ impl RedisSetup {
             RedisSetup::Single(redis) => redis.url(),
             RedisSetup::Cluster(cluster) => cluster.url(),
             RedisSetup::Sentinel(sentinel) => sentinel.url(),
-            RedisSetup::Tls(redis) => redis.url(),
+        }
+    }
+
+    /// Its TLS files when it speaks only TLS.
+    pub fn tls(&self) -> Option<&ServerTls> {
+        match self {
+            RedisSetup::Single(redis) => redis.tls.as_ref(),
+            RedisSetup::Cluster(cluster) => cluster.tls.as_ref(),
+            RedisSetup::Sentinel(sentinel) => sentinel.tls.as_ref(),
         }
     }
 
@@ -485,7 +568,6 @@ impl RedisSetup {
             RedisSetup::Single(redis) => redis.shard_channels(),
             RedisSetup::Cluster(cluster) => cluster.shard_channels(),
             RedisSetup::Sentinel(_) => "<not asked of a sentinel set>".to_owned(),
-            RedisSetup::Tls(_) => "<not asked over TLS>".to_owned(),
         }
     }
 }

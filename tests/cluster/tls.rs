@@ -2,23 +2,26 @@
 //! --tls-port P`) on loopback, with a CA and certificates made for the test (rcgen). Two
 //! instances on it act as one server; an instance that cannot trust Redis's certificate, or
 //! finds it names another host, or lacks the client certificate Redis asks for, stops at
-//! start with a sentence saying so, and never prints the password.
+//! start with a sentence saying so, and never prints the password. The same files serve the
+//! TLS Redis Cluster and Sentinel set of `topology.rs`.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fred::rustls::pki_types::pem::PemObject;
+use fred::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use fred::rustls::{self, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 use tempfile::TempDir;
 use testkit::fake_llm::FakeLlm;
-use testkit::free_port;
 use testkit::server::{run_to_exit, test_env};
 
-use crate::harness::{tail_of, Cluster, RedisSetup, REDIS_SERVER};
+use crate::harness::{Cluster, Duplex, Redis, RedisSetup};
 
 // ------------------------------------------------------------------ certificates
 
@@ -68,100 +71,130 @@ impl TestCa {
 
 // ------------------------------------------------------------------ Redis over TLS
 
-/// A `redis-server` on 127.0.0.1 that speaks only TLS (no plain-text port), with a
-/// certificate for `names` signed by `ca`. Killed on drop.
-pub struct TlsRedis {
-    pub port: u16,
+/// What a `redis-server` that speaks only TLS needs, in a temp dir: a certificate for some
+/// names signed by a test CA, that CA, and a client certificate from the same CA which the
+/// tests' own connections (and `redis-cli`, and the servers' connections to each other)
+/// present. Shared by every node of a cluster or Sentinel set.
+pub struct ServerTls {
     dir: TempDir,
-    child: Option<Child>,
+    auth_clients: bool,
+    /// The tests' own TLS client: trusts the CA, presents the client certificate.
+    client: Arc<ClientConfig>,
+    /// The name the tests' client checks the certificate against (the first of `names`).
+    server_name: ServerName<'static>,
 }
 
-impl TlsRedis {
-    /// `client_certificates`: whether it asks every client for a certificate signed by `ca`
+impl ServerTls {
+    /// `auth_clients`: whether the servers ask every client for a certificate signed by `ca`
     /// (`--tls-auth-clients yes`).
-    pub fn start(ca: &TestCa, names: &[&str], client_certificates: bool) -> TlsRedis {
-        assert!(
-            Path::new(REDIS_SERVER).exists(),
-            "{REDIS_SERVER} is missing: install Debian's redis-server package"
-        );
-        let dir = tempfile::tempdir().expect("temp dir for redis");
+    pub fn new(ca: &TestCa, names: &[&str], auth_clients: bool) -> ServerTls {
+        let dir = tempfile::tempdir().expect("temp dir for TLS files");
         let (cert, key) = ca.issue(names, ExtendedKeyUsagePurpose::ServerAuth);
-        let file = |name: &str, content: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, content).expect("write a PEM file");
-            path.display().to_string()
-        };
-        let (cert, key, ca_file) = (
-            file("server.pem", &cert),
-            file("server.key", &key),
-            file("ca.pem", &ca.pem),
-        );
-        let port = free_port();
-        let log = dir.path().join("redis.log");
-        let log_file = std::fs::File::create(&log).expect("redis log file");
-        let auth_clients = if client_certificates { "yes" } else { "no" };
-        let mut child = Command::new(REDIS_SERVER)
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .args(["--tls-cert-file", &cert, "--tls-key-file", &key])
-            .args(["--tls-ca-cert-file", &ca_file])
-            .args(["--tls-auth-clients", auth_clients])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--dir", &dir.path().display().to_string()])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log handle"))
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {REDIS_SERVER}: {error}"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "redis-server with TLS on port {port} exited ({status}):\n{}",
-                    tail_of(&log, 20)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server with TLS did not listen on {port} within 10 s:\n{}",
-                tail_of(&log, 20)
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let (client_cert, client_key) = ca.issue(&[], ExtendedKeyUsagePurpose::ClientAuth);
+        for (name, content) in [
+            ("server.pem", &cert),
+            ("server.key", &key),
+            ("client.pem", &client_cert),
+            ("client.key", &client_key),
+            ("ca.pem", &ca.pem),
+        ] {
+            std::fs::write(dir.path().join(name), content).expect("write a PEM file");
         }
-        TlsRedis {
-            port,
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).expect("CA PEM"))
+            .expect("CA certificate");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(client_cert.as_bytes()).expect("client PEM")],
+                PrivateKeyDer::from_pem_slice(client_key.as_bytes()).expect("client key PEM"),
+            )
+            .expect("client certificate");
+        let first = names.first().copied().unwrap_or("127.0.0.1").to_owned();
+        ServerTls {
             dir,
-            child: Some(child),
+            auth_clients,
+            client: Arc::new(client),
+            server_name: ServerName::try_from(first).expect("a server name"),
         }
     }
 
-    /// `rediss://` to it, by address.
-    pub fn url(&self) -> String {
-        format!("rediss://127.0.0.1:{}/0", self.port)
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
     }
 
-    /// Writes `content` to a file in this server's temp dir; its path.
+    /// The CA certificate's file (PEM), for `REDIS_TLS_CA_FILE`.
+    pub fn ca_file(&self) -> String {
+        self.file("ca.pem")
+    }
+
+    /// `redis-server` arguments for TLS only on `port` (no plain-text port). Every link a
+    /// server opens itself (the cluster bus, a replica to its master, a sentinel to the
+    /// servers and the other sentinels) is TLS too, with the client certificate.
+    pub fn server_args(&self, port: u16) -> Vec<String> {
+        let auth_clients = if self.auth_clients { "yes" } else { "no" };
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &self.file("server.pem"),
+            "--tls-key-file",
+            &self.file("server.key"),
+            "--tls-client-cert-file",
+            &self.file("client.pem"),
+            "--tls-client-key-file",
+            &self.file("client.key"),
+            "--tls-ca-cert-file",
+            &self.ca_file(),
+            "--tls-auth-clients",
+            auth_clients,
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+        ]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect()
+    }
+
+    /// `redis-cli` arguments to reach such a server.
+    pub fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            self.ca_file(),
+            "--cert".to_owned(),
+            self.file("client.pem"),
+            "--key".to_owned(),
+            self.file("client.key"),
+        ]
+    }
+
+    /// `tcp` after a TLS handshake with the server (given 2 s), its reads then giving up
+    /// after `quiet` without a byte; `None` if the handshake fails.
+    pub fn wrap(&self, mut tcp: TcpStream, quiet: Duration) -> Option<Box<dyn Duplex>> {
+        let mut connection =
+            ClientConnection::new(self.client.clone(), self.server_name.clone()).ok()?;
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+        while connection.is_handshaking() {
+            connection.complete_io(&mut tcp).ok()?;
+        }
+        let _ = tcp.set_read_timeout(Some(quiet));
+        Some(Box::new(StreamOwned::new(connection, tcp)))
+    }
+
+    /// Writes `content` to a file next to the others; its path.
     pub fn write(&self, name: &str, content: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, content).expect("write a file");
         path
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- TLS redis log (last 20 lines) ----\n{}",
-                tail_of(&self.dir.path().join("redis.log"), 20)
-            );
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -173,7 +206,7 @@ fn path_str(path: &Path) -> String {
 
 /// Runs one instance against `redis_url` with `extra` variables, expecting it to stop at
 /// start; its exit code and output.
-async fn refused_start(redis_url: &str, extra: &[(&str, String)]) -> (Option<i32>, String) {
+pub async fn refused_start(redis_url: &str, extra: &[(&str, String)]) -> (Option<i32>, String) {
     let llm = FakeLlm::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut env = test_env(&llm, dir.path());
@@ -189,10 +222,10 @@ async fn refused_start(redis_url: &str, extra: &[(&str, String)]) -> (Option<i32
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_a_tls_only_redis_act_as_one() {
     let ca = TestCa::new("chat test CA");
-    let redis = TlsRedis::start(&ca, &["127.0.0.1", "localhost"], false);
-    let ca_file = path_str(&redis.write("trusted-ca.pem", &ca.pem));
+    let redis = Redis::start_tls(ServerTls::new(&ca, &["127.0.0.1", "localhost"], false));
+    let ca_file = path_str(&redis.tls().write("trusted-ca.pem", &ca.pem));
     let cluster = Cluster::start_on(
-        RedisSetup::Tls(redis),
+        RedisSetup::Single(redis),
         &[("REDIS_TLS_CA_FILE", &ca_file)],
         false,
     )
@@ -211,10 +244,12 @@ async fn two_instances_on_a_tls_only_redis_act_as_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_or_misnamed_redis_certificate_stops_the_instance_at_start() {
     let ca = TestCa::new("chat test CA");
-    let redis = TlsRedis::start(&ca, &["127.0.0.1", "localhost"], false);
+    let redis = Redis::start_tls(ServerTls::new(&ca, &["127.0.0.1", "localhost"], false));
     let url = format!("rediss://:s3cret-pass@127.0.0.1:{}/0", redis.port);
-    let other_ca = redis.write("other-ca.pem", &TestCa::new("another CA").pem);
-    let right_ca = redis.write("right-ca.pem", &ca.pem);
+    let other_ca = redis
+        .tls()
+        .write("other-ca.pem", &TestCa::new("another CA").pem);
+    let right_ca = redis.tls().write("right-ca.pem", &ca.pem);
 
     // The system's CA certificates alone, then another CA: Redis's certificate is not trusted.
     for extra in [vec![], vec![("REDIS_TLS_CA_FILE", path_str(&other_ca))]] {
@@ -240,7 +275,7 @@ async fn an_untrusted_or_misnamed_redis_certificate_stops_the_instance_at_start(
     }
 
     // Trusted, but the certificate names other hosts: the name is checked.
-    let misnamed = TlsRedis::start(&ca, &["redis.internal"], false);
+    let misnamed = Redis::start_tls(ServerTls::new(&ca, &["redis.internal"], false));
     let (code, output) = refused_start(
         &format!("rediss://:s3cret-pass@127.0.0.1:{}/0", misnamed.port),
         &[("REDIS_TLS_CA_FILE", path_str(&right_ca))],
@@ -257,7 +292,10 @@ async fn an_untrusted_or_misnamed_redis_certificate_stops_the_instance_at_start(
     );
 
     // A CA file that is not there.
-    let missing = redis.write("unused", "").with_file_name("missing-ca.pem");
+    let missing = redis
+        .tls()
+        .write("unused", "")
+        .with_file_name("missing-ca.pem");
     let (code, output) = refused_start(&url, &[("REDIS_TLS_CA_FILE", path_str(&missing))]).await;
     assert_eq!(code, Some(1), "output:\n{output}");
     assert!(
@@ -272,11 +310,11 @@ async fn an_untrusted_or_misnamed_redis_certificate_stops_the_instance_at_start(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_asks_for_client_certificates_takes_the_configured_one() {
     let ca = TestCa::new("chat test CA");
-    let redis = TlsRedis::start(&ca, &["127.0.0.1"], true);
-    let ca_file = path_str(&redis.write("ca.pem", &ca.pem));
+    let redis = Redis::start_tls(ServerTls::new(&ca, &["127.0.0.1"], true));
+    let ca_file = redis.tls().ca_file();
     let (cert, key) = ca.issue(&[], ExtendedKeyUsagePurpose::ClientAuth);
-    let cert_file = path_str(&redis.write("client.pem", &cert));
-    let key_file = path_str(&redis.write("client.key", &key));
+    let cert_file = path_str(&redis.tls().write("instance.pem", &cert));
+    let key_file = path_str(&redis.tls().write("instance.key", &key));
 
     // Without one, Redis ends the handshake and the instance says what to set.
     let (code, output) =
@@ -289,7 +327,7 @@ async fn a_redis_that_asks_for_client_certificates_takes_the_configured_one() {
 
     // With it, both instances work as one.
     let cluster = Cluster::start_on(
-        RedisSetup::Tls(redis),
+        RedisSetup::Single(redis),
         &[
             ("REDIS_TLS_CA_FILE", &ca_file),
             ("REDIS_TLS_CERT_FILE", &cert_file),

@@ -11,7 +11,8 @@ use testkit::browser::msg;
 use testkit::fake_llm::{Behaviour, Gate};
 use testkit::sio::{is_end, Turn};
 
-use crate::harness::{Cluster, RedisSetup, EVENT_TIMEOUT, TURN_TIMEOUT};
+use crate::harness::{redis_ping, Cluster, RedisSetup, EVENT_TIMEOUT, TURN_TIMEOUT};
+use crate::tls::{refused_start, ServerTls, TestCa};
 use crate::topology::{RedisCluster, RedisSentinel};
 
 /// Waits until `/readyz` answers 200 on both instances and returns its body on A.
@@ -41,17 +42,83 @@ async fn two_instances_act_as_one(cluster: &Cluster) {
     crate::resume_on_b_exactly_once(cluster).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_on_a_redis_cluster_act_as_one() {
-    let redis = RedisCluster::start();
+/// Two instances on `redis`, trusting its CA when it speaks TLS.
+async fn start(redis: RedisSetup) -> Cluster {
+    let ca_file = redis.tls().map(ServerTls::ca_file);
+    let overrides: Vec<(&str, &str)> = ca_file
+        .iter()
+        .map(|file| ("REDIS_TLS_CA_FILE", file.as_str()))
+        .collect();
+    Cluster::start_on(redis, &overrides, false).await
+}
+
+/// Asserts that no server on `ports` answers in plain text: the instances can only have
+/// used TLS.
+fn assert_tls_only(ports: &[u16]) {
+    for &port in ports {
+        assert!(
+            !redis_ping(None, port),
+            "127.0.0.1:{port} answers PING in plain text"
+        );
+    }
+}
+
+/// Asserts that an instance stops at start on the TLS deployment `url` (its hosts
+/// 127.0.0.1, which the certificates name) when it trusts only the system's CA
+/// certificates, and when it trusts the CA (`ca_file`) but reaches the deployment as
+/// `localhost`, saying which, at once.
+async fn refused_when_untrusted_or_misnamed(url: &str, ca_file: &str) {
+    let cases = [
+        (
+            url.to_owned(),
+            vec![],
+            "TLS certificate is not signed by a trusted CA (set REDIS_TLS_CA_FILE",
+        ),
+        (
+            url.replace("127.0.0.1", "localhost"),
+            vec![("REDIS_TLS_CA_FILE", ca_file.to_owned())],
+            "TLS certificate does not name the host",
+        ),
+    ];
+    for (url, extra, sentence) in cases {
+        let started = Instant::now();
+        let (code, output) = refused_start(&url, &extra).await;
+        assert_eq!(code, Some(1), "{url}: output:\n{output}");
+        assert!(
+            output.contains(sentence),
+            "{url}: the error does not say {sentence:?}:\n{output}"
+        );
+        // Not after the retries meant for a Redis still starting.
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{url}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// Two instances on `redis`: readiness names its three masters, the one-server scenarios
+/// pass, and the keys were spread over several masters.
+async fn two_instances_on(redis: RedisCluster) {
     let ports = redis.ports.clone();
-    let cluster = Cluster::start_on(RedisSetup::Cluster(redis), &[], false).await;
+    let cluster = start(RedisSetup::Cluster(redis)).await;
     let ready = wait_ready(&cluster, Duration::from_secs(20)).await;
     assert_eq!(ready["checks"]["redis"], "up", "{ready}");
     assert_eq!(ready["redis"]["mode"], "cluster", "{ready}");
+    let mut nodes: Vec<String> = ready["redis"]["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.sort();
+    let mut masters: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    masters.sort();
     assert_eq!(
-        ready["redis"]["nodes"].as_array().map(Vec::len),
-        Some(3),
+        nodes, masters,
         "/readyz names the cluster's three masters: {ready}"
     );
 
@@ -73,6 +140,31 @@ async fn two_instances_on_a_redis_cluster_act_as_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_redis_cluster_act_as_one() {
+    two_instances_on(RedisCluster::start()).await;
+}
+
+/// `rediss-cluster://`: the seed nodes, the nodes CLUSTER SLOTS announces (by IP), the
+/// subscribers' connections to each shard channel's owner, all over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_tls_only_redis_cluster_act_as_one() {
+    let redis = RedisCluster::start_tls(&TestCa::new("chat test CA"));
+    assert!(
+        redis.url().starts_with("rediss-cluster://"),
+        "{}",
+        redis.url()
+    );
+    assert_tls_only(&redis.ports);
+    let ca_file = redis
+        .tls
+        .as_ref()
+        .map(ServerTls::ca_file)
+        .unwrap_or_default();
+    refused_when_untrusted_or_misnamed(&redis.url(), &ca_file).await;
+    two_instances_on(redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_out_everywhere_works_on_a_redis_cluster() {
     let redis = RedisSetup::Cluster(RedisCluster::start());
     let cluster =
@@ -80,11 +172,11 @@ async fn signing_out_everywhere_works_on_a_redis_cluster() {
     crate::signout::sign_out_everywhere_reaches_b(&cluster).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_on_sentinel_act_as_one() {
-    let redis = RedisSentinel::start();
+/// Two instances on `redis`: readiness names the master the sentinels give, and the
+/// one-server scenarios pass.
+async fn two_instances_on_sentinel(redis: RedisSentinel) {
     let master = redis.master_port;
-    let cluster = Cluster::start_on(RedisSetup::Sentinel(redis), &[], false).await;
+    let cluster = start(RedisSetup::Sentinel(redis)).await;
     let ready = wait_ready(&cluster, Duration::from_secs(20)).await;
     assert_eq!(ready["redis"]["mode"], "sentinel", "{ready}");
     assert_eq!(
@@ -93,6 +185,32 @@ async fn two_instances_on_sentinel_act_as_one() {
         "/readyz names the master the sentinels gave: {ready}"
     );
     two_instances_act_as_one(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_sentinel_act_as_one() {
+    two_instances_on_sentinel(RedisSentinel::start()).await;
+}
+
+/// `rediss-sentinel://`: the sentinels and the master they name, over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_tls_only_sentinel_set_act_as_one() {
+    let redis = RedisSentinel::start_tls(&TestCa::new("chat test CA"));
+    assert!(
+        redis.url().starts_with("rediss-sentinel://"),
+        "{}",
+        redis.url()
+    );
+    let mut ports = vec![redis.master_port, redis.replica_port];
+    ports.extend(&redis.sentinel_ports);
+    assert_tls_only(&ports);
+    let ca_file = redis
+        .tls
+        .as_ref()
+        .map(ServerTls::ca_file)
+        .unwrap_or_default();
+    refused_when_untrusted_or_misnamed(&redis.url(), &ca_file).await;
+    two_instances_on_sentinel(redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,9 +223,20 @@ async fn signing_out_everywhere_works_on_sentinel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_sentinel_master_dies_the_instances_follow_the_new_one() {
-    let redis = RedisSentinel::start();
+    follow_the_new_master(RedisSentinel::start()).await;
+}
+
+/// The same over TLS: the instances reconnect to the promoted replica's TLS port, checking
+/// its certificate against the address the sentinels now give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_tls_sentinel_master_dies_the_instances_follow_the_new_one() {
+    follow_the_new_master(RedisSentinel::start_tls(&TestCa::new("chat test CA"))).await;
+}
+
+/// Two instances on `redis` while its master is SIGKILLed during a reply.
+async fn follow_the_new_master(redis: RedisSentinel) {
     let replica = redis.replica_port;
-    let mut cluster = Cluster::start_on(RedisSetup::Sentinel(redis), &[], false).await;
+    let mut cluster = start(RedisSetup::Sentinel(redis)).await;
     wait_ready(&cluster, Duration::from_secs(20)).await;
     let user = cluster.new_user();
     user.get(&cluster.a, "/").await.assert_status(200);

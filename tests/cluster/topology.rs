@@ -2,16 +2,20 @@
 //! Cluster of three masters (`redis-server --cluster-enabled yes`, joined with
 //! `redis-cli --cluster create`) and a Sentinel set (a master, a replica and three
 //! `redis-server --sentinel`). Every process is killed when its guard drops.
+//!
+//! Either speaks plain text or only TLS (`start_tls`): then every server has `--port 0
+//! --tls-port P` with a certificate naming 127.0.0.1 (the address nodes announce and the
+//! sentinels give), the cluster bus and replication are TLS (`--tls-cluster yes
+//! --tls-replication yes`), and so are the sentinels' links to the servers and each other.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::harness::{spawn_redis_server, tail_of};
+use crate::harness::{resp_values, spawn_redis_server, tail_of};
+use crate::tls::{ServerTls, TestCa};
 
 const REDIS_CLI: &str = "/usr/bin/redis-cli";
 /// The Sentinel set's name for its master.
@@ -26,33 +30,6 @@ fn free_port_with_bus() -> u16 {
         }
     }
     panic!("no free port with a free cluster bus port (+10000)");
-}
-
-/// One command to a server on 127.0.0.1:`port`, in the inline protocol; the raw answer
-/// (what arrived within 300 ms after the first bytes).
-pub fn ask(port: u16, command: &str) -> String {
-    let Ok(mut stream) = TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(500),
-    ) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
-    if stream
-        .write_all(format!("{command}\r\n").as_bytes())
-        .is_err()
-    {
-        return String::new();
-    }
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 8192];
-    while let Ok(read) = stream.read(&mut buffer) {
-        if read == 0 {
-            break;
-        }
-        answer.extend_from_slice(&buffer[..read]);
-    }
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Kills a child (SIGKILL) and reaps it.
@@ -70,16 +47,29 @@ pub struct RedisCluster {
     pub ports: Vec<u16>,
     children: Vec<Option<Child>>,
     dir: TempDir,
+    /// Set when the nodes speak only TLS.
+    pub tls: Option<ServerTls>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        RedisCluster::launch(None)
+    }
+
+    /// One whose nodes speak only TLS, client links and cluster bus, with certificates
+    /// from `ca` naming 127.0.0.1.
+    pub fn start_tls(ca: &TestCa) -> RedisCluster {
+        RedisCluster::launch(Some(ServerTls::new(ca, &["127.0.0.1"], false)))
+    }
+
+    fn launch(tls: Option<ServerTls>) -> RedisCluster {
         require(REDIS_CLI);
         let dir = tempfile::tempdir().expect("temp dir for the redis cluster");
         let mut cluster = RedisCluster {
             ports: Vec::new(),
             children: Vec::new(),
             dir,
+            tls,
         };
         for node in 0..3 {
             let port = free_port_with_bus();
@@ -96,7 +86,13 @@ impl RedisCluster {
             .iter()
             .map(|a| (*a).to_owned())
             .collect();
-            let child = spawn_redis_server(port, &node_dir, &args, &cluster.log(node));
+            let child = spawn_redis_server(
+                port,
+                &node_dir,
+                &args,
+                cluster.tls.as_ref(),
+                &cluster.log(node),
+            );
             cluster.ports.push(port);
             cluster.children.push(Some(child));
         }
@@ -106,6 +102,13 @@ impl RedisCluster {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
         let created = Command::new(REDIS_CLI)
+            .args(
+                cluster
+                    .tls
+                    .as_ref()
+                    .map(ServerTls::cli_args)
+                    .unwrap_or_default(),
+            )
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -122,13 +125,16 @@ impl RedisCluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         for &port in &cluster.ports {
             loop {
-                if ask(port, "CLUSTER INFO").contains("cluster_state:ok") {
+                if cluster
+                    .ask(port, "CLUSTER INFO")
+                    .contains("cluster_state:ok")
+                {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
                     "the redis cluster did not reach cluster_state:ok within 20 s: {}",
-                    ask(port, "CLUSTER INFO")
+                    cluster.ask(port, "CLUSTER INFO")
                 );
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -140,14 +146,24 @@ impl RedisCluster {
         self.dir.path().join(format!("node{node}.log"))
     }
 
-    /// `redis-cluster://` with every node, as fred reads it.
+    /// One command to the node on `port`; its raw answer.
+    pub fn ask(&self, port: u16, command: &str) -> String {
+        crate::harness::ask(self.tls.as_ref(), port, command)
+    }
+
+    /// `redis-cluster://` (`rediss-cluster://` on TLS) with every node, as fred reads it.
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss-cluster"
+        } else {
+            "redis-cluster"
+        };
         let others: Vec<String> = self.ports[1..]
             .iter()
             .map(|p| format!("node=127.0.0.1:{p}"))
             .collect();
         format!(
-            "redis-cluster://127.0.0.1:{}?{}",
+            "{scheme}://127.0.0.1:{}?{}",
             self.ports[0],
             others.join("&")
         )
@@ -158,12 +174,8 @@ impl RedisCluster {
         self.ports
             .iter()
             .map(|port| {
-                let answer = ask(*port, "PUBSUB SHARDCHANNELS");
-                let channels: Vec<&str> = answer
-                    .lines()
-                    .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
-                    .collect();
-                format!("{port}: [{}]", channels.join(" "))
+                let answer = self.ask(*port, "PUBSUB SHARDCHANNELS");
+                format!("{port}: [{}]", resp_values(&answer).join(" "))
             })
             .collect::<Vec<_>>()
             .join("; ")
@@ -171,7 +183,7 @@ impl RedisCluster {
 
     /// How many keys the node on `port` holds.
     pub fn keys_on(&self, port: u16) -> u64 {
-        ask(port, "DBSIZE")
+        self.ask(port, "DBSIZE")
             .trim()
             .trim_start_matches(':')
             .parse()
@@ -207,10 +219,22 @@ pub struct RedisSentinel {
     replica: Option<Child>,
     sentinels: Vec<Option<Child>>,
     dir: TempDir,
+    /// Set when every server and sentinel speaks only TLS.
+    pub tls: Option<ServerTls>,
 }
 
 impl RedisSentinel {
     pub fn start() -> RedisSentinel {
+        RedisSentinel::launch(None)
+    }
+
+    /// One whose servers and sentinels speak only TLS, to clients and to each other, with
+    /// certificates from `ca` naming 127.0.0.1.
+    pub fn start_tls(ca: &TestCa) -> RedisSentinel {
+        RedisSentinel::launch(Some(ServerTls::new(ca, &["127.0.0.1"], false)))
+    }
+
+    fn launch(tls: Option<ServerTls>) -> RedisSentinel {
         let dir = tempfile::tempdir().expect("temp dir for the sentinel set");
         let master_port = testkit::free_port();
         let replica_port = testkit::free_port();
@@ -223,6 +247,7 @@ impl RedisSentinel {
             master_port,
             &data("master"),
             &[],
+            tls.as_ref(),
             &dir.path().join("master.log"),
         );
         let replica = spawn_redis_server(
@@ -233,6 +258,7 @@ impl RedisSentinel {
                 "127.0.0.1".to_owned(),
                 master_port.to_string(),
             ],
+            tls.as_ref(),
             &dir.path().join("replica.log"),
         );
         let mut set = RedisSentinel {
@@ -243,9 +269,11 @@ impl RedisSentinel {
             replica: Some(replica),
             sentinels: Vec::new(),
             dir,
+            tls,
         };
         set.wait_for(Duration::from_secs(20), "the replica to sync", |set| {
-            ask(set.replica_port, "INFO replication").contains("master_link_status:up")
+            set.ask(set.replica_port, "INFO replication")
+                .contains("master_link_status:up")
         });
         for index in 0..3 {
             let port = testkit::free_port();
@@ -267,6 +295,7 @@ impl RedisSentinel {
                 port,
                 &sentinel_dir,
                 &[config.display().to_string(), "--sentinel".to_owned()],
+                set.tls.as_ref(),
                 &set.dir.path().join(format!("sentinel{index}.log")),
             );
             set.sentinel_ports.push(port);
@@ -278,7 +307,7 @@ impl RedisSentinel {
             "the sentinels to know each other",
             |set| {
                 set.sentinel_ports.iter().all(|&port| {
-                    let answer = ask(port, &format!("SENTINEL MASTER {SENTINEL_SERVICE}"));
+                    let answer = set.ask(port, &format!("SENTINEL MASTER {SENTINEL_SERVICE}"));
                     field_after(&answer, "num-other-sentinels") == Some(2)
                         && field_after(&answer, "num-slaves") == Some(1)
                 })
@@ -299,14 +328,25 @@ impl RedisSentinel {
         }
     }
 
-    /// `redis-sentinel://` with every sentinel, as fred reads it.
+    /// One command to the server or sentinel on `port`; its raw answer.
+    pub fn ask(&self, port: u16, command: &str) -> String {
+        crate::harness::ask(self.tls.as_ref(), port, command)
+    }
+
+    /// `redis-sentinel://` (`rediss-sentinel://` on TLS) with every sentinel, as fred reads
+    /// it.
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss-sentinel"
+        } else {
+            "redis-sentinel"
+        };
         let others: Vec<String> = self.sentinel_ports[1..]
             .iter()
             .map(|p| format!("node=127.0.0.1:{p}"))
             .collect();
         format!(
-            "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName={SENTINEL_SERVICE}&{}",
+            "{scheme}://127.0.0.1:{}/0?sentinelServiceName={SENTINEL_SERVICE}&{}",
             self.sentinel_ports[0],
             others.join("&")
         )
@@ -314,14 +354,12 @@ impl RedisSentinel {
 
     /// The port the sentinels name as master now.
     pub fn current_master(&self) -> Option<u16> {
-        let answer = ask(
+        let answer = self.ask(
             self.sentinel_ports[0],
             &format!("SENTINEL GET-MASTER-ADDR-BY-NAME {SENTINEL_SERVICE}"),
         );
-        answer
-            .lines()
-            .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
-            .nth(1)
+        resp_values(&answer)
+            .get(1)
             .and_then(|port| port.trim().parse().ok())
     }
 
@@ -330,7 +368,7 @@ impl RedisSentinel {
         kill(&mut self.master);
         self.wait_for(Duration::from_secs(30), "the failover", |set| {
             set.current_master() == Some(set.replica_port)
-                && ask(set.replica_port, "ROLE").contains("master")
+                && set.ask(set.replica_port, "ROLE").contains("master")
         });
     }
 
@@ -348,10 +386,7 @@ impl RedisSentinel {
 
 /// In a RESP array of alternating names and values, the number after `name`.
 fn field_after(answer: &str, name: &str) -> Option<u64> {
-    let lines: Vec<&str> = answer
-        .lines()
-        .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
-        .collect();
+    let lines = resp_values(answer);
     let at = lines.iter().position(|l| *l == name)?;
     lines.get(at + 1)?.trim().parse().ok()
 }
