@@ -53,12 +53,8 @@ COPY --from=builder /usr/local/bin/llm-chat-server /usr/local/bin/llm-chat-serve
 USER app
 # Listen on every interface inside the container (the default 127.0.0.1 would be
 # unreachable from outside it).
-# MIMALLOC_ARENA_EAGER_COMMIT=0: mimalloc commits its arenas lazily, which takes an
-# idle socket from ~43 to ~34 KiB at no measured cost in turns/s (BENCHMARKS.md "The
-# allocator trade"); it is read when the process starts, so it cannot go in .env.
 ENV HOST=0.0.0.0 \
-    PORT=5000 \
-    MIMALLOC_ARENA_EAGER_COMMIT=0
+    PORT=5000
 EXPOSE 5000
 
 # Liveness only: /readyz (Redis, store) is for load balancers and compose's depends_on.

@@ -4,6 +4,8 @@
 //! [`startup::Application`]; everything else lives in this library so the
 //! tests can reason about the same types.
 
+#[cfg(not(feature = "system-alloc"))]
+pub mod alloc;
 pub mod auth;
 pub mod cluster;
 pub mod config;

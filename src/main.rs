@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 /// chunks, JSON), which glibc's malloc served at about 13 % of the CPU.
 /// `--features system-alloc` builds with the system allocator instead
 /// (smaller idle sockets, fewer turns/s: BENCHMARKS.md "The allocator trade").
+/// Its options are set as the process loads, by `llm_chat_server::alloc`.
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -202,53 +202,33 @@ pub(super) async fn on_send_message<A: Adapter>(
     else {
         return;
     };
-    let result = run_turn(
-        &state,
-        &who,
-        &id,
-        &guard,
-        &socket,
-        message,
-        TurnShape {
-            branching: None,
-            switch_model: model.as_deref(),
-        },
-    )
-    .await;
+    let result = socket_turn(&who, &id, &guard, &sink, model.as_deref())
+        .run(&state.chat, message)
+        .await;
     if let Err(err) = result {
         emit_error(&sink, &err, Some(&id));
     }
 }
 
-/// How a turn differs from a plain `send_message` one.
-struct TurnShape<'a> {
-    /// On a new branch (edit, regenerate).
-    branching: Option<Branching>,
-    /// The model the event asked for, already checked.
+/// The turn of an event from `sink`'s socket, its events to that socket;
+/// it appends unless run on a branch (`Turn::run_branch`). `switch_model`:
+/// the model the event asked for, already checked.
+fn socket_turn<'a, A: Adapter>(
+    who: &'a SocketUser,
+    id: &'a ConversationId,
+    guard: &'a TurnGuard,
+    sink: &'a SocketSink<A>,
     switch_model: Option<&'a Model>,
-}
-
-/// Runs the turn for `message`, its events to `socket`; on a new branch
-/// when `shape` says so.
-async fn run_turn<A: Adapter>(
-    state: &AppState,
-    who: &SocketUser,
-    id: &ConversationId,
-    guard: &TurnGuard,
-    socket: &SocketRef<A>,
-    message: String,
-    shape: TurnShape<'_>,
-) -> Result<(), ApiError> {
-    let turn = Turn {
+) -> Turn<'a> {
+    Turn {
         user: &who.user,
         conversation: id,
         guard,
-        sink: &SocketSink(socket.clone()),
-        origin_socket: Some(socket.id.to_string()),
-        branching: shape.branching,
-        switch_model: shape.switch_model,
-    };
-    turn.run(&state.chat, message).await
+        sink,
+        origin_socket: Some(sink.0.id.to_string()),
+        branching: None,
+        switch_model,
+    }
 }
 
 /// Finds the conversation the event is for, registers a turn for it
@@ -340,7 +320,6 @@ pub(super) async fn on_regenerate<A: Adapter>(
         &who,
         id,
         guard,
-        &socket,
         &sink,
         model.as_deref(),
         |conversation| {
@@ -398,7 +377,6 @@ pub(super) async fn on_edit_message<A: Adapter>(
         &who,
         id,
         guard,
-        &socket,
         &sink,
         model.as_deref(),
         |conversation| {
@@ -423,38 +401,22 @@ pub(super) async fn on_edit_message<A: Adapter>(
 
 /// The rest of a `regenerate` or an `edit_message` once its conversation is
 /// claimed: `pick` reads the stored conversation for the message to answer
-/// and where its branch starts (or refuses), the turn runs, and the
-/// conversation is freed before a refusal or failure is told to the client
-/// (its next event may be for the same conversation).
-#[allow(clippy::too_many_arguments)]
+/// and where its branch starts (or refuses), the turn runs on that read
+/// (`Turn::run_branch`), and the conversation is freed before a refusal or
+/// failure is told to the client (its next event may be for the same
+/// conversation).
 async fn run_branch_turn<A: Adapter>(
     state: &AppState,
     who: &SocketUser,
     id: ConversationId,
     guard: TurnGuard,
-    socket: &SocketRef<A>,
     sink: &SocketSink<A>,
     model: Option<&Model>,
     pick: impl FnOnce(&Conversation) -> Result<(String, Branching), ApiError>,
 ) {
-    let result = async {
-        let conversation = state.chat.store.load(&who.user, &id).await?;
-        let (message, branching) = pick(&conversation)?;
-        run_turn(
-            state,
-            who,
-            &id,
-            &guard,
-            socket,
-            message,
-            TurnShape {
-                branching: Some(branching),
-                switch_model: model,
-            },
-        )
-        .await
-    }
-    .await;
+    let result = socket_turn(who, &id, &guard, sink, model)
+        .run_branch(&state.chat, pick)
+        .await;
     guard.release();
     if let Err(err) = result {
         emit_error(sink, &err, Some(&id));

@@ -1,5 +1,6 @@
 //! One chat turn, from a user's message to a stored reply, in three steps:
-//! [`prepare`](Turn::prepare) loads the conversation and fits the prompt
+//! [`prepare`](Turn::prepare) loads the conversation (unless
+//! [`run_branch`](Turn::run_branch) already did) and fits the prompt
 //! into the context window (summarising older turns when needed),
 //! [`stream`](Turn::stream) streams the reply to the sending socket and the
 //! reply hub, and [`finish`](Turn::finish) stores the outcome and tells the
@@ -45,7 +46,7 @@ use crate::metrics::Metrics;
 use crate::notify::{conversation_branched, conversation_updated};
 use crate::replies::{BranchPoint, Relay, ReplyEvent};
 use crate::store::usage::DayUsage;
-use crate::store::NewMessage;
+use crate::store::{Conversation, NewMessage};
 use summarise::{Folded, Whose};
 
 /// Checks a chat message as it came in a payload (raw JSON): a non-empty
@@ -181,11 +182,49 @@ enum Prepared {
     Stopped,
 }
 
+/// The conversation as a branch turn read it to pick its message: the turn
+/// uses that read instead of a second one.
+struct Loaded {
+    conversation: Conversation,
+    /// When the read began (the turn's start).
+    started: Instant,
+}
+
 impl Turn<'_> {
     /// Runs the turn with the user's message `text`. Errors before
     /// streaming are returned (nothing stored); errors while streaming are
     /// emitted as `error` after storing what is consistent.
     pub async fn run(self, chat: &Chat, text: String) -> Result<(), ApiError> {
+        self.run_with(chat, text, None).await
+    }
+
+    /// Runs the turn on a new branch (edit, regenerate): `pick` reads the
+    /// stored conversation for the message to answer and where its branch
+    /// starts, or refuses (nothing stored). The conversation is read once,
+    /// for `pick` and the prompt alike (`self.branching` is replaced).
+    pub async fn run_branch(
+        mut self,
+        chat: &Chat,
+        pick: impl FnOnce(&Conversation) -> Result<(String, Branching), ApiError>,
+    ) -> Result<(), ApiError> {
+        let started = Instant::now();
+        let conversation = chat.store.load(self.user, self.conversation).await?;
+        chat.metrics.store_latency.observe(started.elapsed());
+        let (text, branching) = pick(&conversation)?;
+        self.branching = Some(branching);
+        let loaded = Loaded {
+            conversation,
+            started,
+        };
+        self.run_with(chat, text, Some(loaded)).await
+    }
+
+    async fn run_with(
+        self,
+        chat: &Chat,
+        text: String,
+        loaded: Option<Loaded>,
+    ) -> Result<(), ApiError> {
         // Over the cap the message is refused at once (nothing stored),
         // rather than queued behind replies that may take minutes.
         let _slot = match &chat.llm_slots {
@@ -207,10 +246,10 @@ impl Turn<'_> {
             usage: None,
             room: 0,
             relay: None,
-            started: Instant::now(),
+            started: loaded.as_ref().map_or_else(Instant::now, |l| l.started),
             temperature: None,
         };
-        let outcome = match self.prepare(chat, &mut progress).await? {
+        let outcome = match self.prepare(chat, &mut progress, loaded).await? {
             Prepared::Stopped => Outcome::Stopped,
             Prepared::Prompt(messages, model) => {
                 self.stream(chat, &mut progress, messages, &model).await
@@ -219,14 +258,24 @@ impl Turn<'_> {
         self.finish(chat, progress, outcome).await
     }
 
-    /// Loads the conversation and builds the prompt, summarising older
-    /// turns when they no longer fit.
-    async fn prepare(&self, chat: &Chat, progress: &mut Progress) -> Result<Prepared, ApiError> {
+    /// Loads the conversation (unless `loaded` has it) and builds the
+    /// prompt, summarising older turns when they no longer fit.
+    async fn prepare(
+        &self,
+        chat: &Chat,
+        progress: &mut Progress,
+        loaded: Option<Loaded>,
+    ) -> Result<Prepared, ApiError> {
         let settings = &chat.settings;
-        let mut conversation = chat.store.load(self.user, self.conversation).await?;
-        chat.metrics
-            .store_latency
-            .observe(progress.started.elapsed());
+        let mut conversation = match loaded {
+            Some(loaded) => loaded.conversation,
+            None => {
+                let started = Instant::now();
+                let conversation = chat.store.load(self.user, self.conversation).await?;
+                chat.metrics.store_latency.observe(started.elapsed());
+                conversation
+            }
+        };
         progress.room = full::room_for_turn(chat, &conversation, &progress.text)?;
         if let Some(branching) = self.branching {
             // The prompt is the path up to the branch point, nothing after;
@@ -583,9 +632,180 @@ impl Turn<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
     use serde_json::json;
 
     use super::*;
+    use crate::config::Settings;
+    use crate::context::TokenCounter;
+    use crate::store::cache::CachedStore;
+    use crate::store::{Backend, ConversationStore};
+
+    /// No other sockets to tell.
+    struct NoOne;
+
+    #[async_trait]
+    impl crate::notify::Notifier for NoOne {
+        async fn to_user(&self, _: &UserId, _: ServerEvent<'_>) {}
+        async fn disconnect_user(&self, _: &UserId) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The names of the events the sending socket got.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl EventSink for Recorder {
+        fn emit(&self, event: ServerEvent<'_>) {
+            self.0.lock().unwrap().push(event.name().to_string());
+        }
+    }
+
+    /// A turn's services over the SQLite store in `dir`, behind the
+    /// conversation cache (its `stats` count the loads); demo model.
+    async fn chat_in(dir: &tempfile::TempDir) -> (Chat, Arc<CachedStore>) {
+        let settings = Arc::new(Settings::for_tests(dir.path().join("chat.db")));
+        let backends = crate::sessions::open_backend(Backend::Sqlite, &settings)
+            .await
+            .unwrap();
+        let store = Arc::new(CachedStore::new(backends.conversations, 1 << 20));
+        let metrics = Arc::new(Metrics::default());
+        let models = Arc::new(Models::build(&settings, &metrics).unwrap());
+        let chat = Chat {
+            store: store.clone(),
+            usage: backends.usage,
+            llm: models.default_model().llm.clone(),
+            tokens: TokenCounter::new(settings.tokenizer),
+            models,
+            notifier: Arc::new(NoOne),
+            metrics,
+            replies: crate::replies::ReplyHub::in_memory(settings.reply_resume_ttl),
+            turns: Arc::new(TurnRegistry::default()),
+            redis: None,
+            llm_slots: None,
+            summary_backoff: Arc::new(SummaryBackoff::default()),
+            settings,
+        };
+        (chat, store)
+    }
+
+    /// The loads of the conversation store so far (cache hits and misses).
+    fn loads(store: &CachedStore) -> u64 {
+        let (hits, misses) = store.stats();
+        hits + misses
+    }
+
+    fn texts(conversation: &Conversation) -> Vec<(Role, String)> {
+        conversation
+            .messages
+            .iter()
+            .map(|m| (m.message.role, m.message.content.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_branch_turn_reads_the_conversation_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chat, store) = chat_in(&dir).await;
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        let stored = |role, content: &str| NewMessage {
+            role,
+            content: content.to_string(),
+            tokens: None,
+        };
+        store
+            .append(
+                &user,
+                &id,
+                vec![
+                    stored(Role::User, "first question"),
+                    stored(Role::Assistant, "old reply"),
+                ],
+            )
+            .await
+            .unwrap();
+
+        // A regenerate, then an edit of the first message.
+        let picks: [(&str, Branching); 2] = [
+            (
+                "first question",
+                Branching {
+                    prefix: 0,
+                    user_stored: true,
+                },
+            ),
+            (
+                "edited question",
+                Branching {
+                    prefix: 0,
+                    user_stored: false,
+                },
+            ),
+        ];
+        for (text, branching) in picks {
+            let guard = chat.turns.begin(&user, &id, None).unwrap();
+            let sink = Recorder::default();
+            let turn = Turn {
+                user: &user,
+                conversation: &id,
+                guard: &guard,
+                sink: &sink,
+                origin_socket: None,
+                branching: None,
+                switch_model: None,
+            };
+            let before = loads(&store);
+            let seen = Mutex::new(None);
+            turn.run_branch(&chat, |conversation| {
+                *seen.lock().unwrap() = Some(texts(conversation));
+                Ok((text.to_string(), branching))
+            })
+            .await
+            .unwrap();
+
+            assert_eq!(loads(&store) - before, 1, "loads of a turn for {text:?}");
+            assert_eq!(
+                seen.into_inner().unwrap().unwrap(),
+                [
+                    (Role::User, "first question".to_string()),
+                    (
+                        Role::Assistant,
+                        if text == "first question" {
+                            "old reply".to_string()
+                        } else {
+                            demo_reply_to("first question")
+                        }
+                    ),
+                ]
+            );
+            let events = sink.0.lock().unwrap().clone();
+            assert_eq!(events.first().map(String::as_str), Some("token_usage"));
+            assert_eq!(events.last().map(String::as_str), Some("response_end"));
+            // The prompt was the read's history up to the branch point.
+            let now = store.load(&user, &id).await.unwrap();
+            assert_eq!(
+                texts(&now),
+                [
+                    (Role::User, text.to_string()),
+                    (Role::Assistant, demo_reply_to(text)),
+                ]
+            );
+            assert!(!store.branches(&user, &id).await.unwrap().nodes.is_empty());
+        }
+    }
+
+    /// The demo model's answer to a prompt whose last user message is `text`.
+    fn demo_reply_to(text: &str) -> String {
+        crate::llm::demo::demo_reply(&ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, text)].into(),
+            max_tokens: 0,
+            temperature: None,
+        })
+    }
 
     #[test]
     fn messages_must_be_non_empty_strings_within_the_limit() {

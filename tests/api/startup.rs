@@ -176,3 +176,35 @@ async fn a_wildcard_cors_origin_stops_the_server_naming_the_variable() {
         );
     }
 }
+
+/// The binary has mimalloc commit its arenas lazily (`src/alloc.rs`) unless
+/// `MIMALLOC_ARENA_EAGER_COMMIT` says otherwise: mimalloc lists its options
+/// as it starts when `MIMALLOC_VERBOSE=1`.
+#[cfg(all(target_os = "linux", not(feature = "system-alloc")))]
+#[test]
+fn the_binary_has_mimalloc_commit_arenas_lazily_unless_told_otherwise() {
+    let arena_eager_commit = |value: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_llm-chat-server"));
+        command
+            .arg("--version")
+            .env_clear()
+            .env("MIMALLOC_VERBOSE", "1");
+        if let Some(value) = value {
+            command.env("MIMALLOC_ARENA_EAGER_COMMIT", value);
+        }
+        let output = command.output().expect("run llm-chat-server --version");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        stderr
+            .lines()
+            .find_map(|line| line.strip_prefix("option 'arena_eager_commit':"))
+            .unwrap_or_else(|| panic!("mimalloc did not list its options:\n{stderr}"))
+            .trim()
+            .to_string()
+    };
+
+    // mimalloc's own default is 2 (eager where the OS overcommits).
+    assert_eq!(arena_eager_commit(None), "0");
+    assert_eq!(arena_eager_commit(Some("1")), "1");
+    assert_eq!(arena_eager_commit(Some("2")), "2");
+}

@@ -263,7 +263,9 @@ fn layers_point_one_way_and_events_is_a_leaf() {
     // Each layer may import its own and the layers listed after it; a
     // cycle inside a layer is caught by the tests above.
     let layers: &[&[&str]] = &[
-        &["lib", "main", "startup", "serve", "drain", "migrate"],
+        &[
+            "lib", "main", "alloc", "startup", "serve", "drain", "migrate",
+        ],
         &["http", "realtime"],
         &["state"],
         &["turn"],
