@@ -177,12 +177,7 @@ impl Application {
         let draining = Arc::new(AtomicBool::new(false));
         let (replies, limiter): (Arc<ReplyHub>, Arc<dyn RateLimiter>) = match &redis {
             Some(redis) => (
-                ReplyHub::with_redis(
-                    redis,
-                    settings.reply_resume_ttl,
-                    settings.reply_lease,
-                    settings.reply_relay_linger,
-                ),
+                ReplyHub::with_redis(redis, settings.reply_resume_ttl, settings.reply_lease),
                 Arc::new(RedisLimiter::new(redis)),
             ),
             None => (

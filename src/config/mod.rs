@@ -72,9 +72,6 @@ pub struct Settings {
     /// A reply in flight whose instance has not renewed its lease for this
     /// long is ended by another instance (Redis mode).
     pub reply_lease: Duration,
-    /// How long a relay waits for more events of a reply before logging
-    /// and publishing them in one Redis round trip (Redis mode; 0: never).
-    pub reply_relay_linger: Duration,
     /// Pub/sub messages an instance buffers before the oldest are lost
     /// (and read again from the reply logs).
     pub redis_pubsub_buffer: usize,
@@ -257,13 +254,6 @@ impl Settings {
             r.errors
                 .push("REPLY_LEASE_SECONDS must be at least 2".to_string());
         }
-        let linger_ms =
-            r.parse::<u64>("REPLY_RELAY_LINGER_MS", 0, "a whole number of milliseconds");
-        if linger_ms > 100 {
-            r.errors
-                .push("REPLY_RELAY_LINGER_MS must be at most 100".to_string());
-        }
-        let reply_relay_linger = Duration::from_millis(linger_ms.min(100));
         let redis_pubsub_buffer = r.positive("REDIS_PUBSUB_BUFFER", 8192).min(1 << 20) as usize;
         let shutdown_grace = r.seconds("SHUTDOWN_GRACE_SECONDS", 30.0);
         // 0 is allowed here: stop at once when the socket goes.
@@ -469,7 +459,6 @@ impl Settings {
             rate_limit_uploads_per_ip_per_hour,
             reply_resume_ttl,
             reply_lease,
-            reply_relay_linger,
             redis_pubsub_buffer,
             disconnect_grace,
             shutdown_grace,
@@ -712,24 +701,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("LLM_MODEL"), "{text}");
-    }
-
-    #[test]
-    fn the_relay_linger_is_read_in_milliseconds_and_bounded() {
-        assert_eq!(settings(&[]).unwrap().reply_relay_linger, Duration::ZERO);
-        let on = settings(&[("REPLY_RELAY_LINGER_MS", "2")]).unwrap();
-        assert_eq!(on.reply_relay_linger, Duration::from_millis(2));
-        let err = settings(&[("REPLY_RELAY_LINGER_MS", "500")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("REPLY_RELAY_LINGER_MS must be at most 100"),
-            "{err}"
-        );
-        let err = settings(&[("REPLY_RELAY_LINGER_MS", "soon")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("REPLY_RELAY_LINGER_MS=\"soon\""), "{err}");
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl ReplyHub {
             conversation: Arc::from(lapsed.conversation.as_ref()),
             logged: logged.clone(),
         };
-        if let Err(err) = self.log.record(&[envelope]).await {
+        if let Err(err) = self.log.record(&[envelope], &[]).await {
             tracing::warn!(error = %err, "could not log a lapsed reply's end; only tabs here are told");
         }
         let followed = (lapsed.user.clone(), lapsed.conversation.clone());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::event::{Logged, ReplyEvent};
-use super::log::{Envelope, ReplyLog};
+use super::log::{Envelope, Renewal, ReplyLog};
 use crate::domain::{ConversationId, UserId};
 
 /// A reply's events and, once it ended, when they expire.
@@ -60,7 +60,7 @@ impl MemoryLog {
 
 #[async_trait]
 impl ReplyLog for MemoryLog {
-    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
+    async fn record(&self, envelopes: &[Envelope], _renewals: &[Renewal]) -> Result<(), String> {
         for envelope in envelopes {
             let key = (envelope.user.clone(), envelope.conversation.clone());
             self.append(&key, &envelope.logged);

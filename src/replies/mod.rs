@@ -14,8 +14,10 @@
 //! listener falls behind (`cluster::listen` reports lost messages) or a
 //! watcher sees a gap in a reply, the log is read again to fill it.
 //! In memory mode the turn logs and delivers each event in its own call;
-//! with Redis a relay task per turn does it, so the turn never waits on
-//! Redis, and renews the reply's lease (`redis.rs`, `lease.rs`).
+//! with Redis the turn queues it for the instance's one writer, so the turn
+//! never waits on Redis: the writer logs and publishes every reply's queued
+//! events in one Redis round trip, then delivers them, and renews the
+//! leases of the replies in flight (`writer.rs`, `redis.rs`, `lease.rs`).
 //!
 //! The socket that sent the message gets its events directly from the turn
 //! (`turn/`), not from here, so a Redis outage never stops a local reply.
@@ -28,9 +30,10 @@ mod redis;
 #[cfg(test)]
 mod tests;
 mod watcher;
+mod writer;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -38,14 +41,11 @@ use tokio::sync::mpsc;
 use event::{new_reply_id, Logged};
 pub use event::{BranchPoint, ReplyEvent, INTERRUPTED};
 pub use lease::LapsedReply;
-use log::{Envelope, ReplyLog};
+use log::ReplyLog;
 use memory::{MemoryLog, MemoryReplies};
-use redis::{RedisLog, RELAY_BATCH};
-
-/// How long a relay whose reply has ended keeps trying to log the events
-/// Redis refused.
-const BACKLOG_PATIENCE: Duration = Duration::from_secs(600);
+use redis::RedisLog;
 use watcher::{Resume, WatchState, Watcher};
+use writer::{Queued, ReplyContext, Timing};
 
 use crate::cluster::RedisConnections;
 use crate::domain::{ConversationId, UserId};
@@ -62,10 +62,11 @@ pub struct ReplyHub {
     memory: Option<Arc<MemoryLog>>,
     /// The same log when it is the Redis one (leases).
     redis: Option<Arc<RedisLog>>,
-    /// How long a Redis relay waits for more events of its reply before
-    /// logging what it has (0: not at all), so a fast reply's events share
-    /// a round trip; a reply's last event goes at once.
-    linger: Duration,
+    /// The queue of the writer that logs and delivers the relays' events
+    /// (Redis mode), started with the first relay.
+    writer: OnceLock<mpsc::UnboundedSender<Queued>>,
+    /// The writer's lease renewals and patience.
+    timing: Timing,
     /// Who follows what, both ways under one lock: registering a socket
     /// (dropping what it followed before) and forgetting it are each one
     /// step, so concurrent calls for a socket cannot leave a stray watcher.
@@ -120,14 +121,7 @@ impl ReplyHub {
     /// A hub shared through Redis; `cluster::listen` hands it the
     /// other instances' events (`deliver_remote`). A reply whose instance
     /// stops renewing its lease for `lease` is ended by another instance.
-    /// A relay waits up to `linger` for more events of its reply before it
-    /// logs and publishes them (see [`ReplyHub::relay`]).
-    pub fn with_redis(
-        redis: &RedisConnections,
-        ttl: Duration,
-        lease: Duration,
-        linger: Duration,
-    ) -> Arc<Self> {
+    pub fn with_redis(redis: &RedisConnections, ttl: Duration, lease: Duration) -> Arc<Self> {
         let log = Arc::new(RedisLog {
             channel: redis.key("replies"),
             redis: redis.clone(),
@@ -137,7 +131,7 @@ impl ReplyHub {
         });
         Arc::new(Self {
             redis: Some(log.clone()),
-            linger,
+            timing: Timing::for_lease(lease),
             ..Self::new(log)
         })
     }
@@ -148,7 +142,8 @@ impl ReplyHub {
             log,
             memory: None,
             redis: None,
-            linger: Duration::ZERO,
+            writer: OnceLock::new(),
+            timing: Timing::for_lease(Duration::from_secs(5)),
             registry: Mutex::new(Registry::default()),
         }
     }
@@ -321,13 +316,12 @@ impl ReplyHub {
 
     /// A relay for one turn, with a new reply id. In memory, an event is
     /// logged and delivered to this instance's watchers as it is sent.
-    /// With Redis, events are logged, delivered and published in order by
-    /// a task of their own, so the turn never waits on Redis; the task also
-    /// renews the reply's lease until its last event. The task gathers the
-    /// events that come within the hub's linger of the first one into one
-    /// Redis round trip (one pipeline, one published message), and sends
-    /// a batch holding the reply's last event (`response_end`, `error`) at
-    /// once, so a turn's end is never delayed.
+    /// With Redis, events are queued for the hub's writer (`writer.rs`),
+    /// so the turn never waits on Redis: it logs, publishes and delivers
+    /// each reply's events in order, every reply's queued events in one
+    /// Redis round trip, a lone event (a reply's last one too) at once, and
+    /// renews the reply's lease until its last event (or until the relay
+    /// is dropped).
     pub fn relay(
         self: &Arc<Self>,
         user: &UserId,
@@ -352,144 +346,37 @@ impl ReplyHub {
                 },
             };
         }
-        let (tx, rx) = mpsc::channel::<ReplyEvent>(4096);
-        tokio::spawn(
-            self.clone()
-                .run_relay(rx, followed, key, origin_socket, reply.clone()),
-        );
+        let context = Arc::new(ReplyContext {
+            followed,
+            instance: Arc::from(self.instance.as_str()),
+            user: key.0,
+            conversation: key.1,
+            reply: reply.clone(),
+            origin: origin_socket,
+        });
         Relay {
             reply,
-            to: RelayTo::Task(tx, self.clone()),
+            to: RelayTo::Writer {
+                queue: self.writer().clone(),
+                hub: self.clone(),
+                context,
+            },
         }
     }
 
-    async fn run_relay(
-        self: Arc<Self>,
-        mut rx: mpsc::Receiver<ReplyEvent>,
-        followed: Followed,
-        key: (Arc<str>, Arc<str>),
-        origin_socket: Option<Arc<str>>,
-        reply: Arc<str>,
-    ) {
-        let instance: Arc<str> = Arc::from(self.instance.as_str());
-        let lease = self
-            .redis
-            .as_ref()
-            .map_or(Duration::from_secs(5), |r| r.lease);
-        let mut renew = tokio::time::interval((lease / 3).max(Duration::from_millis(500)));
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        renew.tick().await;
-        let mut ended = false;
-        // Events Redis refused (an outage, a failover): delivered here at
-        // once, and logged and published, in order, once Redis is back, so
-        // the log ends the way the reply did and no later watcher replays
-        // it as still streaming.
-        let mut backlog: Vec<Envelope> = Vec::new();
-        // Set when the turn has sent its last event while a backlog remains.
-        let mut give_up_at: Option<tokio::time::Instant> = None;
-        let mut events = Vec::new();
-        loop {
-            // Events that queued while the last batch was logged go out
-            // together: one Redis round trip however many there are, so a
-            // busy relay catches up instead of falling further behind.
-            let received = tokio::select! {
-                received = rx.recv_many(&mut events, RELAY_BATCH), if give_up_at.is_none() => received,
-                // Renewed even after a failed write: a reply that goes on
-                // here must not be taken for a dead one once Redis is back.
-                _ = renew.tick() => {
-                    if !ended {
-                        if let Err(err) = self.log.renew(&reply).await {
-                            tracing::debug!(error = %err, "could not renew a reply's lease");
-                        }
-                    }
-                    if !backlog.is_empty() && self.log.available() {
-                        match self.log.record(&backlog).await {
-                            Ok(()) => {
-                                tracing::info!(events = backlog.len(), "reply log caught up after Redis came back");
-                                backlog.clear();
-                            }
-                            Err(err) => tracing::debug!(error = %err, "reply log still unavailable"),
-                        }
-                    }
-                    match give_up_at {
-                        Some(_) if backlog.is_empty() => break,
-                        Some(at) if tokio::time::Instant::now() >= at => {
-                            tracing::warn!(events = backlog.len(), "reply log unavailable for 10 minutes; other instances miss the end of this reply");
-                            break;
-                        }
-                        _ => continue,
-                    }
-                }
-            };
-            if received == 0 {
-                if backlog.is_empty() {
-                    break;
-                }
-                give_up_at = Some(tokio::time::Instant::now() + BACKLOG_PATIENCE);
-                continue;
-            }
-            self.linger_for_more(&mut rx, &mut events).await;
-            let envelopes: Vec<Envelope> = events
-                .drain(..)
-                .map(|event| Envelope {
-                    instance: instance.clone(),
-                    user: key.0.clone(),
-                    conversation: key.1.clone(),
-                    logged: Logged {
-                        reply: reply.clone(),
-                        origin: origin_socket.clone(),
-                        event,
-                    },
-                })
-                .collect();
-            ended |= envelopes.iter().any(|e| e.logged.event.is_final());
-            let logged = backlog.is_empty()
-                && {
-                    match self.log.record(&envelopes).await {
-                        Ok(()) => true,
-                        Err(err) => {
-                            // Keep delivering locally; retry Redis with the
-                            // lease's rhythm, not on every event (each try
-                            // would wait its timeout).
-                            tracing::warn!(error = %err, "reply log unavailable; other instances get this reply when Redis is back");
-                            false
-                        }
-                    }
-                };
-            if logged {
-                renew.reset();
-            }
-            for envelope in &envelopes {
-                self.deliver_local(&followed, origin_socket.as_deref(), &envelope.logged);
-            }
-            if !logged {
-                backlog.extend(envelopes);
-            }
-        }
-    }
-
-    /// Waits up to the hub's linger for more events after `events` (a
-    /// batch just received), so they share one round trip: stops at a
-    /// reply's last event, at [`RELAY_BATCH`] events, or when the turn is
-    /// gone. Order is the channel's; a `recv_many` cut short by the
-    /// deadline loses nothing (it is cancel safe).
-    async fn linger_for_more(
-        &self,
-        rx: &mut mpsc::Receiver<ReplyEvent>,
-        events: &mut Vec<ReplyEvent>,
-    ) {
-        if self.linger.is_zero() {
-            return;
-        }
-        let until = tokio::time::Instant::now() + self.linger;
-        while events.len() < RELAY_BATCH && !events.last().is_some_and(ReplyEvent::is_final) {
-            let more =
-                tokio::time::timeout_at(until, rx.recv_many(events, RELAY_BATCH - events.len()));
-            match more.await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+    /// The writer's queue; the first call starts the writer. It holds the
+    /// hub weakly: it stops once the hub and every relay are gone.
+    fn writer(self: &Arc<Self>) -> &mpsc::UnboundedSender<Queued> {
+        self.writer.get_or_init(|| {
+            let (queue, queued) = mpsc::unbounded_channel();
+            tokio::spawn(writer::write_rounds(
+                Arc::downgrade(self),
+                self.log.clone(),
+                self.timing,
+                queued,
+            ));
+            queue
+        })
     }
 
     /// Receives the other instances' reply events (Redis mode) and delivers
@@ -528,8 +415,14 @@ enum RelayTo {
         key: (Arc<str>, Arc<str>),
         origin_socket: Option<Arc<str>>,
     },
-    /// Redis: the relay task logs, publishes and delivers.
-    Task(mpsc::Sender<ReplyEvent>, Arc<ReplyHub>),
+    /// Redis: the hub's writer logs, publishes and delivers. The queue is
+    /// unbounded: the writer takes all of it every round, so it holds what
+    /// comes during one round trip (and nothing is dropped).
+    Writer {
+        queue: mpsc::UnboundedSender<Queued>,
+        hub: Arc<ReplyHub>,
+        context: Arc<ReplyContext>,
+    },
 }
 
 impl Relay {
@@ -544,7 +437,7 @@ impl Relay {
     /// reply so that no instance does so later.
     pub async fn stores_user_message(&self) -> bool {
         match &self.to {
-            RelayTo::Task(_, hub) => match &hub.redis {
+            RelayTo::Writer { hub, .. } => match &hub.redis {
                 Some(redis) => redis.claim(&self.reply, &hub.instance).await,
                 None => true,
             },
@@ -569,11 +462,22 @@ impl Relay {
                 memory.append(key, &logged);
                 hub.deliver_local(followed, origin_socket.as_deref(), &logged);
             }
-            RelayTo::Task(tx, _) => {
-                if tx.try_send(event).is_err() {
-                    tracing::warn!("reply relay is full; a watcher may miss a chunk");
+            RelayTo::Writer { queue, context, .. } => {
+                if queue.send(Queued::Event(context.clone(), event)).is_err() {
+                    tracing::warn!("the reply writer is gone; a watcher may miss a chunk");
                 }
             }
+        }
+    }
+}
+
+impl Drop for Relay {
+    /// The turn is over: the writer stops renewing the reply's lease (a
+    /// reply without its last event is then ended by an instance).
+    fn drop(&mut self) {
+        if let RelayTo::Writer { queue, context, .. } = &self.to {
+            // Fails only when the writer is gone, and its leases with it.
+            let _ = queue.send(Queued::Gone(context.reply.clone()));
         }
     }
 }

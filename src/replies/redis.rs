@@ -1,14 +1,14 @@
 //! The Redis reply log: a stream per reply (`{prefix}:reply:<user>:<conversation>`),
 //! and every event published on one channel for the other instances.
 //!
-//! A reply in flight also has a lease, `{prefix}:lease:<reply id>`, that
-//! its instance renews (with every batch of events, and every second while
-//! the upstream is quiet) and a member in the set `{prefix}:replies-in-flight`.
+//! A reply in flight also has a lease, `{prefix}:lease:<reply id>`, set at
+//! its start and renewed by its instance every third of the lease until its
+//! last event, and a member in the set `{prefix}:replies-in-flight`.
 //! When an instance dies mid-reply its leases lapse; another instance
 //! claims the reply (`{prefix}:claim:<reply id>`, SET NX: only one does)
 //! and ends it (`ReplyHub::lapsed_replies`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,7 +19,7 @@ use fred::types::{Expiration, SetOptions};
 use serde::{Deserialize, Serialize};
 
 use super::event::{Logged, ReplyEvent};
-use super::log::{publish_batch, Envelope, ReplyLog};
+use super::log::{publish_batch, Envelope, Renewal, ReplyLog};
 use crate::cluster::RedisConnections;
 use crate::domain::{ConversationId, UserId};
 
@@ -37,11 +37,10 @@ pub(super) struct RedisLog {
     pub(super) lapsed_since: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
-/// Reply events a relay logs in one batch at most.
-pub(super) const RELAY_BATCH: usize = 64;
-
-/// A reply still streaming after this long is abandoned (its instance died).
-const IN_FLIGHT_TTL: Duration = Duration::from_secs(3600);
+/// A reply's log is kept this long after its start (or after the renewal
+/// that last set it again) while it streams: the log of a reply whose
+/// instance died goes by itself.
+pub(super) const IN_FLIGHT_TTL: Duration = Duration::from_secs(3600);
 
 /// How long a claim on a reply is kept: far longer than any sweep that may
 /// race it takes, so one key per reply does not pile up for an hour.
@@ -53,6 +52,11 @@ pub(super) struct InFlight {
     pub(super) reply: String,
     pub(super) user: String,
     pub(super) conversation: String,
+}
+
+/// A duration in whole seconds for EX and EXPIRE (at least 1).
+fn seconds(duration: Duration) -> i64 {
+    duration.as_secs().max(1) as i64
 }
 
 fn redis_error(e: fred::error::Error) -> String {
@@ -73,7 +77,17 @@ impl RedisLog {
     }
 
     fn lease_seconds(&self) -> i64 {
-        self.lease.as_secs().max(1) as i64
+        seconds(self.lease)
+    }
+
+    /// The member of `{prefix}:replies-in-flight` for `envelope`'s reply.
+    fn in_flight_member(&self, envelope: &Envelope) -> Result<String, String> {
+        serde_json::to_string(&InFlight {
+            reply: envelope.logged.reply.to_string(),
+            user: envelope.user.to_string(),
+            conversation: envelope.conversation.to_string(),
+        })
+        .map_err(|e| e.to_string())
     }
 
     /// The replies in flight whose lease lapsed and that this instance
@@ -180,77 +194,105 @@ impl RedisLog {
 
 #[async_trait]
 impl ReplyLog for RedisLog {
-    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
-        let Some(last) = envelopes.last() else {
+    async fn record(&self, envelopes: &[Envelope], renewals: &[Renewal]) -> Result<(), String> {
+        if envelopes.is_empty() && renewals.is_empty() {
             return Ok(());
-        };
-        let key = self.key(&last.user, &last.conversation);
-        // One round trip for the events that queued up, in order: each is
-        // in the log before anyone can receive it live.
+        }
+        // One round trip for the whole round: each event is in the log
+        // before anyone can receive it live. fred sends each command of
+        // the pipeline to the node of its key in a Redis Cluster, and the
+        // reply channel is a plain one (a PUBLISH reaches every node).
         let pipeline = self.redis.client.pipeline();
+        let lease = || Some(Expiration::EX(self.lease_seconds()));
+        // Renewals first: a reply that ends in this round drops its lease
+        // after them.
+        for renewal in renewals {
+            let _: () = pipeline
+                .set(self.lease_key(&renewal.reply), 1, lease(), None, false)
+                .await
+                .map_err(redis_error)?;
+            if renewal.rearm {
+                let _: () = pipeline
+                    .expire(
+                        self.key(&renewal.user, &renewal.conversation),
+                        seconds(IN_FLIGHT_TTL),
+                        None,
+                    )
+                    .await
+                    .map_err(redis_error)?;
+            }
+        }
+        // A reply that starts and ends in the same round needs neither a
+        // lease nor a member in the in-flight set.
+        let started: HashSet<&str> = envelopes
+            .iter()
+            .filter(|e| matches!(e.logged.event, ReplyEvent::Started { .. }))
+            .map(|e| &*e.logged.reply)
+            .collect();
+        let ended: HashSet<&str> = envelopes
+            .iter()
+            .filter(|e| e.logged.event.is_final())
+            .map(|e| &*e.logged.reply)
+            .collect();
         for envelope in envelopes {
+            let reply = &*envelope.logged.reply;
+            let key = self.key(&envelope.user, &envelope.conversation);
             let event = serde_json::to_string(&envelope.logged).map_err(|e| e.to_string())?;
-            if matches!(envelope.logged.event, ReplyEvent::Started { .. }) {
+            let starts = matches!(envelope.logged.event, ReplyEvent::Started { .. });
+            if starts {
                 let _: () = pipeline.del(&key).await.map_err(redis_error)?;
             }
             let _: () = pipeline
                 .xadd(&key, false, None, "*", vec![("e", event)])
                 .await
                 .map_err(redis_error)?;
-        }
-        let ttl = if last.logged.event.is_final() {
-            self.ttl
-        } else {
-            IN_FLIGHT_TTL
-        };
-        let _: () = pipeline
-            .expire(&key, ttl.as_secs().max(1) as i64, None)
-            .await
-            .map_err(redis_error)?;
-        let in_flight = serde_json::to_string(&InFlight {
-            reply: last.logged.reply.to_string(),
-            user: last.user.to_string(),
-            conversation: last.conversation.to_string(),
-        })
-        .map_err(|e| e.to_string())?;
-        let lease_key = self.lease_key(&last.logged.reply);
-        if last.logged.event.is_final() {
-            // Out of the set before the lease goes: a sweeper never sees
-            // an ended reply without its lease.
-            let _: () = pipeline
-                .srem(self.in_flight_key(), in_flight)
-                .await
-                .map_err(redis_error)?;
-            let _: () = pipeline.del(&lease_key).await.map_err(redis_error)?;
-        } else {
-            // The lease before the set's member, for the same reason.
-            let _: () = pipeline
-                .set(
-                    &lease_key,
-                    1,
-                    Some(Expiration::EX(self.lease_seconds())),
-                    None,
-                    false,
-                )
-                .await
-                .map_err(redis_error)?;
-            if envelopes
-                .iter()
-                .any(|e| matches!(e.logged.event, ReplyEvent::Started { .. }))
-            {
+            // A log's expiry changes at its reply's start and end only (an
+            // XADD keeps it).
+            if starts {
                 let _: () = pipeline
-                    .sadd(self.in_flight_key(), in_flight)
+                    .expire(&key, seconds(IN_FLIGHT_TTL), None)
                     .await
                     .map_err(redis_error)?;
+                if !ended.contains(reply) {
+                    // The lease before the set's member: a sweeper never
+                    // sees a member without its lease.
+                    let _: () = pipeline
+                        .set(self.lease_key(reply), 1, lease(), None, false)
+                        .await
+                        .map_err(redis_error)?;
+                    let _: () = pipeline
+                        .sadd(self.in_flight_key(), self.in_flight_member(envelope)?)
+                        .await
+                        .map_err(redis_error)?;
+                }
+            } else if envelope.logged.event.is_final() {
+                let _: () = pipeline
+                    .expire(&key, seconds(self.ttl), None)
+                    .await
+                    .map_err(redis_error)?;
+                if !started.contains(reply) {
+                    // Out of the set before the lease goes, for the same
+                    // reason.
+                    let _: () = pipeline
+                        .srem(self.in_flight_key(), self.in_flight_member(envelope)?)
+                        .await
+                        .map_err(redis_error)?;
+                    let _: () = pipeline
+                        .del(self.lease_key(reply))
+                        .await
+                        .map_err(redis_error)?;
+                }
             }
         }
-        // One message for the batch: the other instances parse it once, and
-        // skip their own batches by the prefix without parsing them.
-        let message = publish_batch(&last.instance, envelopes)?;
-        let _: () = pipeline
-            .publish(&self.channel, message)
-            .await
-            .map_err(redis_error)?;
+        if let Some(first) = envelopes.first() {
+            // One message for the round: the other instances parse it
+            // once, and skip their own rounds by the prefix without parsing.
+            let message = publish_batch(&first.instance, envelopes)?;
+            let _: () = pipeline
+                .publish(&self.channel, message)
+                .await
+                .map_err(redis_error)?;
+        }
         self.redis
             .timed(pipeline.all::<fred::types::Value>())
             .await
@@ -278,20 +320,5 @@ impl ReplyLog for RedisLog {
 
     fn available(&self) -> bool {
         self.redis.client.is_connected()
-    }
-
-    async fn renew(&self, reply: &str) -> Result<(), String> {
-        let _: () = self
-            .redis
-            .timed(self.redis.client.set(
-                self.lease_key(reply),
-                1,
-                Some(Expiration::EX(self.lease_seconds())),
-                None,
-                false,
-            ))
-            .await
-            .map_err(redis_error)?;
-        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::event::Logged;
-use super::log::{Envelope, ReplyLog};
+use super::log::{Envelope, Renewal, ReplyLog};
 use super::memory::{MemoryLog, MemoryReplies};
 use super::watcher::{WatchState, Watcher};
 use super::*;
@@ -206,8 +206,8 @@ struct GatedLog {
 
 #[async_trait]
 impl ReplyLog for GatedLog {
-    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
-        self.inner.record(envelopes).await
+    async fn record(&self, envelopes: &[Envelope], renewals: &[Renewal]) -> Result<(), String> {
+        self.inner.record(envelopes, renewals).await
     }
     async fn read(
         &self,
@@ -358,7 +358,7 @@ async fn chunks_the_listener_missed_are_read_from_the_log_once_in_order() {
         }))
         .map(|e| remote(&user, &id, "r1", e))
         .collect();
-    memory.record(&events).await.unwrap();
+    memory.record(&events, &[]).await.unwrap();
     // Published, but the listener lost chunks 1, 2 and 4.
     for (at, envelope) in events.iter().enumerate() {
         if ![2, 3, 5].contains(&at) {
@@ -394,7 +394,7 @@ async fn after_the_listener_lagged_every_watcher_gets_the_rest_of_its_reply_and_
     hub.watch(&user, &id, "tab", watcher.clone(), Some((-1, None)))
         .await;
     let first = [started(), chunk(0), chunk(1)].map(|e| remote(&user, &id, "r1", e));
-    memory.record(&first).await.unwrap();
+    memory.record(&first, &[]).await.unwrap();
     hub.deliver_remote(&published(&first[0]));
     hub.deliver_remote(&published(&first[1]));
     // The rest of r1, and all of r2, were lost: r1's end never comes.
@@ -411,7 +411,7 @@ async fn after_the_listener_lagged_every_watcher_gets_the_rest_of_its_reply_and_
         remote(&user, &id, "r2", started()),
         remote(&user, &id, "r2", chunk(0)),
     ];
-    memory.record(&rest).await.unwrap();
+    memory.record(&rest, &[]).await.unwrap();
 
     hub.repair_all();
     flush().await;
@@ -432,10 +432,13 @@ async fn after_the_listener_lagged_every_watcher_gets_the_rest_of_its_reply_and_
 #[test]
 fn a_published_batch_is_one_message_that_its_own_instance_skips() {
     let (user, id) = (UserId::new(), ConversationId::new());
-    let batch: Vec<Envelope> = [started(), chunk(0), chunk(1)]
+    let mut batch: Vec<Envelope> = [started(), chunk(0), chunk(1)]
         .into_iter()
         .map(|e| remote(&user, &id, "r1", e))
         .collect();
+    // A round holds the events of several replies and conversations.
+    let (someone, elsewhere) = (UserId::new(), ConversationId::new());
+    batch.insert(1, remote(&someone, &elsewhere, "r2", started()));
     let raw = super::log::publish_batch("other-instance", &batch).unwrap();
     assert!(raw.starts_with("other-instance\t["), "{raw}");
 
@@ -448,8 +451,20 @@ fn a_published_batch_is_one_message_that_its_own_instance_skips() {
             _ => None,
         })
         .collect();
-    assert_eq!(indexes, vec![None, Some(0), Some(1)]);
-    assert!(received.iter().all(|e| &*e.logged.reply == "r1"));
+    assert_eq!(indexes, vec![None, None, Some(0), Some(1)]);
+    let replies: Vec<(&str, &str)> = received
+        .iter()
+        .map(|e| (&*e.logged.reply, &*e.conversation))
+        .collect();
+    assert_eq!(
+        replies,
+        [
+            ("r1", id.as_ref()),
+            ("r2", elsewhere.as_ref()),
+            ("r1", id.as_ref()),
+            ("r1", id.as_ref())
+        ]
+    );
     for malformed in ["", "no tab here", "x\t{not json", "x\t{}"] {
         assert!(super::log::received_batch("this-instance", malformed).is_none());
     }
@@ -472,28 +487,91 @@ async fn a_watch_that_registers_after_its_socket_closed_leaves_no_watcher() {
     assert_eq!(hub.watcher_count(), 1);
 }
 
-/// The in-memory log, telling the test each batch a relay records.
-struct BatchLog {
+/// One round the writer recorded: each event as `(reply id, name)`, and
+/// the replies whose leases it renewed.
+#[derive(Debug, Clone, Default)]
+struct Round {
+    events: Vec<(String, String)>,
+    renewed: Vec<String>,
+}
+
+/// The in-memory log, telling the test each round the writer records. A
+/// round waits for a permit of `open` (so the test can hold one in
+/// flight), and while `refuse` is set rounds fail and Redis counts as
+/// disconnected.
+struct RoundLog {
     inner: Arc<MemoryLog>,
-    batches: Mutex<Vec<Vec<String>>>,
-    recorded: Notify,
+    open: tokio::sync::Semaphore,
+    refuse: std::sync::atomic::AtomicBool,
+    /// Rounds begun (refused ones included).
+    begun: std::sync::atomic::AtomicUsize,
+    rounds: Mutex<Vec<Round>>,
+}
+
+impl RoundLog {
+    fn new(permits: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Arc::new(MemoryLog {
+                replies: Mutex::new(MemoryReplies::default()),
+                ttl: Duration::from_secs(60),
+            }),
+            open: tokio::sync::Semaphore::new(permits),
+            refuse: Default::default(),
+            begun: Default::default(),
+            rounds: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn begun(&self) -> usize {
+        self.begun.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn rounds(&self) -> Vec<Round> {
+        self.rounds.lock().unwrap().clone()
+    }
+
+    fn refuse(&self, refuse: bool) {
+        self.refuse
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits (at most 10 s) until `done` holds of the recorded rounds.
+    async fn until(&self, what: &str, done: impl Fn(&[Round]) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(&self.rounds()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}; rounds: {:?}",
+                self.rounds()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 #[async_trait]
-impl ReplyLog for BatchLog {
-    async fn record(&self, envelopes: &[Envelope]) -> Result<(), String> {
-        let names = envelopes
+impl ReplyLog for RoundLog {
+    async fn record(&self, envelopes: &[Envelope], renewals: &[Renewal]) -> Result<(), String> {
+        self.begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.open.acquire().await.unwrap().forget();
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("refused".to_string());
+        }
+        let events = envelopes
             .iter()
-            .map(|e| match &e.logged.event {
-                ReplyEvent::Started { .. } => "started".to_string(),
-                ReplyEvent::Chunk { index, .. } => format!("chunk {index}"),
-                ReplyEvent::End { .. } => "end".to_string(),
-                ReplyEvent::Error { .. } => "error".to_string(),
+            .map(|e| {
+                let name = match &e.logged.event {
+                    ReplyEvent::Started { .. } => "started".to_string(),
+                    ReplyEvent::Chunk { index, .. } => format!("chunk {index}"),
+                    ReplyEvent::End { .. } => "end".to_string(),
+                    ReplyEvent::Error { .. } => "error".to_string(),
+                };
+                (e.logged.reply.to_string(), name)
             })
             .collect();
-        self.batches.lock().unwrap().push(names);
-        self.inner.record(envelopes).await?;
-        self.recorded.notify_one();
+        let renewed = renewals.iter().map(|r| r.reply.to_string()).collect();
+        self.inner.record(envelopes, renewals).await?;
+        self.rounds.lock().unwrap().push(Round { events, renewed });
         Ok(())
     }
     async fn read(
@@ -503,94 +581,261 @@ impl ReplyLog for BatchLog {
     ) -> Result<Vec<Logged>, String> {
         self.inner.read(user, conversation).await
     }
+    fn available(&self) -> bool {
+        !self.refuse.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
-/// A relay task (the Redis mode's) that lingers gathers the events that
-/// follow the first into one batch, each once and in order, and logs the
-/// batch as soon as the reply's last event is in it (not at the end of
-/// its linger, here an hour).
+/// A hub whose relays go through the writer (the Redis mode's), over `log`,
+/// renewing leases every `renew_every`.
+fn writer_hub(log: Arc<RoundLog>, renew_every: Duration, patience: Duration) -> Arc<ReplyHub> {
+    Arc::new(ReplyHub {
+        timing: writer::Timing {
+            renew_every,
+            backlog_patience: patience,
+        },
+        ..ReplyHub::new(log)
+    })
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// `(reply, name)` pairs for a round's expected events.
+fn named(events: &[(&str, &str)]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|(reply, name)| (reply.to_string(), name.to_string()))
+        .collect()
+}
+
+/// Group commit: what every relay queued while a round was in flight is
+/// logged in the next round, one round for all the replies, each reply's
+/// events in order, and delivered here only once logged; a reply's last
+/// event sent alone is logged at once, in a round of its own.
 #[tokio::test]
-async fn a_lingering_relay_logs_a_reply_in_one_batch_once_in_order_and_ends_at_once() {
-    let log = Arc::new(BatchLog {
-        inner: Arc::new(MemoryLog {
-            replies: Mutex::new(MemoryReplies::default()),
-            ttl: Duration::from_secs(60),
-        }),
-        batches: Mutex::new(Vec::new()),
-        recorded: Notify::new(),
-    });
-    let hub = Arc::new(ReplyHub {
-        linger: Duration::from_secs(3600),
-        ..ReplyHub::new(log.clone())
-    });
-    let (user, id) = (UserId::new(), ConversationId::new());
-    let tab = Arc::new(Recorder::default());
-    assert!(!hub.watch(&user, &id, "tab", tab.clone(), None).await);
-    let relay = hub.relay(&user, &id, Some("origin".into()));
-    relay.send(started());
-    // The relay task runs between the sends: without a linger each event
-    // would be a batch of its own.
-    for index in 0..3 {
-        flush().await;
-        relay.send(chunk(index));
-    }
+async fn events_of_several_replies_queued_during_a_round_share_the_next_round_in_order() {
+    let log = RoundLog::new(0);
+    let hub = writer_hub(log.clone(), HOUR, HOUR);
+    let user = UserId::new();
+    let (first_id, second_id) = (ConversationId::new(), ConversationId::new());
+    let (first_tab, second_tab) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    hub.watch(&user, &first_id, "tab1", first_tab.clone(), None)
+        .await;
+    hub.watch(&user, &second_id, "tab2", second_tab.clone(), None)
+        .await;
+
+    let first = hub.relay(&user, &first_id, Some("origin1".into()));
+    first.send(started());
     flush().await;
-    assert!(log.batches.lock().unwrap().is_empty(), "still lingering");
-    relay.send(ReplyEvent::End {
+    assert_eq!(log.begun(), 1, "a lone event goes at once");
+    // The first round is in flight (held): the rest queue meanwhile.
+    let second = hub.relay(&user, &second_id, Some("origin2".into()));
+    second.send(started());
+    first.send(chunk(0));
+    second.send(chunk(0));
+    first.send(chunk(1));
+    first.send(ReplyEvent::End {
         stopped: false,
-        chunks: 3,
+        chunks: 2,
     });
-    tokio::time::timeout(Duration::from_secs(30), log.recorded.notified())
-        .await
-        .expect("the batch with the reply's end is logged without waiting the linger");
+    second.send(chunk(1));
+    flush().await;
+    assert_eq!(
+        log.begun(),
+        1,
+        "a second round while the first is in flight"
+    );
+    assert!(
+        first_tab.names().is_empty(),
+        "delivered before it was logged"
+    );
+    log.open.add_permits(1000);
+    log.until("two rounds", |rounds| rounds.len() >= 2).await;
     flush().await;
 
+    let (a, b) = (first.reply_id(), second.reply_id());
+    let rounds = log.rounds();
+    assert_eq!(rounds.len(), 2, "{rounds:?}");
+    assert_eq!(rounds[0].events, named(&[(a, "started")]));
     assert_eq!(
-        *log.batches.lock().unwrap(),
-        vec![vec!["started", "chunk 0", "chunk 1", "chunk 2", "end"]]
+        rounds[1].events,
+        named(&[
+            (b, "started"),
+            (a, "chunk 0"),
+            (b, "chunk 0"),
+            (a, "chunk 1"),
+            (a, "end"),
+            (b, "chunk 1"),
+        ])
     );
     assert_eq!(
-        tab.names(),
+        first_tab.names(),
         [
             "reply_started",
-            "response_chunk",
             "response_chunk",
             "response_chunk",
             "response_end"
         ]
     );
-    assert_eq!(tab.chunks(), vec![0, 1, 2]);
-    let logged = log.read(&user, &id).await.unwrap();
-    assert_eq!(logged.len(), 5);
-    assert!(logged.iter().all(|l| *l.reply == *relay.reply_id()));
+    assert_eq!(first_tab.chunks(), vec![0, 1]);
+    assert!(first_tab.reply_ids().iter().all(|r| r == a));
+    assert_eq!(second_tab.chunks(), vec![0, 1]);
+    assert!(second_tab.reply_ids().iter().all(|r| r == b));
+
+    second.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 2,
+    });
+    log.until("the end in a round", |rounds| rounds.len() >= 3)
+        .await;
+    flush().await;
+    assert_eq!(log.rounds()[2].events, named(&[(b, "end")]));
+    assert_eq!(
+        second_tab.names().last().map(String::as_str),
+        Some("response_end")
+    );
+    let logged = log.read(&user, &first_id).await.unwrap();
+    assert_eq!(logged.len(), 4);
+    assert!(logged.iter().all(|l| *l.reply == *a));
 }
 
-/// Without a linger (`REPLY_RELAY_LINGER_MS=0`) the relay logs what has
-/// queued as soon as it runs: events sent apart are batches apart.
+/// Leases are renewed by the writer's rounds on their own rhythm (not
+/// with every event), for every reply in flight here, until its last event
+/// or until its relay is dropped without one.
 #[tokio::test]
-async fn a_relay_without_linger_logs_each_event_as_it_comes() {
-    let log = Arc::new(BatchLog {
-        inner: Arc::new(MemoryLog {
-            replies: Mutex::new(MemoryReplies::default()),
-            ttl: Duration::from_secs(60),
-        }),
-        batches: Mutex::new(Vec::new()),
-        recorded: Notify::new(),
+async fn the_writer_renews_leases_until_a_reply_ends_or_its_relay_is_gone() {
+    let log = RoundLog::new(usize::MAX >> 4);
+    let hub = writer_hub(log.clone(), Duration::from_millis(50), HOUR);
+    let user = UserId::new();
+    let relays: Vec<Relay> = (0..3)
+        .map(|_| hub.relay(&user, &ConversationId::new(), None))
+        .collect();
+    for relay in &relays {
+        relay.send(started());
+    }
+    let ids: Vec<String> = relays.iter().map(|r| r.reply_id().to_string()).collect();
+    let renewed = |round: &Round, id: &String| round.renewed.contains(id);
+    log.until("every reply renewed", |rounds| {
+        rounds
+            .iter()
+            .any(|r| r.events.is_empty() && ids.iter().all(|id| renewed(r, id)))
+    })
+    .await;
+
+    let mut relays = relays.into_iter();
+    let ended = relays.next().unwrap();
+    ended.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 0,
     });
-    let hub = Arc::new(ReplyHub::new(log.clone()));
+    drop(relays.next()); // its turn is gone without an end
+    let streaming = relays.next().unwrap();
+    log.until("the end logged", |rounds| {
+        rounds
+            .iter()
+            .any(|r| r.events.iter().any(|(_, e)| e == "end"))
+    })
+    .await;
+    flush().await;
+    let from = log.rounds().len();
+    log.until("three more renewals", |rounds| {
+        rounds[from..]
+            .iter()
+            .filter(|r| !r.renewed.is_empty())
+            .count()
+            >= 3
+    })
+    .await;
+
+    for round in &log.rounds()[from..] {
+        assert!(round.events.is_empty(), "{round:?}");
+        assert_eq!(round.renewed, [streaming.reply_id()], "{round:?}");
+    }
+}
+
+/// While Redis refuses rounds, events are delivered here at once (without
+/// a round trip each); once it accepts again they are logged in order,
+/// before later events.
+#[tokio::test]
+async fn events_redis_refused_are_delivered_at_once_and_logged_in_order_when_it_is_back() {
+    let log = RoundLog::new(usize::MAX >> 4);
+    let hub = writer_hub(log.clone(), Duration::from_millis(50), HOUR);
     let (user, id) = (UserId::new(), ConversationId::new());
+    let tab = Arc::new(Recorder::default());
+    hub.watch(&user, &id, "tab", tab.clone(), None).await;
+    log.refuse(true);
+
     let relay = hub.relay(&user, &id, Some("origin".into()));
     relay.send(started());
-    flush().await;
     relay.send(chunk(0));
     flush().await;
+    let tries = log.begun();
+    relay.send(chunk(1));
+    flush().await;
+    assert_eq!(tab.chunks(), vec![0, 1]);
+    assert_eq!(log.begun(), tries, "a round tried while Redis is away");
+    assert!(log.read(&user, &id).await.unwrap().is_empty());
+
+    log.refuse(false);
+    log.until("the backlog logged", |rounds| !rounds.is_empty())
+        .await;
+    relay.send(chunk(2));
     relay.send(ReplyEvent::End {
         stopped: false,
-        chunks: 1,
+        chunks: 3,
     });
+    log.until("the end logged", |rounds| {
+        rounds
+            .iter()
+            .any(|r| r.events.iter().any(|(_, e)| e == "end"))
+    })
+    .await;
     flush().await;
+
+    let names: Vec<String> = log
+        .rounds()
+        .iter()
+        .flat_map(|r| r.events.iter().map(|(_, e)| e.clone()))
+        .collect();
     assert_eq!(
-        *log.batches.lock().unwrap(),
-        vec![vec!["started"], vec!["chunk 0"], vec!["end"]]
+        names,
+        ["started", "chunk 0", "chunk 1", "chunk 2", "end"],
+        "each event logged once, in order"
+    );
+    assert_eq!(log.read(&user, &id).await.unwrap().len(), 5);
+    assert_eq!(tab.chunks(), vec![0, 1, 2]);
+    assert_eq!(tab.names().last().map(String::as_str), Some("response_end"));
+}
+
+/// The refused events of a reply whose relay is gone are given up after
+/// the backlog's patience; a later reply is logged as usual.
+#[tokio::test]
+async fn refused_events_of_a_finished_turn_are_given_up_after_the_patience() {
+    let log = RoundLog::new(usize::MAX >> 4);
+    let hub = writer_hub(
+        log.clone(),
+        Duration::from_millis(20),
+        Duration::from_millis(100),
+    );
+    let (user, id) = (UserId::new(), ConversationId::new());
+    log.refuse(true);
+    let relay = hub.relay(&user, &id, None);
+    relay.send(started());
+    relay.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 0,
+    });
+    drop(relay);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    log.refuse(false);
+    let next = hub.relay(&user, &id, None);
+    next.send(started());
+    log.until("the next reply logged", |rounds| !rounds.is_empty())
+        .await;
+
+    assert_eq!(
+        log.rounds()[0].events,
+        named(&[(next.reply_id(), "started")])
     );
 }

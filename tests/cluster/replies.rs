@@ -17,7 +17,8 @@ const LAPSE_TIMEOUT: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_whose_listener_falls_behind_still_gets_every_chunk_once() {
     // A pub/sub buffer of one message: bursts of reply events from several conversations
-    // at once (each relay publishes its own batches) overrun B's listener.
+    // on both instances at once overrun B's listener (each instance publishes one message
+    // per round of its replies' events, and B receives its own rounds too, which it skips).
     let cluster = Cluster::start_with(&[("REDIS_PUBSUB_BUFFER", "1")], false).await;
     let user = cluster.new_user();
     user.get(&cluster.a, "/").await.assert_status(200);
@@ -25,13 +26,13 @@ async fn a_watcher_whose_listener_falls_behind_still_gets_every_chunk_once() {
     let mut sender = user.socket(&cluster.a).await;
     let mut watcher = user.socket(&cluster.b).await;
     assert_eq!(watcher.watch(&conversation, None).await["ok"], true);
-    // Other people's replies streaming on A at the same time, in the same bursts.
+    // Other people's replies streaming on A and on B at the same time, in the same bursts.
     let mut others = Vec::new();
-    for _ in 0..4 {
+    for at in [&cluster.a, &cluster.b, &cluster.a, &cluster.b] {
         let other = cluster.new_user();
-        other.get(&cluster.a, "/").await.assert_status(200);
-        let id = other.start_conversation(&cluster.a).await;
-        let socket = other.socket(&cluster.a).await;
+        other.get(at, "/").await.assert_status(200);
+        let id = other.start_conversation(at).await;
+        let socket = other.socket(at).await;
         others.push((other, id, socket));
     }
 
