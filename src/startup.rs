@@ -41,6 +41,13 @@ fn socket_payload_limit(settings: &Settings) -> u64 {
     (settings.max_message_chars as u64 * 4 + 16 * 1024).max(64 * 1024)
 }
 
+/// Bytes each websocket reads from its connection at a time. The buffer is
+/// allocated (and zeroed) per socket and stays resident while the socket is
+/// idle, so engineioxide's 4 KiB default is a large part of an idle
+/// connection's cost; chat traffic is a few hundred bytes a frame, and a
+/// bigger frame is only read in more calls.
+const WS_READ_BUFFER_SIZE: usize = 1024;
+
 type Closer = Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, ()> + Send>;
 
 /// A bound, ready-to-serve server.
@@ -72,6 +79,7 @@ where
         .max_payload(payload_limit)
         .ws_max_message_size(payload_limit as usize)
         .ws_max_frame_size(payload_limit as usize)
+        .ws_read_buffer_size(WS_READ_BUFFER_SIZE)
         .build_layer();
     realtime::register(&io).into().wait().await?;
     notifier.attach(io.clone());
