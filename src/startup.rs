@@ -83,7 +83,24 @@ where
         .build_layer();
     realtime::register(&io).into().wait().await?;
     notifier.attach(io.clone());
-    let router = http::router(&state).with_state(state).layer(socket_layer);
+    // Just outside socketioxide's layer (inside the session and request-id
+    // layers): a socket keeps only what it reads of its handshake request.
+    let handshake = realtime::HandshakeHeaders {
+        proxy_identity: state
+            .chat
+            .settings
+            .auth
+            .proxy
+            .as_ref()
+            .map(|proxy| proxy.header.clone()),
+    };
+    let router = http::router(&state)
+        .with_state(state)
+        .layer(socket_layer)
+        .layer(axum::middleware::from_fn_with_state(
+            handshake,
+            realtime::slim_handshake,
+        ));
     let close: Closer = Box::new(move || {
         Box::pin(async move {
             // Each socket is told to come back after its own random delay,

@@ -7,6 +7,7 @@
 //! adapter (one instance) and the Redis adapter (several).
 
 mod handlers;
+mod handshake;
 mod sink;
 mod socket;
 
@@ -23,6 +24,7 @@ use handlers::{
     on_disconnect, on_edit_message, on_regenerate, on_send_message, on_stop_generation,
     on_switch_branch, on_watch_conversation,
 };
+pub use handshake::{slim_handshake, HandshakeHeaders};
 pub use sink::SocketNotifier;
 pub use socket::SocketUser;
 

@@ -5,9 +5,10 @@
 use serde_json::json;
 use testkit::fake_llm::FakeLlm;
 
-use testkit::browser::ApiResponse;
+use testkit::browser::{msg, ApiResponse};
+use testkit::sio::SioClient;
 
-use crate::helpers::{base_env, run_expecting_startup_failure, spawn_app, User};
+use crate::helpers::{base_env, run_expecting_startup_failure, spawn_app, User, TURN_TIMEOUT};
 
 async fn refused_at_start(settings: &[(&str, &str)], named: &str) {
     let llm = FakeLlm::start().await;
@@ -111,4 +112,41 @@ async fn a_trusted_proxys_header_names_the_account_and_passwords_do_not_exist() 
             "Signing in with a password is not enabled on this server.",
         );
     }
+}
+
+#[tokio::test]
+async fn a_socket_with_only_the_proxys_header_is_that_account() {
+    let app = spawn_app(&[
+        ("AUTH_MODE", "proxy"),
+        ("TRUSTED_PROXIES", "127.0.0.0/30"),
+        ("AUTH_PROXY_HEADER", "X-Auth-Email"),
+    ])
+    .await;
+    // Ada's browser session is signed in by one request with the header.
+    let ada = app.new_user_without_page();
+    let request = reqwest::Client::new()
+        .get(ada.url("/auth/me"))
+        .header("x-auth-email", "ada@example.com");
+    ada.send(request).await.assert_status(200);
+    let id = ada.start_conversation().await;
+
+    // No cookie, no token: the header alone names the socket's account.
+    let mut socket =
+        SioClient::connect_with_headers(app.addr, &[("x-auth-email", "ada@example.com")])
+            .await
+            .expect("the proxied socket was refused");
+    app.llm.streams(&["hello ", "Ada"]);
+    socket.send_message("hi over the proxy", Some(&id));
+    let turn = socket.collect_turn(TURN_TIMEOUT).await;
+    let nobody = SioClient::connect_with_headers(app.addr, &[]).await;
+
+    assert_eq!(turn.text(), "hello Ada");
+    assert_eq!(
+        ada.history(&id).await,
+        vec![
+            msg("user", "hi over the proxy"),
+            msg("assistant", "hello Ada")
+        ]
+    );
+    assert!(nobody.is_err(), "a socket without the header was let in");
 }
