@@ -264,16 +264,29 @@ impl CachedStore {
             Self::slot_for_load(&mut state, &key, tick)
         };
         let (conversation, revision) = self.inner.load_revised(user, id).await?;
+        self.keep_unless_changed(&key, generation, &conversation, revision);
+        Ok(conversation)
+    }
+
+    /// Keeps what a load read, of the store's `revision`, unless a
+    /// mutation here came since the load began (the slot's generation
+    /// moved on from `generation`).
+    fn keep_unless_changed(
+        &self,
+        key: &Key,
+        generation: u64,
+        conversation: &Conversation,
+        revision: Option<u64>,
+    ) {
         let mut state = self.lock();
         if state
             .slots
-            .get(&key)
+            .get(key)
             .is_some_and(|slot| slot.generation == generation)
         {
-            Self::put(&mut state, &key, generation, conversation.clone(), revision);
+            Self::put(&mut state, key, generation, conversation.clone(), revision);
             self.evict(&mut state);
         }
-        Ok(conversation)
     }
 }
 
@@ -336,15 +349,7 @@ impl ConversationStore for CachedStore {
             Self::slot_for_load(&mut state, &key, tick)
         };
         let conversation = self.inner.load(user, id).await?;
-        let mut state = self.lock();
-        if state
-            .slots
-            .get(&key)
-            .is_some_and(|slot| slot.generation == generation)
-        {
-            Self::put(&mut state, &key, generation, conversation.clone(), None);
-            self.evict(&mut state);
-        }
+        self.keep_unless_changed(&key, generation, &conversation, None);
         Ok(conversation)
     }
 
