@@ -2,7 +2,9 @@
 //! before they reach a query, a file name or a log line.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
+
+use bytes::Bytes;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -154,12 +156,37 @@ impl Role {
 /// Its JSON form (`{"role":..,"content":..}`, the text escaped) is made
 /// once, when first asked for, and shared by every clone: a turn's request
 /// body is then a concatenation, not a re-escaping of the whole history.
+///
+/// A message that ends a run of [`WIRE_RUN`] messages of a history also
+/// keeps that run's JSON forms joined ([`ChatMessage::joined_run`]), so a
+/// long history's request body is a list of shared buffers, not a copy of
+/// every message on every turn.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: Arc<str>,
     #[serde(skip)]
-    wire: Arc<std::sync::OnceLock<Box<str>>>,
+    wire: Arc<WireCache>,
+}
+
+/// How many messages a joined run holds.
+pub const WIRE_RUN: usize = 32;
+
+/// What a message caches of its JSON form, shared by its clones.
+#[derive(Default)]
+struct WireCache {
+    wire: OnceLock<Box<str>>,
+    /// The run this message ends, joined, as the history it was made for had it.
+    run: OnceLock<Box<JoinedRun>>,
+}
+
+/// A run of messages' JSON forms, each after a comma (`,{..},{..}`), and
+/// which messages (the ones before the owner, in order) it was made of.
+/// `Weak`: the run keeps no message alive, but the allocation it points
+/// to cannot be reused while it lives, so an equal pointer is the same message.
+struct JoinedRun {
+    before: Box<[Weak<WireCache>]>,
+    bytes: Bytes,
 }
 
 impl ChatMessage {
@@ -173,7 +200,7 @@ impl ChatMessage {
 
     /// The message as a JSON object, as the chat completions API takes it.
     pub fn wire(&self) -> &str {
-        self.wire.get_or_init(|| {
+        self.wire.wire.get_or_init(|| {
             #[derive(Serialize)]
             struct Wire<'a> {
                 role: Role,
@@ -187,6 +214,55 @@ impl ChatMessage {
             .into_boxed_str()
         })
     }
+
+    /// `before` (the messages before this one in a history, in order) and
+    /// this message, each JSON form after a comma: `,{..},{..}`. Kept on
+    /// this message the first time; later calls with the same messages
+    /// before it (the same instances: a history only grows at its end, or
+    /// is cut and grows again) share it. Called with other messages before
+    /// it (not seen in practice), it makes an uncached copy: never a run of
+    /// another history.
+    pub fn joined_run<'a, I>(&'a self, before: I) -> Bytes
+    where
+        I: ExactSizeIterator<Item = &'a ChatMessage> + Clone,
+    {
+        let same = |run: &JoinedRun| {
+            run.before.len() == before.len()
+                && run
+                    .before
+                    .iter()
+                    .zip(before.clone())
+                    .all(|(kept, m)| std::ptr::eq(kept.as_ptr(), Arc::as_ptr(&m.wire)))
+        };
+        let all = || before.clone().chain([self]);
+        if let Some(run) = self.wire.run.get() {
+            return if same(run) {
+                run.bytes.clone()
+            } else {
+                join(all())
+            };
+        }
+        let made = JoinedRun {
+            before: before.clone().map(|m| Arc::downgrade(&m.wire)).collect(),
+            bytes: join(all()),
+        };
+        // Another turn may have set it meanwhile, for another history.
+        match self.wire.run.get_or_init(|| Box::new(made)) {
+            run if same(run) => run.bytes.clone(),
+            _ => join(all()),
+        }
+    }
+}
+
+/// The messages' JSON forms, each after a comma.
+fn join<'a>(messages: impl Iterator<Item = &'a ChatMessage> + Clone) -> Bytes {
+    let size: usize = messages.clone().map(|m| m.wire().len() + 1).sum();
+    let mut bytes = Vec::with_capacity(size);
+    for message in messages {
+        bytes.push(b',');
+        bytes.extend_from_slice(message.wire().as_bytes());
+    }
+    Bytes::from(bytes)
 }
 
 impl PartialEq for ChatMessage {

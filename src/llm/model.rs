@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use futures_util::Stream;
 use serde::Serialize;
 
-use crate::domain::ChatMessage;
+use bytes::Bytes;
+
+use crate::domain::{ChatMessage, WIRE_RUN};
 use crate::store::StoredMessage;
 
 /// Why a model call failed. Shown to people only as a generic sentence.
@@ -81,6 +83,85 @@ impl Messages {
 
     pub fn last(&self) -> Option<&ChatMessage> {
         self.iter().next_back()
+    }
+
+    /// Writes the messages as a JSON array. Whole runs of [`WIRE_RUN`]
+    /// history messages go in as the buffers their last message keeps
+    /// ([`ChatMessage::joined_run`]): a long history is not copied again
+    /// on every turn, only the messages around those runs are.
+    pub fn write_json_array(&self, body: &mut WireBody) {
+        body.raw(b"[");
+        let mut first = true;
+        let one = |body: &mut WireBody, first: &mut bool, message: &ChatMessage| {
+            if !std::mem::take(first) {
+                body.raw(b",");
+            }
+            body.raw(message.wire().as_bytes());
+        };
+        for message in &self.head {
+            one(body, &mut first, message);
+        }
+        if let Some((history, range)) = &self.history {
+            let mut at = range.start;
+            while at < range.end {
+                let end = at + WIRE_RUN;
+                if at % WIRE_RUN == 0 && end <= range.end {
+                    let before = history[at..end - 1].iter().map(|m| &m.message);
+                    let run = history[end - 1].message.joined_run(before);
+                    // Each JSON form comes after a comma: not the array's first.
+                    body.shared(if std::mem::take(&mut first) {
+                        run.slice(1..)
+                    } else {
+                        run
+                    });
+                    at = end;
+                } else {
+                    one(body, &mut first, &history[at].message);
+                    at += 1;
+                }
+            }
+        }
+        for message in &self.tail {
+            one(body, &mut first, message);
+        }
+        body.raw(b"]");
+    }
+}
+
+/// A request body as a list of buffers: bytes written here, and shared
+/// buffers (a history's joined runs) put in as they are.
+#[derive(Debug, Default)]
+pub struct WireBody {
+    chunks: Vec<Bytes>,
+    pending: Vec<u8>,
+    len: usize,
+}
+
+impl WireBody {
+    /// Appends a copy of `bytes`.
+    pub fn raw(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// Appends `bytes` without copying them.
+    pub fn shared(&mut self, bytes: Bytes) {
+        self.flush();
+        self.len += bytes.len();
+        self.chunks.push(bytes);
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            self.len += pending.len();
+            self.chunks.push(Bytes::from(pending));
+        }
+    }
+
+    /// The buffers, in order, and their total length.
+    pub fn finish(mut self) -> (Vec<Bytes>, usize) {
+        self.flush();
+        (self.chunks, self.len)
     }
 }
 

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::model::{
@@ -20,9 +21,13 @@ use crate::config::{AzureAuth, LlmProvider, ModelSpec, Settings};
 
 /// The chat completions request body, written by hand around the
 /// messages' cached JSON forms ([`ChatMessage::wire`]): a turn copies the
-/// history's bytes instead of escaping its text again.
+/// history's bytes instead of escaping its text again, and whole runs of
+/// the history go in as the buffers they are kept in
+/// ([`Messages::write_json_array`]), not copied at all. The buffers, in
+/// order, and their total length.
 ///
 /// [`ChatMessage::wire`]: crate::domain::ChatMessage::wire
+/// [`Messages::write_json_array`]: super::model::Messages::write_json_array
 fn chat_body(
     model: Option<&str>,
     messages: &super::model::Messages,
@@ -31,39 +36,32 @@ fn chat_body(
     top_p: f32,
     stream: bool,
     include_usage: bool,
-) -> Vec<u8> {
-    let size: usize = messages.iter().map(|m| m.wire().len() + 1).sum();
-    let mut body = Vec::with_capacity(size + 160);
-    body.push(b'{');
+) -> (Vec<Bytes>, usize) {
+    let mut body = super::model::WireBody::default();
+    body.raw(b"{");
     if let Some(model) = model {
-        body.extend_from_slice(b"\"model\":");
+        body.raw(b"\"model\":");
         // A string always serialises.
-        let _ = serde_json::to_writer(&mut body, model);
-        body.push(b',');
+        body.raw(&serde_json::to_vec(model).unwrap_or_default());
+        body.raw(b",");
     }
-    body.extend_from_slice(b"\"messages\":[");
-    for (i, message) in messages.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(message.wire().as_bytes());
-    }
-    body.extend_from_slice(b"],");
+    body.raw(b"\"messages\":");
+    messages.write_json_array(&mut body);
     let number = |x: f32| serde_json::to_string(&x).unwrap_or_else(|_| "null".into());
-    body.extend_from_slice(
+    body.raw(
         format!(
-            "\"max_tokens\":{max_tokens},\"temperature\":{},\"top_p\":{},",
+            ",\"max_tokens\":{max_tokens},\"temperature\":{},\"top_p\":{},",
             number(temperature),
             number(top_p),
         )
         .as_bytes(),
     );
     if stream && include_usage {
-        body.extend_from_slice(b"\"stream_options\":{\"include_usage\":true},");
+        body.raw(b"\"stream_options\":{\"include_usage\":true},");
     }
     // `stream` stays last: the bench's fake LLM looks for it from the end.
-    body.extend_from_slice(format!("\"stream\":{stream}}}").as_bytes());
-    body
+    body.raw(format!("\"stream\":{stream}}}").as_bytes());
+    body.finish()
 }
 
 /// Whether to ask for the usage chunk in streamed replies when
@@ -194,10 +192,18 @@ impl OpenAiClient {
             stream,
             self.stream_usage.load(Ordering::Relaxed),
         );
-        self.http
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .body(body)
+        let (chunks, len) = body;
+        let request = self.http.post(&self.url).headers(self.headers.clone());
+        match <[Bytes; 1]>::try_from(chunks) {
+            Ok([one]) => request.body(one),
+            // Sent as they are, with their length (not chunked: some
+            // endpoints refuse a chunked request body).
+            Err(chunks) => request
+                .header(CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+                ))),
+        }
     }
 
     /// Sends with retries until a 2xx response's headers arrive.
@@ -682,6 +688,102 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
     }
 
+    /// The body's buffers as one, checking the length they were given.
+    fn concat((chunks, len): (Vec<Bytes>, usize)) -> Vec<u8> {
+        let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(body.len(), len, "the length sent is the body's");
+        body
+    }
+
+    /// The `messages` of a body, parsed.
+    fn sent_messages(messages: &Messages) -> serde_json::Value {
+        let body = concat(chat_body(None, messages, 1, 1.0, 1.0, true, false));
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["messages"].take()
+    }
+
+    fn history(texts: impl IntoIterator<Item = String>) -> Vec<crate::store::StoredMessage> {
+        use crate::domain::{ChatMessage, Role};
+        texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| crate::store::StoredMessage {
+                message: ChatMessage::new(
+                    if i % 2 == 0 {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    },
+                    text,
+                ),
+                tokens: None,
+            })
+            .collect()
+    }
+
+    fn expected(
+        head: &[crate::domain::ChatMessage],
+        history: &[crate::store::StoredMessage],
+        tail: &[crate::domain::ChatMessage],
+    ) -> serde_json::Value {
+        serde_json::to_value(
+            head.iter()
+                .chain(history.iter().map(|m| &m.message))
+                .chain(tail)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_long_history_is_sent_whole_and_in_order_from_any_first_message() {
+        use crate::domain::{ChatMessage, Role, WIRE_RUN};
+        use std::sync::Arc;
+        let texts = (0..WIRE_RUN * 3 + 5).map(|i| format!("message \"{i}\"\n"));
+        let history = Arc::new(history(texts));
+        let system = vec![ChatMessage::new(Role::System, "Be brief.")];
+        let new = vec![ChatMessage::new(Role::User, "and now?")];
+        for start in [0, 1, WIRE_RUN - 1, WIRE_RUN, WIRE_RUN + 3, history.len()] {
+            for end in [start, history.len(), WIRE_RUN * 2, WIRE_RUN * 2 - 1] {
+                if end < start {
+                    continue;
+                }
+                for (head, tail) in [(&system, &new), (&Vec::new(), &Vec::new())] {
+                    let messages =
+                        Messages::around(head.clone(), history.clone(), start..end, tail.clone());
+                    // Twice: runs made by the first, kept and shared by the second.
+                    for _ in 0..2 {
+                        assert_eq!(
+                            sent_messages(&messages),
+                            expected(head, &history[start..end], tail),
+                            "history[{start}..{end}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_kept_for_one_history_is_never_sent_for_another() {
+        use crate::domain::WIRE_RUN;
+        use std::sync::Arc;
+        let first = history((0..WIRE_RUN).map(|i| format!("first {i}")));
+        let whole = |h: &Vec<crate::store::StoredMessage>| {
+            Messages::around(Vec::new(), Arc::new(h.clone()), 0..h.len(), Vec::new())
+        };
+        assert_eq!(sent_messages(&whole(&first)), expected(&[], &first, &[]));
+        // The same last message (it keeps the run) after other messages.
+        let mut other = history((0..WIRE_RUN).map(|i| format!("other {i}")));
+        other[WIRE_RUN - 1] = first[WIRE_RUN - 1].clone();
+        assert_eq!(sent_messages(&whole(&other)), expected(&[], &other, &[]));
+        // One message in the middle replaced.
+        let mut edited = first.clone();
+        edited[5] = history([String::from("edited")]).remove(0);
+        assert_eq!(sent_messages(&whole(&edited)), expected(&[], &edited, &[]));
+        // And the first history still gets its own.
+        assert_eq!(sent_messages(&whole(&first)), expected(&[], &first, &[]));
+    }
+
     #[test]
     fn the_body_is_the_json_a_serialiser_would_write() {
         use crate::domain::{ChatMessage, Role};
@@ -698,7 +800,7 @@ mod tests {
             (None, false, true),
             (None, true, true),
         ] {
-            let body = chat_body(
+            let body = concat(chat_body(
                 model,
                 &messages.to_vec().into(),
                 512,
@@ -706,7 +808,7 @@ mod tests {
                 0.95,
                 stream,
                 include_usage,
-            );
+            ));
             let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
             let mut expected = serde_json::json!({
                 "messages": [
@@ -731,7 +833,15 @@ mod tests {
                 .unwrap()
                 .ends_with(&format!("\"stream\":{stream}}}")));
         }
-        let empty = chat_body(None, &Vec::new().into(), 1, 1.0, 1.0, true, false);
+        let empty = concat(chat_body(
+            None,
+            &Vec::new().into(),
+            1,
+            1.0,
+            1.0,
+            true,
+            false,
+        ));
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&empty).unwrap()["messages"],
             serde_json::json!([])
