@@ -1,6 +1,7 @@
 //! Parsing of OpenAI-style server-sent events: `data: {json}` lines, blank
 //! line separators, `data: [DONE]` at the end. Pure, unit-tested here.
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::model::{Completion, LlmError, Usage};
@@ -52,6 +53,81 @@ pub fn parse_line(line: &[u8]) -> Result<SseItem, LlmError> {
     if data.is_empty() {
         return Ok(SseItem::Skip);
     }
+    // The usual event, read into types that borrow from the line (no map
+    // of every field); anything else (an error, fields of other types)
+    // takes the general path, which reads any JSON.
+    match serde_json::from_str::<Event>(data) {
+        Ok(event) if event.error.is_none() => event.item(),
+        _ => parse_value(data),
+    }
+}
+
+/// A streamed event as OpenAI and the servers that copy its API send it.
+#[derive(serde::Deserialize)]
+struct Event<'a> {
+    /// Present (with any value, `null` too): the general path reads it.
+    #[serde(default, deserialize_with = "present")]
+    error: Option<()>,
+    #[serde(default)]
+    usage: Option<EventUsage>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct EventUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<ChoiceDelta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Option<()>, D::Error> {
+    serde::de::IgnoredAny::deserialize(value).map(|_| Some(()))
+}
+
+impl Event<'_> {
+    fn item(self) -> Result<SseItem, LlmError> {
+        let usage = self.usage.map(|u| Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        });
+        let Some(choices) = self.choices else {
+            return match usage {
+                Some(usage) => Ok(SseItem::WithUsage {
+                    text: String::new(),
+                    usage,
+                }),
+                None => Err(LlmError::Decode("event has no choices".into())),
+            };
+        };
+        // Azure sends a first event with empty choices (prompt filter results).
+        let text = choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.delta)
+            .and_then(|d| d.content)
+            .map(std::borrow::Cow::into_owned)
+            .unwrap_or_default();
+        Ok(match usage {
+            Some(usage) => SseItem::WithUsage { text, usage },
+            None => SseItem::Text(text),
+        })
+    }
+}
+
+/// An event's data read as any JSON: the general path of [`parse_line`].
+fn parse_value(data: &str) -> Result<SseItem, LlmError> {
     let value: Value = serde_json::from_str(data)
         .map_err(|e| LlmError::Decode(format!("event is not JSON: {e}")))?;
     if let Some(error) = value.get("error") {
@@ -154,6 +230,54 @@ mod tests {
             parse_line(br#"data: {"error":{"message":"quota"}}"#),
             Err(LlmError::Upstream(m)) if m == "quota"
         ));
+    }
+
+    #[test]
+    fn the_usual_events_read_as_the_general_path_reads_them() {
+        let events = [
+            r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#,
+            r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":null,"choices":[{"index":0,"delta":{"role":"assistant","content":"say \"x\"\n\u00e9\ud83d\ude00"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"delta":{"content":null}}]}"#,
+            r#"{"choices":[{"delta":null}]}"#,
+            r#"{"choices":[null]}"#,
+            r#"{"choices":[{"delta":{"content":7}}]}"#,
+            r#"{"choices":[{"delta":{"content":"a"}},{"delta":{"content":"b"}}]}"#,
+            r#"{"choices":[]}"#,
+            r#"{"choices":null}"#,
+            r#"{"choices":"x"}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":0}}}"#,
+            r#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            r#"{"usage":{"prompt_tokens":-3,"completion_tokens":4},"choices":[{"delta":{"content":"n"}}]}"#,
+            r#"{"usage":{"prompt_tokens":3.5,"completion_tokens":4},"choices":[]}"#,
+            r#"{"usage":null,"choices":[{"delta":{"content":"u"}}]}"#,
+            r#"{"usage":{"prompt_tokens":3},"choices":[]}"#,
+            r#"{"error":{"message":"quota"}}"#,
+            r#"{"error":null,"choices":[{"delta":{"content":"e"}}]}"#,
+            r#"{"error":"boom"}"#,
+            r#"{"choices":[{"delta":{"content":"d1"}}],"choices":[{"delta":{"content":"d2"}}]}"#,
+            r#"{}"#,
+            r#"[1,2]"#,
+            r#"42"#,
+            r#"{"choices":[{"delta":{"content":"unterminated"#,
+        ];
+        for data in events {
+            let line = format!("data: {data}");
+            let (fast, general) = (parse_line(line.as_bytes()), parse_value(data));
+            match (&fast, &general) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{data}"),
+                (Err(a), Err(b)) => assert_eq!(
+                    std::mem::discriminant(a),
+                    std::mem::discriminant(b),
+                    "{data}: {a} vs {b}"
+                ),
+                _ => panic!("{data}: {fast:?} vs {general:?}"),
+            }
+        }
+        // The usual event takes the typed path (the general one is the fallback).
+        let usual = r#"{"choices":[{"index":0,"delta":{"content":"Hi \"you\""}}]}"#;
+        let event = serde_json::from_str::<Event>(usual).unwrap();
+        assert_eq!(event.item().unwrap(), SseItem::Text("Hi \"you\"".into()));
     }
 
     #[test]
