@@ -43,12 +43,43 @@ impl TokenCounter {
 
     /// Tokens of `text` (special-token text counts as ordinary text).
     pub fn count(&self, text: &str) -> u32 {
+        #[cfg(test)]
+        counted::note(text);
         self.bpe.count(text) as u32
     }
 
     /// Tokens `content` costs as one prompt message.
     pub fn message_cost(&self, content: &str) -> u32 {
         self.count(content) + MESSAGE_OVERHEAD
+    }
+}
+
+/// The texts counted on this thread while a unit test records them, to
+/// check what a turn counts (and that it counts nothing twice).
+#[cfg(test)]
+pub(crate) mod counted {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static COUNTED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    }
+
+    pub(crate) fn note(text: &str) {
+        COUNTED.with(|counted| {
+            if let Some(texts) = counted.borrow_mut().as_mut() {
+                texts.push(text.to_string());
+            }
+        });
+    }
+
+    /// Records from now on (on this thread).
+    pub(crate) fn start() {
+        COUNTED.with(|counted| *counted.borrow_mut() = Some(Vec::new()));
+    }
+
+    /// Stops recording; what was counted since [`start`].
+    pub(crate) fn take() -> Vec<String> {
+        COUNTED.with(|counted| counted.borrow_mut().take().unwrap_or_default())
     }
 }
 
