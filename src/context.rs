@@ -54,6 +54,16 @@ impl TokenCounter {
     }
 }
 
+/// Tokens a prompt costs whose messages' contents count `counts`: each
+/// message's overhead, and the tokens that prime the reply.
+pub fn prompt_cost(counts: impl IntoIterator<Item = u32>) -> u64 {
+    counts
+        .into_iter()
+        .map(|count| u64::from(count + MESSAGE_OVERHEAD))
+        .sum::<u64>()
+        + u64::from(REPLY_PRIMING)
+}
+
 /// The texts counted on this thread while a unit test records them, to
 /// check what a turn counts (and that it counts nothing twice).
 #[cfg(test)]

@@ -22,6 +22,8 @@ mod quota;
 mod registry;
 mod stop;
 mod summarise;
+#[cfg(test)]
+pub(crate) mod testing;
 mod title;
 
 use std::time::Instant;
@@ -640,27 +642,14 @@ impl Turn<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
-    use async_trait::async_trait;
     use serde_json::json;
 
+    use super::testing::chat_in;
     use super::*;
-    use crate::config::Settings;
-    use crate::context::TokenCounter;
     use crate::store::cache::CachedStore;
-    use crate::store::{Backend, ConversationStore};
-
-    /// No other sockets to tell.
-    struct NoOne;
-
-    #[async_trait]
-    impl crate::notify::Notifier for NoOne {
-        async fn to_user(&self, _: &UserId, _: ServerEvent<'_>) {}
-        async fn disconnect_user(&self, _: &UserId) -> anyhow::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::store::ConversationStore;
 
     /// The names of the events the sending socket got.
     #[derive(Default)]
@@ -670,34 +659,6 @@ mod tests {
         fn emit(&self, event: ServerEvent<'_>) {
             self.0.lock().unwrap().push(event.name().to_string());
         }
-    }
-
-    /// A turn's services over the SQLite store in `dir`, behind the
-    /// conversation cache (its `stats` count the loads); demo model.
-    async fn chat_in(dir: &tempfile::TempDir) -> (Chat, Arc<CachedStore>) {
-        let settings = Arc::new(Settings::for_tests(dir.path().join("chat.db")));
-        let backends = crate::sessions::open_backend(Backend::Sqlite, &settings)
-            .await
-            .unwrap();
-        let store = Arc::new(CachedStore::new(backends.conversations, 1 << 20));
-        let metrics = Arc::new(Metrics::default());
-        let models = Arc::new(Models::build(&settings, &metrics).unwrap());
-        let chat = Chat {
-            store: store.clone(),
-            usage: backends.usage,
-            llm: models.default_model().llm.clone(),
-            tokens: TokenCounter::new(settings.tokenizer),
-            models,
-            notifier: Arc::new(NoOne),
-            metrics,
-            replies: crate::replies::ReplyHub::in_memory(settings.reply_resume_ttl),
-            turns: Arc::new(TurnRegistry::default()),
-            redis: None,
-            llm_slots: None,
-            summary_backoff: Arc::new(SummaryBackoff::default()),
-            settings,
-        };
-        (chat, store)
     }
 
     /// The loads of the conversation store so far (cache hits and misses).
