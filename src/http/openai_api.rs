@@ -555,14 +555,17 @@ struct Keep {
 }
 
 impl Keep {
-    fn of(chat: &Chat, messages: &[ChatMessage]) -> Answer<Self> {
+    /// The exchange of `messages`, whose contents count `counts` (the
+    /// request's, counted once for the prompt and the stored messages).
+    fn of(chat: &Chat, messages: &[ChatMessage], counts: &[u32]) -> Answer<Self> {
         let messages: Vec<NewMessage> = messages
             .iter()
-            .filter(|m| m.role != Role::System)
-            .map(|m| NewMessage {
+            .zip(counts)
+            .filter(|(m, _)| m.role != Role::System)
+            .map(|(m, &tokens)| NewMessage {
                 role: m.role,
                 content: m.content.to_string(),
-                tokens: Some(chat.tokens.count(&m.content)),
+                tokens: Some(tokens),
             })
             .collect();
         if !messages.iter().any(|m| m.role == Role::User) {
@@ -586,22 +589,25 @@ impl Keep {
 
     /// Stores the exchange with `reply` (cut to the room the conversation
     /// cap leaves) and tells the user's tabs. Run in its own task, so a
-    /// client that leaves meanwhile cannot cut it in half.
-    async fn store(self, chat: Chat, user: UserId, mut reply: String) {
+    /// client that leaves meanwhile cannot cut it in half. `reply_tokens`:
+    /// the reply's count when it was counted already (for the usage).
+    async fn store(self, chat: Chat, user: UserId, mut reply: String, reply_tokens: Option<u32>) {
         let limits = chat.settings.conversation_limits;
         let used: u64 = self.messages.iter().map(|m| m.content.len() as u64).sum();
         let mut room = limits.max_bytes.saturating_sub(used) as usize;
+        let mut reply_tokens = reply_tokens;
         if room < reply.len() {
             while !reply.is_char_boundary(room) {
                 room -= 1;
             }
             reply.truncate(room);
+            reply_tokens = None;
         }
         let mut messages = self.messages;
         if !reply.trim().is_empty() {
             messages.push(NewMessage {
                 role: Role::Assistant,
-                tokens: Some(chat.tokens.count(&reply)),
+                tokens: Some(reply_tokens.unwrap_or_else(|| chat.tokens.count(&reply))),
                 content: reply,
             });
         }
@@ -621,6 +627,20 @@ impl Keep {
             }
         }
     }
+}
+
+/// What the request's prompt costs by the server's count and, when
+/// `keep`, the exchange to keep: each message counted once for both.
+fn count_request(chat: &Chat, messages: &[ChatMessage], keep: bool) -> Answer<(u64, Option<Keep>)> {
+    let counts: Vec<u32> = messages
+        .iter()
+        .map(|m| chat.tokens.count(&m.content))
+        .collect();
+    let keep = match keep {
+        true => Some(Keep::of(chat, messages, &counts)?),
+        false => None,
+    };
+    Ok((crate::context::prompt_cost(counts), keep))
 }
 
 /// `POST /v1/chat/completions`: a `chat.completion`, or with `stream:
@@ -654,12 +674,8 @@ async fn chat_completions(
     let mut request = request;
     request.max_tokens = request.max_tokens.min(serves.spec.reply_tokens);
     let window = serves.spec.max_tokens;
-    let keep = match keep_asked(&headers)? {
-        true => Some(Keep::of(chat, &request.messages)?),
-        false => None,
-    };
+    let (prompt_tokens, keep) = count_request(chat, &request.messages, keep_asked(&headers)?)?;
     let messages = Messages::from(request.messages);
-    let prompt_tokens = chat.prompt_cost(&messages);
     let room = u64::from(window.saturating_sub(request.max_tokens));
     if prompt_tokens > room {
         return Err(OpenAiError::invalid(
@@ -723,10 +739,16 @@ async fn chat_completions(
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response()
     } else {
-        let (text, spent) = chat
-            .complete_spent_with(serves.llm.as_ref(), &user, upstream)
+        let (completion, spent) = chat
+            .complete_counted(serves.llm.as_ref(), &user, upstream, prompt_tokens)
             .await
             .map_err(ApiError::from)?;
+        // Without the upstream's usage, the reply was counted for it.
+        let reply_tokens = completion
+            .usage
+            .is_none()
+            .then_some(spent.completion_tokens as u32);
+        let text = completion.text;
         drop(slot);
         if text.trim().is_empty() {
             return Err(ApiError::LlmEmptyReply.into());
@@ -734,7 +756,7 @@ async fn chat_completions(
         Metrics::add(&chat.metrics.tokens_out, spent.completion_tokens);
         let body = reply.whole(&text, spent);
         if let Some(keep) = keep {
-            let _ = tokio::spawn(keep.store(chat.clone(), user, text)).await;
+            let _ = tokio::spawn(keep.store(chat.clone(), user, text, reply_tokens)).await;
         }
         Json(body).into_response()
     };
@@ -891,7 +913,12 @@ impl Streamed {
         let record = chat.record_usage(&user, spent);
         match (&failed, keep) {
             (None, Some(keep)) => {
-                tokio::join!(record, keep.store(chat.clone(), user.clone(), text));
+                // Without the upstream's usage, the reply was counted for it.
+                let reply_tokens = usage.is_none().then_some(spent.completion_tokens as u32);
+                tokio::join!(
+                    record,
+                    keep.store(chat.clone(), user.clone(), text, reply_tokens)
+                );
             }
             _ => record.await,
         }
@@ -928,6 +955,61 @@ impl Streamed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::store::ConversationStore;
+
+    #[tokio::test]
+    async fn a_kept_exchange_counts_each_message_and_the_reply_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chat, store) = crate::turn::testing::chat_in(&dir).await;
+        let user = UserId::new();
+        let messages = [
+            ChatMessage::new(Role::System, "Be brief."),
+            ChatMessage::new(Role::User, "Say hello"),
+            ChatMessage::new(Role::Assistant, "Hello there!"),
+            ChatMessage::new(Role::User, "Say it again, 12345 times"),
+        ];
+        let texts: Vec<String> = messages.iter().map(|m| m.content.to_string()).collect();
+        let counts: Vec<u32> = texts.iter().map(|t| chat.tokens.count(t)).collect();
+
+        crate::context::counted::start();
+        let (prompt_tokens, keep) = count_request(&chat, &messages, true).unwrap();
+        assert_eq!(crate::context::counted::take(), texts);
+        let expected: u32 = counts.iter().map(|c| c + 4).sum::<u32>() + 3;
+        assert_eq!(prompt_tokens, u64::from(expected));
+
+        // The reply, counted for the usage, is stored with that count.
+        let keep = keep.unwrap();
+        let id = keep.id.clone();
+        let reply = "Hello there! Hello there!";
+        let reply_tokens = chat.tokens.count(reply);
+        crate::context::counted::start();
+        keep.store(
+            chat.clone(),
+            user.clone(),
+            reply.to_string(),
+            Some(reply_tokens),
+        )
+        .await;
+        assert_eq!(crate::context::counted::take(), Vec::<String>::new());
+        let stored: Vec<(String, Option<u32>)> = store
+            .load(&user, &id)
+            .await
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| (m.message.content.to_string(), m.tokens))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                (texts[1].clone(), Some(counts[1])),
+                (texts[2].clone(), Some(counts[2])),
+                (texts[3].clone(), Some(counts[3])),
+                (reply.to_string(), Some(reply_tokens)),
+            ]
+        );
+    }
 
     #[test]
     fn the_azure_deployment_names_the_model() {

@@ -22,6 +22,8 @@ mod quota;
 mod registry;
 mod stop;
 mod summarise;
+#[cfg(test)]
+pub(crate) mod testing;
 mod title;
 
 use std::time::Instant;
@@ -160,14 +162,15 @@ struct Progress {
 
 impl Progress {
     /// The tokens the reply's request spent: the upstream's count, else
-    /// the server's (the prompt as sent, the text that arrived), nothing
-    /// when the upstream never accepted the request.
-    fn spent(&self, chat: &Chat) -> DayUsage {
+    /// the server's (the prompt as sent, and `reply_tokens`: the count of
+    /// the text that arrived, asked for only then), nothing when the
+    /// upstream never accepted the request.
+    fn spent(&self, reply_tokens: impl FnOnce() -> u32) -> DayUsage {
         match self.usage {
             Some(usage) => usage.into(),
             None if self.upstream_answered => DayUsage {
                 prompt_tokens: u64::from(self.prompt_tokens),
-                completion_tokens: u64::from(chat.tokens.count(&self.reply)),
+                completion_tokens: u64::from(reply_tokens()),
             },
             None => DayUsage::default(),
         }
@@ -495,7 +498,14 @@ impl Turn<'_> {
         outcome: Outcome,
     ) -> Result<(), ApiError> {
         let id = self.conversation;
-        let spent = progress.spent(chat);
+        // The reply is counted (with the server's tokenizer) at most once:
+        // for the day's usage when the upstream sent none, and for its
+        // stored count. The upstream's `completion_tokens` is not used for
+        // the latter: an OpenAI-compatible upstream may tokenise otherwise
+        // than `TOKENIZER` says (any model behind `LLM_BASE_URL`), and a
+        // reasoning model's count includes its hidden reasoning tokens.
+        let mut reply_tokens = None;
+        let spent = progress.spent(|| *reply_tokens.insert(chat.tokens.count(&progress.reply)));
         let Progress {
             text,
             text_tokens,
@@ -523,7 +533,7 @@ impl Turn<'_> {
         let keep_reply =
             matches!(outcome, Outcome::Finished | Outcome::Stopped) && !reply.is_empty();
         if keep_reply {
-            let reply_tokens = chat.tokens.count(&reply);
+            let reply_tokens = reply_tokens.unwrap_or_else(|| chat.tokens.count(&reply));
             Metrics::add(&chat.metrics.tokens_out, reply_tokens as u64);
             to_store.push(NewMessage {
                 role: Role::Assistant,
@@ -632,27 +642,14 @@ impl Turn<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
-    use async_trait::async_trait;
     use serde_json::json;
 
+    use super::testing::chat_in;
     use super::*;
-    use crate::config::Settings;
-    use crate::context::TokenCounter;
     use crate::store::cache::CachedStore;
-    use crate::store::{Backend, ConversationStore};
-
-    /// No other sockets to tell.
-    struct NoOne;
-
-    #[async_trait]
-    impl crate::notify::Notifier for NoOne {
-        async fn to_user(&self, _: &UserId, _: ServerEvent<'_>) {}
-        async fn disconnect_user(&self, _: &UserId) -> anyhow::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::store::ConversationStore;
 
     /// The names of the events the sending socket got.
     #[derive(Default)]
@@ -662,34 +659,6 @@ mod tests {
         fn emit(&self, event: ServerEvent<'_>) {
             self.0.lock().unwrap().push(event.name().to_string());
         }
-    }
-
-    /// A turn's services over the SQLite store in `dir`, behind the
-    /// conversation cache (its `stats` count the loads); demo model.
-    async fn chat_in(dir: &tempfile::TempDir) -> (Chat, Arc<CachedStore>) {
-        let settings = Arc::new(Settings::for_tests(dir.path().join("chat.db")));
-        let backends = crate::sessions::open_backend(Backend::Sqlite, &settings)
-            .await
-            .unwrap();
-        let store = Arc::new(CachedStore::new(backends.conversations, 1 << 20));
-        let metrics = Arc::new(Metrics::default());
-        let models = Arc::new(Models::build(&settings, &metrics).unwrap());
-        let chat = Chat {
-            store: store.clone(),
-            usage: backends.usage,
-            llm: models.default_model().llm.clone(),
-            tokens: TokenCounter::new(settings.tokenizer),
-            models,
-            notifier: Arc::new(NoOne),
-            metrics,
-            replies: crate::replies::ReplyHub::in_memory(settings.reply_resume_ttl),
-            turns: Arc::new(TurnRegistry::default()),
-            redis: None,
-            llm_slots: None,
-            summary_backoff: Arc::new(SummaryBackoff::default()),
-            settings,
-        };
-        (chat, store)
     }
 
     /// The loads of the conversation store so far (cache hits and misses).
@@ -796,6 +765,59 @@ mod tests {
             );
             assert!(!store.branches(&user, &id).await.unwrap().nodes.is_empty());
         }
+    }
+
+    #[tokio::test]
+    async fn a_turn_counts_the_message_and_the_reply_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chat, store) = chat_in(&dir).await;
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        // Stored with their counts, as turns store them: nothing to count.
+        let stored = |role, content: &str| NewMessage {
+            role,
+            content: content.to_string(),
+            tokens: Some(chat.tokens.count(content)),
+        };
+        store
+            .append(
+                &user,
+                &id,
+                vec![
+                    stored(Role::User, "an earlier question"),
+                    stored(Role::Assistant, "an earlier reply"),
+                ],
+            )
+            .await
+            .unwrap();
+        let guard = chat.turns.begin(&user, &id, None).unwrap();
+        let sink = Recorder::default();
+        let turn = Turn {
+            user: &user,
+            conversation: &id,
+            guard: &guard,
+            sink: &sink,
+            origin_socket: None,
+            branching: None,
+            switch_model: None,
+        };
+        let text = "count this message once";
+
+        // The demo upstream sends no usage: the day's usage is counted by
+        // the server, from the same count as the stored reply's.
+        crate::context::counted::start();
+        turn.run(&chat, text.to_string()).await.unwrap();
+        let counted = crate::context::counted::take();
+
+        let reply = demo_reply_to(text);
+        assert_eq!(counted, [text.to_string(), reply.clone()]);
+        let now = store.load(&user, &id).await.unwrap();
+        let last = now.messages.last().unwrap();
+        assert_eq!(last.message.content.to_string(), reply);
+        let reply_tokens = chat.tokens.count(&reply);
+        assert_eq!(last.tokens, Some(reply_tokens));
+        let usage = chat.usage_today(&user).await.unwrap();
+        assert_eq!(usage.used.completion_tokens, u64::from(reply_tokens));
     }
 
     /// The demo model's answer to a prompt whose last user message is `text`.

@@ -17,7 +17,7 @@ use chrono::{DateTime, Days, NaiveDate, Utc};
 use super::chat::Chat;
 use crate::domain::UserId;
 use crate::error::ApiError;
-use crate::llm::{ChatRequest, LlmError, Messages, Usage};
+use crate::llm::{ChatRequest, Completion, LlmError, Messages, Usage};
 use crate::store::usage::DayUsage;
 
 /// A user's day, as `GET /usage` shows it.
@@ -98,11 +98,7 @@ impl Chat {
 
     /// Tokens a prompt costs by the server's own count.
     pub fn prompt_cost(&self, messages: &Messages) -> u64 {
-        let messages: u64 = messages
-            .iter()
-            .map(|m| u64::from(self.tokens.message_cost(&m.content)))
-            .sum();
-        messages + u64::from(crate::context::REPLY_PRIMING)
+        crate::context::prompt_cost(messages.iter().map(|m| self.tokens.count(&m.content)))
     }
 
     /// What a request the upstream answered spent: its `usage` when it
@@ -162,10 +158,26 @@ impl Chat {
         request: ChatRequest,
     ) -> Result<(String, DayUsage), LlmError> {
         let counted_prompt = self.prompt_cost(&request.messages);
+        self.complete_counted(llm, user, request, counted_prompt)
+            .await
+            .map(|(completion, spent)| (completion.text, spent))
+    }
+
+    /// [`complete_spent_with`](Self::complete_spent_with) for a prompt
+    /// already counted (`counted_prompt`, as [`Chat::prompt_cost`] counts).
+    /// With no `usage` in the completion, the spent `completion_tokens` are
+    /// the server's count of its text.
+    pub async fn complete_counted(
+        &self,
+        llm: &dyn crate::llm::ChatModel,
+        user: &UserId,
+        request: ChatRequest,
+        counted_prompt: u64,
+    ) -> Result<(Completion, DayUsage), LlmError> {
         let completion = llm.complete(request).await?;
         let spent = self.spent(completion.usage, counted_prompt, &completion.text);
         self.record_usage(user, spent).await;
-        Ok((completion.text, spent))
+        Ok((completion, spent))
     }
 }
 

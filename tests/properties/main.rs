@@ -132,3 +132,61 @@ proptest! {
         }
     }
 }
+
+/// Text that exercises tiktoken's pre-tokenisation: pieces of arbitrary
+/// printable Unicode, whitespace runs (Unicode spaces, tabs, line breaks),
+/// digit runs, punctuation, emoji (with modifiers and joiners), combining
+/// marks, contractions in both cases, and special-token text, in any order.
+fn tokenizer_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        "\\PC{1,12}",
+        "[ \t\r\n\u{a0}\u{2003}\u{3000}\u{b}\u{c}\u{85}\u{2028}]{1,8}",
+        "[0-9]{1,9}",
+        "[!-/:-@\\[-`{-~]{1,6}",
+        "[a-zA-Z]{1,10}",
+        prop::sample::select(vec![
+            "<|endoftext|>",
+            "<|fim_prefix|>",
+            "<|im_start|>",
+            "<|endofprompt|>",
+            "😀",
+            "👍🏽",
+            "👩‍👩‍👧",
+            "🇫🇷",
+            "e\u{301}",
+            "'s",
+            "'LL",
+            "'Re",
+            "日本語",
+            "Ωμέγα",
+            "Привет",
+            "مرحبا",
+            "\u{200b}",
+            "\r\n",
+            "/",
+        ])
+        .prop_map(String::from),
+        any::<char>().prop_map(String::from),
+    ];
+    proptest::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// The server counts with bpe-openai; its counts are tiktoken's
+    /// (`encode_ordinary`: special-token text is ordinary text) for both
+    /// encodings.
+    #[test]
+    fn token_counts_are_tiktokens_for_both_encodings(text in tokenizer_text()) {
+        let encodings = [
+            (Tokenizer::Cl100kBase, tiktoken_rs::cl100k_base_singleton()),
+            (Tokenizer::O200kBase, tiktoken_rs::o200k_base_singleton()),
+        ];
+        for (tokenizer, tiktoken) in encodings {
+            let counted = TokenCounter::new(tokenizer).count(&text);
+            let expected = tiktoken.encode_ordinary(&text).len();
+            prop_assert_eq!(counted as usize, expected, "{:?} of {:?}", tokenizer, text);
+        }
+    }
+}
