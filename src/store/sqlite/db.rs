@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use rusqlite::Connection;
 
-use super::exec::is_busy;
+use super::exec::{is_busy, run};
 use super::index::{index_pending, INDEX_EVERY};
 use super::read::Readers;
 use super::schema::{migrate, SCHEMA};
@@ -150,14 +150,15 @@ fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-/// Runs queued calls in one transaction, then finishes each.
+/// Runs queued calls in one transaction, then finishes each. `BEGIN` and
+/// `COMMIT` come from the statement cache, parsed once.
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     // IMMEDIATE: the write lock is taken (waiting up to busy_timeout) now,
     // not on the first write, where another process sharing the file (a
     // second instance in tests, `migrate`) would make it fail at once.
     // Without the outer transaction (BEGIN failed) each call still runs in
     // its own savepoint, which SQLite commits on release.
-    let outer = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let outer = run(conn, "BEGIN IMMEDIATE").is_ok();
     let mut finishes = Vec::with_capacity(batch.len());
     for job in batch {
         // A panicking call drops its sender (its caller gets an error); its
@@ -167,12 +168,12 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
         }
     }
     let commit = if outer {
-        conn.execute_batch("COMMIT").err()
+        run(conn, "COMMIT").err()
     } else {
         None
     };
     if commit.is_some() {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = run(conn, "ROLLBACK");
     }
     for finish in finishes {
         finish(commit.as_ref());

@@ -41,7 +41,7 @@ use chrono::Utc;
 use rusqlite::{params, OptionalExtension};
 
 pub use self::db::SqliteDb;
-use self::exec::{backend, exec};
+use self::exec::{backend, exec, savepoint};
 use self::rows::{meta_from_row, read_conversation, read_meta, read_page, META_COLUMNS};
 use super::{
     rfc3339, title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings,
@@ -85,7 +85,7 @@ impl SqliteStore {
         let (user, id, limits) = (user.to_string(), id.clone(), self.limits);
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 let meta = read_meta(&tx, &user, id.as_ref())?;
                 let before = revised
                     .then(|| revision::read_revision(&tx, &user, id.as_ref()))
@@ -142,7 +142,7 @@ impl SqliteStore {
                     Some(before) => Some((before, revision::read_revision(&tx, &user, id.as_ref())?)),
                     None => None,
                 };
-                tx.commit().map_err(backend)?;
+                tx.commit()?;
                 Ok((meta, revisions))
             })
             .await
@@ -161,7 +161,7 @@ impl ConversationStore for SqliteStore {
         self.db
             .call(move |conn| {
                 let now = rfc3339::format(&Utc::now());
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 exec(
                     &tx,
                     "INSERT INTO conversations (user_id, conversation_id, created_at, updated_at, text_bytes) VALUES (?1, ?2, ?3, ?3, 0)",
@@ -171,7 +171,7 @@ impl ConversationStore for SqliteStore {
                     settings::write_settings(&tx, &user, id.as_ref(), &settings)?;
                 }
                 let meta = read_meta(&tx, &user, id.as_ref())?;
-                tx.commit().map_err(backend)?;
+                tx.commit()?;
                 Ok(meta)
             })
             .await
@@ -198,10 +198,10 @@ impl ConversationStore for SqliteStore {
         let (user, id, change) = (user.to_string(), id.clone(), change.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 let settings = change.apply(settings::read_settings(&tx, &user, id.as_ref())?);
                 settings::write_settings(&tx, &user, id.as_ref(), &settings)?;
-                tx.commit().map_err(backend)?;
+                tx.commit()?;
                 Ok(settings)
             })
             .await
@@ -211,7 +211,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 read_conversation(&tx, &user, &id)
             })
             .await
@@ -233,7 +233,7 @@ impl ConversationStore for SqliteStore {
         self.db
             .call(move |conn| {
                 // One read transaction: the revision is the one of what was read.
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 let revision = revision::read_revision(&tx, &user, id.as_ref())?;
                 Ok((read_conversation(&tx, &user, &id)?, Some(revision)))
             })
@@ -250,7 +250,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 read_page(&tx, &user, &id, before, limit)
             })
             .await
@@ -312,7 +312,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 read_meta(&tx, &user, id.as_ref())?;
                 let last = tx
                     .query_row(
@@ -334,7 +334,7 @@ impl ConversationStore for SqliteStore {
                     params![user, id.as_ref(), rfc3339::format(&Utc::now()), content.len() as i64],
                 )
                 .map_err(backend)?;
-                tx.commit().map_err(backend)?;
+                tx.commit()?;
                 Ok(Some(ChatMessage::new(Role::parse(&role).unwrap_or(Role::User), content)))
             })
             .await
@@ -344,7 +344,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 read_meta(&tx, &user, id.as_ref())?;
                 branches::read_pool(&tx, &user, id.as_ref())
             })
@@ -381,7 +381,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 read_meta(&tx, &user, id.as_ref())?;
                 tx.execute(
                     "DELETE FROM messages WHERE user_id = ?1 AND conversation_id = ?2",
@@ -397,7 +397,7 @@ impl ConversationStore for SqliteStore {
                 )
                 .map_err(backend)?;
                 let meta = read_meta(&tx, &user, id.as_ref())?;
-                tx.commit().map_err(backend)?;
+                tx.commit()?;
                 Ok(meta)
             })
             .await
@@ -407,7 +407,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 let removed = tx
                     .execute(
                         "DELETE FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
@@ -423,7 +423,7 @@ impl ConversationStore for SqliteStore {
                 )
                 .map_err(backend)?;
                 branches::drop_pool(&tx, &user, id.as_ref())?;
-                tx.commit().map_err(backend)
+                tx.commit()
             })
             .await
     }
@@ -497,7 +497,7 @@ impl ConversationStore for SqliteStore {
             .unwrap_or_default();
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 let keys = {
                     let mut stmt = tx
                         .prepare_cached(
