@@ -38,7 +38,7 @@ mod usage;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 pub use self::db::SqliteDb;
 use self::exec::{backend, exec, savepoint};
@@ -86,14 +86,16 @@ impl SqliteStore {
         self.db
             .call(move |conn| {
                 let tx = savepoint(conn)?;
-                let meta = read_meta(&tx, &user, id.as_ref())?;
-                let before = revised
-                    .then(|| revision::read_revision(&tx, &user, id.as_ref()))
-                    .transpose()?;
-                let bytes = limits::text_bytes(&tx, &user, id.as_ref())?;
+                // One read of what the append needs: the row's meta, its
+                // text size and revision, the branch pool's size.
+                let Before {
+                    meta,
+                    bytes,
+                    revision,
+                    pool: (nodes, pool_bytes),
+                } = read_before_append(&tx, &user, id.as_ref())?;
                 let added: u64 = messages.iter().map(|m| m.content.len() as u64).sum();
                 // The cap counts everything stored, branches set aside too.
-                let (nodes, pool_bytes) = branches::pool_size(&tx, &user, id.as_ref())?;
                 limits::check_room(
                     &limits,
                     (meta.message_count + nodes, bytes + pool_bytes),
@@ -131,22 +133,84 @@ impl SqliteStore {
                 } else {
                     None
                 };
-                exec(
-                    &tx,
-                    "UPDATE conversations SET message_count = ?3, updated_at = ?4, title = COALESCE(title, ?5), \
-                     text_bytes = ?6 WHERE user_id = ?1 AND conversation_id = ?2",
-                    params![user, id.as_ref(), seq, now, title, (bytes + added) as i64],
-                )?;
-                let meta = read_meta(&tx, &user, id.as_ref())?;
-                let revisions = match before {
-                    Some(before) => Some((before, revision::read_revision(&tx, &user, id.as_ref())?)),
-                    None => None,
+                // The update moves the revision on itself, which spares the
+                // `conversations_revised` trigger's second update of the row
+                // (the revision ends where the trigger would take it).
+                let update = params![user, id.as_ref(), seq, now, title, (bytes + added) as i64];
+                let after = if revised {
+                    let after = tx
+                        .prepare_cached(APPEND_UPDATE_RETURNING)
+                        .and_then(|mut stmt| stmt.query_row(update, |row| row.get::<_, i64>(0)))
+                        .map_err(backend)?;
+                    Some(after as u64)
+                } else {
+                    exec(&tx, APPEND_UPDATE, update)?;
+                    None
+                };
+                // The row as a read of it now would give (no trigger touches
+                // these columns).
+                let meta = ConversationMeta {
+                    updated_at: rows::parse_time(&now).map_err(backend)?,
+                    title: meta.title.or(title),
+                    message_count: seq as u64,
+                    ..meta
                 };
                 tx.commit()?;
-                Ok((meta, revisions))
+                Ok((meta, after.map(|after| (revision, after))))
             })
             .await
     }
+}
+
+/// The update an append ends with (see `append_to`), and the same
+/// answering the revision it leaves.
+const APPEND_UPDATE: &str = "UPDATE conversations SET message_count = ?3, updated_at = ?4, \
+     title = COALESCE(title, ?5), text_bytes = ?6, revision = revision + 1 \
+     WHERE user_id = ?1 AND conversation_id = ?2";
+const APPEND_UPDATE_RETURNING: &str =
+    "UPDATE conversations SET message_count = ?3, updated_at = ?4, \
+     title = COALESCE(title, ?5), text_bytes = ?6, revision = revision + 1 \
+     WHERE user_id = ?1 AND conversation_id = ?2 RETURNING revision";
+
+/// What an append reads of the conversation before writing.
+struct Before {
+    meta: ConversationMeta,
+    /// Its messages' text size (`limits::text_bytes`).
+    bytes: u64,
+    revision: u64,
+    /// Messages and bytes of text in its branch pool (`branches::pool_size`).
+    pool: (u64, u64),
+}
+
+/// [`Before`] in one statement; `NotFound` when the user has no such
+/// conversation.
+fn read_before_append(conn: &Connection, user: &str, id: &str) -> StoreResult<Before> {
+    conn.prepare_cached(
+        "SELECT c.conversation_id, c.created_at, c.updated_at, c.title, c.message_count, \
+         COALESCE(c.text_bytes, (SELECT COALESCE(SUM(octet_length(m.content)), 0) \
+         FROM messages m WHERE m.user_id = c.user_id AND m.conversation_id = c.conversation_id)), \
+         c.revision, b.nodes, b.bytes \
+         FROM conversations c LEFT JOIN branches b \
+         ON b.user_id = c.user_id AND b.conversation_id = c.conversation_id \
+         WHERE c.user_id = ?1 AND c.conversation_id = ?2",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row(params![user, id], |row| {
+            let count = |i| {
+                row.get::<_, Option<i64>>(i)
+                    .map(|n| n.unwrap_or(0).max(0) as u64)
+            };
+            Ok(Before {
+                meta: meta_from_row(row)?,
+                bytes: count(5)?,
+                revision: row.get::<_, i64>(6)? as u64,
+                pool: (count(7)?, count(8)?),
+            })
+        })
+        .optional()
+    })
+    .map_err(backend)?
+    .ok_or(StoreError::NotFound)
 }
 
 #[async_trait]
@@ -624,6 +688,79 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         assert!(store.list(&bob, 10, 0).await.unwrap().is_empty());
+    }
+
+    /// An append answers the row as it stands after it without reading it
+    /// back: the meta it returns is what a read gives (count, updated_at to
+    /// the microsecond, a title set once and kept), and the revisions it
+    /// reports are the ones read just before and after.
+    #[tokio::test]
+    async fn an_append_answers_what_a_read_of_the_row_gives() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+
+        let untitled = store
+            .append(&user, &id, vec![msg(Role::Assistant, "hello there")])
+            .await
+            .unwrap();
+        let read = store.meta(&user, &id).await.unwrap();
+        assert_eq!(untitled, read);
+        assert_eq!((untitled.title, untitled.message_count), (None, 1));
+
+        let mut last = store.revision(&user, &id).await.unwrap().unwrap();
+        for (question, count) in [("the first question", 3), ("a second one", 5)] {
+            let (meta, revisions) = store
+                .append_revised(
+                    &user,
+                    &id,
+                    vec![msg(Role::User, question), msg(Role::Assistant, "answer")],
+                )
+                .await
+                .unwrap();
+            let read = store.meta(&user, &id).await.unwrap();
+            let now = store.revision(&user, &id).await.unwrap().unwrap();
+            assert_eq!(meta, read);
+            assert_eq!(meta.message_count, count);
+            assert_eq!(meta.title.as_deref(), Some("the first question"));
+            assert_eq!(revisions, Some((last, now)));
+            assert!(now > last, "the revision did not move on");
+            last = now;
+        }
+    }
+
+    /// An append's update moves the revision on itself: the
+    /// `conversations_revised` trigger does not write the row a second time
+    /// (rows written, triggers' included: 2 messages, 2 revision bumps of
+    /// the row by their trigger, the row's update), and the revision moves
+    /// as far as it did with the trigger's write (one per message, one for
+    /// the update).
+    #[tokio::test]
+    async fn an_append_writes_the_conversation_row_once_beyond_its_messages_triggers() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        let before = store.revision(&user, &id).await.unwrap().unwrap();
+        let db = store.db.clone();
+        let total = move || {
+            let db = db.clone();
+            async move { db.call(|conn| Ok(conn.total_changes())).await.unwrap() }
+        };
+
+        let start = total().await;
+        store
+            .append(
+                &user,
+                &id,
+                vec![msg(Role::User, "q"), msg(Role::Assistant, "a")],
+            )
+            .await
+            .unwrap();
+        let written = total().await - start;
+
+        assert_eq!(written, 5);
+        let after = store.revision(&user, &id).await.unwrap().unwrap();
+        assert_eq!(after, before + 3);
     }
 
     #[tokio::test]
