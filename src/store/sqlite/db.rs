@@ -34,6 +34,20 @@ type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 /// Calls committed together at most.
 const MAX_BATCH: usize = 64;
 
+/// WAL pages (4 KiB) after which a commit copies the WAL into the file
+/// (SQLite's default is 1000). A turn rewrites the same few pages (its
+/// conversation's row, the messages table's last leaf and its indexes,
+/// the usage row) commit after commit: each commit appends them to the WAL
+/// again, but a checkpoint writes each page once however often the WAL
+/// holds it, so a longer interval writes (and syncs) the file less. The
+/// WAL file stays at about this many pages (~16 MiB) plus one batch.
+const WAL_AUTOCHECKPOINT: u32 = 4000;
+
+/// Bytes the WAL file is cut back to when it is started again from its
+/// beginning after it grew past them (a checkpoint held back by a long
+/// read, a large import); SQLite keeps it at its largest otherwise.
+const WAL_SIZE_LIMIT: u64 = 32 * 1024 * 1024;
+
 impl std::fmt::Debug for SqliteDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteDb")
@@ -50,9 +64,24 @@ impl SqliteDb {
         }
         let mut conn = Connection::open(path)
             .with_context(|| format!("opening the database {}", path.display()))?;
-        conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;")
-            .context("setting database pragmas")?;
+        // temp_store: a savepoint's journal (every call has one, and its
+        // statements their own inside) stays in memory. By default SQLite
+        // moves it to a temporary file once it passes 64 KiB, which an
+        // append reaches when its pages split, and then writes every page
+        // journaled for the rest of the batch to that file (under a
+        // turn-shaped load, more writes than to the WAL). The writer's own
+        // sorts stay in memory too: each is bounded by a LIMIT or sorts
+        // rows its call returns (and so holds) anyway.
+        conn.execute_batch(
+            "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;",
+        )
+        .context("setting database pragmas")?;
         wal_mode(&conn).context("setting database pragmas")?;
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}; \
+             PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
+        ))
+        .context("setting database pragmas")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         migrate(&mut conn).with_context(|| format!("updating the schema in {}", path.display()))?;
@@ -186,5 +215,55 @@ fn commit_failure(err: &rusqlite::Error) -> StoreError {
         StoreError::Unavailable(err.to_string())
     } else {
         StoreError::Backend(anyhow::anyhow!("commit failed: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::exec::{exec, savepoint};
+    use super::*;
+
+    /// Files this process holds open that have no name any more: SQLite's
+    /// temporary files (a journal moved out of memory).
+    fn unnamed_open_files() -> Vec<String> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .map(|target| target.display().to_string())
+            .filter(|target| target.ends_with("(deleted)"))
+            .collect()
+    }
+
+    /// A call that changes many pages (a large conversation's delete, an
+    /// index round) journals them all in its savepoint: the journal stays
+    /// in memory instead of moving to a temporary file past 64 KiB.
+    #[tokio::test]
+    async fn a_large_savepoint_journal_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("chat.db")).unwrap();
+        db.call(|conn| {
+            conn.execute_batch(
+                "CREATE TABLE filler (n INTEGER PRIMARY KEY, pad TEXT NOT NULL);
+                 WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM k WHERE n < 2000)
+                 INSERT INTO filler SELECT n, printf('%.200c', 'x') FROM k;",
+            )
+            .map_err(super::super::exec::backend)
+        })
+        .await
+        .unwrap();
+
+        let during = db
+            .call(|conn| {
+                let sp = savepoint(conn)?;
+                // About 100 pages of 4 KiB changed: a 400 KiB journal.
+                exec(&sp, "UPDATE filler SET pad = printf('%.200c', 'y')", [])?;
+                let open = unnamed_open_files();
+                sp.commit()?;
+                Ok(open)
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(during, Vec::<String>::new());
     }
 }
