@@ -223,14 +223,19 @@ mod tests {
     use super::super::exec::{exec, savepoint};
     use super::*;
 
-    /// Files this process holds open that have no name any more: SQLite's
-    /// temporary files (a journal moved out of memory).
-    fn unnamed_open_files() -> Vec<String> {
+    /// SQLite's temporary files this process holds open (a journal moved
+    /// out of memory): opened without a name (O_TMPFILE, shown as `#` and
+    /// the inode), or as `etilqs_…` and unlinked at once.
+    fn sqlite_temporary_files() -> Vec<String> {
         std::fs::read_dir("/proc/self/fd")
             .unwrap()
             .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
             .map(|target| target.display().to_string())
-            .filter(|target| target.ends_with("(deleted)"))
+            .filter(|target| {
+                let name = target.rsplit('/').next().unwrap_or_default();
+                target.ends_with("(deleted)")
+                    && (name.starts_with('#') || name.starts_with("etilqs_"))
+            })
             .collect()
     }
 
@@ -257,7 +262,7 @@ mod tests {
                 let sp = savepoint(conn)?;
                 // About 100 pages of 4 KiB changed: a 400 KiB journal.
                 exec(&sp, "UPDATE filler SET pad = printf('%.200c', 'y')", [])?;
-                let open = unnamed_open_files();
+                let open = sqlite_temporary_files();
                 sp.commit()?;
                 Ok(open)
             })
