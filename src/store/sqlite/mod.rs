@@ -182,35 +182,39 @@ struct Before {
     pool: (u64, u64),
 }
 
+/// What [`read_before_append`] runs. The pool's size comes from
+/// subqueries, not a LEFT JOIN: SQLite prepares that join again on every
+/// run (its plan is tied to the bound values), the subqueries once.
+const READ_BEFORE_APPEND: &str =
+    "SELECT c.conversation_id, c.created_at, c.updated_at, c.title, c.message_count, \
+     COALESCE(c.text_bytes, (SELECT COALESCE(SUM(octet_length(m.content)), 0) \
+     FROM messages m WHERE m.user_id = c.user_id AND m.conversation_id = c.conversation_id)), \
+     c.revision, \
+     (SELECT nodes FROM branches WHERE user_id = ?1 AND conversation_id = ?2), \
+     (SELECT bytes FROM branches WHERE user_id = ?1 AND conversation_id = ?2) \
+     FROM conversations c WHERE c.user_id = ?1 AND c.conversation_id = ?2";
+
 /// [`Before`] in one statement; `NotFound` when the user has no such
 /// conversation.
 fn read_before_append(conn: &Connection, user: &str, id: &str) -> StoreResult<Before> {
-    conn.prepare_cached(
-        "SELECT c.conversation_id, c.created_at, c.updated_at, c.title, c.message_count, \
-         COALESCE(c.text_bytes, (SELECT COALESCE(SUM(octet_length(m.content)), 0) \
-         FROM messages m WHERE m.user_id = c.user_id AND m.conversation_id = c.conversation_id)), \
-         c.revision, b.nodes, b.bytes \
-         FROM conversations c LEFT JOIN branches b \
-         ON b.user_id = c.user_id AND b.conversation_id = c.conversation_id \
-         WHERE c.user_id = ?1 AND c.conversation_id = ?2",
-    )
-    .and_then(|mut stmt| {
-        stmt.query_row(params![user, id], |row| {
-            let count = |i| {
-                row.get::<_, Option<i64>>(i)
-                    .map(|n| n.unwrap_or(0).max(0) as u64)
-            };
-            Ok(Before {
-                meta: meta_from_row(row)?,
-                bytes: count(5)?,
-                revision: row.get::<_, i64>(6)? as u64,
-                pool: (count(7)?, count(8)?),
+    conn.prepare_cached(READ_BEFORE_APPEND)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![user, id], |row| {
+                let count = |i| {
+                    row.get::<_, Option<i64>>(i)
+                        .map(|n| n.unwrap_or(0).max(0) as u64)
+                };
+                Ok(Before {
+                    meta: meta_from_row(row)?,
+                    bytes: count(5)?,
+                    revision: row.get::<_, i64>(6)? as u64,
+                    pool: (count(7)?, count(8)?),
+                })
             })
+            .optional()
         })
-        .optional()
-    })
-    .map_err(backend)?
-    .ok_or(StoreError::NotFound)
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound)
 }
 
 #[async_trait]
@@ -761,6 +765,66 @@ mod tests {
         assert_eq!(written, 5);
         let after = store.revision(&user, &id).await.unwrap().unwrap();
         assert_eq!(after, before + 3);
+    }
+
+    /// The statements a turn runs are prepared once per connection: none is
+    /// prepared again when run with other values (SQLite does that for a
+    /// plan tied to the bound values, such as the branch pool LEFT JOINed
+    /// onto the conversation's row).
+    #[tokio::test]
+    async fn a_turns_statements_are_not_prepared_again() {
+        use crate::store::usage::{DayUsage, UsageStore};
+        use rusqlite::StatementStatus;
+
+        let (_dir, store) = store();
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap();
+        for _ in 0..3 {
+            let (user, id) = (UserId::new(), ConversationId::new());
+            store.create(&user, &id).await.unwrap();
+            store.set_quota(&user, Some(1000)).await.unwrap();
+            store.standing(&user, day).await.unwrap();
+            store
+                .append(&user, &id, vec![msg(Role::User, "q")])
+                .await
+                .unwrap();
+            store
+                .append_revised(&user, &id, vec![msg(Role::Assistant, "a")])
+                .await
+                .unwrap();
+            let spent = DayUsage {
+                prompt_tokens: 1,
+                completion_tokens: 2,
+            };
+            store.add_usage(&user, day, spent).await.unwrap();
+        }
+
+        let counts = store
+            .db
+            .call(|conn| {
+                [
+                    READ_BEFORE_APPEND,
+                    APPEND_UPDATE,
+                    APPEND_UPDATE_RETURNING,
+                    usage::STANDING,
+                ]
+                .into_iter()
+                .map(|sql| {
+                    let stmt = conn.prepare_cached(sql).map_err(backend)?;
+                    Ok((
+                        stmt.get_status(StatementStatus::Run),
+                        stmt.get_status(StatementStatus::RePrepare),
+                    ))
+                })
+                .collect::<StoreResult<Vec<_>>>()
+            })
+            .await
+            .unwrap();
+
+        assert!(counts.iter().all(|&(runs, _)| runs >= 3), "{counts:?}");
+        assert_eq!(
+            counts.iter().map(|&(_, again)| again).collect::<Vec<_>>(),
+            [0; 4]
+        );
     }
 
     #[tokio::test]

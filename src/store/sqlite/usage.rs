@@ -22,6 +22,13 @@ fn from_sql(count: i64) -> u64 {
     u64::try_from(count).unwrap_or(0)
 }
 
+/// The day's usage and the quota of user ?1 on day ?2, each NULL when
+/// absent (one row always).
+pub(super) const STANDING: &str = "SELECT u.prompt_tokens, u.completion_tokens, q.tokens_per_day \
+     FROM (SELECT ?1 AS user_id, ?2 AS day) k \
+     LEFT JOIN usage u ON u.user_id = k.user_id AND u.day = k.day \
+     LEFT JOIN quotas q ON q.user_id = k.user_id";
+
 #[async_trait]
 impl UsageStore for SqliteStore {
     async fn add_usage(&self, user: &UserId, day: NaiveDate, spent: DayUsage) -> StoreResult<()> {
@@ -56,25 +63,20 @@ impl UsageStore for SqliteStore {
         // One statement: the day's row and the quota, each when present.
         self.db
             .call(move |conn| {
-                conn.prepare_cached(
-                    "SELECT u.prompt_tokens, u.completion_tokens, q.tokens_per_day \
-                     FROM (SELECT ?1 AS user_id, ?2 AS day) k \
-                     LEFT JOIN usage u ON u.user_id = k.user_id AND u.day = k.day \
-                     LEFT JOIN quotas q ON q.user_id = k.user_id",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![user, day], |row| {
-                        let count = |i| row.get::<_, Option<i64>>(i).map(|n| n.map(from_sql));
-                        Ok(Standing {
-                            used: DayUsage {
-                                prompt_tokens: count(0)?.unwrap_or(0),
-                                completion_tokens: count(1)?.unwrap_or(0),
-                            },
-                            quota_override: count(2)?,
+                conn.prepare_cached(STANDING)
+                    .and_then(|mut stmt| {
+                        stmt.query_row(params![user, day], |row| {
+                            let count = |i| row.get::<_, Option<i64>>(i).map(|n| n.map(from_sql));
+                            Ok(Standing {
+                                used: DayUsage {
+                                    prompt_tokens: count(0)?.unwrap_or(0),
+                                    completion_tokens: count(1)?.unwrap_or(0),
+                                },
+                                quota_override: count(2)?,
+                            })
                         })
                     })
-                })
-                .map_err(backend)
+                    .map_err(backend)
             })
             .await
     }
