@@ -102,29 +102,9 @@ impl SqliteStore {
                     (messages.len() as u64, added),
                 )?;
                 let now = rfc3339::format(&Utc::now());
-                let mut seq = meta.message_count as i64;
-                {
-                    let mut insert = tx
-                        .prepare_cached(
-                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-                        )
-                        .map_err(backend)?;
-                    for message in &messages {
-                        insert
-                            .execute(params![
-                                user,
-                                id.as_ref(),
-                                seq,
-                                message.role.as_str(),
-                                message.content,
-                                message.tokens,
-                                now
-                            ])
-                            .map_err(backend)?;
-                        seq += 1;
-                    }
-                }
+                let seq = meta.message_count as i64;
+                insert_messages(&tx, &user, id.as_ref(), seq, &messages, &now)?;
+                let seq = seq + messages.len() as i64;
                 let title = if meta.title.is_none() {
                     messages
                         .iter()
@@ -171,6 +151,61 @@ const APPEND_UPDATE_RETURNING: &str =
     "UPDATE conversations SET message_count = ?3, updated_at = ?4, \
      title = COALESCE(title, ?5), text_bytes = ?6, revision = revision + 1 \
      WHERE user_id = ?1 AND conversation_id = ?2 RETURNING revision";
+
+/// Messages one INSERT of [`insert_messages`] writes at most.
+const ROWS_PER_INSERT: usize = 4;
+
+/// The INSERTs of 1 to [`ROWS_PER_INSERT`] messages: user ?1,
+/// conversation ?2 and time ?3 shared, then each row's seq, role, content
+/// and tokens.
+static INSERT_MESSAGES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (1..=ROWS_PER_INSERT)
+        .map(|rows| {
+            let values = (0..rows)
+                .map(|row| {
+                    let n = 4 + 4 * row;
+                    format!("(?1, ?2, ?{n}, ?{}, ?{}, ?{}, ?3, 0)", n + 1, n + 2, n + 3)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
+                 VALUES {values}"
+            )
+        })
+        .collect()
+});
+
+/// Stores `messages` from `seq` on, unindexed, several rows per statement:
+/// a turn's two messages in one INSERT, whose statement journal then
+/// copies each page it changes once, not once per row.
+fn insert_messages(
+    conn: &Connection,
+    user: &str,
+    id: &str,
+    seq: i64,
+    messages: &[NewMessage],
+    now: &str,
+) -> StoreResult<()> {
+    for (chunk, rows) in messages.chunks(ROWS_PER_INSERT).enumerate() {
+        let first = seq + (chunk * ROWS_PER_INSERT) as i64;
+        let seqs: Vec<i64> = (first..first + rows.len() as i64).collect();
+        let roles: Vec<&str> = rows.iter().map(|m| m.role.as_str()).collect();
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&user, &id, &now];
+        for ((message, seq), role) in rows.iter().zip(&seqs).zip(&roles) {
+            values.extend([
+                seq as &dyn rusqlite::ToSql,
+                role,
+                &message.content,
+                &message.tokens,
+            ]);
+        }
+        conn.prepare_cached(&INSERT_MESSAGES[rows.len() - 1])
+            .and_then(|mut stmt| stmt.execute(values.as_slice()))
+            .map_err(backend)?;
+    }
+    Ok(())
+}
 
 /// What an append reads of the conversation before writing.
 struct Before {
@@ -803,6 +838,7 @@ mod tests {
             .call(|conn| {
                 [
                     READ_BEFORE_APPEND,
+                    &INSERT_MESSAGES[0],
                     APPEND_UPDATE,
                     APPEND_UPDATE_RETURNING,
                     usage::STANDING,
@@ -823,8 +859,61 @@ mod tests {
         assert!(counts.iter().all(|&(runs, _)| runs >= 3), "{counts:?}");
         assert_eq!(
             counts.iter().map(|&(_, again)| again).collect::<Vec<_>>(),
-            [0; 4]
+            [0; 5]
         );
+    }
+
+    /// Messages are written several to a statement: an append of more than
+    /// one statement's worth keeps them all, in order, numbered on from
+    /// what was there, searchable.
+    #[tokio::test]
+    async fn an_append_of_many_messages_keeps_them_in_order() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "m0")])
+            .await
+            .unwrap();
+        let texts: Vec<String> = (1..=2 * ROWS_PER_INSERT + 1)
+            .map(|n| format!("m{n}"))
+            .collect();
+        let many = texts
+            .iter()
+            .enumerate()
+            .map(|(n, text)| {
+                let role = [Role::Assistant, Role::User][n % 2];
+                NewMessage {
+                    role,
+                    content: text.clone(),
+                    tokens: Some(n as u32),
+                }
+            })
+            .collect();
+
+        let meta = store.append(&user, &id, many).await.unwrap();
+
+        let loaded = store.load(&user, &id).await.unwrap();
+        let stored: Vec<_> = loaded
+            .messages
+            .iter()
+            .map(|m| (m.message.role, m.message.content.to_string(), m.tokens))
+            .collect();
+        let expected: Vec<_> = std::iter::once((Role::User, "m0".to_string(), Some(3)))
+            .chain(texts.iter().enumerate().map(|(n, text)| {
+                (
+                    [Role::Assistant, Role::User][n % 2],
+                    text.clone(),
+                    Some(n as u32),
+                )
+            }))
+            .collect();
+        assert_eq!(stored, expected);
+        assert_eq!(meta.message_count, 2 * ROWS_PER_INSERT as u64 + 2);
+        let page = store.load_page(&user, &id, None, 3).await.unwrap();
+        assert_eq!(page.first, 2 * ROWS_PER_INSERT as u64 - 1);
+        let last = format!("m{}", 2 * ROWS_PER_INSERT + 1);
+        assert_eq!(store.search(&user, &last, 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
