@@ -8,8 +8,9 @@
 //! SQLite does anyway; reads are short. Searches, which can be long, run on
 //! read-only connections of their own (`read`).
 //!
-//! The parts: `db` (the connection thread, batching, savepoints), `exec`
-//! (statements and busy handling), `schema` (tables and migrations),
+//! The parts: `db` (the connection thread, batching, pragmas), `exec`
+//! (statements and savepoints through the statement cache, busy
+//! handling), `schema` (tables and migrations),
 //! `index` (the deferred full-text indexing), `read` (the read-only
 //! connections), `search` (per-user FTS5 queries),
 //! `rows` (reading conversations back), `accounts` (the `users` table:
