@@ -189,11 +189,27 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     // its own savepoint, which SQLite commits on release.
     let outer = run(conn, "BEGIN IMMEDIATE").is_ok();
     let mut finishes = Vec::with_capacity(batch.len());
-    for job in batch {
+    let mut jobs = batch.into_iter();
+    while let Some(job) = jobs.next() {
         // A panicking call drops its sender (its caller gets an error); its
         // savepoint rolls back as it unwinds; the others go on.
         if let Ok(finish) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))) {
             finishes.push(finish);
+        }
+        if outer && conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (an I/O error in a
+            // statement does): what the calls so far wrote is gone, so they
+            // fail. The rest must not run outside a transaction, where each
+            // call's release commits at once and the COMMIT below would then
+            // report a failure for writes that were kept.
+            let gone = rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the batch's transaction was rolled back".into()),
+            );
+            for finish in finishes {
+                finish(Some(&gone));
+            }
+            return run_batch(conn, jobs.collect());
         }
     }
     let commit = if outer {
@@ -222,6 +238,79 @@ fn commit_failure(err: &rusqlite::Error) -> StoreError {
 mod tests {
     use super::super::exec::{exec, savepoint};
     use super::*;
+
+    /// When SQLite rolls a batch's transaction back in the middle (here a
+    /// call ends it as an I/O error would), the calls before fail (their
+    /// writes are gone) and the calls after still run in a transaction:
+    /// each answers success exactly when what it wrote was kept.
+    #[tokio::test]
+    async fn a_batch_rolled_back_midway_fails_what_was_lost_and_runs_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("chat.db")).unwrap();
+        db.call(|conn| {
+            conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+                .map_err(super::super::exec::backend)
+        })
+        .await
+        .unwrap();
+        // Holds the thread until the three calls below are queued, so they
+        // make one batch.
+        let (started, wait_started) = tokio::sync::oneshot::channel();
+        let (release, wait_release) = std::sync::mpsc::channel::<()>();
+        let holder = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.call(move |_| {
+                    started.send(()).unwrap();
+                    wait_release.recv().unwrap();
+                    Ok(())
+                })
+                .await
+            }
+        });
+        wait_started.await.unwrap();
+        let write = |n: i64, then_roll_back: bool| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.call(move |conn| {
+                    let sp = savepoint(conn)?;
+                    exec(&sp, "INSERT INTO t (n) VALUES (?1)", [n])?;
+                    sp.commit()?;
+                    if then_roll_back {
+                        conn.execute_batch("ROLLBACK")
+                            .map_err(super::super::exec::backend)?;
+                    }
+                    Ok(())
+                })
+                .await
+            })
+        };
+        let before = write(1, false);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let rolled_back = write(2, true);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let after = write(3, false);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+
+        let answers = [
+            before.await.unwrap().is_ok(),
+            rolled_back.await.unwrap().is_ok(),
+            after.await.unwrap().is_ok(),
+        ];
+        let kept = db
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT n FROM t ORDER BY n").unwrap();
+                let rows = stmt.query_map([], |row| row.get::<_, i64>(0)).unwrap();
+                Ok(rows.collect::<Result<Vec<_>, _>>().unwrap())
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(answers, [false, false, true]);
+        assert_eq!(kept, [3]);
+    }
 
     /// SQLite's temporary files this process holds open (a journal moved
     /// out of memory): opened without a name (O_TMPFILE, shown as `#` and
