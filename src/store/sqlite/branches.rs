@@ -6,7 +6,7 @@
 use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::exec::{backend, exec};
+use super::exec::{backend, exec, savepoint};
 use super::limits;
 use super::rows::read_meta;
 use crate::config::ConversationLimits;
@@ -172,7 +172,7 @@ pub(super) fn fork(
     at: u64,
     messages: Vec<NewMessage>,
 ) -> StoreResult<ConversationMeta> {
-    let tx = conn.savepoint().map_err(backend)?;
+    let tx = savepoint(conn)?;
     let meta = read_meta(&tx, user, id)?;
     if at > meta.message_count {
         return Err(StoreError::NoSuchBranch);
@@ -191,7 +191,7 @@ pub(super) fn fork(
     pool.fork(at, removed, messages.len())
         .map_err(|e| branch_error(e, limits))?;
     let meta = rewrite(&tx, user, id, at, &messages, &pool)?;
-    tx.commit().map_err(backend)?;
+    tx.commit()?;
     Ok(meta)
 }
 
@@ -204,7 +204,7 @@ pub(super) fn switch(
     index: u64,
     position: u64,
 ) -> StoreResult<ConversationMeta> {
-    let tx = conn.savepoint().map_err(backend)?;
+    let tx = savepoint(conn)?;
     let meta = read_meta(&tx, user, id)?;
     let mut pool = read_pool(&tx, user, id)?;
     let Some(target) = pool
@@ -218,6 +218,6 @@ pub(super) fn switch(
         .switch(index, removed, target)
         .map_err(|e| branch_error(e, limits))?;
     let meta = rewrite(&tx, user, id, index, &suffix, &pool)?;
-    tx.commit().map_err(backend)?;
+    tx.commit()?;
     Ok(meta)
 }

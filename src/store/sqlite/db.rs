@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use rusqlite::Connection;
 
-use super::exec::is_busy;
+use super::exec::{is_busy, run};
 use super::index::{index_pending, INDEX_EVERY};
 use super::read::Readers;
 use super::schema::{migrate, SCHEMA};
@@ -34,6 +34,20 @@ type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 /// Calls committed together at most.
 const MAX_BATCH: usize = 64;
 
+/// WAL pages (4 KiB) after which a commit copies the WAL into the file
+/// (SQLite's default is 1000). A turn rewrites the same few pages (its
+/// conversation's row, the messages table's last leaf and its indexes,
+/// the usage row) commit after commit: each commit appends them to the WAL
+/// again, but a checkpoint writes each page once however often the WAL
+/// holds it, so a longer interval writes (and syncs) the file less. The
+/// WAL file stays at about this many pages (~16 MiB) plus one batch.
+const WAL_AUTOCHECKPOINT: u32 = 4000;
+
+/// Bytes the WAL file is cut back to when it is started again from its
+/// beginning after it grew past them (a checkpoint held back by a long
+/// read, a large import); SQLite keeps it at its largest otherwise.
+const WAL_SIZE_LIMIT: u64 = 32 * 1024 * 1024;
+
 impl std::fmt::Debug for SqliteDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteDb")
@@ -50,9 +64,24 @@ impl SqliteDb {
         }
         let mut conn = Connection::open(path)
             .with_context(|| format!("opening the database {}", path.display()))?;
-        conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;")
-            .context("setting database pragmas")?;
+        // temp_store: a savepoint's journal (every call has one, and its
+        // statements their own inside) stays in memory. By default SQLite
+        // moves it to a temporary file once it passes 64 KiB, which an
+        // append reaches when its pages split, and then writes every page
+        // journaled for the rest of the batch to that file (under a
+        // turn-shaped load, more writes than to the WAL). The writer's own
+        // sorts stay in memory too: each is bounded by a LIMIT or sorts
+        // rows its call returns (and so holds) anyway.
+        conn.execute_batch(
+            "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;",
+        )
+        .context("setting database pragmas")?;
         wal_mode(&conn).context("setting database pragmas")?;
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}; \
+             PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
+        ))
+        .context("setting database pragmas")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         migrate(&mut conn).with_context(|| format!("updating the schema in {}", path.display()))?;
@@ -150,29 +179,46 @@ fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-/// Runs queued calls in one transaction, then finishes each.
+/// Runs queued calls in one transaction, then finishes each. `BEGIN` and
+/// `COMMIT` come from the statement cache, parsed once.
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     // IMMEDIATE: the write lock is taken (waiting up to busy_timeout) now,
     // not on the first write, where another process sharing the file (a
     // second instance in tests, `migrate`) would make it fail at once.
     // Without the outer transaction (BEGIN failed) each call still runs in
     // its own savepoint, which SQLite commits on release.
-    let outer = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let outer = run(conn, "BEGIN IMMEDIATE").is_ok();
     let mut finishes = Vec::with_capacity(batch.len());
-    for job in batch {
+    let mut jobs = batch.into_iter();
+    while let Some(job) = jobs.next() {
         // A panicking call drops its sender (its caller gets an error); its
         // savepoint rolls back as it unwinds; the others go on.
         if let Ok(finish) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))) {
             finishes.push(finish);
         }
+        if outer && conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (an I/O error in a
+            // statement does): what the calls so far wrote is gone, so they
+            // fail. The rest must not run outside a transaction, where each
+            // call's release commits at once and the COMMIT below would then
+            // report a failure for writes that were kept.
+            let gone = rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the batch's transaction was rolled back".into()),
+            );
+            for finish in finishes {
+                finish(Some(&gone));
+            }
+            return run_batch(conn, jobs.collect());
+        }
     }
     let commit = if outer {
-        conn.execute_batch("COMMIT").err()
+        run(conn, "COMMIT").err()
     } else {
         None
     };
     if commit.is_some() {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = run(conn, "ROLLBACK");
     }
     for finish in finishes {
         finish(commit.as_ref());
@@ -185,5 +231,133 @@ fn commit_failure(err: &rusqlite::Error) -> StoreError {
         StoreError::Unavailable(err.to_string())
     } else {
         StoreError::Backend(anyhow::anyhow!("commit failed: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::exec::{exec, savepoint};
+    use super::*;
+
+    /// When SQLite rolls a batch's transaction back in the middle (here a
+    /// call ends it as an I/O error would), the calls before fail (their
+    /// writes are gone) and the calls after still run in a transaction:
+    /// each answers success exactly when what it wrote was kept.
+    #[tokio::test]
+    async fn a_batch_rolled_back_midway_fails_what_was_lost_and_runs_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("chat.db")).unwrap();
+        db.call(|conn| {
+            conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+                .map_err(super::super::exec::backend)
+        })
+        .await
+        .unwrap();
+        // Holds the thread until the three calls below are queued, so they
+        // make one batch.
+        let (started, wait_started) = tokio::sync::oneshot::channel();
+        let (release, wait_release) = std::sync::mpsc::channel::<()>();
+        let holder = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.call(move |_| {
+                    started.send(()).unwrap();
+                    wait_release.recv().unwrap();
+                    Ok(())
+                })
+                .await
+            }
+        });
+        wait_started.await.unwrap();
+        let write = |n: i64, then_roll_back: bool| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.call(move |conn| {
+                    let sp = savepoint(conn)?;
+                    exec(&sp, "INSERT INTO t (n) VALUES (?1)", [n])?;
+                    sp.commit()?;
+                    if then_roll_back {
+                        conn.execute_batch("ROLLBACK")
+                            .map_err(super::super::exec::backend)?;
+                    }
+                    Ok(())
+                })
+                .await
+            })
+        };
+        let before = write(1, false);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let rolled_back = write(2, true);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let after = write(3, false);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+
+        let answers = [
+            before.await.unwrap().is_ok(),
+            rolled_back.await.unwrap().is_ok(),
+            after.await.unwrap().is_ok(),
+        ];
+        let kept = db
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT n FROM t ORDER BY n").unwrap();
+                let rows = stmt.query_map([], |row| row.get::<_, i64>(0)).unwrap();
+                Ok(rows.collect::<Result<Vec<_>, _>>().unwrap())
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(answers, [false, false, true]);
+        assert_eq!(kept, [3]);
+    }
+
+    /// SQLite's temporary files this process holds open (a journal moved
+    /// out of memory): opened without a name (O_TMPFILE, shown as `#` and
+    /// the inode), or as `etilqs_…` and unlinked at once.
+    fn sqlite_temporary_files() -> Vec<String> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .map(|target| target.display().to_string())
+            .filter(|target| {
+                let name = target.rsplit('/').next().unwrap_or_default();
+                target.ends_with("(deleted)")
+                    && (name.starts_with('#') || name.starts_with("etilqs_"))
+            })
+            .collect()
+    }
+
+    /// A call that changes many pages (a large conversation's delete, an
+    /// index round) journals them all in its savepoint: the journal stays
+    /// in memory instead of moving to a temporary file past 64 KiB.
+    #[tokio::test]
+    async fn a_large_savepoint_journal_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("chat.db")).unwrap();
+        db.call(|conn| {
+            conn.execute_batch(
+                "CREATE TABLE filler (n INTEGER PRIMARY KEY, pad TEXT NOT NULL);
+                 WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM k WHERE n < 2000)
+                 INSERT INTO filler SELECT n, printf('%.200c', 'x') FROM k;",
+            )
+            .map_err(super::super::exec::backend)
+        })
+        .await
+        .unwrap();
+
+        let during = db
+            .call(|conn| {
+                let sp = savepoint(conn)?;
+                // About 100 pages of 4 KiB changed: a 400 KiB journal.
+                exec(&sp, "UPDATE filler SET pad = printf('%.200c', 'y')", [])?;
+                let open = sqlite_temporary_files();
+                sp.commit()?;
+                Ok(open)
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(during, Vec::<String>::new());
     }
 }

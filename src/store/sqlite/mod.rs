@@ -8,8 +8,9 @@
 //! SQLite does anyway; reads are short. Searches, which can be long, run on
 //! read-only connections of their own (`read`).
 //!
-//! The parts: `db` (the connection thread, batching, savepoints), `exec`
-//! (statements and busy handling), `schema` (tables and migrations),
+//! The parts: `db` (the connection thread, batching, pragmas), `exec`
+//! (statements and savepoints through the statement cache, busy
+//! handling), `schema` (tables and migrations),
 //! `index` (the deferred full-text indexing), `read` (the read-only
 //! connections), `search` (per-user FTS5 queries),
 //! `rows` (reading conversations back), `accounts` (the `users` table:
@@ -38,10 +39,10 @@ mod usage;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 pub use self::db::SqliteDb;
-use self::exec::{backend, exec};
+use self::exec::{backend, exec, savepoint};
 use self::rows::{meta_from_row, read_conversation, read_meta, read_page, META_COLUMNS};
 use super::{
     rfc3339, title_from, BranchPool, Conversation, ConversationMeta, ConversationSettings,
@@ -85,44 +86,26 @@ impl SqliteStore {
         let (user, id, limits) = (user.to_string(), id.clone(), self.limits);
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
-                let meta = read_meta(&tx, &user, id.as_ref())?;
-                let before = revised
-                    .then(|| revision::read_revision(&tx, &user, id.as_ref()))
-                    .transpose()?;
-                let bytes = limits::text_bytes(&tx, &user, id.as_ref())?;
+                let tx = savepoint(conn)?;
+                // One read of what the append needs: the row's meta, its
+                // text size and revision, the branch pool's size.
+                let Before {
+                    meta,
+                    bytes,
+                    revision,
+                    pool: (nodes, pool_bytes),
+                } = read_before_append(&tx, &user, id.as_ref())?;
                 let added: u64 = messages.iter().map(|m| m.content.len() as u64).sum();
                 // The cap counts everything stored, branches set aside too.
-                let (nodes, pool_bytes) = branches::pool_size(&tx, &user, id.as_ref())?;
                 limits::check_room(
                     &limits,
                     (meta.message_count + nodes, bytes + pool_bytes),
                     (messages.len() as u64, added),
                 )?;
                 let now = rfc3339::format(&Utc::now());
-                let mut seq = meta.message_count as i64;
-                {
-                    let mut insert = tx
-                        .prepare_cached(
-                            "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-                        )
-                        .map_err(backend)?;
-                    for message in &messages {
-                        insert
-                            .execute(params![
-                                user,
-                                id.as_ref(),
-                                seq,
-                                message.role.as_str(),
-                                message.content,
-                                message.tokens,
-                                now
-                            ])
-                            .map_err(backend)?;
-                        seq += 1;
-                    }
-                }
+                let seq = meta.message_count as i64;
+                insert_messages(&tx, &user, id.as_ref(), seq, &messages, &now)?;
+                let seq = seq + messages.len() as i64;
                 let title = if meta.title.is_none() {
                     messages
                         .iter()
@@ -131,22 +114,143 @@ impl SqliteStore {
                 } else {
                     None
                 };
-                exec(
-                    &tx,
-                    "UPDATE conversations SET message_count = ?3, updated_at = ?4, title = COALESCE(title, ?5), \
-                     text_bytes = ?6 WHERE user_id = ?1 AND conversation_id = ?2",
-                    params![user, id.as_ref(), seq, now, title, (bytes + added) as i64],
-                )?;
-                let meta = read_meta(&tx, &user, id.as_ref())?;
-                let revisions = match before {
-                    Some(before) => Some((before, revision::read_revision(&tx, &user, id.as_ref())?)),
-                    None => None,
+                // The update moves the revision on itself, which spares the
+                // `conversations_revised` trigger's second update of the row
+                // (the revision ends where the trigger would take it).
+                let update = params![user, id.as_ref(), seq, now, title, (bytes + added) as i64];
+                let after = if revised {
+                    let after = tx
+                        .prepare_cached(APPEND_UPDATE_RETURNING)
+                        .and_then(|mut stmt| stmt.query_row(update, |row| row.get::<_, i64>(0)))
+                        .map_err(backend)?;
+                    Some(after as u64)
+                } else {
+                    exec(&tx, APPEND_UPDATE, update)?;
+                    None
                 };
-                tx.commit().map_err(backend)?;
-                Ok((meta, revisions))
+                // The row as a read of it now would give (no trigger touches
+                // these columns).
+                let meta = ConversationMeta {
+                    updated_at: rows::parse_time(&now).map_err(backend)?,
+                    title: meta.title.or(title),
+                    message_count: seq as u64,
+                    ..meta
+                };
+                tx.commit()?;
+                Ok((meta, after.map(|after| (revision, after))))
             })
             .await
     }
+}
+
+/// The update an append ends with (see `append_to`), and the same
+/// answering the revision it leaves.
+const APPEND_UPDATE: &str = "UPDATE conversations SET message_count = ?3, updated_at = ?4, \
+     title = COALESCE(title, ?5), text_bytes = ?6, revision = revision + 1 \
+     WHERE user_id = ?1 AND conversation_id = ?2";
+const APPEND_UPDATE_RETURNING: &str =
+    "UPDATE conversations SET message_count = ?3, updated_at = ?4, \
+     title = COALESCE(title, ?5), text_bytes = ?6, revision = revision + 1 \
+     WHERE user_id = ?1 AND conversation_id = ?2 RETURNING revision";
+
+/// Messages one INSERT of [`insert_messages`] writes at most.
+const ROWS_PER_INSERT: usize = 4;
+
+/// The INSERTs of 1 to [`ROWS_PER_INSERT`] messages: user ?1,
+/// conversation ?2 and time ?3 shared, then each row's seq, role, content
+/// and tokens.
+static INSERT_MESSAGES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (1..=ROWS_PER_INSERT)
+        .map(|rows| {
+            let values = (0..rows)
+                .map(|row| {
+                    let n = 4 + 4 * row;
+                    format!("(?1, ?2, ?{n}, ?{}, ?{}, ?{}, ?3, 0)", n + 1, n + 2, n + 3)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
+                 VALUES {values}"
+            )
+        })
+        .collect()
+});
+
+/// Stores `messages` from `seq` on, unindexed, several rows per statement:
+/// a turn's two messages in one INSERT, whose statement journal then
+/// copies each page it changes once, not once per row.
+fn insert_messages(
+    conn: &Connection,
+    user: &str,
+    id: &str,
+    seq: i64,
+    messages: &[NewMessage],
+    now: &str,
+) -> StoreResult<()> {
+    for (chunk, rows) in messages.chunks(ROWS_PER_INSERT).enumerate() {
+        let first = seq + (chunk * ROWS_PER_INSERT) as i64;
+        let seqs: Vec<i64> = (first..first + rows.len() as i64).collect();
+        let roles: Vec<&str> = rows.iter().map(|m| m.role.as_str()).collect();
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&user, &id, &now];
+        for ((message, seq), role) in rows.iter().zip(&seqs).zip(&roles) {
+            values.extend([
+                seq as &dyn rusqlite::ToSql,
+                role,
+                &message.content,
+                &message.tokens,
+            ]);
+        }
+        conn.prepare_cached(&INSERT_MESSAGES[rows.len() - 1])
+            .and_then(|mut stmt| stmt.execute(values.as_slice()))
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// What an append reads of the conversation before writing.
+struct Before {
+    meta: ConversationMeta,
+    /// Its messages' text size (`limits::text_bytes`).
+    bytes: u64,
+    revision: u64,
+    /// Messages and bytes of text in its branch pool (`branches::pool_size`).
+    pool: (u64, u64),
+}
+
+/// What [`read_before_append`] runs. The pool's size comes from
+/// subqueries, not a LEFT JOIN: SQLite prepares that join again on every
+/// run (its plan is tied to the bound values), the subqueries once.
+const READ_BEFORE_APPEND: &str =
+    "SELECT c.conversation_id, c.created_at, c.updated_at, c.title, c.message_count, \
+     COALESCE(c.text_bytes, (SELECT COALESCE(SUM(octet_length(m.content)), 0) \
+     FROM messages m WHERE m.user_id = c.user_id AND m.conversation_id = c.conversation_id)), \
+     c.revision, \
+     (SELECT nodes FROM branches WHERE user_id = ?1 AND conversation_id = ?2), \
+     (SELECT bytes FROM branches WHERE user_id = ?1 AND conversation_id = ?2) \
+     FROM conversations c WHERE c.user_id = ?1 AND c.conversation_id = ?2";
+
+/// [`Before`] in one statement; `NotFound` when the user has no such
+/// conversation.
+fn read_before_append(conn: &Connection, user: &str, id: &str) -> StoreResult<Before> {
+    conn.prepare_cached(READ_BEFORE_APPEND)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![user, id], |row| {
+                let count = |i| {
+                    row.get::<_, Option<i64>>(i)
+                        .map(|n| n.unwrap_or(0).max(0) as u64)
+                };
+                Ok(Before {
+                    meta: meta_from_row(row)?,
+                    bytes: count(5)?,
+                    revision: row.get::<_, i64>(6)? as u64,
+                    pool: (count(7)?, count(8)?),
+                })
+            })
+            .optional()
+        })
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound)
 }
 
 #[async_trait]
@@ -161,7 +265,7 @@ impl ConversationStore for SqliteStore {
         self.db
             .call(move |conn| {
                 let now = rfc3339::format(&Utc::now());
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 exec(
                     &tx,
                     "INSERT INTO conversations (user_id, conversation_id, created_at, updated_at, text_bytes) VALUES (?1, ?2, ?3, ?3, 0)",
@@ -171,7 +275,7 @@ impl ConversationStore for SqliteStore {
                     settings::write_settings(&tx, &user, id.as_ref(), &settings)?;
                 }
                 let meta = read_meta(&tx, &user, id.as_ref())?;
-                tx.commit().map_err(backend)?;
+                tx.commit()?;
                 Ok(meta)
             })
             .await
@@ -198,10 +302,10 @@ impl ConversationStore for SqliteStore {
         let (user, id, change) = (user.to_string(), id.clone(), change.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 let settings = change.apply(settings::read_settings(&tx, &user, id.as_ref())?);
                 settings::write_settings(&tx, &user, id.as_ref(), &settings)?;
-                tx.commit().map_err(backend)?;
+                tx.commit()?;
                 Ok(settings)
             })
             .await
@@ -211,7 +315,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 read_conversation(&tx, &user, &id)
             })
             .await
@@ -233,7 +337,7 @@ impl ConversationStore for SqliteStore {
         self.db
             .call(move |conn| {
                 // One read transaction: the revision is the one of what was read.
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 let revision = revision::read_revision(&tx, &user, id.as_ref())?;
                 Ok((read_conversation(&tx, &user, &id)?, Some(revision)))
             })
@@ -250,7 +354,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 read_page(&tx, &user, &id, before, limit)
             })
             .await
@@ -312,7 +416,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 read_meta(&tx, &user, id.as_ref())?;
                 let last = tx
                     .query_row(
@@ -334,7 +438,7 @@ impl ConversationStore for SqliteStore {
                     params![user, id.as_ref(), rfc3339::format(&Utc::now()), content.len() as i64],
                 )
                 .map_err(backend)?;
-                tx.commit().map_err(backend)?;
+                tx.commit()?;
                 Ok(Some(ChatMessage::new(Role::parse(&role).unwrap_or(Role::User), content)))
             })
             .await
@@ -344,7 +448,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 read_meta(&tx, &user, id.as_ref())?;
                 branches::read_pool(&tx, &user, id.as_ref())
             })
@@ -381,7 +485,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 read_meta(&tx, &user, id.as_ref())?;
                 tx.execute(
                     "DELETE FROM messages WHERE user_id = ?1 AND conversation_id = ?2",
@@ -397,7 +501,7 @@ impl ConversationStore for SqliteStore {
                 )
                 .map_err(backend)?;
                 let meta = read_meta(&tx, &user, id.as_ref())?;
-                tx.commit().map_err(backend)?;
+                tx.commit()?;
                 Ok(meta)
             })
             .await
@@ -407,7 +511,7 @@ impl ConversationStore for SqliteStore {
         let (user, id) = (user.to_string(), id.clone());
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 let removed = tx
                     .execute(
                         "DELETE FROM conversations WHERE user_id = ?1 AND conversation_id = ?2",
@@ -423,7 +527,7 @@ impl ConversationStore for SqliteStore {
                 )
                 .map_err(backend)?;
                 branches::drop_pool(&tx, &user, id.as_ref())?;
-                tx.commit().map_err(backend)
+                tx.commit()
             })
             .await
     }
@@ -497,7 +601,7 @@ impl ConversationStore for SqliteStore {
             .unwrap_or_default();
         self.db
             .call(move |conn| {
-                let tx = conn.savepoint().map_err(backend)?;
+                let tx = savepoint(conn)?;
                 let keys = {
                     let mut stmt = tx
                         .prepare_cached(
@@ -624,6 +728,193 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         assert!(store.list(&bob, 10, 0).await.unwrap().is_empty());
+    }
+
+    /// An append answers the row as it stands after it without reading it
+    /// back: the meta it returns is what a read gives (count, updated_at to
+    /// the microsecond, a title set once and kept), and the revisions it
+    /// reports are the ones read just before and after.
+    #[tokio::test]
+    async fn an_append_answers_what_a_read_of_the_row_gives() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+
+        let untitled = store
+            .append(&user, &id, vec![msg(Role::Assistant, "hello there")])
+            .await
+            .unwrap();
+        let read = store.meta(&user, &id).await.unwrap();
+        assert_eq!(untitled, read);
+        assert_eq!((untitled.title, untitled.message_count), (None, 1));
+
+        let mut last = store.revision(&user, &id).await.unwrap().unwrap();
+        for (question, count) in [("the first question", 3), ("a second one", 5)] {
+            let (meta, revisions) = store
+                .append_revised(
+                    &user,
+                    &id,
+                    vec![msg(Role::User, question), msg(Role::Assistant, "answer")],
+                )
+                .await
+                .unwrap();
+            let read = store.meta(&user, &id).await.unwrap();
+            let now = store.revision(&user, &id).await.unwrap().unwrap();
+            assert_eq!(meta, read);
+            assert_eq!(meta.message_count, count);
+            assert_eq!(meta.title.as_deref(), Some("the first question"));
+            assert_eq!(revisions, Some((last, now)));
+            assert!(now > last, "the revision did not move on");
+            last = now;
+        }
+    }
+
+    /// An append's update moves the revision on itself: the
+    /// `conversations_revised` trigger does not write the row a second time
+    /// (rows written, triggers' included: 2 messages, 2 revision bumps of
+    /// the row by their trigger, the row's update), and the revision moves
+    /// as far as it did with the trigger's write (one per message, one for
+    /// the update).
+    #[tokio::test]
+    async fn an_append_writes_the_conversation_row_once_beyond_its_messages_triggers() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        let before = store.revision(&user, &id).await.unwrap().unwrap();
+        let db = store.db.clone();
+        let total = move || {
+            let db = db.clone();
+            async move { db.call(|conn| Ok(conn.total_changes())).await.unwrap() }
+        };
+
+        let start = total().await;
+        store
+            .append(
+                &user,
+                &id,
+                vec![msg(Role::User, "q"), msg(Role::Assistant, "a")],
+            )
+            .await
+            .unwrap();
+        let written = total().await - start;
+
+        assert_eq!(written, 5);
+        let after = store.revision(&user, &id).await.unwrap().unwrap();
+        assert_eq!(after, before + 3);
+    }
+
+    /// The statements a turn runs are prepared once per connection: none is
+    /// prepared again when run with other values (SQLite does that for a
+    /// plan tied to the bound values, such as the branch pool LEFT JOINed
+    /// onto the conversation's row).
+    #[tokio::test]
+    async fn a_turns_statements_are_not_prepared_again() {
+        use crate::store::usage::{DayUsage, UsageStore};
+        use rusqlite::StatementStatus;
+
+        let (_dir, store) = store();
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap();
+        for _ in 0..3 {
+            let (user, id) = (UserId::new(), ConversationId::new());
+            store.create(&user, &id).await.unwrap();
+            store.set_quota(&user, Some(1000)).await.unwrap();
+            store.standing(&user, day).await.unwrap();
+            store
+                .append(&user, &id, vec![msg(Role::User, "q")])
+                .await
+                .unwrap();
+            store
+                .append_revised(&user, &id, vec![msg(Role::Assistant, "a")])
+                .await
+                .unwrap();
+            let spent = DayUsage {
+                prompt_tokens: 1,
+                completion_tokens: 2,
+            };
+            store.add_usage(&user, day, spent).await.unwrap();
+        }
+
+        let counts = store
+            .db
+            .call(|conn| {
+                [
+                    READ_BEFORE_APPEND,
+                    &INSERT_MESSAGES[0],
+                    APPEND_UPDATE,
+                    APPEND_UPDATE_RETURNING,
+                    usage::STANDING,
+                ]
+                .into_iter()
+                .map(|sql| {
+                    let stmt = conn.prepare_cached(sql).map_err(backend)?;
+                    Ok((
+                        stmt.get_status(StatementStatus::Run),
+                        stmt.get_status(StatementStatus::RePrepare),
+                    ))
+                })
+                .collect::<StoreResult<Vec<_>>>()
+            })
+            .await
+            .unwrap();
+
+        assert!(counts.iter().all(|&(runs, _)| runs >= 3), "{counts:?}");
+        assert_eq!(
+            counts.iter().map(|&(_, again)| again).collect::<Vec<_>>(),
+            [0; 5]
+        );
+    }
+
+    /// Messages are written several to a statement: an append of more than
+    /// one statement's worth keeps them all, in order, numbered on from
+    /// what was there, searchable.
+    #[tokio::test]
+    async fn an_append_of_many_messages_keeps_them_in_order() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "m0")])
+            .await
+            .unwrap();
+        let texts: Vec<String> = (1..=2 * ROWS_PER_INSERT + 1)
+            .map(|n| format!("m{n}"))
+            .collect();
+        let many = texts
+            .iter()
+            .enumerate()
+            .map(|(n, text)| {
+                let role = [Role::Assistant, Role::User][n % 2];
+                NewMessage {
+                    role,
+                    content: text.clone(),
+                    tokens: Some(n as u32),
+                }
+            })
+            .collect();
+
+        let meta = store.append(&user, &id, many).await.unwrap();
+
+        let loaded = store.load(&user, &id).await.unwrap();
+        let stored: Vec<_> = loaded
+            .messages
+            .iter()
+            .map(|m| (m.message.role, m.message.content.to_string(), m.tokens))
+            .collect();
+        let expected: Vec<_> = std::iter::once((Role::User, "m0".to_string(), Some(3)))
+            .chain(texts.iter().enumerate().map(|(n, text)| {
+                (
+                    [Role::Assistant, Role::User][n % 2],
+                    text.clone(),
+                    Some(n as u32),
+                )
+            }))
+            .collect();
+        assert_eq!(stored, expected);
+        assert_eq!(meta.message_count, 2 * ROWS_PER_INSERT as u64 + 2);
+        let page = store.load_page(&user, &id, None, 3).await.unwrap();
+        assert_eq!(page.first, 2 * ROWS_PER_INSERT as u64 - 1);
+        let last = format!("m{}", 2 * ROWS_PER_INSERT + 1);
+        assert_eq!(store.search(&user, &last, 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

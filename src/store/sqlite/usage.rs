@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
 use super::exec::{backend, exec};
 use super::SqliteStore;
@@ -21,6 +21,13 @@ fn to_sql(count: u64) -> i64 {
 fn from_sql(count: i64) -> u64 {
     u64::try_from(count).unwrap_or(0)
 }
+
+/// The day's usage and the quota of user ?1 on day ?2, each NULL when
+/// absent (one row always).
+pub(super) const STANDING: &str = "SELECT u.prompt_tokens, u.completion_tokens, q.tokens_per_day \
+     FROM (SELECT ?1 AS user_id, ?2 AS day) k \
+     LEFT JOIN usage u ON u.user_id = k.user_id AND u.day = k.day \
+     LEFT JOIN quotas q ON q.user_id = k.user_id";
 
 #[async_trait]
 impl UsageStore for SqliteStore {
@@ -49,36 +56,27 @@ impl UsageStore for SqliteStore {
 
     async fn standing(&self, user: &UserId, day: NaiveDate) -> StoreResult<Standing> {
         let (user, day) = (user.to_string(), day_key(day));
+        // On the database thread, not a read connection: its page cache
+        // stays warm (a read connection drops its whole cache whenever the
+        // file changed since its last read, which under load is every time),
+        // and in the thread's batch the read costs no transaction of its own.
+        // One statement: the day's row and the quota, each when present.
         self.db
             .call(move |conn| {
-                let used = conn
-                    .prepare_cached(
-                        "SELECT prompt_tokens, completion_tokens FROM usage \
-                         WHERE user_id = ?1 AND day = ?2",
-                    )
+                conn.prepare_cached(STANDING)
                     .and_then(|mut stmt| {
                         stmt.query_row(params![user, day], |row| {
-                            Ok(DayUsage {
-                                prompt_tokens: from_sql(row.get(0)?),
-                                completion_tokens: from_sql(row.get(1)?),
+                            let count = |i| row.get::<_, Option<i64>>(i).map(|n| n.map(from_sql));
+                            Ok(Standing {
+                                used: DayUsage {
+                                    prompt_tokens: count(0)?.unwrap_or(0),
+                                    completion_tokens: count(1)?.unwrap_or(0),
+                                },
+                                quota_override: count(2)?,
                             })
                         })
-                        .optional()
                     })
-                    .map_err(backend)?
-                    .unwrap_or_default();
-                let quota_override = conn
-                    .prepare_cached("SELECT tokens_per_day FROM quotas WHERE user_id = ?1")
-                    .and_then(|mut stmt| {
-                        stmt.query_row(params![user], |row| row.get::<_, i64>(0))
-                            .optional()
-                    })
-                    .map_err(backend)?
-                    .map(from_sql);
-                Ok(Standing {
-                    used,
-                    quota_override,
-                })
+                    .map_err(backend)
             })
             .await
     }
@@ -222,5 +220,46 @@ impl UsageStore for SqliteStore {
                 .map(|inserted| inserted > 0)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::store;
+    use super::*;
+
+    /// The one read of a standing answers the day's row and the quota
+    /// each whether or not the other is there.
+    #[tokio::test]
+    async fn a_standing_reads_the_day_and_the_quota_each_when_present() {
+        let (_dir, store) = store();
+        let (ann, bob) = (UserId::new(), UserId::new());
+        let day = NaiveDate::from_ymd_opt(2026, 12, 7).unwrap();
+        let spent = DayUsage {
+            prompt_tokens: 12,
+            completion_tokens: 30,
+        };
+        store.add_usage(&ann, day, spent).await.unwrap();
+        store.set_quota(&ann, Some(500)).await.unwrap();
+        store.set_quota(&bob, Some(7)).await.unwrap();
+
+        let both = store.standing(&ann, day).await.unwrap();
+        let other_day = store.standing(&ann, day.succ_opt().unwrap()).await.unwrap();
+        let quota_only = store.standing(&bob, day).await.unwrap();
+        let nothing = store.standing(&UserId::new(), day).await.unwrap();
+
+        assert_eq!((both.used, both.quota_override), (spent, Some(500)));
+        assert_eq!(
+            (other_day.used, other_day.quota_override),
+            (DayUsage::default(), Some(500))
+        );
+        assert_eq!(
+            (quota_only.used, quota_only.quota_override),
+            (DayUsage::default(), Some(7))
+        );
+        assert_eq!(
+            (nothing.used, nothing.quota_override),
+            (DayUsage::default(), None)
+        );
     }
 }
