@@ -269,35 +269,36 @@ mod tests {
             }
         });
         wait_started.await.unwrap();
+        // Each call is queued in order: polled once, it has sent its job.
         let write = |n: i64, then_roll_back: bool| {
-            let db = db.clone();
-            tokio::spawn(async move {
-                db.call(move |conn| {
-                    let sp = savepoint(conn)?;
-                    exec(&sp, "INSERT INTO t (n) VALUES (?1)", [n])?;
-                    sp.commit()?;
-                    if then_roll_back {
-                        conn.execute_batch("ROLLBACK")
-                            .map_err(super::super::exec::backend)?;
-                    }
-                    Ok(())
-                })
-                .await
-            })
+            let mut call = Box::pin(db.call(move |conn| {
+                let sp = savepoint(conn)?;
+                exec(&sp, "INSERT INTO t (n) VALUES (?1)", [n])?;
+                sp.commit()?;
+                if then_roll_back {
+                    conn.execute_batch("ROLLBACK")
+                        .map_err(super::super::exec::backend)?;
+                }
+                Ok(())
+            }));
+            let waker = futures_util::task::noop_waker();
+            let pending = std::future::Future::poll(
+                call.as_mut(),
+                &mut std::task::Context::from_waker(&waker),
+            );
+            assert!(pending.is_pending(), "answered before the batch ran");
+            call
         };
         let before = write(1, false);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let rolled_back = write(2, true);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let after = write(3, false);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         release.send(()).unwrap();
         holder.await.unwrap().unwrap();
 
         let answers = [
-            before.await.unwrap().is_ok(),
-            rolled_back.await.unwrap().is_ok(),
-            after.await.unwrap().is_ok(),
+            before.await.is_ok(),
+            rolled_back.await.is_ok(),
+            after.await.is_ok(),
         ];
         let kept = db
             .call(|conn| {
