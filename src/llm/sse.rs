@@ -102,28 +102,32 @@ impl Event<'_> {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
         });
-        let Some(choices) = self.choices else {
-            return match usage {
-                Some(usage) => Ok(SseItem::WithUsage {
-                    text: String::new(),
-                    usage,
-                }),
-                None => Err(LlmError::Decode("event has no choices".into())),
-            };
-        };
-        // Azure sends a first event with empty choices (prompt filter results).
-        let text = choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.delta)
-            .and_then(|d| d.content)
-            .map(std::borrow::Cow::into_owned)
-            .unwrap_or_default();
-        Ok(match usage {
-            Some(usage) => SseItem::WithUsage { text, usage },
-            None => SseItem::Text(text),
-        })
+        let text = self.choices.map(|choices| {
+            choices
+                .into_iter()
+                .next()
+                .and_then(|c| c.delta)
+                .and_then(|d| d.content)
+                .map(std::borrow::Cow::into_owned)
+                .unwrap_or_default()
+        });
+        event_item(usage, text)
     }
+}
+
+/// What an event means, from its usage and, when its `choices` is a list,
+/// its first choice's delta text (empty when it has none: Azure sends a
+/// first event with empty choices, its prompt filter results).
+fn event_item(usage: Option<Usage>, text: Option<String>) -> Result<SseItem, LlmError> {
+    Ok(match (text, usage) {
+        (None, Some(usage)) => SseItem::WithUsage {
+            text: String::new(),
+            usage,
+        },
+        (None, None) => return Err(LlmError::Decode("event has no choices".into())),
+        (Some(text), Some(usage)) => SseItem::WithUsage { text, usage },
+        (Some(text), None) => SseItem::Text(text),
+    })
 }
 
 /// An event's data read as any JSON: the general path of [`parse_line`].
@@ -137,28 +141,19 @@ fn parse_value(data: &str) -> Result<SseItem, LlmError> {
             .unwrap_or("unknown error");
         return Err(LlmError::Upstream(message.chars().take(300).collect()));
     }
-    let usage = usage_of(&value);
-    let Some(choices) = value.get("choices").and_then(Value::as_array) else {
-        return match usage {
-            Some(usage) => Ok(SseItem::WithUsage {
-                text: String::new(),
-                usage,
-            }),
-            None => Err(LlmError::Decode("event has no choices".into())),
-        };
-    };
-    // Azure sends a first event with empty choices (prompt filter results).
-    let text = choices
-        .first()
-        .and_then(|c| c.get("delta"))
-        .and_then(|d| d.get("content"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    Ok(match usage {
-        Some(usage) => SseItem::WithUsage { text, usage },
-        None => SseItem::Text(text),
-    })
+    let text = value
+        .get("choices")
+        .and_then(Value::as_array)
+        .map(|choices| {
+            choices
+                .first()
+                .and_then(|c| c.get("delta"))
+                .and_then(|d| d.get("content"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        });
+    event_item(usage_of(&value), text)
 }
 
 /// The body's `usage` object, when it has whole, non-negative
