@@ -210,16 +210,21 @@ impl Turn<'_> {
         chat: &Chat,
         pick: impl FnOnce(&Conversation) -> Result<(String, Branching), ApiError>,
     ) -> Result<(), ApiError> {
+        let loaded = self.load(chat).await?;
+        let (text, branching) = pick(&loaded.conversation)?;
+        self.branching = Some(branching);
+        self.run_with(chat, text, Some(loaded)).await
+    }
+
+    /// Reads the conversation (the store's latency observed).
+    async fn load(&self, chat: &Chat) -> Result<Loaded, ApiError> {
         let started = Instant::now();
         let conversation = chat.store.load(self.user, self.conversation).await?;
         chat.metrics.store_latency.observe(started.elapsed());
-        let (text, branching) = pick(&conversation)?;
-        self.branching = Some(branching);
-        let loaded = Loaded {
+        Ok(Loaded {
             conversation,
             started,
-        };
-        self.run_with(chat, text, Some(loaded)).await
+        })
     }
 
     async fn run_with(
@@ -272,12 +277,7 @@ impl Turn<'_> {
         let settings = &chat.settings;
         let mut conversation = match loaded {
             Some(loaded) => loaded.conversation,
-            None => {
-                let started = Instant::now();
-                let conversation = chat.store.load(self.user, self.conversation).await?;
-                chat.metrics.store_latency.observe(started.elapsed());
-                conversation
-            }
+            None => self.load(chat).await?.conversation,
         };
         progress.room = full::room_for_turn(chat, &conversation, &progress.text)?;
         if let Some(branching) = self.branching {
@@ -661,6 +661,24 @@ mod tests {
         }
     }
 
+    /// A turn of no socket that appends, in the conversation's model.
+    fn appending<'a>(
+        user: &'a UserId,
+        conversation: &'a ConversationId,
+        guard: &'a TurnGuard,
+        sink: &'a dyn EventSink,
+    ) -> Turn<'a> {
+        Turn {
+            user,
+            conversation,
+            guard,
+            sink,
+            origin_socket: None,
+            branching: None,
+            switch_model: None,
+        }
+    }
+
     /// The loads of the conversation store so far (cache hits and misses).
     fn loads(store: &CachedStore) -> u64 {
         let (hits, misses) = store.stats();
@@ -718,15 +736,7 @@ mod tests {
         for (text, branching) in picks {
             let guard = chat.turns.begin(&user, &id, None).unwrap();
             let sink = Recorder::default();
-            let turn = Turn {
-                user: &user,
-                conversation: &id,
-                guard: &guard,
-                sink: &sink,
-                origin_socket: None,
-                branching: None,
-                switch_model: None,
-            };
+            let turn = appending(&user, &id, &guard, &sink);
             let before = loads(&store);
             let seen = Mutex::new(None);
             turn.run_branch(&chat, |conversation| {
@@ -792,15 +802,7 @@ mod tests {
             .unwrap();
         let guard = chat.turns.begin(&user, &id, None).unwrap();
         let sink = Recorder::default();
-        let turn = Turn {
-            user: &user,
-            conversation: &id,
-            guard: &guard,
-            sink: &sink,
-            origin_socket: None,
-            branching: None,
-            switch_model: None,
-        };
+        let turn = appending(&user, &id, &guard, &sink);
         let text = "count this message once";
 
         // The demo upstream sends no usage: the day's usage is counted by
