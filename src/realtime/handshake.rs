@@ -128,6 +128,32 @@ mod tests {
 
     use super::*;
 
+    /// A service that keeps the parts of the last request it got.
+    #[allow(clippy::type_complexity)]
+    fn recording() -> (
+        Arc<Mutex<Option<Parts>>>,
+        impl tower::Service<
+                Request,
+                Response = Response,
+                Error = std::convert::Infallible,
+                Future = impl Send,
+            > + Clone
+            + Send,
+    ) {
+        let seen: Arc<Mutex<Option<Parts>>> = Arc::default();
+        let inner = {
+            let seen = seen.clone();
+            service_fn(move |request: Request| {
+                let seen = seen.clone();
+                async move {
+                    *seen.lock().unwrap() = Some(request.into_parts().0);
+                    Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+                }
+            })
+        };
+        (seen, inner)
+    }
+
     /// A handshake as hyper hands it over: the URI and every header value a
     /// slice of one read buffer.
     fn handshake(buffer: &Bytes) -> axum::http::Request<Body> {
@@ -177,17 +203,7 @@ mod tests {
              user-agent: Mozilla/5.0 (X11; Linux x86_64)\r\n\
              accept-language: en-GB,en;q=0.9\r\ncache-control: no-cache\r\n\r\n",
         );
-        let seen: Arc<Mutex<Option<Parts>>> = Arc::default();
-        let inner = {
-            let seen = seen.clone();
-            service_fn(move |request: Request| {
-                let seen = seen.clone();
-                async move {
-                    *seen.lock().unwrap() = Some(request.into_parts().0);
-                    Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
-                }
-            })
-        };
+        let (seen, inner) = recording();
         let kept = HandshakeHeaders {
             proxy_identity: Some(HeaderName::from_static("x-auth-email")),
         };
@@ -245,17 +261,7 @@ mod tests {
     #[tokio::test]
     async fn other_requests_pass_as_they_are() {
         let buffer = Bytes::from_static(b"/api/health user-agent: probe/1.0");
-        let seen: Arc<Mutex<Option<Parts>>> = Arc::default();
-        let inner = {
-            let seen = seen.clone();
-            service_fn(move |request: Request| {
-                let seen = seen.clone();
-                async move {
-                    *seen.lock().unwrap() = Some(request.into_parts().0);
-                    Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
-                }
-            })
-        };
+        let (seen, inner) = recording();
         let mut request = axum::http::Request::new(Body::empty());
         *request.uri_mut() = Uri::from_maybe_shared(buffer.slice(0..11)).unwrap();
         request.headers_mut().insert(
