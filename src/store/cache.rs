@@ -620,6 +620,25 @@ mod tests {
         }
     }
 
+    /// Three turns as a turn makes them: a load, then its two messages
+    /// (`q0`, `a0`, ...).
+    async fn three_turns(store: &CachedStore, user: &UserId, id: &ConversationId) {
+        for turn in 0..3 {
+            store.load(user, id).await.unwrap();
+            store
+                .append(
+                    user,
+                    id,
+                    vec![
+                        msg(Role::User, &format!("q{turn}")),
+                        msg(Role::Assistant, &format!("a{turn}")),
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+    }
+
     fn texts(conversation: &Conversation) -> Vec<String> {
         conversation
             .messages
@@ -660,20 +679,7 @@ mod tests {
         let (_dir, inner, cache) = cached(1 << 20);
         let (user, id) = (UserId::new(), ConversationId::new());
         cache.create(&user, &id).await.unwrap();
-        for turn in 0..3 {
-            cache.load(&user, &id).await.unwrap();
-            cache
-                .append(
-                    &user,
-                    &id,
-                    vec![
-                        msg(Role::User, &format!("q{turn}")),
-                        msg(Role::Assistant, &format!("a{turn}")),
-                    ],
-                )
-                .await
-                .unwrap();
-        }
+        three_turns(&cache, &user, &id).await;
 
         let from_cache = cache.load(&user, &id).await.unwrap();
         let from_store = inner.load(&user, &id).await.unwrap();
@@ -771,19 +777,7 @@ mod tests {
         );
         let (user, id) = (UserId::new(), ConversationId::new());
         a.create(&user, &id).await.unwrap();
-        for turn in 0..3 {
-            a.load(&user, &id).await.unwrap();
-            a.append(
-                &user,
-                &id,
-                vec![
-                    msg(Role::User, &format!("q{turn}")),
-                    msg(Role::Assistant, &format!("a{turn}")),
-                ],
-            )
-            .await
-            .unwrap();
-        }
+        three_turns(&a, &user, &id).await;
         assert_eq!(
             texts(&a.load(&user, &id).await.unwrap()),
             ["q0", "a0", "q1", "a1", "q2", "a2"]
