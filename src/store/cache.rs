@@ -57,6 +57,17 @@ struct Slot {
 }
 
 impl Slot {
+    /// A slot with no copy yet.
+    fn empty(generation: u64, last_used: u64) -> Self {
+        Slot {
+            generation,
+            conversation: None,
+            revision: None,
+            bytes: 0,
+            last_used,
+        }
+    }
+
     /// Drops the cached copy; returns the bytes it counted.
     fn forget(&mut self) -> usize {
         self.conversation = None;
@@ -159,13 +170,10 @@ impl CachedStore {
         let bytes = conversation_bytes(&conversation);
         state.tick += 1;
         let tick = state.tick;
-        let slot = state.slots.entry(key.clone()).or_insert(Slot {
-            generation: slot_generation,
-            conversation: None,
-            revision: None,
-            bytes: 0,
-            last_used: tick,
-        });
+        let slot = state
+            .slots
+            .entry(key.clone())
+            .or_insert_with(|| Slot::empty(slot_generation, tick));
         state.bytes = state.bytes - slot.bytes + bytes;
         slot.bytes = bytes;
         slot.conversation = Some(conversation);
@@ -203,13 +211,10 @@ impl CachedStore {
     /// still find to keep what it read (making the slot if there is none).
     fn slot_for_load(state: &mut Inner, key: &Key, tick: u64) -> u64 {
         state.misses += 1;
-        let slot = state.slots.entry(key.clone()).or_insert(Slot {
-            generation: 0,
-            conversation: None,
-            revision: None,
-            bytes: 0,
-            last_used: tick,
-        });
+        let slot = state
+            .slots
+            .entry(key.clone())
+            .or_insert_with(|| Slot::empty(0, tick));
         slot.generation
     }
 
