@@ -322,6 +322,20 @@ mod tests {
     }
 
     #[test]
+    fn a_joined_run_is_made_once_and_shared_while_its_messages_stay() {
+        let history: Vec<ChatMessage> = (0..WIRE_RUN)
+            .map(|i| ChatMessage::new(Role::User, format!("m{i}")))
+            .collect();
+        let (last, before) = history.split_last().unwrap();
+        let first = last.joined_run(before.iter());
+        let again = last.clone().joined_run(before.iter());
+        assert_eq!(first, again);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "joined again, not shared");
+        let expected: String = history.iter().map(|m| format!(",{}", m.wire())).collect();
+        assert_eq!(&first[..], expected.as_bytes());
+    }
+
+    #[test]
     fn a_messages_wire_form_is_its_json_and_is_shared_by_clones() {
         let message = ChatMessage::new(Role::User, "say \"hi\"\n\u{1}é");
         let copy = message.clone();
