@@ -9,9 +9,14 @@
 # transport reference (bare socketioxide), then runs, each bounded in time:
 #   1. turns, USERS users, against the reference       (the transport ceiling)
 #  1b. turns, USERS users, against the proxy reference (bare socketioxide streaming each
-#      reply from the fake LLM with reqwest: the least a chat server must do per turn)
+#      reply from the fake LLM with reqwest, sending the conversation so far as the server
+#      does: the least a chat server must do per turn), then against the same proxy
+#      sending only the new message (`--history one-message`, the proxy of sessions 8-10)
 #   2. turns, USERS users, against the server          (same run, for both ratios)
-#      (1 and 2 again with short conversations: a new one every 10 turns)
+#      (1, the proxy and 2 again with short conversations: a new one every 10 turns; the
+#      proxy and 2 again with a new one every LONG_EVERY turns. In the runs above each
+#      conversation grows for the whole run, so a faster server sends longer histories:
+#      these two pairs compare the proxy and the server at equal conversation lengths)
 #   3. turns, BIG_USERS users, against the server
 #   4. turns, HISTORY_USERS users, a new conversation per turn vs HISTORY earlier messages
 #   5. idle, IDLE_SOCKETS sockets, on a fresh reference, then a fresh server (RSS per socket)
@@ -49,6 +54,7 @@ USERS=${USERS:-100}
 BIG_USERS=${BIG_USERS:-1000}
 HISTORY=${HISTORY:-500}
 HISTORY_USERS=${HISTORY_USERS:-1}
+LONG_EVERY=${LONG_EVERY:-100}
 IDLE_SOCKETS=${IDLE_SOCKETS:-10000}
 CHUNKS=${CHUNKS:-20}
 CHUNK_BYTES=${CHUNK_BYTES:-16}
@@ -158,32 +164,49 @@ if [ "$ONLY" = all ] || [ "$ONLY" = turns ]; then
   ref_url=$(wait_url "$tmp/reference.out" "reference listening on ")
   echo "==> fake LLM $fake_url, server $server_url (pid $server_pid), reference $ref_url (pid $ref_pid)" >&2
 
-  # The proxy reference: bare socketioxide streaming each reply from the same fake LLM.
+  # The proxy reference: bare socketioxide streaming each reply from the same fake LLM,
+  # sending each conversation's history; and one sending only the new message.
   "$bin/chat-bench" reference --port 0 --llm-url "$fake_url" \
     >"$tmp/proxy.out" 2>"$tmp/proxy.out.err" &
   proxy_pid=$!
   pids+=("$proxy_pid")
   proxy_url=$(wait_url "$tmp/proxy.out" "reference listening on ")
+  "$bin/chat-bench" reference --port 0 --llm-url "$fake_url" --history one-message \
+    >"$tmp/proxy1.out" 2>"$tmp/proxy1.out.err" &
+  proxy1_pid=$!
+  pids+=("$proxy1_pid")
+  proxy1_url=$(wait_url "$tmp/proxy1.out" "reference listening on ")
 
   reference_line=$(turns --label reference --url "$ref_url" --users "$USERS" --server-pid "$ref_pid")
   emit "$reference_line"
   proxy_line=$(turns --label proxy-reference --url "$proxy_url" --users "$USERS" --server-pid "$proxy_pid")
   emit "$proxy_line"
+  proxy1_line=$(turns --label proxy-reference-one-message --url "$proxy1_url" --users "$USERS" --server-pid "$proxy1_pid")
+  emit "$proxy1_line"
   server_line=$(turns --label server --url "$server_url" --users "$USERS" --server-pid "$server_pid")
   emit "$server_line"
   tps() { sed -n 's/.*"turns_per_sec":\([0-9.]*\).*/\1/p' <<<"$1"; }
-  echo "==> turns/s at $USERS users: server $(tps "$server_line"), transport reference $(tps "$reference_line") (ratio $(awk -v a="$(tps "$server_line")" -v b="$(tps "$reference_line")" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')), proxy reference $(tps "$proxy_line") (ratio $(awk -v a="$(tps "$server_line")" -v b="$(tps "$proxy_line")" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'))" >&2
+  ratio() { awk -v a="$(tps "$1")" -v b="$(tps "$2")" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
+  echo "==> turns/s at $USERS users: server $(tps "$server_line"), transport reference $(tps "$reference_line") (ratio $(ratio "$server_line" "$reference_line")), proxy reference $(tps "$proxy_line") (ratio $(ratio "$server_line" "$proxy_line")), one-message proxy $(tps "$proxy1_line") (ratio $(ratio "$server_line" "$proxy1_line"))" >&2
   # The same with conversations kept short (a new one, untimed, every 10 turns):
   # in the runs above each conversation grows by 2 messages per turn.
   emit "$(turns --label reference-short-conversations --url "$ref_url" --users "$USERS" --fresh-every 10 --server-pid "$ref_pid")"
-  emit "$(turns --label server-short-conversations --url "$server_url" --users "$USERS" --fresh-every 10 --server-pid "$server_pid")"
+  proxy_short_line=$(turns --label proxy-reference-short-conversations --url "$proxy_url" --users "$USERS" --fresh-every 10 --server-pid "$proxy_pid")
+  emit "$proxy_short_line"
+  server_short_line=$(turns --label server-short-conversations --url "$server_url" --users "$USERS" --fresh-every 10 --server-pid "$server_pid")
+  emit "$server_short_line"
+  proxy_long_line=$(turns --label proxy-reference-long-conversations --url "$proxy_url" --users "$USERS" --fresh-every "$LONG_EVERY" --server-pid "$proxy_pid")
+  emit "$proxy_long_line"
+  server_long_line=$(turns --label server-long-conversations --url "$server_url" --users "$USERS" --fresh-every "$LONG_EVERY" --server-pid "$server_pid")
+  emit "$server_long_line"
+  echo "==> equal conversation lengths: server / proxy reference $(ratio "$server_short_line" "$proxy_short_line") (a new conversation every 10 turns), $(ratio "$server_long_line" "$proxy_long_line") (every $LONG_EVERY turns)" >&2
   emit "$(turns --label server --url "$server_url" --users "$BIG_USERS" --server-pid "$server_pid" --source-addrs 4)"
   # Cost of a turn vs history length: few users so latency ~ cost; conversations are
   # replaced (untimed) so their length stays put: every turn in a new one, or every
   # 20 turns in one seeded with HISTORY messages (HISTORY..HISTORY+38).
   emit "$(turns --label server-new-conversation --url "$server_url" --users "$HISTORY_USERS" --history 0 --fresh-every 1 --server-pid "$server_pid")"
   emit "$(turns --label server-history --url "$server_url" --users "$HISTORY_USERS" --history "$HISTORY" --fresh-every 20 --server-pid "$server_pid")"
-  kill "$ref_pid" "$proxy_pid" "$server_pid" 2>/dev/null || true
+  kill "$ref_pid" "$proxy_pid" "$proxy1_pid" "$server_pid" 2>/dev/null || true
 fi
 
 if [ "$ONLY" = all ] || [ "$ONLY" = idle ]; then

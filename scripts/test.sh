@@ -60,6 +60,9 @@ bin="$CARGO_TARGET_DIR/debug/llm-chat-server"
 step "cargo test (unit tests, then black-box tests against the real binary)"
 cargo test --quiet -- --color never
 
+step "cargo test -p chat-bench (the benchmark harness's own unit tests)"
+cargo test --quiet -p chat-bench -- --color never
+
 step "cargo test --test api again, with the MongoDB store (a SecantusDB server on loopback)"
 tmp=$(mktemp -d)
 trap 'kill -9 "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT

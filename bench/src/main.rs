@@ -29,6 +29,8 @@ const USAGE: &str = "usage:
   chat-bench fake-llm  --port P [--chunks N=20] [--delay-ms D=0] [--chunk-bytes B=16]
   chat-bench reference --port P [--chunks N=20] [--chunk-bytes B=16]
                    [--llm-url http://FAKE_LLM (proxy reference: stream each reply from it)]
+                   [--history keep|one-message (proxy: send the conversation so far, the
+                    default, or only the new message)]
   chat-bench turns --url http://127.0.0.1:PORT --users C --duration-secs S
                    [--warmup-secs W=3] [--history N=0] [--server-pid PID] [--label L]
                    [--turn-timeout-secs T=30] [--source-addrs K=1] [--llm-delay-ms D=0]
