@@ -85,6 +85,18 @@ impl Chat {
         Ok(())
     }
 
+    /// [`Chat::check_quota`] for a user who may not be an account (a
+    /// socket's). Only an account can have a quota of its own (an admin
+    /// sets one only for an account), so when the server sets none
+    /// (`QUOTA_TOKENS_PER_DAY=0`) anyone else has nothing to check, and
+    /// their turn reads nothing from the store for it.
+    pub async fn check_quota_of(&self, user: &UserId, account: bool) -> Result<(), ApiError> {
+        if !account && self.settings.quota_tokens_per_day == 0 {
+            return Ok(());
+        }
+        self.check_quota(user).await
+    }
+
     /// Adds `spent` to the user's day. A store failure is logged, not
     /// returned: the reply was made, and refusing it now helps nobody.
     pub async fn record_usage(&self, user: &UserId, spent: DayUsage) {
@@ -183,7 +195,88 @@ impl Chat {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
     use super::*;
+    use crate::store::usage::{Standing, UsageRecord, UsageStore, UserUsage};
+    use crate::store::StoreResult;
+
+    /// The real usage store, its `standing` reads counted.
+    struct CountedReads {
+        store: Arc<dyn UsageStore>,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl UsageStore for CountedReads {
+        async fn add_usage(
+            &self,
+            user: &UserId,
+            day: NaiveDate,
+            spent: DayUsage,
+        ) -> StoreResult<()> {
+            self.store.add_usage(user, day, spent).await
+        }
+        async fn standing(&self, user: &UserId, day: NaiveDate) -> StoreResult<Standing> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.store.standing(user, day).await
+        }
+        async fn set_quota(&self, user: &UserId, tokens_per_day: Option<u64>) -> StoreResult<()> {
+            self.store.set_quota(user, tokens_per_day).await
+        }
+        async fn usage_on(&self, day: NaiveDate, limit: u32) -> StoreResult<Vec<UserUsage>> {
+            self.store.usage_on(day, limit).await
+        }
+        async fn usage_for_copy(&self) -> StoreResult<Vec<UsageRecord>> {
+            self.store.usage_for_copy().await
+        }
+        async fn quotas_for_copy(&self) -> StoreResult<Vec<(UserId, u64)>> {
+            self.store.quotas_for_copy().await
+        }
+        async fn import_usage(&self, record: &UsageRecord) -> StoreResult<bool> {
+            self.store.import_usage(record).await
+        }
+        async fn import_quota(&self, user: &UserId, tokens_per_day: u64) -> StoreResult<bool> {
+            self.store.import_quota(user, tokens_per_day).await
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_server_quota_only_an_accounts_own_quota_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut chat, _) = super::super::testing::chat_in(&dir).await;
+        assert_eq!(chat.settings.quota_tokens_per_day, 0);
+        let counted = Arc::new(CountedReads {
+            store: chat.usage.clone(),
+            reads: AtomicUsize::new(0),
+        });
+        chat.usage = counted.clone();
+        let account = UserId::new();
+        chat.usage.set_quota(&account, Some(10)).await.unwrap();
+        chat.record_usage(
+            &account,
+            DayUsage {
+                prompt_tokens: 8,
+                completion_tokens: 4,
+            },
+        )
+        .await;
+
+        // An account is held to its own quota (read from the store).
+        let refused = chat.check_quota_of(&account, true).await.unwrap_err();
+        assert!(
+            matches!(refused, ApiError::QuotaExceeded { quota: 10, .. }),
+            "{refused:?}"
+        );
+        assert_eq!(counted.reads.load(Ordering::SeqCst), 1);
+
+        // Anyone else has none: nothing is read.
+        chat.check_quota_of(&UserId::new(), false).await.unwrap();
+        assert_eq!(counted.reads.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn the_day_resets_at_the_next_utc_midnight() {
