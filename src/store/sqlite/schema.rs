@@ -153,7 +153,7 @@ CREATE TRIGGER IF NOT EXISTS messages_moved AFTER UPDATE OF user_id ON messages
     UPDATE messages SET indexed = 0 WHERE id = old.id;
 END;
 CREATE INDEX IF NOT EXISTS messages_unindexed ON messages (id) WHERE indexed = 0;
-CREATE INDEX IF NOT EXISTS messages_unindexed_by_user ON messages (user_id) WHERE indexed = 0;
+DROP INDEX IF EXISTS messages_unindexed_by_user;
 "#;
 
 /// Before the per-user index there was `messages_fts`, FTS5 over every user's
@@ -260,6 +260,43 @@ mod tests {
     }
     use crate::domain::{ConversationId, Role, UserId};
     use crate::store::ConversationStore;
+
+    /// A file from before the pending scan read every user's unindexed
+    /// messages loses the index of them by user on open (each message paid
+    /// two writes in it), and a search still finds a user's unindexed text.
+    #[tokio::test]
+    async fn the_index_of_unindexed_messages_by_user_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("by-user.db");
+        let index_exists = |path: &std::path::Path| {
+            Connection::open(path)
+                .unwrap()
+                .prepare("SELECT 1 FROM sqlite_master WHERE name = 'messages_unindexed_by_user'")
+                .unwrap()
+                .exists([])
+                .unwrap()
+        };
+        drop(SqliteDb::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE INDEX messages_unindexed_by_user ON messages (user_id) WHERE indexed = 0",
+            )
+            .unwrap();
+        assert!(index_exists(&path));
+
+        let store = SqliteStore::new(SqliteDb::open(&path).unwrap());
+        assert!(!index_exists(&path));
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "an unindexed okapi")])
+            .await
+            .unwrap();
+        let hits = store.search(&user, "okapi", 10).await.unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].meta.conversation_id, id);
+    }
 
     /// A file written before conversations had settings (no `model`,
     /// `system_prompt`, `temperature` columns, no `presets` table) is

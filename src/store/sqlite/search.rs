@@ -109,12 +109,15 @@ fn scores(
             *scores.entry(id).or_default() += f64::from(count);
         }
     }
-    // What the database thread has not indexed yet (at most about a
-    // second's worth, or a migrated file's backlog).
+    // What the database thread has not indexed yet: about a second's worth
+    // of every user's messages, read through the index of unindexed ones
+    // and filtered here (a migrated file's backlog makes this a longer scan
+    // until it is worked off). An index of them by user would cost every
+    // message a write at random in it, and another when it is indexed.
     let wanted: HashSet<&str> = terms.iter().map(String::as_str).collect();
     let mut stmt = conn.prepare_cached(
-        "SELECT conversation_id, content FROM messages INDEXED BY messages_unindexed_by_user \
-         WHERE user_id = ?1 AND indexed = 0",
+        "SELECT conversation_id, content FROM messages INDEXED BY messages_unindexed \
+         WHERE indexed = 0 AND user_id = ?1",
     )?;
     let rows = stmt.query_map([user], |row| {
         Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
@@ -268,6 +271,12 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // Bob's messages not indexed yet (read by the pending scan), then indexed.
+        let bob_pending = scores(store.search(&alice, "okapi zebra", 10).await.unwrap());
+        assert_eq!(
+            bob_pending, before,
+            "Bob's pending text moved Alice's scores"
+        );
         index().await.unwrap();
 
         let after = scores(store.search(&alice, "okapi zebra", 10).await.unwrap());
