@@ -58,7 +58,7 @@ async fn upload_file(
         .await
         .map_err(ApiError::RateLimited)?;
     // Before the file is read: over quota, nothing is analysed or stored.
-    state.chat.check_quota(&who.user).await?;
+    state.chat.check_quota(&who.user, !who.anonymous).await?;
     // A new cookie is a new user: anonymous uploads are limited per client
     // address too.
     if let (true, Some(client)) = (who.anonymous, who.client) {

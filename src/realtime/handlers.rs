@@ -73,7 +73,7 @@ fn requested_model(state: &AppState, raw: &Field<String>) -> Result<Option<Arc<M
 /// Refuses the event when the user has used up today's token quota
 /// (nothing is stored, no upstream call is made).
 async fn within_quota(state: &AppState, who: &SocketUser, sink: &dyn EventSink) -> bool {
-    match state.chat.check_quota_of(&who.user, who.account).await {
+    match state.chat.check_quota(&who.user, who.account).await {
         Ok(()) => true,
         Err(err) => {
             if matches!(err, ApiError::QuotaExceeded { .. }) {

@@ -73,7 +73,15 @@ impl Chat {
 
     /// 429 `quota_exceeded` when `user` has used up today's quota; made
     /// before any upstream call, so a refused request costs nothing.
-    pub async fn check_quota(&self, user: &UserId) -> Result<(), ApiError> {
+    /// `account`: the user is an account (a signed-in session or an access
+    /// token). Only an account can have a quota of its own (an admin sets
+    /// one only for an account), so when the server sets none
+    /// (`QUOTA_TOKENS_PER_DAY=0`) anyone else has nothing to check, and
+    /// nothing is read from the store for them.
+    pub async fn check_quota(&self, user: &UserId, account: bool) -> Result<(), ApiError> {
+        if !account && self.settings.quota_tokens_per_day == 0 {
+            return Ok(());
+        }
         let today = self.usage_today(user).await?;
         if today.quota > 0 && today.used.total() >= today.quota {
             tracing::info!(user = %user, used = today.used.total(), quota = today.quota, "refused: daily token quota used up");
@@ -83,18 +91,6 @@ impl Chat {
             });
         }
         Ok(())
-    }
-
-    /// [`Chat::check_quota`] for a user who may not be an account (a
-    /// socket's). Only an account can have a quota of its own (an admin
-    /// sets one only for an account), so when the server sets none
-    /// (`QUOTA_TOKENS_PER_DAY=0`) anyone else has nothing to check, and
-    /// their turn reads nothing from the store for it.
-    pub async fn check_quota_of(&self, user: &UserId, account: bool) -> Result<(), ApiError> {
-        if !account && self.settings.quota_tokens_per_day == 0 {
-            return Ok(());
-        }
-        self.check_quota(user).await
     }
 
     /// Adds `spent` to the user's day. A store failure is logged, not
@@ -266,7 +262,7 @@ mod tests {
         .await;
 
         // An account is held to its own quota (read from the store).
-        let refused = chat.check_quota_of(&account, true).await.unwrap_err();
+        let refused = chat.check_quota(&account, true).await.unwrap_err();
         assert!(
             matches!(refused, ApiError::QuotaExceeded { quota: 10, .. }),
             "{refused:?}"
@@ -274,7 +270,7 @@ mod tests {
         assert_eq!(counted.reads.load(Ordering::SeqCst), 1);
 
         // Anyone else has none: nothing is read.
-        chat.check_quota_of(&UserId::new(), false).await.unwrap();
+        chat.check_quota(&UserId::new(), false).await.unwrap();
         assert_eq!(counted.reads.load(Ordering::SeqCst), 1);
     }
 
