@@ -629,6 +629,12 @@ impl Keep {
     }
 }
 
+/// The server's count of a reply, when the usage `spent` holds it: the
+/// upstream sent no usage of its own, so the reply was counted for it.
+fn counted_reply(upstream_usage: bool, spent: DayUsage) -> Option<u32> {
+    (!upstream_usage).then_some(spent.completion_tokens as u32)
+}
+
 /// What the request's prompt costs by the server's count and, when
 /// `keep`, the exchange to keep: each message counted once for both.
 fn count_request(chat: &Chat, messages: &[ChatMessage], keep: bool) -> Answer<(u64, Option<Keep>)> {
@@ -687,7 +693,7 @@ async fn chat_completions(
             Some("messages"),
         ));
     }
-    if let Err(err) = chat.check_quota(&user).await {
+    if let Err(err) = chat.check_quota(&user, true).await {
         if matches!(err, ApiError::QuotaExceeded { .. }) {
             Metrics::inc(&chat.metrics.turns_refused_quota);
         }
@@ -743,11 +749,7 @@ async fn chat_completions(
             .complete_counted(serves.llm.as_ref(), &user, upstream, prompt_tokens)
             .await
             .map_err(ApiError::from)?;
-        // Without the upstream's usage, the reply was counted for it.
-        let reply_tokens = completion
-            .usage
-            .is_none()
-            .then_some(spent.completion_tokens as u32);
+        let reply_tokens = counted_reply(completion.usage.is_some(), spent);
         let text = completion.text;
         drop(slot);
         if text.trim().is_empty() {
@@ -913,8 +915,7 @@ impl Streamed {
         let record = chat.record_usage(&user, spent);
         match (&failed, keep) {
             (None, Some(keep)) => {
-                // Without the upstream's usage, the reply was counted for it.
-                let reply_tokens = usage.is_none().then_some(spent.completion_tokens as u32);
+                let reply_tokens = counted_reply(usage.is_some(), spent);
                 tokio::join!(
                     record,
                     keep.store(chat.clone(), user.clone(), text, reply_tokens)
