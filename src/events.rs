@@ -199,10 +199,79 @@ impl ServerEvent<'_> {
     }
 }
 
+/// What became of an event offered to a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for sending.
+    Queued,
+    /// The socket's send buffer is full (its client reads slower than
+    /// events come): nothing was queued; offer it again later.
+    Full,
+    /// The socket is closed (or the event could not be sent at all).
+    Gone,
+}
+
 /// Where a socket's events go: the sending socket, a watching tab, or a
 /// recorder in unit tests. Failures are the sink's to log.
+///
+/// A socket buffers a bounded number of packets (socketioxide's 128). A
+/// reply streams far more chunks than that, and a replay sends a whole
+/// reply at once, so what must arrive whole goes through
+/// [`offer`](Self::offer) and is offered again when the buffer is full
+/// ([`emit_paced`], the reply watchers' pacing); [`emit`](Self::emit) is for
+/// lone events.
 pub trait EventSink: Send + Sync {
-    fn emit(&self, event: ServerEvent<'_>);
+    /// Queues `event` if the socket has room for it.
+    fn offer(&self, event: &ServerEvent<'_>) -> Offer;
+
+    /// Queues `event`, or drops it when the socket has no room.
+    fn emit(&self, event: ServerEvent<'_>) {
+        let _ = self.offer(&event);
+    }
+
+    /// Closes the connection of a socket that stopped reading: its client
+    /// reconnects and resumes the reply from the log.
+    fn disconnect(&self) {}
+}
+
+/// How long a socket may take no event at all before it counts as stuck
+/// ([`emit_paced`], and the watchers' pacing).
+pub const SLOW_SOCKET_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The first pause before offering an event again to a full socket; each
+/// further one doubles, up to [`PACE_MAX`].
+pub const PACE_FIRST: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The longest pause between offers to a full socket.
+pub const PACE_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Offers `event` until the socket takes it, pausing while its buffer is
+/// full, so a reply reaches a slow client whole (the turn waits for it).
+/// After `patience` without room the socket is disconnected (its client
+/// reconnects and resumes from the reply log) and `false` is returned; a
+/// closed socket returns `false` at once.
+pub async fn emit_paced(
+    sink: &dyn EventSink,
+    event: &ServerEvent<'_>,
+    patience: std::time::Duration,
+) -> bool {
+    let mut pause = PACE_FIRST;
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match sink.offer(event) {
+            Offer::Queued => return true,
+            Offer::Gone => return false,
+            Offer::Full if waited >= patience => {
+                sink.disconnect();
+                return false;
+            }
+            Offer::Full => {
+                tokio::time::sleep(pause).await;
+                waited += pause;
+                pause = (pause * 2).min(PACE_MAX);
+            }
+        }
+    }
 }
 
 /// `token_usage`: the prompt's size, sent before the reply streams.

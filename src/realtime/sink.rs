@@ -7,21 +7,42 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
-use socketioxide::BroadcastError;
 use socketioxide::SocketIo;
+use socketioxide::{BroadcastError, SendError, SocketError};
 
 use crate::domain::UserId;
-use crate::events::{EventSink, ServerEvent};
+use crate::events::{EventSink, Offer, ServerEvent};
 use crate::notify::{user_room, Notifier};
 
 /// One socket's events.
 pub(super) struct SocketSink<A: Adapter>(pub(super) SocketRef<A>);
 
 impl<A: Adapter> EventSink for SocketSink<A> {
-    fn emit(&self, event: ServerEvent<'_>) {
+    fn offer(&self, event: &ServerEvent<'_>) -> Offer {
         let name = event.name();
-        if let Err(err) = self.0.emit(name, &event) {
-            tracing::debug!(socket = %self.0.id, event = name, error = %err, "emit failed");
+        match self.0.emit(name, event) {
+            Ok(()) => Offer::Queued,
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => Offer::Full,
+            Err(err) => {
+                tracing::debug!(socket = %self.0.id, event = name, error = %err, "emit failed");
+                Offer::Gone
+            }
+        }
+    }
+
+    fn emit(&self, event: ServerEvent<'_>) {
+        if self.offer(&event) == Offer::Full {
+            tracing::debug!(socket = %self.0.id, event = event.name(), "socket buffer full; event dropped");
+        }
+    }
+
+    fn disconnect(&self) {
+        tracing::info!(socket = %self.0.id, "socket stopped reading its events; disconnecting it (its client resumes)");
+        // With its buffer still full the disconnect packet cannot be
+        // queued either: engine.io's next ping cannot be queued then, and
+        // that closes the connection.
+        if let Err(err) = self.0.clone().disconnect() {
+            tracing::debug!(socket = %self.0.id, error = %err, "could not disconnect now; the heartbeat will");
         }
     }
 }

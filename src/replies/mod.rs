@@ -44,12 +44,12 @@ pub use lease::LapsedReply;
 use log::ReplyLog;
 use memory::{MemoryLog, MemoryReplies};
 use redis::RedisLog;
-use watcher::{Resume, WatchState, Watcher};
+use watcher::{Next, Resume, WatchState, Watcher};
 use writer::{Queued, ReplyContext, Timing};
 
 use crate::cluster::RedisConnections;
 use crate::domain::{ConversationId, UserId};
-use crate::events::EventSink;
+use crate::events::{EventSink, PACE_FIRST, PACE_MAX};
 
 /// A followed conversation: its owner and id.
 type Followed = (UserId, ConversationId);
@@ -234,8 +234,10 @@ impl ReplyHub {
                 Vec::new()
             }
         };
-        if watcher.finish_replay(conversation, &logged, resume) {
-            self.repair(followed, vec![watcher]);
+        match watcher.finish_replay(conversation, &logged, resume) {
+            Next::Done => {}
+            Next::Read => self.repair(followed, vec![watcher]),
+            Next::Wait => self.pace(followed, watcher),
         }
         !logged.is_empty() && !logged.last().is_some_and(|l| l.event.is_final())
     }
@@ -260,14 +262,46 @@ impl ReplyHub {
     }
 
     fn deliver_local(self: &Arc<Self>, followed: &Followed, origin: Option<&str>, item: &Logged) {
-        let gaps: Vec<Arc<Watcher>> = self
-            .watchers_of(followed, origin)
-            .into_iter()
-            .filter(|watcher| watcher.deliver(&followed.1, item))
-            .collect();
+        let mut gaps = Vec::new();
+        for watcher in self.watchers_of(followed, origin) {
+            match watcher.deliver(&followed.1, item) {
+                Next::Done => {}
+                Next::Read => gaps.push(watcher),
+                Next::Wait => self.pace(followed.clone(), watcher),
+            }
+        }
         if !gaps.is_empty() {
             self.repair(followed.clone(), gaps);
         }
+    }
+
+    /// Offers a watcher's held events again after a pause, for as long as
+    /// its socket has no room; a socket that takes nothing for
+    /// `Timing::slow_socket_patience` is disconnected (its client resumes
+    /// from the log when it reconnects).
+    fn pace(self: &Arc<Self>, followed: Followed, watcher: Arc<Watcher>) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut pause = PACE_FIRST;
+            let mut queued = watcher.queued();
+            let mut since = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(pause).await;
+                match watcher.finish_repair(&followed.1, &[], false) {
+                    Next::Done => return,
+                    Next::Read => return hub.repair(followed, vec![watcher]),
+                    Next::Wait => {}
+                }
+                let now = watcher.queued();
+                if now != queued {
+                    (queued, since, pause) = (now, tokio::time::Instant::now(), PACE_FIRST);
+                } else if since.elapsed() >= hub.timing.slow_socket_patience {
+                    return watcher.give_up();
+                } else {
+                    pause = (pause * 2).min(PACE_MAX);
+                }
+            }
+        });
     }
 
     /// Reads the conversation's reply log again for `watchers` (which hold
@@ -287,7 +321,14 @@ impl ReplyHub {
                 // After the last read the watchers go on live whatever
                 // the log lacked.
                 let last = read == REPAIR_READS;
-                watchers.retain(|w| w.finish_repair(conversation, &logged, last));
+                watchers.retain(|w| match w.finish_repair(conversation, &logged, last) {
+                    Next::Done => false,
+                    Next::Read => true,
+                    Next::Wait => {
+                        hub.pace(followed.clone(), w.clone());
+                        false
+                    }
+                });
                 if watchers.is_empty() {
                     break;
                 }

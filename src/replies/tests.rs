@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -8,24 +9,59 @@ use tokio::sync::Notify;
 use super::event::Logged;
 use super::log::{Envelope, Renewal, ReplyLog};
 use super::memory::{MemoryLog, MemoryReplies};
-use super::watcher::{WatchState, Watcher};
+use super::watcher::{Next, WatchState, Watcher};
 use super::*;
-use crate::events::ServerEvent;
+use crate::events::{Offer, ServerEvent};
 
+/// A socket's events as it took them. `room` (when set) is how many more
+/// it takes before it reports a full buffer, as a slow client's socket.
 #[derive(Default)]
-struct Recorder(Mutex<Vec<(String, Value)>>);
+struct Recorder(
+    Mutex<Vec<(String, Value)>>,
+    Mutex<Option<usize>>,
+    AtomicBool,
+);
 
 impl EventSink for Recorder {
-    fn emit(&self, event: ServerEvent<'_>) {
-        let payload = serde_json::to_value(&event).unwrap();
+    fn offer(&self, event: &ServerEvent<'_>) -> Offer {
+        if self.2.load(Ordering::SeqCst) {
+            return Offer::Gone;
+        }
+        if let Some(room) = self.1.lock().unwrap().as_mut() {
+            if *room == 0 {
+                return Offer::Full;
+            }
+            *room -= 1;
+        }
+        let payload = serde_json::to_value(event).unwrap();
         self.0
             .lock()
             .unwrap()
             .push((event.name().to_string(), payload));
+        Offer::Queued
+    }
+
+    fn disconnect(&self) {
+        self.2.store(true, Ordering::SeqCst);
     }
 }
 
 impl Recorder {
+    /// A socket that takes `room` events before its buffer is full.
+    fn with_room(room: usize) -> Self {
+        Self(
+            Mutex::default(),
+            Mutex::new(Some(room)),
+            AtomicBool::new(false),
+        )
+    }
+    /// The client read what was queued: room for `room` more.
+    fn make_room(&self, room: usize) {
+        *self.1.lock().unwrap() = Some(room);
+    }
+    fn disconnected(&self) -> bool {
+        self.2.load(Ordering::SeqCst)
+    }
     fn chunks(&self) -> Vec<u64> {
         self.0
             .lock()
@@ -127,8 +163,8 @@ fn live_events_during_a_replay_are_held_then_filtered_so_each_chunk_comes_once()
         event,
     };
     // Chunks 3 and 4 arrive live while the log (chunks 0..=3) is read.
-    assert!(!watcher.deliver(&id, &logged(chunk(3))));
-    assert!(!watcher.deliver(&id, &logged(chunk(4))));
+    assert_eq!(watcher.deliver(&id, &logged(chunk(3))), Next::Done);
+    assert_eq!(watcher.deliver(&id, &logged(chunk(4))), Next::Done);
     assert!(recorder.names().is_empty(), "emitted during the replay");
 
     let log: Vec<Logged> = std::iter::once(started())
@@ -139,13 +175,13 @@ fn live_events_during_a_replay_are_held_then_filtered_so_each_chunk_comes_once()
         reply: None,
         last_index: 1,
     };
-    assert!(!watcher.finish_replay(&id, &log, resume));
-    assert!(!watcher.deliver(&id, &logged(chunk(5))));
+    assert_eq!(watcher.finish_replay(&id, &log, resume), Next::Done);
+    assert_eq!(watcher.deliver(&id, &logged(chunk(5))), Next::Done);
     let end = ReplyEvent::End {
         stopped: false,
         chunks: 6,
     };
-    assert!(!watcher.deliver(&id, &logged(end)));
+    assert_eq!(watcher.deliver(&id, &logged(end)), Next::Done);
 
     assert_eq!(recorder.chunks(), vec![2, 3, 4, 5]);
     assert_eq!(
@@ -593,6 +629,7 @@ fn writer_hub(log: Arc<RoundLog>, renew_every: Duration, patience: Duration) -> 
         timing: writer::Timing {
             renew_every,
             backlog_patience: patience,
+            slow_socket_patience: crate::events::SLOW_SOCKET_PATIENCE,
         },
         ..ReplyHub::new(log)
     })
@@ -837,5 +874,118 @@ async fn refused_events_of_a_finished_turn_are_given_up_after_the_patience() {
     assert_eq!(
         log.rounds()[0].events,
         named(&[(next.reply_id(), "started")])
+    );
+}
+
+/// Waits (at most 10 s) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An in-memory hub whose watchers' sockets are given up after `patience`.
+fn hub_with_patience(patience: Duration) -> Arc<ReplyHub> {
+    let memory = Arc::new(MemoryLog {
+        replies: Mutex::new(MemoryReplies::default()),
+        ttl: Duration::from_secs(60),
+    });
+    Arc::new(ReplyHub {
+        memory: Some(memory.clone()),
+        timing: writer::Timing {
+            slow_socket_patience: patience,
+            ..writer::Timing::for_lease(Duration::from_secs(5))
+        },
+        ..ReplyHub::new(memory)
+    })
+}
+
+/// A socket buffers a bounded number of events. A replay of a long reply,
+/// and the live events that come while the socket is full, wait for room
+/// and then arrive whole, each once, in order.
+#[tokio::test]
+async fn a_replay_longer_than_the_sockets_room_arrives_whole_once_it_has_room() {
+    let hub = hub_with_patience(Duration::from_secs(30));
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let relay = hub.relay(&user, &id, Some("origin".into()));
+    relay.send(started());
+    for index in 0..300 {
+        relay.send(chunk(index));
+    }
+    flush().await;
+
+    let tab = Arc::new(Recorder::with_room(50));
+    assert!(
+        hub.watch(&user, &id, "tab", tab.clone(), Some((-1, None)))
+            .await
+    );
+    // Live events while the socket is full are held behind the replay.
+    for index in 300..310 {
+        relay.send(chunk(index));
+    }
+    relay.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 310,
+    });
+    flush().await;
+    assert_eq!(
+        tab.names().len(),
+        50,
+        "the socket took what it had room for"
+    );
+    assert_eq!(tab.chunks(), (0..49).collect::<Vec<u64>>());
+
+    // The client reads a little at a time.
+    for _ in 0..6 {
+        tab.make_room(60);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    until("the end", || {
+        tab.names().last().map(String::as_str) == Some("response_end")
+    })
+    .await;
+    assert_eq!(tab.chunks(), (0..310).collect::<Vec<u64>>());
+    assert_eq!(
+        tab.names().first().map(String::as_str),
+        Some("reply_started")
+    );
+    assert_eq!(tab.names().len(), 312);
+    assert!(!tab.disconnected());
+}
+
+/// A socket that takes nothing for the patience is disconnected (its
+/// client resumes from the log), and a live one goes on meanwhile.
+#[tokio::test]
+async fn a_watcher_whose_socket_takes_nothing_is_disconnected_and_others_go_on() {
+    let hub = hub_with_patience(Duration::from_millis(300));
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let stuck = Arc::new(Recorder::with_room(3));
+    let live = Arc::new(Recorder::default());
+    hub.watch(&user, &id, "stuck", stuck.clone(), None).await;
+    hub.watch(&user, &id, "live", live.clone(), None).await;
+    let relay = hub.relay(&user, &id, Some("origin".into()));
+    relay.send(started());
+    for index in 0..10 {
+        relay.send(chunk(index));
+    }
+    relay.send(ReplyEvent::End {
+        stopped: false,
+        chunks: 10,
+    });
+    flush().await;
+    assert_eq!(live.chunks(), (0..10).collect::<Vec<u64>>());
+    assert_eq!(stuck.chunks(), vec![0, 1]);
+    assert!(!stuck.disconnected(), "disconnected before its patience");
+
+    until("the stuck socket to be disconnected", || {
+        stuck.disconnected()
+    })
+    .await;
+    assert_eq!(stuck.chunks(), vec![0, 1]);
+    assert_eq!(
+        live.names().last().map(String::as_str),
+        Some("response_end")
     );
 }

@@ -8,12 +8,18 @@
 //! something was missed (a chunk index jumps, an end comes early, a reply's
 //! chunk comes without its start) is held, and the reply log is read again
 //! to fill the gap before anything later goes out.
+//!
+//! A socket takes a bounded number of events at a time (see
+//! [`EventSink`]). An event it has no room for is not counted as
+//! delivered: it and everything after it are held, and offered again after
+//! a pause ([`ReplyHub::pace`](super::ReplyHub)), so a replay of a long
+//! reply, or a burst after a repair, reaches a slow client whole.
 
 use std::sync::{Arc, Mutex};
 
 use super::event::{Logged, ReplyEvent};
 use crate::domain::ConversationId;
-use crate::events::EventSink;
+use crate::events::{EventSink, Offer};
 
 /// A socket following a conversation.
 pub(super) struct Watcher {
@@ -39,6 +45,45 @@ pub(super) struct WatchState {
     /// Another read of the log is wanted once the current one is done
     /// (the listener lost events while it ran).
     pub(super) repair_again: bool,
+    /// Events the socket took so far (pacing watches it move).
+    pub(super) queued: u64,
+}
+
+/// What a watcher needs after its events went through the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Nothing: it is live again.
+    Done,
+    /// The log must be read again (something was missed).
+    Read,
+    /// Its socket had no room: the held events wait for a pause.
+    Wait,
+}
+
+/// Where the filter stands, to go back when the socket refuses an event.
+struct Position {
+    reply: Option<Arc<str>>,
+    last_index: i64,
+    ended: bool,
+    started: bool,
+}
+
+impl WatchState {
+    fn position(&self) -> Position {
+        Position {
+            reply: self.reply.clone(),
+            last_index: self.last_index,
+            ended: self.ended,
+            started: self.started,
+        }
+    }
+
+    fn restore(&mut self, position: Position) {
+        self.reply = position.reply;
+        self.last_index = position.last_index;
+        self.ended = position.ended;
+        self.started = position.started;
+    }
 }
 
 /// Where a resuming socket is: the reply it saw (when it says) and the
@@ -54,6 +99,16 @@ enum Verdict {
     Skip,
     /// Something before this event was missed: read the log first.
     Gap,
+}
+
+/// What became of one event at a watcher.
+enum Step {
+    /// Sent, or not wanted.
+    Passed,
+    /// Something before it was missed.
+    Gap,
+    /// The socket had no room: not sent, and the filter is where it was.
+    Full,
 }
 
 /// Whether `item` is new to a watcher in `state` (and records it). With
@@ -123,26 +178,59 @@ impl Watcher {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Events this watcher's socket took so far.
+    pub(super) fn queued(&self) -> u64 {
+        self.lock().queued
+    }
+
+    /// Sends `item` if the filter admits it and the socket has room; when
+    /// it has none, the filter goes back to where it was.
+    fn send(
+        &self,
+        state: &mut WatchState,
+        conversation: &ConversationId,
+        item: &Logged,
+        gaps: bool,
+    ) -> Step {
+        let before = state.position();
+        match admit(state, item, gaps) {
+            Verdict::Emit => match self.sink.offer(&item.to_socket(conversation)) {
+                Offer::Full => {
+                    state.restore(before);
+                    Step::Full
+                }
+                Offer::Queued | Offer::Gone => {
+                    state.queued += 1;
+                    Step::Passed
+                }
+            },
+            Verdict::Skip => Step::Passed,
+            Verdict::Gap => Step::Gap,
+        }
+    }
+
     /// Delivers a live event unless this watcher already has it (held back
-    /// while the log is read). Returns true when it showed a gap: the
-    /// caller reads the log and calls [`finish_repair`](Self::finish_repair).
+    /// while the log is read or the socket is full). `Read`: it showed a
+    /// gap (the caller reads the log and calls
+    /// [`finish_repair`](Self::finish_repair)); `Wait`: the socket had no
+    /// room (the caller paces it).
     #[must_use]
-    pub(super) fn deliver(&self, conversation: &ConversationId, item: &Logged) -> bool {
+    pub(super) fn deliver(&self, conversation: &ConversationId, item: &Logged) -> Next {
         let mut state = self.lock();
         if let Some(held) = &mut state.held {
             held.push(item.clone());
-            return false;
+            return Next::Done;
         }
-        match admit(&mut state, item, true) {
-            Verdict::Emit => self.sink.emit(item.to_socket(conversation)),
-            Verdict::Skip => {}
-            Verdict::Gap => {
+        let next = match self.send(&mut state, conversation, item, true) {
+            Step::Passed => return Next::Done,
+            Step::Gap => {
                 tracing::debug!(socket = %self.socket, "a reply event was missed; reading the reply log");
-                state.held = Some(vec![item.clone()]);
-                return true;
+                Next::Read
             }
-        }
-        false
+            Step::Full => Next::Wait,
+        };
+        state.held = Some(vec![item.clone()]);
+        next
     }
 
     /// Holds live events until the log has been read again; returns false
@@ -165,15 +253,15 @@ impl Watcher {
 
     /// Ends a resume: `logged` (the log as read, oldest first) and then the
     /// live events held meanwhile go through the filter, under one hold of
-    /// the lock, so nothing live slips in between. Returns true when the
-    /// log must be read again (see [`finish_repair`](Self::finish_repair)).
+    /// the lock, so nothing live slips in between. Returns what the watcher
+    /// needs next (see [`finish_repair`](Self::finish_repair)).
     #[must_use]
     pub(super) fn finish_replay(
         &self,
         conversation: &ConversationId,
         logged: &[Logged],
         resume: Resume,
-    ) -> bool {
+    ) -> Next {
         let mut state = self.lock();
         // The index is about the reply the socket names, else (an older
         // client) about the reply in the log.
@@ -186,19 +274,20 @@ impl Watcher {
         self.pass(&mut state, conversation, logged.iter(), false)
     }
 
-    /// Ends a read of the log for a repair: the events of `logged` this
-    /// watcher misses, then the held live ones up to the next gap. Returns
-    /// true when the log must be read again (events were lost while it was
-    /// read, or a held event shows a gap): the watcher goes on holding.
-    /// With `last`, whatever the log lacks is given up on and the held
-    /// events go out: false.
+    /// Ends a read of the log for a repair (or, with `logged` empty, a
+    /// pause for room): the events of `logged` this watcher misses, then
+    /// the held live ones up to the next gap. `Read`: the log must be read
+    /// again (events were lost while it was read, or a held event shows a
+    /// gap); `Wait`: the socket ran out of room. Either way the watcher
+    /// goes on holding. With `last`, whatever the log lacks is given up on
+    /// and the held events go out.
     #[must_use]
     pub(super) fn finish_repair(
         &self,
         conversation: &ConversationId,
         logged: &[Logged],
         last: bool,
-    ) -> bool {
+    ) -> Next {
         let mut state = self.lock();
         // The socket that sent the message gets the reply from its turn.
         let missed = logged
@@ -207,34 +296,46 @@ impl Watcher {
         self.pass(&mut state, conversation, missed, last)
     }
 
+    /// A socket that took nothing for too long: its held events are
+    /// dropped and it is disconnected (its client reconnects and resumes).
+    pub(super) fn give_up(&self) {
+        self.lock().held = None;
+        self.sink.disconnect();
+    }
+
     fn pass<'a>(
         &self,
         state: &mut WatchState,
         conversation: &ConversationId,
         logged: impl Iterator<Item = &'a Logged>,
         last: bool,
-    ) -> bool {
-        for item in logged {
-            if let Verdict::Emit = admit(state, item, false) {
-                self.sink.emit(item.to_socket(conversation));
+    ) -> Next {
+        let mut logged = logged;
+        while let Some(item) = logged.next() {
+            if let Step::Full = self.send(state, conversation, item, false) {
+                // The rest of the log goes before the held events, once
+                // the socket has room.
+                let held = state.held.take().unwrap_or_default();
+                let rest = std::iter::once(item).chain(logged).cloned();
+                state.held = Some(rest.chain(held).collect());
+                return Next::Wait;
             }
         }
         let held = state.held.take().unwrap_or_default();
         if std::mem::take(&mut state.repair_again) && !last {
             state.held = Some(held);
-            return true;
+            return Next::Read;
         }
         let mut held = held.into_iter();
         while let Some(item) = held.next() {
-            match admit(state, &item, !last) {
-                Verdict::Emit => self.sink.emit(item.to_socket(conversation)),
-                Verdict::Skip => {}
-                Verdict::Gap => {
-                    state.held = Some(std::iter::once(item).chain(held).collect());
-                    return true;
-                }
-            }
+            let next = match self.send(state, conversation, &item, !last) {
+                Step::Passed => continue,
+                Step::Gap => Next::Read,
+                Step::Full => Next::Wait,
+            };
+            state.held = Some(std::iter::once(item).chain(held).collect());
+            return next;
         }
-        false
+        Next::Done
     }
 }

@@ -34,6 +34,7 @@ use super::event::{Logged, ReplyEvent};
 use super::log::{Envelope, Renewal, ReplyLog};
 use super::redis::IN_FLIGHT_TTL;
 use super::{Followed, ReplyHub};
+use crate::events::SLOW_SOCKET_PATIENCE;
 
 /// Events one round records at most (the rest go in the next round). A
 /// round is delivered to the watchers without a pause, here and on every
@@ -62,6 +63,9 @@ pub(super) struct Timing {
     pub(super) renew_every: Duration,
     /// [`BACKLOG_PATIENCE`] (shorter in tests).
     pub(super) backlog_patience: Duration,
+    /// How long a watcher's socket may take no event before it is
+    /// disconnected ([`SLOW_SOCKET_PATIENCE`], shorter in tests).
+    pub(super) slow_socket_patience: Duration,
 }
 
 impl Timing {
@@ -70,6 +74,7 @@ impl Timing {
         Self {
             renew_every: (lease / 3).max(Duration::from_millis(500)),
             backlog_patience: BACKLOG_PATIENCE,
+            slow_socket_patience: SLOW_SOCKET_PATIENCE,
         }
     }
 }

@@ -42,7 +42,10 @@ pub use stop::{apply_remote_stop, stop_everywhere};
 use crate::context::{assemble, plan};
 use crate::domain::{ChatMessage, ConversationId, Role, UserId};
 use crate::error::ApiError;
-use crate::events::{EventSink, Field, ResponseChunk, ResponseEnd, ServerEvent, TokenUsage};
+use crate::events::{
+    emit_paced, EventSink, Field, Offer, ResponseChunk, ResponseEnd, ServerEvent, TokenUsage,
+    SLOW_SOCKET_PATIENCE,
+};
 use crate::llm::{ChatRequest, Delta, Messages, Usage};
 use crate::metrics::Metrics;
 use crate::notify::{conversation_branched, conversation_updated};
@@ -477,14 +480,26 @@ impl Turn<'_> {
             }
             let index = progress.chunks as u64;
             progress.reply.push_str(&chunk);
-            self.sink.emit(ServerEvent::ResponseChunk(ResponseChunk {
+            let event = ServerEvent::ResponseChunk(ResponseChunk {
                 chunk: &chunk,
                 index,
                 conversation_id: id.as_ref(),
                 reply_id: relay.reply_id(),
-            }));
+            });
+            // A sender whose buffer is full is waited for (a stop still
+            // works meanwhile); one that stays full is disconnected and
+            // resumes from the reply log.
+            let stopped = self.sink.offer(&event) == Offer::Full
+                && tokio::select! {
+                    _ = cancel.cancelled() => true,
+                    _ = emit_paced(self.sink, &event, SLOW_SOCKET_PATIENCE) => false,
+                };
+            // The chunk is in the reply's text: the other tabs get it too.
             relay.send(ReplyEvent::Chunk { index, chunk });
             progress.chunks += 1;
+            if stopped {
+                return Outcome::Stopped;
+            }
         }
     }
 
@@ -607,7 +622,7 @@ impl Turn<'_> {
             Outcome::Failed(err) => {
                 let body = err.body();
                 relay_send(ReplyEvent::error(&body));
-                self.sink.emit(body.event(Some(id)));
+                emit_paced(self.sink, &body.event(Some(id)), SLOW_SOCKET_PATIENCE).await;
             }
             Outcome::Finished | Outcome::Stopped => {
                 let stopped = matches!(outcome, Outcome::Stopped);
@@ -615,12 +630,14 @@ impl Turn<'_> {
                     stopped,
                     chunks: chunks as u64,
                 });
-                self.sink.emit(ServerEvent::ResponseEnd(ResponseEnd {
+                // After the chunks, which may still fill the buffer.
+                let end = ServerEvent::ResponseEnd(ResponseEnd {
                     conversation_id: id.as_ref(),
                     stopped,
                     chunks: chunks as u64,
                     reply_id: relay.as_ref().map(Relay::reply_id),
-                }));
+                });
+                emit_paced(self.sink, &end, SLOW_SOCKET_PATIENCE).await;
             }
         }
         let updated = match self.branching {
@@ -656,8 +673,9 @@ mod tests {
     struct Recorder(Mutex<Vec<String>>);
 
     impl EventSink for Recorder {
-        fn emit(&self, event: ServerEvent<'_>) {
+        fn offer(&self, event: &ServerEvent<'_>) -> Offer {
             self.0.lock().unwrap().push(event.name().to_string());
+            Offer::Queued
         }
     }
 

@@ -298,3 +298,83 @@ async fn a_resume_naming_its_reply_gets_the_rest_of_it_and_a_newer_reply_whole()
     );
     assert_eq!(refused["error"], "invalid");
 }
+
+/// The chunk indexes of `turn` are exactly `expected`, in order (a short message naming the
+/// first difference rather than thousands of indexes).
+fn assert_indexes(turn: &testkit::sio::Turn, expected: std::ops::Range<u64>, what: &str) {
+    let got: Vec<u64> = turn
+        .chunks
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = expected.collect();
+    if let Some(at) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+        panic!(
+            "{what}: {} chunks, expected {}; first difference at position {at}: got {:?}, expected {:?}",
+            got.len(),
+            want.len(),
+            got.get(at),
+            want.get(at)
+        );
+    }
+}
+
+/// A reply far longer than a socket's send buffer (socketioxide queues 128 packets per
+/// socket and dropped what did not fit): its sender, a tab resuming it from its start while
+/// it streams, and a tab that opens after it ended each get every chunk, in order, once.
+#[tokio::test]
+async fn a_reply_longer_than_a_sockets_buffer_reaches_every_tab_whole() {
+    use testkit::fake_llm::{Behaviour, Gate};
+    const LONG: u64 = 3000;
+    const BEFORE_HOLD: u64 = 2000;
+    // The stream pauses while the resuming tab catches up: no idle timeout meanwhile.
+    let app = spawn_app(&[("LLM_IDLE_TIMEOUT_SECONDS", "60")]).await;
+    let user = app.new_user().await;
+    let id = user.start_conversation().await;
+    let mut sender = user.socket().await;
+    let parts: Vec<String> = (0..LONG).map(|i| format!("w{i} ")).collect();
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let gate = Gate::new();
+    app.llm
+        .push(Behaviour::held(&refs, BEFORE_HOLD as usize, &gate));
+    sender.send_message("a very long answer please", Some(&id));
+    // The first 2000 chunks come from the fake at once, then it holds.
+    let first = testkit::sio::Turn::from_events(
+        sender
+            .events_until_chunk(BEFORE_HOLD as i64 - 1, TURN_TIMEOUT)
+            .await,
+    );
+    assert_indexes(&first, 0..BEFORE_HOLD, "the sender before the hold");
+
+    // A tab resuming from the start gets 2000 chunks at once from the log, then the rest live.
+    let mut resuming = user.socket().await;
+    resuming.emit(
+        "watch_conversation",
+        json!({"conversation_id": id, "last_index": -1}),
+    );
+    let replayed = testkit::sio::Turn::from_events(
+        resuming
+            .events_until_chunk(BEFORE_HOLD as i64 - 1, TURN_TIMEOUT)
+            .await,
+    );
+    assert_indexes(&replayed, 0..BEFORE_HOLD, "the resuming tab's replay");
+    gate.release();
+
+    let rest = sender.collect_turn(TURN_TIMEOUT).await;
+    assert_indexes(&rest, BEFORE_HOLD..LONG, "the sender after the hold");
+    assert_eq!(rest.expect_end()["chunks"], LONG);
+    let live = resuming.collect_reply(TURN_TIMEOUT).await;
+    assert_indexes(&live, BEFORE_HOLD..LONG, "the resuming tab after the hold");
+    assert_eq!(live.expect_end()["stopped"], false);
+
+    // After the end, a new tab replays the whole reply.
+    let mut later = user.socket().await;
+    later.emit(
+        "watch_conversation",
+        json!({"conversation_id": id, "last_index": -1}),
+    );
+    let whole = later.collect_reply(TURN_TIMEOUT).await;
+    assert_indexes(&whole, 0..LONG, "a tab opened after the end");
+    assert_eq!(whole.text(), parts.concat());
+    whole.expect_end();
+}
