@@ -430,6 +430,34 @@ pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
         .filter(|w| !w.is_empty())
 }
 
+/// Appends the words of `text`, as [`words`] gives them, to `out`: each
+/// after `prefix`, separated by spaces. What the SQLite index writes for
+/// every message, without a string per word (ASCII words, most of them,
+/// are lowercased in place).
+pub fn push_words(text: &str, prefix: &str, out: &mut String) {
+    for word in text.split(|c: char| !c.is_alphanumeric()) {
+        if word.is_empty() {
+            continue;
+        }
+        let mark = out.len();
+        if mark > 0 {
+            out.push(' ');
+        }
+        out.push_str(prefix);
+        let body = out.len();
+        if word.is_ascii() {
+            out.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        } else {
+            // `str::to_lowercase`, as `words` (a final sigma lowercases
+            // otherwise than on its own).
+            out.extend(word.to_lowercase().chars().filter(|c| c.is_alphanumeric()));
+        }
+        if out.len() == body {
+            out.truncate(mark);
+        }
+    }
+}
+
 /// RFC 3339 UTC with microseconds and `Z`: sorts as text, as the DB needs.
 pub mod rfc3339 {
     use chrono::{DateTime, SecondsFormat, Utc};
@@ -453,6 +481,29 @@ mod tests {
         // Found by the property test: "İ" lowercases to "i" + U+0307.
         assert_eq!(search_terms("İstanbul, ÜNÏ 42"), ["istanbul", "ünï", "42"]);
         assert!(search_terms("İ").iter().all(|t| t == "i"));
+    }
+
+    #[test]
+    fn pushed_words_are_the_words_each_after_the_prefix() {
+        let texts = [
+            "",
+            "   ",
+            "Hello, World! 42 times",
+            "w0 xxxxxxxxxxxxx w1 xxxxxxxx",
+            "İstanbul ÜNÏ ΟΔΟΣ Σ café-crème",
+            "a\u{307}b \u{301}",
+            "日本語のテキスト 和 English",
+            "--::..",
+        ];
+        for text in texts {
+            let expected = words(text)
+                .map(|w| format!("7_{w}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut pushed = String::new();
+            push_words(text, "7_", &mut pushed);
+            assert_eq!(pushed, expected, "{text:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
 
-use crate::store::words;
+use crate::store::push_words;
 
 /// Messages indexed per statement batch.
 const BATCH: usize = 500;
@@ -57,6 +57,7 @@ fn index_batch(conn: &mut Connection) -> rusqlite::Result<usize> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut keys: HashMap<String, i64> = HashMap::new();
+    let mut terms = String::new();
     for (id, user, content) in &pending {
         let key = match keys.get(user) {
             Some(key) => *key,
@@ -66,10 +67,8 @@ fn index_batch(conn: &mut Connection) -> rusqlite::Result<usize> {
                 key
             }
         };
-        let terms = words(content)
-            .map(|word| user_term(key, &word))
-            .collect::<Vec<_>>()
-            .join(" ");
+        terms.clear();
+        push_words(content, &user_term(key, ""), &mut terms);
         tx.prepare_cached("INSERT INTO search_fts (rowid, terms) VALUES (?1, ?2)")?
             .execute(params![id, terms])?;
         tx.prepare_cached("UPDATE messages SET indexed = 1 WHERE id = ?1")?
