@@ -23,7 +23,8 @@ pub(super) struct MemoryLog {
 
 #[derive(Default)]
 pub(super) struct MemoryReplies {
-    replies: HashMap<(Arc<str>, Arc<str>), LoggedReply>,
+    /// Looked up on every event: a fast hasher (seeded per process).
+    replies: HashMap<(Arc<str>, Arc<str>), LoggedReply, foldhash::fast::RandomState>,
     /// When expired replies were last dropped: a sweep goes over every
     /// logged reply, so it runs once a second, not on every chunk.
     swept: Option<Instant>,

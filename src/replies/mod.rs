@@ -75,7 +75,8 @@ pub struct ReplyHub {
 
 #[derive(Default)]
 struct Registry {
-    watchers: HashMap<Followed, Vec<Arc<Watcher>>>,
+    /// Looked up on every event: a fast hasher (seeded per process).
+    watchers: HashMap<Followed, Vec<Arc<Watcher>>, foldhash::fast::RandomState>,
     watching: HashMap<String, Followed>,
     /// Sockets whose disconnect was handled, and when: a watch that
     /// registers after it (its handler ran late) is refused, so no watcher
