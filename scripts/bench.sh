@@ -39,6 +39,12 @@
 #      (upstream servers and listen replaced, NGINX_WORKERS worker processes); turns with
 #      USERS users through nginx, spread over SCALE_SOURCE_NETS loopback /24s (ip_hash
 #      keys on the first three octets), CPU of each instance, nginx and Redis
+#  11. instructions (ONLY=instructions, not part of `all`): the server under valgrind's
+#      callgrind, INSTR_USERS users, a new conversation every 10 turns, then every
+#      LONG_EVERY turns: the instructions the server executes per turn while the load
+#      generator measures. Unlike turns/s and CPU time, that count does not move with
+#      whatever else the machine runs: it is the figure for an A/B of a small change
+#      (BENCH_BIN=<before>, then <after>). Needs valgrind (Debian's package).
 # One JSON line per run on stdout (also appended to $RESULTS if set); everything
 # it started is killed on exit. SecantusDB comes from the virtualenv scripts/test.sh
 # makes ($HOME/.cache/llm-chat-server/venv, created here from
@@ -72,7 +78,10 @@ NGINX_WORKERS=${NGINX_WORKERS:-auto}
 # the shared file's write lock, not a deployment: it works only because ip_hash pins each
 # user's requests and socket to one instance).
 SCALE_SQLITE=${SCALE_SQLITE:-shared}
-ONLY=${ONLY:-all}   # all | turns | idle | fanout | cross | upload | chunking | redis | scale
+INSTR_USERS=${INSTR_USERS:-20}
+INSTR_WARMUP=${INSTR_WARMUP:-20}
+INSTR_DURATION=${INSTR_DURATION:-40}
+ONLY=${ONLY:-all}   # all | turns | idle | fanout | cross | upload | chunking | redis | scale | instructions
 # KEEP_LOGS=1 keeps the temp dir with every process's output (its path is printed).
 # BENCH_BIN=DIR uses the binaries in DIR instead of building (A/B against a kept build).
 
@@ -451,3 +460,42 @@ if want scale; then
   done
 fi
 echo "==> done, load: $(uptime)" >&2
+
+if [ "$ONLY" = instructions ]; then
+  command -v valgrind >/dev/null || { echo "ONLY=instructions needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+  for every in 10 "$LONG_EVERY"; do
+    name=instructions-every-$every
+    mkdir -p "$tmp/$name"
+    out="$tmp/$name/callgrind.out"
+    # The server's environment is start_server's; instrumentation starts after the warm-up.
+    (cd "$tmp/$name" && exec env LLM_PROVIDER=openai OPENAI_BASE_URL="$fake_url/v1" \
+      LLM_MODEL=fake OPENAI_API_KEY=k RATE_LIMIT_MESSAGES_PER_MINUTE=0 \
+      RATE_LIMIT_NEW_SESSIONS_PER_IP_PER_HOUR=0 RATE_LIMIT_MESSAGES_PER_IP_PER_MINUTE=0 \
+      DATABASE_PATH="$tmp/$name/chat.db" SAVED_CONVERSATIONS_DIR="$tmp/$name/saved" \
+      HOST=127.0.0.1 PORT=0 RUST_LOG=warn \
+      valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+      "$bin/llm-chat-server" >"$tmp/$name.out" 2>"$tmp/$name.out.err") &
+    pids+=($!)
+    # Valgrind starts the server ~50 times slower: up to 60 s.
+    for _ in $(seq 1 1200); do grep -q "^llm-chat-server listening on " "$tmp/$name.out" 2>/dev/null && break; sleep 0.05; done
+    server_url=$(wait_url "$tmp/$name.out" "llm-chat-server listening on ")
+    vg=$(pgrep -f -- "--callgrind-out-file=$out" | head -1)
+    pids+=("$vg")
+    "$bin/chat-bench" turns --warmup-secs "$INSTR_WARMUP" --duration-secs "$INSTR_DURATION" \
+      --llm-delay-ms 0 --label "$name" --url "$server_url" --users "$INSTR_USERS" \
+      --fresh-every "$every" >"$tmp/$name.json" &
+    bench_pid=$!
+    sleep "$INSTR_WARMUP"
+    # callgrind_control finds the process by the HOST it was started with.
+    HOST=127.0.0.1 callgrind_control -i on "$vg" >/dev/null
+    wait "$bench_pid"
+    HOST=127.0.0.1 callgrind_control -i off "$vg" >/dev/null
+    HOST=127.0.0.1 callgrind_control -d "$vg" >/dev/null
+    instructions=$(awk '/^totals:/ {print $2; exit}' "$out.1")
+    line=$(cat "$tmp/$name.json")
+    turns=$(grep -o '"turns":[0-9]*' <<<"$line" | head -1 | cut -d: -f2)
+    emit "${line%\}},\"instructions\":$instructions,\"instructions_per_turn\":$((instructions / turns))}"
+    echo "==> $name: $((instructions / turns)) instructions per turn ($turns turns, $INSTR_USERS users)" >&2
+    kill "$vg" 2>/dev/null || true
+  done
+fi
