@@ -116,8 +116,10 @@ fake() {
 }
 fake main fake_url --delay-ms "$LLM_DELAY_MS"
 
-# start_server NAME [VAR=value...]: starts a server with its own database (the extra
-# variables come last, so they override); sets server_url, server_pid.
+# start_server NAME [VAR=value...] [WRAPPER ARGS...]: starts a server with its own database
+# (the extra variables come last, so they override; a command after them, such as
+# valgrind, runs the server); waits SERVER_START_SECS (10) for it; sets server_url,
+# server_pid.
 start_server() {
   local name=$1
   shift
@@ -130,7 +132,7 @@ start_server() {
     >"$tmp/$name.out" 2>"$tmp/$name.out.err") &
   server_pid=$!
   pids+=("$server_pid")
-  server_url=$(wait_url "$tmp/$name.out" "llm-chat-server listening on ")
+  server_url=$(wait_url "$tmp/$name.out" "llm-chat-server listening on " "${SERVER_START_SECS:-10}")
 }
 
 # wait_ready URL: until URL/readyz answers 200 (Redis subscribed, store up; 30 s at most).
@@ -465,20 +467,10 @@ if [ "$ONLY" = instructions ]; then
   command -v valgrind >/dev/null || { echo "ONLY=instructions needs valgrind (apt-get install valgrind)" >&2; exit 1; }
   for every in 10 "$LONG_EVERY"; do
     name=instructions-every-$every
-    mkdir -p "$tmp/$name"
     out="$tmp/$name/callgrind.out"
-    # The server's environment is start_server's; instrumentation starts after the warm-up.
-    (cd "$tmp/$name" && exec env LLM_PROVIDER=openai OPENAI_BASE_URL="$fake_url/v1" \
-      LLM_MODEL=fake OPENAI_API_KEY=k RATE_LIMIT_MESSAGES_PER_MINUTE=0 \
-      RATE_LIMIT_NEW_SESSIONS_PER_IP_PER_HOUR=0 RATE_LIMIT_MESSAGES_PER_IP_PER_MINUTE=0 \
-      DATABASE_PATH="$tmp/$name/chat.db" SAVED_CONVERSATIONS_DIR="$tmp/$name/saved" \
-      HOST=127.0.0.1 PORT=0 RUST_LOG=warn \
-      valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-      "$bin/llm-chat-server" >"$tmp/$name.out" 2>"$tmp/$name.out.err") &
-    pids+=($!)
-    # Valgrind starts the server ~50 times slower: up to 60 s.
-    for _ in $(seq 1 1200); do grep -q "^llm-chat-server listening on " "$tmp/$name.out" 2>/dev/null && break; sleep 0.05; done
-    server_url=$(wait_url "$tmp/$name.out" "llm-chat-server listening on ")
+    # Valgrind starts the server ~50 times slower; instrumentation starts after the warm-up.
+    SERVER_START_SECS=60 start_server "$name" \
+      valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out"
     vg=$(pgrep -f -- "--callgrind-out-file=$out" | head -1)
     pids+=("$vg")
     "$bin/chat-bench" turns --warmup-secs "$INSTR_WARMUP" --duration-secs "$INSTR_DURATION" \

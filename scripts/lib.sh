@@ -74,10 +74,11 @@ wait_port() {
   return 1
 }
 
-# wait_url FILE PREFIX: the URL printed after PREFIX in FILE (10 s at most).
+# wait_url FILE PREFIX [SECONDS]: the URL printed after PREFIX in FILE (10 s at most, or
+# SECONDS).
 wait_url() {
   local file=$1 prefix=$2 line
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 $((${3:-10} * 20))); do
     if line=$(grep -m1 "^$prefix" "$file" 2>/dev/null); then
       echo "${line#"$prefix"}"
       return 0
