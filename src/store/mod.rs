@@ -418,43 +418,48 @@ pub fn search_terms(query: &str) -> Vec<String> {
 /// The words of a text as search sees them, lowercased: what an index built
 /// in Rust (SQLite's) stores and what [`search_terms`] looks up.
 pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        // Lowercasing can add a combining mark ("İ" becomes "i\u{307}"):
-        // a term keeps only its letters and digits.
+    raw_words(text)
         .map(|w| {
-            w.to_lowercase()
-                .chars()
-                .filter(|c| c.is_alphanumeric())
-                .collect::<String>()
+            let mut term = String::new();
+            push_lowercase(w, &mut term);
+            term
         })
         .filter(|w| !w.is_empty())
 }
 
 /// Appends the words of `text`, as [`words`] gives them, to `out`: each
 /// after `prefix`, separated by spaces. What the SQLite index writes for
-/// every message, without a string per word (ASCII words, most of them,
-/// are lowercased in place).
+/// every message, without a string per word.
 pub fn push_words(text: &str, prefix: &str, out: &mut String) {
-    for word in text.split(|c: char| !c.is_alphanumeric()) {
-        if word.is_empty() {
-            continue;
-        }
+    for word in raw_words(text) {
         let mark = out.len();
         if mark > 0 {
             out.push(' ');
         }
         out.push_str(prefix);
         let body = out.len();
-        if word.is_ascii() {
-            out.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
-        } else {
-            // `str::to_lowercase`, as `words` (a final sigma lowercases
-            // otherwise than on its own).
-            out.extend(word.to_lowercase().chars().filter(|c| c.is_alphanumeric()));
-        }
+        push_lowercase(word, out);
         if out.len() == body {
             out.truncate(mark);
         }
+    }
+}
+
+/// The runs of letters and digits in `text`.
+fn raw_words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+}
+
+/// Appends `word` lowercased as a term: ASCII (most words) in place; other
+/// text through `str::to_lowercase` (a final sigma lowercases otherwise
+/// than on its own), keeping only letters and digits (lowercasing can add
+/// a combining mark: "İ" becomes "i\u{307}").
+fn push_lowercase(word: &str, out: &mut String) {
+    if word.is_ascii() {
+        out.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+    } else {
+        out.extend(word.to_lowercase().chars().filter(|c| c.is_alphanumeric()));
     }
 }
 
