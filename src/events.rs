@@ -245,6 +245,40 @@ pub const PACE_FIRST: std::time::Duration = std::time::Duration::from_millis(1);
 /// The longest pause between offers to a full socket.
 pub const PACE_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// The pauses between offers to a full socket: [`PACE_FIRST`], doubling
+/// up to [`PACE_MAX`], from the socket's last progress.
+pub struct Pacing {
+    pause: std::time::Duration,
+    since: tokio::time::Instant,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            pause: PACE_FIRST,
+            since: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Pacing {
+    /// Waits the next pause; `false` (without waiting) once the socket
+    /// took nothing for `patience`.
+    pub async fn wait(&mut self, patience: std::time::Duration) -> bool {
+        if self.since.elapsed() >= patience {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(PACE_MAX);
+        true
+    }
+
+    /// The socket took something: the pauses start again from the first.
+    pub fn progressed(&mut self) {
+        *self = Self::default();
+    }
+}
+
 /// Offers `event` until the socket takes it, pausing while its buffer is
 /// full, so a reply reaches a slow client whole (the turn waits for it).
 /// After `patience` without room the socket is disconnected (its client
@@ -255,20 +289,16 @@ pub async fn emit_paced(
     event: &ServerEvent<'_>,
     patience: std::time::Duration,
 ) -> bool {
-    let mut pause = PACE_FIRST;
-    let mut waited = std::time::Duration::ZERO;
+    let mut pacing = Pacing::default();
     loop {
         match sink.offer(event) {
             Offer::Queued => return true,
             Offer::Gone => return false,
-            Offer::Full if waited >= patience => {
-                sink.disconnect();
-                return false;
-            }
             Offer::Full => {
-                tokio::time::sleep(pause).await;
-                waited += pause;
-                pause = (pause * 2).min(PACE_MAX);
+                if !pacing.wait(patience).await {
+                    sink.disconnect();
+                    return false;
+                }
             }
         }
     }

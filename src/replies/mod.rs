@@ -49,7 +49,7 @@ use writer::{Queued, ReplyContext, Timing};
 
 use crate::cluster::RedisConnections;
 use crate::domain::{ConversationId, UserId};
-use crate::events::{EventSink, PACE_FIRST, PACE_MAX};
+use crate::events::{EventSink, Pacing};
 
 /// A followed conversation: its owner and id.
 type Followed = (UserId, ConversationId);
@@ -283,11 +283,12 @@ impl ReplyHub {
     fn pace(self: &Arc<Self>, followed: Followed, watcher: Arc<Watcher>) {
         let hub = self.clone();
         tokio::spawn(async move {
-            let mut pause = PACE_FIRST;
+            let mut pacing = Pacing::default();
             let mut queued = watcher.queued();
-            let mut since = tokio::time::Instant::now();
             loop {
-                tokio::time::sleep(pause).await;
+                if !pacing.wait(hub.timing.slow_socket_patience).await {
+                    return watcher.give_up();
+                }
                 match watcher.finish_repair(&followed.1, &[], false) {
                     Next::Done => return,
                     Next::Read => return hub.repair(followed, vec![watcher]),
@@ -295,11 +296,8 @@ impl ReplyHub {
                 }
                 let now = watcher.queued();
                 if now != queued {
-                    (queued, since, pause) = (now, tokio::time::Instant::now(), PACE_FIRST);
-                } else if since.elapsed() >= hub.timing.slow_socket_patience {
-                    return watcher.give_up();
-                } else {
-                    pause = (pause * 2).min(PACE_MAX);
+                    queued = now;
+                    pacing.progressed();
                 }
             }
         });
