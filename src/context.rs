@@ -20,10 +20,16 @@ pub const REPLY_PRIMING: u32 = 3;
 /// Counts tokens with one of tiktoken's encodings (loaded once, shared),
 /// through `bpe-openai`: the same counts as tiktoken's `encode_ordinary`
 /// (tests/properties checks them against tiktoken-rs), several times
-/// faster.
+/// faster. A text's count is the sum of its pre-tokenizer pieces' (mostly
+/// words with their leading space); each thread keeps the counts of the
+/// short pieces it met last ([`CACHED_PIECES`]), so a common word is
+/// encoded once, not in every message (tiktoken's own core does the same
+/// for pieces that are one token).
 #[derive(Clone, Copy)]
 pub struct TokenCounter {
     bpe: &'static bpe_openai::Tokenizer,
+    /// Which of the thread's piece caches is this encoding's.
+    slot: usize,
 }
 
 impl std::fmt::Debug for TokenCounter {
@@ -32,25 +38,65 @@ impl std::fmt::Debug for TokenCounter {
     }
 }
 
+/// Pieces whose counts one thread keeps per encoding: a few hundred KiB at
+/// most; the cache starts again when full.
+const CACHED_PIECES: usize = 4096;
+/// Longer pieces (rare: long numbers, runs of symbols) are counted each time.
+const CACHED_PIECE_BYTES: usize = 32;
+
+type PieceCounts = std::collections::HashMap<Box<str>, u32, foldhash::fast::RandomState>;
+
+thread_local! {
+    /// One cache per encoding (`TokenCounter::slot`).
+    static PIECES: std::cell::RefCell<[PieceCounts; 2]> = Default::default();
+}
+
 impl TokenCounter {
     pub fn new(tokenizer: Tokenizer) -> Self {
-        let bpe = match tokenizer {
-            Tokenizer::Cl100kBase => bpe_openai::cl100k_base(),
-            Tokenizer::O200kBase => bpe_openai::o200k_base(),
+        let (bpe, slot) = match tokenizer {
+            Tokenizer::Cl100kBase => (bpe_openai::cl100k_base(), 0),
+            Tokenizer::O200kBase => (bpe_openai::o200k_base(), 1),
         };
-        Self { bpe }
+        Self { bpe, slot }
     }
 
     /// Tokens of `text` (special-token text counts as ordinary text).
     pub fn count(&self, text: &str) -> u32 {
         #[cfg(test)]
         counted::note(text);
-        self.bpe.count(text) as u32
+        let text = self.bpe.normalize(text);
+        let encoding = &self.bpe.bpe;
+        PIECES.with_borrow_mut(|caches| {
+            let cache = &mut caches[self.slot];
+            self.bpe
+                .split(text.as_str())
+                .map(|piece| {
+                    if piece.len() > CACHED_PIECE_BYTES {
+                        return encoding.count(piece.as_bytes()) as u32;
+                    }
+                    if let Some(&count) = cache.get(piece) {
+                        return count;
+                    }
+                    let count = encoding.count(piece.as_bytes()) as u32;
+                    if cache.len() >= CACHED_PIECES {
+                        cache.clear();
+                    }
+                    cache.insert(piece.into(), count);
+                    count
+                })
+                .sum()
+        })
     }
 
     /// Tokens `content` costs as one prompt message.
     pub fn message_cost(&self, content: &str) -> u32 {
         self.count(content) + MESSAGE_OVERHEAD
+    }
+
+    /// Pieces this thread keeps counts of for this encoding.
+    #[cfg(test)]
+    fn cached_pieces(&self) -> usize {
+        PIECES.with_borrow(|caches| caches[self.slot].len())
     }
 }
 
@@ -422,6 +468,53 @@ mod tests {
             for text in texts {
                 let expected = tiktoken.encode_ordinary(text).len() as u32;
                 assert_eq!(counter.count(text), expected, "{tokenizer:?} {text:?}");
+            }
+        }
+    }
+
+    /// Counting a text again (from the thread's piece counts), and after
+    /// the cache filled up and started again, gives bpe-openai's own count.
+    #[test]
+    fn counts_from_the_piece_cache_are_the_encodings_counts() {
+        let texts = [
+            "The same words, the same words, and the same words again.",
+            " xxxxxxxxxxxxxw1 xxxxxxxxxxxxxw2 xxxxxxxxxxxxxw1",
+            "a piece longer than the cache keeps: 12345678901234567890123456789012345678901234567890",
+            "😀👍🏽 naïve café 日本語のテキスト Привет мир",
+        ];
+        for tokenizer in [Tokenizer::Cl100kBase, Tokenizer::O200kBase] {
+            let counter = TokenCounter::new(tokenizer);
+            let encoding = match tokenizer {
+                Tokenizer::Cl100kBase => bpe_openai::cl100k_base(),
+                Tokenizer::O200kBase => bpe_openai::o200k_base(),
+            };
+            for text in texts {
+                let expected = encoding.count(text) as u32;
+                assert_eq!(
+                    counter.count(text),
+                    expected,
+                    "{tokenizer:?} {text:?}, first"
+                );
+                assert_eq!(
+                    counter.count(text),
+                    expected,
+                    "{tokenizer:?} {text:?}, cached"
+                );
+            }
+            // More distinct pieces than the cache holds: it starts again,
+            // and stays bounded.
+            let many: String = (0..CACHED_PIECES + 100)
+                .map(|i| format!(" w{i}q"))
+                .collect();
+            assert_eq!(counter.count(&many), encoding.count(many.as_str()) as u32);
+            assert!(counter.cached_pieces() <= CACHED_PIECES);
+            assert!(counter.cached_pieces() > 0);
+            for text in texts {
+                assert_eq!(
+                    counter.count(text),
+                    encoding.count(text) as u32,
+                    "{text:?}, after"
+                );
             }
         }
     }
