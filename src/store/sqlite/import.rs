@@ -8,7 +8,9 @@ use super::exec::backend;
 use crate::store::{rfc3339, BranchPool, Conversation, StoreResult};
 
 /// Inserts `conversation` for `user` (`bytes`: its text size); `false`
-/// when it was already there.
+/// when it was already there. Its revision starts at its message count,
+/// where a row created empty and appended to one message at a time would
+/// be at least.
 pub(super) fn insert(
     conn: &mut Connection,
     user: &str,
@@ -22,8 +24,8 @@ pub(super) fn insert(
     let inserted = tx
         .execute(
             "INSERT OR IGNORE INTO conversations (user_id, conversation_id, title, summary, \
-             summary_covers, summary_tokens, message_count, created_at, updated_at, text_bytes) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             summary_covers, summary_tokens, message_count, created_at, updated_at, text_bytes, \
+             revision) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?7)",
             params![
                 user,
                 meta.conversation_id.as_ref(),

@@ -16,16 +16,20 @@ use crate::store::{StoreError, StoreResult};
 /// update of the row did not (an update that did is one of the others, or
 /// already counted); SQLite does not run a trigger again from its own
 /// update (`recursive_triggers` is off), and its `WHEN` would stop it.
+///
+/// Inserted messages have no trigger: every write that inserts them
+/// updates the conversation's row in the same transaction (an append and a
+/// branch switch set its `message_count`; an import writes the row with its
+/// messages), and that moves the revision on. A trigger per inserted row
+/// (`messages_added_revise`, dropped here) rewrote the row once more for
+/// each message: as many instructions as the insert itself.
 const TRIGGERS: &str = r#"
 CREATE TRIGGER IF NOT EXISTS conversations_revised AFTER UPDATE ON conversations
     WHEN new.revision IS old.revision BEGIN
     UPDATE conversations SET revision = old.revision + 1
         WHERE user_id = new.user_id AND conversation_id = new.conversation_id;
 END;
-CREATE TRIGGER IF NOT EXISTS messages_added_revise AFTER INSERT ON messages BEGIN
-    UPDATE conversations SET revision = revision + 1
-        WHERE user_id = new.user_id AND conversation_id = new.conversation_id;
-END;
+DROP TRIGGER IF EXISTS messages_added_revise;
 CREATE TRIGGER IF NOT EXISTS messages_removed_revise AFTER DELETE ON messages BEGIN
     UPDATE conversations SET revision = revision + 1
         WHERE user_id = old.user_id AND conversation_id = old.conversation_id;
