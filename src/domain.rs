@@ -20,10 +20,17 @@ pub struct ConversationId(String);
 #[error("invalid id")]
 pub struct InvalidId;
 
+/// A random (version 4) UUID from the thread's generator (`rand`'s
+/// ChaCha, seeded from the OS), not a `getrandom` system call per id as
+/// `Uuid::new_v4` makes: a turn makes one (its reply id).
+pub fn new_uuid() -> Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
 impl ConversationId {
     /// A fresh random id.
     pub fn new() -> Self {
-        Self(Uuid::new_v4().to_string())
+        Self(new_uuid().to_string())
     }
 
     /// Accepts any UUID spelling and keeps the canonical one.
@@ -75,7 +82,7 @@ pub struct UserId(String);
 impl UserId {
     /// A fresh random user id.
     pub fn new() -> Self {
-        Self(Uuid::new_v4().to_string())
+        Self(new_uuid().to_string())
     }
 
     /// Wraps a stored id (from a session or a database row) as it is.
@@ -294,6 +301,18 @@ pub fn conversation_text<'a>(messages: impl IntoIterator<Item = &'a ChatMessage>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_ids_are_random_version_4_uuids() {
+        let ids: std::collections::HashSet<Uuid> = (0..1000).map(|_| new_uuid()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(id.get_version(), Some(uuid::Version::Random));
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        }
+        let id = ConversationId::new();
+        assert_eq!(ConversationId::parse(id.as_ref()).unwrap(), id);
+    }
 
     #[test]
     fn conversation_ids_must_be_uuids_and_are_canonicalised() {

@@ -114,7 +114,7 @@ impl Logged {
 
 /// A new reply id: unique across instances and restarts.
 pub(super) fn new_reply_id() -> Arc<str> {
-    Arc::from(uuid::Uuid::new_v4().simple().to_string())
+    Arc::from(crate::domain::new_uuid().simple().to_string())
 }
 
 /// What a turn sends when it was interrupted: its instance stopped
