@@ -42,9 +42,11 @@
 #  11. instructions (ONLY=instructions, not part of `all`): the server under valgrind's
 #      callgrind, INSTR_USERS users, a new conversation every 10 turns, then every
 #      LONG_EVERY turns: the instructions the server executes per turn while the load
-#      generator measures. Unlike turns/s and CPU time, that count does not move with
-#      whatever else the machine runs: it is the figure for an A/B of a small change
-#      (BENCH_BIN=<before>, then <after>). Needs valgrind (Debian's package).
+#      generator measures; then the proxy reference the same way, and their ratio. Unlike
+#      turns/s and CPU time, that count does not move with whatever else the machine runs:
+#      it is the figure for an A/B of a small change (BENCH_BIN=<before>, then <after>).
+#      It leaves out the kernel's work (sockets, file writes). Needs valgrind (Debian's
+#      package).
 # One JSON line per run on stdout (also appended to $RESULTS if set); everything
 # it started is killed on exit. SecantusDB comes from the virtualenv scripts/test.sh
 # makes ($HOME/.cache/llm-chat-server/venv, created here from
@@ -465,18 +467,16 @@ echo "==> done, load: $(uptime)" >&2
 
 if [ "$ONLY" = instructions ]; then
   command -v valgrind >/dev/null || { echo "ONLY=instructions needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-  for every in 10 "$LONG_EVERY"; do
-    name=instructions-every-$every
-    out="$tmp/$name/callgrind.out"
-    # Valgrind starts the server ~50 times slower; instrumentation starts after the warm-up.
-    SERVER_START_SECS=60 start_server "$name" \
-      valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out"
-    vg=$(pgrep -f -- "--callgrind-out-file=$out" | head -1)
-    pids+=("$vg")
+  # under_callgrind NAME PID URL EVERY: INSTR_USERS users against URL (a new conversation
+  # every EVERY turns); the instructions PID (started under callgrind with
+  # --callgrind-out-file=$tmp/NAME/callgrind.out) executes while the load generator
+  # measures, per turn; sets line (chat-bench's result with the counts added).
+  under_callgrind() {
+    local name=$1 vg=$2 url=$3 every=$4 out="$tmp/$1/callgrind.out" instructions turns
     "$bin/chat-bench" turns --warmup-secs "$INSTR_WARMUP" --duration-secs "$INSTR_DURATION" \
-      --llm-delay-ms 0 --label "$name" --url "$server_url" --users "$INSTR_USERS" \
+      --llm-delay-ms 0 --label "$name" --url "$url" --users "$INSTR_USERS" \
       --fresh-every "$every" >"$tmp/$name.json" &
-    bench_pid=$!
+    local bench_pid=$!
     sleep "$INSTR_WARMUP"
     # callgrind_control finds the process by the HOST it was started with.
     HOST=127.0.0.1 callgrind_control -i on "$vg" >/dev/null
@@ -486,8 +486,35 @@ if [ "$ONLY" = instructions ]; then
     instructions=$(awk '/^totals:/ {print $2; exit}' "$out.1")
     line=$(cat "$tmp/$name.json")
     turns=$(grep -o '"turns":[0-9]*' <<<"$line" | head -1 | cut -d: -f2)
-    emit "${line%\}},\"instructions\":$instructions,\"instructions_per_turn\":$((instructions / turns))}"
+    line="${line%\}},\"instructions\":$instructions,\"instructions_per_turn\":$((instructions / turns))}"
     echo "==> $name: $((instructions / turns)) instructions per turn ($turns turns, $INSTR_USERS users)" >&2
     kill "$vg" 2>/dev/null || true
+  }
+  per_turn() { sed -n 's/.*"instructions_per_turn":\([0-9]*\).*/\1/p' <<<"$1"; }
+  for every in 10 "$LONG_EVERY"; do
+    # The server. Valgrind starts it ~50 times slower; instrumentation starts after the
+    # warm-up.
+    name=instructions-every-$every
+    SERVER_START_SECS=60 start_server "$name" \
+      valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/$name/callgrind.out"
+    vg=$(pgrep -f -- "--callgrind-out-file=$tmp/$name/callgrind.out" | head -1)
+    pids+=("$vg")
+    under_callgrind "$name" "$vg" "$server_url" "$every"
+    server_line=$line
+    emit "$server_line"
+    # The proxy reference (as in `turns`: the conversation so far in each request), the
+    # same way: the least a chat server must execute per turn, without the kernel's work.
+    name=instructions-proxy-every-$every
+    mkdir -p "$tmp/$name"
+    # HOST as the server has it, for callgrind_control to find the process.
+    HOST=127.0.0.1 valgrind --tool=callgrind --instr-atstart=no \
+      --callgrind-out-file="$tmp/$name/callgrind.out" "$bin/chat-bench" reference --port 0 --llm-url "$fake_url" \
+      >"$tmp/$name.out" 2>"$tmp/$name.out.err" &
+    vg=$!
+    pids+=("$vg")
+    proxy_url=$(wait_url "$tmp/$name.out" "reference listening on " 60)
+    under_callgrind "$name" "$vg" "$proxy_url" "$every"
+    emit "$line"
+    echo "==> a new conversation every $every turns: instructions per turn, proxy reference / server $(awk -v p="$(per_turn "$line")" -v s="$(per_turn "$server_line")" 'BEGIN { printf "%.3f", p / s }')" >&2
   done
 fi
