@@ -56,19 +56,16 @@ fn index_batch(conn: &mut Connection) -> rusqlite::Result<usize> {
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut keys: HashMap<String, i64> = HashMap::new();
+    // Each user's term prefix (`user_term(key, "")`), made once per batch.
+    let mut prefixes: HashMap<String, String> = HashMap::new();
     let mut terms = String::new();
     for (id, user, content) in &pending {
-        let key = match keys.get(user) {
-            Some(key) => *key,
-            None => {
-                let key = user_key(&tx, user)?;
-                keys.insert(user.clone(), key);
-                key
-            }
-        };
+        if !prefixes.contains_key(user) {
+            let prefix = user_term(user_key(&tx, user)?, "");
+            prefixes.insert(user.clone(), prefix);
+        }
         terms.clear();
-        push_words(content, &user_term(key, ""), &mut terms);
+        push_words(content, &prefixes[user], &mut terms);
         tx.prepare_cached("INSERT INTO search_fts (rowid, terms) VALUES (?1, ?2)")?
             .execute(params![id, terms])?;
         tx.prepare_cached("UPDATE messages SET indexed = 1 WHERE id = ?1")?
