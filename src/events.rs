@@ -240,10 +240,10 @@ pub const SLOW_SOCKET_PATIENCE: std::time::Duration = std::time::Duration::from_
 
 /// The first pause before offering an event again to a full socket; each
 /// further one doubles, up to [`PACE_MAX`].
-pub const PACE_FIRST: std::time::Duration = std::time::Duration::from_millis(1);
+const PACE_FIRST: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The longest pause between offers to a full socket.
-pub const PACE_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+const PACE_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The pauses between offers to a full socket: [`PACE_FIRST`], doubling
 /// up to [`PACE_MAX`], from the socket's last progress.
