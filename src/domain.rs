@@ -22,7 +22,8 @@ pub struct InvalidId;
 
 /// A random (version 4) UUID from the thread's generator (`rand`'s
 /// ChaCha, seeded from the OS), not a `getrandom` system call per id as
-/// `Uuid::new_v4` makes: a turn makes one (its reply id).
+/// `Uuid::new_v4` makes: a turn makes one (its reply id), and so does a
+/// request to the OpenAI-compatible API (its completion id).
 pub fn new_uuid() -> Uuid {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid()
 }

@@ -715,7 +715,7 @@ async fn chat_completions(
         temperature: request.temperature,
     };
     let reply = Reply {
-        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        id: format!("chatcmpl-{}", crate::domain::new_uuid().simple()),
         created: chrono::Utc::now().timestamp(),
         model: model.id,
         max_tokens: request.max_tokens,
