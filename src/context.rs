@@ -484,10 +484,7 @@ mod tests {
         ];
         for tokenizer in [Tokenizer::Cl100kBase, Tokenizer::O200kBase] {
             let counter = TokenCounter::new(tokenizer);
-            let encoding = match tokenizer {
-                Tokenizer::Cl100kBase => bpe_openai::cl100k_base(),
-                Tokenizer::O200kBase => bpe_openai::o200k_base(),
-            };
+            let encoding = counter.bpe;
             for text in texts {
                 let expected = encoding.count(text) as u32;
                 assert_eq!(
