@@ -497,9 +497,8 @@ if [ "$ONLY" = instructions ]; then
     name=instructions-every-$every
     SERVER_START_SECS=60 start_server "$name" \
       valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/$name/callgrind.out"
-    vg=$(pgrep -f -- "--callgrind-out-file=$tmp/$name/callgrind.out" | head -1)
-    pids+=("$vg")
-    under_callgrind "$name" "$vg" "$server_url" "$every"
+    # start_server's command execs, so its pid is valgrind's.
+    under_callgrind "$name" "$server_pid" "$server_url" "$every"
     server_line=$line
     emit "$server_line"
     # The proxy reference (as in `turns`: the conversation so far in each request), the
