@@ -178,6 +178,9 @@ function openAuthDialog(optional) {
   var dismissable = !!optional && !auth.required;
   els.authCancel.hidden = !dismissable;
   els.authDialog.dataset.required = dismissable ? 'false' : 'true';
+  // Where the browser knows closedby, Escape cannot close a required dialog at
+  // all; elsewhere the close handler below shows it again.
+  els.authDialog.setAttribute('closedby', dismissable ? 'closerequest' : 'none');
   setAuthMode(false);
   if (!els.authDialog.open) els.authDialog.showModal();
   focusAuthDialog();
