@@ -457,7 +457,10 @@ fn raw_words(text: &str) -> impl Iterator<Item = &str> {
 /// a combining mark: "İ" becomes "i\u{307}").
 fn push_lowercase(word: &str, out: &mut String) {
     if word.is_ascii() {
-        out.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        // Copied whole and lowercased in place, not pushed a char at a time.
+        let start = out.len();
+        out.push_str(word);
+        out[start..].make_ascii_lowercase();
     } else {
         out.extend(word.to_lowercase().chars().filter(|c| c.is_alphanumeric()));
     }
