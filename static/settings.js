@@ -120,7 +120,8 @@ function loadSettings() {
   var id = state.currentId;
   if (!id) { showSettings({}); return Promise.resolve(); }
   return api('GET', '/load_conversation/' + encodeURIComponent(id) + '?limit=1').then(function (data) {
-    if (id !== state.currentId || !data) return;
+    // Not over what the user has typed meanwhile.
+    if (id !== state.currentId || !data || ui.dialog.dataset.edited) return;
     showSettings(data);
   }, function (err) {
     setDialogError(ui.error, 'Could not read this conversation\'s settings: ' + err.message);

@@ -107,3 +107,46 @@ test('settings set in the dialog reach the model; a preset starts a chat with th
     await server.stop();
   }
 });
+
+test('what is typed in the dialog is kept when the saved settings arrive after it', async () => {
+  const server = await startServer({}, { llm });
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  try {
+    const { page, problems } = await openChatPage(context, server.url);
+    await typeAndSend(page, 'before');
+    await waitReplies(page, 1);
+    await openSettings(page);
+    await page.locator('#settings-system-prompt').fill('You are a pirate.');
+    await page.locator('#settings-save').click();
+    await page.waitForFunction(() => !document.querySelector('#settings-dialog').open);
+
+    // The dialog's read of the saved settings answers only after the user typed.
+    let release;
+    const held = new Promise((resolve) => { release = resolve; });
+    let answered;
+    const done = new Promise((resolve) => { answered = resolve; });
+    await page.route(/\/load_conversation\/[^?]+\?limit=1$/, async (route) => {
+      await held;
+      await route.continue();
+      answered();
+    });
+    await openSettings(page);
+    await page.locator('#settings-system-prompt').fill('You are a parrot.');
+    release();
+    await done;
+    // The answer's handler runs after the response: give it a moment, then the
+    // field must still hold what was typed, and a save sends it.
+    await page.waitForTimeout(300);
+    assert.equal(await page.locator('#settings-system-prompt').inputValue(), 'You are a parrot.');
+    await page.unroute(/\/load_conversation\/[^?]+\?limit=1$/);
+    await page.locator('#settings-save').click();
+    await page.waitForFunction(() => !document.querySelector('#settings-dialog').open);
+    await typeAndSend(page, 'polly');
+    await waitReplies(page, 2);
+    assert.deepEqual(llm.streamRequests().at(-1).body.messages[0], { role: 'system', content: 'You are a parrot.' });
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+});
