@@ -324,6 +324,9 @@ test('the page reconnects by itself after a server restart', async () => {
     const first = 'Before the restart';
     await sendAndWait(page, first, replyFor(first));
 
+    // Marks the transcript shown now: after reconnecting, the page loads the
+    // conversation again (a new transcript) and only then follows it.
+    await page.evaluate(() => { document.querySelector('#transcript .message').dataset.old = '1'; });
     const port = new URL(own.url).port;
     await own.stop();
     await page.waitForFunction(() => ['reconnecting', 'offline']
@@ -333,6 +336,10 @@ test('the page reconnects by itself after a server restart', async () => {
     // Same port, same database (so the same session and conversations).
     own = await startServer({ PORT: port }, { llm, dir });
     await page.waitForSelector('#connection-status[data-status="connected"]', { timeout: 20000 });
+    // Caught up (the transcript rebuilt) and following again (Send enabled once
+    // the server has answered the watch): a message sent earlier is not sent.
+    await page.waitForFunction(() => !document.querySelector('#transcript [data-old]')
+      && !document.querySelector('#send-button').disabled, null, { timeout: 20000 });
     const second = 'After the restart';
     await sendAndWait(page, second, replyFor(second));
     const roles = await page.locator('#transcript .message').evaluateAll((els) => els.map((e) => e.dataset.role));

@@ -8,7 +8,7 @@ import { writeFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
-  startFakeLlm, startServer, splitPieces, launchChromium, openChatPage, screenshot, typeAndSend, waitReplies,
+  startFakeLlm, startServer, splitPieces, launchChromium, openChatPage, screenshot, typeAndSend, waitReplies, waitReady,
 } from './harness.mjs';
 
 let fast;
@@ -79,7 +79,9 @@ test('picking a model then sending sends to that model, and the conversation kee
 
     // After a reload the conversation still uses (and shows) its model.
     await page.reload();
-    await page.waitForSelector('#connection-status[data-status="connected"]');
+    // Ready: connected, and the server has answered the page's watch of the
+    // open conversation (until then Send is disabled and a message is not sent).
+    await waitReady(page);
     await page.waitForFunction(() => document.querySelector('#model-picker').value === 'wise');
     await typeAndSend(page, 'and again');
     await waitReplies(page, 2);

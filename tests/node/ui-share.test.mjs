@@ -146,6 +146,8 @@ test('Share… in the conversation menu makes a link, lists it and revokes it', 
     assert.equal(await page.locator('#shares-list .token-item-name').textContent(), 'share me');
     assert.match(await page.locator('#shares-list .token-item-date').textContent(), /2 messages$/);
     await page.locator('#share-copy').click();
+    // The clipboard is written asynchronously; it held other text before.
+    await page.waitForFunction(async (l) => (await navigator.clipboard.readText()) === l, link);
     assert.equal(await page.evaluate(() => navigator.clipboard.readText()), link);
     await screenshot(page, 'share-dialog.png');
 
