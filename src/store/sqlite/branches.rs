@@ -136,7 +136,7 @@ fn rewrite(
         exec(
             conn,
             "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 2)",
             params![user, id, seq, message.role.as_str(), message.content, message.tokens, now],
         )?;
         seq += 1;

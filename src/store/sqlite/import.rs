@@ -53,7 +53,7 @@ pub(super) fn insert(
         let mut insert = tx
             .prepare_cached(
                 "INSERT INTO messages (user_id, conversation_id, seq, role, content, tokens, created_at, indexed) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 2)",
             )
             .map_err(backend)?;
         let at = rfc3339::format(&meta.updated_at);

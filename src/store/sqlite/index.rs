@@ -1,7 +1,7 @@
 //! The deferred search indexing that keeps a turn from paying for an FTS5
-//! flush: messages are written unindexed and added to `search_fts` in bulk
-//! by the database thread, about once a second (see `schema` for the
-//! layout). A leaf: it imports no sibling.
+//! flush: messages are written above the index's mark and added to
+//! `search_fts` in bulk by the database thread, about once a second (see
+//! `schema` for the layout). A leaf: it imports no sibling.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -40,26 +40,44 @@ pub(super) fn index_pending(conn: &mut Connection) -> rusqlite::Result<usize> {
     }
 }
 
-/// Indexes up to [`BATCH`] pending messages, all or none.
+/// Indexes up to [`BATCH`] pending messages, all or none: first the
+/// flagged ones at or below the mark (moved to another user, or left by a
+/// migration), then those above it, in id order, moving the mark past them
+/// (see `SEARCH_SCHEMA`).
 fn index_batch(conn: &mut Connection) -> rusqlite::Result<usize> {
-    // A message indexed but still marked pending would be counted twice.
+    // A message indexed but still counted as pending would be counted twice.
     let tx = conn.savepoint()?;
-    let pending = tx
-        .prepare_cached(
-            "SELECT id, user_id, content FROM messages WHERE indexed = 0 ORDER BY id LIMIT ?1",
+    // Read here, in the write transaction: another instance on the same
+    // file may have moved it.
+    let mark: i64 = tx
+        .prepare_cached("SELECT mark FROM search_state WHERE id = 1")?
+        .query_row([], |row| row.get(0))?;
+    let read = |sql: &str, limit: usize| -> rusqlite::Result<Vec<(i64, String, String, i64)>> {
+        tx.prepare_cached(sql)?
+            .query_map(params![limit as i64, mark], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect()
+    };
+    let flagged = read(
+        "SELECT id, user_id, content, indexed FROM messages INDEXED BY messages_unindexed \
+         WHERE indexed = 0 AND id <= ?2 ORDER BY id LIMIT ?1",
+        BATCH,
+    )?;
+    let above = if flagged.len() < BATCH {
+        read(
+            "SELECT id, user_id, content, indexed FROM messages NOT INDEXED \
+             WHERE id > ?2 ORDER BY id LIMIT ?1",
+            BATCH - flagged.len(),
         )?
-        .query_map([BATCH as i64], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    } else {
+        Vec::new()
+    };
     // Each user's term prefix (`user_term(key, "")`), made once per batch.
     let mut prefixes: HashMap<String, String> = HashMap::new();
     let mut terms = String::new();
-    for (id, user, content) in &pending {
+    // 1 above the mark: an older version's indexer has added it already.
+    for (id, user, content, _) in flagged.iter().chain(&above).filter(|row| row.3 != 1) {
         if !prefixes.contains_key(user) {
             let prefix = user_term(user_key(&tx, user)?, "");
             prefixes.insert(user.clone(), prefix);
@@ -68,11 +86,23 @@ fn index_batch(conn: &mut Connection) -> rusqlite::Result<usize> {
         push_words(content, &prefixes[user], &mut terms);
         tx.prepare_cached("INSERT INTO search_fts (rowid, terms) VALUES (?1, ?2)")?
             .execute(params![id, terms])?;
+    }
+    for (id, _, _, _) in &flagged {
         tx.prepare_cached("UPDATE messages SET indexed = 1 WHERE id = ?1")?
             .execute([id])?;
     }
+    if let Some((last, _, _, _)) = above.last() {
+        // Rows an older version wrote above the mark are flagged 0: set to 1
+        // (indexed), or they would be taken as flagged below the new mark.
+        tx.prepare_cached(
+            "UPDATE messages SET indexed = 1 WHERE indexed = 0 AND id > ?1 AND id <= ?2",
+        )?
+        .execute(params![mark, last])?;
+        tx.prepare_cached("UPDATE search_state SET mark = ?1 WHERE id = 1")?
+            .execute([last])?;
+    }
     tx.commit()?;
-    Ok(pending.len())
+    Ok(flagged.len() + above.len())
 }
 
 /// The user's key in `search_users`, given on first use.

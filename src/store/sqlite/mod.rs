@@ -155,7 +155,7 @@ static INSERT_MESSAGES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::
             let values = (0..rows)
                 .map(|row| {
                     let n = 4 + 4 * row;
-                    format!("(?1, ?2, ?{n}, ?{}, ?{}, ?{}, ?3, 0)", n + 1, n + 2, n + 3)
+                    format!("(?1, ?2, ?{n}, ?{}, ?{}, ?{}, ?3, 2)", n + 1, n + 2, n + 3)
                 })
                 .collect::<Vec<_>>()
                 .join(", ");

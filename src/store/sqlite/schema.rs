@@ -31,8 +31,9 @@ CREATE TABLE IF NOT EXISTS messages (
     content         TEXT NOT NULL,
     tokens          INTEGER,
     created_at      TEXT NOT NULL,
-    -- 1 once the row is in search_fts (see `index_pending`).
-    indexed         INTEGER NOT NULL DEFAULT 0,
+    -- 1: in search_fts; 2: written above search_state.mark, in search_fts
+    -- once the mark passes it; 0: not in search_fts (see `SEARCH_SCHEMA`).
+    indexed         INTEGER NOT NULL DEFAULT 1,
     UNIQUE (user_id, conversation_id, seq)
 );
 
@@ -127,12 +128,19 @@ CREATE TABLE IF NOT EXISTS quotas (
 /// with its user's key from `search_users` (`12_zebra`), so a search reads
 /// only its own user's postings, and counts them through `search_vocab`: no
 /// other user's text can be matched, or move a score. Contentless (the text
-/// is in `messages`), with deletes by rowid. Indexing is deferred: a turn's
-/// messages are written with `indexed = 0` and
+/// is in `messages`), with deletes by rowid. Indexing is deferred and
+/// writes nothing per message: new messages are written with `indexed` = 2
+/// above `search_state.mark` (row ids grow), and
 /// [`index_pending`](super::index::index_pending) adds them in bulk (about
-/// once a second); a search counts its user's pending messages itself.
-/// Deleting a message takes it out; moving it to another user
-/// (`transfer_conversations`) takes it out and queues it again.
+/// once a second) and moves the mark past them. A message is in the index
+/// when its `indexed` is 1, or 2 at or below the mark. 0 is for the few rows
+/// that are not: moved to another user (`transfer_conversations` takes them
+/// out and queues them again), left by a migration, or written by an older
+/// version (whose indexer sets 1 without moving the mark, which is why 1
+/// above the mark counts as indexed). A search counts its user's pending
+/// messages itself. Deleting a message takes it out, and lowers the mark
+/// when the newest rows go, so that a reused row id is never taken as
+/// indexed.
 const SEARCH_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS search_users (
     key     INTEGER PRIMARY KEY,
@@ -144,11 +152,23 @@ CREATE VIRTUAL TABLE IF NOT EXISTS search_fts USING fts5(
 CREATE VIRTUAL TABLE IF NOT EXISTS search_vocab USING fts5vocab(search_fts, instance);
 DROP TRIGGER IF EXISTS messages_ai;
 DROP TRIGGER IF EXISTS messages_ad;
-CREATE TRIGGER IF NOT EXISTS messages_unindex AFTER DELETE ON messages WHEN old.indexed = 1 BEGIN
-    DELETE FROM search_fts WHERE rowid = old.id;
+CREATE TABLE IF NOT EXISTS search_state (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    mark INTEGER NOT NULL
+);
+-- A file from before the mark: every row there is indexed or flagged.
+INSERT OR IGNORE INTO search_state (id, mark) SELECT 1, coalesce(max(id), 0) FROM messages;
+DROP TRIGGER IF EXISTS messages_unindex;
+DROP TRIGGER IF EXISTS messages_moved;
+CREATE TRIGGER IF NOT EXISTS messages_deleted_unindex AFTER DELETE ON messages BEGIN
+    DELETE FROM search_fts WHERE rowid = old.id AND (old.indexed = 1
+        OR (old.indexed = 2 AND old.id <= (SELECT mark FROM search_state WHERE id = 1)));
+    UPDATE search_state SET mark = (SELECT coalesce(max(id), 0) FROM messages)
+        WHERE id = 1 AND mark > (SELECT coalesce(max(id), 0) FROM messages);
 END;
-CREATE TRIGGER IF NOT EXISTS messages_moved AFTER UPDATE OF user_id ON messages
-    WHEN old.indexed = 1 AND new.user_id IS NOT old.user_id BEGIN
+CREATE TRIGGER IF NOT EXISTS messages_moved_unindex AFTER UPDATE OF user_id ON messages
+    WHEN new.user_id IS NOT old.user_id AND (old.indexed = 1
+        OR (old.indexed = 2 AND old.id <= (SELECT mark FROM search_state WHERE id = 1))) BEGIN
     DELETE FROM search_fts WHERE rowid = old.id;
     UPDATE messages SET indexed = 0 WHERE id = old.id;
 END;
@@ -447,7 +467,7 @@ mod tests {
             // The schema as it was: no `indexed` column, a trigger per insert.
             let conn = Connection::open(&path).unwrap();
             let old_schema = SCHEMA.replace(
-                "    -- 1 once the row is in search_fts (see `index_pending`).\n    indexed         INTEGER NOT NULL DEFAULT 0,\n",
+                "    -- 1: in search_fts; 2: written above search_state.mark, in search_fts\n    -- once the mark passes it; 0: not in search_fts (see `SEARCH_SCHEMA`).\n    indexed         INTEGER NOT NULL DEFAULT 1,\n",
                 "",
             );
             assert!(!old_schema.contains("indexed "));

@@ -110,14 +110,18 @@ fn scores(
         }
     }
     // What the database thread has not indexed yet: about a second's worth
-    // of every user's messages, read through the index of unindexed ones
-    // and filtered here (a migrated file's backlog makes this a longer scan
+    // of every user's messages, the rows above the mark (a range of row ids,
+    // less any an older version's indexer added) and the few flagged below
+    // it, filtered here (a migrated file's backlog makes this a longer scan
     // until it is worked off). An index of them by user would cost every
     // message a write at random in it, and another when it is indexed.
     let wanted: HashSet<&str> = terms.iter().map(String::as_str).collect();
     let mut stmt = conn.prepare_cached(
-        "SELECT conversation_id, content FROM messages INDEXED BY messages_unindexed \
-         WHERE indexed = 0 AND user_id = ?1",
+        "SELECT conversation_id, content FROM messages NOT INDEXED \
+         WHERE id > (SELECT mark FROM search_state WHERE id = 1) AND indexed <> 1 AND user_id = ?1 \
+         UNION ALL \
+         SELECT conversation_id, content FROM messages INDEXED BY messages_unindexed \
+         WHERE indexed = 0 AND id <= (SELECT mark FROM search_state WHERE id = 1) AND user_id = ?1",
     )?;
     let rows = stmt.query_map([user], |row| {
         Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
@@ -421,9 +425,12 @@ mod tests {
             pending = store
                 .db
                 .call(|conn| {
-                    conn.query_row("SELECT COUNT(*) FROM messages WHERE indexed = 0", [], |r| {
-                        r.get(0)
-                    })
+                    conn.query_row(
+                        "SELECT COUNT(*) FROM messages \
+                         WHERE indexed = 0 OR (indexed = 2 AND id > (SELECT mark FROM search_state))",
+                        [],
+                        |r| r.get(0),
+                    )
                     .map_err(backend)
                 })
                 .await
@@ -449,5 +456,210 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(integrity, "ok");
+    }
+
+    /// Rows, the mark and FTS5's own check, read on the database thread.
+    async fn index_state(store: &super::super::SqliteStore) -> (i64, i64, i64, i64) {
+        store
+            .db
+            .call(|conn| {
+                conn.execute(
+                    "INSERT INTO search_fts (search_fts, rank) VALUES ('integrity-check', 1)",
+                    [],
+                )
+                .map_err(backend)?;
+                conn.query_row(
+                    "SELECT (SELECT mark FROM search_state), \
+                            (SELECT coalesce(max(id), 0) FROM messages), \
+                            (SELECT COUNT(*) FROM messages WHERE indexed = 0), \
+                            (SELECT COUNT(*) FROM search_vocab)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .map_err(backend)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// New messages are indexed by moving the mark, with no flag written;
+    /// deleting the newest indexed rows lowers the mark, so that the row id
+    /// the next message reuses is indexed (and found once), not taken as
+    /// indexed already.
+    #[tokio::test]
+    async fn the_mark_goes_down_with_the_newest_rows_and_a_reused_id_is_indexed() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(
+                &user,
+                &id,
+                vec![
+                    msg(Role::User, "heron one"),
+                    msg(Role::Assistant, "heron two"),
+                ],
+            )
+            .await
+            .unwrap();
+        let index = |store: &super::super::SqliteStore| {
+            let db = store.db.clone();
+            async move {
+                db.call(|conn| index_pending(conn).map_err(backend))
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(index(&store).await, 2);
+        let (mark, max, flagged, _) = index_state(&store).await;
+        assert_eq!(
+            (mark, max, flagged),
+            (max, 2, 0),
+            "indexed by the mark, no flag written"
+        );
+
+        // The newest row goes: the mark follows it down.
+        let gone = store
+            .delete_last_message(&user, &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(gone.content.as_ref(), "heron two");
+        let (mark, max, _, _) = index_state(&store).await;
+        assert_eq!((mark, max), (1, 1));
+
+        // The next message gets the freed row id, above the mark: pending,
+        // found by the pending scan, then indexed once.
+        store
+            .append(&user, &id, vec![msg(Role::Assistant, "heron heron")])
+            .await
+            .unwrap();
+        let (mark, max, _, _) = index_state(&store).await;
+        assert_eq!((mark, max), (1, 2), "the id was reused, above the mark");
+        let score = |hits: Vec<SearchHit>| hits.iter().map(|h| h.score).collect::<Vec<_>>();
+        assert_eq!(
+            score(store.search(&user, "heron", 10).await.unwrap()),
+            [3.0]
+        );
+        assert_eq!(index(&store).await, 1);
+        assert_eq!(
+            score(store.search(&user, "heron", 10).await.unwrap()),
+            [3.0]
+        );
+        assert_eq!(index(&store).await, 0, "nothing left to index");
+
+        // A row in the middle goes: the mark stays, and the index drops it.
+        store
+            .append(&user, &id, vec![msg(Role::User, "egret")])
+            .await
+            .unwrap();
+        assert_eq!(index(&store).await, 1);
+        store.delete(&user, &id).await.unwrap();
+        let (mark, max, flagged, vocab) = index_state(&store).await;
+        assert_eq!(
+            (mark, max, flagged, vocab),
+            (0, 0, 0, 0),
+            "every row and posting gone"
+        );
+    }
+
+    /// A row an older version wrote above the mark (flag 0) is indexed once:
+    /// its flag is cleared as the mark passes it.
+    #[tokio::test]
+    async fn a_flagged_row_above_the_mark_is_indexed_once() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "ibis")])
+            .await
+            .unwrap();
+        store
+            .db
+            .call(|conn| {
+                conn.execute("UPDATE messages SET indexed = 0", [])
+                    .map_err(backend)
+            })
+            .await
+            .unwrap();
+        let indexed = store
+            .db
+            .call(|conn| index_pending(conn).map_err(backend))
+            .await
+            .unwrap();
+        assert_eq!(indexed, 1);
+        let (mark, max, flagged, _) = index_state(&store).await;
+        assert_eq!((mark, max, flagged), (1, 1, 0));
+        let again = store
+            .db
+            .call(|conn| index_pending(conn).map_err(backend))
+            .await
+            .unwrap();
+        assert_eq!(again, 0);
+        let hits = store.search(&user, "ibis", 10).await.unwrap();
+        assert_eq!(hits.iter().map(|h| h.score).collect::<Vec<_>>(), [1.0]);
+    }
+
+    /// A message an older version's indexer added (flag 1, the mark left
+    /// below it: instances of both versions on one file) is neither indexed
+    /// again nor counted twice by a search.
+    #[tokio::test]
+    async fn a_row_an_older_indexer_added_above_the_mark_is_not_indexed_again() {
+        let (_dir, store) = store();
+        let (user, id) = (UserId::new(), ConversationId::new());
+        store.create(&user, &id).await.unwrap();
+        store
+            .append(&user, &id, vec![msg(Role::User, "stork")])
+            .await
+            .unwrap();
+        let owner = user.to_string();
+        store
+            .db
+            .call(move |conn| {
+                // What an older version's indexer does: the row into the
+                // index, its flag to 1, the mark left where it was.
+                conn.execute(
+                    "INSERT INTO search_users (user_id) VALUES (?1) ON CONFLICT DO NOTHING",
+                    [&owner],
+                )
+                .map_err(backend)?;
+                let key: i64 = conn
+                    .query_row(
+                        "SELECT key FROM search_users WHERE user_id = ?1",
+                        [&owner],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                conn.execute(
+                    "INSERT INTO search_fts (rowid, terms) SELECT id, ?1 FROM messages",
+                    [super::super::index::user_term(key, "stork")],
+                )
+                .map_err(backend)?;
+                conn.execute("UPDATE messages SET indexed = 1", [])
+                    .map_err(backend)
+            })
+            .await
+            .unwrap();
+        let score = |hits: Vec<SearchHit>| hits.iter().map(|h| h.score).collect::<Vec<_>>();
+        assert_eq!(
+            score(store.search(&user, "stork", 10).await.unwrap()),
+            [1.0]
+        );
+        let passed = store
+            .db
+            .call(|conn| index_pending(conn).map_err(backend))
+            .await
+            .unwrap();
+        assert_eq!(passed, 1, "the mark moves past it");
+        let (mark, max, flagged, _) = index_state(&store).await;
+        assert_eq!((mark, max, flagged), (1, 1, 0));
+        assert_eq!(
+            score(store.search(&user, "stork", 10).await.unwrap()),
+            [1.0]
+        );
+        // Deleted, it leaves the index (FTS5's check passes, no posting left).
+        store.delete(&user, &id).await.unwrap();
+        let (_, _, _, vocab) = index_state(&store).await;
+        assert_eq!(vocab, 0);
     }
 }
