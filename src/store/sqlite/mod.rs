@@ -669,6 +669,16 @@ mod tests {
         (dir, SqliteStore::new(db))
     }
 
+    /// Runs the search indexer now on the database thread (it otherwise
+    /// runs about once a second); returns how many messages it passed.
+    pub(super) async fn index_now(store: &SqliteStore) -> usize {
+        store
+            .db
+            .call(|conn| super::index::index_pending(conn).map_err(backend))
+            .await
+            .unwrap()
+    }
+
     pub(super) fn msg(role: Role, content: &str) -> NewMessage {
         NewMessage {
             role,

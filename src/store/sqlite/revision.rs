@@ -89,8 +89,8 @@ mod tests {
     }
 
     /// The store contract checks that every write moves the revision on;
-    /// here, what only SQLite has: the search indexer's writes to the
-    /// messages (marking them indexed) leave it, and a conversation moved
+    /// here, what only SQLite has: the search indexer's writes (the index,
+    /// its mark, the flags of moved rows) leave it, and a conversation moved
     /// to another account (a sign-in) has a new one there and none under
     /// its old owner.
     #[tokio::test]

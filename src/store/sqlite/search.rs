@@ -175,7 +175,7 @@ fn conversations_of(
 #[cfg(test)]
 mod tests {
     use super::super::index::index_pending;
-    use super::super::tests::{msg, store};
+    use super::super::tests::{index_now, msg, store};
     use super::*;
     use crate::domain::{ConversationId, Role};
     use crate::store::ConversationStore;
@@ -502,15 +502,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let index = |store: &super::super::SqliteStore| {
-            let db = store.db.clone();
-            async move {
-                db.call(|conn| index_pending(conn).map_err(backend))
-                    .await
-                    .unwrap()
-            }
-        };
-        assert_eq!(index(&store).await, 2);
+        assert_eq!(index_now(&store).await, 2);
         let (mark, max, flagged, _) = index_state(&store).await;
         assert_eq!(
             (mark, max, flagged),
@@ -541,19 +533,19 @@ mod tests {
             score(store.search(&user, "heron", 10).await.unwrap()),
             [3.0]
         );
-        assert_eq!(index(&store).await, 1);
+        assert_eq!(index_now(&store).await, 1);
         assert_eq!(
             score(store.search(&user, "heron", 10).await.unwrap()),
             [3.0]
         );
-        assert_eq!(index(&store).await, 0, "nothing left to index");
+        assert_eq!(index_now(&store).await, 0, "nothing left to index");
 
         // A row in the middle goes: the mark stays, and the index drops it.
         store
             .append(&user, &id, vec![msg(Role::User, "egret")])
             .await
             .unwrap();
-        assert_eq!(index(&store).await, 1);
+        assert_eq!(index_now(&store).await, 1);
         store.delete(&user, &id).await.unwrap();
         let (mark, max, flagged, vocab) = index_state(&store).await;
         assert_eq!(
@@ -582,19 +574,11 @@ mod tests {
             })
             .await
             .unwrap();
-        let indexed = store
-            .db
-            .call(|conn| index_pending(conn).map_err(backend))
-            .await
-            .unwrap();
+        let indexed = index_now(&store).await;
         assert_eq!(indexed, 1);
         let (mark, max, flagged, _) = index_state(&store).await;
         assert_eq!((mark, max, flagged), (1, 1, 0));
-        let again = store
-            .db
-            .call(|conn| index_pending(conn).map_err(backend))
-            .await
-            .unwrap();
+        let again = index_now(&store).await;
         assert_eq!(again, 0);
         let hits = store.search(&user, "ibis", 10).await.unwrap();
         assert_eq!(hits.iter().map(|h| h.score).collect::<Vec<_>>(), [1.0]);
@@ -645,11 +629,7 @@ mod tests {
             score(store.search(&user, "stork", 10).await.unwrap()),
             [1.0]
         );
-        let passed = store
-            .db
-            .call(|conn| index_pending(conn).map_err(backend))
-            .await
-            .unwrap();
+        let passed = index_now(&store).await;
         assert_eq!(passed, 1, "the mark moves past it");
         let (mark, max, flagged, _) = index_state(&store).await;
         assert_eq!((mark, max, flagged), (1, 1, 0));
