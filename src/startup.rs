@@ -80,6 +80,7 @@ where
         .ws_max_message_size(payload_limit as usize)
         .ws_max_frame_size(payload_limit as usize)
         .ws_read_buffer_size(WS_READ_BUFFER_SIZE)
+        .max_buffer_size(realtime::SOCKET_BUFFER)
         .build_layer();
     realtime::register(&io).into().wait().await?;
     notifier.attach(io.clone());

@@ -100,7 +100,7 @@ async fn still_allowed<A: Adapter>(
     match state.require_active(&who.user).await {
         Ok(()) => true,
         Err(err) => {
-            emit_error(&SocketSink(socket.clone()), &err, None);
+            emit_error(&SocketSink::new(socket.clone()), &err, None);
             if matches!(err, ApiError::Unauthenticated) {
                 tracing::info!(socket = %socket.id, "socket of a disabled account disconnected");
                 if let Err(err) = socket.clone().disconnect() {
@@ -156,7 +156,7 @@ async fn admitted<A: Adapter>(
     if !still_allowed(state, who, socket).await {
         return None;
     }
-    let sink = SocketSink(socket.clone());
+    let sink = SocketSink::new(socket.clone());
     within_message_limit(state, who, &sink)
         .await
         .then_some(sink)
@@ -225,7 +225,7 @@ fn socket_turn<'a, A: Adapter>(
         conversation: id,
         guard,
         sink,
-        origin_socket: Some(sink.0.id.to_string()),
+        origin_socket: Some(sink.socket.id.to_string()),
         branching: None,
         switch_model,
     }
@@ -240,7 +240,7 @@ async fn begin_turn<A: Adapter>(
     conversation_id: &Field<String>,
     socket: &SocketRef<A>,
 ) -> Option<(ConversationId, TurnGuard)> {
-    let sink = &SocketSink(socket.clone());
+    let sink = &SocketSink::new(socket.clone());
     let id = match target_conversation(conversation_id, who).await {
         Ok(id) => id,
         Err(err) => {
@@ -282,7 +282,7 @@ async fn follow<A: Adapter>(
     replay: Option<(i64, Option<String>)>,
 ) -> bool {
     let socket_id = socket.id.to_string();
-    let follower: Arc<dyn EventSink> = Arc::new(SocketSink(socket.clone()));
+    let follower: Arc<dyn EventSink> = Arc::new(SocketSink::new(socket.clone()));
     let streaming = state
         .chat
         .replies
@@ -512,7 +512,7 @@ pub(super) async fn on_stop_generation<A: Adapter>(
         StopGeneration::All => None,
         StopGeneration::One(field) => match field.given().map(|raw| ConversationId::parse(raw)) {
             Some(Ok(id)) => Some(id),
-            _ => return emit_error(&SocketSink(socket), &invalid_id(), None),
+            _ => return emit_error(&SocketSink::new(socket), &invalid_id(), None),
         },
     };
     let stopped = stop_everywhere(&state.chat, &who.user, id.as_ref()).await;
@@ -532,7 +532,7 @@ pub(super) async fn on_watch_conversation<A: Adapter>(
     if !still_allowed(&state, &who, &socket).await {
         return;
     }
-    let sink = SocketSink(socket.clone());
+    let sink = SocketSink::new(socket.clone());
     let Inbound(payload) = data.unwrap_or_default();
     let id = match payload
         .conversation_id

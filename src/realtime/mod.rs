@@ -25,7 +25,7 @@ use handlers::{
     on_switch_branch, on_watch_conversation,
 };
 pub use handshake::{slim_handshake, HandshakeHeaders};
-pub use sink::SocketNotifier;
+pub use sink::{SocketNotifier, SOCKET_BUFFER};
 pub use socket::SocketUser;
 
 use crate::auth::bearer_token;
@@ -244,6 +244,9 @@ fn accept<A: Adapter>(
         client,
         account: who == Who::Account,
     });
+    socket
+        .extensions
+        .insert(std::sync::Arc::new(sink::SendBurst::default()));
     state
         .chat
         .metrics
