@@ -4,12 +4,14 @@
 //! Searches read through their own connections (`read`), beside it.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use rusqlite::Connection;
 
 use super::exec::{is_busy, run};
-use super::index::{index_pending, INDEX_EVERY};
+use super::index::{index_slice, INDEX_EVERY, SLICE};
 use super::read::Readers;
 use super::schema::{migrate, SCHEMA};
 use crate::store::{StoreError, StoreResult};
@@ -91,32 +93,33 @@ impl SqliteDb {
             .name("sqlite".into())
             .spawn(move || {
                 // Ends when every SqliteDb handle is dropped.
+                let behind = Arc::new(AtomicBool::new(false));
                 let mut indexed_at = std::time::Instant::now();
                 loop {
-                    let first = match queue.recv_timeout(INDEX_EVERY) {
-                        Ok(job) => Some(job),
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    let wait = if behind.load(Ordering::Relaxed) {
+                        std::time::Duration::ZERO
+                    } else {
+                        INDEX_EVERY.saturating_sub(indexed_at.elapsed())
+                    };
+                    let mut batch = match queue.recv_timeout(wait) {
+                        Ok(job) => vec![job],
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Vec::new(),
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     };
-                    if let Some(first) = first {
-                        let mut batch = vec![first];
-                        while batch.len() < MAX_BATCH {
-                            match queue.try_recv() {
-                                Ok(job) => batch.push(job),
-                                Err(_) => break,
-                            }
+                    while !batch.is_empty() && batch.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
                         }
-                        run_batch(&mut conn, batch);
                     }
-                    if indexed_at.elapsed() >= INDEX_EVERY {
+                    // A slice of indexing joins the batch (one commit for
+                    // both), or runs alone when no call waits.
+                    if behind.load(Ordering::Relaxed) || indexed_at.elapsed() >= INDEX_EVERY {
                         indexed_at = std::time::Instant::now();
-                        let index: Job = Box::new(|conn| {
-                            if let Err(err) = index_pending(conn) {
-                                tracing::warn!(error = %err, "could not update the search index; retrying later");
-                            }
-                            Box::new(|_| {})
-                        });
-                        run_batch(&mut conn, vec![index]);
+                        batch.push(index_job(behind.clone()));
+                    }
+                    if !batch.is_empty() {
+                        run_batch(&mut conn, batch);
                     }
                 }
             })
@@ -181,6 +184,23 @@ fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Runs queued calls in one transaction, then finishes each. `BEGIN` and
 /// `COMMIT` come from the statement cache, parsed once.
+/// A slice of search indexing, as a call; sets `behind` when more messages
+/// wait (the slice was full). After a failure it is retried after
+/// [`INDEX_EVERY`].
+fn index_job(behind: Arc<AtomicBool>) -> Job {
+    Box::new(move |conn| {
+        let full = match index_slice(conn) {
+            Ok(added) => added == SLICE,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not update the search index; retrying later");
+                false
+            }
+        };
+        behind.store(full, Ordering::Relaxed);
+        Box::new(|_| {})
+    })
+}
+
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     // IMMEDIATE: the write lock is taken (waiting up to busy_timeout) now,
     // not on the first write, where another process sharing the file (a

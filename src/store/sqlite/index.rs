@@ -1,24 +1,25 @@
 //! The deferred search indexing that keeps a turn from paying for an FTS5
 //! flush: messages are written above the index's mark and added to
-//! `search_fts` in bulk by the database thread, about once a second (see
-//! `schema` for the layout). A leaf: it imports no sibling.
+//! `search_fts` in bulk by the database thread, a slice at a time: once a
+//! second, or with every batch of calls while it is behind (see `db` for
+//! when, `schema` for the layout). A leaf: it imports no sibling.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
 use crate::store::push_words;
 
-/// Messages indexed per statement batch.
-const BATCH: usize = 500;
+/// Messages the database thread indexes at a time ([`index_slice`]): about
+/// 2 ms of work, which is what the calls of a batch that it joins wait for
+/// it (a slice of 500 every second made every turn that ended meanwhile
+/// wait for up to 200 ms under load).
+pub(super) const SLICE: usize = 100;
 
-/// How long one round of indexing may hold the database thread: a backlog
-/// (a migrated file is indexed again) is worked off over several rounds,
-/// with the calls that queued up meanwhile in between.
-const ROUND: Duration = Duration::from_millis(200);
-
-/// How often the database thread indexes new messages when it can.
+/// How often the database thread indexes new messages while it is not
+/// behind; while it is (its last slice was full), a slice joins every batch
+/// of calls, and runs on its own whenever no call is waiting.
 pub(super) const INDEX_EVERY: Duration = Duration::from_secs(1);
 
 /// A message's words as `search_fts` holds them: each prefixed with its
@@ -27,24 +28,25 @@ pub(super) fn user_term(key: i64, word: &str) -> String {
     format!("{key}_{word}")
 }
 
-/// Indexes pending messages for up to [`ROUND`]; returns how many.
+/// Indexes every pending message; returns how many (tests).
+#[cfg(test)]
 pub(super) fn index_pending(conn: &mut Connection) -> rusqlite::Result<usize> {
-    let started = Instant::now();
     let mut total = 0;
     loop {
-        let added = index_batch(conn)?;
+        let added = index_slice(conn)?;
         total += added;
-        if added < BATCH || started.elapsed() >= ROUND {
+        if added < SLICE {
             return Ok(total);
         }
     }
 }
 
-/// Indexes up to [`BATCH`] pending messages, all or none: first the
-/// flagged ones at or below the mark (moved to another user, or left by a
-/// migration), then those above it, in id order, moving the mark past them
-/// (see `SEARCH_SCHEMA`).
-fn index_batch(conn: &mut Connection) -> rusqlite::Result<usize> {
+/// Indexes up to [`SLICE`] pending messages, all or none, and returns how
+/// many: first the flagged ones at or below the mark (moved to another
+/// user, or left by a migration), then those above it, in id order, moving
+/// the mark past them (see `SEARCH_SCHEMA`).
+pub(super) fn index_slice(conn: &mut Connection) -> rusqlite::Result<usize> {
+    let limit = SLICE;
     // A message indexed but still counted as pending would be counted twice.
     let tx = conn.savepoint()?;
     // Read here, in the write transaction: another instance on the same
@@ -62,13 +64,13 @@ fn index_batch(conn: &mut Connection) -> rusqlite::Result<usize> {
     let flagged = read(
         "SELECT id, user_id, content, indexed FROM messages INDEXED BY messages_unindexed \
          WHERE indexed = 0 AND id <= ?2 ORDER BY id LIMIT ?1",
-        BATCH,
+        limit,
     )?;
-    let above = if flagged.len() < BATCH {
+    let above = if flagged.len() < limit {
         read(
             "SELECT id, user_id, content, indexed FROM messages NOT INDEXED \
              WHERE id > ?2 ORDER BY id LIMIT ?1",
-            BATCH - flagged.len(),
+            limit - flagged.len(),
         )?
     } else {
         Vec::new()

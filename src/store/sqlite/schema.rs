@@ -131,8 +131,9 @@ CREATE TABLE IF NOT EXISTS quotas (
 /// is in `messages`), with deletes by rowid. Indexing is deferred and
 /// writes nothing per message: new messages are written with `indexed` = 2
 /// above `search_state.mark` (row ids grow), and
-/// [`index_pending`](super::index::index_pending) adds them in bulk (about
-/// once a second) and moves the mark past them. A message is in the index
+/// [`index_slice`](super::index::index_slice) adds them in bulk (a slice
+/// once a second, or with every batch of calls while behind) and moves the
+/// mark past them. A message is in the index
 /// when its `indexed` is 1, or 2 at or below the mark. 0 is for the few rows
 /// that are not: moved to another user (`transfer_conversations` takes them
 /// out and queues them again), left by a migration, or written by an older

@@ -420,27 +420,11 @@ mod tests {
             .unwrap();
 
         // The database thread indexes pending rows about once a second.
-        let mut pending = i64::MAX;
-        for _ in 0..50 {
-            pending = store
-                .db
-                .call(|conn| {
-                    conn.query_row(
-                        "SELECT COUNT(*) FROM messages \
-                         WHERE indexed = 0 OR (indexed = 2 AND id > (SELECT mark FROM search_state))",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .map_err(backend)
-                })
-                .await
-                .unwrap();
-            if pending == 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        assert_eq!(pending, 0, "nothing indexed the new message");
+        assert_eq!(
+            pending_after(&store, std::time::Duration::from_secs(5)).await,
+            0,
+            "nothing indexed the new message"
+        );
         let hits = store.search(&user, "quokka", 10).await.unwrap();
         assert_eq!(hits.len(), 1);
         let integrity: String = store
@@ -459,6 +443,54 @@ mod tests {
     }
 
     /// Rows, the mark and FTS5's own check, read on the database thread.
+    /// Messages not yet in the index, once none are or `within` passed.
+    async fn pending_after(store: &super::super::SqliteStore, within: std::time::Duration) -> i64 {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let pending: i64 = store
+                .db
+                .call(|conn| {
+                    conn.query_row(
+                        "SELECT COUNT(*) FROM messages \
+                         WHERE indexed = 0 OR (indexed = 2 AND id > (SELECT mark FROM search_state))",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)
+                })
+                .await
+                .unwrap();
+            if pending == 0 || std::time::Instant::now() >= deadline {
+                return pending;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// More messages than a slice: once the thread is behind, slices follow
+    /// each other, not one a second (that would take 4 s for these).
+    #[tokio::test]
+    async fn a_backlog_longer_than_a_slice_is_indexed_without_waiting_a_second_per_slice() {
+        use super::super::index::SLICE;
+        let (_dir, store) = store();
+        let user = UserId::new();
+        let id = ConversationId::new();
+        store.create(&user, &id).await.unwrap();
+        let messages = (0..3 * SLICE + 5)
+            .map(|i| msg(Role::User, &format!("capybara number{i}")))
+            .collect();
+        store.append(&user, &id, messages).await.unwrap();
+        // The first slice runs a second after the store opened.
+        assert_eq!(
+            pending_after(&store, std::time::Duration::from_secs(3)).await,
+            0,
+            "a backlog of 305 messages was not indexed within 3 s"
+        );
+        let hits = store.search(&user, "number304", 10).await.unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].meta.conversation_id, id);
+    }
+
     async fn index_state(store: &super::super::SqliteStore) -> (i64, i64, i64, i64) {
         store
             .db
