@@ -12,10 +12,12 @@ use rusqlite::{params, Connection};
 use crate::store::push_words;
 
 /// Messages the database thread indexes at a time ([`index_slice`]): about
-/// 2 ms of work, which is what the calls of a batch that it joins wait for
-/// it (a slice of 500 every second made every turn that ended meanwhile
-/// wait for up to 200 ms under load).
-pub(super) const SLICE: usize = 100;
+/// 5 ms of work, which is what the calls of a batch that it joins wait for
+/// it (rounds of up to 200 ms once a second made every turn that ended
+/// meanwhile wait for the round under load). Each slice is a flush of
+/// FTS5's postings; slices of 100 cost 4-6 % more instructions per turn,
+/// 250 about 1 % (`BENCHMARKS.md`, session 15).
+pub(super) const SLICE: usize = 250;
 
 /// How often the database thread indexes new messages while it is not
 /// behind; while it is (its last slice was full), a slice joins every batch

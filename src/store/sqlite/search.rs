@@ -484,7 +484,7 @@ mod tests {
         assert_eq!(
             pending_after(&store, std::time::Duration::from_secs(3)).await,
             0,
-            "a backlog of 305 messages was not indexed within 3 s"
+            "a backlog of three slices and more was not indexed within 3 s"
         );
         let hits = store.search(&user, "number304", 10).await.unwrap();
         assert_eq!(hits.len(), 1);
