@@ -182,8 +182,6 @@ fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-/// Runs queued calls in one transaction, then finishes each. `BEGIN` and
-/// `COMMIT` come from the statement cache, parsed once.
 /// A slice of search indexing, as a call; sets `behind` when more messages
 /// wait (the slice was full). After a failure it is retried after
 /// [`INDEX_EVERY`].
@@ -201,6 +199,8 @@ fn index_job(behind: Arc<AtomicBool>) -> Job {
     })
 }
 
+/// Runs queued calls in one transaction, then finishes each. `BEGIN` and
+/// `COMMIT` come from the statement cache, parsed once.
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     // IMMEDIATE: the write lock is taken (waiting up to busy_timeout) now,
     // not on the first write, where another process sharing the file (a

@@ -48,7 +48,6 @@ pub(super) fn index_pending(conn: &mut Connection) -> rusqlite::Result<usize> {
 /// user, or left by a migration), then those above it, in id order, moving
 /// the mark past them (see `SEARCH_SCHEMA`).
 pub(super) fn index_slice(conn: &mut Connection) -> rusqlite::Result<usize> {
-    let limit = SLICE;
     // A message indexed but still counted as pending would be counted twice.
     let tx = conn.savepoint()?;
     // Read here, in the write transaction: another instance on the same
@@ -66,13 +65,13 @@ pub(super) fn index_slice(conn: &mut Connection) -> rusqlite::Result<usize> {
     let flagged = read(
         "SELECT id, user_id, content, indexed FROM messages INDEXED BY messages_unindexed \
          WHERE indexed = 0 AND id <= ?2 ORDER BY id LIMIT ?1",
-        limit,
+        SLICE,
     )?;
-    let above = if flagged.len() < limit {
+    let above = if flagged.len() < SLICE {
         read(
             "SELECT id, user_id, content, indexed FROM messages NOT INDEXED \
              WHERE id > ?2 ORDER BY id LIMIT ?1",
-            limit - flagged.len(),
+            SLICE - flagged.len(),
         )?
     } else {
         Vec::new()
