@@ -442,7 +442,6 @@ mod tests {
         assert_eq!(integrity, "ok");
     }
 
-    /// Rows, the mark and FTS5's own check, read on the database thread.
     /// Messages not yet in the index, once none are or `within` passed.
     async fn pending_after(store: &super::super::SqliteStore, within: std::time::Duration) -> i64 {
         let deadline = std::time::Instant::now() + within;
@@ -491,6 +490,7 @@ mod tests {
         assert_eq!(hits[0].meta.conversation_id, id);
     }
 
+    /// Rows, the mark and FTS5's own check, read on the database thread.
     async fn index_state(store: &super::super::SqliteStore) -> (i64, i64, i64, i64) {
         store
             .db
