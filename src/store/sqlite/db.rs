@@ -1,13 +1,15 @@
 //! The connection: one thread owns it and runs the store's calls in order,
 //! committing the calls that queued up meanwhile together (each in its own
 //! savepoint); a busy or locked database is reported as retryable.
-//! Searches read through their own connections (`read`), beside it.
+//! Searches read through their own connections (`read`), beside it, and
+//! a second thread copies the WAL into the file (`Checkpointer`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use rusqlite::wal::CheckpointMode;
 use rusqlite::Connection;
 
 use super::exec::{is_busy, run};
@@ -36,14 +38,21 @@ type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 /// Calls committed together at most.
 const MAX_BATCH: usize = 64;
 
-/// WAL pages (4 KiB) after which a commit copies the WAL into the file
-/// (SQLite's default is 1000). A turn rewrites the same few pages (its
+/// WAL pages (4 KiB) after which the WAL is copied into the file (SQLite's
+/// default is 1000). A turn rewrites the same few pages (its
 /// conversation's row, the messages table's last leaf and its indexes,
 /// the usage row) commit after commit: each commit appends them to the WAL
 /// again, but a checkpoint writes each page once however often the WAL
 /// holds it, so a longer interval writes (and syncs) the file less. The
-/// WAL file stays at about this many pages (~16 MiB) plus one batch.
-const WAL_AUTOCHECKPOINT: u32 = 4000;
+/// WAL file stays at about this many pages (~16 MiB) plus what the writer
+/// adds while the copy runs.
+const WAL_AUTOCHECKPOINT: i32 = 4000;
+
+/// WAL pages past which the writer copies the WAL itself after its commit,
+/// waiting for it, as SQLite's own automatic checkpoint does: the
+/// checkpointer thread has fallen this far behind (a disk slower than the
+/// writes), or a long read holds the WAL back.
+const WAL_BACKSTOP: i32 = 4 * WAL_AUTOCHECKPOINT;
 
 /// Bytes the WAL file is cut back to when it is started again from its
 /// beginning after it grew past them (a checkpoint held back by a long
@@ -79,15 +88,18 @@ impl SqliteDb {
         )
         .context("setting database pragmas")?;
         wal_mode(&conn).context("setting database pragmas")?;
-        conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}; \
-             PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
-        ))
-        .context("setting database pragmas")?;
+        conn.execute_batch(&format!("PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"))
+            .context("setting database pragmas")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         migrate(&mut conn).with_context(|| format!("updating the schema in {}", path.display()))?;
         conn.set_prepared_statement_cache_capacity(64);
+        let checkpointer = Checkpointer::start(path)?;
+        // Replaces SQLite's automatic checkpoint (which copied the WAL in
+        // the commit, the batch's callers waiting for it).
+        conn.wal_hook(Some(checkpointer.hook()))
+            .context("setting database pragmas")?;
+        let caught_up = checkpointer.caught_up.clone();
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite".into())
@@ -120,6 +132,9 @@ impl SqliteDb {
                     }
                     if !batch.is_empty() {
                         run_batch(&mut conn, batch);
+                    }
+                    if caught_up.swap(false, Ordering::Relaxed) {
+                        finish_checkpoint(&conn);
                     }
                 }
             })
@@ -164,6 +179,131 @@ impl SqliteDb {
         rx.await.map_err(|_| {
             StoreError::Backend(anyhow::anyhow!("a database call failed (it panicked)"))
         })?
+    }
+}
+
+/// Copies the WAL into the database file on a thread and connection of
+/// its own, beside the writer: the copy and its two `fsync`s (tens of
+/// milliseconds of disk waits each time, more on a slow disk) no longer
+/// hold up the batch that crossed [`WAL_AUTOCHECKPOINT`], nor the batches
+/// queued behind it. The writer then copies the few pages it added
+/// meanwhile ([`finish_checkpoint`]), so that its next transaction starts
+/// the WAL again from its beginning: a checkpoint that never catches up
+/// with a busy writer would let the WAL grow without end.
+struct Checkpointer {
+    /// Wakes the thread; one wake-up waits at most.
+    wake: std::sync::mpsc::SyncSender<()>,
+    /// Set by the thread after a copy: the writer finishes it.
+    caught_up: Arc<AtomicBool>,
+}
+
+impl Checkpointer {
+    /// Opens the thread's connection and starts it. The thread ends when
+    /// the writer's connection (which holds the hook, and so the sender)
+    /// is closed.
+    fn start(path: &Path) -> anyhow::Result<Self> {
+        let conn = checkpoint_connection(path)?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let caught_up = Arc::new(AtomicBool::new(false));
+        let done = caught_up.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    if catch_up(&conn) {
+                        done.store(true, Ordering::Relaxed);
+                    }
+                }
+            })
+            .context("starting the database checkpoint thread")?;
+        Ok(Self { wake, caught_up })
+    }
+
+    /// The writer's WAL hook (called after each commit with the WAL's
+    /// pages): wakes the thread each [`WAL_AUTOCHECKPOINT`] pages, and past
+    /// [`WAL_BACKSTOP`] copies the WAL in the commit itself.
+    fn hook(
+        &self,
+    ) -> impl FnMut(&mut rusqlite::hooks::Wal, std::ffi::c_int) -> rusqlite::Result<()> {
+        let wake = self.wake.clone();
+        let mut next_wake = WAL_AUTOCHECKPOINT;
+        move |wal, pages| {
+            if pages < WAL_AUTOCHECKPOINT {
+                // The WAL started again from its beginning.
+                next_wake = WAL_AUTOCHECKPOINT;
+            } else if pages >= next_wake {
+                // Full: a wake-up is already waiting.
+                let _ = wake.try_send(());
+                next_wake = pages.saturating_add(WAL_AUTOCHECKPOINT);
+            }
+            if pages >= WAL_BACKSTOP {
+                // A failure here fails nothing: the commit is done.
+                let _ = wal.checkpoint();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The checkpointer's connection to the file at `path` (in WAL mode).
+fn checkpoint_connection(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("opening the database {}", path.display()))?;
+    // A read opens the connection's WAL: until one has, a checkpoint on it
+    // does nothing (and answers -1 pages).
+    conn.execute_batch("PRAGMA busy_timeout = 5000; SELECT count(*) FROM sqlite_schema;")
+        .context("setting database pragmas")?;
+    Ok(conn)
+}
+
+/// Pages the writer may have added since the checkpointer's last copy
+/// for it to finish the checkpoint: the writer's copy syncs them (the
+/// WAL's `fsync` waits for the disk to take what was written since the
+/// last one), and the disk holds up its batches meanwhile.
+const CATCH_UP_PAGES: i32 = 256;
+
+/// The checkpointer's copy, in passes: each copies (and syncs) the pages
+/// the writer added during the one before, fewer each time, until a pass
+/// finds fewer than [`CATCH_UP_PAGES`] new ones (at most 8 passes).
+/// `true` when it caught up; `false` when it could not copy (another
+/// connection, a second instance, is checkpointing; an error).
+fn catch_up(conn: &Connection) -> bool {
+    let mut copied = None;
+    for _ in 0..8 {
+        // PASSIVE: copies what no reader still needs, without taking the
+        // write lock; busy only while another connection checkpoints.
+        match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+            Ok((pages, _)) if pages < 0 => return false,
+            Ok((pages, _)) => {
+                // The WAL started again from its beginning (restarted by the
+                // writer, or a second instance) when it shrank.
+                if copied.is_some_and(|before| pages < before + CATCH_UP_PAGES) {
+                    return true;
+                }
+                copied = Some(pages);
+            }
+            Err(err) if is_busy(&err) => return false,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not copy the WAL into the database file; retrying later");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// The writer's part of a checkpoint, between batches, after the
+/// checkpointer's copy: the pages added since (a few hundred at most under
+/// load) and the two `fsync`s, so that the next transaction starts the WAL
+/// again (SQLite does that when every page is in the file and no read
+/// still uses the WAL).
+fn finish_checkpoint(conn: &Connection) {
+    match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+        Ok(_) => {}
+        Err(err) if is_busy(&err) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "could not copy the WAL into the database file; retrying later");
+        }
     }
 }
 
@@ -331,6 +471,98 @@ mod tests {
 
         assert_eq!(answers, [false, false, true]);
         assert_eq!(kept, [3]);
+    }
+
+    /// The WAL's pages since it last started from its beginning, and how
+    /// many of them are copied into the file, from the WAL index (the
+    /// `-shm` file SQLite maps: the header's `mxFrame`, then the
+    /// checkpoint's `nBackfill`, both native-endian).
+    fn wal_index(path: &Path) -> (u32, u32) {
+        let shm = std::fs::read(format!("{}-shm", path.display())).unwrap();
+        let word = |at: usize| u32::from_ne_bytes(shm[at..at + 4].try_into().unwrap());
+        (word(16), word(96))
+    }
+
+    /// One page-sized row per `rows`, in one statement.
+    fn insert_pages(conn: &Connection, rows: u32) -> rusqlite::Result<usize> {
+        conn.execute(
+            "INSERT INTO pad (bytes) WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL SELECT n + 1 \
+             FROM k WHERE n < ?1) SELECT zeroblob(3000) FROM k",
+            [rows],
+        )
+    }
+
+    /// The checkpointer's connection copies the WAL into the file itself:
+    /// every page the writer committed, without the writer.
+    #[test]
+    fn the_checkpointer_copies_the_wal_on_its_own_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+                 CREATE TABLE pad (n INTEGER PRIMARY KEY, bytes BLOB NOT NULL);",
+            )
+            .unwrap();
+        let conn = checkpoint_connection(&path).unwrap();
+        for _ in 0..10 {
+            insert_pages(&writer, 20).unwrap();
+        }
+        let (pages, copied) = wal_index(&path);
+        assert!(pages >= 200, "{pages} pages in the WAL");
+        assert_eq!(copied, 0);
+
+        assert!(catch_up(&conn));
+
+        assert_eq!(wal_index(&path), (pages, pages));
+    }
+
+    /// Past [`WAL_AUTOCHECKPOINT`] pages (and short of the writer's own
+    /// backstop) the checkpointer copies the WAL and the writer starts it
+    /// again from its beginning; nothing written is lost.
+    #[tokio::test]
+    async fn a_wal_past_the_autocheckpoint_is_copied_and_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let db = SqliteDb::open(&path).unwrap();
+        db.call(|conn| {
+            conn.execute_batch("CREATE TABLE pad (n INTEGER PRIMARY KEY, bytes BLOB NOT NULL)")
+                .map_err(super::super::exec::backend)
+        })
+        .await
+        .unwrap();
+        let calls = (WAL_AUTOCHECKPOINT as u32 * 3 / 2).div_ceil(100);
+        for _ in 0..calls {
+            db.call(|conn| insert_pages(conn, 100).map_err(super::super::exec::backend))
+                .await
+                .unwrap();
+        }
+
+        let started = std::time::Instant::now();
+        let mut pages = wal_index(&path).0;
+        while pages >= WAL_AUTOCHECKPOINT as u32 && started.elapsed().as_secs() < 10 {
+            // The writer finishes the copy between calls.
+            db.call(|conn| insert_pages(conn, 1).map_err(super::super::exec::backend))
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            pages = wal_index(&path).0;
+        }
+        let rows = db
+            .call(|conn| {
+                conn.query_row("SELECT count(*) FROM pad", [], |row| row.get::<_, u32>(0))
+                    .map_err(super::super::exec::backend)
+            })
+            .await
+            .unwrap();
+
+        assert!(
+            pages < WAL_AUTOCHECKPOINT as u32,
+            "the WAL still holds {pages} pages after {:?}",
+            started.elapsed()
+        );
+        assert!(rows > calls * 100, "{rows} rows");
     }
 
     /// SQLite's temporary files this process holds open (a journal moved

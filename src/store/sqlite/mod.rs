@@ -8,7 +8,8 @@
 //! SQLite does anyway; reads are short. Searches, which can be long, run on
 //! read-only connections of their own (`read`).
 //!
-//! The parts: `db` (the connection thread, batching, pragmas), `exec`
+//! The parts: `db` (the connection thread, batching, pragmas, the
+//! checkpoint thread), `exec`
 //! (statements and savepoints through the statement cache, busy
 //! handling), `schema` (tables and migrations),
 //! `index` (the deferred full-text indexing), `read` (the read-only
