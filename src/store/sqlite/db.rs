@@ -270,24 +270,15 @@ const CATCH_UP_PAGES: i32 = 256;
 fn catch_up(conn: &Connection) -> bool {
     let mut copied = None;
     for _ in 0..8 {
-        // PASSIVE: copies what no reader still needs, without taking the
-        // write lock; busy only while another connection checkpoints.
-        match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-            Ok((pages, _)) if pages < 0 => return false,
-            Ok((pages, _)) => {
-                // The WAL started again from its beginning (restarted by the
-                // writer, or a second instance) when it shrank.
-                if copied.is_some_and(|before| pages < before + CATCH_UP_PAGES) {
-                    return true;
-                }
-                copied = Some(pages);
-            }
-            Err(err) if is_busy(&err) => return false,
-            Err(err) => {
-                tracing::warn!(error = %err, "could not copy the WAL into the database file; retrying later");
-                return false;
-            }
+        let Some(pages) = copy_wal(conn) else {
+            return false;
+        };
+        // The WAL started again from its beginning (restarted by the
+        // writer, or a second instance) when it shrank.
+        if copied.is_some_and(|before| pages < before + CATCH_UP_PAGES) {
+            return true;
         }
+        copied = Some(pages);
     }
     true
 }
@@ -298,11 +289,21 @@ fn catch_up(conn: &Connection) -> bool {
 /// again (SQLite does that when every page is in the file and no read
 /// still uses the WAL).
 fn finish_checkpoint(conn: &Connection) {
+    copy_wal(conn);
+}
+
+/// One `PASSIVE` checkpoint on `conn`: copies what no reader still needs,
+/// without taking the write lock. The WAL's pages, or `None` when nothing
+/// could be copied: another connection (a second instance) is
+/// checkpointing, the connection has no WAL open (-1 pages), or an error
+/// (logged).
+fn copy_wal(conn: &Connection) -> Option<i32> {
     match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-        Ok(_) => {}
-        Err(err) if is_busy(&err) => {}
+        Ok((pages, _)) => (pages >= 0).then_some(pages),
+        Err(err) if is_busy(&err) => None,
         Err(err) => {
             tracing::warn!(error = %err, "could not copy the WAL into the database file; retrying later");
+            None
         }
     }
 }
@@ -549,10 +550,17 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             pages = wal_index(&path).0;
         }
-        let rows = db
+        let (rows, autocheckpoint) = db
             .call(|conn| {
-                conn.query_row("SELECT count(*) FROM pad", [], |row| row.get::<_, u32>(0))
-                    .map_err(super::super::exec::backend)
+                let rows = conn
+                    .query_row("SELECT count(*) FROM pad", [], |row| row.get::<_, u32>(0))
+                    .map_err(super::super::exec::backend)?;
+                // SQLite's own checkpoint in the commit (which would also
+                // start the WAL again) is replaced by the hook: 0 here.
+                let autocheckpoint = conn
+                    .query_row("PRAGMA wal_autocheckpoint", [], |row| row.get::<_, i64>(0))
+                    .map_err(super::super::exec::backend)?;
+                Ok((rows, autocheckpoint))
             })
             .await
             .unwrap();
@@ -563,6 +571,7 @@ mod tests {
             started.elapsed()
         );
         assert!(rows > calls * 100, "{rows} rows");
+        assert_eq!(autocheckpoint, 0);
     }
 
     /// SQLite's temporary files this process holds open (a journal moved
