@@ -201,6 +201,7 @@ impl ReplyHub {
             None => WatchState {
                 ended: true,
                 started: true,
+                quiet: true,
                 ..WatchState::default()
             },
         };
@@ -263,6 +264,9 @@ impl ReplyHub {
     }
 
     fn deliver_local(self: &Arc<Self>, followed: &Followed, origin: Option<&str>, item: &Logged) {
+        if let (ReplyEvent::Started { .. }, Some(origin)) = (&item.event, origin) {
+            self.own_reply_started(followed, origin, &item.reply);
+        }
         let mut gaps = Vec::new();
         for watcher in self.watchers_of(followed, origin) {
             match watcher.deliver(&followed.1, item) {
@@ -273,6 +277,19 @@ impl ReplyHub {
         }
         if !gaps.is_empty() {
             self.repair(followed.clone(), gaps);
+        }
+    }
+
+    /// Tells the watcher of the socket whose turn started `reply` (if it
+    /// follows the conversation here) that its own reply is logged.
+    fn own_reply_started(&self, followed: &Followed, socket: &str, reply: &Arc<str>) {
+        let own = self
+            .registry()
+            .watchers
+            .get(followed)
+            .and_then(|list| list.iter().find(|w| w.socket == socket).cloned());
+        if let Some(watcher) = own {
+            watcher.own_reply_started(reply);
         }
     }
 

@@ -989,3 +989,108 @@ async fn a_watcher_whose_socket_takes_nothing_is_disconnected_and_others_go_on()
         Some("response_end")
     );
 }
+
+/// The log of `events` of reply `reply`, as another instance's turn
+/// recorded them (origin socket "sender").
+async fn logged_remote(
+    memory: &MemoryLog,
+    user: &UserId,
+    id: &ConversationId,
+    reply: &str,
+    events: Vec<ReplyEvent>,
+) -> Vec<Envelope> {
+    let envelopes: Vec<Envelope> = events
+        .into_iter()
+        .map(|e| remote(user, id, reply, e))
+        .collect();
+    memory.record(&envelopes, &[]).await.unwrap();
+    envelopes
+}
+
+fn end(chunks: u64) -> ReplyEvent {
+    ReplyEvent::End {
+        stopped: false,
+        chunks,
+    }
+}
+
+fn memory_hub() -> (Arc<MemoryLog>, Arc<ReplyHub>) {
+    let memory = Arc::new(MemoryLog {
+        replies: Mutex::new(MemoryReplies::default()),
+        ttl: Duration::from_secs(60),
+    });
+    let hub = Arc::new(ReplyHub::new(memory.clone()));
+    (memory, hub)
+}
+
+/// A socket starting a turn follows the conversation from then on. The
+/// last event of another instance's reply that ended before may reach it
+/// after it registered (published late): that reply is older than the
+/// watcher, and none of it is sent, although the log still holds it whole.
+#[tokio::test]
+async fn a_late_event_of_a_reply_that_ended_before_the_watch_sends_nothing() {
+    let (memory, hub) = memory_hub();
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let old = logged_remote(&memory, &user, &id, "r1", vec![started(), chunk(0), end(1)]).await;
+    hub.deliver_remote(&published(&old[0]));
+    hub.deliver_remote(&published(&old[1]));
+
+    let tab = Arc::new(Recorder::default());
+    hub.watch(&user, &id, "tab", tab.clone(), None).await;
+    hub.deliver_remote(&published(&old[2]));
+    flush().await;
+    assert_eq!(tab.names(), Vec::<String>::new());
+
+    // The next reply of another tab comes whole, and so does one after it
+    // whose start the listener lost (read from the log).
+    let next = logged_remote(&memory, &user, &id, "r2", vec![started(), chunk(0), end(1)]).await;
+    for envelope in &next {
+        hub.deliver_remote(&published(envelope));
+    }
+    let lost = logged_remote(
+        &memory,
+        &user,
+        &id,
+        "r3",
+        vec![started(), chunk(0), chunk(1)],
+    )
+    .await;
+    hub.deliver_remote(&published(&lost[2]));
+    flush().await;
+    assert_eq!(tab.reply_ids(), ["r2", "r2", "r2", "r3", "r3", "r3"]);
+    assert_eq!(tab.chunks(), [0, 0, 1]);
+}
+
+/// Once the socket's own reply has started (the log now holds it or a
+/// later one), a reply of another instance whose start it missed is read
+/// from the log as for any watcher.
+#[tokio::test]
+async fn after_its_own_reply_started_a_watcher_repairs_a_reply_it_missed_the_start_of() {
+    let hub = ReplyHub::in_memory(Duration::from_secs(60));
+    let memory = hub.memory.clone().unwrap();
+    let (user, id) = (UserId::new(), ConversationId::new());
+    let tab = Arc::new(Recorder::default());
+    hub.watch(&user, &id, "tab", tab.clone(), None).await;
+    let own = hub.relay(&user, &id, Some("tab".into()));
+    own.send(started());
+    own.send(chunk(0));
+    own.send(end(1));
+    drop(own);
+    flush().await;
+
+    let lost = logged_remote(
+        &memory,
+        &user,
+        &id,
+        "r2",
+        vec![started(), chunk(0), chunk(1)],
+    )
+    .await;
+    hub.deliver_remote(&published(&lost[2]));
+    flush().await;
+    assert_eq!(
+        tab.names(),
+        ["reply_started", "response_chunk", "response_chunk"]
+    );
+    assert_eq!(tab.reply_ids(), ["r2", "r2", "r2"]);
+}

@@ -47,6 +47,14 @@ pub(super) struct WatchState {
     pub(super) repair_again: bool,
     /// Events the socket took so far (pacing watches it move).
     pub(super) queued: u64,
+    /// Registered without a replay (its socket is starting a turn), and no
+    /// reply has started since: an event of a reply it never saw start is
+    /// older than the watcher (published late; the log may still hold that
+    /// reply whole), so it is skipped, not repaired. It ends with the first
+    /// reply that starts: another tab's, or the socket's own
+    /// ([`own_reply_started`](Watcher::own_reply_started)); the log then
+    /// holds that reply or a later one.
+    pub(super) quiet: bool,
 }
 
 /// What a watcher needs after its events went through the filter.
@@ -121,10 +129,11 @@ fn admit(state: &mut WatchState, item: &Logged, gaps: bool) -> Verdict {
                 state.last_index = -1;
                 state.ended = false;
                 state.started = true;
+                state.quiet = false;
                 Verdict::Emit
             }
             // A reply whose start this watcher never got.
-            _ if gaps => Verdict::Gap,
+            _ if gaps && !state.quiet => Verdict::Gap,
             _ => Verdict::Skip,
         };
     }
@@ -176,6 +185,19 @@ impl Watcher {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The socket's own turn started reply `reply` (logged; its events
+    /// reach the socket from the turn, not from here): the watcher follows
+    /// it as ended, and a reply it misses the start of from now on is newer
+    /// than the watcher, so it is read from the log.
+    pub(super) fn own_reply_started(&self, reply: &Arc<str>) {
+        let mut state = self.lock();
+        state.reply = Some(reply.clone());
+        state.last_index = -1;
+        state.started = true;
+        state.ended = true;
+        state.quiet = false;
     }
 
     /// Events this watcher's socket took so far.
@@ -236,8 +258,9 @@ impl Watcher {
     /// Holds live events until the log has been read again; returns false
     /// when a read is already under way (it will be followed by another),
     /// or when this watcher has followed no reply yet: the log's reply may
-    /// be older than the watcher, and a reply it missed the start of shows
-    /// as a gap with its next event.
+    /// be older than the watcher. A reply it missed the start of then shows
+    /// as a gap with its next event, unless the watcher is `quiet` (it
+    /// cannot tell that reply from an older one, and misses it).
     pub(super) fn begin_repair(&self) -> bool {
         let mut state = self.lock();
         if state.held.is_some() {
