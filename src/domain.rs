@@ -29,9 +29,18 @@ pub fn new_uuid() -> Uuid {
 }
 
 impl ConversationId {
-    /// A fresh random id.
+    /// A fresh id, time-ordered (a version 7 UUID: the time in
+    /// milliseconds, then random bits from the thread's generator). The
+    /// database keys a conversation's rows by it (`store::sqlite::rekey`),
+    /// so the rows of the conversations in use sit together. It tells its
+    /// holder when the conversation was started, which its `created_at`
+    /// tells its owner anyway; nobody else is given it.
     pub fn new() -> Self {
-        Self(new_uuid().to_string())
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
+        Self(id.to_string())
     }
 
     /// Accepts any UUID spelling and keeps the canonical one.
@@ -313,6 +322,28 @@ mod tests {
         }
         let id = ConversationId::new();
         assert_eq!(ConversationId::parse(id.as_ref()).unwrap(), id);
+    }
+
+    #[test]
+    fn new_conversation_ids_are_time_ordered_version_7_uuids() {
+        let ids: Vec<ConversationId> = (0..1000).map(|_| ConversationId::new()).collect();
+        let distinct: std::collections::HashSet<&ConversationId> = ids.iter().collect();
+        assert_eq!(distinct.len(), 1000);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        for id in &ids {
+            let uuid = Uuid::parse_str(id.as_ref()).unwrap();
+            assert_eq!(uuid.get_version(), Some(uuid::Version::SortRand));
+            let (seconds, nanos) = uuid.get_timestamp().unwrap().to_unix();
+            let millis = seconds * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(now.abs_diff(millis) < 60_000, "{millis} is not about {now}");
+        }
+        // Made a millisecond apart, they sort in the order they were made.
+        let first = ConversationId::new();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(ConversationId::new().as_ref() > first.as_ref());
     }
 
     #[test]

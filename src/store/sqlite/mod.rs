@@ -29,6 +29,7 @@ mod index;
 mod limits;
 mod presets;
 mod read;
+mod rekey;
 mod revision;
 mod rows;
 mod schema;

@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     updated_at      TEXT NOT NULL,
     -- UTF-8 bytes of the messages' text (NULL: not counted yet, see `TEXT_BYTES`).
     text_bytes      INTEGER,
-    PRIMARY KEY (user_id, conversation_id)
+    PRIMARY KEY (conversation_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS conversations_by_created ON conversations (user_id, created_at DESC);
 
@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS messages (
     -- 1: in search_fts; 2: written above search_state.mark, in search_fts
     -- once the mark passes it; 0: not in search_fts (see `SEARCH_SCHEMA`).
     indexed         INTEGER NOT NULL DEFAULT 1,
-    UNIQUE (user_id, conversation_id, seq)
+    UNIQUE (conversation_id, user_id, seq)
 );
 
 CREATE TABLE IF NOT EXISTS sessions (
@@ -105,18 +105,21 @@ CREATE INDEX IF NOT EXISTS shares_by_user ON shares (user_id, created_at DESC);
 CREATE INDEX IF NOT EXISTS shares_by_conversation ON shares (user_id, conversation_id);
 "#;
 
-/// Token metering (`super::usage`): one row per user and UTC day, grown by
+/// Token metering (`super::usage`): one row per UTC day and user, grown by
 /// `INSERT .. ON CONFLICT DO UPDATE` (atomic), and the per-user daily quotas
-/// an admin set. Created by [`migrate`] on every open, like `users`.
+/// an admin set. Created by [`migrate`] on every open, like `users`. Keyed
+/// by day first (`super::rekey`): the day's rows sit together, and the
+/// admin's view of a day reads them in order (an index by day went with
+/// that key).
 const USAGE_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS usage (
     user_id           TEXT NOT NULL,
     day               TEXT NOT NULL,
     prompt_tokens     INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (user_id, day)
+    PRIMARY KEY (day, user_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS usage_by_day ON usage (day);
+DROP INDEX IF EXISTS usage_by_day;
 CREATE TABLE IF NOT EXISTS quotas (
     user_id        TEXT PRIMARY KEY,
     tokens_per_day INTEGER NOT NULL
@@ -237,6 +240,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     if has_old_fts {
         tx.execute_batch(OLD_FTS_MIGRATION)?;
     }
+    super::rekey::migrate(&tx)?;
     tx.execute_batch(SEARCH_SCHEMA)?;
     tx.execute_batch(USERS_SCHEMA)?;
     tx.execute_batch(TOKENS_SCHEMA)?;

@@ -139,8 +139,9 @@ fn scores(
 }
 
 /// The messages' counts summed per conversation. Many messages are mapped
-/// by one scan of the user's entries in the `(user_id, conversation_id,
-/// seq)` index (which holds each row id), few by their row ids.
+/// by one read of the user's conversations and, for each, of its entries
+/// in the `(conversation_id, user_id, seq)` index (which holds each row
+/// id), few by their row ids.
 fn conversations_of(
     conn: &Connection,
     user: &str,
@@ -149,7 +150,11 @@ fn conversations_of(
     let mut counts: HashMap<String, u32> = HashMap::new();
     if per_message.len() > 256 {
         let mut stmt =
-            conn.prepare_cached("SELECT id, conversation_id FROM messages WHERE user_id = ?1")?;
+            conn.prepare_cached(
+                "SELECT m.id, m.conversation_id FROM conversations c \
+                 JOIN messages m ON m.conversation_id = c.conversation_id AND m.user_id = c.user_id \
+                 WHERE c.user_id = ?1",
+            )?;
         let mut rows = stmt.query([user])?;
         while let Some(row) = rows.next()? {
             if let Some(count) = per_message.get(&row.get::<_, i64>(0)?) {
