@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use rusqlite::wal::CheckpointMode;
@@ -59,6 +60,9 @@ const WAL_BACKSTOP: i32 = 4 * WAL_AUTOCHECKPOINT;
 /// read, a large import); SQLite keeps it at its largest otherwise.
 const WAL_SIZE_LIMIT: u64 = 32 * 1024 * 1024;
 
+/// How long opening the file waits for another process's schema update.
+const SCHEMA_UPDATE_WAIT: Duration = Duration::from_secs(600);
+
 impl std::fmt::Debug for SqliteDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteDb")
@@ -92,7 +96,14 @@ impl SqliteDb {
             .context("setting database pragmas")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
+        // A schema update that rebuilds tables (`rekey`) holds the write lock
+        // for seconds on a large file: another instance opening the file
+        // meanwhile waits for it, not 5 s and then fails.
+        conn.busy_timeout(SCHEMA_UPDATE_WAIT)
+            .context("setting database pragmas")?;
         migrate(&mut conn).with_context(|| format!("updating the schema in {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .context("setting database pragmas")?;
         conn.set_prepared_statement_cache_capacity(64);
         let checkpointer = Checkpointer::start(path)?;
         // Replaces SQLite's automatic checkpoint (which copied the WAL in

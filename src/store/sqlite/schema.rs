@@ -286,6 +286,34 @@ mod tests {
     use crate::domain::{ConversationId, Role, UserId};
     use crate::store::ConversationStore;
 
+    /// An instance opening the file while another holds the write lock
+    /// longer than the 5 s every other call waits (a schema update that
+    /// rebuilds the tables of a large file, `rekey`) waits for it and
+    /// opens, instead of failing with "database is locked".
+    #[test]
+    fn an_open_waits_for_a_long_schema_update_of_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long-update.db");
+        drop(SqliteDb::open(&path).unwrap());
+        let mut other = Connection::open(&path).unwrap();
+        let update = other
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        update
+            .execute_batch("CREATE TABLE pretend_rebuild (n INTEGER)")
+            .unwrap();
+        let opening = {
+            let path = path.clone();
+            std::thread::spawn(move || SqliteDb::open(&path).map(|_| ()))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(6_000));
+        assert!(!opening.is_finished(), "the open did not wait for the lock");
+        update.commit().unwrap();
+        if let Err(err) = opening.join().unwrap() {
+            panic!("the open failed: {err:#}");
+        }
+    }
+
     /// A file from before the pending scan read every user's unindexed
     /// messages loses the index of them by user on open (each message paid
     /// two writes in it), and a search still finds a user's unindexed text.
