@@ -377,11 +377,7 @@ fn remote(user: &UserId, id: &ConversationId, reply: &str, event: ReplyEvent) ->
 
 #[tokio::test]
 async fn chunks_the_listener_missed_are_read_from_the_log_once_in_order() {
-    let memory = Arc::new(MemoryLog {
-        replies: Mutex::new(MemoryReplies::default()),
-        ttl: Duration::from_secs(60),
-    });
-    let hub = Arc::new(ReplyHub::new(memory.clone()));
+    let (memory, hub) = memory_hub();
     let (user, id) = (UserId::new(), ConversationId::new());
     let watcher = Arc::new(Recorder::default());
     hub.watch(&user, &id, "tab", watcher.clone(), Some((-1, None)))
@@ -420,11 +416,7 @@ async fn chunks_the_listener_missed_are_read_from_the_log_once_in_order() {
 
 #[tokio::test]
 async fn after_the_listener_lagged_every_watcher_gets_the_rest_of_its_reply_and_the_next() {
-    let memory = Arc::new(MemoryLog {
-        replies: Mutex::new(MemoryReplies::default()),
-        ttl: Duration::from_secs(60),
-    });
-    let hub = Arc::new(ReplyHub::new(memory.clone()));
+    let (memory, hub) = memory_hub();
     let (user, id) = (UserId::new(), ConversationId::new());
     let watcher = Arc::new(Recorder::default());
     hub.watch(&user, &id, "tab", watcher.clone(), Some((-1, None)))
