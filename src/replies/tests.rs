@@ -999,6 +999,20 @@ async fn logged_remote(
     envelopes
 }
 
+/// Another instance's reply `reply` (start, chunks 0 and 1) is logged, and
+/// only its chunk 1 reaches the listener: the rest was lost.
+async fn deliver_without_its_start(
+    memory: &MemoryLog,
+    hub: &Arc<ReplyHub>,
+    user: &UserId,
+    id: &ConversationId,
+    reply: &str,
+) {
+    let events = vec![started(), chunk(0), chunk(1)];
+    let logged = logged_remote(memory, user, id, reply, events).await;
+    hub.deliver_remote(&published(&logged[2]));
+}
+
 fn end(chunks: u64) -> ReplyEvent {
     ReplyEvent::End {
         stopped: false,
@@ -1039,15 +1053,7 @@ async fn a_late_event_of_a_reply_that_ended_before_the_watch_sends_nothing() {
     for envelope in &next {
         hub.deliver_remote(&published(envelope));
     }
-    let lost = logged_remote(
-        &memory,
-        &user,
-        &id,
-        "r3",
-        vec![started(), chunk(0), chunk(1)],
-    )
-    .await;
-    hub.deliver_remote(&published(&lost[2]));
+    deliver_without_its_start(&memory, &hub, &user, &id, "r3").await;
     flush().await;
     assert_eq!(tab.reply_ids(), ["r2", "r2", "r2", "r3", "r3", "r3"]);
     assert_eq!(tab.chunks(), [0, 0, 1]);
@@ -1070,15 +1076,7 @@ async fn after_its_own_reply_started_a_watcher_repairs_a_reply_it_missed_the_sta
     drop(own);
     flush().await;
 
-    let lost = logged_remote(
-        &memory,
-        &user,
-        &id,
-        "r2",
-        vec![started(), chunk(0), chunk(1)],
-    )
-    .await;
-    hub.deliver_remote(&published(&lost[2]));
+    deliver_without_its_start(&memory, &hub, &user, &id, "r2").await;
     flush().await;
     assert_eq!(
         tab.names(),

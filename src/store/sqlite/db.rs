@@ -144,8 +144,14 @@ impl SqliteDb {
                     if !batch.is_empty() {
                         run_batch(&mut conn, batch);
                     }
+                    // The writer's part of a checkpoint, after the
+                    // checkpointer's copy: the pages added since (a few
+                    // hundred at most under load) and the two `fsync`s, so
+                    // that the next transaction starts the WAL again
+                    // (SQLite does that when every page is in the file and
+                    // no read still uses the WAL).
                     if caught_up.swap(false, Ordering::Relaxed) {
-                        finish_checkpoint(&conn);
+                        copy_wal(&conn);
                     }
                 }
             })
@@ -198,7 +204,7 @@ impl SqliteDb {
 /// milliseconds of disk waits each time, more on a slow disk) no longer
 /// hold up the batch that crossed [`WAL_AUTOCHECKPOINT`], nor the batches
 /// queued behind it. The writer then copies the few pages it added
-/// meanwhile ([`finish_checkpoint`]), so that its next transaction starts
+/// meanwhile (between two batches, [`copy_wal`]), so that its next transaction starts
 /// the WAL again from its beginning: a checkpoint that never catches up
 /// with a busy writer would let the WAL grow without end.
 struct Checkpointer {
@@ -292,15 +298,6 @@ fn catch_up(conn: &Connection) -> bool {
         copied = Some(pages);
     }
     true
-}
-
-/// The writer's part of a checkpoint, between batches, after the
-/// checkpointer's copy: the pages added since (a few hundred at most under
-/// load) and the two `fsync`s, so that the next transaction starts the WAL
-/// again (SQLite does that when every page is in the file and no read
-/// still uses the WAL).
-fn finish_checkpoint(conn: &Connection) {
-    copy_wal(conn);
 }
 
 /// One `PASSIVE` checkpoint on `conn`: copies what no reader still needs,

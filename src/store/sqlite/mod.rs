@@ -11,7 +11,8 @@
 //! The parts: `db` (the connection thread, batching, pragmas, the
 //! checkpoint thread), `exec`
 //! (statements and savepoints through the statement cache, busy
-//! handling), `schema` (tables and migrations),
+//! handling), `schema` (tables and migrations), `rekey` (the one-time
+//! rebuild of a file whose keys led with the user),
 //! `index` (the deferred full-text indexing), `read` (the read-only
 //! connections), `search` (per-user FTS5 queries),
 //! `rows` (reading conversations back), `accounts` (the `users` table:
